@@ -1,0 +1,14 @@
+//! Build script: routes glommio's ring set-up through Remora's shim.
+//!
+//! glommio 0.9 creates its io_uring rings without `IORING_SETUP_COOP_TASKRUN`, so
+//! every completion interrupts the executor thread with an IPI (see
+//! `src/net/uring.rs` and ../shared/FACTS.md: 36k vs 85k req/s on one core).
+//! glommio calls liburing's C function `io_uring_queue_init_params`; GNU ld's
+//! `--wrap` makes that call land in `__wrap_io_uring_queue_init_params`
+//! (defined in `src/net/uring.rs`), which adds the flag and calls the real one.
+//! `tests/uring_shim.rs` fails if this link step is lost.
+
+fn main() {
+    println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_init_params");
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -1,0 +1,645 @@
+//! Configuration: TOML text → raw serde types → validated, immutable [`Config`].
+//!
+//! Every fallible step (syntax, unknown keys, addresses, names, durations) happens
+//! here, before anything is published to the cores. A file that fails produces
+//! *all* of its errors at once, each with file, line and column.
+//!
+//! The validated [`Config`] is wrapped in a versioned [`Snapshot`] and published
+//! through [`ConfigHandle`]; cores read it lock-free for each new connection.
+
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use toml::Spanned;
+
+use raw::{RawCapture, RawCluster, RawConfig, RawListener};
+
+/// The built-in default: Istio-style passthrough capture on 15001/15006.
+/// `config/remora.toml` is the documented, commented equivalent.
+pub const DEFAULT_TOML: &str = "";
+
+/// How an L4 connection moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// `recv` into a per-core buffer, `send` out. Measured faster on loopback
+    /// (FACTS.md: 2.73 vs 2.65 GB/s), hence the default.
+    Copy,
+    /// `splice(2)` through a pipe borrowed from a per-core pool; no user-space copy.
+    Splice,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// Executors to run; `None` = one per CPU the process may use.
+    pub cores: Option<usize>,
+    /// Connections a core holds at once before it refuses new ones.
+    pub max_connections_per_core: usize,
+    /// How long SIGTERM waits for open connections before exiting.
+    pub drain_timeout: Duration,
+}
+
+/// Istio-style transparent capture (iptables REDIRECT or TPROXY sends traffic here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Source address for connections to the local app (never re-captured).
+    pub inbound_source_v4: Ipv4Addr,
+    pub inbound_source_v6: Ipv6Addr,
+    /// Listen with IP_TRANSPARENT (TPROXY mode): the original destination is the
+    /// socket's local address instead of SO_ORIGINAL_DST.
+    pub transparent: bool,
+    pub forwarding: Forwarding,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// An explicit TCP listener that forwards to a named cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Index into [`Config::clusters`].
+    pub cluster: usize,
+    pub forwarding: Forwarding,
+    pub idle_timeout: Duration,
+}
+
+/// A named set of static endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+}
+
+/// A fully validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub runtime: Runtime,
+    pub log_level: String,
+    pub capture: Option<Capture>,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+impl Config {
+    /// The built-in default (`remora run` with no `--config`).
+    pub fn builtin() -> Config {
+        Config::from_toml(DEFAULT_TOML, None).expect("built-in default config is valid")
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Config::from_toml(&text, Some(path))
+    }
+
+    /// Parses and validates TOML text; `file` is only used in messages.
+    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut v = Validator {
+            text,
+            errors: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                v.error(e.span(), e.message().to_string());
+                return Err(v.finish(file));
+            }
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(v.finish(file))
+        }
+    }
+
+    /// Every local port Remora listens on; a connection whose original
+    /// destination is one of these (on a local address) would loop.
+    pub fn own_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.listeners.iter().map(|l| l.address.port()).collect();
+        if let Some(c) = &self.capture {
+            ports.push(c.outbound_port);
+            ports.push(c.inbound_port);
+        }
+        ports
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based; 0 when the problem has no position (e.g. unreadable file).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<config>".to_string());
+        for (i, d) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if d.line == 0 {
+                write!(f, "{file}: {}", d.message)?;
+            } else {
+                write!(f, "{file}:{}:{}: {}", d.line, d.column, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An immutable, versioned config as the cores see it.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Starts at 1 and increases with every successful publication.
+    pub version: u64,
+    pub config: Config,
+}
+
+/// The one thing all cores share: the current snapshot, swapped atomically.
+///
+/// Readers call [`ConfigHandle::current`] once per new connection (an atomic load
+/// and a reference-count bump, no lock); a connection keeps the `Arc` it started
+/// with, so a later publication never changes it mid-flight.
+#[derive(Debug)]
+pub struct ConfigHandle {
+    current: ArcSwap<Snapshot>,
+}
+
+impl ConfigHandle {
+    pub fn new(config: Config) -> ConfigHandle {
+        ConfigHandle {
+            current: ArcSwap::from_pointee(Snapshot { version: 1, config }),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `config` as the next version and returns that version.
+    pub fn publish(&self, config: Config) -> u64 {
+        let mut version = 0;
+        self.current.rcu(|old| {
+            version = old.version + 1;
+            Snapshot {
+                version,
+                config: config.clone(),
+            }
+        });
+        version
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, message: String) {
+        let (line, column) = match span {
+            Some(span) => line_col(self.text, span.start),
+            None => (0, 0),
+        };
+        self.errors.push(Diagnostic {
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn finish(mut self, file: Option<&Path>) -> ConfigError {
+        self.errors.sort_by_key(|d| (d.line, d.column));
+        ConfigError {
+            file: file.map(Path::to_path_buf),
+            errors: self.errors,
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let runtime = Runtime {
+            cores: raw.runtime.cores.and_then(|c| {
+                let n = self.int_in(&c, 0, 1024, "runtime.cores")?;
+                (n > 0).then_some(n as usize)
+            }),
+            max_connections_per_core: raw
+                .runtime
+                .max_connections_per_core
+                .and_then(|c| self.int_in(&c, 1, 1 << 24, "runtime.max_connections_per_core"))
+                .map_or(16_384, |n| n as usize),
+            drain_timeout: self.duration_or(raw.runtime.drain_timeout, Duration::from_secs(5)),
+        };
+        let log_level = match raw.log.level {
+            None => "info".to_string(),
+            Some(level) => {
+                let l = level.get_ref().to_ascii_lowercase();
+                if !["error", "warn", "info", "debug", "trace", "off"].contains(&l.as_str()) {
+                    self.error(
+                        Some(level.span()),
+                        format!(
+                            "log.level `{}` is not one of error, warn, info, debug, trace, off",
+                            level.get_ref()
+                        ),
+                    );
+                }
+                l
+            }
+        };
+        let clusters: Vec<Cluster> = raw.clusters.into_iter().map(|c| self.cluster(c)).collect();
+        for (i, c) in clusters.iter().enumerate() {
+            if clusters[..i].iter().any(|o| o.name == c.name) {
+                self.error(None, format!("cluster name `{}` is used twice", c.name));
+            }
+        }
+        let capture = self.capture(raw.capture);
+        let mut listeners: Vec<Listener> = Vec::new();
+        for l in raw.listeners {
+            if let Some(l) = self.listener(l, &clusters, &listeners) {
+                listeners.push(l);
+            }
+        }
+        if let Some(cap) = &capture {
+            for l in &listeners {
+                if [cap.outbound_port, cap.inbound_port].contains(&l.address.port()) {
+                    self.error(
+                        None,
+                        format!(
+                            "listener `{}` uses port {}, which the capture section already listens on",
+                            l.name,
+                            l.address.port()
+                        ),
+                    );
+                }
+            }
+        }
+        Config {
+            runtime,
+            log_level,
+            capture,
+            listeners,
+            clusters,
+        }
+    }
+
+    fn capture(&mut self, raw: RawCapture) -> Option<Capture> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let outbound_port = self.port_or(raw.outbound_port, 15001, "capture.outbound_port");
+        let inbound_port = self.port_or(raw.inbound_port, 15006, "capture.inbound_port");
+        if outbound_port == inbound_port {
+            self.error(
+                None,
+                format!("capture.outbound_port and capture.inbound_port are both {outbound_port}"),
+            );
+        }
+        let ipv4 = raw.ipv4.unwrap_or(true);
+        let ipv6 = raw.ipv6.unwrap_or(true);
+        if !ipv4 && !ipv6 {
+            self.error(
+                None,
+                "capture has both ipv4 and ipv6 off; set `enabled = false` to turn capture off"
+                    .into(),
+            );
+        }
+        Some(Capture {
+            outbound_port,
+            inbound_port,
+            ipv4,
+            ipv6,
+            inbound_source_v4: self
+                .ip_or(
+                    raw.inbound_source_v4,
+                    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+                    true,
+                )
+                .and_then(|ip| match ip {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .unwrap_or(Ipv4Addr::new(127, 0, 0, 6)),
+            inbound_source_v6: self
+                .ip_or(
+                    raw.inbound_source_v6,
+                    IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+                    false,
+                )
+                .and_then(|ip| match ip {
+                    IpAddr::V6(v6) => Some(v6),
+                    IpAddr::V4(_) => None,
+                })
+                .unwrap_or(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+            transparent: raw.transparent.unwrap_or(false),
+            forwarding: self.forwarding(raw.forwarding),
+            connect_timeout: self.duration_or(raw.connect_timeout, Duration::from_secs(10)),
+            idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+        })
+    }
+
+    fn listener(
+        &mut self,
+        raw: RawListener,
+        clusters: &[Cluster],
+        earlier: &[Listener],
+    ) -> Option<Listener> {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() {
+            self.error(Some(raw.name.span()), "listener name is empty".into());
+        }
+        if earlier.iter().any(|l| l.name == name) {
+            self.error(
+                Some(raw.name.span()),
+                format!("listener name `{name}` is used twice"),
+            );
+        }
+        let address = match raw.address.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    Some(raw.address.span()),
+                    format!(
+                        "listener `{name}`: `{}` is not an address:port (e.g. \"127.0.0.1:10000\" or \"[::1]:10000\")",
+                        raw.address.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        if let Some(other) = earlier.iter().find(|l| l.address == address) {
+            self.error(
+                Some(raw.address.span()),
+                format!(
+                    "listener `{name}`: address {address} is already used by listener `{}`",
+                    other.name
+                ),
+            );
+        }
+        let cluster = match clusters
+            .iter()
+            .position(|c| &c.name == raw.cluster.get_ref())
+        {
+            Some(i) => i,
+            None => {
+                let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                self.error(
+                    Some(raw.cluster.span()),
+                    format!(
+                        "listener `{name}`: no cluster named `{}` (defined: {})",
+                        raw.cluster.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(Listener {
+            name,
+            address,
+            cluster,
+            forwarding: self.forwarding(raw.forwarding),
+            idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+        })
+    }
+
+    fn cluster(&mut self, raw: RawCluster) -> Cluster {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() {
+            self.error(Some(raw.name.span()), "cluster name is empty".into());
+        }
+        let mut endpoints = Vec::new();
+        for e in raw.endpoints.get_ref() {
+            match e.get_ref().parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => endpoints.push(a),
+                _ => self.error(
+                    Some(e.span()),
+                    format!(
+                        "cluster `{name}`: endpoint `{}` is not a connectable address:port",
+                        e.get_ref()
+                    ),
+                ),
+            }
+        }
+        if raw.endpoints.get_ref().is_empty() {
+            self.error(
+                Some(raw.endpoints.span()),
+                format!("cluster `{name}` has no endpoints"),
+            );
+        }
+        Cluster {
+            name,
+            endpoints,
+            connect_timeout: self.duration_or(raw.connect_timeout, Duration::from_secs(10)),
+        }
+    }
+
+    fn forwarding(&mut self, raw: Option<Spanned<String>>) -> Forwarding {
+        match raw {
+            None => Forwarding::Copy,
+            Some(s) => match s.get_ref().as_str() {
+                "copy" => Forwarding::Copy,
+                "splice" => Forwarding::Splice,
+                other => {
+                    self.error(
+                        Some(s.span()),
+                        format!("forwarding `{other}` is not one of \"copy\", \"splice\""),
+                    );
+                    Forwarding::Copy
+                }
+            },
+        }
+    }
+
+    fn int_in(&mut self, v: &Spanned<i64>, min: i64, max: i64, what: &str) -> Option<i64> {
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.error(
+                Some(v.span()),
+                format!("{what} = {n} is out of range ({min}..={max})"),
+            );
+            None
+        } else {
+            Some(n)
+        }
+    }
+
+    fn port_or(&mut self, v: Option<Spanned<i64>>, default: u16, what: &str) -> u16 {
+        v.and_then(|v| self.int_in(&v, 1, 65535, what))
+            .map_or(default, |n| n as u16)
+    }
+
+    fn ip_or(&mut self, v: Option<Spanned<String>>, default: IpAddr, v4: bool) -> Option<IpAddr> {
+        let Some(v) = v else { return Some(default) };
+        match v.get_ref().parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv4() == v4 => Some(ip),
+            _ => {
+                self.error(
+                    Some(v.span()),
+                    format!(
+                        "`{}` is not an IPv{} address",
+                        v.get_ref(),
+                        if v4 { 4 } else { 6 }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_or(&mut self, v: Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                self.error(
+                    Some(v.span()),
+                    format!(
+                        "`{}` is not a positive duration (use a number with ms, s, m or h, e.g. \"250ms\", \"10s\")",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+}
+
+/// Parses "250ms", "10s", "5m", "1h" (one number, one unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_is_istio_passthrough() {
+        let c = Config::builtin();
+        let cap = c.capture.expect("capture on by default");
+        assert_eq!((cap.outbound_port, cap.inbound_port), (15001, 15006));
+        assert_eq!(cap.inbound_source_v4, Ipv4Addr::new(127, 0, 0, 6));
+        assert_eq!(cap.forwarding, Forwarding::Copy);
+        assert!(c.listeners.is_empty());
+    }
+
+    #[test]
+    fn shipped_file_equals_builtin() {
+        let shipped = include_str!("../../config/remora.toml");
+        assert_eq!(Config::from_toml(shipped, None).unwrap(), Config::builtin());
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_column() {
+        let e = Config::from_toml("[runtime]\ncores = 1\nbogus = 2\n", None).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!((e.errors[0].line, e.errors[0].column), (3, 1));
+        assert!(e.errors[0].message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn all_semantic_errors_reported_with_lines() {
+        let text = r#"
+[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:80", "nope"]
+connect_timeout = "10 parsecs"
+
+[[listener]]
+name = "l"
+address = "127.0.0.1:99999"
+cluster = "b"
+
+[[listener]]
+name = "m"
+address = "127.0.0.1:1000"
+cluster = "missing"
+forwarding = "teleport"
+"#;
+        let e = Config::from_toml(text, Some(Path::new("x.toml"))).unwrap_err();
+        let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![4, 5, 9, 15], "{e}");
+        assert!(e.to_string().starts_with("x.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn publish_bumps_version_and_keeps_old_snapshots() {
+        let h = ConfigHandle::new(Config::builtin());
+        let old = h.current();
+        let mut next = Config::builtin();
+        next.runtime.max_connections_per_core = 7;
+        assert_eq!(h.publish(next), 2);
+        assert_eq!(old.version, 1);
+        assert_eq!(old.config.runtime.max_connections_per_core, 16_384);
+        assert_eq!(h.current().config.runtime.max_connections_per_core, 7);
+    }
+}

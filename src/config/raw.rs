@@ -1,0 +1,71 @@
+//! Raw config types: exactly what the TOML file says, nothing checked yet.
+//!
+//! Every table denies unknown keys so a typo is an error, not a silent default.
+//! Values that can fail validation are `Spanned`, so the error can name the line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub log: RawLog,
+    /// Absent means "capture with Istio's defaults"; `enabled = false` turns it off.
+    #[serde(default)]
+    pub capture: RawCapture,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub cores: Option<Spanned<i64>>,
+    pub max_connections_per_core: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    pub enabled: Option<bool>,
+    pub outbound_port: Option<Spanned<i64>>,
+    pub inbound_port: Option<Spanned<i64>>,
+    pub ipv4: Option<bool>,
+    pub ipv6: Option<bool>,
+    pub inbound_source_v4: Option<Spanned<String>>,
+    pub inbound_source_v6: Option<Spanned<String>>,
+    pub transparent: Option<bool>,
+    pub forwarding: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub cluster: Spanned<String>,
+    pub forwarding: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub connect_timeout: Option<Spanned<String>>,
+}

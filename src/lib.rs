@@ -1,0 +1,25 @@
+//! Remora: a thread-per-core service-mesh sidecar proxy.
+//!
+//! ```text
+//! config file ─ parse ─ validate ─► Config ─► Snapshot (immutable, versioned)
+//!   (config)                                  │ published through ConfigHandle (ArcSwap)
+//!                                             ▼ loaded once per new connection
+//! per core (runtime → shard, one pinned glommio executor each):
+//!   SO_REUSEPORT listeners (15001 outbound, 15006 inbound, [[listener]]s)
+//!     └─ accept ─ original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
+//!                                                   ├─ Forward: connect (net::socket)
+//!                                                   │     └─ l4::forward: copy or splice, both ways
+//!                                                   └─ Refuse: self-loop / no destination
+//!   counters per core (stats), summed on read
+//! ```
+//!
+//! Nothing is shared between cores except the config snapshot. Every io_uring
+//! ring is created with COOP_TASKRUN (`net::uring`), which this workload needs
+//! to avoid an interrupt per completion.
+
+pub mod config;
+pub mod l4;
+pub mod net;
+pub mod runtime;
+pub mod shard;
+pub mod stats;

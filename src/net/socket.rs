@@ -1,0 +1,298 @@
+//! Socket construction and the few raw syscalls the data path makes itself.
+//!
+//! glommio's `TcpListener::bind` fixes the backlog and cannot set IPV6_V6ONLY or
+//! IP_TRANSPARENT, and its `connect` cannot bind a source address first; so we
+//! build those sockets with socket2 and hand the fd to glommio (FACTS.md).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Listen backlog; the kernel caps it at net.core.somaxconn.
+pub const BACKLOG: i32 = 4096;
+
+/// Builds a SO_REUSEPORT listener (one per core per address) and hands it to glommio.
+/// Must be called on the executor thread that will accept on it.
+pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // A separate v4 listener owns the v4 side of the port.
+        s.set_only_v6(true)?;
+    }
+    if transparent {
+        if addr.is_ipv6() {
+            set_int(s.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
+        } else {
+            s.set_ip_transparent(true)?;
+        }
+    }
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    // SAFETY: we own the fd and give it to glommio exactly once.
+    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// Connects to `dst`, optionally from a fixed source address, within `timeout`.
+///
+/// Without a source, glommio's ring CONNECT with a linked timeout does it all.
+/// With one (the inbound path binds 127.0.0.6 so Istio's rules skip it), glommio
+/// offers no way to connect a socket we built, so we connect non-blocking and
+/// check for completion. The destination is always local here (the pod's own
+/// app), where the handshake normally completes inside the connect() call; a
+/// short timer-paced check covers the rare SYN that had to be retransmitted.
+pub async fn connect(
+    dst: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let stream = match source {
+        None => TcpStream::connect_timeout(dst, timeout).await?,
+        Some(src) => connect_bound(dst, src, timeout).await?,
+    };
+    stream.set_nodelay(true)?;
+    set_nonblocking(stream.as_raw_fd())?;
+    Ok(stream)
+}
+
+async fn connect_bound(dst: SocketAddr, src: IpAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let domain = if dst.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(
+        domain,
+        Type::STREAM.cloexec().nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    // Let connect() pick the port, so 4-tuples from 127.0.0.6 are not limited
+    // to the ephemeral range once per source.
+    set_int(
+        s.as_raw_fd(),
+        libc::SOL_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    )?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    match s.connect(&SockAddr::from(dst)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            let deadline = Instant::now() + timeout;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                if poll_out(s.as_raw_fd())? {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                }
+                glommio::timer::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            if let Some(e) = s.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // SAFETY: we own the fd and give it to glommio exactly once.
+    Ok(unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// Non-blocking check whether a connecting socket finished (either way).
+fn poll_out(fd: RawFd) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let rc = unsafe { libc::poll(&mut p, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc > 0)
+}
+
+/// Whether `ip` can be used as a source address here (e.g. ::6 exists on lo).
+pub fn can_bind(ip: IpAddr) -> bool {
+    let domain = if ip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    Socket::new(domain, Type::STREAM, None)
+        .and_then(|s| s.bind(&SocketAddr::new(ip, 0).into()))
+        .is_ok()
+}
+
+/// Puts an fd in O_NONBLOCK mode. The data path needs it: splice(2) and
+/// send/recv must never block the executor thread. io_uring's RECV (used for
+/// readiness, see `l4`) still arms an internal poll on such sockets.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0
+        && unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_LINGER with a zero timeout: the next close() sends RST instead of FIN.
+/// Used to pass a reset from one side of a proxied connection to the other.
+pub fn set_linger_zero(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid pointer and length; failure only means a FIN instead of a RST.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// shutdown(SHUT_WR): forwards a half-close.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall; ENOTCONN after a reset is harmless.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid pointer and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Outcome of one non-blocking transfer syscall.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Xfer {
+    /// Moved this many bytes (> 0).
+    Done(usize),
+    /// Orderly end of stream (recv/splice returned 0).
+    Eof,
+    /// Nothing to do right now (EAGAIN).
+    WouldBlock,
+}
+
+fn xfer(rc: isize) -> io::Result<Xfer> {
+    if rc > 0 {
+        Ok(Xfer::Done(rc as usize))
+    } else if rc == 0 {
+        Ok(Xfer::Eof)
+    } else {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(Xfer::WouldBlock),
+            Some(libc::EINTR) => Ok(Xfer::WouldBlock),
+            _ => Err(e),
+        }
+    }
+}
+
+/// recv(MSG_DONTWAIT).
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Xfer> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    xfer(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// send(MSG_DONTWAIT | MSG_NOSIGNAL); `Eof` never happens for a non-empty buf.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<Xfer> {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    xfer(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
+/// splice(2) between an fd and a pipe end, never blocking.
+/// SPLICE_F_MORE is deliberately not used (it caused 200 ms stalls elsewhere).
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<Xfer> {
+    // SAFETY: plain syscall with null offsets (both ends are sockets or pipes).
+    xfer(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+/// read(2) from a non-blocking pipe.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Xfer> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    xfer(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// A non-blocking pipe, closed on drop.
+#[derive(Debug)]
+pub struct Pipe {
+    pub read: RawFd,
+    pub write: RawFd,
+}
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pipe {
+            read: fds[0],
+            write: fds[1],
+        })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: both fds are owned by this value.
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Starting and stopping the shards: one pinned glommio executor per core.
+//!
+//! [`start`] checks the host (kernel, io_uring, locked memory), picks the CPUs the
+//! process may use (taskset and cgroup cpusets honoured; glommio's own
+//! `CpuSet::online()` ignores them), starts one executor per CPU, and waits until
+//! every executor has bound its listeners or one has failed. Start-up errors are
+//! [`StartError`]s whose messages say what to do.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use thiserror::Error;
+use tracing::info;
+
+use crate::config::ConfigHandle;
+use crate::net::socket;
+use crate::shard::{self, HostFacts, ShardSpec};
+use crate::stats::Counters;
+
+/// glommio's reactor refuses to start below this RLIMIT_MEMLOCK (per process).
+pub const MIN_MEMLOCK: u64 = 512 * 1024;
+/// Registered-buffer memory per executor. Remora does no file I/O, so glommio's
+/// 10 MiB default would only cost locked, resident memory; 64 KiB is its floor.
+const IO_MEMORY: usize = 64 * 1024;
+/// Submission queue depth per ring.
+const RING_DEPTH: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("port {addr} is already in use by another process (see `ss -ltnp 'sport = :{port}'`); stop it or choose another port in the config", port = addr.port())]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`) is {have_kib} KiB; io_uring needs at least {need_kib} KiB. Raise it: `ulimit -l 8192` in the shell, LimitMEMLOCK=8M for systemd, or --ulimit memlock=8388608 for docker")]
+    MemLock { have_kib: u64, need_kib: u64 },
+    #[error("io_uring is not available: {0}. Remora needs Linux 5.8 or newer with io_uring enabled (sysctl kernel.io_uring_disabled=0)")]
+    IoUring(String),
+    #[error("kernel {0} is too old: Remora needs Linux 5.8 or newer (io_uring with fast poll)")]
+    KernelTooOld(String),
+    #[error("--cores {asked} but this process may only run on {allowed} CPU(s) ({cpus:?}); lower --cores or widen the CPU affinity")]
+    TooManyCores {
+        asked: usize,
+        allowed: usize,
+        cpus: Vec<usize>,
+    },
+    #[error("cannot start executor {core}: {detail}")]
+    Executor { core: usize, detail: String },
+}
+
+/// A running proxy: its shards, and the switch that stops them.
+pub struct Proxy {
+    shutdown: Arc<AtomicBool>,
+    handles: Vec<ExecutorJoinHandle<Counters>>,
+    /// The CPUs the shards are pinned to, in shard order.
+    pub cpus: Vec<usize>,
+    /// Time from `start` being called to every listener being bound.
+    pub startup: Duration,
+}
+
+impl Proxy {
+    /// Stops accepting on every core; open connections drain (see `shard::run`).
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Waits for every shard to finish and returns the summed counters.
+    pub fn join(self) -> Counters {
+        let mut total = Counters::default();
+        for h in self.handles {
+            if let Ok(c) = h.join() {
+                total.add(&c);
+            }
+        }
+        total
+    }
+}
+
+/// The CPUs this process may run on (sched_getaffinity), in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Checks what glommio would otherwise report obscurely (or, for memlock, by
+/// exiting silently: FACTS.md).
+pub fn preflight() -> Result<(), StartError> {
+    let uname = nix::sys::utsname::uname().map_err(|e| StartError::IoUring(e.to_string()))?;
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (5, 8) {
+        return Err(StartError::KernelTooOld(release));
+    }
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        match s.trim() {
+            "2" => return Err(StartError::IoUring("kernel.io_uring_disabled is 2".into())),
+            "1" if !nix::unistd::geteuid().is_root() => {
+                return Err(StartError::IoUring(
+                    "kernel.io_uring_disabled is 1 (only root or kernel.io_uring_group may use it)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .map_err(|e| StartError::IoUring(e.to_string()))?;
+    if soft < MIN_MEMLOCK {
+        return Err(StartError::MemLock {
+            have_kib: soft / 1024,
+            need_kib: MIN_MEMLOCK / 1024,
+        });
+    }
+    Ok(())
+}
+
+/// Starts one shard per core and returns once all are listening.
+pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, StartError> {
+    let began = Instant::now();
+    preflight()?;
+    let snapshot = config.current();
+    let allowed = allowed_cpus();
+    let n = cores
+        .or(snapshot.config.runtime.cores)
+        .unwrap_or(allowed.len());
+    if n > allowed.len() {
+        return Err(StartError::TooManyCores {
+            asked: n,
+            allowed: allowed.len(),
+            cpus: allowed,
+        });
+    }
+    let cpus: Vec<usize> = allowed[..n].to_vec();
+    let host = HostFacts {
+        v6_source_usable: snapshot
+            .config
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.ipv6 && socket::can_bind(c.inbound_source_v6.into())),
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let mut handles = Vec::with_capacity(n);
+    for (id, &cpu) in cpus.iter().enumerate() {
+        let spec = ShardSpec {
+            id,
+            config: config.clone(),
+            shutdown: shutdown.clone(),
+            host,
+        };
+        let ready = ready_tx.clone();
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("remora-{id}"))
+            .io_memory(IO_MEMORY)
+            .ring_depth(RING_DEPTH)
+            .spawn(move || async move {
+                let bound = shard::bind_all(&spec.config.current().config);
+                match bound {
+                    Ok(listeners) => {
+                        let _ = ready.send(Ok(()));
+                        // Dropping the sender lets `start` see when every shard has
+                        // either reported or died without reporting.
+                        drop(ready);
+                        shard::run(spec, listeners).await
+                    }
+                    Err((addr, e)) => {
+                        let err = if e.kind() == io::ErrorKind::AddrInUse {
+                            StartError::PortInUse { addr }
+                        } else {
+                            StartError::Listen { addr, source: e }
+                        };
+                        let _ = ready.send(Err(err));
+                        Counters::default()
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shutdown.store(true, Ordering::Release);
+                return Err(executor_error(id, e.to_string()));
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    let mut ok = 0;
+    // Ends when every sender is gone: each shard reported, or died before it could.
+    while let Ok(r) = ready_rx.recv() {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let proxy = Proxy {
+        shutdown,
+        handles,
+        cpus,
+        startup: began.elapsed(),
+    };
+    if failure.is_some() || ok < n {
+        proxy.shutdown();
+        let mut reason = None;
+        for (core, h) in proxy.handles.into_iter().enumerate() {
+            if let Err(e) = h.join() {
+                reason.get_or_insert_with(|| executor_error(core, e.to_string()));
+            }
+        }
+        return Err(failure.or(reason).unwrap_or(StartError::Executor {
+            core: 0,
+            detail: "executor exited during start-up".into(),
+        }));
+    }
+    let (coop, plain) = crate::net::uring::ring_counts();
+    info!(cores = n, cpus = ?proxy.cpus, coop_taskrun_rings = coop, plain_rings = plain, "shards listening");
+    Ok(proxy)
+}
+
+fn executor_error(core: usize, detail: String) -> StartError {
+    if detail.contains("MemLockLimit") || detail.contains("memlock") {
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+            .unwrap_or((0, 0));
+        return StartError::MemLock {
+            have_kib: soft / 1024,
+            need_kib: MIN_MEMLOCK / 1024,
+        };
+    }
+    StartError::Executor { core, detail }
+}
