@@ -153,6 +153,8 @@ pub struct Shard {
 pub struct BoundListener {
     pub origin: Origin,
     pub listener: TcpListener,
+    /// glommio's listener exposes no fd; kept to shut it down on drain.
+    pub fd: std::os::fd::RawFd,
     pub ipv6: bool,
 }
 
@@ -194,9 +196,10 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::
         .map(|(origin, addr)| {
             let t = transparent && !matches!(origin, Origin::Listener(_));
             socket::listen(addr, t)
-                .map(|listener| BoundListener {
+                .map(|(listener, fd)| BoundListener {
                     origin,
                     listener,
+                    fd,
                     ipv6: addr.is_ipv6(),
                 })
                 .map_err(|e| (addr, e))
@@ -230,9 +233,15 @@ pub async fn run(spec: ShardSpec, listeners: Vec<BoundListener>) -> Counters {
         .map(|l| {
             let shard = shard.clone();
             let stop = stop.clone();
+            let fd = l.fd;
             glommio::spawn_local(async move {
                 future::or(accept_loop(shard, l), async move {
                     let _ = stop.acquire(1).await;
+                    // Closing the fd is not enough: the in-flight ring ACCEPT holds
+                    // a reference and the kernel would keep completing handshakes.
+                    // shutdown() on a listening socket stops listening at once.
+                    // SAFETY: the listener is still alive (owned by accept_loop).
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 })
                 .await
             })
@@ -247,7 +256,12 @@ pub async fn run(spec: ShardSpec, listeners: Vec<BoundListener>) -> Counters {
     let deadline = Instant::now() + drain;
     let open = shard.stats.downstream_cx_active.get();
     if open > 0 {
-        info!(core = shard.id, open, ?drain, "draining");
+        info!(
+            core = shard.id,
+            open,
+            ?drain,
+            "listeners closed; draining open connections"
+        );
     }
     while shard.stats.downstream_cx_active.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -343,7 +357,8 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         return;
     }
     let _ = down.set_nodelay(true);
-    let up = match connect(shard, &plan).await {
+    let mut down = down;
+    let mut up = match connect(shard, &plan).await {
         Ok(up) => up,
         Err(_) => {
             // Tell the client the way a closed port would: a reset.
@@ -352,7 +367,7 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         }
     };
     CoreStats::inc(&shard.stats.upstream_cx_total);
-    let report = l4::forward(&down, &up, plan.forwarding, plan.idle_timeout).await;
+    let report = l4::forward(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
     let s = &shard.stats;
     s.bytes_upstream
         .set(s.bytes_upstream.get() + report.bytes_up);

@@ -16,8 +16,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const BACKLOG: i32 = 4096;
 
 /// Builds a SO_REUSEPORT listener (one per core per address) and hands it to glommio.
-/// Must be called on the executor thread that will accept on it.
-pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+/// Must be called on the executor thread that will accept on it. The raw fd is
+/// returned too (glommio's listener does not expose it) for shutdown on drain.
+pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, RawFd)> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -40,8 +41,9 @@ pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
     s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
+    let fd = s.into_raw_fd();
     // SAFETY: we own the fd and give it to glommio exactly once.
-    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+    Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
 }
 
 /// Connects to `dst`, optionally from a fixed source address, within `timeout`.
@@ -138,9 +140,10 @@ pub fn can_bind(ip: IpAddr) -> bool {
         .is_ok()
 }
 
-/// Puts an fd in O_NONBLOCK mode. The data path needs it: splice(2) and
-/// send/recv must never block the executor thread. io_uring's RECV (used for
-/// readiness, see `l4`) still arms an internal poll on such sockets.
+/// Puts an fd in O_NONBLOCK mode. The data path needs it: splice(2) follows the
+/// file's O_NONBLOCK flag (not SPLICE_F_NONBLOCK) on the socket side and must
+/// never block the executor thread. glommio's own reads and writes use
+/// MSG_DONTWAIT plus ring POLL_ADD, which work the same on such sockets.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -258,6 +261,12 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<Xfer> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     })
+}
+
+/// write(2) to a non-blocking pipe.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<Xfer> {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    xfer(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
 /// read(2) from a non-blocking pipe.

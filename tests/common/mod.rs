@@ -1,0 +1,270 @@
+//! Shared test support: run the built `remora` binary on real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
+
+/// A port that was free a moment ago (bind :0, read, close).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "remora-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running proxy process. Its stderr is collected line by line.
+pub struct Remora {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Remora {
+    /// Starts `remora run --config <toml>` with extra args and waits for "ready".
+    pub fn start(toml: &str, args: &[&str]) -> Remora {
+        Self::start_with(toml, args, |c| c)
+    }
+
+    /// Like `start`, with a hook to adjust the command (e.g. wrap it in prlimit).
+    pub fn start_with(toml: &str, args: &[&str], f: impl FnOnce(Command) -> Command) -> Remora {
+        let dir = TempDir::new("cfg");
+        let cfg = dir.file("remora.toml", toml);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--config").arg(&cfg).args(args);
+        let mut r = Self::spawn(f(cmd), dir);
+        r.wait_for_log("ready");
+        r
+    }
+
+    pub fn spawn(mut cmd: Command, dir: TempDir) -> Remora {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        let mut child = cmd.spawn().expect("spawn remora");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Remora {
+            child,
+            lines: rx,
+            log: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; panics with the log so far.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.log.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?}; exit: {:?}; log:\n{}",
+                    self.child.try_wait(),
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, wait for exit, return (exit code, final totals line).
+    pub fn stop(mut self) -> (i32, Counters) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        // Drain the rest of stderr.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(l);
+        }
+        let totals = self
+            .log
+            .iter()
+            .find(|l| l.contains("stopped"))
+            .map(|l| Counters::parse(l))
+            .unwrap_or_else(|| panic!("no totals in log:\n{}", self.log.join("\n")));
+        (status.code().unwrap_or(-1), totals)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Remora {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `key=value` totals remora logs when it stops.
+#[derive(Debug, Default)]
+pub struct Counters(pub Vec<(String, u64)>);
+
+impl Counters {
+    pub fn parse(line: &str) -> Counters {
+        Counters(
+            line.split_whitespace()
+                .filter_map(|w| {
+                    let w = w.trim_start_matches("totals=");
+                    let (k, v) = w.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+    pub fn get(&self, k: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no counter {k} in {:?}", self.0))
+    }
+}
+
+/// Config with capture off and one listener per (name, port, mode) to `backend`.
+pub fn l4_config(backend: SocketAddr, listeners: &[(&str, u16, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "[runtime]\ndrain_timeout = \"2s\"\n[capture]\nenabled = false\n[[cluster]]\nname = \"backend\"\nendpoints = [\"{backend}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
+    );
+    for (name, port, mode) in listeners {
+        s += &format!(
+            "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ncluster = \"backend\"\nforwarding = \"{mode}\"\n"
+        );
+    }
+    s
+}
+
+/// A loopback listener with a deep backlog (std's 128 overflows when a test
+/// opens a thousand connections at once, and dropped SYNs stall for seconds).
+pub fn listener() -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(4096).unwrap();
+    s.into()
+}
+
+/// An echo server: every connection gets its bytes back; on EOF it half-closes.
+pub fn echo_server() -> SocketAddr {
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown(Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Connects to a proxy port, retrying briefly while the listener comes up.
+pub fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                return s;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect to {port}: {e}"),
+        }
+    }
+}
+
+/// Deterministic pseudo-random payload.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}
