@@ -114,7 +114,7 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
     let sig = signals.wait();
     info!(signal = ?sig.ok(), "stopping: no new connections; draining open ones");
     proxy.shutdown();
-    let totals = proxy.join();
+    let totals = proxy.join().counters;
     info!(%totals, "stopped");
     ExitCode::SUCCESS
 }

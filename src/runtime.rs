@@ -6,21 +6,24 @@
 //! every executor has bound its listeners or one has failed. Start-up errors are
 //! [`StartError`]s whose messages say what to do.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glommio::net::UnixStream;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 use tracing::info;
 
 use crate::config::ConfigHandle;
 use crate::net::socket;
-use crate::shard::{self, HostFacts, ShardSpec};
-use crate::stats::Counters;
+use crate::shard::{self, Command, HostFacts, ShardSpec};
+use crate::stats::{CoreReport, StatsHub};
 
 /// glommio's reactor refuses to start below this RLIMIT_MEMLOCK (per process).
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
@@ -52,10 +55,12 @@ pub enum StartError {
     Executor { core: usize, detail: String },
 }
 
-/// A running proxy: its shards, and the switch that stops them.
+/// A running proxy: its shards and their control sockets.
 pub struct Proxy {
-    shutdown: Arc<AtomicBool>,
-    handles: Vec<ExecutorJoinHandle<Counters>>,
+    controls: Vec<StdUnixStream>,
+    handles: Vec<ExecutorJoinHandle<CoreReport>>,
+    hub: Arc<StatsHub>,
+    generation: AtomicU64,
     /// The CPUs the shards are pinned to, in shard order.
     pub cpus: Vec<usize>,
     /// Time from `start` being called to every listener being bound.
@@ -63,14 +68,30 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Stops accepting on every core; open connections drain (see `shard::run`).
-    pub fn shutdown(&self) {
-        self.shutdown.store(true, Ordering::Release);
+    /// Sends `cmd` to every core.
+    pub fn send(&self, cmd: Command) {
+        let frame = cmd.encode();
+        for mut c in &self.controls {
+            // A core that already exited has closed its end; nothing to tell it.
+            let _ = c.write_all(&frame);
+        }
     }
 
-    /// Waits for every shard to finish and returns the summed counters.
-    pub fn join(self) -> Counters {
-        let mut total = Counters::default();
+    /// Stops accepting on every core; open connections drain (see `shard::run`).
+    pub fn shutdown(&self) {
+        self.send(Command::Stop);
+    }
+
+    /// Asks every core for its counters and histograms and sums them.
+    pub fn stats(&self) -> (CoreReport, Vec<CoreReport>) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send(Command::Report(generation));
+        self.hub.collect(generation, Duration::from_secs(2))
+    }
+
+    /// Waits for every shard to finish and returns the summed final reports.
+    pub fn join(self) -> CoreReport {
+        let mut total = CoreReport::default();
         for h in self.handles {
             if let Ok(c) = h.join() {
                 total.add(&c);
@@ -148,16 +169,21 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
             .as_ref()
             .is_some_and(|c| c.ipv6 && socket::can_bind(c.inbound_source_v6.into())),
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let hub = Arc::new(StatsHub::new(n));
+    let mut controls = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::with_capacity(n);
     for (id, &cpu) in cpus.iter().enumerate() {
         let spec = ShardSpec {
             id,
             config: config.clone(),
-            shutdown: shutdown.clone(),
+            hub: hub.clone(),
             host,
         };
+        let (ours, theirs) =
+            StdUnixStream::pair().map_err(|e| executor_error(id, e.to_string()))?;
+        controls.push(ours);
+        let theirs = theirs.into_raw_fd();
         let ready = ready_tx.clone();
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("remora-{id}"))
@@ -171,7 +197,9 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
                         // Dropping the sender lets `start` see when every shard has
                         // either reported or died without reporting.
                         drop(ready);
-                        shard::run(spec, listeners).await
+                        // SAFETY: the fd came from into_raw_fd and is owned here only.
+                        let control = unsafe { UnixStream::from_raw_fd(theirs) };
+                        shard::run(spec, listeners, control).await
                     }
                     Err((addr, e)) => {
                         let err = if e.kind() == io::ErrorKind::AddrInUse {
@@ -180,14 +208,14 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
                             StartError::Listen { addr, source: e }
                         };
                         let _ = ready.send(Err(err));
-                        Counters::default()
+                        CoreReport::default()
                     }
                 }
             });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
-                shutdown.store(true, Ordering::Release);
+                // Dropping `controls` tells the shards already started to stop.
                 return Err(executor_error(id, e.to_string()));
             }
         }
@@ -205,8 +233,10 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
         }
     }
     let proxy = Proxy {
-        shutdown,
+        controls,
         handles,
+        hub,
+        generation: AtomicU64::new(0),
         cpus,
         startup: began.elapsed(),
     };

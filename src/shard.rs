@@ -7,23 +7,25 @@
 //! One connection, top to bottom ([`serve`]):
 //! accept → original destination → [`decide`] (pure) → connect upstream → `l4::forward`.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::io::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigHandle, Forwarding};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
-use crate::stats::{CoreStats, Counters};
+use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +34,9 @@ pub enum Origin {
     Outbound,
     /// Capture port for traffic to the pod (15006).
     Inbound,
-    /// An explicit `[[listener]]`, by index.
-    Listener(usize),
+    /// An explicit `[[listener]]`, by its address (stable across reloads,
+    /// unlike its position in the file).
+    Listener(SocketAddr),
 }
 
 /// Where a connection goes, decided before any I/O.
@@ -70,6 +73,8 @@ pub enum Refusal {
     SelfLoop(SocketAddr),
     /// A capture port got a connection whose original destination is unknown.
     NoOriginalDst,
+    /// The listener that accepted it is no longer in the config.
+    NoListener(SocketAddr),
 }
 
 /// Facts about the host that `decide` needs but cannot look up itself.
@@ -89,8 +94,11 @@ pub fn decide(
     host: HostFacts,
 ) -> Decision {
     let capture = match origin {
-        Origin::Listener(i) => {
-            let l = &config.listeners[i];
+        Origin::Listener(addr) => {
+            // A listener removed by a reload may still accept a last connection.
+            let Some(l) = config.listeners.iter().find(|l| l.address == addr) else {
+                return Decision::Refuse(Refusal::NoListener(addr));
+            };
             return Decision::Forward(Forward {
                 target: Target::Cluster(l.cluster),
                 source: None,
@@ -144,30 +152,92 @@ pub struct Shard {
     pub id: usize,
     pub config: Arc<ConfigHandle>,
     pub stats: CoreStats,
+    pub histograms: RefCell<Histograms>,
     pub host: HostFacts,
-    /// Round-robin position per cluster index (grown on demand).
-    rr: std::cell::RefCell<Vec<usize>>,
+    /// Round-robin position per cluster name.
+    rr: RefCell<HashMap<String, usize>>,
+    /// Listeners this core accepts on right now.
+    listeners: RefCell<Vec<Active>>,
+    /// Set by a drain: reconcile must not open listeners again.
+    draining: Cell<bool>,
+}
+
+/// A running accept loop and the switch that stops it.
+struct Active {
+    key: ListenKey,
+    stop: Rc<Semaphore>,
+}
+
+/// What identifies a listener across config versions: if any part changes,
+/// the old socket is closed and a new one bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenKey {
+    pub origin: Origin,
+    pub addr: SocketAddr,
+    pub transparent: bool,
 }
 
 /// One bound listener of this core.
 pub struct BoundListener {
-    pub origin: Origin,
+    pub key: ListenKey,
     pub listener: TcpListener,
     /// glommio's listener exposes no fd; kept to shut it down on drain.
-    pub fd: std::os::fd::RawFd,
-    pub ipv6: bool,
+    pub fd: RawFd,
 }
 
 /// What a shard needs to know to start.
 pub struct ShardSpec {
     pub id: usize,
     pub config: Arc<ConfigHandle>,
-    pub shutdown: Arc<AtomicBool>,
+    pub hub: Arc<StatsHub>,
     pub host: HostFacts,
 }
 
-/// Addresses a config asks the shards to listen on, with their origin.
-pub fn listen_addrs(config: &Config) -> Vec<(Origin, SocketAddr)> {
+/// Commands to a shard, sent over its control socket as 9-byte frames
+/// (command byte + little-endian u64 argument). A socket rather than a shared
+/// flag so an idle core sleeps in the kernel instead of polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Deposit counters and histograms in the stats hub under this generation.
+    Report(u64),
+    /// A new config snapshot was published: open/close listeners to match.
+    Reconcile,
+    /// Stop accepting; keep serving open connections.
+    DrainListeners,
+    /// Stop accepting, drain open connections (up to drain_timeout), exit.
+    Stop,
+}
+
+impl Command {
+    pub fn encode(self) -> [u8; 9] {
+        let (c, arg) = match self {
+            Command::Report(g) => (b'r', g),
+            Command::Reconcile => (b'c', 0),
+            Command::DrainListeners => (b'd', 0),
+            Command::Stop => (b's', 0),
+        };
+        let mut f = [0u8; 9];
+        f[0] = c;
+        f[1..].copy_from_slice(&arg.to_le_bytes());
+        f
+    }
+
+    pub fn decode(f: [u8; 9]) -> Option<Command> {
+        let mut arg = [0u8; 8];
+        arg.copy_from_slice(&f[1..]);
+        let arg = u64::from_le_bytes(arg);
+        match f[0] {
+            b'r' => Some(Command::Report(arg)),
+            b'c' => Some(Command::Reconcile),
+            b'd' => Some(Command::DrainListeners),
+            b's' => Some(Command::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// Addresses a config asks the shards to listen on.
+pub fn listen_keys(config: &Config) -> Vec<ListenKey> {
     let mut v = Vec::new();
     if let Some(c) = &config.capture {
         for (origin, port) in [
@@ -175,82 +245,165 @@ pub fn listen_addrs(config: &Config) -> Vec<(Origin, SocketAddr)> {
             (Origin::Inbound, c.inbound_port),
         ] {
             if c.ipv4 {
-                v.push((origin, SocketAddr::from(([0, 0, 0, 0], port))));
+                v.push(ListenKey {
+                    origin,
+                    addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    transparent: c.transparent,
+                });
             }
             if c.ipv6 {
-                v.push((origin, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))));
+                v.push(ListenKey {
+                    origin,
+                    addr: SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                    transparent: c.transparent,
+                });
             }
         }
     }
-    for (i, l) in config.listeners.iter().enumerate() {
-        v.push((Origin::Listener(i), l.address));
+    for l in &config.listeners {
+        v.push(ListenKey {
+            origin: Origin::Listener(l.address),
+            addr: l.address,
+            transparent: false,
+        });
     }
     v
 }
 
-/// Binds this core's listeners. Called on the executor thread.
+/// Binds one listener. Called on the executor thread that will accept on it.
+pub fn bind(key: &ListenKey) -> io::Result<BoundListener> {
+    let (listener, fd) = socket::listen(key.addr, key.transparent)?;
+    Ok(BoundListener {
+        key: key.clone(),
+        listener,
+        fd,
+    })
+}
+
+/// Binds every listener a config asks for.
 pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::Error)> {
-    let transparent = config.capture.as_ref().is_some_and(|c| c.transparent);
-    listen_addrs(config)
-        .into_iter()
-        .map(|(origin, addr)| {
-            let t = transparent && !matches!(origin, Origin::Listener(_));
-            socket::listen(addr, t)
-                .map(|(listener, fd)| BoundListener {
-                    origin,
-                    listener,
-                    fd,
-                    ipv6: addr.is_ipv6(),
-                })
-                .map_err(|e| (addr, e))
-        })
+    listen_keys(config)
+        .iter()
+        .map(|k| bind(k).map_err(|e| (k.addr, e)))
         .collect()
 }
 
-/// Runs one core until shutdown and drain complete; returns its counters.
-pub async fn run(spec: ShardSpec, listeners: Vec<BoundListener>) -> Counters {
+impl Shard {
+    fn report(&self) -> CoreReport {
+        CoreReport {
+            counters: self.stats.snapshot(),
+            histograms: self.histograms.borrow().clone(),
+        }
+    }
+
+    /// Starts an accept loop for `l`; it runs until its stop switch is closed.
+    fn start_listener(self: &Rc<Self>, l: BoundListener) {
+        let stop = Rc::new(Semaphore::new(0));
+        self.listeners.borrow_mut().push(Active {
+            key: l.key.clone(),
+            stop: stop.clone(),
+        });
+        let shard = self.clone();
+        let fd = l.fd;
+        glommio::spawn_local(async move {
+            future::or(accept_loop(shard, l), async move {
+                let _ = stop.acquire(1).await;
+                // Closing the fd is not enough: the in-flight ring ACCEPT holds
+                // a reference and the kernel would keep completing handshakes.
+                // shutdown() on a listening socket stops listening at once.
+                // SAFETY: the listener is still alive (owned by accept_loop).
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            })
+            .await
+        })
+        .detach();
+    }
+
+    fn close_listeners(&self, keep: impl Fn(&ListenKey) -> bool) {
+        self.listeners.borrow_mut().retain(|a| {
+            if keep(&a.key) {
+                true
+            } else {
+                info!(core = self.id, addr = %a.key.addr, origin = ?a.key.origin, "listener closed");
+                a.stop.close();
+                false
+            }
+        });
+    }
+
+    /// Makes this core's listeners match the current snapshot. New addresses
+    /// are bound, removed ones closed; connections already accepted carry on.
+    fn reconcile(self: &Rc<Self>) {
+        if self.draining.get() {
+            return;
+        }
+        let want = listen_keys(&self.config.current().config);
+        self.close_listeners(|k| want.contains(k));
+        let have: Vec<ListenKey> = self
+            .listeners
+            .borrow()
+            .iter()
+            .map(|a| a.key.clone())
+            .collect();
+        for key in want.iter().filter(|k| !have.contains(k)) {
+            match bind(key) {
+                Ok(l) => {
+                    info!(core = self.id, addr = %key.addr, origin = ?key.origin, "listener opened");
+                    self.start_listener(l);
+                }
+                // The reload path test-binds new addresses before publishing, so
+                // this is a race with another process taking the port.
+                Err(e) => {
+                    error!(core = self.id, addr = %key.addr, error = %e, "cannot open listener")
+                }
+            }
+        }
+    }
+}
+
+/// Runs one core until told to stop and its connections have drained;
+/// returns its final report.
+pub async fn run(
+    spec: ShardSpec,
+    listeners: Vec<BoundListener>,
+    control: UnixStream,
+) -> CoreReport {
     let shard = Rc::new(Shard {
         id: spec.id,
         config: spec.config,
         stats: CoreStats::default(),
+        histograms: RefCell::new(Histograms::default()),
         host: spec.host,
         rr: Default::default(),
+        listeners: RefCell::new(Vec::new()),
+        draining: Cell::new(false),
     });
-    // Closed when shutdown is requested; every accept loop races against it.
-    let stop = Rc::new(Semaphore::new(0));
-    let watcher = {
-        let stop = stop.clone();
-        let flag = spec.shutdown.clone();
-        glommio::spawn_local(async move {
-            while !flag.load(Ordering::Acquire) {
-                glommio::timer::sleep(Duration::from_millis(25)).await;
-            }
-            stop.close();
-        })
-    };
-    let loops: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            let shard = shard.clone();
-            let stop = stop.clone();
-            let fd = l.fd;
-            glommio::spawn_local(async move {
-                future::or(accept_loop(shard, l), async move {
-                    let _ = stop.acquire(1).await;
-                    // Closing the fd is not enough: the in-flight ring ACCEPT holds
-                    // a reference and the kernel would keep completing handshakes.
-                    // shutdown() on a listening socket stops listening at once.
-                    // SAFETY: the listener is still alive (owned by accept_loop).
-                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                })
-                .await
-            })
-        })
-        .collect();
-    for l in loops {
-        l.await;
+    for l in listeners {
+        shard.start_listener(l);
     }
-    watcher.await;
+    let mut control = control;
+    loop {
+        let mut frame = [0u8; 9];
+        // EOF or an error on the control socket means the process is going away.
+        let cmd = match control.read_exact(&mut frame).await {
+            Ok(()) => Command::decode(frame),
+            Err(_) => Some(Command::Stop),
+        };
+        match cmd {
+            Some(Command::Report(generation)) => {
+                spec.hub.deposit(shard.id, generation, shard.report())
+            }
+            Some(Command::Reconcile) => shard.reconcile(),
+            Some(Command::DrainListeners) => {
+                shard.draining.set(true);
+                shard.close_listeners(|_| false);
+            }
+            Some(Command::Stop) => break,
+            None => warn!(core = shard.id, "unknown control frame ignored"),
+        }
+    }
+    shard.draining.set(true);
+    shard.close_listeners(|_| false);
     // Listeners are closed now: drain what is open, up to the deadline.
     let drain = shard.config.current().config.runtime.drain_timeout;
     let deadline = Instant::now() + drain;
@@ -273,7 +426,7 @@ pub async fn run(spec: ShardSpec, listeners: Vec<BoundListener>) -> Counters {
             left, "drain timeout reached; closing open connections"
         );
     }
-    shard.stats.snapshot()
+    shard.report()
 }
 
 /// Accepts forever. Resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) is
@@ -302,7 +455,7 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
                 }
                 CoreStats::inc(&shard.stats.downstream_cx_active);
                 let shard = shard.clone();
-                let (origin, ipv6) = (l.origin, l.ipv6);
+                let (origin, ipv6) = (l.key.origin, l.key.addr.is_ipv6());
                 glommio::spawn_local(async move {
                     serve(&shard, stream, origin, ipv6).await;
                     CoreStats::dec(&shard.stats.downstream_cx_active);
@@ -333,22 +486,31 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
 
 /// One accepted connection, start to finish.
 async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
+    let started = Instant::now();
     let snapshot = shard.config.current();
     let config = &snapshot.config;
     let fd = down.as_raw_fd();
     let Ok(local) = down.local_addr() else { return };
     let peer = down.peer_addr().ok();
-    let transparent = config.capture.as_ref().is_some_and(|c| c.transparent);
+    // REDIRECTed connections (always the case for outbound, also in Istio's
+    // TPROXY mode) carry their original destination in conntrack. Without a NAT
+    // entry (a TPROXYed connection, or one that was not redirected at all) the
+    // kernel answers with the local address, or ENOENT when conntrack is not
+    // loaded: both mean "the local address is the destination".
     let orig_dst = match origin {
         Origin::Listener(_) => None,
-        _ if transparent => Some(local),
-        _ => net::original_dst(fd, ipv6).ok(),
+        _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
     let plan = match decide(origin, orig_dst, local, config, shard.host) {
         Decision::Forward(f) => f,
-        Decision::Refuse(why) => {
+        Decision::Refuse(Refusal::SelfLoop(dst)) => {
             CoreStats::inc(&shard.stats.downstream_cx_loop_refused);
-            warn!(?peer, %local, ?why, "refusing connection: it would reach Remora itself");
+            warn!(?peer, %local, %dst, "refusing connection: its destination is Remora itself (not redirected, or a loop)");
+            return;
+        }
+        Decision::Refuse(why) => {
+            CoreStats::inc(&shard.stats.downstream_cx_no_route);
+            debug!(?peer, %local, ?why, "refusing connection: no route");
             return;
         }
     };
@@ -378,6 +540,12 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
         Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
     }
+    let micros = started.elapsed().as_micros() as u64;
+    shard
+        .histograms
+        .borrow_mut()
+        .downstream_cx_length_us
+        .saturating_record(micros.max(1));
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
 }
 
@@ -388,13 +556,15 @@ async fn connect(shard: &Shard, plan: &Forward) -> io::Result<TcpStream> {
     let endpoints: Vec<SocketAddr> = match &plan.target {
         Target::Addr(a) => vec![*a],
         Target::Cluster(i) => {
-            let eps = &snapshot.config.clusters[*i].endpoints;
+            let cluster = &snapshot.config.clusters[*i];
+            let eps = &cluster.endpoints;
             let mut rr = shard.rr.borrow_mut();
-            if rr.len() <= *i {
-                rr.resize(*i + 1, 0);
-            }
-            let start = rr[*i] % eps.len();
-            rr[*i] = rr[*i].wrapping_add(1);
+            let pos = match rr.get_mut(&cluster.name) {
+                Some(p) => p,
+                None => rr.entry(cluster.name.clone()).or_insert(0),
+            };
+            let start = *pos % eps.len().max(1);
+            *pos = pos.wrapping_add(1);
             eps[start..].iter().chain(&eps[..start]).copied().collect()
         }
     };
@@ -518,7 +688,7 @@ mod tests {
             "[capture]\nenabled = false\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:9\"]\nconnect_timeout = \"1s\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:7000\"\ncluster = \"b\"\nforwarding = \"splice\"\n",
         );
         let f = fwd(decide(
-            Origin::Listener(0),
+            Origin::Listener("127.0.0.1:7000".parse().unwrap()),
             None,
             "127.0.0.1:7000".parse().unwrap(),
             &c,

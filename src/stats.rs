@@ -3,6 +3,10 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
@@ -38,6 +42,8 @@ counters! {
     downstream_cx_overflow,
     /// Refused: the original destination was Remora itself (not redirected, or a loop).
     downstream_cx_loop_refused,
+    /// Refused: no listener or capture config covers it any more.
+    downstream_cx_no_route,
     /// accept() failures (EMFILE, ENFILE, ENOBUFS, ...); the loop backs off and retries.
     accept_errors,
     /// Upstream connections established.
@@ -76,5 +82,112 @@ impl fmt::Display for Counters {
             write!(f, "{name}={v}")?;
         }
         Ok(())
+    }
+}
+
+/// Latency histograms of one core (microseconds).
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    /// Whole downstream connection lifetime.
+    pub downstream_cx_length_us: Histogram<u64>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            downstream_cx_length_us: new_histogram(),
+        }
+    }
+}
+
+impl Histograms {
+    pub fn add(&mut self, o: &Histograms) {
+        // Both come from new_histogram(), so bounds match and add cannot fail.
+        let _ = self.downstream_cx_length_us.add(&o.downstream_cx_length_us);
+    }
+}
+
+/// 1 µs to 1 hour at 2 significant digits: a few KiB per histogram.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+}
+
+/// What one core reports when asked: counters plus histograms.
+#[derive(Debug, Clone, Default)]
+pub struct CoreReport {
+    pub counters: Counters,
+    pub histograms: Histograms,
+}
+
+impl CoreReport {
+    pub fn add(&mut self, o: &CoreReport) {
+        self.counters.add(&o.counters);
+        self.histograms.add(&o.histograms);
+    }
+}
+
+/// Where cores deposit their reports when the admin side asks for them.
+///
+/// Nothing here is touched on the data path: a core copies its `Cell`s and
+/// histograms into its slot only when it receives a "report" command on its
+/// control socket (see `shard::Control`), i.e. once per scrape.
+#[derive(Debug)]
+pub struct StatsHub {
+    slots: Vec<Mutex<(u64, CoreReport)>>,
+    changed: Condvar,
+    lock: Mutex<()>,
+}
+
+impl StatsHub {
+    pub fn new(cores: usize) -> StatsHub {
+        StatsHub {
+            slots: (0..cores)
+                .map(|_| Mutex::new((0, CoreReport::default())))
+                .collect(),
+            changed: Condvar::new(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Called by core `id` with the generation it was asked for.
+    pub fn deposit(&self, id: usize, generation: u64, report: CoreReport) {
+        if let Some(slot) = self.slots.get(id) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = (generation, report);
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// Waits until every core has deposited `generation` (or `timeout`), then
+    /// returns the sum and the per-core reports.
+    pub fn collect(&self, generation: u64, timeout: Duration) -> (CoreReport, Vec<CoreReport>) {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let done = self
+                .slots
+                .iter()
+                .all(|s| s.lock().unwrap_or_else(|p| p.into_inner()).0 >= generation);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done || left.is_zero() {
+                break;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(guard);
+        let per_core: Vec<CoreReport> = self
+            .slots
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).1.clone())
+            .collect();
+        let mut total = CoreReport::default();
+        for r in &per_core {
+            total.add(r);
+        }
+        (total, per_core)
     }
 }

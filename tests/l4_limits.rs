@@ -121,11 +121,15 @@ fn fd_exhaustion_backs_off_and_recovers() {
             .unwrap();
         assert!(st.success(), "prlimit failed");
     };
-    // No fd left: every accept (and every upstream socket) fails with EMFILE.
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    // No fd left: the limit is the lowest free fd number, so every accept (and
+    // every upstream socket) fails with EMFILE. (Counting open fds would not do:
+    // the limit caps fd *numbers*, and a gap below it would still be usable.)
+    let used: Vec<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count();
-    prlimit(open);
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    prlimit(lowest_free);
     // The kernel completes these handshakes into the backlog; the proxy cannot
     // accept them yet.
     let mut clients: Vec<TcpStream> = (0..5).map(|_| connect(p)).collect();
