@@ -327,7 +327,12 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
     let transparent = config.capture.as_ref().is_some_and(|c| c.transparent);
     let orig_dst = match origin {
         Origin::Listener(_) => None,
-        _ if transparent => Some(local),
+        // TPROXY mode still gets REDIRECTed connections: Istio's TPROXY rule set
+        // captures only inbound with TPROXY; outbound (and the pod calling itself
+        // through ISTIO_IN_REDIRECT) stays nat REDIRECT. Conntrack knows the
+        // pre-NAT address for those; for a TPROXY'd connection it reports the
+        // local address, which is then the original destination.
+        _ if transparent => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
         _ => net::original_dst(fd, ipv6).ok(),
     };
     let plan = match decide(origin, orig_dst, local, config, shard.host) {
