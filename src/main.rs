@@ -42,6 +42,8 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Install Istio's capture rules in this network namespace (istio-iptables flags).
+    Iptables(remora::intercept::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Iptables(args) => remora::intercept::main(args),
         Command::Run {
             config,
             cores,
