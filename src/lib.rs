@@ -17,10 +17,13 @@
 //! ring is created with COOP_TASKRUN (`net::uring`), which this workload needs
 //! to avoid an interrupt per completion.
 
+pub mod admin;
 pub mod config;
 pub mod intercept;
 pub mod l4;
+pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod runtime;
 pub mod shard;
 pub mod stats;

@@ -2,14 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
-use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
+use tracing::{error, info, warn};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, reload, EnvFilter};
 
+use remora::admin::{self, AdminState, Role};
 use remora::config::{Config, ConfigHandle};
+use remora::reload::{Reloader, Trigger};
 use remora::runtime;
 
 #[derive(Parser)]
@@ -68,7 +73,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the main thread waits for once the shards run.
+enum Event {
+    Stop(&'static str),
+    Reload(Trigger),
+}
+
 fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -> ExitCode {
+    let exec_started = Instant::now();
     let config = match &path {
         Some(p) => match Config::load(p) {
             Ok(c) => c,
@@ -79,43 +91,133 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
         },
         None => Config::builtin(),
     };
-    let filter = log_level
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let initial_filter = log_level
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| config.log_level.clone());
+    let (filter, filter_handle) = reload::Layer::new(EnvFilter::new(&initial_filter));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr))
         .init();
 
-    // Block the stop signals before any executor thread exists, so they inherit
-    // the mask and only this thread ever receives them (in sigwait below).
+    // Block the signals before any other thread exists, so they all inherit the
+    // mask and only the signal thread below ever receives them.
     let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
     if let Err(e) = signals.thread_block() {
         eprintln!("cannot block signals: {e}");
         return ExitCode::from(1);
     }
 
+    let admin_config = config.admin.clone();
     let handle = Arc::new(ConfigHandle::new(config));
-    let proxy = match runtime::start(handle, cores) {
-        Ok(p) => p,
+    let proxy = match runtime::start(handle.clone(), cores) {
+        Ok(p) => Arc::new(p),
         Err(e) => {
             error!("{e}");
             eprintln!("remora: {e}");
             return ExitCode::from(1);
         }
     };
+
+    let (events, inbox) = mpsc::channel::<Event>();
+    {
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name("remora-signals".into())
+            .spawn(move || loop {
+                match signals.wait() {
+                    Ok(Signal::SIGHUP) => {
+                        let _ = events.send(Event::Reload(Trigger::Signal));
+                    }
+                    Ok(_) => {
+                        let _ = events.send(Event::Stop("signal"));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            })
+            .expect("spawn signal thread");
+    }
+    let reloader = Arc::new(Reloader::new(path.clone(), handle.clone(), proxy.clone()));
+    let mut admin_state = None;
+    if let Some(admin) = &admin_config {
+        let quit = events.clone();
+        let state = Arc::new(AdminState {
+            handle: handle.clone(),
+            proxy: proxy.clone(),
+            reloader: reloader.clone(),
+            set_log_level: Box::new(move |level: &str| {
+                let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                filter_handle.reload(f).map_err(|e| e.to_string())
+            }),
+            log_level: Mutex::new(initial_filter.clone()),
+            started: exec_started,
+            startup: exec_started.elapsed(),
+            draining: AtomicBool::new(false),
+            quit: Box::new(move || {
+                let _ = quit.send(Event::Stop("admin /quitquitquit"));
+            }),
+        });
+        let endpoints = [
+            (Some(admin.address), Role::Admin),
+            (admin.prometheus_address, Role::Prometheus),
+            (admin.readiness_address, Role::Readiness),
+        ];
+        for (addr, role) in endpoints {
+            let Some(addr) = addr else { continue };
+            match admin::serve(addr, role, state.clone()) {
+                Ok(bound) => info!(%bound, ?role, "admin endpoint listening"),
+                Err(e) => {
+                    eprintln!("remora: {e}");
+                    proxy.shutdown();
+                    proxy.join();
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        if let (true, Some(p)) = (admin.watch_config, &path) {
+            let (tx, rx) = mpsc::channel();
+            match remora::reload::watch(p, tx) {
+                Ok(()) => {
+                    let events = events.clone();
+                    std::thread::spawn(move || {
+                        while rx.recv().is_ok() {
+                            if events.send(Event::Reload(Trigger::FileChange)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload")
+                }
+            }
+        }
+        admin_state = Some(state);
+    }
     info!(
-        startup_ms = format!("{:.2}", proxy.startup.as_secs_f64() * 1000.0),
+        startup_ms = format!("{:.2}", exec_started.elapsed().as_secs_f64() * 1000.0),
         source = path
             .as_ref()
             .map_or("built-in default".to_string(), |p| p.display().to_string()),
         "ready"
     );
-    let sig = signals.wait();
-    info!(signal = ?sig.ok(), "stopping: no new connections; draining open ones");
+    let why = loop {
+        match inbox.recv() {
+            Ok(Event::Reload(trigger)) => {
+                let _ = reloader.reload(trigger);
+            }
+            Ok(Event::Stop(why)) => break why,
+            Err(_) => break "event channel closed",
+        }
+    };
+    info!(why, "stopping: no new connections; draining open ones");
+    if let Some(s) = &admin_state {
+        s.draining.store(true, Ordering::Relaxed);
+    }
     proxy.shutdown();
     let totals = proxy.join().counters;
     info!(%totals, "stopped");

@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glommio::net::UnixStream;
@@ -58,7 +58,7 @@ pub enum StartError {
 /// A running proxy: its shards and their control sockets.
 pub struct Proxy {
     controls: Vec<StdUnixStream>,
-    handles: Vec<ExecutorJoinHandle<CoreReport>>,
+    handles: Mutex<Vec<ExecutorJoinHandle<CoreReport>>>,
     hub: Arc<StatsHub>,
     generation: AtomicU64,
     /// The CPUs the shards are pinned to, in shard order.
@@ -90,9 +90,10 @@ impl Proxy {
     }
 
     /// Waits for every shard to finish and returns the summed final reports.
-    pub fn join(self) -> CoreReport {
+    pub fn join(&self) -> CoreReport {
         let mut total = CoreReport::default();
-        for h in self.handles {
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
             if let Ok(c) = h.join() {
                 total.add(&c);
             }
@@ -234,7 +235,7 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
     }
     let proxy = Proxy {
         controls,
-        handles,
+        handles: Mutex::new(handles),
         hub,
         generation: AtomicU64::new(0),
         cpus,
@@ -243,7 +244,8 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
     if failure.is_some() || ok < n {
         proxy.shutdown();
         let mut reason = None;
-        for (core, h) in proxy.handles.into_iter().enumerate() {
+        let handles = std::mem::take(&mut *proxy.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for (core, h) in handles.into_iter().enumerate() {
             if let Err(e) = h.join() {
                 reason.get_or_insert_with(|| executor_error(core, e.to_string()));
             }

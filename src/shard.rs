@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, ConfigHandle, Forwarding};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
-use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
+use crate::stats::{CoreReport, CoreStats, EndpointStats, Histograms, StatsHub};
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,12 +160,15 @@ pub struct Shard {
     listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
     draining: Cell<bool>,
+    /// Per cluster endpoint counters (pruned to the config on reconcile).
+    endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
 }
 
 /// A running accept loop and the switch that stops it.
 struct Active {
     key: ListenKey,
     stop: Rc<Semaphore>,
+    fd: RawFd,
 }
 
 /// What identifies a listener across config versions: if any part changes,
@@ -293,6 +296,12 @@ impl Shard {
         CoreReport {
             counters: self.stats.snapshot(),
             histograms: self.histograms.borrow().clone(),
+            endpoints: self
+                .endpoints
+                .borrow()
+                .iter()
+                .map(|(a, e)| (*a, *e))
+                .collect(),
         }
     }
 
@@ -302,17 +311,12 @@ impl Shard {
         self.listeners.borrow_mut().push(Active {
             key: l.key.clone(),
             stop: stop.clone(),
+            fd: l.fd,
         });
         let shard = self.clone();
-        let fd = l.fd;
         glommio::spawn_local(async move {
             future::or(accept_loop(shard, l), async move {
                 let _ = stop.acquire(1).await;
-                // Closing the fd is not enough: the in-flight ring ACCEPT holds
-                // a reference and the kernel would keep completing handshakes.
-                // shutdown() on a listening socket stops listening at once.
-                // SAFETY: the listener is still alive (owned by accept_loop).
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             })
             .await
         })
@@ -324,8 +328,13 @@ impl Shard {
             if keep(&a.key) {
                 true
             } else {
-                info!(core = self.id, addr = %a.key.addr, origin = ?a.key.origin, "listener closed");
+                // Closing the fd is not enough: the in-flight ring ACCEPT holds a
+                // reference and the kernel would keep completing handshakes.
+                // shutdown() on a listening socket stops listening at once, before
+                // this returns. SAFETY: the accept loop still owns the listener.
+                unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
                 a.stop.close();
+                info!(core = self.id, addr = %a.key.addr, origin = ?a.key.origin, "listener closed");
                 false
             }
         });
@@ -337,7 +346,17 @@ impl Shard {
         if self.draining.get() {
             return;
         }
-        let want = listen_keys(&self.config.current().config);
+        let snapshot = self.config.current();
+        let configured: Vec<SocketAddr> = snapshot
+            .config
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().copied())
+            .collect();
+        self.endpoints
+            .borrow_mut()
+            .retain(|a, e| e.cx_active > 0 || configured.contains(a));
+        let want = listen_keys(&snapshot.config);
         self.close_listeners(|k| want.contains(k));
         let have: Vec<ListenKey> = self
             .listeners
@@ -377,6 +396,7 @@ pub async fn run(
         rr: Default::default(),
         listeners: RefCell::new(Vec::new()),
         draining: Cell::new(false),
+        endpoints: RefCell::new(HashMap::new()),
     });
     for l in listeners {
         shard.start_listener(l);
@@ -520,7 +540,7 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
     }
     let _ = down.set_nodelay(true);
     let mut down = down;
-    let mut up = match connect(shard, &plan).await {
+    let (mut up, endpoint) = match connect(shard, &plan).await {
         Ok(up) => up,
         Err(_) => {
             // Tell the client the way a closed port would: a reset.
@@ -540,6 +560,11 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
         Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
     }
+    if let Some(ep) = endpoint {
+        if let Some(e) = shard.endpoints.borrow_mut().get_mut(&ep) {
+            e.cx_active = e.cx_active.saturating_sub(1);
+        }
+    }
     let micros = started.elapsed().as_micros() as u64;
     shard
         .histograms
@@ -551,8 +576,9 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
 
 /// Connects to the plan's target; for a cluster, tries each endpoint once,
 /// starting at this core's round-robin position.
-async fn connect(shard: &Shard, plan: &Forward) -> io::Result<TcpStream> {
+async fn connect(shard: &Shard, plan: &Forward) -> io::Result<(TcpStream, Option<SocketAddr>)> {
     let snapshot = shard.config.current();
+    let tracked = matches!(plan.target, Target::Cluster(_));
     let endpoints: Vec<SocketAddr> = match &plan.target {
         Target::Addr(a) => vec![*a],
         Target::Cluster(i) => {
@@ -570,8 +596,20 @@ async fn connect(shard: &Shard, plan: &Forward) -> io::Result<TcpStream> {
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no endpoints");
     for ep in endpoints {
-        match socket::connect(ep, plan.source, plan.connect_timeout).await {
-            Ok(s) => return Ok(s),
+        let result = socket::connect(ep, plan.source, plan.connect_timeout).await;
+        if tracked {
+            let mut eps = shard.endpoints.borrow_mut();
+            let e = eps.entry(ep).or_default();
+            match &result {
+                Ok(_) => {
+                    e.cx_total += 1;
+                    e.cx_active += 1;
+                }
+                Err(_) => e.cx_connect_fail += 1,
+            }
+        }
+        match result {
+            Ok(s) => return Ok((s, tracked.then_some(ep))),
             Err(e) => {
                 if e.kind() == io::ErrorKind::TimedOut {
                     CoreStats::inc(&shard.stats.upstream_cx_connect_timeout);

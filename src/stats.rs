@@ -2,7 +2,9 @@
 //! path. Cores hand out a copy ([`Counters`]) that is summed on read.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,17 +114,33 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
 }
 
+/// Counters of one cluster endpoint (only configured endpoints are tracked,
+/// so the set is bounded by the config, not by traffic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub cx_total: u64,
+    pub cx_connect_fail: u64,
+    pub cx_active: u64,
+}
+
 /// What one core reports when asked: counters plus histograms.
 #[derive(Debug, Clone, Default)]
 pub struct CoreReport {
     pub counters: Counters,
     pub histograms: Histograms,
+    pub endpoints: BTreeMap<SocketAddr, EndpointStats>,
 }
 
 impl CoreReport {
     pub fn add(&mut self, o: &CoreReport) {
         self.counters.add(&o.counters);
         self.histograms.add(&o.histograms);
+        for (addr, e) in &o.endpoints {
+            let t = self.endpoints.entry(*addr).or_default();
+            t.cx_total += e.cx_total;
+            t.cx_connect_fail += e.cx_connect_fail;
+            t.cx_active += e.cx_active;
+        }
     }
 }
 

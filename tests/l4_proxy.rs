@@ -180,7 +180,7 @@ fn many_concurrent_connections() {
 fn self_loop_is_refused_and_counted() {
     let (out, inb) = (free_port(), free_port());
     let toml = format!(
-        "[capture]\noutbound_port = {out}\ninbound_port = {inb}\nipv6 = false\n[runtime]\ndrain_timeout = \"1s\"\n"
+        "[admin]\nenabled = false\n[capture]\noutbound_port = {out}\ninbound_port = {inb}\nipv6 = false\n[runtime]\ndrain_timeout = \"1s\"\n"
     );
     let r = Remora::start(&toml, &["--cores", "1"]);
     for port in [out, inb] {

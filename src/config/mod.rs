@@ -17,16 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use raw::{RawCapture, RawCluster, RawConfig, RawListener};
+use raw::{RawAccessLog, RawAdmin, RawCapture, RawCluster, RawConfig, RawListener};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
 /// `config/remora.toml` is the documented, commented equivalent.
 pub const DEFAULT_TOML: &str = "";
 
 /// How an L4 connection moves bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// `recv` into a per-core buffer, `send` out. Measured faster on loopback
     /// (FACTS.md: 2.73 vs 2.65 GB/s), hence the default.
@@ -36,18 +38,19 @@ pub enum Forwarding {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Runtime {
     /// Executors to run; `None` = one per CPU the process may use.
     pub cores: Option<usize>,
     /// Connections a core holds at once before it refuses new ones.
     pub max_connections_per_core: usize,
     /// How long SIGTERM waits for open connections before exiting.
+    #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
 }
 
 /// Istio-style transparent capture (iptables REDIRECT or TPROXY sends traffic here).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Capture {
     pub outbound_port: u16,
     pub inbound_port: u16,
@@ -60,34 +63,92 @@ pub struct Capture {
     /// socket's local address instead of SO_ORIGINAL_DST.
     pub transparent: bool,
     pub forwarding: Forwarding,
+    #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
 }
 
 /// An explicit TCP listener that forwards to a named cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     /// Index into [`Config::clusters`].
     pub cluster: usize,
     pub forwarding: Forwarding,
+    #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
 }
 
 /// A named set of static endpoints.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<SocketAddr>,
+    #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
 }
 
+/// The operator-facing HTTP endpoints (Envoy's and Istio's ports by default).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Admin {
+    /// Admin API (/ready, /stats, /config_dump, ...); loopback only by default.
+    pub address: SocketAddr,
+    /// Prometheus scrape endpoint (/stats/prometheus), Istio's 15090.
+    pub prometheus_address: Option<SocketAddr>,
+    /// Kubernetes readiness probe (/healthz/ready), Istio's 15021.
+    pub readiness_address: Option<SocketAddr>,
+    /// Reload when the config file changes on disk (inotify).
+    pub watch_config: bool,
+}
+
+/// Where and how connection/request logs are written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLog {
+    pub target: LogTarget,
+    pub format: LogFormat,
+    /// JSON field names, in order (text uses Envoy's default format).
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Access-log fields, Envoy's command-operator names in lower case.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "start_time",
+    "protocol",
+    "response_flags",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_host",
+    "downstream_remote_address",
+    "downstream_local_address",
+    "listener",
+];
+
 /// A fully validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub runtime: Runtime,
     pub log_level: String,
+    /// None: admin, Prometheus and readiness endpoints all off.
+    pub admin: Option<Admin>,
+    /// None: no access log (Istio's default).
+    pub access_log: Option<AccessLog>,
     pub capture: Option<Capture>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
@@ -309,12 +370,114 @@ impl Validator<'_> {
                 }
             }
         }
+        let admin = self.admin(raw.admin);
+        let access_log = self.access_log(raw.access_log);
         Config {
             runtime,
             log_level,
+            admin,
+            access_log,
             capture,
             listeners,
             clusters,
+        }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let address = self.addr_or(raw.address, "127.0.0.1:15000");
+        let prometheus_address = self.optional_addr(raw.prometheus_address, "0.0.0.0:15090");
+        let readiness_address = self.optional_addr(raw.readiness_address, "0.0.0.0:15021");
+        Some(Admin {
+            address,
+            prometheus_address,
+            readiness_address,
+            watch_config: raw.watch_config.unwrap_or(true),
+        })
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> Option<AccessLog> {
+        let target = match raw.path {
+            None => return None,
+            Some(p) => match p.get_ref().as_str() {
+                "off" | "" => return None,
+                "stdout" | "/dev/stdout" => LogTarget::Stdout,
+                path if path.starts_with('/') => LogTarget::File(PathBuf::from(path)),
+                other => {
+                    self.error(
+                        Some(p.span()),
+                        format!("access_log.path `{other}` must be \"stdout\", \"off\" or an absolute file path"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let format = match raw.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.error(
+                        Some(f.span()),
+                        format!("access_log.format `{other}` is not one of \"text\", \"json\""),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        let fields = match raw.fields {
+            None => ACCESS_LOG_FIELDS.iter().map(|f| f.to_string()).collect(),
+            Some(list) => {
+                let mut v = Vec::new();
+                for f in list.get_ref() {
+                    if ACCESS_LOG_FIELDS.contains(&f.get_ref().as_str()) {
+                        v.push(f.get_ref().clone());
+                    } else {
+                        self.error(
+                            Some(f.span()),
+                            format!(
+                                "access_log field `{}` is unknown (known: {})",
+                                f.get_ref(),
+                                ACCESS_LOG_FIELDS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                v
+            }
+        };
+        Some(AccessLog {
+            target,
+            format,
+            fields,
+        })
+    }
+
+    fn addr_or(&mut self, v: Option<Spanned<String>>, default: &str) -> SocketAddr {
+        self.optional_addr(v, default)
+            .unwrap_or_else(|| default.parse().expect("valid default address"))
+    }
+
+    /// An address, or None when set to "" / "off".
+    fn optional_addr(&mut self, v: Option<Spanned<String>>, default: &str) -> Option<SocketAddr> {
+        let Some(v) = v else {
+            return Some(default.parse().expect("valid default address"));
+        };
+        match v.get_ref().as_str() {
+            "" | "off" => None,
+            s => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.error(
+                        Some(v.span()),
+                        format!("`{s}` is not an address:port (e.g. \"127.0.0.1:15000\"), \"\" or \"off\""),
+                    );
+                    None
+                }
+            },
         }
     }
 
@@ -541,6 +704,24 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// The inverse of [`parse_duration`] (whole milliseconds).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
     }
 }
 

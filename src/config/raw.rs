@@ -16,6 +16,10 @@ pub struct RawConfig {
     /// Absent means "capture with Istio's defaults"; `enabled = false` turns it off.
     #[serde(default)]
     pub capture: RawCapture,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<RawListener>,
     #[serde(default, rename = "cluster")]
@@ -68,4 +72,22 @@ pub struct RawCluster {
     pub name: Spanned<String>,
     pub endpoints: Spanned<Vec<Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<Spanned<String>>,
+    pub prometheus_address: Option<Spanned<String>>,
+    pub readiness_address: Option<Spanned<String>>,
+    pub watch_config: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub fields: Option<Spanned<Vec<Spanned<String>>>>,
 }

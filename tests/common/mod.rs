@@ -51,7 +51,7 @@ pub struct Remora {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub log: Vec<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Remora {
@@ -91,7 +91,7 @@ impl Remora {
             child,
             lines: rx,
             log: Vec::new(),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -144,6 +144,11 @@ impl Remora {
         }
     }
 
+    /// The config file `start` wrote (rewrite it to test reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("remora.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -184,7 +189,7 @@ impl Counters {
 /// Config with capture off and one listener per (name, port, mode) to `backend`.
 pub fn l4_config(backend: SocketAddr, listeners: &[(&str, u16, &str)], extra: &str) -> String {
     let mut s = format!(
-        "[runtime]\ndrain_timeout = \"2s\"\n[capture]\nenabled = false\n[[cluster]]\nname = \"backend\"\nendpoints = [\"{backend}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
+        "[runtime]\ndrain_timeout = \"2s\"\n[admin]\nenabled = false\n[capture]\nenabled = false\n[[cluster]]\nname = \"backend\"\nendpoints = [\"{backend}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
     );
     for (name, port, mode) in listeners {
         s += &format!(
