@@ -18,6 +18,7 @@
 //! to avoid an interrupt per completion.
 
 pub mod config;
+pub mod http;
 pub mod l4;
 pub mod net;
 pub mod runtime;

@@ -1,0 +1,2 @@
+//! HTTP/1.1 for the L7 path: head parsing, body framing, rewriting, routing.
+pub mod head;
