@@ -514,7 +514,9 @@ mod tests {
 
     #[test]
     fn valid_bodies() {
-        let cases: &[(&[u8], &[u8], &[u8], usize)] = &[
+        // (input, payload, trailers, bytes of the input that are body)
+        type Case = (&'static [u8], &'static [u8], &'static [u8], usize);
+        let cases: &[Case] = &[
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello", b"", 15),
             (
                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET",

@@ -729,10 +729,10 @@ fn scan_headers(
                 }
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => f.upgrade = Some(span.value),
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
-                    f.expect_continue = true;
-                }
+            6 if name.eq_ignore_ascii_case(b"expect")
+                && trim_ows(value).eq_ignore_ascii_case(b"100-continue") =>
+            {
+                f.expect_continue = true;
             }
             _ => {}
         }
