@@ -44,6 +44,22 @@ pub fn is_valid_header_value(value: &[u8]) -> bool {
             .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
+/// A configured header field (lowercase name, valid value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: Box<[u8]>,
+    pub value: Box<[u8]>,
+}
+
+impl HeaderField {
+    pub fn new(name: &[u8], value: &[u8]) -> HeaderField {
+        HeaderField {
+            name: name.to_ascii_lowercase().into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// Header edits from a route, applied in the order remove, set, add.
 /// Names are lowercase and values valid (checked when the config is validated).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,9 +67,9 @@ pub struct HeaderOps {
     /// Drop every field with this name.
     pub remove: Vec<Box<[u8]>>,
     /// Replace every field with this name by one with this value.
-    pub set: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub set: Vec<HeaderField>,
     /// Append a field, keeping existing ones.
-    pub add: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub add: Vec<HeaderField>,
 }
 
 impl HeaderOps {
@@ -64,12 +80,12 @@ impl HeaderOps {
     /// Whether an incoming field of this name is dropped (removed or replaced).
     fn drops(&self, name: &[u8]) -> bool {
         self.remove.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || self.set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || self.set.iter().any(|f| f.name.eq_ignore_ascii_case(name))
     }
 
     fn write_new(&self, out: &mut Vec<u8>) {
-        for (n, v) in self.set.iter().chain(&self.add) {
-            push_header(out, n, v);
+        for f in self.set.iter().chain(&self.add) {
+            push_header(out, &f.name, &f.value);
         }
     }
 }
@@ -186,11 +202,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     let mut generated_request_id = None;
     if let Some(generator) = rw.request_id {
         if !had_request_id
-            && !ops.is_some_and(|o| {
-                o.set
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
-            })
+            && !ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"))
         {
             let id = generator.next_id();
             push_header(out, b"x-request-id", id.as_bytes());
@@ -525,8 +537,8 @@ mod tests {
         let view = head.view(input);
         let ops = HeaderOps {
             remove: vec![b"x-drop"[..].into()],
-            set: vec![(b"x-set"[..].into(), b"new"[..].into())],
-            add: vec![(b"x-add"[..].into(), b"1"[..].into())],
+            set: vec![HeaderField::new(b"X-Set", b"new")],
+            add: vec![HeaderField::new(b"x-add", b"1")],
         };
         let ids = RequestIdGenerator::with_seed(7);
         let rw = RequestRewrite {
