@@ -2,3 +2,5 @@
 pub mod body;
 pub mod head;
 pub mod rewrite;
+pub mod route;
+pub mod route_config;
