@@ -927,7 +927,7 @@ impl<'a> RequestView<'a> {
         memchr::memchr(b'?', pq).map(|i| &pq[i + 1..])
     }
 
-    /// The target authority ("host[:port]") as sent; see [`RequestHead::authority`].
+    /// The target authority (`host[:port]`) as sent; see [`RequestHead::authority`].
     pub fn authority(&self) -> Option<&'a [u8]> {
         self.head.authority.map(|s| s.get(self.buf))
     }
@@ -998,7 +998,7 @@ impl<'a> ResponseView<'a> {
     }
 }
 
-/// "host:port" → "host"; "[v6]:port" → "[v6]"; a bare "host" or "[v6]" unchanged.
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare `host` or `[v6]` unchanged.
 pub fn strip_port(authority: &[u8]) -> &[u8] {
     if authority.first() == Some(&b'[') {
         return match memchr::memchr(b']', authority) {
@@ -1504,6 +1504,54 @@ mod tests {
         let input = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n";
         let (h, _) = resp(input, Method::Get).unwrap();
         assert!(h.view(input).is_interim());
+    }
+
+    /// Deterministic mutation fuzzing: no input may panic, and whatever is
+    /// accepted must have every span inside the head.
+    #[test]
+    fn mutated_inputs_never_panic() {
+        let seeds: &[&[u8]] = &[
+            b"POST http://a:1/p?q HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: x, close\r\nExpect: 100-continue\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nUpgrade: ws\r\n\r\n",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"\r\n :,;\t\0\x7f\xffaAzZ09-/?*[]";
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % input.len();
+                let b = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 => input[at] = b,
+                    1 => input.insert(at, b),
+                    _ => {
+                        input.remove(at);
+                    }
+                }
+                if input.is_empty() {
+                    input.push(b'G');
+                }
+            }
+            if let Ok(Parsed::Complete { head, len }) = parse_request(&input, &L) {
+                let v = head.view(&input);
+                for (n, val) in v.headers().iter() {
+                    assert!(!n.is_empty());
+                    assert!(!val.contains(&b'\n') && !val.contains(&b'\r'));
+                }
+                assert!(head.target.end as usize <= len);
+            }
+            for m in [Method::Get, Method::Head, Method::Connect] {
+                if let Ok(Parsed::Complete { head, len }) = parse_response(&input, &L, m) {
+                    assert!(head.reason.end as usize <= len);
+                }
+            }
+        }
     }
 
     #[test]
