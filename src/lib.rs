@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod http;
 pub mod intercept;
 pub mod l4;
 pub mod metrics;

@@ -1,0 +1,746 @@
+//! Turning a parsed head into the head the proxy sends on: hop-by-hop removal,
+//! X-Forwarded-*, X-Request-Id, route header operations, and serialization.
+//!
+//! The proxy never forwards the peer's framing headers: Content-Length and
+//! Transfer-Encoding are written from the outgoing [`BodyFraming`], so what the
+//! next hop reads as the message length is what this proxy decided it is.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use super::head::{list_elements, BodyFraming, Method, RequestView, ResponseView, Version};
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy Proxy-Connection and
+/// Keep-Alive): meaningful for one connection only, never forwarded.
+/// Upgrade is forwarded only when the proxy carries the upgrade through.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// token (RFC 9110 §5.6.2): what a field name may be.
+pub fn is_valid_header_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// field-value (RFC 9110 §5.5) without leading/trailing whitespace: no CR, LF or NUL
+/// can reach the wire through configuration.
+pub fn is_valid_header_value(value: &[u8]) -> bool {
+    let edges_ok =
+        !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'));
+    edges_ok
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+}
+
+/// A configured header field (lowercase name, valid value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: Box<[u8]>,
+    pub value: Box<[u8]>,
+}
+
+impl HeaderField {
+    pub fn new(name: &[u8], value: &[u8]) -> HeaderField {
+        HeaderField {
+            name: name.to_ascii_lowercase().into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// Header edits from a route, applied in the order remove, set, add.
+/// Names are lowercase and values valid (checked when the config is validated).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    /// Drop every field with this name.
+    pub remove: Vec<Box<[u8]>>,
+    /// Replace every field with this name by one with this value.
+    pub set: Vec<HeaderField>,
+    /// Append a field, keeping existing ones.
+    pub add: Vec<HeaderField>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Whether an incoming field of this name is dropped (removed or replaced).
+    fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || self.set.iter().any(|f| f.name.eq_ignore_ascii_case(name))
+    }
+
+    fn write_new(&self, out: &mut Vec<u8>) {
+        for f in self.set.iter().chain(&self.add) {
+            push_header(out, &f.name, &f.value);
+        }
+    }
+}
+
+/// What the proxy changes when forwarding a request upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRewrite<'a> {
+    /// New path and query (e.g. after a prefix rewrite); else the original, in
+    /// origin-form (an absolute-form target is reduced to its path).
+    pub path: Option<&'a [u8]>,
+    /// New Host; else the request's authority. A request without one (HTTP/1.0)
+    /// gets an empty Host, as RFC 9112 §3.2 prescribes when there is no authority.
+    pub host: Option<&'a [u8]>,
+    /// Appended to X-Forwarded-For (merging existing fields into one).
+    pub client_addr: Option<IpAddr>,
+    /// Sets X-Forwarded-Proto ("http" / "https").
+    pub forwarded_proto: Option<&'a str>,
+    /// Generates X-Request-Id when the request has none.
+    pub request_id: Option<&'a RequestIdGenerator>,
+    pub ops: Option<&'a HeaderOps>,
+    /// The framing of the body as it will be sent upstream.
+    pub framing: BodyFraming,
+    /// Carry `Connection: upgrade` and the Upgrade field through (WebSocket).
+    pub upgrade: bool,
+}
+
+impl<'a> RequestRewrite<'a> {
+    /// Forwards the request as is, framing kept, upgrade kept if requested.
+    pub fn passthrough(req: &RequestView<'a>) -> RequestRewrite<'a> {
+        RequestRewrite {
+            path: None,
+            host: None,
+            client_addr: None,
+            forwarded_proto: None,
+            request_id: None,
+            ops: None,
+            framing: req.head.framing,
+            upgrade: req.head.upgrade.is_some(),
+        }
+    }
+}
+
+/// Facts about what [`write_request`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The X-Request-Id generated for this request, if one was.
+    pub generated_request_id: Option<RequestId>,
+}
+
+/// Whether `name` is listed in a Connection field of the message, i.e. declared
+/// hop-by-hop by the sender (RFC 9110 §7.6.1).
+fn named_in_connection<'a>(
+    mut connection_values: impl Iterator<Item = &'a [u8]>,
+    name: &[u8],
+) -> bool {
+    connection_values.any(|v| list_elements(v).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Serializes the upstream request head for `req` into `out` (HTTP/1.1 always:
+/// RFC 9110 §6.2, a proxy sends its own version).
+pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut Vec<u8>) -> Written {
+    let head = req.head;
+    let headers = req.headers();
+    out.reserve(head.head_len + 128);
+    out.extend_from_slice(req.method());
+    out.push(b' ');
+    let target = match (rw.path, head.method) {
+        (Some(p), _) => p,
+        (None, Method::Connect) => req.target(),
+        (None, _) => req.path_and_query(),
+    };
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_header(
+        out,
+        b"host",
+        rw.host.or_else(|| req.authority()).unwrap_or_default(),
+    );
+
+    let check_connection = head.connection.other;
+    let ops = rw.ops.filter(|o| !o.is_empty());
+    let mut had_request_id = false;
+    for (name, value) in headers.iter() {
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
+            || (rw.client_addr.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-for"))
+            || (rw.forwarded_proto.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+            || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
+            || ops.is_some_and(|o| o.drops(name))
+        {
+            continue;
+        }
+        had_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
+        push_header(out, name, value);
+    }
+
+    if let Some(addr) = rw.client_addr {
+        // RFC 7239 §5.2's de-facto predecessor: one comma-separated list, the
+        // nearest client last.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for v in headers.get_all(b"x-forwarded-for") {
+            if !v.is_empty() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+        push_display(out, addr);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(proto) = rw.forwarded_proto {
+        push_header(out, b"x-forwarded-proto", proto.as_bytes());
+    }
+    let mut generated_request_id = None;
+    if let Some(generator) = rw.request_id {
+        if !had_request_id
+            && !ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"))
+        {
+            let id = generator.next_id();
+            push_header(out, b"x-request-id", id.as_bytes());
+            generated_request_id = Some(id);
+        }
+    }
+    if let Some(ops) = ops {
+        ops.write_new(out);
+    }
+    push_framing(out, rw.framing);
+    if rw.upgrade {
+        if let Some(upgrade) = req.upgrade() {
+            push_header(out, b"connection", b"upgrade");
+            push_header(out, b"upgrade", upgrade);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Written {
+        generated_request_id,
+    }
+}
+
+/// What the proxy changes when forwarding a response downstream.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseRewrite<'a> {
+    pub ops: Option<&'a HeaderOps>,
+    /// The framing of the body as it will be sent downstream (`None` keeps the
+    /// upstream's Content-Length, which for HEAD and 304 describes another body).
+    pub framing: BodyFraming,
+    /// Whether the downstream connection stays open after this response.
+    pub keep_alive: bool,
+    /// The client's version: an HTTP/1.0 client needs `Connection: keep-alive`.
+    pub client_version: Version,
+}
+
+/// Serializes the downstream response head for `resp` into `out`.
+pub fn write_response(resp: &ResponseView<'_>, rw: &ResponseRewrite<'_>, out: &mut Vec<u8>) {
+    let head = resp.head;
+    let headers = resp.headers();
+    out.reserve(head.head_len + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(head.status));
+    out.push(b' ');
+    let reason = resp.reason();
+    out.extend_from_slice(if reason.is_empty() {
+        reason_phrase(head.status).as_bytes()
+    } else {
+        reason
+    });
+    out.extend_from_slice(b"\r\n");
+
+    let check_connection = head.connection.other;
+    let ops = rw.ops.filter(|o| !o.is_empty());
+    for (name, value) in headers.iter() {
+        if is_hop_by_hop(name)
+            || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
+            || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
+            || ops.is_some_and(|o| o.drops(name))
+        {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    if let Some(ops) = ops {
+        ops.write_new(out);
+    }
+    push_framing(out, rw.framing);
+    if let Some(upgrade) = resp.upgrade() {
+        push_header(out, b"connection", b"upgrade");
+        push_header(out, b"upgrade", upgrade);
+    } else if !rw.keep_alive || rw.framing == BodyFraming::CloseDelimited {
+        push_header(out, b"connection", b"close");
+    } else if rw.client_version == Version::Http10 {
+        push_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The interim response sent when the proxy accepts an `Expect: 100-continue`.
+pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A response generated by the proxy itself (errors, direct responses, redirects).
+pub fn write_local_response(
+    status: u16,
+    headers: &[(&[u8], &[u8])],
+    body: &[u8],
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(64 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in headers {
+        push_header(out, n, v);
+    }
+    push_framing(out, BodyFraming::Length(body.len() as u64));
+    if !keep_alive {
+        push_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Reason phrases for the statuses a proxy sends (RFC 9110 §15); the phrase is
+/// informational only (RFC 9112 §4), so unknown codes get an empty one.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_framing(out: &mut Vec<u8>, framing: BodyFraming) {
+    match framing {
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => push_header(out, b"transfer-encoding", b"chunked"),
+        BodyFraming::None | BodyFraming::CloseDelimited => {}
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+/// A request id in UUID text form (8-4-4-4-12 lowercase hex, version 4 layout).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId([u8; 36]);
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and dashes are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-core X-Request-Id source: a random 60-bit seed drawn once, and a counter.
+///
+/// The upper half of the id is the seed, the lower half a bijective mix of the
+/// counter (so consecutive ids do not look consecutive). Ids from one generator
+/// never repeat (2^62 of them); two generators collide only if their random seeds
+/// agree in all 60 bits. No syscall, lock or atomic per id; `!Sync` on purpose.
+#[derive(Debug)]
+pub struct RequestIdGenerator {
+    seed: u64,
+    counter: Cell<u64>,
+}
+
+const LOW62: u64 = (1 << 62) - 1;
+
+impl RequestIdGenerator {
+    /// Seeds from the OS (getrandom(2)). If that fails, falls back to std's
+    /// per-process random hasher keys, which come from the same source or the clock.
+    pub fn new() -> RequestIdGenerator {
+        let mut seed = [0u8; 8];
+        let seed = match getrandom::getrandom(&mut seed) {
+            Ok(()) => u64::from_ne_bytes(seed),
+            Err(_) => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(std::process::id().into());
+                h.finish()
+            }
+        };
+        RequestIdGenerator::with_seed(seed)
+    }
+
+    pub fn with_seed(seed: u64) -> RequestIdGenerator {
+        RequestIdGenerator {
+            seed,
+            counter: Cell::new(0),
+        }
+    }
+
+    pub fn next_id(&self) -> RequestId {
+        let n = self.counter.get();
+        self.counter.set(n.wrapping_add(1));
+        // Version nibble 4 (bits 12..16 of the first half) and variant 0b10
+        // (top two bits of the second half), as in RFC 9562 §5.4.
+        let hi = (self.seed & !0xf000) | 0x4000;
+        let lo = mix62(n & LOW62) | (0b10 << 62);
+        format_uuid(hi, lo)
+    }
+}
+
+impl Default for RequestIdGenerator {
+    fn default() -> RequestIdGenerator {
+        RequestIdGenerator::new()
+    }
+}
+
+/// A bijection on 62-bit integers: multiplication by an odd constant and
+/// xor-shift-right are each invertible modulo 2^62.
+fn mix62(mut x: u64) -> u64 {
+    x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) & LOW62;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9) & LOW62;
+    x ^= x >> 29;
+    x
+}
+
+fn format_uuid(hi: u64, lo: u64) -> RequestId {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let value = (u128::from(hi) << 64) | u128::from(lo);
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        let shift = 124 - 4 * nibble;
+        *slot = HEX[((value >> shift) & 0xf) as usize];
+        nibble += 1;
+    }
+    RequestId(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::{
+        parse_request, parse_response, Limits, Parsed, RequestHead, ResponseHead,
+    };
+
+    fn parse_req(input: &[u8]) -> RequestHead {
+        match parse_request(input, &Limits::default()) {
+            Ok(Parsed::Complete { head, .. }) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn parse_resp(input: &[u8], m: Method) -> ResponseHead {
+        match parse_response(input, &Limits::default(), m) {
+            Ok(Parsed::Complete { head, .. }) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn text(out: &[u8]) -> &str {
+        std::str::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let input = b"GET /p HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\nX-Secret: s\r\nX-Keep: k\r\nUpgrade: h2c\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let mut out = Vec::new();
+        write_request(&view, &RequestRewrite::passthrough(&view), &mut out);
+        assert_eq!(
+            text(&out),
+            "GET /p HTTP/1.1\r\nhost: svc\r\nX-Keep: k\r\n\r\n"
+        );
+        // The output is a valid request again.
+        let again = parse_req(&out);
+        assert_eq!(again.view(&out).headers().get(b"x-keep"), Some(&b"k"[..]));
+    }
+
+    #[test]
+    fn forwarded_headers_request_id_and_ops() {
+        let input = b"POST /api/v1/x?y=1 HTTP/1.1\r\nHost: a:80\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Drop: d\r\nX-Set: old\r\nContent-Length: 3\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let ops = HeaderOps {
+            remove: vec![b"x-drop"[..].into()],
+            set: vec![HeaderField::new(b"X-Set", b"new")],
+            add: vec![HeaderField::new(b"x-add", b"1")],
+        };
+        let ids = RequestIdGenerator::with_seed(7);
+        let rw = RequestRewrite {
+            path: Some(b"/v1/x?y=1"),
+            host: Some(b"backend"),
+            client_addr: Some("10.0.0.9".parse().unwrap()),
+            forwarded_proto: Some("http"),
+            request_id: Some(&ids),
+            ops: Some(&ops),
+            ..RequestRewrite::passthrough(&view)
+        };
+        let mut out = Vec::new();
+        let w = write_request(&view, &rw, &mut out);
+        let id = w.generated_request_id.expect("generated");
+        let expected = format!(
+            "POST /v1/x?y=1 HTTP/1.1\r\nhost: backend\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-request-id: {}\r\nx-set: new\r\nx-add: 1\r\ncontent-length: 3\r\n\r\n",
+            id.as_str()
+        );
+        assert_eq!(text(&out), expected);
+
+        // An existing id is kept and none is generated.
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let rw = RequestRewrite {
+            request_id: Some(&ids),
+            ..RequestRewrite::passthrough(&view)
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            write_request(&view, &rw, &mut out).generated_request_id,
+            None
+        );
+        assert_eq!(
+            text(&out),
+            "GET / HTTP/1.1\r\nhost: a\r\nX-Request-Id: abc\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_is_rewritten_not_copied() {
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let mut out = Vec::new();
+        // E.g. the proxy buffered the body and knows its length now.
+        let rw = RequestRewrite {
+            framing: BodyFraming::Length(12),
+            ..RequestRewrite::passthrough(&view)
+        };
+        write_request(&view, &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\n\r\n"
+        );
+        out.clear();
+        write_request(&view, &RequestRewrite::passthrough(&view), &mut out);
+        assert_eq!(
+            text(&out),
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn websocket_upgrade_is_carried_through() {
+        let input = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let mut out = Vec::new();
+        write_request(&view, &RequestRewrite::passthrough(&view), &mut out);
+        assert_eq!(
+            text(&out),
+            "GET /ws HTTP/1.1\r\nhost: a\r\nSec-WebSocket-Key: k\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+        out.clear();
+        let rw = RequestRewrite {
+            upgrade: false,
+            ..RequestRewrite::passthrough(&view)
+        };
+        write_request(&view, &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "GET /ws HTTP/1.1\r\nhost: a\r\nSec-WebSocket-Key: k\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_request_gets_host_and_11() {
+        let input = b"GET http://x.y/z HTTP/1.0\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let mut out = Vec::new();
+        write_request(&view, &RequestRewrite::passthrough(&view), &mut out);
+        assert_eq!(text(&out), "GET /z HTTP/1.1\r\nhost: x.y\r\n\r\n");
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let input = b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nServer: s\r\n\r\n";
+        let head = parse_resp(input, Method::Get);
+        let view = head.view(input);
+        let ops = HeaderOps {
+            remove: vec![b"server"[..].into()],
+            ..HeaderOps::default()
+        };
+        let mut out = Vec::new();
+        let rw = ResponseRewrite {
+            ops: Some(&ops),
+            framing: head.framing,
+            keep_alive: true,
+            client_version: Version::Http10,
+        };
+        write_response(&view, &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"
+        );
+
+        // HEAD: framing None keeps the upstream Content-Length.
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n";
+        let head = parse_resp(input, Method::Head);
+        let mut out = Vec::new();
+        let rw = ResponseRewrite {
+            ops: None,
+            framing: head.framing,
+            keep_alive: false,
+            client_version: Version::Http11,
+        };
+        write_response(&head.view(input), &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 500\r\nconnection: close\r\n\r\n"
+        );
+
+        // A close-delimited upstream body re-chunked for an HTTP/1.1 client.
+        let input = b"HTTP/1.0 200\r\n\r\n";
+        let head = parse_resp(input, Method::Get);
+        assert_eq!(head.framing, BodyFraming::CloseDelimited);
+        let mut out = Vec::new();
+        let rw = ResponseRewrite {
+            ops: None,
+            framing: BodyFraming::Chunked,
+            keep_alive: true,
+            client_version: Version::Http11,
+        };
+        write_response(&head.view(input), &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn local_response() {
+        let mut out = Vec::new();
+        write_local_response(
+            431,
+            &[(b"content-type", b"text/plain")],
+            b"too big",
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 7\r\nconnection: close\r\n\r\ntoo big"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_uuid_shaped() {
+        let a = RequestIdGenerator::with_seed(1);
+        let b = RequestIdGenerator::with_seed(2);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50_000 {
+            for id in [a.next_id(), b.next_id()] {
+                let s = id.as_str();
+                assert_eq!(s.len(), 36);
+                assert_eq!(&s[14..15], "4", "{s}");
+                assert!("89ab".contains(&s[19..20]), "{s}");
+                assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+                assert!(seen.insert(id), "duplicate {s}");
+            }
+        }
+        // Two OS-seeded generators differ.
+        assert_ne!(
+            RequestIdGenerator::new().next_id(),
+            RequestIdGenerator::new().next_id()
+        );
+    }
+
+    #[test]
+    fn header_validation() {
+        assert!(is_valid_header_name(b"x-envoy-upstream"));
+        assert!(!is_valid_header_name(b"x y"));
+        assert!(!is_valid_header_name(b""));
+        assert!(!is_valid_header_name(b"x:y"));
+        assert!(is_valid_header_value(b"a b\tc"));
+        assert!(is_valid_header_value(b""));
+        assert!(!is_valid_header_value(b"a\r\nx-injected: 1"));
+        assert!(!is_valid_header_value(b"a\0"));
+        assert!(!is_valid_header_value(b" a"));
+    }
+}
