@@ -17,6 +17,7 @@
 //! ring is created with COOP_TASKRUN (`net::uring`), which this workload needs
 //! to avoid an interrupt per completion.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod http;

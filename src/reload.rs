@@ -66,17 +66,29 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err("running on the built-in default: there is no config file to reload (start with --config FILE)".into());
         };
-        let result = Config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|next| {
-                let current = self.handle.current();
-                check_new_listeners(&current.config, &next)?;
-                warn_restart_only(&current.config, &next);
-                if next == current.config {
-                    return Ok(None);
-                }
-                Ok(Some(next))
-            });
+        // An empty file is a valid config (all defaults) at start-up, but on a
+        // reload it is almost always a write caught half-way (truncate, then
+        // write): never publish it.
+        let empty = std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(false);
+        let result = if empty {
+            Err(format!(
+                "{}: file is empty (caught mid-write?); not reloading. Write config files atomically (write a temporary file, then rename it)",
+                path.display()
+            ))
+        } else {
+            Config::load(path).map_err(|e| e.to_string())
+        };
+        let result = result.and_then(|next| {
+            let current = self.handle.current();
+            check_new_listeners(&current.config, &next)?;
+            warn_restart_only(&current.config, &next);
+            if next == current.config {
+                return Ok(None);
+            }
+            Ok(Some(next))
+        });
         match result {
             Ok(None) => {
                 let v = self.handle.current().version;

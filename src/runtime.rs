@@ -20,6 +20,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 use tracing::info;
 
+use crate::access_log::CoreLog;
 use crate::config::ConfigHandle;
 use crate::net::socket;
 use crate::shard::{self, Command, HostFacts, ShardSpec};
@@ -51,6 +52,8 @@ pub enum StartError {
         allowed: usize,
         cpus: Vec<usize>,
     },
+    #[error("{0}")]
+    AccessLog(String),
     #[error("cannot start executor {core}: {detail}")]
     Executor { core: usize, detail: String },
 }
@@ -175,11 +178,18 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::with_capacity(n);
     for (id, &cpu) in cpus.iter().enumerate() {
+        let access_log = match &snapshot.config.access_log {
+            Some(cfg) => {
+                Some(CoreLog::open(cfg).map_err(|e| StartError::AccessLog(e.to_string()))?)
+            }
+            None => None,
+        };
         let spec = ShardSpec {
             id,
             config: config.clone(),
             hub: hub.clone(),
             host,
+            access_log,
         };
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| executor_error(id, e.to_string()))?;

@@ -22,6 +22,7 @@ use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
+use crate::access_log::{self, CoreLog};
 use crate::config::{Config, ConfigHandle, Forwarding};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
@@ -37,6 +38,17 @@ pub enum Origin {
     /// An explicit `[[listener]]`, by its address (stable across reloads,
     /// unlike its position in the file).
     Listener(SocketAddr),
+}
+
+impl Origin {
+    /// The listener's name as logs show it (Istio's names for the capture ports).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::Outbound => "virtualOutbound",
+            Origin::Inbound => "virtualInbound",
+            Origin::Listener(_) => "listener",
+        }
+    }
 }
 
 /// Where a connection goes, decided before any I/O.
@@ -162,6 +174,8 @@ pub struct Shard {
     draining: Cell<bool>,
     /// Per cluster endpoint counters (pruned to the config on reconcile).
     endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
+    /// This core's access-log buffer, if the access log is on.
+    pub access_log: Option<CoreLog>,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -194,6 +208,7 @@ pub struct ShardSpec {
     pub config: Arc<ConfigHandle>,
     pub hub: Arc<StatsHub>,
     pub host: HostFacts,
+    pub access_log: Option<CoreLog>,
 }
 
 /// Commands to a shard, sent over its control socket as 9-byte frames
@@ -293,6 +308,9 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::
 
 impl Shard {
     fn report(&self) -> CoreReport {
+        if let Some(log) = &self.access_log {
+            self.stats.access_log_dropped.set(log.dropped.get());
+        }
         CoreReport {
             counters: self.stats.snapshot(),
             histograms: self.histograms.borrow().clone(),
@@ -397,7 +415,22 @@ pub async fn run(
         listeners: RefCell::new(Vec::new()),
         draining: Cell::new(false),
         endpoints: RefCell::new(HashMap::new()),
+        access_log: spec.access_log,
     });
+    if shard.access_log.is_some() {
+        // Envoy flushes access logs on a timer too; this wakes the core once a
+        // second only when the access log is on.
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                if let Some(log) = &s.access_log {
+                    log.flush();
+                }
+            }
+        })
+        .detach();
+    }
     for l in listeners {
         shard.start_listener(l);
     }
@@ -445,6 +478,9 @@ pub async fn run(
             core = shard.id,
             left, "drain timeout reached; closing open connections"
         );
+    }
+    if let Some(log) = &shard.access_log {
+        log.flush();
     }
     shard.report()
 }
@@ -521,16 +557,35 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Origin::Listener(_) => None,
         _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
+    let log = |flags: &str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+        if let Some(l) = &shard.access_log {
+            l.record(&access_log::Entry {
+                start_time: Some(std::time::SystemTime::now() - started.elapsed()),
+                protocol: "TCP",
+                response_flags: flags,
+                bytes_received: rx,
+                bytes_sent: tx,
+                duration: started.elapsed(),
+                upstream_host: up,
+                downstream_remote: peer,
+                downstream_local: Some(local),
+                listener: origin.name(),
+                ..Default::default()
+            });
+        }
+    };
     let plan = match decide(origin, orig_dst, local, config, shard.host) {
         Decision::Forward(f) => f,
         Decision::Refuse(Refusal::SelfLoop(dst)) => {
             CoreStats::inc(&shard.stats.downstream_cx_loop_refused);
             warn!(?peer, %local, %dst, "refusing connection: its destination is Remora itself (not redirected, or a loop)");
+            log("NR", None, 0, 0);
             return;
         }
         Decision::Refuse(why) => {
             CoreStats::inc(&shard.stats.downstream_cx_no_route);
             debug!(?peer, %local, ?why, "refusing connection: no route");
+            log("NR", None, 0, 0);
             return;
         }
     };
@@ -545,10 +600,12 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Err(_) => {
             // Tell the client the way a closed port would: a reset.
             socket::set_linger_zero(fd);
+            log("UF", None, 0, 0);
             return;
         }
     };
     CoreStats::inc(&shard.stats.upstream_cx_total);
+    let upstream_addr = up.peer_addr().ok();
     let report = l4::forward(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
     let s = &shard.stats;
     s.bytes_upstream
@@ -571,6 +628,13 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         .borrow_mut()
         .downstream_cx_length_us
         .saturating_record(micros.max(1));
+    let flags = match report.ending {
+        Ending::Closed => "-",
+        Ending::Reset(l4::Side::Downstream) => "DC",
+        Ending::Reset(l4::Side::Upstream) => "UC",
+        Ending::IdleTimeout => "SI",
+    };
+    log(flags, upstream_addr, report.bytes_up, report.bytes_down);
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
 }
 

@@ -62,6 +62,8 @@ counters! {
     cx_reset,
     /// Connections closed by the idle timeout.
     cx_idle_timeout,
+    /// Access-log entries dropped because the log sink could not keep up.
+    access_log_dropped,
 }
 
 impl CoreStats {

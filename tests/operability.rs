@@ -267,18 +267,25 @@ fn hundred_reloads_under_load_drop_nothing() {
             &format!("http://127.0.0.1:{}/index.html", p.listener),
         ])
         .output();
+    // Written the way a careful operator (or Kubernetes) does: a temporary file
+    // renamed over the config, so no reload ever sees half a file.
+    let write = move |path: &std::path::Path, text: &str| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
     let reloads = thread::spawn(move || {
         let mut expected = 1;
         for i in 0..100u32 {
             if i % 2 == 0 {
                 let extra = format!("max_connections_per_core = {}", 10_000 + i);
-                std::fs::write(&cfg_path, config(&p, backend, &extra)).unwrap();
+                write(&cfg_path, &config(&p, backend, &extra));
                 expected += 1;
                 let (code, body) = http(p.admin, "POST", "/reload");
                 assert_eq!(code, 200, "{body}");
                 assert_eq!(body.trim(), format!("OK version {expected}"));
             } else {
-                std::fs::write(&cfg_path, "[runtime]\ncores = \"many\"\n").unwrap();
+                write(&cfg_path, "[runtime]\ncores = \"many\"\n");
                 let (code, body) = http(p.admin, "POST", "/reload");
                 assert_eq!(code, 400, "{body}");
                 assert!(body.contains(":2:9:"), "{body}");
@@ -338,4 +345,49 @@ fn drain_listeners_and_quitquitquit() {
     assert_eq!(http(p.admin, "POST", "/quitquitquit").0, 200);
     let status = r.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// One access-log line per connection, in Envoy's text format or as JSON,
+/// flushed by the end of the drain.
+#[test]
+fn access_log_text_and_json() {
+    let echo = echo_server();
+    for format in ["text", "json"] {
+        let dir = TempDir::new("alog");
+        let path = dir.0.join("access.log");
+        let p = ports();
+        let extra = format!(
+            "[access_log]\npath = \"{}\"\nformat = \"{format}\"\n",
+            path.display()
+        );
+        let r = Remora::start(&config(&p, echo, &extra), &["--cores", "2"]);
+        for _ in 0..3 {
+            let mut s = connect(p.listener);
+            s.write_all(b"12345").unwrap();
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).unwrap();
+        }
+        let (code, _) = r.stop();
+        assert_eq!(code, 0);
+        let log = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{format}:\n{log}");
+        for l in lines {
+            if format == "text" {
+                assert!(l.starts_with('['), "{l}");
+                assert!(l.contains("\"- - -\" 0 - 5 5 "), "{l}");
+                assert!(l.ends_with(&format!("\"{echo}\"")), "{l}");
+            } else {
+                let check = Command::new("python3")
+                    .arg("-c")
+                    .arg(format!(
+                        "import json,sys; e=json.loads(sys.argv[1]); assert e['bytes_received']==5 and e['bytes_sent']==5 and e['protocol']=='TCP' and e['upstream_host']=='{echo}', e"
+                    ))
+                    .arg(l)
+                    .status()
+                    .unwrap();
+                assert!(check.success(), "{l}");
+            }
+        }
+    }
 }

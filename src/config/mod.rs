@@ -130,6 +130,9 @@ pub enum LogFormat {
 pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "start_time",
     "protocol",
+    "method",
+    "path",
+    "response_code",
     "response_flags",
     "bytes_received",
     "bytes_sent",
@@ -138,6 +141,10 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "downstream_remote_address",
     "downstream_local_address",
     "listener",
+    "request_id",
+    "authority",
+    "user_agent",
+    "x_forwarded_for",
 ];
 
 /// A fully validated configuration.
