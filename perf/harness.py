@@ -473,7 +473,8 @@ class Rig:
             "DIR": str(self.dir), "NAME": name, "PORT": str(port),
             "BACKEND_PORT": str(self.backend.port if self.backend else 0),
             "NOFILE": str(self.nofile),
-            "WORKER_CONNECTIONS": str(max(1024, self.nofile - 100)),
+            # nginx counts listeners and both sides of a proxied connection as slots.
+            "WORKER_CONNECTIONS": str(max(1024, self.nofile - 20)),
             "MAXCONN": str(self.haproxy_maxconn()),
             "LOAD_STREAM_MODULE": (f"load_module {STREAM_MODULE};"
                                    if STREAM_MODULE.exists() and not nginx_has_static_stream()
@@ -516,7 +517,8 @@ class Rig:
         logp = self.dir / f"{tag}.log"
         if family == "remora":
             conf = render_template(template, vals, self.dir / f"{tag}.toml")
-            argv = [str(self.remora_bin), "run", "--config", str(conf), "--cores", "1"]
+            binary = extra.get("BIN", str(self.remora_bin))
+            argv = [binary, "run", "--config", str(conf), "--cores", "1"]
         elif family == "nginx":
             conf = render_template(template, vals, self.dir / f"{tag}.conf")
             argv = ["nginx", "-e", "stderr", "-p", str(self.dir), "-c", str(conf)]
@@ -708,6 +710,10 @@ def probe_held(socks: list[socket.socket], small: bytes, count: int = 20) -> int
 
 def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
     pids = inst.pids()
+    # Connections of the previous measurement may still be closing at the backend.
+    deadline = time.monotonic() + 15
+    while established_to(rig.backend.port) > 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
     time.sleep(0.5)
     rss_start = rss_kib(pids)
     base = established_to(rig.backend.port)
@@ -853,6 +859,7 @@ def render_md(data: dict) -> str:
         f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end",
         f"- nofile limit {m['nofile']}; idle scenario held {m['idle_conns']} connections",
         "- versions: " + "; ".join(m["versions"].values()),
+        *[f"- alternative Remora binary: {a}" for a in m.get("remora_alt", [])],
         "",
         "req/s and latency from wrk -t1; CPU µs/req = the proxy's own utime+stime (all its "
         "processes and threads) over the run ÷ requests served; RSS = peak VmRSS sum during "
@@ -993,6 +1000,10 @@ def compare_main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {','.join(PROXIES)}")
     ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora",
                     help="Remora binary (default target/release/remora)")
+    ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
+                    help="also measure another Remora binary in the L4 scenarios, as proxies "
+                         "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
+                         "(A/B of a change; repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default perf/results)")
     ap.add_argument("--no-results-md", action="store_true", help="do not write perf/RESULTS.md")
     ap.add_argument("--load-cpu", type=int, help="CPU for wrk and the backend (default: first allowed)")
@@ -1001,6 +1012,17 @@ def compare_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="only re-render latest.md/latest.svg from a saved JSON into --out")
     args = ap.parse_args(argv)
+    default_proxies = args.proxies == ap.get_default("proxies")
+    for alt in args.remora_alt:
+        label, sep, path = alt.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            ap.error(f"--remora-alt {alt}: expected LABEL=PATH to an existing binary")
+        for mode in ("copy", "splice"):
+            name = f"remora-{mode}@{label}"
+            PROXIES[name] = ("remora", "l4", "remora-l4.toml",
+                             {"FORWARDING": mode, "BIN": str(Path(path).resolve())})
+            if default_proxies:
+                args.proxies += f",{name}"
 
     if args.render:
         data = json.loads(args.render.read_text())
@@ -1017,7 +1039,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     seconds = args.duration or (1 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     full = (not args.quick and len(scenarios) == len(SCENARIOS) and set(wanted) == set(PROXIES)
-            and args.remora_bin == REPO / "target/release/remora")
+            and args.remora_bin == REPO / "target/release/remora" and not args.remora_alt)
     write_results_md = full and not args.no_results_md
 
     rig = None
@@ -1045,6 +1067,7 @@ def compare_main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(), "cpu": cpu_model(), "cpus_online": os.cpu_count(),
             "pinning": pinning, "nofile": hard, "idle_conns": idle_n,
             "loadavg_start": loadavg(), "versions": versions(args.remora_bin),
+            "remora_alt": args.remora_alt,
         }
         if idle_n < 10000 and not args.quick:
             meta["idle_note"] = (f"nofile hard limit {hard} allows {idle_n} proxied connections "
