@@ -59,6 +59,10 @@ class HarnessError(Exception):
     """A proxy did not serve correctly: the run fails (exit 1)."""
 
 
+class ProxyDied(HarnessError):
+    """A proxy exited before it listened."""
+
+
 class SetupError(Exception):
     """Something the harness needs is missing (exit 2)."""
 
@@ -258,7 +262,7 @@ def wait_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise HarnessError(f"{' '.join(proc.argv)} exited with {proc.returncode} "
+            raise ProxyDied(f"{' '.join(proc.argv)} exited with {proc.returncode} "
                                f"before listening:\n{tail(log_path)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -507,8 +511,20 @@ class Rig:
         return ok
 
     def start(self, name: str) -> Instance:
+        """Starts a proxy on a free port; retries on a fresh port if it dies at start
+        (another process may grab a port between our probe and the proxy's bind)."""
         if name == "direct":
             return self.backend
+        for attempt in range(3):
+            try:
+                return self._start(name)
+            except ProxyDied as e:
+                if attempt == 2:
+                    raise
+                log(f"{name} exited at start, retrying on another port: {str(e)[:200]}")
+        raise AssertionError("unreachable")
+
+    def _start(self, name: str) -> Instance:
         family, _, template, extra = PROXIES[name]
         self.counter += 1
         tag = f"{name}-{self.counter}"
