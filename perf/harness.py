@@ -1229,10 +1229,12 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         title = f"remora {proxy} {sc.name} (perf -e cpu-clock, {args.call_graph})"
         with open(folded) as fin, open(out, "w") as fout:
             subprocess.run(["inferno-flamegraph", "--title", title], stdin=fin, stdout=fout, check=True)
+        shutil.copy(folded, out.with_suffix(".folded"))
         top = top_frames(folded)
         (out.with_suffix(".txt")).write_text(top)
         print(top)
-        log(f"wrote {out} and {out.with_suffix('.txt')}")
+        log(f"wrote {out}, {out.with_suffix('.txt')} (top frames) and "
+            f"{out.with_suffix('.folded')} (for inferno-diff-folded)")
     except SetupError as e:
         log(f"setup: {e}")
         return 2
@@ -1260,8 +1262,9 @@ def ensure_inferno() -> None:
         raise SetupError("cargo install inferno failed")
 
 
-def top_frames(folded: Path, n: int = 25) -> str:
-    """Self time per leaf frame and total time per frame anywhere on the stack."""
+def top_frames(folded: Path, n: int = 30) -> str:
+    """Self time per leaf frame; total time per frame anywhere on the stack (frames on
+    nearly every stack, like thread start-up, left out); and Remora's own frames."""
     leaf: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
@@ -1276,8 +1279,14 @@ def top_frames(folded: Path, n: int = 25) -> str:
         for fr in set(frames):
             incl[fr] = incl.get(fr, 0) + c
     total = max(total, 1)
-    out = [f"{total} samples", "", "self %  frame"]
-    out += [f"{100 * c / total:6.2f}  {f[:140]}" for f, c in sorted(leaf.items(), key=lambda x: -x[1])[:n]]
-    out += ["", "total %  frame (anywhere on the stack)"]
-    out += [f"{100 * c / total:6.2f}  {f[:140]}" for f, c in sorted(incl.items(), key=lambda x: -x[1])[:n]]
+
+    def table(items, title):
+        rows = sorted(items, key=lambda x: -x[1])[:n]
+        return ["", title] + [f"{100 * c / total:6.2f}  {f[:150]}" for f, c in rows]
+
+    out = [f"total weight {total} (perf sample periods)"]
+    out += table(leaf.items(), "self %  frame")
+    out += table([(f, c) for f, c in incl.items() if c < 0.97 * total],
+                 "total %  frame (anywhere on the stack; frames on >97% of stacks left out)")
+    out += table([(f, c) for f, c in incl.items() if "remora::" in f], "total %  remora:: frames")
     return "\n".join(out) + "\n"
