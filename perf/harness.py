@@ -600,9 +600,22 @@ def make_payload(size: int, seed: bytes) -> bytes:
 
 
 def remora_ready_notes(logp: Path) -> list[str]:
-    """Remora logs how many rings got COOP_TASKRUN; worth keeping with the numbers."""
-    m = re.search(r"coop_taskrun_rings=(\d+)\s+plain_rings=(\d+)", logp.read_text(errors="replace"))
-    return [f"coop_taskrun_rings={m.group(1)} plain_rings={m.group(2)}"] if m else []
+    """Remora's start-up line says which CPUs its shards use and how many rings got
+    COOP_TASKRUN: worth keeping with the numbers. Waits briefly for the "ready" line
+    (the port may accept just before it is logged)."""
+    text = ""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", logp.read_text(errors="replace"))  # ANSI colours
+        if " ready" in text:
+            break
+        time.sleep(0.02)
+    notes = []
+    for key in ("cpus", "coop_taskrun_rings", "plain_rings"):
+        m = re.search(rf"\b{key}=(\S+)", text)
+        if m:
+            notes.append(f"{key}={m.group(1)}")
+    return [" ".join(notes)] if notes else []
 
 
 # ───────────────────────────── wrk ─────────────────────────────
@@ -914,6 +927,14 @@ def render_md(data: dict) -> str:
                 lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
                              f"{fmt(r['cpu_us_per_req'], 2)} | {util} | {fmt(r['rss_kib'])} | {vs} |")
         lines.append("")
+    notes = {}
+    for r in data["scenarios"]:
+        for smp in r.get("samples", []):
+            for n in smp.get("notes", []):
+                notes.setdefault(r["proxy"], set()).add(n)
+    if notes:
+        lines += ["Remora at start-up (its own log): " +
+                  "; ".join(f"{p}: {', '.join(sorted(n))}" for p, n in notes.items()), ""]
     if data.get("failures"):
         lines += ["## Failures", ""] + [f"- {f}" for f in data["failures"]] + [""]
     return "\n".join(lines)
@@ -1037,7 +1058,7 @@ def compare_main(argv: list[str] | None = None) -> int:
             name = f"remora-{mode}@{label}"
             PROXIES[name] = ("remora", "l4", "remora-l4.toml",
                              {"FORWARDING": mode, "BIN": str(Path(path).resolve())})
-            if default_proxies:
+            if default_proxies or f"remora-{mode}" in args.proxies.split(","):
                 args.proxies += f",{name}"
 
     if args.render:
