@@ -1,0 +1,1313 @@
+"""Remora's performance harness: shared code for perf/compare and perf/flamegraph.
+
+Python 3.11 standard library only. One static backend (nginx) serves two files; each
+proxy under test sits between wrk (or the idle-connection client) and that backend:
+
+    wrk / idle client ──► proxy under test ──► nginx backend (612 B and 1 MiB files)
+       CPU0                  CPU1                 CPU0
+
+Every proxy gets the same worker count (1), the same pinning (taskset), the same
+keep-alive policy and the same payloads. Proxies are started fresh for every
+measurement, alternated round by round, and the report gives medians over rounds.
+The Markdown table and the SVG chart are rendered from the JSON only
+(`perf/compare --render FILE` re-renders a saved run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import datetime
+import hashlib
+import html
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PERF_DIR = Path(__file__).resolve().parent
+REPO = PERF_DIR.parent
+CONFIGS = PERF_DIR / "configs"
+RESULTS_DIR = PERF_DIR / "results"
+
+SMALL_PATH, SMALL_SIZE = "/small", 612
+LARGE_PATH, LARGE_SIZE = "/1mib", 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+APT_PACKAGES = ["wrk", "nginx-light", "libnginx-mod-stream", "haproxy"]
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+L7_NA = "n/a (no L7 yet)"
+
+
+class HarnessError(Exception):
+    """A proxy did not serve correctly: the run fails (exit 1)."""
+
+
+class ProxyDied(HarnessError):
+    """A proxy exited before it listened."""
+
+
+class SetupError(Exception):
+    """Something the harness needs is missing (exit 2)."""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ───────────────────────────── scenarios and proxies ─────────────────────────────
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    layer: str  # "l4" or "l7": which proxies take part
+    kind: str  # "load" (wrk) or "idle" (held connections)
+    path: str = SMALL_PATH
+    connections: int = 50
+    close: bool = False  # wrk sends `Connection: close`: one connection per request
+    what: str = ""
+
+
+SCENARIOS = [
+    Scenario("l4-keepalive", "l4", "load", SMALL_PATH, 50, False,
+             "612-byte responses, 50 persistent connections, L4 proxies"),
+    Scenario("l7-keepalive", "l7", "load", SMALL_PATH, 50, False,
+             "612-byte responses, 50 persistent connections, L7 proxies"),
+    Scenario("l7-close", "l7", "load", SMALL_PATH, 50, True,
+             "612-byte responses, a new client connection per request, L7 proxies"),
+    Scenario("large-1mib", "l4", "load", LARGE_PATH, 10, False,
+             "1 MiB responses, 10 persistent connections, L4 proxies"),
+    Scenario("idle-10k", "l4", "idle", SMALL_PATH, 10000, False,
+             "RSS with 10,000 idle connections held through the proxy, L4 proxies"),
+]
+SCENARIO_NAMES = [s.name for s in SCENARIOS]
+
+# Proxy name -> (family, layer, template, extra substitutions)
+PROXIES = {
+    "direct": ("direct", None, None, {}),
+    "remora-copy": ("remora", "l4", "remora-l4.toml", {"FORWARDING": "copy"}),
+    "remora-splice": ("remora", "l4", "remora-l4.toml", {"FORWARDING": "splice"}),
+    "remora-l7": ("remora", "l7", "remora-l7.toml", {}),
+    "nginx-stream": ("nginx", "l4", "nginx-stream.conf", {}),
+    "haproxy-tcp": ("haproxy", "l4", "haproxy-tcp.cfg", {}),
+    "nginx-http": ("nginx", "l7", "nginx-http.conf", {}),
+    "haproxy-http": ("haproxy", "l7", "haproxy-http.cfg", {}),
+}
+
+
+def proxies_for(sc: Scenario, wanted: list[str]) -> list[str]:
+    names = []
+    for name, (family, layer, _, _) in PROXIES.items():
+        if name not in wanted:
+            continue
+        if family == "direct":
+            if sc.kind == "idle":
+                continue  # no proxy, no proxy RSS to measure
+            names.append(name)
+        elif layer == sc.layer:
+            names.append(name)
+    return names
+
+
+def is_remora(name: str) -> bool:
+    return name.startswith("remora")
+
+
+def is_competitor(name: str) -> bool:
+    return not is_remora(name) and name != "direct"
+
+
+# ───────────────────────────── processes ─────────────────────────────
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If the harness is killed outright, its children get SIGTERM instead of lingering.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Procs:
+    """Every process the harness starts, so that `stop_all` can end them."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], log_path: Path, cpu: int | None) -> subprocess.Popen:
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
+        out = open(log_path, "ab")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                             preexec_fn=_die_with_parent, cwd=str(REPO))
+        out.close()
+        p.argv = argv  # type: ignore[attr-defined]
+        self.live.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 8.0) -> None:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self) -> None:
+        for p in list(self.live):
+            try:
+                self.stop(p, grace=5.0)
+            except Exception as e:  # keep cleaning up the others
+                log(f"could not stop pid {p.pid}: {e}")
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and all its descendants (nginx master + worker, for example)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """utime+stime (clock ticks) of the processes, all their threads included."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class RssSampler:
+    """Polls the RSS of a set of processes in a thread and keeps the maximum."""
+
+    def __init__(self, pids: list[int], every: float = 0.25) -> None:
+        self.pids, self.every, self.peak = pids, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pids))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kib(self.pids))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ProxyDied(f"{' '.join(proc.argv)} exited with {proc.returncode} "
+                               f"before listening:\n{tail(log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise HarnessError(f"nothing listens on 127.0.0.1:{port} after {timeout}s:\n{tail(log_path)}")
+
+
+def tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def render_template(name: str, values: dict[str, str], dest: Path) -> Path:
+    text = (CONFIGS / name).read_text()
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", str(v))
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise SetupError(f"{name}: unfilled placeholders {sorted(set(left))}")
+    dest.write_text(text)
+    return dest
+
+
+# ───────────────────────────── environment ─────────────────────────────
+
+
+def ensure_tools(extra_apt: list[str] | None = None, extra_bins: list[str] | None = None) -> None:
+    """Installs the Debian packages the harness needs (as root), or says what to install."""
+    bins = ["wrk", "nginx", "haproxy", "taskset", *(extra_bins or [])]
+    packages = APT_PACKAGES + (extra_apt or [])
+    missing = [b for b in bins if shutil.which(b) is None]
+    if not STREAM_MODULE.exists() and not nginx_has_static_stream():
+        missing.append(str(STREAM_MODULE))
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SetupError(f"missing: {', '.join(missing)}. Install them with:\n"
+                         f"  sudo apt-get install -y {' '.join(packages)}")
+    log(f"missing {', '.join(missing)}: apt-get install {' '.join(packages)}")
+    # Debian starts nginx/haproxy services on install; a policy-rc.d that answers 101
+    # keeps them from starting (we run our own instances on free ports).
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists():
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        made_policy = True
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        if made_policy:
+            policy.unlink()
+    still = [b for b in bins if shutil.which(b) is None]
+    if still:
+        raise SetupError(f"still missing after apt-get install: {', '.join(still)}")
+
+
+def nginx_has_static_stream() -> bool:
+    try:
+        out = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    except OSError:
+        return False
+    return "--with-stream" in out and "--with-stream=dynamic" not in out
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Soft nofile limit up to the hard one (children inherit it); returns (soft, hard).
+
+    Raising the hard limit needs CAP_SYS_RESOURCE; we try (root usually has it) and
+    keep the old hard limit otherwise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    if hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want, want
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard, hard
+
+
+def check_memlock() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY and soft < 512 * 1024:
+        raise SetupError(f"ulimit -l is {soft // 1024} KiB; glommio needs >= 512 KiB per "
+                         "executor (raise it, e.g. `ulimit -l 8192`)")
+
+
+def pick_cpus(args) -> tuple[int | None, int | None, bool]:
+    """(load_cpu, proxy_cpu, pinned). Two or more CPUs: load+backend on the first,
+    proxies on the second. One CPU: no pinning (reported)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.load_cpu is not None and args.proxy_cpu is not None:
+        return args.load_cpu, args.proxy_cpu, True
+    if len(cpus) >= 2:
+        return cpus[0], cpus[1], True
+    return None, None, False
+
+
+def build_remora(no_build: bool) -> None:
+    if no_build:
+        return
+    log("cargo build --release")
+    r = subprocess.run(["cargo", "build", "--release"], cwd=REPO)
+    if r.returncode != 0:
+        raise SetupError("cargo build --release failed")
+
+
+def cmd_output(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+    return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else ""
+
+
+def git_rev() -> str:
+    rev = cmd_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src",
+                            "Cargo.toml", "Cargo.lock", "build.rs"],
+                           capture_output=True, text=True).stdout.strip()
+    return rev + ("-dirty" if dirty else "")
+
+
+def versions(remora_bin: Path) -> dict[str, str]:
+    return {
+        "remora": f"{cmd_output([str(remora_bin), '--version'])} ({remora_bin}; git {git_rev()})",
+        "nginx": cmd_output(["nginx", "-v"]),
+        "haproxy": cmd_output(["haproxy", "-v"]),
+        "wrk": cmd_output(["wrk", "-v"]),
+        "rustc": cmd_output(["rustc", "-V"]),
+        "python": f"Python {platform.python_version()}",
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ───────────────────────────── the bench rig ─────────────────────────────
+
+
+@dataclass
+class Instance:
+    name: str
+    port: int
+    proc: subprocess.Popen | None  # None for "direct" (the backend itself)
+    pids_of: int  # root pid whose process tree is measured
+    log_path: Path
+    notes: list[str] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        return descendants(self.pids_of)
+
+
+class Rig:
+    """The workdir, the backend, and starting/stopping proxies in front of it."""
+
+    def __init__(self, remora_bin: Path, load_cpu: int | None, proxy_cpu: int | None,
+                 nofile: int, keep: bool = False) -> None:
+        self.remora_bin = remora_bin
+        self.load_cpu, self.proxy_cpu = load_cpu, proxy_cpu
+        self.nofile = nofile
+        self.keep = keep
+        self.procs = Procs()
+        self.dir = Path(tempfile.mkdtemp(prefix="remora-perf-"))
+        self.dir.chmod(0o755)  # nginx workers run as an unprivileged user
+        (self.dir / "tmp").mkdir()
+        www = self.dir / "www"
+        www.mkdir()
+        self.small = make_payload(SMALL_SIZE, b"remora small ")
+        self.large = make_payload(LARGE_SIZE, b"remora large ")
+        (www / SMALL_PATH.lstrip("/")).write_bytes(self.small)
+        (www / LARGE_PATH.lstrip("/")).write_bytes(self.large)
+        for p in [www, *www.iterdir()]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        self.backend: Instance | None = None
+        self.counter = 0
+        self.remora_l7_probe: dict = {}
+
+    # The 10k idle connections need 2 fds each in a proxy, plus a few.
+    def idle_capacity(self) -> int:
+        return max(0, (self.nofile - 100) // 2)
+
+    def haproxy_maxconn(self) -> int:
+        # haproxy needs 2*maxconn + ~12 fds and refuses to start above the hard limit.
+        return min(20000, (self.nofile - 50) // 2)
+
+    def values(self, name: str, port: int) -> dict[str, str]:
+        return {
+            "DIR": str(self.dir), "NAME": name, "PORT": str(port),
+            "BACKEND_PORT": str(self.backend.port if self.backend else 0),
+            "NOFILE": str(self.nofile),
+            # nginx counts listeners and both sides of a proxied connection as slots.
+            "WORKER_CONNECTIONS": str(max(1024, self.nofile - 20)),
+            "MAXCONN": str(self.haproxy_maxconn()),
+            "LOAD_STREAM_MODULE": (f"load_module {STREAM_MODULE};"
+                                   if STREAM_MODULE.exists() and not nginx_has_static_stream()
+                                   else ""),
+        }
+
+    def start_backend(self) -> None:
+        port = free_port()
+        conf = render_template("nginx-backend.conf", self.values("backend", port),
+                               self.dir / "backend.conf")
+        logp = self.dir / "backend.log"
+        p = self.procs.start(["nginx", "-e", "stderr", "-p", str(self.dir), "-c", str(conf)],
+                             logp, self.load_cpu)
+        wait_port(port, p, logp)
+        self.backend = Instance("direct", port, p, p.pid, logp)
+        self.check_http(port, close=False)
+
+    def probe_remora_l7(self) -> bool:
+        """Does this Remora accept the L7 config? (`remora validate` on the template.)"""
+        conf = render_template("remora-l7.toml", self.values("probe", 1), self.dir / "probe.toml")
+        try:
+            r = subprocess.run([str(self.remora_bin), "validate", str(conf)],
+                               capture_output=True, text=True, timeout=20)
+            ok, msg = r.returncode == 0, (r.stdout + r.stderr).strip()
+        except OSError as e:
+            ok, msg = False, str(e)
+        self.remora_l7_probe = {"supported": ok,
+                                "probe": "remora validate perf/configs/remora-l7.toml",
+                                "answer": msg[:400]}
+        return ok
+
+    def start(self, name: str) -> Instance:
+        """Starts a proxy on a free port; retries on a fresh port if it dies at start
+        (another process may grab a port between our probe and the proxy's bind)."""
+        if name == "direct":
+            return self.backend
+        for attempt in range(3):
+            try:
+                return self._start(name)
+            except ProxyDied as e:
+                if attempt == 2:
+                    raise
+                log(f"{name} exited at start, retrying on another port: {str(e)[:200]}")
+        raise AssertionError("unreachable")
+
+    def _start(self, name: str) -> Instance:
+        family, _, template, extra = PROXIES[name]
+        self.counter += 1
+        tag = f"{name}-{self.counter}"
+        port = free_port()
+        vals = self.values(tag, port) | extra
+        logp = self.dir / f"{tag}.log"
+        if family == "remora":
+            conf = render_template(template, vals, self.dir / f"{tag}.toml")
+            binary = extra.get("BIN", str(self.remora_bin))
+            argv = [binary, "run", "--config", str(conf), "--cores", "1"]
+        elif family == "nginx":
+            conf = render_template(template, vals, self.dir / f"{tag}.conf")
+            argv = ["nginx", "-e", "stderr", "-p", str(self.dir), "-c", str(conf)]
+        elif family == "haproxy":
+            conf = render_template(template, vals, self.dir / f"{tag}.cfg")
+            argv = ["haproxy", "-db", "-f", str(conf)]
+        else:
+            raise ValueError(name)
+        p = self.procs.start(argv, logp, self.proxy_cpu)
+        wait_port(port, p, logp)
+        inst = Instance(name, port, p, p.pid, logp)
+        if family == "remora":
+            inst.notes = remora_ready_notes(logp)
+        return inst
+
+    def stop(self, inst: Instance) -> None:
+        if inst.proc is not None and inst is not self.backend:
+            self.procs.stop(inst.proc)
+            if not self.keep:
+                for f in self.dir.glob(f"{inst.log_path.stem}*"):
+                    if f.suffix in (".toml", ".conf", ".cfg"):
+                        f.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            log(f"kept work directory {self.dir}")
+
+    def check_http(self, port: int, close: bool) -> None:
+        """GETs both files (twice on one connection when keep-alive) and compares bytes."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            for path, want in [(SMALL_PATH, self.small), (LARGE_PATH, self.large),
+                               (SMALL_PATH, self.small)]:
+                headers = {"Connection": "close"} if close else {}
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200 or body != want:
+                    raise HarnessError(
+                        f"127.0.0.1:{port} GET {path}: status {r.status}, {len(body)} bytes "
+                        f"(sha256 {hashlib.sha256(body).hexdigest()[:12]}); expected 200 and "
+                        f"{len(want)} bytes (sha256 {hashlib.sha256(want).hexdigest()[:12]})")
+                if close:
+                    conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            raise HarnessError(f"127.0.0.1:{port}: {type(e).__name__}: {e}") from e
+        finally:
+            conn.close()
+
+
+def make_payload(size: int, seed: bytes) -> bytes:
+    """Deterministic, not compressible by accident, ends with a newline."""
+    out = bytearray()
+    block = seed
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block.hex().encode()
+    out = out[: size - 1] + b"\n"
+    return bytes(out)
+
+
+def remora_ready_notes(logp: Path) -> list[str]:
+    """Remora's start-up line says which CPUs its shards use and how many rings got
+    COOP_TASKRUN: worth keeping with the numbers. Waits briefly for the "ready" line
+    (the port may accept just before it is logged)."""
+    text = ""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", logp.read_text(errors="replace"))  # ANSI colours
+        if " ready" in text:
+            break
+        time.sleep(0.02)
+    notes = []
+    for key in ("cpus", "coop_taskrun_rings", "plain_rings"):
+        m = re.search(rf"\b{key}=(\S+)", text)
+        if m:
+            notes.append(f"{key}={m.group(1)}")
+    return [" ".join(notes)] if notes else []
+
+
+# ───────────────────────────── wrk ─────────────────────────────
+
+_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
+
+
+def parse_wrk(out: str) -> dict:
+    def lat(pct: str) -> float | None:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+    req = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)", out, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not req or not rps:
+        raise HarnessError(f"cannot parse wrk output:\n{out}")
+    return {
+        "requests": int(req.group(1)),
+        "seconds": float(req.group(2)) * _UNITS[req.group(3)] / 1e6,
+        "rps": float(rps.group(1)),
+        "p50_us": lat("50"),
+        "p99_us": lat("99"),
+        "errors": {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"),
+                                             errs.groups())} if errs else {},
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def run_wrk(rig: Rig, port: int, sc: Scenario, seconds: int) -> dict:
+    argv = ["wrk", "-t1", f"-c{sc.connections}", f"-d{seconds}s", "--latency"]
+    if sc.close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}{sc.path}")
+    if rig.load_cpu is not None:
+        argv = ["taskset", "-c", str(rig.load_cpu), *argv]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if r.returncode != 0:
+        raise HarnessError(f"{shlex.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    res = parse_wrk(r.stdout)
+    res["wrk"] = shlex.join(argv)
+    return res
+
+
+def validate_wrk(res: dict, where: str) -> None:
+    """Correctness, never timing: no responses, non-2xx, or >1% socket errors fail."""
+    if res["requests"] == 0:
+        raise HarnessError(f"{where}: wrk completed no request")
+    if res["non_2xx"]:
+        raise HarnessError(f"{where}: {res['non_2xx']} non-2xx responses")
+    hard = sum(v for k, v in res["errors"].items() if k != "timeout")
+    if hard > 0.01 * res["requests"]:
+        raise HarnessError(f"{where}: socket errors {res['errors']} for {res['requests']} requests")
+
+
+# ───────────────────────────── idle connections ─────────────────────────────
+
+
+def established_to(port: int) -> int:
+    """ESTABLISHED TCP sockets whose local port is `port` (the backend's side)."""
+    want = f":{port:04X}"
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if parts[1].endswith(want) and parts[3] == "01":
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
+async def _open_many(port: int, n: int, concurrency: int = 256) -> tuple[list[socket.socket], int]:
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(concurrency)
+    socks: list[socket.socket] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            async with sem:
+                await asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), 20)
+            socks.append(s)
+        except (OSError, asyncio.TimeoutError):
+            failed += 1
+            s.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return socks, failed
+
+
+def probe_held(socks: list[socket.socket], small: bytes, count: int = 20) -> int:
+    """Sends a request on a sample of held connections; returns how many answered right."""
+    ok = 0
+    step = max(1, len(socks) // count)
+    for s in socks[::step][:count]:
+        try:
+            s.setblocking(True)
+            s.settimeout(10)
+            s.sendall(f"GET {SMALL_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.1 200") and body == small:
+                ok += 1
+        except OSError:
+            pass
+    return ok
+
+
+def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
+    pids = inst.pids()
+    # Connections of the previous measurement may still be closing at the backend.
+    deadline = time.monotonic() + 15
+    while established_to(rig.backend.port) > 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    rss_start = rss_kib(pids)
+    base = established_to(rig.backend.port)
+    t0 = cpu_ticks(pids)
+    socks, failed = asyncio.run(_open_many(inst.port, n))
+    try:
+        deadline = time.monotonic() + 30
+        up = established_to(rig.backend.port) - base
+        while up < len(socks) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            up = established_to(rig.backend.port) - base
+        time.sleep(1.0)  # let the proxy settle before reading its RSS
+        rss_held = rss_kib(inst.pids())
+        probed = min(20, len(socks))
+        answered = probe_held(socks, rig.small, probed)
+    finally:
+        for s in socks:
+            s.close()
+    cpu_us = (cpu_ticks(pids) - t0) / CLK_TCK * 1e6
+    if answered < probed:
+        raise HarnessError(f"{inst.name}: only {answered}/{probed} held connections answered a request")
+    return {
+        "idle_conns": len(socks),
+        "connect_failed": failed,
+        "upstream_conns": up,
+        "rss_start_kib": rss_start,
+        "rss_kib": rss_held,
+        "rss_per_conn_bytes": round((rss_held - rss_start) * 1024 / max(1, len(socks))),
+        "cpu_ms_to_open": round(cpu_us / 1e3, 1),
+    }
+
+
+# ───────────────────────────── one measurement ─────────────────────────────
+
+
+def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n: int) -> dict:
+    inst = rig.start(name)
+    try:
+        rig.check_http(inst.port, close=sc.close)
+        if sc.kind == "idle":
+            sample = measure_idle(rig, inst, idle_n)
+        else:
+            if warmup:
+                run_wrk(rig, inst.port, sc, warmup)
+            pids = inst.pids()
+            t0 = cpu_ticks(pids)
+            with RssSampler(pids) as sampler:
+                res = run_wrk(rig, inst.port, sc, seconds)
+            ticks = cpu_ticks(pids) - t0
+            validate_wrk(res, f"{sc.name}/{name}")
+            sample = {
+                "rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+                "requests": res["requests"],
+                "cpu_us_per_req": ticks / CLK_TCK * 1e6 / res["requests"],
+                "cpu_util": ticks / CLK_TCK / res["seconds"],
+                "rss_kib": sampler.peak,
+                "errors": res["errors"],
+            }
+            rig.check_http(inst.port, close=sc.close)  # still serving correctly afterwards
+        if inst.notes:
+            sample["notes"] = inst.notes
+        return sample
+    finally:
+        rig.stop(inst)
+
+
+def median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(sc: Scenario, name: str, samples: list[dict]) -> dict:
+    row: dict = {"name": sc.name, "proxy": name}
+    keys = ["rps", "p50_us", "p99_us", "cpu_us_per_req", "rss_kib"]
+    if sc.kind == "idle":
+        keys += ["rss_start_kib", "idle_conns", "upstream_conns", "rss_per_conn_bytes"]
+    else:
+        keys += ["cpu_util"]
+    for k in keys:
+        m = median([s.get(k) for s in samples])
+        row[k] = round(m, 2) if isinstance(m, float) else m
+    for k in ["rps", "p50_us", "p99_us", "cpu_us_per_req", "rss_kib"]:
+        row.setdefault(k, None)
+    row["status"] = "ok"
+    row["samples"] = samples
+    if name == "direct":
+        row["note"] = "no proxy (ceiling); CPU and RSS are the backend's"
+    return row
+
+
+# ───────────────────────────── rendering (from the JSON only) ─────────────────────────────
+
+
+def fmt(v, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (int, float)):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def best_competitor(rows: list[dict], key: str, higher_is_better: bool) -> dict | None:
+    cands = [r for r in rows if is_competitor(r["proxy"]) and r.get(key) is not None]
+    if not cands:
+        return None
+    return (max if higher_is_better else min)(cands, key=lambda r: r[key])
+
+
+def ratios(data: dict) -> list[dict]:
+    """Remora vs the best competitor per scenario; > 1 means Remora does better."""
+    out = []
+    by_sc: dict[str, list[dict]] = {}
+    for r in data["scenarios"]:
+        by_sc.setdefault(r["name"], []).append(r)
+    for sc_name, rows in by_sc.items():
+        idle = any(r.get("idle_conns") is not None for r in rows)
+        metrics = ([("rss_kib", False, "RSS")] if idle else
+                   [("rps", True, "req/s"), ("cpu_us_per_req", False, "CPU/req")])
+        for r in rows:
+            if not is_remora(r["proxy"]) or r.get("status") != "ok":
+                continue
+            for key, higher, label in metrics:
+                best = best_competitor(rows, key, higher)
+                if best is None or not r.get(key) or not best.get(key):
+                    continue
+                ratio = r[key] / best[key] if higher else best[key] / r[key]
+                out.append({"scenario": sc_name, "proxy": r["proxy"], "metric": label,
+                            "ratio": ratio, "vs": best["proxy"]})
+    return out
+
+
+def render_md(data: dict) -> str:
+    m = data["meta"]
+    lines = [
+        "# Remora performance comparison",
+        "",
+        f"- date: {m['date']}",
+        f"- command: `{m['command']}`",
+        f"- rounds: {m['rounds']} × {m['duration_s']} s per proxy and scenario "
+        f"(medians over rounds){' — QUICK smoke run, not a measurement' if m.get('quick') else ''}",
+        f"- pinning: {m['pinning']}",
+        f"- machine: {m['cpu']}, {m['cpus_online']} CPUs, kernel {m['kernel']}, "
+        f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end",
+        f"- nofile limit {m['nofile']}; idle scenario held {m['idle_conns']} connections",
+        "- versions: " + "; ".join(m["versions"].values()),
+        *[f"- alternative Remora binary: {a}" for a in m.get("remora_alt", [])],
+        "",
+        "req/s and latency from wrk -t1; CPU µs/req = the proxy's own utime+stime (all its "
+        "processes and threads) over the run ÷ requests served; RSS = peak VmRSS sum during "
+        "the run. \"vs best\": Remora against the best competitor of the same layer, > 1 = Remora "
+        "better (req/s: Remora ÷ best; CPU/req and RSS: best ÷ Remora).",
+        "",
+    ]
+    rat = ratios(data)
+    by_sc: dict[str, list[dict]] = {}
+    for r in data["scenarios"]:
+        by_sc.setdefault(r["name"], []).append(r)
+    for sc_name, rows in by_sc.items():
+        desc = next((s.what for s in SCENARIOS if s.name == sc_name), "")
+        lines += [f"## {sc_name}", "", desc, ""]
+        idle = any(r.get("idle_conns") is not None for r in rows)
+        if idle:
+            lines += ["| proxy | connections held | upstream conns | RSS at start KiB | "
+                      "RSS with conns KiB | bytes/conn | vs best |",
+                      "|---|---:|---:|---:|---:|---:|---|"]
+        else:
+            lines += ["| proxy | req/s | p50 µs | p99 µs | CPU µs/req | CPU util | RSS KiB | vs best |",
+                      "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            vs = ", ".join(f"{x['ratio']:.2f}× {x['metric']} (vs {x['vs']})" for x in rat
+                           if x["scenario"] == sc_name and x["proxy"] == r["proxy"])
+            if r.get("status") != "ok":
+                lines.append(f"| {r['proxy']} | {r.get('note', r.get('status'))} |" +
+                             " |" * (5 if idle else 6) + " |")
+            elif idle:
+                lines.append(f"| {r['proxy']} | {fmt(r['idle_conns'])} | {fmt(r['upstream_conns'])} | "
+                             f"{fmt(r['rss_start_kib'])} | {fmt(r['rss_kib'])} | "
+                             f"{fmt(r['rss_per_conn_bytes'])} | {vs} |")
+            else:
+                util = f"{r['cpu_util'] * 100:.0f}%" if r.get("cpu_util") is not None else "–"
+                name = r["proxy"] + (" (ceiling)" if r["proxy"] == "direct" else "")
+                lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+                             f"{fmt(r['cpu_us_per_req'], 2)} | {util} | {fmt(r['rss_kib'])} | {vs} |")
+        lines.append("")
+    notes = {}
+    for r in data["scenarios"]:
+        for smp in r.get("samples", []):
+            for n in smp.get("notes", []):
+                notes.setdefault(r["proxy"], set()).add(n)
+    if notes:
+        lines += ["Remora at start-up (its own log): " +
+                  "; ".join(f"{p}: {', '.join(sorted(n))}" for p, n in notes.items()), ""]
+    if data.get("failures"):
+        lines += ["## Failures", ""] + [f"- {f}" for f in data["failures"]] + [""]
+    return "\n".join(lines)
+
+
+def render_svg(data: dict) -> str:
+    """Horizontal bars: Remora / best competitor per scenario and metric (> 1 = better)."""
+    rat = ratios(data)
+    W, left, right, top, bar_h, gap = 980, 400, 50, 70, 18, 6
+    if not rat:
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="80">'
+                '<text x="20" y="45" font-family="sans-serif" font-size="14">'
+                'No Remora/competitor pairs to compare in this run.</text></svg>\n')
+    vmax = max(2.0, max(x["ratio"] for x in rat) * 1.1)
+    plot_w = W - left - right
+    na = [r for r in data["scenarios"] if r.get("status") != "ok"]
+    H = top + len(rat) * (bar_h + gap) + (80 if na else 60)
+    X = lambda v: left + plot_w * v / vmax  # noqa: E731
+    colours = {"req/s": "#3b7dd8", "CPU/req": "#e08a1e", "RSS": "#4a9a5b"}
+    legend = {"req/s": "req/s: Remora ÷ best", "CPU/req": "CPU µs/req: best ÷ Remora",
+              "RSS": "RSS: best ÷ Remora"}
+    m = data["meta"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
+           'Remora vs the best competitor per scenario (&gt; 1 = Remora better)</text>',
+           f'<text x="{W / 2}" y="40" text-anchor="middle" fill="#555">'
+           f'{html.escape(m["date"])} · {m["rounds"]} round(s) × {m["duration_s"]} s · '
+           f'{html.escape(str(m["pinning"]))}</text>']
+    axis_y = top + len(rat) * (bar_h + gap) + 10
+    t = 0.0
+    while t <= vmax + 1e-9:
+        x = X(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{axis_y - 14}" '
+                   f'stroke="{"#000" if abs(t - 1) < 1e-9 else "#ddd"}" '
+                   f'stroke-width="{1.5 if abs(t - 1) < 1e-9 else 1}"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y}" text-anchor="middle" fill="#555">{t:.1f}×</text>')
+        t += 0.5
+    y = top
+    for r in rat:
+        label = f'{r["scenario"]} · {r["proxy"]} · {r["metric"]} (vs {r["vs"]})'
+        out.append(f'<text x="{left - 8}" y="{y + bar_h - 5}" text-anchor="end">{html.escape(label)}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{X(r["ratio"]) - left:.1f}" height="{bar_h}" '
+                   f'fill="{colours.get(r["metric"], "#888")}"/>')
+        out.append(f'<text x="{X(r["ratio"]) + 4:.1f}" y="{y + bar_h - 5}">{r["ratio"]:.2f}×</text>')
+        y += bar_h + gap
+    lx, ly = 40, axis_y + 24
+    for name, c in colours.items():
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{c}"/>')
+        out.append(f'<text x="{lx + 16}" y="{ly}">{html.escape(legend[name])}</text>')
+        lx += 230
+    if na:
+        out.append(f'<text x="40" y="{ly + 22}" fill="#555">not shown: ' +
+                   html.escape(", ".join(f'{r["name"]}/{r["proxy"]} {r.get("note", "")}' for r in na)) +
+                   "</text>")
+    out.append("</svg>\n")
+    return "\n".join(out)
+
+
+def write_outputs(data: dict, out_dir: Path, results_md: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    md = render_md(data)
+    (out_dir / "latest.md").write_text(md + "\n")
+    (out_dir / "latest.svg").write_text(render_svg(data))
+    log(f"wrote {out_dir / 'latest.json'}, latest.md, latest.svg")
+    if results_md:
+        (PERF_DIR / "RESULTS.md").write_text(
+            "<!-- Written by perf/compare on full runs; the chart is perf/results/latest.svg "
+            "(not committed). -->\n" + md + "\n")
+        log(f"wrote {PERF_DIR / 'RESULTS.md'}")
+
+
+# ───────────────────────────── perf/compare ─────────────────────────────
+
+
+def _sigterm(*_) -> None:
+    # SIGTERM (CI cancel, timeout) unwinds through `finally` like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="perf/compare",
+        description="Remora vs nginx vs HAProxy (and direct), one pinned worker each. "
+                    "See perf/README.md.")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (< 1 min after the build): 1 round, 1 s per run, 500 idle "
+                         "connections; checks correctness, never timing; does not touch RESULTS.md")
+    ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
+    ap.add_argument("--rounds", type=int, help="rounds (default 5; --quick 1)")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 10; --quick 1)")
+    ap.add_argument("--warmup", type=int, help="seconds of wrk before each run (default 2; --quick 0)")
+    ap.add_argument("--idle-conns", type=int,
+                    help="connections for idle-10k (default 10000, capped by the nofile limit; --quick 500)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
+                    help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}")
+    ap.add_argument("--proxies", default=",".join(PROXIES),
+                    help=f"comma-separated subset of {','.join(PROXIES)}")
+    ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora",
+                    help="Remora binary (default target/release/remora)")
+    ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
+                    help="also measure another Remora binary in the L4 scenarios, as proxies "
+                         "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
+                         "(A/B of a change; repeatable)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default perf/results)")
+    ap.add_argument("--no-results-md", action="store_true", help="do not write perf/RESULTS.md")
+    ap.add_argument("--load-cpu", type=int, help="CPU for wrk and the backend (default: first allowed)")
+    ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxy (default: second allowed)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only re-render latest.md/latest.svg from a saved JSON into --out")
+    args = ap.parse_args(argv)
+    default_proxies = args.proxies == ap.get_default("proxies")
+    for alt in args.remora_alt:
+        label, sep, path = alt.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            ap.error(f"--remora-alt {alt}: expected LABEL=PATH to an existing binary")
+        for mode in ("copy", "splice"):
+            name = f"remora-{mode}@{label}"
+            PROXIES[name] = ("remora", "l4", "remora-l4.toml",
+                             {"FORWARDING": mode, "BIN": str(Path(path).resolve())})
+            if default_proxies or f"remora-{mode}" in args.proxies.split(","):
+                args.proxies += f",{name}"
+
+    if args.render:
+        data = json.loads(args.render.read_text())
+        write_outputs(data, args.out, results_md=False)
+        return 0
+
+    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    wanted = [p for p in args.proxies.split(",") if p]
+    unknown = [p for p in wanted if p not in PROXIES] + \
+              [s for s in args.scenarios.split(",") if s not in SCENARIO_NAMES]
+    if unknown:
+        ap.error(f"unknown scenario/proxy: {', '.join(unknown)}")
+    rounds = args.rounds or (1 if args.quick else 5)
+    seconds = args.duration or (1 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
+    full = (not args.quick and len(scenarios) == len(SCENARIOS) and set(wanted) == set(PROXIES)
+            and args.remora_bin == REPO / "target/release/remora" and not args.remora_alt)
+    write_results_md = full and not args.no_results_md
+
+    rig = None
+    failures: list[str] = []
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        ensure_tools()
+        check_memlock()
+        build_remora(args.no_build)
+        if not args.remora_bin.exists():
+            raise SetupError(f"{args.remora_bin} does not exist (build it or drop --no-build)")
+        _, hard = raise_nofile()
+        load_cpu, proxy_cpu, pinned = pick_cpus(args)
+        if load_cpu is not None:
+            os.sched_setaffinity(0, {load_cpu})  # the harness itself and the idle client
+        rig = Rig(args.remora_bin.resolve(), load_cpu, proxy_cpu, hard, keep=args.keep)
+        idle_n = min(args.idle_conns or (500 if args.quick else 10000), rig.idle_capacity())
+        pinning = (f"proxy on CPU{proxy_cpu}; wrk, backend and harness on CPU{load_cpu} (taskset)"
+                   if pinned else "none (fewer than 2 CPUs allowed)")
+        log(f"{rounds} round(s) × {seconds}s, {pinning}, work dir {rig.dir}")
+        meta = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": shlex.join(["perf/compare", *(argv if argv is not None else sys.argv[1:])]),
+            "quick": args.quick, "rounds": rounds, "duration_s": seconds, "warmup_s": warmup,
+            "kernel": platform.release(), "cpu": cpu_model(), "cpus_online": os.cpu_count(),
+            "pinning": pinning, "nofile": hard, "idle_conns": idle_n,
+            "loadavg_start": loadavg(), "versions": versions(args.remora_bin),
+            "remora_alt": args.remora_alt,
+        }
+        if idle_n < 10000 and not args.quick:
+            meta["idle_note"] = (f"nofile hard limit {hard} allows {idle_n} proxied connections "
+                                 "(2 fds each) and could not be raised (no CAP_SYS_RESOURCE)")
+        rig.start_backend()
+        has_l7 = rig.probe_remora_l7()
+        meta["remora_l7"] = rig.remora_l7_probe
+        log(f"remora L7: {'yes' if has_l7 else 'no'} ({rig.remora_l7_probe['answer'][:100]})")
+
+        samples: dict[tuple[str, str], list[dict]] = {}
+        na: dict[tuple[str, str], str] = {}
+        for sc in scenarios:
+            for name in proxies_for(sc, wanted):
+                if name == "remora-l7" and not has_l7:
+                    na[(sc.name, name)] = L7_NA
+                else:
+                    samples[(sc.name, name)] = []
+        broken: set[tuple[str, str]] = set()
+        for rnd in range(rounds):
+            for sc in scenarios:
+                names = [n for n in proxies_for(sc, wanted) if (sc.name, n) in samples]
+                k = rnd % max(1, len(names))
+                for name in names[k:] + names[:k]:  # rotate: no proxy always goes first
+                    if (sc.name, name) in broken:
+                        continue
+                    log(f"round {rnd + 1}/{rounds} {sc.name} {name}")
+                    try:
+                        s = measure(rig, sc, name, seconds, warmup, idle_n)
+                    except HarnessError as e:
+                        failures.append(f"{sc.name}/{name}: {e}")
+                        broken.add((sc.name, name))
+                        log(f"FAILED {sc.name}/{name}: {e}")
+                        continue
+                    samples[(sc.name, name)].append(s)
+                    if sc.kind == "idle":
+                        log(f"  {s['idle_conns']} conns, {s['upstream_conns']} upstream, "
+                            f"RSS {s['rss_start_kib']} -> {s['rss_kib']} KiB")
+                    else:
+                        log(f"  {s['rps']:,.0f} req/s p50 {s['p50_us']}us p99 {s['p99_us']}us "
+                            f"cpu {s['cpu_us_per_req']:.2f}us/req rss {s['rss_kib']} KiB")
+        rows = []
+        for sc in scenarios:
+            for name in proxies_for(sc, wanted):
+                key = (sc.name, name)
+                if key in na:
+                    rows.append({"name": sc.name, "proxy": name, "rps": None, "p50_us": None,
+                                 "p99_us": None, "cpu_us_per_req": None, "rss_kib": None,
+                                 "status": "n/a", "note": na[key]})
+                elif key in broken:
+                    rows.append({"name": sc.name, "proxy": name, "rps": None, "p50_us": None,
+                                 "p99_us": None, "cpu_us_per_req": None, "rss_kib": None,
+                                 "status": "failed", "note": "failed (see failures)"})
+                elif samples.get(key):
+                    rows.append(summarise(sc, name, samples[key]))
+        meta["loadavg_end"] = loadavg()
+        data = {"meta": meta, "scenarios": rows, "failures": failures}
+        write_outputs(data, args.out, results_md=write_results_md and not failures)
+        print(render_md(data))
+    except SetupError as e:
+        log(f"setup: {e}")
+        return 2
+    except HarnessError as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if rig is not None:
+            rig.close()
+    if failures:
+        log(f"{len(failures)} proxy/scenario pair(s) did not serve correctly:")
+        for f in failures:
+            log(f"  {f}")
+        return 1
+    return 0
+
+
+# ───────────────────────────── perf/flamegraph ─────────────────────────────
+
+
+def flamegraph_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="perf/flamegraph",
+        description="Records Remora (pinned, under wrk load) with perf -e cpu-clock and "
+                    "renders a flame graph SVG with inferno.")
+    ap.add_argument("--scenario", default="l4-keepalive",
+                    choices=[s.name for s in SCENARIOS if s.kind == "load"])
+    ap.add_argument("--forwarding", default="copy", choices=["copy", "splice"],
+                    help="Remora L4 forwarding mode (l4 scenarios)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds recorded")
+    ap.add_argument("--frequency", type=int, default=997, help="samples per second")
+    ap.add_argument("--call-graph", default="fp", choices=["fp", "dwarf"],
+                    help="fp = `perf record -g`; dwarf unwinds without frame pointers (bigger)")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora")
+    ap.add_argument("--out", type=Path, help="SVG path (default perf/results/flame-SCENARIO-MODE.svg)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (perf.data)")
+    args = ap.parse_args(argv)
+    sc = next(s for s in SCENARIOS if s.name == args.scenario)
+    proxy = "remora-l7" if sc.layer == "l7" else f"remora-{args.forwarding}"
+    out = args.out or RESULTS_DIR / f"flame-{sc.name}-{proxy.removeprefix('remora-')}.svg"
+
+    rig = None
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        ensure_tools(extra_apt=["linux-perf"], extra_bins=["perf"])
+        ensure_inferno()
+        check_memlock()
+        build_remora(args.no_build)
+        _, hard = raise_nofile()
+        load_cpu, proxy_cpu, _ = pick_cpus(argparse.Namespace(load_cpu=None, proxy_cpu=None))
+        if load_cpu is not None:
+            os.sched_setaffinity(0, {load_cpu})
+        rig = Rig(args.remora_bin.resolve(), load_cpu, proxy_cpu, hard, keep=args.keep)
+        rig.start_backend()
+        if sc.layer == "l7" and not rig.probe_remora_l7():
+            raise SetupError(f"Remora has no L7 mode yet: {rig.remora_l7_probe['answer'][:200]}")
+        inst = rig.start(proxy)
+        rig.check_http(inst.port, close=sc.close)
+        wrk_argv = ["wrk", "-t1", f"-c{sc.connections}", f"-d{args.duration + 3}s"]
+        if sc.close:
+            wrk_argv += ["-H", "Connection: close"]
+        wrk_argv.append(f"http://127.0.0.1:{inst.port}{sc.path}")
+        wrk = rig.procs.start(wrk_argv, rig.dir / "wrk.log", load_cpu)
+        time.sleep(1)
+        data = rig.dir / "perf.data"
+        cg = ["-g"] if args.call_graph == "fp" else ["--call-graph", "dwarf,16384"]
+        rec = ["perf", "record", "-e", "cpu-clock", "-F", str(args.frequency), *cg,
+               "-p", str(inst.proc.pid), "-o", str(data), "--", "sleep", str(args.duration)]
+        log(shlex.join(rec))
+        subprocess.run(rec, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wrk.wait(timeout=args.duration + 60)
+        log(f"load: {tail(rig.dir / 'wrk.log', 3)}")
+        rig.stop(inst)
+        folded = rig.dir / "out.folded"
+        with open(folded, "w") as f:
+            script = subprocess.Popen(["perf", "script", "-i", str(data)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+            subprocess.run(["inferno-collapse-perf"], stdin=script.stdout, stdout=f, check=True)
+            script.wait()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        title = f"remora {proxy} {sc.name} (perf -e cpu-clock, {args.call_graph})"
+        with open(folded) as fin, open(out, "w") as fout:
+            subprocess.run(["inferno-flamegraph", "--title", title], stdin=fin, stdout=fout, check=True)
+        shutil.copy(folded, out.with_suffix(".folded"))
+        top = top_frames(folded)
+        (out.with_suffix(".txt")).write_text(top)
+        print(top)
+        log(f"wrote {out}, {out.with_suffix('.txt')} (top frames) and "
+            f"{out.with_suffix('.folded')} (for inferno-diff-folded)")
+    except SetupError as e:
+        log(f"setup: {e}")
+        return 2
+    except (HarnessError, subprocess.CalledProcessError) as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if rig is not None:
+            rig.close()
+    return 0
+
+
+def ensure_inferno() -> None:
+    if shutil.which("inferno-flamegraph") and shutil.which("inferno-collapse-perf"):
+        return
+    cargo_bin = Path.home() / ".cargo/bin"
+    os.environ["PATH"] = f"{cargo_bin}:{os.environ['PATH']}"
+    if shutil.which("inferno-flamegraph"):
+        return
+    log("cargo install inferno")
+    if subprocess.run(["cargo", "install", "inferno"]).returncode != 0:
+        raise SetupError("cargo install inferno failed")
+
+
+def top_frames(folded: Path, n: int = 30) -> str:
+    """Self time per leaf frame; total time per frame anywhere on the stack (frames on
+    nearly every stack, like thread start-up, left out); and Remora's own frames."""
+    leaf: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = stack.split(";")
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + c
+        for fr in set(frames):
+            incl[fr] = incl.get(fr, 0) + c
+    total = max(total, 1)
+
+    def table(items, title):
+        rows = sorted(items, key=lambda x: -x[1])[:n]
+        return ["", title] + [f"{100 * c / total:6.2f}  {f[:150]}" for f, c in rows]
+
+    out = [f"total weight {total} (perf sample periods)"]
+    out += table(leaf.items(), "self %  frame")
+    out += table([(f, c) for f, c in incl.items() if c < 0.97 * total],
+                 "total %  frame (anywhere on the stack; frames on >97% of stacks left out)")
+    out += table([(f, c) for f, c in incl.items() if "remora::" in f], "total %  remora:: frames")
+    return "\n".join(out) + "\n"
