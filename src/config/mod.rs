@@ -523,11 +523,7 @@ impl Validator<'_> {
 
     /// Validates `[[virtual_host]]` tables against the cluster names; route
     /// errors carry byte spans of this file, turned into line:col here.
-    fn routes(
-        &mut self,
-        raw: Vec<Spanned<raw::RawVirtualHost>>,
-        clusters: &[Cluster],
-    ) -> Routes {
+    fn routes(&mut self, raw: Vec<Spanned<raw::RawVirtualHost>>, clusters: &[Cluster]) -> Routes {
         let raw = RawRouteConfig { virtual_hosts: raw };
         match raw.validate(|name| clusters.iter().position(|c| c.name == name)) {
             Ok(table) => Routes::new(table),
@@ -1052,7 +1048,10 @@ cluster = "a"
         let dump = serde_json::to_value(&c).unwrap();
         assert_eq!(dump["routes"][0]["name"], "v");
         assert_eq!(c, Config::from_toml(ok, None).unwrap());
-        assert_ne!(c, Config::from_toml(&ok.replace("\"/\"", "\"/x\""), None).unwrap());
+        assert_ne!(
+            c,
+            Config::from_toml(&ok.replace("\"/\"", "\"/x\""), None).unwrap()
+        );
 
         let bad = r#"[[cluster]]
 name = "a"
