@@ -159,7 +159,7 @@ pub struct Shard {
     /// Listeners this core accepts on right now.
     listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
-    draining: Cell<bool>,
+    pub(crate) draining: Cell<bool>,
     /// Per cluster endpoint counters (pruned to the config on reconcile).
     pub(crate) endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
     /// HTTP path: upstream keep-alive pool, request ids, RNG.

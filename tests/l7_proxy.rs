@@ -671,3 +671,109 @@ fn curl_through_the_proxy() {
     );
     drop(r);
 }
+
+#[test]
+fn connect_failure_retried_on_the_next_endpoint_and_per_try_timeout() {
+    let a = Backend::start("a");
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        r#"[admin]
+enabled = false
+[capture]
+enabled = false
+[[cluster]]
+name = "mixed"
+endpoints = ["{dead}", "{live}"]
+[[listener]]
+name = "h"
+address = "127.0.0.1:{port}"
+cluster = "mixed"
+protocol = "http"
+[[virtual_host]]
+name = "all"
+domains = ["*"]
+[[virtual_host.route]]
+match = {{ prefix = "/sleep" }}
+cluster = "mixed"
+retry = {{ retry_on = ["connect-failure", "gateway-error"], num_retries = 1, per_try_timeout = "150ms", backoff_base = "1ms" }}
+[[virtual_host.route]]
+match = {{ prefix = "/" }}
+cluster = "mixed"
+retry = {{ retry_on = ["connect-failure"], num_retries = 1, backoff_base = "1ms" }}
+"#,
+        live = a.addr
+    );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    // Round robin alternates dead and live endpoints: every request lands.
+    for i in 0..6 {
+        let resp = c.request(&get(&format!("/n{i}"), "x"));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.head);
+    }
+    // Each try outlives its per-try timeout (or hits the dead endpoint): 504 or
+    // 503, never the slow 200.
+    let resp = c.request(&get("/sleep/2000", "x"));
+    assert!(matches!(resp.status, 503 | 504), "{}", resp.head);
+    let (_, totals) = r.stop();
+    assert!(totals.get("upstream_cx_connect_fail") >= 3);
+    assert!(totals.get("rq_retry") >= 3);
+}
+
+#[test]
+fn oversized_head_is_431_and_bad_upstream_response_is_502() {
+    // An upstream whose response frames its body two ways.
+    let bad = common::listener();
+    let bad_addr = bad.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in bad.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx");
+        }
+    });
+    let a = Backend::start("a");
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/bad\" }\ncluster = \"bad\"\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\n";
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr), ("bad", bad_addr)], routes),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    let resp = c.request(&get("/bad", "x"));
+    assert_eq!(resp.status, 502);
+    let mut c = Client::new(port);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    c.w.write_all(big.as_bytes()).unwrap();
+    assert_eq!(c.response().status, 431);
+    assert_eq!(a.count(), 0);
+    drop(r);
+}
+
+#[test]
+fn http10_keep_alive_and_chunked_response_to_http10_client() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    let resp = c.request("GET /k HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection").as_deref(), Some("keep-alive"));
+    let resp = c.request("GET /k2 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(resp.json()["path"], "/k2");
+    // The backend answers /echo chunked; an HTTP/1.0 client gets the bytes
+    // delimited by close instead.
+    let resp = c.request("POST /echo HTTP/1.0\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(resp.status, 200);
+    assert!(resp.header("transfer-encoding").is_none(), "{}", resp.head);
+    assert_eq!(resp.body, b"hello");
+    drop(r);
+}

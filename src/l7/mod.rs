@@ -795,7 +795,10 @@ impl Conn<'_> {
             match until(deadline, respond).await {
                 Some(n) => n,
                 None => {
+                    // The head is out: a reset is the only way to tell the client
+                    // the body is cut short.
                     self.log.flags.insert(ResponseFlags::UT);
+                    socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
                     Next::Close
                 }
             }
@@ -1161,8 +1164,11 @@ impl Conn<'_> {
             (BodyFraming::Chunked, Version::Http10) => BodyFraming::CloseDelimited,
             (f, _) => f,
         };
-        let down_keep =
-            req_keep_alive && out_framing != BodyFraming::CloseDelimited && body.complete;
+        // A draining core answers, then closes, so the drain can finish.
+        let down_keep = req_keep_alive
+            && out_framing != BodyFraming::CloseDelimited
+            && body.complete
+            && !self.shard.draining.get();
         self.out.clear();
         let view = self.resp.view(upbuf.bytes());
         write_response(
