@@ -1,6 +1,6 @@
 """Test backend for tests/l7_proxy.rs: echoes what it received as JSON.
 
-Usage: backend.py PORT NAME. Prints "ready" once listening.
+Usage: backend.py PORT NAME [BIND_ADDR]. Prints "ready" once listening.
 Paths: /count (requests seen so far, not counted itself), /fail/N/KEY (503 for
 the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
 /close... (answers, then closes without saying so), /drop... (the second
@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(sys.argv[1])
 NAME = sys.argv[2]
+BIND = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 LOCK = threading.Lock()
 COUNT = 0
 FAILS = {}
@@ -113,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
 
 
-server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+server = ThreadingHTTPServer((BIND, PORT), Handler)
 server.daemon_threads = True
 print("ready", flush=True)
 server.serve_forever()
