@@ -777,3 +777,45 @@ fn http10_keep_alive_and_chunked_response_to_http10_client() {
     assert_eq!(resp.body, b"hello");
     drop(r);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Keep-alive connections between requests hold no request buffer: 1,000 of
+/// them, each after a request with a 4 KiB body, cost a few KiB each.
+#[test]
+fn idle_keep_alive_connections_hold_no_buffers() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let body = "b".repeat(4096);
+    let req = format!("POST /m HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n{body}");
+    // Warm up pools and the allocator.
+    let mut warm: Vec<Client> = (0..50).map(|_| Client::new(port)).collect();
+    for c in &mut warm {
+        assert_eq!(c.request(&req).status, 200);
+    }
+    let before = rss_kib(r.pid());
+    let mut clients: Vec<Client> = (0..1000).map(|_| Client::new(port)).collect();
+    for c in &mut clients {
+        assert_eq!(c.request(&req).status, 200);
+    }
+    let grown = rss_kib(r.pid()).saturating_sub(before);
+    eprintln!("1000 idle keep-alive HTTP connections: +{grown} KiB RSS");
+    // A 16 KiB buffer each would be 16 MB; allow 8 KiB per connection.
+    assert!(grown < 1000 * 8, "RSS grew by {grown} KiB");
+    // They all still work.
+    for c in clients.iter_mut().step_by(97) {
+        assert_eq!(c.request(&get("/again", "x")).status, 200);
+    }
+    drop(r);
+}

@@ -279,14 +279,16 @@ pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx:
     loop {
         let next = conn.one().await;
         release_if_empty(&mut conn.inbuf);
-        if conn.out.capacity() > buf::BUF_SIZE {
+        // Between requests the connection keeps only small things: the
+        // header index of the last heads and a response-head-sized `out`.
+        if conn.out.capacity() > 1024 {
             conn.out = Vec::new();
         }
         match next {
             Next::Continue => {}
             Next::Close => break,
             Next::Tunnel(up, upbuf) => {
-                conn.tunnel(up, upbuf).await;
+                Box::pin(conn.tunnel(up, upbuf)).await;
                 break;
             }
         }
@@ -538,6 +540,16 @@ impl Conn<'_> {
                 return self.local(e.status(), &e.reason(), &[], false).await;
             }
         };
+        // Boxed: everything after the head is a large state machine, and an
+        // idle keep-alive connection (waiting in read_head) should not carry it.
+        Box::pin(self.handle(len)).await
+    }
+
+    /// Routes, forwards and answers one request whose head is `len` bytes at
+    /// the start of `inbuf`.
+    async fn handle(&mut self, len: usize) -> Next {
+        let snap = self.snapshot.clone();
+        let http = &snap.config.http;
 
         // Route and build the upstream head while the head's bytes are at hand.
         let table = &snap.config.routes.table;
