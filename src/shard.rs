@@ -160,6 +160,9 @@ pub struct Shard {
     listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
     pub(crate) draining: Cell<bool>,
+    /// Closed when the core stops: wakes idle HTTP keep-alive connections so
+    /// they close now instead of holding the drain until its deadline.
+    pub(crate) stopping: Semaphore,
     /// Per cluster endpoint counters (pruned to the config on reconcile).
     pub(crate) endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
     /// HTTP path: upstream keep-alive pool, request ids, RNG.
@@ -430,6 +433,7 @@ pub async fn run(
         rr: Default::default(),
         listeners: RefCell::new(Vec::new()),
         draining: Cell::new(false),
+        stopping: Semaphore::new(0),
         endpoints: RefCell::new(HashMap::new()),
         l7: Default::default(),
     });
@@ -459,6 +463,7 @@ pub async fn run(
     }
     shard.draining.set(true);
     shard.close_listeners(|_| false);
+    shard.stopping.close();
     // Listeners are closed now: drain what is open, up to the deadline.
     let drain = shard.config.current().config.runtime.drain_timeout;
     let deadline = Instant::now() + drain;

@@ -852,3 +852,37 @@ fn local_reply_to_an_unread_upload() {
     assert_eq!(a.count(), 0);
     drop(r);
 }
+
+/// SIGTERM closes idle keep-alive connections at once instead of waiting out
+/// the drain timeout; a connection in the middle of a request finishes it.
+#[test]
+fn stop_closes_idle_keep_alive_connections() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL)
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"30s\"");
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut idle = Client::new(port);
+    assert_eq!(idle.request(&get("/1", "x")).status, 200);
+    let mut busy = Client::new(port);
+    busy.w.write_all(get("/sleep/500", "x").as_bytes()).unwrap();
+    // The slow request is in flight once the backend counted it.
+    while a.count() < 2 {
+        thread::yield_now();
+    }
+    r.signal(libc::SIGTERM);
+    // The idle one is closed without a response (EOF well before the 30 s
+    // drain deadline: the client's read timeout is 20 s); the busy one gets
+    // its answer with `connection: close`, then EOF.
+    let mut left = Vec::new();
+    idle.r
+        .read_to_end(&mut left)
+        .expect("idle connection closed by the stopping proxy");
+    assert!(left.is_empty());
+    let resp = busy.response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    assert!(busy.rest().is_empty());
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+}

@@ -51,6 +51,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tracing::debug;
@@ -461,12 +462,20 @@ impl Conn<'_> {
                 }
             }
             let deadline = header_deadline.unwrap_or(idle_deadline);
-            match until(
-                Some(deadline),
-                read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
-            )
-            .await
-            {
+            let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
+            let got = if header_deadline.is_some() {
+                until(Some(deadline), read).await
+            } else {
+                // Idle between requests: a stopping core closes the connection
+                // (nothing is in flight, so nothing is lost).
+                let stopping = self.shard.stopping.acquire(1);
+                future::or(until(Some(deadline), read), async {
+                    let _ = stopping.await;
+                    None
+                })
+                .await
+            };
+            match got {
                 None if header_deadline.is_some() => return HeadRead::Timeout,
                 None => return HeadRead::Gone,
                 Some(Ok(0)) => return HeadRead::Gone,
