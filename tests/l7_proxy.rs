@@ -403,7 +403,20 @@ fn expect_100_continue_answered_before_body() {
     c.w.write_all(b"hello world").unwrap();
     let resp = c.response();
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.json()["body_len"], 11);
+    let j = resp.json();
+    assert_eq!(j["body_len"], 11);
+    // Answered here, so not asked again upstream.
+    assert!(j["headers"].get("expect").is_none(), "{j}");
+    // A body larger than the retry buffer is streamed after the 100.
+    let big = payload(300_000, 4);
+    c.w.write_all(
+        b"PUT /up2 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 300000\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(c.response().status, 100);
+    c.w.write_all(&big).unwrap();
+    let j = c.response().json();
+    assert_eq!(j["body_len"], 300_000);
     drop(r);
 }
 
@@ -885,4 +898,49 @@ fn stop_closes_idle_keep_alive_connections() {
     assert!(busy.rest().is_empty());
     let (code, _) = r.stop();
     assert_eq!(code, 0);
+}
+
+/// An upstream may answer before it has read the request body (RFC 9112 §9.3
+/// lets a server reject an upload early). Its answer reaches the client even
+/// though the upload is far from done and the upstream stopped reading.
+#[test]
+fn early_upstream_response_during_a_large_upload() {
+    let early = common::listener();
+    let early_addr = early.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in early.incoming() {
+            let Ok(mut s) = s else { continue };
+            // Read the head only, answer, and never read the body.
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                head.push(b[0]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n");
+            held.push(s);
+        }
+    });
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"early\"\ntimeout = \"10s\"\n";
+    let r = Remora::start(
+        &l7_config(port, "http", &[("early", early_addr)], routes),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    let body = payload(16 * 1024 * 1024, 3);
+    let mut w = c.w.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 16777216\r\n\r\n");
+        let _ = w.write_all(&body);
+    });
+    let resp = c.response();
+    assert_eq!(resp.status, 413, "{}", resp.head);
+    assert_eq!(resp.body, b"too big\n");
+    // The upload was cut short, so the connection cannot carry another request.
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    drop(c);
+    writer.join().unwrap();
+    drop(r);
 }

@@ -393,6 +393,18 @@ fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps
     }
 }
 
+/// Adds "remove Expect" to `ops` when the proxy answers 100-continue itself:
+/// the upstream must not send a 100 of its own, which would read as an early
+/// final answer while the body is still streaming.
+fn strip_expect(ops: Option<Cow<'_, HeaderOps>>, expect: bool) -> Option<Cow<'_, HeaderOps>> {
+    if !expect {
+        return ops;
+    }
+    let mut owned = ops.map(Cow::into_owned).unwrap_or_default();
+    owned.remove.push(b"expect"[..].into());
+    Some(Cow::Owned(owned))
+}
+
 /// Decodes as much of `input` as it can into `out` (as chunks when `chunked`);
 /// returns (bytes consumed, body complete).
 fn decode_into(
@@ -611,8 +623,10 @@ impl Conn<'_> {
                             .map_or(Duration::from_secs(10), |c| c.connect_timeout);
                         let mut path_scratch = Vec::new();
                         let path = m.route.rewritten_path(&view, &mut path_scratch);
-                        let ops =
-                            merge_ops(&m.virtual_host.request_headers, &m.route.request_headers);
+                        let ops = strip_expect(
+                            merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
+                            expect_continue,
+                        );
                         response_ops =
                             merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
                         let written = write_request(
@@ -662,7 +676,7 @@ impl Conn<'_> {
                         client_addr: self.ctx.peer.map(|p| p.ip()),
                         forwarded_proto: Some("http"),
                         request_id: Some(&self.shard.l7.request_ids),
-                        ops: None,
+                        ops: strip_expect(None, expect_continue).as_deref(),
                         framing,
                         upgrade: self.head.upgrade.is_some(),
                     },
@@ -1065,11 +1079,32 @@ impl Conn<'_> {
         if sent.is_err() {
             return Err(Fail::Reset { started: false });
         }
-        if !body.complete {
-            self.stream_rest(&mut up, body).await?;
-        }
         let limits = Limits::default();
         let mut upbuf: Option<Buf> = None;
+        if !body.complete {
+            // Stream the rest of the body while watching the upstream: it may
+            // answer early (413, 401) and stop reading, and its answer must not
+            // wait behind an upload it will never take. Writes go through a
+            // dup of the socket so the read side can be borrowed at the same time.
+            let mut up_w = dup_stream(&up).map_err(|_| Fail::Reset { started: false })?;
+            let answered = future::or(
+                async { self.stream_rest(&mut up_w, body).await.map(|()| false) },
+                async {
+                    match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
+                        Ok(n) if n > 0 => Ok(true),
+                        _ => Err(Fail::Reset { started: false }),
+                    }
+                },
+            )
+            .await;
+            drop(up_w);
+            if let Err(f) = answered {
+                if let Some(b) = upbuf.take() {
+                    b.release();
+                }
+                return Err(f);
+            }
+        }
         loop {
             if let Some(b) = upbuf.as_mut().filter(|b| !b.is_empty()) {
                 match parse_response_into(b.bytes(), &limits, method, &mut self.resp) {
@@ -1327,6 +1362,18 @@ impl Conn<'_> {
         s.bytes_downstream
             .set(s.bytes_downstream.get() + report.bytes_down);
     }
+}
+
+/// A second glommio stream on a `dup` of `s`'s socket (closing it leaves the
+/// connection open), so one side can be written while the other is read.
+fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: dup of a valid fd; the new fd is owned by the returned stream.
+    let fd = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
 /// Where a forwarded request goes: target, route timeout, retry policy,
