@@ -11,8 +11,9 @@
 //!     ├─ no match: capture → passthrough to the original destination
 //!     │            listener → 404 (NR)
 //!     ▼ forward: ClusterChoice::pick (per-core RNG), rewrite::write_request
-//!  request body: Expect: 100-continue answered locally, then buffered up to
-//!     retry_buffer_limit (replayable) ── larger: streamed, no retry after sending
+//!  request body: Expect: 100-continue answered locally (Expect stripped), then
+//!     buffered up to retry_buffer_limit (replayable) ── larger: streamed (an
+//!     early upstream answer stops it), no retry after sending
 //!     ▼
 //!  attempt ◄──────────────── retry (RetryPolicy, jittered backoff) ───────┐
 //!     │ endpoint (round robin) ─ pooled connection (checked) or connect   │
@@ -34,10 +35,11 @@
 //! holds none (its wait costs a pending poll). Upstream connections live in a
 //! per-core pool ([`pool`]); nothing here is shared between cores.
 //!
-//! Request and response directions are handled one after the other: the
-//! request body is fully sent before the response is read. An upstream that
-//! answers early without reading the body (and fills its send buffer) would
-//! stall that exchange until the route timeout.
+//! A body larger than the retry buffer is streamed while the upstream is
+//! watched: an early answer (413 before the upload is read) ends the streaming
+//! and is passed on; neither connection is reused after a cut-short body.
+//! `Expect: 100-continue` is answered here and stripped upstream, so an
+//! upstream's own 100 cannot pass for an early answer.
 
 mod buf;
 pub mod detect;
