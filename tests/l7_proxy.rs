@@ -944,3 +944,76 @@ fn early_upstream_response_during_a_large_upload() {
     writer.join().unwrap();
     drop(r);
 }
+
+#[test]
+fn idle_keep_alive_timeout_closes_quietly() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg =
+        l7_config(port, "http", &[("a", a.addr)], CATCH_ALL) + "[http]\nidle_timeout = \"300ms\"\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/x", "x")).status, 200);
+    // No 408, no bytes: just EOF (well before the client's 20 s read timeout).
+    let mut left = Vec::new();
+    c.r.read_to_end(&mut left).expect("closed by the proxy");
+    assert!(left.is_empty(), "{}", String::from_utf8_lossy(&left));
+    drop(r);
+}
+
+/// A body larger than retry_buffer_limit is streamed, so it cannot be replayed:
+/// the 503 goes to the client and the backend sees the request once.
+#[test]
+fn streamed_body_is_never_retried() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\nretry = { retry_on = [\"5xx\"], num_retries = 3, backoff_base = \"1ms\" }\n";
+    let cfg =
+        l7_config(port, "http", &[("a", a.addr)], routes) + "[http]\nretry_buffer_limit = 1024\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    let body = "z".repeat(100_000);
+    let resp = c.request(&format!(
+        "POST /fail/1/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(resp.status, 503);
+    assert_eq!(a.count(), 1);
+    // The same request with a small body is buffered and retried.
+    let resp = c.request("POST /fail/1/small HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(resp.status, 200);
+    assert_eq!(a.count(), 3);
+    drop(r);
+}
+
+#[test]
+fn request_metrics_in_prometheus() {
+    let a = Backend::start("a");
+    let (port, prom) = (free_port(), free_port());
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL).replace(
+        "[admin]\nenabled = false\n",
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:{}\"\nprometheus_address = \"127.0.0.1:{prom}\"\nreadiness_address = \"\"\nwatch_config = false\n",
+            free_port()
+        ),
+    );
+    let r = Remora::start(&cfg, &["--cores", "2"]);
+    let mut c = Client::new(port);
+    for _ in 0..3 {
+        assert_eq!(c.request(&get("/m", "x")).status, 200);
+    }
+    assert_eq!(c.request(&get("/fail/1/m", "x")).status, 503);
+    let mut m = Client::new(prom);
+    let resp = m.request("GET /stats/prometheus HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp.body);
+    for line in [
+        "remora_rq_total 4",
+        "remora_rq_2xx_total 3",
+        "remora_rq_5xx_total 1",
+        "remora_rq_time_ms_count 4",
+        "remora_downstream_cx_http_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    drop(r);
+}
