@@ -418,19 +418,22 @@ fn decode_into(
 ) -> Result<(usize, bool), BodyError> {
     let mut pos = 0;
     loop {
-        let step = dec.decode(&input[pos..])?;
+        // Ranges come from the decoder and lie inside what it was given;
+        // `get` keeps a broken promise from becoming a panic.
+        let step = dec.decode(input.get(pos..).unwrap_or_default())?;
         let base = pos;
         pos += step.consumed;
         match step.event {
             Event::Data(r) => {
-                let d = &input[base + r.start..base + r.end];
+                let d = input.get(base + r.start..base + r.end).unwrap_or_default();
                 if chunked {
                     encode_chunk(d, out);
                 } else {
                     out.extend_from_slice(d);
                 }
             }
-            Event::Trailers(r) => trailers.extend_from_slice(&input[base + r.start..base + r.end]),
+            Event::Trailers(r) => trailers
+                .extend_from_slice(input.get(base + r.start..base + r.end).unwrap_or_default()),
             Event::NeedMore => return Ok((pos, false)),
             Event::Done => {
                 if chunked {
@@ -1116,7 +1119,8 @@ impl Conn<'_> {
                             // Interim: 100 was already answered locally (or not
                             // asked for); others (103) are passed on.
                             if status != 100 {
-                                let _ = self.down.write_all(&b.bytes()[..len]).await;
+                                let interim = b.bytes().get(..len).unwrap_or_default();
+                                let _ = self.down.write_all(interim).await;
                             }
                             b.consume(len);
                             continue;
