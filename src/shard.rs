@@ -192,6 +192,7 @@ pub fn log_request(shard: &Shard, log: &crate::l7::RequestLog) {
         path = %log.path,
         status = log.status,
         flags = %log.flags,
+        listener = %log.listener,
         upstream = ?log.upstream_host,
         attempts = log.attempts,
         bytes_sent = log.bytes_sent,
@@ -608,7 +609,17 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
             },
             Target::Cluster(_) => crate::l7::Fallback::NotFound,
         };
+        let listener: Rc<str> = match origin {
+            Origin::Outbound => "outbound".into(),
+            Origin::Inbound => "inbound".into(),
+            Origin::Listener(addr) => config
+                .listeners
+                .iter()
+                .find(|l| l.address == addr)
+                .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
+        };
         let ctx = crate::l7::Context {
+            listener,
             peer,
             local: Some(local),
             fallback,

@@ -50,6 +50,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -211,12 +212,14 @@ pub struct RequestLog {
     pub request_id: Option<String>,
     pub downstream_remote_address: Option<SocketAddr>,
     pub downstream_local_address: Option<SocketAddr>,
+    /// Name of the listener that accepted the connection.
+    pub listener: Rc<str>,
     /// Upstream attempts made (0: answered locally).
     pub attempts: u32,
 }
 
 impl RequestLog {
-    fn new(remote: Option<SocketAddr>, local: Option<SocketAddr>) -> RequestLog {
+    fn new(ctx: &Context) -> RequestLog {
         RequestLog {
             start_time: SystemTime::now(),
             method: String::new(),
@@ -232,8 +235,9 @@ impl RequestLog {
             upstream_cluster: None,
             route_name: None,
             request_id: None,
-            downstream_remote_address: remote,
-            downstream_local_address: local,
+            downstream_remote_address: ctx.peer,
+            downstream_local_address: ctx.local,
+            listener: ctx.listener.clone(),
             attempts: 0,
         }
     }
@@ -253,8 +257,10 @@ pub enum Fallback {
 }
 
 /// What `shard::serve` knows about the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Context {
+    /// The accepting listener's name ("outbound"/"inbound" for capture ports).
+    pub listener: Rc<str>,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub fallback: Fallback,
@@ -267,6 +273,7 @@ pub struct Context {
 /// be non-blocking.
 pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx: Context) {
     CoreStats::inc(&shard.stats.downstream_cx_http);
+    let log = RequestLog::new(&ctx);
     let mut conn = Conn {
         shard,
         snapshot,
@@ -276,7 +283,7 @@ pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx:
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         out: Vec::new(),
-        log: RequestLog::new(ctx.peer, ctx.local),
+        log,
         started: Instant::now(),
     };
     loop {
@@ -469,7 +476,7 @@ impl Conn<'_> {
             if let Some(b) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
                 if header_deadline.is_none() {
                     self.started = Instant::now();
-                    self.log = RequestLog::new(self.ctx.peer, self.ctx.local);
+                    self.log = RequestLog::new(&self.ctx);
                     header_deadline = Some(self.started + http.request_headers_timeout);
                 }
                 match parse_request_into(b.bytes(), limits, &mut self.head) {
