@@ -1017,3 +1017,27 @@ fn request_metrics_in_prometheus() {
     }
     drop(r);
 }
+
+/// Routes are read per request: after a reload, a keep-alive connection
+/// opened before it follows the new routes.
+#[test]
+fn reload_applies_to_requests_on_open_connections() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr), ("b", b.addr)], CATCH_ALL);
+    let mut r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/r", "x")).json()["backend"], "a");
+    std::fs::write(
+        r.config_path(),
+        cfg.replace(
+            "match = { prefix = \"/\" }\ncluster = \"a\"",
+            "match = { prefix = \"/\" }\ncluster = \"b\"",
+        ),
+    )
+    .unwrap();
+    r.signal(libc::SIGHUP);
+    r.wait_for_log("config reloaded");
+    assert_eq!(c.request(&get("/r", "x")).json()["backend"], "b");
+    drop(r);
+}

@@ -454,6 +454,7 @@ fn decode_into(
 
 struct Conn<'s> {
     shard: &'s Shard,
+    /// The config this request is served with (refreshed per request).
     snapshot: Arc<Snapshot>,
     ctx: Context,
     down: TcpStream,
@@ -581,6 +582,9 @@ impl Conn<'_> {
     /// Routes, forwards and answers one request whose head is `len` bytes at
     /// the start of `inbuf`.
     async fn handle(&mut self, len: usize) -> Next {
+        // The current config for every request (an atomic load), taken once its
+        // head is in: a reload reaches keep-alive connections opened before it.
+        self.snapshot = self.shard.config.current();
         let snap = self.snapshot.clone();
         let http = &snap.config.http;
 
