@@ -1041,3 +1041,28 @@ fn reload_applies_to_requests_on_open_connections() {
     assert_eq!(c.request(&get("/r", "x")).json()["backend"], "b");
     drop(r);
 }
+
+#[test]
+fn upstream_closing_before_a_response_is_retried_under_reset() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/reset/2/\" }\ncluster = \"a\"\nretry = { retry_on = [\"reset\"], num_retries = 2, backoff_base = \"1ms\" }\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\n";
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], routes),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    // Closed twice, answered the third time.
+    let resp = c.request(&get("/reset/2/k", "x"));
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(a.count(), 3);
+    // No retry policy here, but the upstream connection comes from the pool:
+    // closed before any response byte, the request goes once more on a fresh
+    // connection (not counted as a retry), which answers.
+    let mut c = Client::new(port);
+    let resp = c.request(&get("/reset/1/j", "x"));
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(a.count(), 5);
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("rq_retry"), 2);
+}

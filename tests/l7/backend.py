@@ -4,7 +4,8 @@ Usage: backend.py PORT NAME [BIND_ADDR]. Prints "ready" once listening.
 Paths: /count (requests seen so far, not counted itself), /fail/N/KEY (503 for
 the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
 /close... (answers, then closes without saying so), /drop... (the second
-request on a connection is closed unanswered), anything else: JSON.
+request on a connection is closed unanswered), /reset/N/KEY (the first N
+requests with KEY are closed unanswered), anything else: JSON.
 A request with Upgrade: websocket gets 101 and then a raw byte echo.
 """
 import hashlib
@@ -76,6 +77,15 @@ class Handler(BaseHTTPRequestHandler):
                 k = FAILS[key]
             if k <= int(n):
                 return self.reply(503, b"failing on purpose")
+        if path.startswith("/reset/"):
+            _, _, n, key = path.split("/", 3)
+            with LOCK:
+                FAILS[key] = FAILS.get(key, 0) + 1
+                k = FAILS[key]
+            if k <= int(n):
+                # Gone before any response byte.
+                self.close_connection = True
+                return
         if path.startswith("/sleep/"):
             time.sleep(int(path.split("/")[2]) / 1000)
         if self.headers.get("Upgrade", "").lower() == "websocket":
