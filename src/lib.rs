@@ -7,8 +7,11 @@
 //! per core (runtime → shard, one pinned glommio executor each):
 //!   SO_REUSEPORT listeners (15001 outbound, 15006 inbound, [[listener]]s)
 //!     └─ accept ─ original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
-//!                                                   ├─ Forward: connect (net::socket)
+//!                                                   ├─ protocol: tcp / http / auto (l7::detect peeks)
+//!                                                   ├─ L4: connect (net::socket)
 //!                                                   │     └─ l4::forward: copy or splice, both ways
+//!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
+//!                                                   │      per-core upstream pool ─ retries ─ log_request
 //!                                                   └─ Refuse: self-loop / no destination
 //!   counters per core (stats), summed on read
 //! ```
@@ -23,6 +26,7 @@ pub mod config;
 pub mod http;
 pub mod intercept;
 pub mod l4;
+pub mod l7;
 pub mod metrics;
 pub mod net;
 pub mod reload;

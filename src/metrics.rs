@@ -126,6 +126,7 @@ pub fn prometheus(total: &CoreReport, info: &ServerInfo, config: &Config) -> Str
         "remora_downstream_cx_length_ms",
         &total.histograms.downstream_cx_length_us,
     );
+    histogram(&mut out, "remora_rq_time_ms", &total.histograms.rq_time_us);
     let _ = writeln!(out, "# TYPE remora_cluster_upstream_cx counter");
     let mut lines = (String::new(), String::new(), String::new());
     for c in &config.clusters {

@@ -23,7 +23,7 @@ use glommio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::access_log::{self, CoreLog};
-use crate::config::{Config, ConfigHandle, Forwarding};
+use crate::config::{Config, ConfigHandle, Forwarding, Protocol};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
 use crate::stats::{CoreReport, CoreStats, EndpointStats, Histograms, StatsHub};
@@ -167,15 +167,74 @@ pub struct Shard {
     pub histograms: RefCell<Histograms>,
     pub host: HostFacts,
     /// Round-robin position per cluster name.
-    rr: RefCell<HashMap<String, usize>>,
+    pub(crate) rr: RefCell<HashMap<String, usize>>,
     /// Listeners this core accepts on right now.
     listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
-    draining: Cell<bool>,
+    pub(crate) draining: Cell<bool>,
+    /// Closed when the core stops: wakes idle HTTP keep-alive connections so
+    /// they close now instead of holding the drain until its deadline.
+    pub(crate) stopping: Semaphore,
     /// Per cluster endpoint counters (pruned to the config on reconcile).
-    endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
+    pub(crate) endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
     /// This core's access-log buffer, if the access log is on.
     pub access_log: Option<CoreLog>,
+    /// HTTP path: upstream keep-alive pool, request ids, RNG.
+    pub l7: crate::l7::CoreState,
+}
+
+/// The one sink for finished HTTP requests: per-core counters, the latency
+/// histogram and a debug line. (The access log plugs in here.)
+pub fn log_request(shard: &Shard, log: &crate::l7::RequestLog) {
+    let s = &shard.stats;
+    CoreStats::inc(&s.rq_total);
+    match log.status {
+        100..=199 => CoreStats::inc(&s.rq_1xx),
+        200..=299 => CoreStats::inc(&s.rq_2xx),
+        300..=399 => CoreStats::inc(&s.rq_3xx),
+        400..=499 => CoreStats::inc(&s.rq_4xx),
+        500..=599 => CoreStats::inc(&s.rq_5xx),
+        _ => {}
+    }
+    shard
+        .histograms
+        .borrow_mut()
+        .rq_time_us
+        .saturating_record((log.duration.as_micros() as u64).max(1));
+    debug!(
+        method = %log.method,
+        path = %log.path,
+        status = log.status,
+        flags = %log.flags,
+        listener = %log.listener,
+        upstream = ?log.upstream_host,
+        attempts = log.attempts,
+        bytes_sent = log.bytes_sent,
+        duration_us = log.duration.as_micros() as u64,
+        request_id = log.request_id.as_deref().unwrap_or("-"),
+        "request"
+    );
+    if let Some(al) = &shard.access_log {
+        let flags = log.flags.to_string();
+        al.record(&access_log::Entry {
+            start_time: Some(log.start_time),
+            protocol: log.protocol,
+            method: Some(&log.method),
+            path: Some(&log.path),
+            response_code: log.status,
+            response_flags: &flags,
+            bytes_received: log.bytes_received,
+            bytes_sent: log.bytes_sent,
+            duration: log.duration,
+            upstream_host: log.upstream_host,
+            downstream_remote: log.downstream_remote_address,
+            downstream_local: log.downstream_local_address,
+            listener: &log.listener,
+            request_id: log.request_id.as_deref(),
+            authority: Some(&log.authority),
+            ..Default::default()
+        });
+    }
 }
 
 /// A running accept loop and the switch that stops it.
@@ -414,8 +473,10 @@ pub async fn run(
         rr: Default::default(),
         listeners: RefCell::new(Vec::new()),
         draining: Cell::new(false),
+        stopping: Semaphore::new(0),
         endpoints: RefCell::new(HashMap::new()),
         access_log: spec.access_log,
+        l7: Default::default(),
     });
     if shard.access_log.is_some() {
         // Envoy flushes access logs on a timer too; this wakes the core once a
@@ -457,6 +518,7 @@ pub async fn run(
     }
     shard.draining.set(true);
     shard.close_listeners(|_| false);
+    shard.stopping.close();
     // Listeners are closed now: drain what is open, up to the deadline.
     let drain = shard.config.current().config.runtime.drain_timeout;
     let deadline = Instant::now() + drain;
@@ -589,11 +651,68 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
             return;
         }
     };
+    let protocol = match (origin, &config.capture, &plan.target) {
+        (Origin::Listener(addr), _, _) => config
+            .listeners
+            .iter()
+            .find(|l| l.address == addr)
+            .map_or(Protocol::Tcp, |l| l.protocol),
+        (_, Some(c), Target::Addr(dst)) => c.protocol_for(orig_dst.unwrap_or(*dst).port()),
+        _ => Protocol::Tcp,
+    };
+    let detect_timeout = config
+        .capture
+        .as_ref()
+        .map_or(Duration::from_millis(100), |c| c.detect_timeout);
+    // Detection peeks through the ring, which waits only on a blocking-mode
+    // socket; so it runs before the switch to O_NONBLOCK.
+    let http = match protocol {
+        Protocol::Http => true,
+        Protocol::Tcp => false,
+        Protocol::Auto => crate::l7::detect(&down, detect_timeout).await,
+    };
     if let Err(e) = socket::set_nonblocking(fd) {
         warn!(error = %e, "cannot make downstream socket non-blocking");
         return;
     }
     let _ = down.set_nodelay(true);
+    if http {
+        let fallback = match &plan.target {
+            Target::Addr(dst) => crate::l7::Fallback::Passthrough {
+                dst: *dst,
+                source: plan.source,
+                connect_timeout: plan.connect_timeout,
+            },
+            Target::Cluster(_) => crate::l7::Fallback::NotFound,
+        };
+        let listener: Rc<str> = match origin {
+            Origin::Outbound => "outbound".into(),
+            Origin::Inbound => "inbound".into(),
+            Origin::Listener(addr) => config
+                .listeners
+                .iter()
+                .find(|l| l.address == addr)
+                .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
+        };
+        let ctx = crate::l7::Context {
+            listener,
+            peer,
+            local: Some(local),
+            fallback,
+            forwarding: plan.forwarding,
+            tunnel_idle_timeout: plan.idle_timeout,
+        };
+        // Boxed: the L7 state machine is large, and inlined it would make every
+        // connection's task (L4 ones too) that large.
+        Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
+        let micros = started.elapsed().as_micros() as u64;
+        shard
+            .histograms
+            .borrow_mut()
+            .downstream_cx_length_us
+            .saturating_record(micros.max(1));
+        return;
+    }
     let mut down = down;
     let (mut up, endpoint) = match connect(shard, &plan).await {
         Ok(up) => up,

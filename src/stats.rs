@@ -64,6 +64,19 @@ counters! {
     cx_idle_timeout,
     /// Access-log entries dropped because the log sink could not keep up.
     access_log_dropped,
+    /// Connections that took the L7 (HTTP/1) path.
+    downstream_cx_http,
+    /// HTTP requests answered (by an upstream or locally).
+    rq_total,
+    rq_1xx,
+    rq_2xx,
+    rq_3xx,
+    rq_4xx,
+    rq_5xx,
+    /// Upstream request attempts after the first (route retry policy).
+    rq_retry,
+    /// Requests sent on a pooled (reused) upstream connection.
+    upstream_cx_reused,
 }
 
 impl CoreStats {
@@ -94,12 +107,15 @@ impl fmt::Display for Counters {
 pub struct Histograms {
     /// Whole downstream connection lifetime.
     pub downstream_cx_length_us: Histogram<u64>,
+    /// HTTP request duration: first byte of the head to the last byte answered.
+    pub rq_time_us: Histogram<u64>,
 }
 
 impl Default for Histograms {
     fn default() -> Self {
         Histograms {
             downstream_cx_length_us: new_histogram(),
+            rq_time_us: new_histogram(),
         }
     }
 }
@@ -108,6 +124,7 @@ impl Histograms {
     pub fn add(&mut self, o: &Histograms) {
         // Both come from new_histogram(), so bounds match and add cannot fail.
         let _ = self.downstream_cx_length_us.add(&o.downstream_cx_length_us);
+        let _ = self.rq_time_us.add(&o.rq_time_us);
     }
 }
 

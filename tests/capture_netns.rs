@@ -27,14 +27,20 @@ fn sh(cmd: &str) {
 struct Pods {
     a: String,
     b: String,
+    /// Pod B's end of the veth pair.
+    vb: String,
 }
 
 impl Pods {
     fn new() -> Pods {
-        let id = std::process::id();
+        // Tests in this file run in parallel: names are unique per test too.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}{n}", std::process::id());
         let pods = Pods {
             a: format!("rmr2a-{id}"),
             b: format!("rmr2b-{id}"),
+            vb: format!("vb{id}"),
         };
         let (a, b) = (&pods.a, &pods.b);
         sh(&format!("ip netns add {a} && ip netns add {b}"));
@@ -87,6 +93,44 @@ fn wait_listening(ns: &str, port: u16) {
     }
 }
 
+/// Remora in `ns` as uid 1337 (so its own connections are not captured).
+fn sidecar(ns: &str, cfg: &std::path::Path) -> Remora {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+        BIN,
+        "run",
+        "--cores",
+        "1",
+        "--config",
+    ])
+    .arg(cfg);
+    let mut r = Remora::spawn(cmd, TempDir::new("netns-sidecar"));
+    r.wait_for_log("ready");
+    r
+}
+
+/// Captures pod A's outbound TCP to pod B (except uid 1337's) and pod B's inbound.
+fn capture_rules(pods: &Pods) {
+    let (a, b, vb) = (&pods.a, &pods.b, &pods.vb);
+    for (ipt, dst) in [("iptables", "10.77.0.2"), ("ip6tables", "fd77::2")] {
+        sh(&format!(
+            "ip netns exec {a} {ipt} -t nat -A OUTPUT -p tcp -d {dst} -m owner ! --uid-owner 1337 -j REDIRECT --to-ports 15001"
+        ));
+        sh(&format!(
+            "ip netns exec {b} {ipt} -t nat -A PREROUTING -p tcp -i {vb} -j REDIRECT --to-ports 15006"
+        ));
+    }
+}
+
 const APP: &str = r#"
 import socket, threading
 def serve(fam, addr):
@@ -111,17 +155,9 @@ fn outbound_and_inbound_capture_through_real_redirect_rules() {
     }
     let pods = Pods::new();
     let (a, b) = (pods.a.clone(), pods.b.clone());
-    // Pod A: capture the client's outbound TCP to pod B, except the sidecar's own.
-    for (ipt, dst) in [("iptables", "10.77.0.2"), ("ip6tables", "fd77::2")] {
-        sh(&format!(
-            "ip netns exec {a} {ipt} -t nat -A OUTPUT -p tcp -d {dst} -m owner ! --uid-owner 1337 -j REDIRECT --to-ports 15001"
-        ));
-        // Pod B: capture inbound TCP arriving on the veth.
-        sh(&format!(
-            "ip netns exec {b} {ipt} -t nat -A PREROUTING -p tcp -i vb{} -j REDIRECT --to-ports 15006",
-            std::process::id()
-        ));
-    }
+    // Pod A: capture the client's outbound TCP to pod B, except the sidecar's
+    // own; pod B: capture inbound TCP arriving on the veth.
+    capture_rules(&pods);
     // The IPv6 passthrough source must exist to be bindable (Istio's init adds it too).
     sh(&format!("ip -n {b} -6 addr add ::6/128 dev lo"));
 
@@ -135,31 +171,8 @@ fn outbound_and_inbound_capture_through_real_redirect_rules() {
 
     let dir = TempDir::new("netns");
     let cfg = dir.file("c.toml", "[runtime]\ndrain_timeout = \"1s\"\n");
-    let sidecar = |ns: &str| {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            ns,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            BIN,
-            "run",
-            "--cores",
-            "1",
-            "--config",
-        ])
-        .arg(&cfg);
-        let mut r = Remora::spawn(cmd, TempDir::new("netns-sidecar"));
-        r.wait_for_log("ready");
-        r
-    };
-    let sa = sidecar(&a);
-    let sb = sidecar(&b);
+    let sa = sidecar(&a, &cfg);
+    let sb = sidecar(&b, &cfg);
 
     let fetch = |dst: &str| -> String {
         let out = Command::new("ip")
@@ -202,6 +215,70 @@ fn outbound_and_inbound_capture_through_real_redirect_rules() {
         "reached the app without pod B's sidecar"
     );
 
+    let _ = app.kill();
+    let _ = app.wait();
+}
+
+/// HTTP through both capture ports with the default `protocol = "auto"`: each
+/// sidecar detects HTTP/1, forwards to the original destination (passthrough
+/// route) and applies L7 treatment (X-Request-Id, X-Forwarded-*, keep-alive).
+#[test]
+fn http_through_capture_takes_the_l7_passthrough_path() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, iptables)");
+        return;
+    }
+    let pods = Pods::new();
+    let (a, b) = (pods.a.clone(), pods.b.clone());
+    capture_rules(&pods);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/backend.py");
+    let mut app = Command::new("ip")
+        .args([
+            "netns", "exec", &b, "python3", script, "8080", "app", "0.0.0.0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&b, 8080);
+    let dir = TempDir::new("netns-http");
+    let cfg = dir.file("c.toml", "[runtime]\ndrain_timeout = \"1s\"\n");
+    let sa = sidecar(&a, &cfg);
+    let sb = sidecar(&b, &cfg);
+
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a, "curl", "-sS", "--max-time", "10"])
+        .args(["http://10.77.0.2:8080/one", "http://10.77.0.2:8080/two"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bodies: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(bodies.len(), 2);
+    for (j, path) in bodies.iter().zip(["/one", "/two"]) {
+        assert_eq!(j["path"], path);
+        let h = &j["headers"];
+        assert_eq!(h["x-request-id"].as_str().map(str::len), Some(36), "{h}");
+        // Appended by both sidecars: the client, then sidecar A (same pod address).
+        assert_eq!(h["x-forwarded-for"], "10.77.0.1, 10.77.0.1", "{h}");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+    let (code_a, ta) = sa.stop();
+    let (code_b, tb) = sb.stop();
+    assert_eq!((code_a, code_b), (0, 0));
+    for (name, t) in [("pod A", &ta), ("pod B", &tb)] {
+        assert_eq!(t.get("downstream_cx_http"), 1, "{name}");
+        assert_eq!(t.get("rq_2xx"), 2, "{name}");
+        assert_eq!(t.get("downstream_cx_loop_refused"), 0, "{name}");
+    }
+    // Pod B's sidecar reused one upstream connection to the app for both.
+    assert_eq!(tb.get("upstream_cx_total"), 1);
     let _ = app.kill();
     let _ = app.wait();
 }

@@ -483,6 +483,9 @@ fn tproxy_inbound_with_transparent_listeners() {
     // Without B's sidecar nothing answers for B's TPROXY'd ports.
     let broken = p.a.fetch(&v4(B4, 8080));
     assert!(broken.is_err(), "{broken:?}");
+    // The client gave up before A's connect to B timed out; wait for that
+    // (rather than race it against A's drain deadline) so it is counted.
+    sidecar_a.wait_for("upstream connect failed");
     let log_a = sidecar_a.stop();
     // Two outbound to B and one inbound from B answered; the attempt while B's
     // sidecar was down failed upstream (timeout, or see the REDIRECT test).

@@ -20,7 +20,9 @@ use arc_swap::ArcSwap;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use raw::{RawAccessLog, RawAdmin, RawCapture, RawCluster, RawConfig, RawListener};
+use crate::http::route::RouteTable;
+use crate::http::route_config::RawRouteConfig;
+use raw::{RawAccessLog, RawAdmin, RawCapture, RawCluster, RawConfig, RawHttp, RawListener};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
 /// `config/remora.toml` is the documented, commented equivalent.
@@ -35,6 +37,93 @@ pub enum Forwarding {
     Copy,
     /// `splice(2)` through a pipe borrowed from a per-core pool; no user-space copy.
     Splice,
+}
+
+/// What a listener expects its connections to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes: the L4 path.
+    Tcp,
+    /// HTTP/1.x: the L7 path (a connection that is not HTTP gets a 400).
+    Http,
+    /// Peek at the first bytes: an HTTP/1 request line takes the L7 path,
+    /// anything else (or silence for `detect_timeout`) the L4 path.
+    Auto,
+}
+
+/// Settings of the L7 (HTTP/1) path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Http {
+    /// From the first byte of a request head to its end (slowloris guard; 408).
+    #[serde(serialize_with = "ser_duration")]
+    pub request_headers_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint per core.
+    pub pool_max_idle_per_endpoint: usize,
+    /// An idle pooled upstream connection older than this is closed, not reused.
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    /// Request bodies up to this size are buffered so that a retry can replay them.
+    pub retry_buffer_limit: usize,
+}
+
+/// The validated route table plus what `/config_dump` shows of it.
+///
+/// `RouteTable` holds compiled regexes and indexes, so equality (used by reload
+/// to skip no-op publications) compares a fingerprint taken at validation time.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub table: Arc<RouteTable>,
+    fingerprint: String,
+    summary: Vec<VirtualHostSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct VirtualHostSummary {
+    name: String,
+    domains: usize,
+    routes: Vec<String>,
+}
+
+impl Routes {
+    fn new(table: RouteTable) -> Routes {
+        let fingerprint = format!("{:?}", table.virtual_hosts);
+        let summary = table
+            .virtual_hosts
+            .iter()
+            .map(|vh| VirtualHostSummary {
+                name: vh.name.to_string(),
+                domains: vh.domains.len(),
+                routes: vh.routes.iter().map(|r| r.name.to_string()).collect(),
+            })
+            .collect();
+        Routes {
+            table: Arc::new(table),
+            fingerprint,
+            summary,
+        }
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Routes {
+        Routes::new(RouteTable::default())
+    }
+}
+
+impl PartialEq for Routes {
+    fn eq(&self, o: &Routes) -> bool {
+        self.fingerprint == o.fingerprint
+    }
+}
+
+impl Serialize for Routes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.summary.serialize(s)
+    }
 }
 
 /// Process-wide settings.
@@ -67,6 +156,29 @@ pub struct Capture {
     pub connect_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// Default `auto`: detect HTTP/1 per connection.
+    pub protocol: Protocol,
+    /// How long detection waits for the client's first bytes before deciding
+    /// the protocol is server-first (MySQL, SMTP, ...) and going L4.
+    #[serde(serialize_with = "ser_duration")]
+    pub detect_timeout: Duration,
+    /// Original-destination ports always treated as HTTP (no detection).
+    pub http_ports: Vec<u16>,
+    /// Original-destination ports always treated as opaque TCP (no detection).
+    pub opaque_ports: Vec<u16>,
+}
+
+impl Capture {
+    /// The protocol for a connection to original destination port `port`.
+    pub fn protocol_for(&self, port: u16) -> Protocol {
+        if self.opaque_ports.contains(&port) {
+            Protocol::Tcp
+        } else if self.http_ports.contains(&port) {
+            Protocol::Http
+        } else {
+            self.protocol
+        }
+    }
 }
 
 /// An explicit TCP listener that forwards to a named cluster.
@@ -79,6 +191,9 @@ pub struct Listener {
     pub forwarding: Forwarding,
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// `tcp` (default): forward to `cluster`. `http`: route each request by the
+    /// `[[virtual_host]]` table (404 when nothing matches). `auto`: detect.
+    pub protocol: Protocol,
 }
 
 /// A named set of static endpoints.
@@ -159,6 +274,8 @@ pub struct Config {
     pub capture: Option<Capture>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    pub http: Http,
+    pub routes: Routes,
 }
 
 impl Config {
@@ -379,6 +496,8 @@ impl Validator<'_> {
         }
         let admin = self.admin(raw.admin);
         let access_log = self.access_log(raw.access_log);
+        let http = self.http(raw.http);
+        let routes = self.routes(raw.virtual_hosts, &clusters);
         Config {
             runtime,
             log_level,
@@ -387,7 +506,64 @@ impl Validator<'_> {
             capture,
             listeners,
             clusters,
+            http,
+            routes,
         }
+    }
+
+    fn http(&mut self, raw: RawHttp) -> Http {
+        Http {
+            request_headers_timeout: self
+                .duration_or(raw.request_headers_timeout, Duration::from_secs(60)),
+            idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+            pool_max_idle_per_endpoint: raw
+                .pool_max_idle_per_endpoint
+                .and_then(|n| self.int_in(&n, 0, 65_536, "http.pool_max_idle_per_endpoint"))
+                .map_or(32, |n| n as usize),
+            pool_idle_timeout: self.duration_or(raw.pool_idle_timeout, Duration::from_secs(60)),
+            retry_buffer_limit: raw
+                .retry_buffer_limit
+                .and_then(|n| self.int_in(&n, 0, 16 << 20, "http.retry_buffer_limit"))
+                .map_or(64 * 1024, |n| n as usize),
+        }
+    }
+
+    /// Validates `[[virtual_host]]` tables against the cluster names; route
+    /// errors carry byte spans of this file, turned into line:col here.
+    fn routes(&mut self, raw: Vec<Spanned<raw::RawVirtualHost>>, clusters: &[Cluster]) -> Routes {
+        let raw = RawRouteConfig { virtual_hosts: raw };
+        match raw.validate(|name| clusters.iter().position(|c| c.name == name)) {
+            Ok(table) => Routes::new(table),
+            Err(errors) => {
+                for e in errors {
+                    self.error(Some(e.span), e.message);
+                }
+                Routes::default()
+            }
+        }
+    }
+
+    fn protocol(&mut self, raw: Option<Spanned<String>>, default: Protocol) -> Protocol {
+        let Some(p) = raw else { return default };
+        match p.get_ref().as_str() {
+            "tcp" => Protocol::Tcp,
+            "http" => Protocol::Http,
+            "auto" => Protocol::Auto,
+            other => {
+                self.error(
+                    Some(p.span()),
+                    format!("protocol `{other}` is not one of \"tcp\", \"http\", \"auto\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn ports(&mut self, raw: Option<Vec<Spanned<i64>>>, what: &str) -> Vec<u16> {
+        raw.unwrap_or_default()
+            .iter()
+            .filter_map(|p| self.int_in(p, 1, 65535, what).map(|n| n as u16))
+            .collect()
     }
 
     fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
@@ -540,6 +716,10 @@ impl Validator<'_> {
             forwarding: self.forwarding(raw.forwarding),
             connect_timeout: self.duration_or(raw.connect_timeout, Duration::from_secs(10)),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+            protocol: self.protocol(raw.protocol, Protocol::Auto),
+            detect_timeout: self.duration_or(raw.detect_timeout, Duration::from_millis(100)),
+            http_ports: self.ports(raw.http_ports, "capture.http_ports"),
+            opaque_ports: self.ports(raw.opaque_ports, "capture.opaque_ports"),
         })
     }
 
@@ -609,6 +789,7 @@ impl Validator<'_> {
             cluster,
             forwarding: self.forwarding(raw.forwarding),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+            protocol: self.protocol(raw.protocol, Protocol::Tcp),
         })
     }
 
@@ -808,6 +989,102 @@ forwarding = "teleport"
         let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
         assert_eq!(lines, vec![4, 5, 9, 15], "{e}");
         assert!(e.to_string().starts_with("x.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn protocol_and_detection_settings() {
+        let c = Config::from_toml(
+            "[capture]\nprotocol = \"auto\"\ndetect_timeout = \"250ms\"\nhttp_ports = [8080]\nopaque_ports = [3306, 8080]\n",
+            None,
+        )
+        .unwrap();
+        let cap = c.capture.unwrap();
+        assert_eq!(cap.detect_timeout, Duration::from_millis(250));
+        // Opaque wins over http when a port is in both lists.
+        assert_eq!(cap.protocol_for(8080), Protocol::Tcp);
+        assert_eq!(cap.protocol_for(3306), Protocol::Tcp);
+        assert_eq!(cap.protocol_for(80), Protocol::Auto);
+        let d = Config::builtin();
+        assert_eq!(d.capture.unwrap().protocol, Protocol::Auto);
+        assert_eq!(d.http.request_headers_timeout, Duration::from_secs(60));
+        assert_eq!(d.http.pool_max_idle_per_endpoint, 32);
+    }
+
+    #[test]
+    fn protocol_errors_have_lines() {
+        let text = r#"[capture]
+protocol = "udp"
+http_ports = [80, 70000]
+
+[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:80"]
+
+[[listener]]
+name = "l"
+address = "127.0.0.1:1000"
+cluster = "b"
+protocol = "grpc"
+
+[http]
+idle_timeout = "soon"
+pool_max_idle_per_endpoint = -1
+"#;
+        let e = Config::from_toml(text, None).unwrap_err();
+        let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![2, 3, 13, 16, 17], "{e}");
+        assert!(e.errors[0].message.contains("udp"), "{e}");
+    }
+
+    #[test]
+    fn routes_validated_against_clusters_with_lines() {
+        let ok = r#"[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:80"]
+
+[[virtual_host]]
+name = "v"
+domains = ["*"]
+
+[[virtual_host.route]]
+match = { prefix = "/" }
+cluster = "a"
+"#;
+        let c = Config::from_toml(ok, None).unwrap();
+        assert_eq!(c.routes.table.virtual_hosts.len(), 1);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(dump["routes"][0]["name"], "v");
+        assert_eq!(c, Config::from_toml(ok, None).unwrap());
+        assert_ne!(
+            c,
+            Config::from_toml(&ok.replace("\"/\"", "\"/x\""), None).unwrap()
+        );
+
+        let bad = r#"[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:80"]
+
+[[virtual_host]]
+name = "v"
+domains = ["*"]
+
+[[virtual_host.route]]
+match = { prefix = "/" }
+cluster = "nope"
+
+[[virtual_host.route]]
+match = { prefix = "/" }
+cluster = "a"
+bogus = 1
+"#;
+        let e = Config::from_toml(bad, None).unwrap_err();
+        // Unknown keys are a parse error (reported alone, at its line).
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].line, 16, "{e}");
+        let e = Config::from_toml(&bad.replace("bogus = 1\n", ""), None).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!((e.errors[0].line, e.errors[0].column), (11, 11), "{e}");
+        assert!(e.errors[0].message.contains("nope"), "{e}");
     }
 
     #[test]

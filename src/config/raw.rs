@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::http::route_config::RawVirtualHost;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -24,6 +26,22 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<RawCluster>,
+    #[serde(default)]
+    pub http: RawHttp,
+    /// HTTP routes (`[[virtual_host]]` tables), validated by `http::route_config`.
+    #[serde(default, rename = "virtual_host")]
+    pub virtual_hosts: Vec<Spanned<RawVirtualHost>>,
+}
+
+/// Settings of the L7 (HTTP/1) path, shared by every listener that speaks HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub request_headers_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub pool_max_idle_per_endpoint: Option<Spanned<i64>>,
+    pub pool_idle_timeout: Option<Spanned<String>>,
+    pub retry_buffer_limit: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +72,11 @@ pub struct RawCapture {
     pub forwarding: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    /// "auto" (detect HTTP/1 by the first bytes), "http" or "tcp".
+    pub protocol: Option<Spanned<String>>,
+    pub detect_timeout: Option<Spanned<String>>,
+    pub http_ports: Option<Vec<Spanned<i64>>>,
+    pub opaque_ports: Option<Vec<Spanned<i64>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +87,8 @@ pub struct RawListener {
     pub cluster: Spanned<String>,
     pub forwarding: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    /// "tcp" (default), "http" or "auto".
+    pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

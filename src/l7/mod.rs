@@ -1,0 +1,1466 @@
+//! The L7 path: HTTP/1.1 proxying, one request at a time per client connection.
+//!
+//! Phases of one request (pingora's phase chart, simplified to what Remora does):
+//!
+//! ```text
+//!  read head ──(idle_timeout: close quietly; request_headers_timeout: 408)
+//!     │ head::parse_request_into (strict)      ── bad ──► 400/431/501, close (DPE)
+//!     ▼
+//!  route: RouteTable::match_request
+//!     ├─ redirect / direct_response ─────────────────────► local reply
+//!     ├─ no match: capture → passthrough to the original destination
+//!     │            listener → 404 (NR)
+//!     ▼ forward: ClusterChoice::pick (per-core RNG), rewrite::write_request
+//!  request body: Expect: 100-continue answered locally (Expect stripped), then
+//!     buffered up to retry_buffer_limit (replayable) ── larger: streamed (an
+//!     early upstream answer stops it), no retry after sending
+//!     ▼
+//!  attempt ◄──────────────── retry (RetryPolicy, jittered backoff) ───────┐
+//!     │ endpoint (round robin) ─ pooled connection (checked) or connect   │
+//!     │   connect fails ──► UF                                              │
+//!     │ write head + body ─ read response head (per_try_timeout: UT)       │
+//!     │   reused connection died before any response byte: once more fresh┤
+//!     │   5xx / reset / connect failure per retry_on ──────────────────────┘
+//!     ▼  route timeout over all attempts ──► 504 (UT)
+//!  response: 101 / CONNECT 2xx ──► l4::forward byte tunnel
+//!     │ rewrite::write_response, body streamed (chunked re-encoded,
+//!     │ length passed through, chunked → close-delimited for HTTP/1.0)
+//!     ▼
+//!  log (shard::log_request) ─ upstream back to the pool if reusable
+//!     └─ keep-alive? next request from bytes already read (pipelining) : close
+//! ```
+//!
+//! Memory: the client connection borrows a buffer from a per-core pool only
+//! while a request is in flight or partly read; an idle keep-alive connection
+//! holds none (its wait costs a pending poll). Upstream connections live in a
+//! per-core pool ([`pool`]); nothing here is shared between cores.
+//!
+//! A body larger than the retry buffer is streamed while the upstream is
+//! watched: an early answer (413 before the upload is read) ends the streaming
+//! and is passed on; neither connection is reused after a cut-short body.
+//! `Expect: 100-continue` is answered here and stripped upstream, so an
+//! upstream's own 100 cannot pass for an early answer.
+
+mod buf;
+pub mod detect;
+pub mod pool;
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use tracing::debug;
+
+use crate::config::{Forwarding, Http, Snapshot};
+use crate::http::body::{
+    encode_chunk, encode_last_chunk, BodyDecoder, BodyError, ChunkedLimits, Event,
+};
+use crate::http::head::{
+    parse_request_into, parse_response_into, BodyFraming, HeadError, Limits, Method, RequestHead,
+    ResponseHead, Version,
+};
+use crate::http::rewrite::{
+    write_local_response, write_request, write_response, HeaderOps, RequestIdGenerator,
+    RequestRewrite, ResponseRewrite, CONTINUE_100,
+};
+use crate::http::route::{AttemptFailure, RetryPolicy, RouteAction};
+use crate::net::socket;
+use crate::shard::Shard;
+use crate::stats::CoreStats;
+use buf::{read_into, release_if_empty, until, Buf};
+pub use detect::{detect, sniff, Sniff};
+
+/// Largest buffer a head (request or response) may need: the parser's head
+/// limit plus room for the bytes that arrived with it.
+const MAX_HEAD_BUF: usize = 64 * 1024 + 4096;
+
+/// Per-core L7 state (lives in the `Shard`).
+pub struct CoreState {
+    pub pool: RefCell<pool::Pool>,
+    pub request_ids: RequestIdGenerator,
+    rng: Cell<u64>,
+}
+
+impl Default for CoreState {
+    fn default() -> CoreState {
+        let mut seed = [0u8; 8];
+        let seed = match getrandom::getrandom(&mut seed) {
+            Ok(()) => u64::from_ne_bytes(seed),
+            Err(_) => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+        };
+        CoreState {
+            pool: RefCell::new(pool::Pool::default()),
+            request_ids: RequestIdGenerator::new(),
+            rng: Cell::new(seed | 1),
+        }
+    }
+}
+
+impl CoreState {
+    /// xorshift64*: fast, per core, good enough for weights and jitter.
+    pub fn next_u64(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Envoy's response flags (the subset this path can set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u16);
+
+impl ResponseFlags {
+    /// Upstream connection failure.
+    pub const UF: ResponseFlags = ResponseFlags(1);
+    /// Upstream request timeout (route or per-try).
+    pub const UT: ResponseFlags = ResponseFlags(1 << 1);
+    /// No route.
+    pub const NR: ResponseFlags = ResponseFlags(1 << 2);
+    /// Upstream retry limit exceeded.
+    pub const URX: ResponseFlags = ResponseFlags(1 << 3);
+    /// Downstream connection termination.
+    pub const DC: ResponseFlags = ResponseFlags(1 << 4);
+    /// Upstream connection termination.
+    pub const UC: ResponseFlags = ResponseFlags(1 << 5);
+    /// No healthy upstream (cluster without endpoints).
+    pub const UH: ResponseFlags = ResponseFlags(1 << 6);
+    /// Downstream protocol error (bad request).
+    pub const DPE: ResponseFlags = ResponseFlags(1 << 7);
+    /// Upstream protocol error (bad response).
+    pub const UPE: ResponseFlags = ResponseFlags(1 << 8);
+    /// Request header read timeout (Envoy's request_headers_timeout reply).
+    pub const RHT: ResponseFlags = ResponseFlags(1 << 9);
+
+    const NAMES: [(ResponseFlags, &'static str); 10] = [
+        (Self::UF, "UF"),
+        (Self::UT, "UT"),
+        (Self::NR, "NR"),
+        (Self::URX, "URX"),
+        (Self::DC, "DC"),
+        (Self::UC, "UC"),
+        (Self::UH, "UH"),
+        (Self::DPE, "DPE"),
+        (Self::UPE, "UPE"),
+        (Self::RHT, "RHT"),
+    ];
+
+    pub fn insert(&mut self, f: ResponseFlags) {
+        self.0 |= f.0;
+    }
+
+    pub fn contains(self, f: ResponseFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    /// Comma-separated names, or "-" (Envoy's access-log form).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, name) in Self::NAMES {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                first = false;
+                f.write_str(name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One HTTP request as the access log sees it; handed to `shard::log_request`.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    pub start_time: SystemTime,
+    pub method: String,
+    /// Path and query as the client sent them (before any rewrite).
+    pub path: String,
+    pub authority: String,
+    /// "HTTP/1.0" or "HTTP/1.1".
+    pub protocol: &'static str,
+    /// Status sent to the client; 0 if none was (client gone, or reset).
+    pub status: u16,
+    pub flags: ResponseFlags,
+    /// Body bytes read from the client.
+    pub bytes_received: u64,
+    /// Bytes (head and body) written to the client.
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<String>,
+    pub route_name: Option<String>,
+    pub request_id: Option<String>,
+    pub downstream_remote_address: Option<SocketAddr>,
+    pub downstream_local_address: Option<SocketAddr>,
+    /// Name of the listener that accepted the connection.
+    pub listener: Rc<str>,
+    /// Upstream attempts made (0: answered locally).
+    pub attempts: u32,
+}
+
+impl RequestLog {
+    fn new(ctx: &Context) -> RequestLog {
+        RequestLog {
+            start_time: SystemTime::now(),
+            method: String::new(),
+            path: String::new(),
+            authority: String::new(),
+            protocol: "HTTP/1.1",
+            status: 0,
+            flags: ResponseFlags::default(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_host: None,
+            upstream_cluster: None,
+            route_name: None,
+            request_id: None,
+            downstream_remote_address: ctx.peer,
+            downstream_local_address: ctx.local,
+            listener: ctx.listener.clone(),
+            attempts: 0,
+        }
+    }
+}
+
+/// What a request no route matches gets.
+#[derive(Debug, Clone, Copy)]
+pub enum Fallback {
+    /// Capture: forward to the connection's original destination.
+    Passthrough {
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+        connect_timeout: Duration,
+    },
+    /// Explicit listener: 404.
+    NotFound,
+}
+
+/// What `shard::serve` knows about the connection.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The accepting listener's name ("outbound"/"inbound" for capture ports).
+    pub listener: Rc<str>,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub fallback: Fallback,
+    /// For Upgrade / CONNECT tunnels.
+    pub forwarding: Forwarding,
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// Serves HTTP/1 requests on `down` until either side closes. The socket must
+/// be non-blocking.
+pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx: Context) {
+    CoreStats::inc(&shard.stats.downstream_cx_http);
+    let log = RequestLog::new(&ctx);
+    let mut conn = Conn {
+        shard,
+        snapshot,
+        ctx,
+        down,
+        inbuf: None,
+        head: RequestHead::default(),
+        resp: ResponseHead::default(),
+        out: Vec::new(),
+        log,
+        started: Instant::now(),
+    };
+    loop {
+        let next = conn.one().await;
+        release_if_empty(&mut conn.inbuf);
+        // Between requests the connection keeps only small things: the
+        // header index of the last heads and a response-head-sized `out`.
+        if conn.out.capacity() > 1024 {
+            conn.out = Vec::new();
+        }
+        match next {
+            Next::Continue => {}
+            Next::Close => break,
+            Next::Tunnel(up, upbuf) => {
+                Box::pin(conn.tunnel(up, upbuf)).await;
+                break;
+            }
+        }
+    }
+    if let Some(b) = conn.inbuf.take() {
+        b.release();
+    }
+}
+
+enum Next {
+    Continue,
+    Close,
+    /// Switch to a byte tunnel with this upstream (101 or CONNECT 2xx sent).
+    Tunnel(TcpStream, Option<Buf>),
+}
+
+enum HeadRead {
+    Parsed(usize),
+    /// Closed, failed, or idled out between requests: close quietly.
+    Gone,
+    Timeout,
+    TooLarge,
+    Bad(HeadError),
+}
+
+/// Where one forwarded request may go.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Cluster(usize),
+    Addr(SocketAddr, Option<IpAddr>),
+}
+
+/// A request body on its way upstream.
+struct ReqBody {
+    dec: BodyDecoder,
+    /// Re-encode as chunked (the request came chunked).
+    chunked: bool,
+    /// Encoded bytes read before the first attempt; replayed by retries.
+    buffered: Vec<u8>,
+    trailers: Vec<u8>,
+    /// The whole body has been read from the client.
+    complete: bool,
+    /// Part of the body went upstream without being buffered: no replay.
+    streamed: bool,
+    received: u64,
+}
+
+impl ReqBody {
+    fn replayable(&self) -> bool {
+        self.complete && !self.streamed
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    Connect,
+    NoEndpoint,
+    /// Upstream closed or reset; `started`: some response bytes had arrived.
+    Reset {
+        started: bool,
+    },
+    PerTryTimeout,
+    BadResponse,
+    /// The client went away or sent a bad body while we streamed it.
+    Downstream,
+    BadRequestBody,
+}
+
+impl Fail {
+    fn as_attempt(self) -> Option<AttemptFailure> {
+        match self {
+            Fail::Connect => Some(AttemptFailure::ConnectFailure),
+            Fail::Reset { .. } => Some(AttemptFailure::Reset),
+            Fail::PerTryTimeout => Some(AttemptFailure::PerTryTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// An upstream that answered with a final response head.
+struct Exchange {
+    up: TcpStream,
+    upbuf: Option<Buf>,
+    head_len: usize,
+    key: pool::Key,
+}
+
+fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps>> {
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(Cow::Borrowed(a)),
+        (true, false) => Some(Cow::Borrowed(b)),
+        (false, false) => {
+            let mut m = a.clone();
+            m.remove.extend(b.remove.iter().cloned());
+            m.set.extend(b.set.iter().cloned());
+            m.add.extend(b.add.iter().cloned());
+            Some(Cow::Owned(m))
+        }
+    }
+}
+
+/// Adds "remove Expect" to `ops` when the proxy answers 100-continue itself:
+/// the upstream must not send a 100 of its own, which would read as an early
+/// final answer while the body is still streaming.
+fn strip_expect(ops: Option<Cow<'_, HeaderOps>>, expect: bool) -> Option<Cow<'_, HeaderOps>> {
+    if !expect {
+        return ops;
+    }
+    let mut owned = ops.map(Cow::into_owned).unwrap_or_default();
+    owned.remove.push(b"expect"[..].into());
+    Some(Cow::Owned(owned))
+}
+
+/// Decodes as much of `input` as it can into `out` (as chunks when `chunked`);
+/// returns (bytes consumed, body complete).
+fn decode_into(
+    dec: &mut BodyDecoder,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    chunked: bool,
+    trailers: &mut Vec<u8>,
+) -> Result<(usize, bool), BodyError> {
+    let mut pos = 0;
+    loop {
+        // Ranges come from the decoder and lie inside what it was given;
+        // `get` keeps a broken promise from becoming a panic.
+        let step = dec.decode(input.get(pos..).unwrap_or_default())?;
+        let base = pos;
+        pos += step.consumed;
+        match step.event {
+            Event::Data(r) => {
+                let d = input.get(base + r.start..base + r.end).unwrap_or_default();
+                if chunked {
+                    encode_chunk(d, out);
+                } else {
+                    out.extend_from_slice(d);
+                }
+            }
+            Event::Trailers(r) => trailers
+                .extend_from_slice(input.get(base + r.start..base + r.end).unwrap_or_default()),
+            Event::NeedMore => return Ok((pos, false)),
+            Event::Done => {
+                if chunked {
+                    encode_last_chunk(trailers, out);
+                }
+                return Ok((pos, true));
+            }
+        }
+    }
+}
+
+struct Conn<'s> {
+    shard: &'s Shard,
+    /// The config this request is served with (refreshed per request).
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+    down: TcpStream,
+    /// Bytes read from the client and not yet used; None while idle.
+    inbuf: Option<Buf>,
+    head: RequestHead,
+    resp: ResponseHead,
+    /// Bytes on their way to the client (reused per request).
+    out: Vec<u8>,
+    log: RequestLog,
+    /// When the current request's first byte arrived.
+    started: Instant,
+}
+
+impl Conn<'_> {
+    async fn read_head(&mut self, http: &Http, limits: &Limits) -> HeadRead {
+        let idle_deadline = Instant::now() + http.idle_timeout;
+        let mut header_deadline = None;
+        loop {
+            if let Some(b) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
+                if header_deadline.is_none() {
+                    self.started = Instant::now();
+                    self.log = RequestLog::new(&self.ctx);
+                    header_deadline = Some(self.started + http.request_headers_timeout);
+                }
+                match parse_request_into(b.bytes(), limits, &mut self.head) {
+                    Ok(Some(len)) => return HeadRead::Parsed(len),
+                    Ok(None) => {}
+                    Err(e) => return HeadRead::Bad(e),
+                }
+            }
+            let deadline = header_deadline.unwrap_or(idle_deadline);
+            let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
+            let got = if header_deadline.is_some() {
+                until(Some(deadline), read).await
+            } else {
+                // Idle between requests: a stopping core closes the connection
+                // (nothing is in flight, so nothing is lost).
+                let stopping = self.shard.stopping.acquire(1);
+                future::or(until(Some(deadline), read), async {
+                    let _ = stopping.await;
+                    None
+                })
+                .await
+            };
+            match got {
+                None if header_deadline.is_some() => return HeadRead::Timeout,
+                None => return HeadRead::Gone,
+                Some(Ok(0)) => return HeadRead::Gone,
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return HeadRead::TooLarge
+                }
+                Some(Err(_)) => return HeadRead::Gone,
+            }
+        }
+    }
+
+    /// Answers locally; the connection closes after it unless `keep_alive`.
+    async fn local(
+        &mut self,
+        status: u16,
+        body: &str,
+        extra: &[(&[u8], &[u8])],
+        keep_alive: bool,
+    ) -> Next {
+        self.out.clear();
+        let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"text/plain")];
+        headers.extend_from_slice(extra);
+        let body = if body.is_empty() {
+            Vec::new()
+        } else {
+            format!("{body}\n").into_bytes()
+        };
+        write_local_response(status, &headers, &body, keep_alive, &mut self.out);
+        self.log.status = status;
+        let ok = self.down.write_all(&self.out).await.is_ok();
+        if ok {
+            self.log.bytes_sent += self.out.len() as u64;
+        } else {
+            self.log.flags.insert(ResponseFlags::DC);
+        }
+        self.finish();
+        if ok && keep_alive {
+            Next::Continue
+        } else {
+            Next::Close
+        }
+    }
+
+    fn finish(&mut self) {
+        self.log.duration = self.started.elapsed();
+        crate::shard::log_request(self.shard, &self.log);
+    }
+
+    /// One request, from its head to the end of its response.
+    async fn one(&mut self) -> Next {
+        let snap = self.snapshot.clone();
+        let http = &snap.config.http;
+        let limits = Limits::default();
+        let len = match self.read_head(http, &limits).await {
+            HeadRead::Parsed(len) => len,
+            HeadRead::Gone => return Next::Close,
+            HeadRead::Timeout => {
+                self.log.flags.insert(ResponseFlags::RHT);
+                return self.local(408, "request header timeout", &[], false).await;
+            }
+            HeadRead::TooLarge => {
+                self.log.flags.insert(ResponseFlags::DPE);
+                return self
+                    .local(431, "request header section too large", &[], false)
+                    .await;
+            }
+            HeadRead::Bad(e) => {
+                self.log.flags.insert(ResponseFlags::DPE);
+                debug!(peer = ?self.ctx.peer, error = %e, "bad request");
+                return self.local(e.status(), &e.reason(), &[], false).await;
+            }
+        };
+        // Boxed: everything after the head is a large state machine, and an
+        // idle keep-alive connection (waiting in read_head) should not carry it.
+        Box::pin(self.handle(len)).await
+    }
+
+    /// Routes, forwards and answers one request whose head is `len` bytes at
+    /// the start of `inbuf`.
+    async fn handle(&mut self, len: usize) -> Next {
+        // The current config for every request (an atomic load), taken once its
+        // head is in: a reload reaches keep-alive connections opened before it.
+        self.snapshot = self.shard.config.current();
+        let snap = self.snapshot.clone();
+        let http = &snap.config.http;
+
+        // Route and build the upstream head while the head's bytes are at hand.
+        let table = &snap.config.routes.table;
+        let Some(inbuf) = self.inbuf.as_ref() else {
+            return Next::Close;
+        };
+        let view = self.head.view(inbuf.bytes());
+        self.log.method = String::from_utf8_lossy(view.method()).into_owned();
+        self.log.path = String::from_utf8_lossy(view.target()).into_owned();
+        self.log.authority =
+            String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+        self.log.protocol = self.head.version.as_str();
+        let framing = self.head.framing;
+        let keep_alive = self.head.keep_alive;
+        let version = self.head.version;
+        let method = self.head.method;
+        let wants_upgrade = self.head.upgrade.is_some() || view.is_connect();
+        let expect_continue = self.head.expect_continue;
+
+        let matched = table.match_request(&view);
+        let mut response_ops: Option<Cow<'_, HeaderOps>> = None;
+        let mut up_head = Vec::new();
+        let plan: Result<Plan<'_>, LocalReply> = match (matched, self.ctx.fallback) {
+            (Some(m), _) => {
+                self.log.route_name = Some(m.route.name.to_string());
+                match &m.route.action {
+                    RouteAction::DirectResponse { status, body } => Err(LocalReply {
+                        status: *status,
+                        body: String::from_utf8_lossy(body).into_owned(),
+                        location: None,
+                        flags: ResponseFlags::default(),
+                    }),
+                    RouteAction::Redirect(r) => {
+                        let mut loc = Vec::new();
+                        m.route.redirect_location(&view, "http", &mut loc);
+                        Err(LocalReply {
+                            status: r.status,
+                            body: String::new(),
+                            location: Some(loc),
+                            flags: ResponseFlags::default(),
+                        })
+                    }
+                    RouteAction::Forward(f) => {
+                        let cref = f.clusters.pick(self.shard.l7.next_u64() as u32);
+                        self.log.upstream_cluster = Some(cref.name.to_string());
+                        let connect_timeout = snap
+                            .config
+                            .clusters
+                            .get(cref.index)
+                            .map_or(Duration::from_secs(10), |c| c.connect_timeout);
+                        let mut path_scratch = Vec::new();
+                        let path = m.route.rewritten_path(&view, &mut path_scratch);
+                        let ops = strip_expect(
+                            merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
+                            expect_continue,
+                        );
+                        response_ops =
+                            merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
+                        let written = write_request(
+                            &view,
+                            &RequestRewrite {
+                                path,
+                                host: f.host_rewrite.as_deref(),
+                                client_addr: self.ctx.peer.map(|p| p.ip()),
+                                forwarded_proto: Some("http"),
+                                request_id: Some(&self.shard.l7.request_ids),
+                                ops: ops.as_deref(),
+                                framing,
+                                upgrade: self.head.upgrade.is_some(),
+                            },
+                            &mut up_head,
+                        );
+                        self.log.request_id = written
+                            .generated_request_id
+                            .map(|id| id.as_str().to_string())
+                            .or_else(|| {
+                                view.headers()
+                                    .get(b"x-request-id")
+                                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                            });
+                        Ok((
+                            Target::Cluster(cref.index),
+                            f.timeout,
+                            f.retry.as_ref(),
+                            connect_timeout,
+                        ))
+                    }
+                }
+            }
+            (
+                None,
+                Fallback::Passthrough {
+                    dst,
+                    source,
+                    connect_timeout,
+                },
+            ) => {
+                let written = write_request(
+                    &view,
+                    &RequestRewrite {
+                        path: None,
+                        host: None,
+                        client_addr: self.ctx.peer.map(|p| p.ip()),
+                        forwarded_proto: Some("http"),
+                        request_id: Some(&self.shard.l7.request_ids),
+                        ops: strip_expect(None, expect_continue).as_deref(),
+                        framing,
+                        upgrade: self.head.upgrade.is_some(),
+                    },
+                    &mut up_head,
+                );
+                self.log.request_id = written
+                    .generated_request_id
+                    .map(|id| id.as_str().to_string())
+                    .or_else(|| {
+                        view.headers()
+                            .get(b"x-request-id")
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
+                self.log.upstream_cluster = Some("PassthroughCluster".into());
+                // Istio's passthrough has no route timeout.
+                Ok((Target::Addr(dst, source), None, None, connect_timeout))
+            }
+            (None, Fallback::NotFound) => Err(LocalReply {
+                status: 404,
+                body: "no route".into(),
+                location: None,
+                flags: ResponseFlags::NR,
+            }),
+        };
+        if let Some(b) = self.inbuf.as_mut() {
+            b.consume(len);
+        }
+        let (target, timeout, retry, connect_timeout) = match plan {
+            Ok(p) => p,
+            Err(reply) => {
+                self.log.flags.insert(reply.flags);
+                // The body (if any) was not read: the connection cannot be reused.
+                let keep = keep_alive && framing == BodyFraming::None;
+                let loc = reply.location.unwrap_or_default();
+                let extra: Vec<(&[u8], &[u8])> = if loc.is_empty() {
+                    vec![]
+                } else {
+                    vec![(b"location", &loc)]
+                };
+                return self.local(reply.status, &reply.body, &extra, keep).await;
+            }
+        };
+
+        // Request body: accept it (100-continue), buffer what a retry may replay.
+        let mut body = ReqBody {
+            dec: BodyDecoder::new(framing, ChunkedLimits::default()),
+            chunked: framing == BodyFraming::Chunked,
+            buffered: Vec::new(),
+            trailers: Vec::new(),
+            complete: false,
+            streamed: false,
+            received: 0,
+        };
+        if expect_continue && framing != BodyFraming::None {
+            if self.down.write_all(CONTINUE_100).await.is_err() {
+                self.log.flags.insert(ResponseFlags::DC);
+                self.finish();
+                return Next::Close;
+            }
+            self.log.bytes_sent += CONTINUE_100.len() as u64;
+        }
+        match self.fill_body(&mut body, http).await {
+            Ok(()) => {}
+            Err(Fail::BadRequestBody) => {
+                self.log.flags.insert(ResponseFlags::DPE);
+                return self.local(400, "malformed request body", &[], false).await;
+            }
+            Err(_) => {
+                self.log.flags.insert(ResponseFlags::DC);
+                self.finish();
+                return Next::Close;
+            }
+        }
+
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let result = until(
+            deadline,
+            self.attempts(
+                &up_head,
+                &mut body,
+                target,
+                retry,
+                per_try,
+                connect_timeout,
+                method,
+            ),
+        )
+        .await;
+        self.log.bytes_received = body.received;
+        let x = match result {
+            None => {
+                self.log.flags.insert(ResponseFlags::UT);
+                return self
+                    .local(504, "upstream request timeout", &[], false)
+                    .await;
+            }
+            Some(Ok(x)) => x,
+            Some(Err(f)) => {
+                let keep = keep_alive && body.complete;
+                return match f {
+                    Fail::Connect => {
+                        self.log.flags.insert(ResponseFlags::UF);
+                        self.local(503, "upstream connect error", &[], keep).await
+                    }
+                    Fail::NoEndpoint => {
+                        self.log.flags.insert(ResponseFlags::UH);
+                        self.local(503, "no healthy upstream", &[], keep).await
+                    }
+                    Fail::Reset { .. } => {
+                        self.log.flags.insert(ResponseFlags::UC);
+                        self.local(503, "upstream connection reset before response", &[], keep)
+                            .await
+                    }
+                    Fail::PerTryTimeout => {
+                        self.log.flags.insert(ResponseFlags::UT);
+                        self.local(504, "upstream request timeout", &[], keep).await
+                    }
+                    Fail::BadResponse => {
+                        self.log.flags.insert(ResponseFlags::UPE);
+                        self.local(502, "invalid upstream response", &[], false)
+                            .await
+                    }
+                    Fail::BadRequestBody => {
+                        self.log.flags.insert(ResponseFlags::DPE);
+                        self.local(400, "malformed request body", &[], false).await
+                    }
+                    Fail::Downstream => {
+                        self.log.flags.insert(ResponseFlags::DC);
+                        self.finish();
+                        Next::Close
+                    }
+                };
+            }
+        };
+
+        let status = self.resp.status;
+        let tunnel = (status == 101 && self.head.upgrade.is_some())
+            || (method == Method::Connect && (200..300).contains(&status));
+        let respond = self.respond(
+            x,
+            &body,
+            keep_alive,
+            version,
+            tunnel && wants_upgrade,
+            response_ops.as_deref(),
+        );
+        let next = if tunnel {
+            respond.await
+        } else {
+            match until(deadline, respond).await {
+                Some(n) => n,
+                None => {
+                    // The head is out: a reset is the only way to tell the client
+                    // the body is cut short.
+                    self.log.flags.insert(ResponseFlags::UT);
+                    socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+                    Next::Close
+                }
+            }
+        };
+        self.finish();
+        next
+    }
+
+    /// Reads the request body until it is complete or `retry_buffer_limit`
+    /// bytes (encoded) are buffered.
+    async fn fill_body(&mut self, body: &mut ReqBody, http: &Http) -> Result<(), Fail> {
+        loop {
+            if let Some(b) = self.inbuf.as_mut() {
+                let (c, done) = decode_into(
+                    &mut body.dec,
+                    b.bytes(),
+                    &mut body.buffered,
+                    body.chunked,
+                    &mut body.trailers,
+                )
+                .map_err(|_| Fail::BadRequestBody)?;
+                b.consume(c);
+                body.received += c as u64;
+                if done {
+                    body.complete = true;
+                    return Ok(());
+                }
+            } else if body.dec.is_done() {
+                body.complete = true;
+                return Ok(());
+            }
+            if body.buffered.len() >= http.retry_buffer_limit {
+                return Ok(());
+            }
+            let deadline = Some(Instant::now() + http.idle_timeout);
+            match until(
+                deadline,
+                read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
+            )
+            .await
+            {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return Err(Fail::Downstream),
+            }
+        }
+    }
+
+    /// Sends the rest of a body too large to buffer, as it arrives.
+    async fn stream_rest(&mut self, up: &mut TcpStream, body: &mut ReqBody) -> Result<(), Fail> {
+        let mut chunk = Vec::new();
+        while !body.complete {
+            chunk.clear();
+            if let Some(b) = self.inbuf.as_mut() {
+                let (c, done) = decode_into(
+                    &mut body.dec,
+                    b.bytes(),
+                    &mut chunk,
+                    body.chunked,
+                    &mut body.trailers,
+                )
+                .map_err(|_| Fail::BadRequestBody)?;
+                b.consume(c);
+                body.received += c as u64;
+                body.complete = done;
+            }
+            if !chunk.is_empty() {
+                body.streamed = true;
+                up.write_all(&chunk)
+                    .await
+                    .map_err(|_| Fail::Reset { started: false })?;
+            }
+            if body.complete {
+                break;
+            }
+            let deadline = Some(Instant::now() + self.snapshot.config.http.idle_timeout);
+            match until(
+                deadline,
+                read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
+            )
+            .await
+            {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return Err(Fail::Downstream),
+            }
+        }
+        Ok(())
+    }
+
+    fn pick_endpoint(&self, target: Target) -> Option<(SocketAddr, Option<IpAddr>, bool)> {
+        match target {
+            Target::Addr(a, src) => Some((a, src, false)),
+            Target::Cluster(i) => {
+                let c = self.snapshot.config.clusters.get(i)?;
+                if c.endpoints.is_empty() {
+                    return None;
+                }
+                let mut rr = self.shard.rr.borrow_mut();
+                let pos = match rr.get_mut(&c.name) {
+                    Some(p) => p,
+                    None => rr.entry(c.name.clone()).or_insert(0),
+                };
+                let ep = c.endpoints[*pos % c.endpoints.len()];
+                *pos = pos.wrapping_add(1);
+                Some((ep, None, true))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &mut self,
+        up_head: &[u8],
+        body: &mut ReqBody,
+        target: Target,
+        retry: Option<&RetryPolicy>,
+        per_try: Option<Duration>,
+        connect_timeout: Duration,
+        method: Method,
+    ) -> Result<Exchange, Fail> {
+        let mut retries = 0u32;
+        let mut fresh_once = false;
+        let mut force_fresh = false;
+        loop {
+            let Some((ep, source, tracked)) = self.pick_endpoint(target) else {
+                return Err(Fail::NoEndpoint);
+            };
+            let key = (ep, source);
+            self.log.upstream_host = Some(ep);
+            self.log.attempts += 1;
+            let pooled = if force_fresh {
+                None
+            } else {
+                self.take_pooled(key)
+            };
+            force_fresh = false;
+            let reused = pooled.is_some();
+            let try_deadline = per_try.map(|d| Instant::now() + d);
+            let r = until(
+                try_deadline,
+                self.try_once(up_head, body, key, tracked, pooled, connect_timeout, method),
+            )
+            .await
+            .unwrap_or(Err(Fail::PerTryTimeout));
+            let failure = match r {
+                Ok(x) => {
+                    let status = self.resp.status;
+                    let again = retry.filter(|p| {
+                        status >= 500
+                            && retries < p.num_retries
+                            && body.replayable()
+                            && p.retriable(AttemptFailure::Status(status))
+                    });
+                    let Some(p) = again else {
+                        if retry.is_some_and(|p| {
+                            p.num_retries > 0
+                                && retries == p.num_retries
+                                && status >= 500
+                                && p.retriable(AttemptFailure::Status(status))
+                        }) {
+                            self.log.flags.insert(ResponseFlags::URX);
+                        }
+                        return Ok(x);
+                    };
+                    // Drop the response (and its connection) and try again.
+                    if let Some(b) = x.upbuf {
+                        b.release();
+                    }
+                    retries += 1;
+                    CoreStats::inc(&self.shard.stats.rq_retry);
+                    glommio::timer::sleep(p.backoff(retries - 1, self.shard.l7.next_u64())).await;
+                    continue;
+                }
+                Err(f) => f,
+            };
+            // A pooled connection the server closed meanwhile: the request never
+            // reached it, so once more on a fresh connection (no budget used).
+            if reused
+                && !fresh_once
+                && body.replayable()
+                && matches!(failure, Fail::Reset { started: false })
+            {
+                fresh_once = true;
+                force_fresh = true;
+                continue;
+            }
+            let retriable = failure
+                .as_attempt()
+                .is_some_and(|a| retry.is_some_and(|p| p.retriable(a)));
+            match retry {
+                Some(p) if retriable && retries < p.num_retries && body.replayable() => {
+                    retries += 1;
+                    CoreStats::inc(&self.shard.stats.rq_retry);
+                    glommio::timer::sleep(p.backoff(retries - 1, self.shard.l7.next_u64())).await;
+                }
+                Some(p) if retriable && p.num_retries > 0 && retries == p.num_retries => {
+                    self.log.flags.insert(ResponseFlags::URX);
+                    return Err(failure);
+                }
+                _ => return Err(failure),
+            }
+        }
+    }
+
+    fn take_pooled(&self, key: pool::Key) -> Option<TcpStream> {
+        let http = &self.snapshot.config.http;
+        let mut dropped = Vec::new();
+        let s = self
+            .shard
+            .l7
+            .pool
+            .borrow_mut()
+            .take(key, http.pool_idle_timeout, &mut dropped);
+        drop(dropped);
+        s
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &mut self,
+        up_head: &[u8],
+        body: &mut ReqBody,
+        key: pool::Key,
+        tracked: bool,
+        pooled: Option<TcpStream>,
+        connect_timeout: Duration,
+        method: Method,
+    ) -> Result<Exchange, Fail> {
+        let mut up = match pooled {
+            Some(s) => {
+                CoreStats::inc(&self.shard.stats.upstream_cx_reused);
+                s
+            }
+            None => self.connect(key, tracked, connect_timeout).await?,
+        };
+        let sent = async {
+            up.write_all(up_head).await?;
+            if !body.buffered.is_empty() {
+                up.write_all(&body.buffered).await?;
+            }
+            Ok::<(), io::Error>(())
+        }
+        .await;
+        if sent.is_err() {
+            return Err(Fail::Reset { started: false });
+        }
+        let limits = Limits::default();
+        let mut upbuf: Option<Buf> = None;
+        if !body.complete {
+            // Stream the rest of the body while watching the upstream: it may
+            // answer early (413, 401) and stop reading, and its answer must not
+            // wait behind an upload it will never take. Writes go through a
+            // dup of the socket so the read side can be borrowed at the same time.
+            let mut up_w = dup_stream(&up).map_err(|_| Fail::Reset { started: false })?;
+            let answered = future::or(
+                async { self.stream_rest(&mut up_w, body).await.map(|()| false) },
+                async {
+                    match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
+                        Ok(n) if n > 0 => Ok(true),
+                        _ => Err(Fail::Reset { started: false }),
+                    }
+                },
+            )
+            .await;
+            drop(up_w);
+            if let Err(f) = answered {
+                if let Some(b) = upbuf.take() {
+                    b.release();
+                }
+                return Err(f);
+            }
+        }
+        loop {
+            if let Some(b) = upbuf.as_mut().filter(|b| !b.is_empty()) {
+                match parse_response_into(b.bytes(), &limits, method, &mut self.resp) {
+                    Ok(Some(len)) => {
+                        let status = self.resp.status;
+                        if (100..200).contains(&status) && status != 101 {
+                            // Interim: 100 was already answered locally (or not
+                            // asked for); others (103) are passed on.
+                            if status != 100 {
+                                let interim = b.bytes().get(..len).unwrap_or_default();
+                                let _ = self.down.write_all(interim).await;
+                            }
+                            b.consume(len);
+                            continue;
+                        }
+                        return Ok(Exchange {
+                            up,
+                            upbuf,
+                            head_len: len,
+                            key,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        if let Some(b) = upbuf {
+                            b.release();
+                        }
+                        return Err(Fail::BadResponse);
+                    }
+                }
+            }
+            let started = upbuf.as_ref().is_some_and(|b| !b.is_empty());
+            match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
+                Ok(0) => {
+                    if let Some(b) = upbuf {
+                        b.release();
+                    }
+                    return Err(Fail::Reset { started });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    if let Some(b) = upbuf {
+                        b.release();
+                    }
+                    return Err(Fail::BadResponse);
+                }
+                Err(_) => {
+                    if let Some(b) = upbuf {
+                        b.release();
+                    }
+                    return Err(Fail::Reset { started });
+                }
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        key: pool::Key,
+        tracked: bool,
+        timeout: Duration,
+    ) -> Result<TcpStream, Fail> {
+        let (ep, source) = key;
+        let result = socket::connect(ep, source, timeout).await;
+        if tracked {
+            let mut eps = self.shard.endpoints.borrow_mut();
+            let e = eps.entry(ep).or_default();
+            match &result {
+                Ok(_) => e.cx_total += 1,
+                Err(_) => e.cx_connect_fail += 1,
+            }
+        }
+        let s = &self.shard.stats;
+        match result {
+            Ok(up) => {
+                CoreStats::inc(&s.upstream_cx_total);
+                Ok(up)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    CoreStats::inc(&s.upstream_cx_connect_timeout);
+                } else {
+                    CoreStats::inc(&s.upstream_cx_connect_fail);
+                }
+                debug!(endpoint = %ep, error = %e, "upstream connect failed");
+                Err(Fail::Connect)
+            }
+        }
+    }
+
+    /// Sends the response head and body to the client; returns the upstream
+    /// to the pool when it can carry another request.
+    async fn respond(
+        &mut self,
+        x: Exchange,
+        body: &ReqBody,
+        req_keep_alive: bool,
+        version: Version,
+        tunnel: bool,
+        ops: Option<&HeaderOps>,
+    ) -> Next {
+        let Exchange {
+            mut up,
+            upbuf,
+            head_len,
+            key,
+        } = x;
+        let Some(mut upbuf) = upbuf else {
+            return Next::Close;
+        };
+        self.log.status = self.resp.status;
+        // An HTTP/1.0 client cannot read chunked: send the data until close.
+        let out_framing = match (self.resp.framing, version) {
+            (BodyFraming::Chunked, Version::Http10) => BodyFraming::CloseDelimited,
+            (f, _) => f,
+        };
+        // A draining core answers, then closes, so the drain can finish.
+        let down_keep = req_keep_alive
+            && out_framing != BodyFraming::CloseDelimited
+            && body.complete
+            && !self.shard.draining.get();
+        self.out.clear();
+        let view = self.resp.view(upbuf.bytes());
+        write_response(
+            &view,
+            &ResponseRewrite {
+                ops,
+                framing: if tunnel {
+                    BodyFraming::None
+                } else {
+                    out_framing
+                },
+                keep_alive: down_keep || tunnel,
+                client_version: version,
+            },
+            &mut self.out,
+        );
+        upbuf.consume(head_len);
+        if self.down.write_all(&self.out).await.is_err() {
+            self.log.flags.insert(ResponseFlags::DC);
+            upbuf.release();
+            return Next::Close;
+        }
+        self.log.bytes_sent += self.out.len() as u64;
+        if tunnel {
+            return Next::Tunnel(up, Some(upbuf));
+        }
+        let mut dec = BodyDecoder::new(self.resp.framing, ChunkedLimits::default());
+        let rechunk = out_framing == BodyFraming::Chunked;
+        let mut trailers = Vec::new();
+        let mut upbuf = Some(upbuf);
+        let complete = loop {
+            self.out.clear();
+            let mut done = false;
+            if let Some(b) = upbuf.as_mut() {
+                match decode_into(&mut dec, b.bytes(), &mut self.out, rechunk, &mut trailers) {
+                    Ok((c, d)) => {
+                        b.consume(c);
+                        done = d;
+                    }
+                    Err(_) => {
+                        self.log.flags.insert(ResponseFlags::UPE);
+                        break false;
+                    }
+                }
+            }
+            if !self.out.is_empty() {
+                if self.down.write_all(&self.out).await.is_err() {
+                    self.log.flags.insert(ResponseFlags::DC);
+                    break false;
+                }
+                self.log.bytes_sent += self.out.len() as u64;
+            }
+            if done {
+                break true;
+            }
+            release_if_empty(&mut upbuf);
+            match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
+                Ok(0) => {
+                    if dec.on_eof().is_ok() {
+                        // Close-delimited: complete, and the upstream is done.
+                        break true;
+                    }
+                    self.log.flags.insert(ResponseFlags::UC);
+                    break false;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.log.flags.insert(ResponseFlags::UC);
+                    break false;
+                }
+            }
+        };
+        let leftover = upbuf.as_ref().is_some_and(|b| !b.is_empty());
+        if let Some(b) = upbuf {
+            b.release();
+        }
+        if !complete {
+            // The client cannot tell a cut body from a whole one otherwise.
+            socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+            return Next::Close;
+        }
+        let reusable = self.resp.keep_alive
+            && !matches!(dec, BodyDecoder::CloseDelimited)
+            && !leftover
+            && body.complete;
+        if reusable {
+            let http = &self.snapshot.config.http;
+            let mut dropped = Vec::new();
+            self.shard.l7.pool.borrow_mut().put(
+                key,
+                up,
+                http.pool_max_idle_per_endpoint,
+                http.pool_idle_timeout,
+                &mut dropped,
+            );
+        }
+        if out_framing == BodyFraming::CloseDelimited {
+            socket::shutdown_write(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+            return Next::Close;
+        }
+        if down_keep {
+            Next::Continue
+        } else {
+            Next::Close
+        }
+    }
+
+    /// After a 101 or a CONNECT 2xx: bytes already read on either side go
+    /// first, then both sockets become an L4 tunnel.
+    async fn tunnel(&mut self, mut up: TcpStream, upbuf: Option<Buf>) {
+        if let Some(b) = upbuf {
+            let ok = b.is_empty() || self.down.write_all(b.bytes()).await.is_ok();
+            b.release();
+            if !ok {
+                return;
+            }
+        }
+        if let Some(b) = self.inbuf.take() {
+            let ok = b.is_empty() || up.write_all(b.bytes()).await.is_ok();
+            b.release();
+            if !ok {
+                return;
+            }
+        }
+        let report = crate::l4::forward(
+            &mut self.down,
+            &mut up,
+            self.ctx.forwarding,
+            self.ctx.tunnel_idle_timeout,
+        )
+        .await;
+        let s = &self.shard.stats;
+        s.bytes_upstream
+            .set(s.bytes_upstream.get() + report.bytes_up);
+        s.bytes_downstream
+            .set(s.bytes_downstream.get() + report.bytes_down);
+    }
+}
+
+/// A second glommio stream on a `dup` of `s`'s socket (closing it leaves the
+/// connection open), so one side can be written while the other is read.
+fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: dup of a valid fd; the new fd is owned by the returned stream.
+    let fd = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+/// Where a forwarded request goes: target, route timeout, retry policy,
+/// connect timeout.
+type Plan<'t> = (Target, Option<Duration>, Option<&'t RetryPolicy>, Duration);
+
+/// A reply the proxy makes itself instead of forwarding.
+struct LocalReply {
+    status: u16,
+    body: String,
+    location: Option<Vec<u8>>,
+    flags: ResponseFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::BodyFraming;
+
+    #[test]
+    fn flags_display() {
+        let mut f = ResponseFlags::default();
+        assert_eq!(f.to_string(), "-");
+        f.insert(ResponseFlags::UF);
+        f.insert(ResponseFlags::URX);
+        assert_eq!(f.to_string(), "UF,URX");
+    }
+
+    #[test]
+    fn decode_into_rechunks_and_keeps_the_next_message() {
+        let mut dec = BodyDecoder::new(BodyFraming::Chunked, ChunkedLimits::default());
+        let input = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nt: 1\r\n\r\nGET / HTTP/1.1\r\n";
+        let mut out = Vec::new();
+        let mut trailers = Vec::new();
+        let (c, done) = decode_into(&mut dec, input, &mut out, true, &mut trailers).unwrap();
+        assert!(done);
+        assert_eq!(&input[c..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(out, b"3\r\nabc\r\n2\r\nde\r\n0\r\nt: 1\r\n\r\n");
+        // Split at every byte: same output.
+        for split in 1..input.len() - 16 {
+            let mut dec = BodyDecoder::new(BodyFraming::Chunked, ChunkedLimits::default());
+            let (mut out2, mut tr) = (Vec::new(), Vec::new());
+            let (c1, d1) =
+                decode_into(&mut dec, &input[..split], &mut out2, false, &mut tr).unwrap();
+            assert_eq!(c1, split);
+            assert!(!d1);
+            let (_, d2) =
+                decode_into(&mut dec, &input[split..], &mut out2, false, &mut tr).unwrap();
+            assert!(d2);
+            assert_eq!(out2, b"abcde");
+        }
+    }
+
+    #[test]
+    fn decode_into_length() {
+        let mut dec = BodyDecoder::new(BodyFraming::Length(3), ChunkedLimits::default());
+        let (mut out, mut tr) = (Vec::new(), Vec::new());
+        let (c, done) = decode_into(&mut dec, b"abcdef", &mut out, false, &mut tr).unwrap();
+        assert_eq!((c, done, &out[..]), (3, true, &b"abc"[..]));
+        let mut dec = BodyDecoder::new(BodyFraming::None, ChunkedLimits::default());
+        assert_eq!(
+            decode_into(&mut dec, b"", &mut out, false, &mut tr).unwrap(),
+            (0, true)
+        );
+    }
+
+    #[test]
+    fn rng_is_not_constant() {
+        let s = CoreState::default();
+        let a: Vec<u64> = (0..4).map(|_| s.next_u64()).collect();
+        assert!(a.windows(2).all(|w| w[0] != w[1]));
+    }
+}

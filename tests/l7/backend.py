@@ -1,0 +1,133 @@
+"""Test backend for tests/l7_proxy.rs: echoes what it received as JSON.
+
+Usage: backend.py PORT NAME [BIND_ADDR]. Prints "ready" once listening.
+Paths: /count (requests seen so far, not counted itself), /fail/N/KEY (503 for
+the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
+/close... (answers, then closes without saying so), /drop... (the second
+request on a connection is closed unanswered), /reset/N/KEY (the first N
+requests with KEY are closed unanswered), anything else: JSON.
+A request with Upgrade: websocket gets 101 and then a raw byte echo.
+"""
+import hashlib
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT = int(sys.argv[1])
+NAME = sys.argv[2]
+BIND = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+LOCK = threading.Lock()
+COUNT = 0
+FAILS = {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # The head and the body are separate writes: with Nagle on, the body waits
+    # for the ACK of the head (delayed ACK, ~40 ms per response).
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            out = bytearray()
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n)
+
+    def reply(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def handle_any(self):
+        global COUNT
+        if self.path == "/count":
+            with LOCK:
+                n = COUNT
+            return self.reply(200, str(n).encode())
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.path.startswith("/drop") and self.seen >= 2:
+            # A keep-alive connection the server gives up on just as the next
+            # request arrives: closed with no response byte, not counted.
+            self.close_connection = True
+            return
+        with LOCK:
+            COUNT += 1
+        data = self.read_body()
+        path = self.path
+        if path.startswith("/fail/"):
+            _, _, n, key = path.split("/", 3)
+            with LOCK:
+                FAILS[key] = FAILS.get(key, 0) + 1
+                k = FAILS[key]
+            if k <= int(n):
+                return self.reply(503, b"failing on purpose")
+        if path.startswith("/reset/"):
+            _, _, n, key = path.split("/", 3)
+            with LOCK:
+                FAILS[key] = FAILS.get(key, 0) + 1
+                k = FAILS[key]
+            if k <= int(n):
+                # Gone before any response byte.
+                self.close_connection = True
+                return
+        if path.startswith("/sleep/"):
+            time.sleep(int(path.split("/")[2]) / 1000)
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            conn = self.connection
+            while True:
+                d = conn.recv(65536)
+                if not d:
+                    break
+                conn.sendall(d)
+            self.close_connection = True
+            return
+        if path.startswith("/echo"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 65536):
+                c = data[i : i + 65536]
+                self.wfile.write(b"%x\r\n" % len(c) + c + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        info = {
+            "backend": NAME,
+            "method": self.command,
+            "path": path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_len": len(data),
+            "body_sha": hashlib.sha256(data).hexdigest(),
+        }
+        self.reply(200, json.dumps(info).encode())
+        if path.startswith("/close"):
+            # Keep-alive as far as the proxy can tell, then gone.
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
+
+
+server = ThreadingHTTPServer((BIND, PORT), Handler)
+server.daemon_threads = True
+print("ready", flush=True)
+server.serve_forever()
