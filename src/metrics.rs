@@ -47,6 +47,9 @@ pub fn stats_text(total: &CoreReport, info: &ServerInfo) -> String {
         pct_ms(h, 99.9),
         h.len()
     );
+    for (flag, n) in &total.response_flags {
+        let _ = writeln!(out, "response_flags.{flag}: {n}");
+    }
     let _ = writeln!(out, "server.config_version: {}", info.config_version);
     let _ = writeln!(out, "server.reloads_ok: {}", info.reloads_ok);
     let _ = writeln!(out, "server.reloads_failed: {}", info.reloads_failed);
@@ -127,6 +130,10 @@ pub fn prometheus(total: &CoreReport, info: &ServerInfo, config: &Config) -> Str
         &total.histograms.downstream_cx_length_us,
     );
     histogram(&mut out, "remora_rq_time_ms", &total.histograms.rq_time_us);
+    let _ = writeln!(out, "# TYPE remora_response_flags counter");
+    for (flag, n) in &total.response_flags {
+        let _ = writeln!(out, "remora_response_flags_total{{flag=\"{flag}\"}} {n}");
+    }
     let _ = writeln!(out, "# TYPE remora_cluster_upstream_cx counter");
     let mut lines = (String::new(), String::new(), String::new());
     for c in &config.clusters {
@@ -194,4 +201,29 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_flags_are_labelled_counters() {
+        let mut r = CoreReport::default();
+        r.response_flags.insert("UF", 2);
+        let mut other = CoreReport::default();
+        other.response_flags.insert("UF", 1);
+        other.response_flags.insert("NR", 4);
+        r.add(&other);
+        let text = prometheus(&r, &ServerInfo::default(), &Config::builtin());
+        assert!(
+            text.contains("remora_response_flags_total{flag=\"UF\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remora_response_flags_total{flag=\"NR\"} 4\n"),
+            "{text}"
+        );
+        assert!(stats_text(&r, &ServerInfo::default()).contains("response_flags.NR: 4\n"));
+    }
 }

@@ -172,6 +172,8 @@ pub struct Shard {
     listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
     pub(crate) draining: Cell<bool>,
+    /// When the drain began (see [`Shard::drain_close`]).
+    drain_started: Cell<Option<Instant>>,
     /// Closed when the core stops: wakes idle HTTP keep-alive connections so
     /// they close now instead of holding the drain until its deadline.
     pub(crate) stopping: Semaphore,
@@ -179,6 +181,8 @@ pub struct Shard {
     pub(crate) endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
     /// This core's access-log buffer, if the access log is on.
     pub access_log: Option<CoreLog>,
+    /// Counts by Envoy response flag (names are static: the set is bounded).
+    response_flags: RefCell<HashMap<&'static str, u64>>,
     /// HTTP path: upstream keep-alive pool, request ids, RNG.
     pub l7: crate::l7::CoreState,
 }
@@ -201,6 +205,9 @@ pub fn log_request(shard: &Shard, log: &crate::l7::RequestLog) {
         .borrow_mut()
         .rq_time_us
         .saturating_record((log.duration.as_micros() as u64).max(1));
+    for flag in log.flags.names() {
+        shard.count_flag(flag);
+    }
     debug!(
         method = %log.method,
         path = %log.path,
@@ -366,6 +373,43 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::
 }
 
 impl Shard {
+    /// Counts one occurrence of an Envoy response flag.
+    pub(crate) fn count_flag(&self, flag: &'static str) {
+        *self.response_flags.borrow_mut().entry(flag).or_default() += 1;
+    }
+
+    fn start_drain(&self) {
+        self.draining.set(true);
+        if self.drain_started.get().is_none() {
+            self.drain_started.set(Some(Instant::now()));
+        }
+    }
+
+    /// During a drain, whether the HTTP response being sent should carry
+    /// `connection: close`. The chance rises linearly from 0 when the drain
+    /// starts to 1 at 90% of `drain_timeout`, so busy keep-alive clients are
+    /// sent away spread over the drain period rather than all at once (Envoy's
+    /// gradual drain), and all of them before the deadline.
+    pub(crate) fn drain_close(&self) -> bool {
+        let Some(start) = self.drain_started.get() else {
+            return false;
+        };
+        let window = self
+            .config
+            .current()
+            .config
+            .runtime
+            .drain_timeout
+            .mul_f64(0.9)
+            .as_secs_f64();
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= window {
+            return true;
+        }
+        let roll = (self.l7.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        roll < elapsed / window
+    }
+
     fn report(&self) -> CoreReport {
         if let Some(log) = &self.access_log {
             self.stats.access_log_dropped.set(log.dropped.get());
@@ -378,6 +422,12 @@ impl Shard {
                 .borrow()
                 .iter()
                 .map(|(a, e)| (*a, *e))
+                .collect(),
+            response_flags: self
+                .response_flags
+                .borrow()
+                .iter()
+                .map(|(f, n)| (*f, *n))
                 .collect(),
         }
     }
@@ -473,9 +523,11 @@ pub async fn run(
         rr: Default::default(),
         listeners: RefCell::new(Vec::new()),
         draining: Cell::new(false),
+        drain_started: Cell::new(None),
         stopping: Semaphore::new(0),
         endpoints: RefCell::new(HashMap::new()),
         access_log: spec.access_log,
+        response_flags: RefCell::new(HashMap::new()),
         l7: Default::default(),
     });
     if shard.access_log.is_some() {
@@ -509,14 +561,14 @@ pub async fn run(
             }
             Some(Command::Reconcile) => shard.reconcile(),
             Some(Command::DrainListeners) => {
-                shard.draining.set(true);
+                shard.start_drain();
                 shard.close_listeners(|_| false);
             }
             Some(Command::Stop) => break,
             None => warn!(core = shard.id, "unknown control frame ignored"),
         }
     }
-    shard.draining.set(true);
+    shard.start_drain();
     shard.close_listeners(|_| false);
     shard.stopping.close();
     // Listeners are closed now: drain what is open, up to the deadline.
@@ -619,7 +671,10 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Origin::Listener(_) => None,
         _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
-    let log = |flags: &str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+        if flags != "-" {
+            shard.count_flag(flags);
+        }
         if let Some(l) = &shard.access_log {
             l.record(&access_log::Entry {
                 start_time: Some(std::time::SystemTime::now() - started.elapsed()),

@@ -148,6 +148,8 @@ pub struct CoreReport {
     pub counters: Counters,
     pub histograms: Histograms,
     pub endpoints: BTreeMap<SocketAddr, EndpointStats>,
+    /// Requests (and L4 connections) by Envoy response flag: a bounded set.
+    pub response_flags: BTreeMap<&'static str, u64>,
 }
 
 impl CoreReport {
@@ -159,6 +161,9 @@ impl CoreReport {
             t.cx_total += e.cx_total;
             t.cx_connect_fail += e.cx_connect_fail;
             t.cx_active += e.cx_active;
+        }
+        for (flag, n) in &o.response_flags {
+            *self.response_flags.entry(flag).or_default() += n;
         }
     }
 }

@@ -159,6 +159,14 @@ impl ResponseFlags {
         self.0 |= f.0;
     }
 
+    /// The names of the flags that are set.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .into_iter()
+            .filter(move |(f, _)| self.contains(*f))
+            .map(|(_, n)| n)
+    }
+
     pub fn contains(self, f: ResponseFlags) -> bool {
         self.0 & f.0 == f.0
     }
@@ -469,6 +477,9 @@ struct Conn<'s> {
     started: Instant,
 }
 
+/// How long a keep-alive connection may sit idle once its core is stopping.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
 impl Conn<'_> {
     async fn read_head(&mut self, http: &Http, limits: &Limits) -> HeadRead {
         let idle_deadline = Instant::now() + http.idle_timeout;
@@ -492,10 +503,14 @@ impl Conn<'_> {
                 until(Some(deadline), read).await
             } else {
                 // Idle between requests: a stopping core closes the connection
-                // (nothing is in flight, so nothing is lost).
+                // (nothing is in flight, so nothing is lost) after a short
+                // grace, so a busy client that just got a keep-alive answer can
+                // send its next request instead of finding the door shut; busy
+                // clients are sent away by `Shard::drain_close` instead.
                 let stopping = self.shard.stopping.acquire(1);
                 future::or(until(Some(deadline), read), async {
                     let _ = stopping.await;
+                    glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
                     None
                 })
                 .await
@@ -1237,11 +1252,11 @@ impl Conn<'_> {
             (BodyFraming::Chunked, Version::Http10) => BodyFraming::CloseDelimited,
             (f, _) => f,
         };
-        // A draining core answers, then closes, so the drain can finish.
+        // A draining core sends its busy clients away over the drain period.
         let down_keep = req_keep_alive
             && out_framing != BodyFraming::CloseDelimited
             && body.complete
-            && !self.shard.draining.get();
+            && !self.shard.drain_close();
         self.out.clear();
         let view = self.resp.view(upbuf.bytes());
         write_response(
