@@ -26,6 +26,7 @@ fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+#[derive(Clone, Copy)]
 struct Ports {
     admin: u16,
     prom: u16,
@@ -256,17 +257,31 @@ fn hundred_reloads_under_load_drop_nothing() {
     );
     let backend = format!("127.0.0.1:{backend_port}").parse().unwrap();
     let p = ports();
-    let r = Remora::start(&config(&p, backend, ""), &["--cores", "2"]);
+    // An L4 listener (from `config`) and an L7 one routing everything to nginx.
+    let l7_port = free_port();
+    let with_l7 = move |extra: &str| {
+        config(&p, backend, extra)
+            + &format!(
+                "[[listener]]\nname = \"h\"\naddress = \"127.0.0.1:{l7_port}\"\ncluster = \"backend\"\nprotocol = \"http\"\n[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"backend\"\n"
+            )
+    };
+    let r = Remora::start(&with_l7(""), &["--cores", "2"]);
     let cfg_path = r.config_path();
     let _ = connect(backend_port);
-    let wrk = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c20",
-            "-d6s",
-            &format!("http://127.0.0.1:{}/index.html", p.listener),
-        ])
-        .output();
+    let wrk = |port: u16| {
+        Command::new("wrk")
+            .args([
+                "-t1",
+                "-c10",
+                "-d6s",
+                &format!("http://127.0.0.1:{port}/index.html"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wrk (tests/run installs it)")
+    };
+    // Both load generators run while the reloads happen.
+    let loads = [wrk(p.listener), wrk(l7_port)];
     // Written the way a careful operator (or Kubernetes) does: a temporary file
     // renamed over the config, so no reload ever sees half a file.
     let write = move |path: &std::path::Path, text: &str| {
@@ -279,7 +294,7 @@ fn hundred_reloads_under_load_drop_nothing() {
         for i in 0..100u32 {
             if i % 2 == 0 {
                 let extra = format!("max_connections_per_core = {}", 10_000 + i);
-                write(&cfg_path, &config(&p, backend, &extra));
+                write(&cfg_path, &with_l7(&extra));
                 expected += 1;
                 let (code, body) = http(p.admin, "POST", "/reload");
                 assert_eq!(code, 200, "{body}");
@@ -295,18 +310,23 @@ fn hundred_reloads_under_load_drop_nothing() {
         (expected, p.admin)
     });
     let (expected, admin) = reloads.join().unwrap();
-    let wrk = wrk.expect("wrk (tests/run installs it)");
-    let out = String::from_utf8_lossy(&wrk.stdout);
     // Inotify may add reloads of its own, but only of files already seen;
     // the version must equal the number of good files published.
     let dump = http(admin, "GET", "/config_dump").1;
     assert!(dump.contains(&format!("\"version\": {expected}")), "{dump}");
-    assert!(out.contains("requests in"), "{out}");
-    assert!(
-        !out.contains("Socket errors"),
-        "wrk saw socket errors:\n{out}"
-    );
-    assert!(!out.contains("Non-2xx"), "wrk saw failed requests:\n{out}");
+    for (load, what) in loads.into_iter().zip(["L4", "L7"]) {
+        let out = load.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.contains("requests in"), "{what}: {out}");
+        assert!(
+            !out.contains("Socket errors"),
+            "{what}: wrk saw socket errors:\n{out}"
+        );
+        assert!(
+            !out.contains("Non-2xx"),
+            "{what}: wrk saw failed requests:\n{out}"
+        );
+    }
     // (No cx_reset check here: wrk itself resets its connections when it stops.)
     let (code, _) = r.stop();
     assert_eq!(code, 0);
