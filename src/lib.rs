@@ -13,7 +13,12 @@
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
 //!                                                   │      per-core upstream pool ─ retries ─ log_request
 //!                                                   └─ Refuse: self-loop / no destination
-//!   counters per core (stats), summed on read
+//!   counters per core (stats), summed on read; access log buffered per core
+//!   control socket per core: report / reconcile listeners / drain / stop
+//!
+//! outside the cores (plain threads): admin API, Prometheus, readiness (admin),
+//!   reload (SIGHUP, inotify, POST /reload) ─ validate ─ publish ─ reconcile
+//! init step: `remora iptables` (intercept) installs Istio's capture rules
 //! ```
 //!
 //! Nothing is shared between cores except the config snapshot. Every io_uring
