@@ -192,6 +192,8 @@ pub struct Shard {
 pub fn log_request(shard: &Shard, log: &crate::l7::RequestLog) {
     let s = &shard.stats;
     CoreStats::inc(&s.rq_total);
+    s.upstream_rq_total
+        .set(s.upstream_rq_total.get() + u64::from(log.attempts));
     match log.status {
         100..=199 => CoreStats::inc(&s.rq_1xx),
         200..=299 => CoreStats::inc(&s.rq_2xx),

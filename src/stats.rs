@@ -75,6 +75,8 @@ counters! {
     rq_5xx,
     /// Upstream request attempts after the first (route retry policy).
     rq_retry,
+    /// Requests sent upstream, every attempt counted (retries included).
+    upstream_rq_total,
     /// Requests sent on a pooled (reused) upstream connection.
     upstream_cx_reused,
 }

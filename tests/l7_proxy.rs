@@ -1013,6 +1013,7 @@ fn request_metrics_in_prometheus() {
         "remora_rq_5xx_total 1",
         "remora_rq_time_ms_count 4",
         "remora_downstream_cx_http_total 1",
+        "remora_upstream_rq_total 4",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
