@@ -771,7 +771,7 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         return;
     }
     let mut down = down;
-    let (mut up, endpoint) = match connect(shard, &plan).await {
+    let (mut up, endpoint) = match connect(shard, &snapshot.config, &plan).await {
         Ok(up) => up,
         Err(_) => {
             // Tell the client the way a closed port would: a reset.
@@ -816,13 +816,18 @@ async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
 
 /// Connects to the plan's target; for a cluster, tries each endpoint once,
 /// starting at this core's round-robin position.
-async fn connect(shard: &Shard, plan: &Forward) -> io::Result<(TcpStream, Option<SocketAddr>)> {
-    let snapshot = shard.config.current();
+/// `config` must be the snapshot `plan` was decided from: a cluster index
+/// means nothing in another version.
+async fn connect(
+    shard: &Shard,
+    config: &Config,
+    plan: &Forward,
+) -> io::Result<(TcpStream, Option<SocketAddr>)> {
     let tracked = matches!(plan.target, Target::Cluster(_));
     let endpoints: Vec<SocketAddr> = match &plan.target {
         Target::Addr(a) => vec![*a],
         Target::Cluster(i) => {
-            let cluster = &snapshot.config.clusters[*i];
+            let cluster = &config.clusters[*i];
             let eps = &cluster.endpoints;
             let mut rr = shard.rr.borrow_mut();
             let pos = match rr.get_mut(&cluster.name) {
