@@ -136,7 +136,6 @@ pub fn decide(
         return Decision::Refuse(Refusal::SelfLoop(dst));
     }
     let (target, source) = match origin {
-        Origin::Outbound => (dst, None),
         Origin::Inbound => match dst {
             SocketAddr::V4(_) => (dst, Some(IpAddr::V4(capture.inbound_source_v4))),
             SocketAddr::V6(_) if host.v6_source_usable => {
@@ -148,7 +147,8 @@ pub fn decide(
                 None,
             ),
         },
-        Origin::Listener(_) => unreachable!("handled above"),
+        // Outbound goes where it was headed (listeners returned above).
+        Origin::Outbound | Origin::Listener(_) => (dst, None),
     };
     Decision::Forward(Forward {
         target: Target::Addr(target),

@@ -65,11 +65,11 @@ use crate::http::body::{
 };
 use crate::http::head::{
     parse_request_into, parse_response_into, BodyFraming, HeadError, Limits, Method, RequestHead,
-    ResponseHead, Version,
+    RequestView, ResponseHead, Version,
 };
 use crate::http::rewrite::{
     write_local_response, write_request, write_response, HeaderOps, RequestIdGenerator,
-    RequestRewrite, ResponseRewrite, CONTINUE_100,
+    RequestRewrite, ResponseRewrite, Written, CONTINUE_100,
 };
 use crate::http::route::{AttemptFailure, RetryPolicy, RouteAction};
 use crate::net::socket;
@@ -224,6 +224,17 @@ pub struct RequestLog {
     pub listener: Rc<str>,
     /// Upstream attempts made (0: answered locally).
     pub attempts: u32,
+}
+
+/// The request id the upstream saw: the one generated for it, or the client's own.
+fn logged_request_id(written: &Written, view: &RequestView<'_>) -> Option<String> {
+    match &written.generated_request_id {
+        Some(id) => Some(id.as_str().to_string()),
+        None => view
+            .headers()
+            .get(b"x-request-id")
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+    }
 }
 
 impl RequestLog {
@@ -674,14 +685,7 @@ impl Conn<'_> {
                             },
                             &mut up_head,
                         );
-                        self.log.request_id = written
-                            .generated_request_id
-                            .map(|id| id.as_str().to_string())
-                            .or_else(|| {
-                                view.headers()
-                                    .get(b"x-request-id")
-                                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                            });
+                        self.log.request_id = logged_request_id(&written, &view);
                         Ok((
                             Target::Cluster(cref.index),
                             f.timeout,
@@ -713,14 +717,7 @@ impl Conn<'_> {
                     },
                     &mut up_head,
                 );
-                self.log.request_id = written
-                    .generated_request_id
-                    .map(|id| id.as_str().to_string())
-                    .or_else(|| {
-                        view.headers()
-                            .get(b"x-request-id")
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                    });
+                self.log.request_id = logged_request_id(&written, &view);
                 self.log.upstream_cluster = Some("PassthroughCluster".into());
                 // Istio's passthrough has no route timeout.
                 Ok((Target::Addr(dst, source), None, None, connect_timeout))
