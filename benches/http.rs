@@ -164,6 +164,7 @@ fn forward_route(name: String, path: PathMatch) -> Route {
             host_rewrite: None,
             timeout: None,
             retry: None,
+            max_request_body_bytes: None,
         }),
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),

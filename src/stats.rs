@@ -79,6 +79,12 @@ counters! {
     upstream_rq_total,
     /// Requests sent on a pooled (reused) upstream connection.
     upstream_cx_reused,
+    /// Requests answered 413 because the body exceeded max_request_body_bytes.
+    downstream_rq_too_large,
+    /// Connections closed after a response that left the request body partly
+    /// unread, with a lingering drain of the rest (early upstream answer,
+    /// local reply to an upload).
+    downstream_cx_lingering_close,
 }
 
 impl CoreStats {

@@ -135,3 +135,38 @@ fn taskset_affinity_is_honoured() {
     let (code, _) = r.stop();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn validate_rejects_bad_body_limits_with_line_and_column() {
+    let dir = TempDir::new("body-limit");
+    let f = dir.file(
+        "bad.toml",
+        "[http]\nmax_request_body_bytes = -1\n\n[[cluster]]\nname = \"a\"\nendpoints = [\"127.0.0.1:80\"]\n\n[[virtual_host]]\nname = \"v\"\ndomains = [\"*\"]\n\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\nmax_request_body_bytes = -7\n",
+    );
+    let (code, _, err) = run(&["validate", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let name = f.display().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{name}:2:26: http.max_request_body_bytes = -1 must be 0 (no limit)"
+        )),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{name}:15:26: max_request_body_bytes = -7 must be 0 (no limit)"
+        )),
+        "{err}"
+    );
+    // Not a number at all: the parser says so, at the value.
+    let f = dir.file("str.toml", "[http]\nmax_request_body_bytes = \"1MB\"\n");
+    let (code, _, err) = run(&["validate", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with(&format!("{}:2:26: ", f.display())), "{err}");
+    // `remora run` refuses it too, before listening.
+    let (code, _, err) = run(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(":2:26: "), "{err}");
+}

@@ -1116,3 +1116,352 @@ fn drain_sends_busy_clients_away_gradually() {
     let (code, _) = r.stop();
     assert_eq!(code, 0);
 }
+
+/// Admin (Prometheus on `prom`) on, for tests that read the exported metrics.
+fn with_prometheus(cfg: String, prom: u16) -> String {
+    cfg.replace(
+        "[admin]\nenabled = false\n",
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:{}\"\nprometheus_address = \"127.0.0.1:{prom}\"\nreadiness_address = \"\"\nwatch_config = false\n",
+            free_port()
+        ),
+    )
+}
+
+fn chunked(pieces: &[usize]) -> String {
+    let mut s = String::new();
+    for &n in pieces {
+        s += &format!("{n:x}\r\n{}\r\n", "c".repeat(n));
+    }
+    s + "0\r\n\r\n"
+}
+
+/// A local 413 to an unread upload: its exact bytes, then EOF (not a reset).
+fn assert_local_413(c: &mut Client) {
+    let resp = c.response();
+    assert_eq!(resp.status, 413, "{}", resp.head);
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    assert_eq!(resp.body, b"request body too large\n");
+    let mut rest = Vec::new();
+    c.r.read_to_end(&mut rest)
+        .expect("a clean close after the 413");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+/// `max_request_body_bytes`: a declared length over the limit is refused
+/// before anything is forwarded (or a 100 Continue sent), a chunked body as
+/// soon as it crosses it; exactly the limit passes; a route may lift it.
+#[test]
+fn request_body_over_the_limit_is_413_and_never_reaches_the_upstream() {
+    let a = Backend::start("a");
+    let (port, prom) = (free_port(), free_port());
+    let dir = TempDir::new("rtl");
+    let log = dir.0.join("access.log");
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/free/\" }\ncluster = \"a\"\nmax_request_body_bytes = 0\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\n";
+    let cfg = with_prometheus(l7_config(port, "http", &[("a", a.addr)], routes), prom)
+        + &format!(
+            "[http]\nmax_request_body_bytes = 1000\n[access_log]\npath = \"{}\"\n",
+            log.display()
+        );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+
+    // Content-Length one over: 413 whether or not the body follows.
+    let mut c = Client::new(port);
+    c.w.write_all(
+        format!(
+            "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n{}",
+            "b".repeat(1001)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_local_413(&mut c);
+    // With Expect: 100-continue the 413 comes instead of the 100 (a 100
+    // first would read as status 100 here).
+    let mut c = Client::new(port);
+    c.w.write_all(
+        b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    assert_local_413(&mut c);
+    assert_eq!(a.count(), 0, "a refused request reached the backend");
+
+    // Exactly the limit: forwarded, and the connection stays usable.
+    let mut c = Client::new(port);
+    let j = c
+        .request(&format!(
+            "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{}",
+            "b".repeat(1000)
+        ))
+        .json();
+    assert_eq!(j["body_len"], 1000);
+    let j = c
+        .request(&format!(
+            "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            chunked(&[500, 499, 1])
+        ))
+        .json();
+    assert_eq!(j["body_len"], 1000);
+    assert_eq!(a.count(), 2);
+
+    // Chunked, crossing the limit in its second chunk: still being buffered
+    // (retry_buffer_limit is 64 KiB), so nothing went upstream.
+    let mut c = Client::new(port);
+    c.w.write_all(
+        format!(
+            "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            chunked(&[600, 600])
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_local_413(&mut c);
+    assert_eq!(a.count(), 2);
+
+    // The route that sets 0 has no limit.
+    let mut c = Client::new(port);
+    let j = c
+        .request(&format!(
+            "POST /free/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}",
+            "b".repeat(5000)
+        ))
+        .json();
+    assert_eq!(j["body_len"], 5000);
+    assert_eq!(a.count(), 3);
+
+    let mut m = Client::new(prom);
+    let resp = m.request("GET /stats/prometheus HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp.body);
+    for line in [
+        "remora_downstream_rq_too_large_total 3",
+        "remora_response_flags_total{flag=\"RTL\"} 3",
+        "remora_upstream_rq_total 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    let (code, totals) = r.stop();
+    assert_eq!(code, 0);
+    assert_eq!(totals.get("downstream_rq_too_large"), 3);
+    let log = std::fs::read_to_string(&log).unwrap();
+    let flagged: Vec<&str> = log.lines().filter(|l| l.contains(" RTL ")).collect();
+    assert_eq!(flagged.len(), 3, "{log}");
+    assert!(flagged.iter().all(|l| l.contains("\" 413 RTL ")), "{log}");
+}
+
+/// A chunked body that crosses the limit after streaming upstream began: the
+/// upstream connection is reset (it never sees the last chunk, so it cannot
+/// take the request for complete) and the client gets the 413.
+#[test]
+fn chunked_body_crossing_the_limit_while_streaming_resets_the_upstream() {
+    let up = common::listener();
+    let up_addr = up.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        let _ = tx.send((got, end));
+    });
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"up\"\n";
+    let cfg = l7_config(port, "http", &[("up", up_addr)], routes)
+        + "[http]\nretry_buffer_limit = 1024\nmax_request_body_bytes = 100000\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    let mut w = c.w.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(
+            format!(
+                "POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                chunked(&[10_000; 20])
+            )
+            .as_bytes(),
+        );
+    });
+    assert_local_413(&mut c);
+    writer.join().unwrap();
+    let (got, end) = rx.recv().unwrap();
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+    assert!(got.starts_with(b"POST /s HTTP/1.1\r\n"));
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &got[head_end..];
+    assert!(!body.is_empty(), "streaming had not begun");
+    assert!(
+        body.len() <= 100_000 + 10 * 8,
+        "{} bytes went past the limit",
+        body.len()
+    );
+    assert!(
+        !body.ends_with(b"0\r\n\r\n"),
+        "the upstream saw a complete body"
+    );
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("downstream_rq_too_large"), 1);
+    assert_eq!(totals.get("upstream_rq_total"), 1);
+}
+
+/// No limit by default (a sidecar must not break uploads).
+#[test]
+fn no_body_limit_by_default() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let body = payload(5 * 1024 * 1024, 9);
+    let mut c = Client::new(port);
+    let mut w = c.w.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        w.write_all(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 5242880\r\n\r\n")
+            .unwrap();
+        w.write_all(&body).unwrap();
+    });
+    let resp = c.response();
+    writer.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.json()["body_len"], 5 * 1024 * 1024);
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("downstream_rq_too_large"), 0);
+}
+
+/// What tests/l7/backend.py answers early with.
+fn early_body() -> Vec<u8> {
+    let lines: String = (0..712)
+        .map(|i| format!("early answer line {i:06}\n"))
+        .collect();
+    lines.as_bytes()[..16384].to_vec()
+}
+
+/// An upstream that answers (413) before it read the upload, however it
+/// treats its connection afterwards: the client, still uploading, reads the
+/// whole answer, byte for byte, with `connection: close`; the rest of its
+/// upload is taken (lingering close), then the proxy closes cleanly; the
+/// upstream connection is not reused (its request was never finished).
+#[test]
+fn early_answer_reaches_a_client_still_uploading() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg =
+        l7_config(port, "http", &[("a", a.addr)], CATCH_ALL) + "[http]\nlingering_time = \"1m\"\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let expected = early_body();
+    for path in ["/early", "/early-drain", "/early-keep"] {
+        let mut c = Client::new(port);
+        // 100 KiB of a 4 MiB upload: past the retry buffer, so streaming;
+        // the rest is held back until the answer is in, so the answer is
+        // necessarily early.
+        let upload = payload(4 * 1024 * 1024, 11);
+        c.w.write_all(
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        c.w.write_all(&upload[..100 * 1024]).unwrap();
+        let resp = c.response();
+        assert_eq!(resp.status, 413, "{path}: {}", resp.head);
+        assert_eq!(
+            resp.header("connection").as_deref(),
+            Some("close"),
+            "{path}"
+        );
+        assert!(
+            resp.body == expected,
+            "{path}: the early answer's body differs"
+        );
+        // The rest of the upload is read and dropped, not refused.
+        c.w.write_all(&upload[100 * 1024..])
+            .unwrap_or_else(|e| panic!("{path}: upload refused after the answer: {e}"));
+        let mut rest = Vec::new();
+        c.r.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{path}: no clean close: {e}"));
+        assert!(rest.is_empty(), "{path}");
+    }
+    // A plain request afterwards needs a new upstream connection: the
+    // /early-keep one looked reusable but its request was cut short.
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/after", "x")).status, 200);
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("upstream_cx_reused"), 0);
+    assert_eq!(totals.get("upstream_cx_total"), 4);
+    assert_eq!(totals.get("downstream_cx_lingering_close"), 3);
+}
+
+/// A client that writes its whole upload before it reads anything (many
+/// simple clients do) still gets the early answer: the proxy reads and drops
+/// the upload while answering, instead of leaving the client stuck in a write
+/// or resetting it.
+#[test]
+fn early_answer_reaches_a_client_that_reads_only_after_uploading() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg =
+        l7_config(port, "http", &[("a", a.addr)], CATCH_ALL) + "[http]\nlingering_time = \"1m\"\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let expected = early_body();
+    for path in ["/early", "/early-drain"] {
+        let mut c = Client::new(port);
+        let upload = payload(8 * 1024 * 1024, 12);
+        c.w.write_all(
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        c.w.write_all(&upload)
+            .unwrap_or_else(|e| panic!("{path}: upload refused: {e}"));
+        let resp = c.response();
+        assert_eq!(resp.status, 413, "{path}: {}", resp.head);
+        assert!(
+            resp.body == expected,
+            "{path}: the early answer's body differs"
+        );
+    }
+    drop(r);
+}
+
+/// curl, with and without `Expect: 100-continue`, uploading 8 MiB to an
+/// upstream that answers early: curl gets the whole answer and exits 0.
+#[test]
+fn curl_gets_the_early_answer_to_its_upload() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let dir = TempDir::new("curl-early");
+    let upload = dir.0.join("upload.bin");
+    std::fs::write(&upload, payload(8 * 1024 * 1024, 13)).unwrap();
+    let out_file = dir.0.join("out.bin");
+    let expected = early_body();
+    for path in ["/early", "/early-drain"] {
+        for expect in ["Expect: 100-continue", "Expect:"] {
+            let out = Command::new("curl")
+                .args(["-sS", "-X", "PUT", "-H", expect, "-w", "%{http_code}"])
+                .arg("--data-binary")
+                .arg(format!("@{}", upload.display()))
+                .arg("-o")
+                .arg(&out_file)
+                .arg(format!("http://127.0.0.1:{port}{path}"))
+                .output()
+                .expect("curl");
+            let what = format!("{path} with {expect:?}");
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "413", "{what}");
+            assert!(
+                std::fs::read(&out_file).unwrap() == expected,
+                "{what}: the early answer's body differs"
+            );
+        }
+    }
+    drop(r);
+}

@@ -68,6 +68,17 @@ pub struct Http {
     pub pool_idle_timeout: Duration,
     /// Request bodies up to this size are buffered so that a retry can replay them.
     pub retry_buffer_limit: usize,
+    /// Largest request body (decoded bytes) forwarded; larger ones get 413.
+    /// 0 = no limit. A virtual host or route may override it.
+    pub max_request_body_bytes: u64,
+    /// After a response that leaves the request body partly unread, the
+    /// connection is half-closed and the rest of the body read and dropped for
+    /// at most this long, so the client reads the response instead of a reset
+    /// (nginx's lingering close). Zero: close at once.
+    #[serde(serialize_with = "ser_duration")]
+    pub lingering_time: Duration,
+    /// ... and at most this many bytes.
+    pub lingering_max_bytes: u64,
 }
 
 /// The validated route table plus what `/config_dump` shows of it.
@@ -525,7 +536,29 @@ impl Validator<'_> {
                 .retry_buffer_limit
                 .and_then(|n| self.int_in(&n, 0, 16 << 20, "http.retry_buffer_limit"))
                 .map_or(64 * 1024, |n| n as usize),
+            max_request_body_bytes: raw
+                .max_request_body_bytes
+                .and_then(|n| self.body_limit(&n, "http.max_request_body_bytes"))
+                .unwrap_or(0),
+            lingering_time: self.duration_or_zero(raw.lingering_time, Duration::from_secs(5)),
+            lingering_max_bytes: raw
+                .lingering_max_bytes
+                .and_then(|n| self.int_in(&n, 0, 1 << 40, "http.lingering_max_bytes"))
+                .map_or(16 << 20, |n| n as u64),
         }
+    }
+
+    /// A body size limit: 0 (none) or a positive byte count.
+    fn body_limit(&mut self, v: &Spanned<i64>, what: &str) -> Option<u64> {
+        let n = *v.get_ref();
+        if n < 0 {
+            self.error(
+                Some(v.span()),
+                format!("{what} = {n} must be 0 (no limit) or a number of bytes"),
+            );
+            return None;
+        }
+        Some(n as u64)
     }
 
     /// Validates `[[virtual_host]]` tables against the cluster names; route
@@ -877,6 +910,14 @@ impl Validator<'_> {
         }
     }
 
+    /// Like `duration_or`, but "0s" is allowed (it turns the feature off).
+    fn duration_or_zero(&mut self, v: Option<Spanned<String>>, default: Duration) -> Duration {
+        match v {
+            Some(z) if parse_duration(z.get_ref()).is_some_and(|d| d.is_zero()) => Duration::ZERO,
+            v => self.duration_or(v, default),
+        }
+    }
+
     fn duration_or(&mut self, v: Option<Spanned<String>>, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
@@ -1034,6 +1075,79 @@ pool_max_idle_per_endpoint = -1
         let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
         assert_eq!(lines, vec![2, 3, 13, 16, 17], "{e}");
         assert!(e.errors[0].message.contains("udp"), "{e}");
+    }
+
+    #[test]
+    fn body_limits_default_override_and_errors() {
+        let d = Config::builtin().http;
+        assert_eq!(d.max_request_body_bytes, 0, "unlimited by default");
+        assert_eq!(d.lingering_time, Duration::from_secs(5));
+        assert_eq!(d.lingering_max_bytes, 16 << 20);
+        let ok = r#"[http]
+max_request_body_bytes = 1048576
+lingering_time = "0s"
+
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:80"]
+
+[[virtual_host]]
+name = "v"
+domains = ["*"]
+max_request_body_bytes = 10
+
+[[virtual_host.route]]
+match = { prefix = "/up" }
+cluster = "a"
+max_request_body_bytes = 0
+
+[[virtual_host.route]]
+match = { prefix = "/" }
+cluster = "a"
+"#;
+        let c = Config::from_toml(ok, None).unwrap();
+        assert_eq!(c.http.max_request_body_bytes, 1 << 20);
+        assert_eq!(c.http.lingering_time, Duration::ZERO);
+        let vh = &c.routes.table.virtual_hosts[0];
+        assert_eq!(vh.max_request_body_bytes, Some(10));
+        let limit = |i: usize| match &vh.routes[i].action {
+            crate::http::route::RouteAction::Forward(f) => f.max_request_body_bytes,
+            _ => panic!("not a forward route"),
+        };
+        assert_eq!((limit(0), limit(1)), (Some(0), None));
+
+        let bad = r#"[http]
+max_request_body_bytes = -1
+lingering_max_bytes = -5
+
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:80"]
+
+[[virtual_host]]
+name = "v"
+domains = ["*"]
+max_request_body_bytes = -2
+
+[[virtual_host.route]]
+match = { prefix = "/" }
+direct_response = { status = 200 }
+max_request_body_bytes = 5
+
+[[virtual_host.route]]
+match = { prefix = "/a" }
+cluster = "a"
+max_request_body_bytes = -3
+"#;
+        let e = Config::from_toml(bad, None).unwrap_err();
+        let at: Vec<(usize, usize)> = e.errors.iter().map(|d| (d.line, d.column)).collect();
+        assert_eq!(
+            at,
+            vec![(2, 26), (3, 23), (12, 26), (17, 26), (22, 26)],
+            "{e}"
+        );
+        assert!(e.errors[0].message.contains("0 (no limit)"), "{e}");
+        assert!(e.errors[3].message.contains("applies only to"), "{e}");
     }
 
     #[test]

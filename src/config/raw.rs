@@ -42,6 +42,9 @@ pub struct RawHttp {
     pub pool_max_idle_per_endpoint: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub retry_buffer_limit: Option<Spanned<i64>>,
+    pub max_request_body_bytes: Option<Spanned<i64>>,
+    pub lingering_time: Option<Spanned<String>>,
+    pub lingering_max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

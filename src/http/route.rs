@@ -321,6 +321,9 @@ pub struct Forward {
     /// Whole-request timeout; `None` disables it (streams, WebSockets).
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    /// Request body limit for this route (0 = none); `None`: the virtual
+    /// host's, else `[http] max_request_body_bytes`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// Answer with a redirect (RFC 9110 §15.4).
@@ -444,6 +447,9 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Request body limit for routes that set none (0 = none); `None`:
+    /// `[http] max_request_body_bytes`.
+    pub max_request_body_bytes: Option<u64>,
     index: RouteIndex,
 }
 
@@ -468,6 +474,7 @@ impl VirtualHost {
             routes,
             request_headers,
             response_headers,
+            max_request_body_bytes: None,
             index,
         }
     }

@@ -62,6 +62,8 @@ pub struct RawVirtualHost {
     pub routes: Vec<Spanned<RawRoute>>,
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
+    /// Overrides `[http] max_request_body_bytes` for this host's routes.
+    pub max_request_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +83,8 @@ pub struct RawRoute {
     /// "0s" disables the timeout; absent means 15 s.
     pub timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RawRetryPolicy>>,
+    /// Overrides the virtual host's (or `[http]`) limit; 0 = none.
+    pub max_request_body_bytes: Option<Spanned<i64>>,
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
 }
@@ -289,13 +293,12 @@ impl Validator<'_> {
                 routes.push(route);
             }
         }
-        Some(VirtualHost::new(
-            name,
-            domains,
-            routes,
-            request_headers,
-            response_headers,
-        ))
+        let mut vh = VirtualHost::new(name, domains, routes, request_headers, response_headers);
+        vh.max_request_body_bytes = raw
+            .max_request_body_bytes
+            .as_ref()
+            .and_then(|n| self.body_limit(n));
+        Some(vh)
     }
 
     fn route(&mut self, raw: Spanned<RawRoute>, vhost: &str, position: usize) -> Option<Route> {
@@ -339,6 +342,10 @@ impl Validator<'_> {
                 (raw.host_rewrite.as_ref().map(Spanned::span), "host_rewrite"),
                 (raw.timeout.as_ref().map(Spanned::span), "timeout"),
                 (raw.retry.as_ref().map(Spanned::span), "retry"),
+                (
+                    raw.max_request_body_bytes.as_ref().map(Spanned::span),
+                    "max_request_body_bytes",
+                ),
             ] {
                 if let Some(s) = present {
                     self.error(
@@ -413,12 +420,17 @@ impl Validator<'_> {
             },
         };
         let retry = raw.retry.as_ref().and_then(|r| self.retry(r));
+        let max_request_body_bytes = raw
+            .max_request_body_bytes
+            .as_ref()
+            .and_then(|n| self.body_limit(n));
         Some(RouteAction::Forward(Forward {
             clusters: clusters?,
             prefix_rewrite,
             host_rewrite,
             timeout,
             retry,
+            max_request_body_bytes,
         }))
     }
 
@@ -784,6 +796,19 @@ impl Validator<'_> {
             );
             None
         }
+    }
+
+    /// A body size limit: 0 (none) or a positive byte count.
+    fn body_limit(&mut self, v: &Spanned<i64>) -> Option<u64> {
+        let n = *v.get_ref();
+        if n < 0 {
+            self.error(
+                v.span(),
+                format!("max_request_body_bytes = {n} must be 0 (no limit) or a number of bytes"),
+            );
+            return None;
+        }
+        Some(n as u64)
     }
 
     fn positive_duration(&mut self, v: &Spanned<String>) -> Option<Duration> {

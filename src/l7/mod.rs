@@ -11,9 +11,11 @@
 //!     ├─ no match: capture → passthrough to the original destination
 //!     │            listener → 404 (NR)
 //!     ▼ forward: ClusterChoice::pick (per-core RNG), rewrite::write_request
+//!  body limit (route, virtual host, [http]): Content-Length over it ──► 413 (RTL)
 //!  request body: Expect: 100-continue answered locally (Expect stripped), then
 //!     buffered up to retry_buffer_limit (replayable) ── larger: streamed (an
 //!     early upstream answer stops it), no retry after sending
+//!     decoded bytes past the limit ──► 413 (RTL); if streaming, upstream reset
 //!     ▼
 //!  attempt ◄──────────────── retry (RetryPolicy, jittered backoff) ───────┐
 //!     │ endpoint (round robin) ─ pooled connection (checked) or connect   │
@@ -28,6 +30,7 @@
 //!     ▼
 //!  log (shard::log_request) ─ upstream back to the pool if reusable
 //!     └─ keep-alive? next request from bytes already read (pipelining) : close
+//!        (request body not read to its end: lingering close, see below)
 //! ```
 //!
 //! Memory: the client connection borrows a buffer from a per-core pool only
@@ -36,10 +39,17 @@
 //! per-core pool ([`pool`]); nothing here is shared between cores.
 //!
 //! A body larger than the retry buffer is streamed while the upstream is
-//! watched: an early answer (413 before the upload is read) ends the streaming
-//! and is passed on; neither connection is reused after a cut-short body.
-//! `Expect: 100-continue` is answered here and stripped upstream, so an
-//! upstream's own 100 cannot pass for an early answer.
+//! watched: an early answer (413 or 401 before the upload is read) ends the
+//! streaming and is passed on whole, with `connection: close`; so is one that
+//! the upstream sent just before resetting (a server closing on an unread
+//! upload). Neither connection is reused after a cut-short body. The client's
+//! upload is read and dropped while the answer goes out and after it (the
+//! lingering close: half-close, then drain for at most `lingering_time` /
+//! `lingering_max_bytes`), so a client still writing sees the answer and a
+//! clean close instead of a reset. Local replies that leave a body unread
+//! (404, 413, ...) close the same way. `Expect: 100-continue` is answered here
+//! and stripped upstream, so an upstream's own 100 cannot pass for an early
+//! answer.
 
 mod buf;
 pub mod detect;
@@ -141,8 +151,13 @@ impl ResponseFlags {
     pub const UPE: ResponseFlags = ResponseFlags(1 << 8);
     /// Request header read timeout (Envoy's request_headers_timeout reply).
     pub const RHT: ResponseFlags = ResponseFlags(1 << 9);
+    /// Request body larger than max_request_body_bytes (local 413). Remora's
+    /// own: Envoy's buffer filter sets no flag for its 413 (only the response
+    /// code detail `request_payload_too_large`), which would leave a local 413
+    /// indistinguishable from an upstream's in the log.
+    pub const RTL: ResponseFlags = ResponseFlags(1 << 10);
 
-    const NAMES: [(ResponseFlags, &'static str); 10] = [
+    const NAMES: [(ResponseFlags, &'static str); 11] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -153,6 +168,7 @@ impl ResponseFlags {
         (Self::DPE, "DPE"),
         (Self::UPE, "UPE"),
         (Self::RHT, "RHT"),
+        (Self::RTL, "RTL"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -304,6 +320,8 @@ pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx:
         out: Vec::new(),
         log,
         started: Instant::now(),
+        unread_body: false,
+        discarded: 0,
     };
     loop {
         let next = conn.one().await;
@@ -315,7 +333,12 @@ pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx:
         }
         match next {
             Next::Continue => {}
-            Next::Close => break,
+            Next::Close => {
+                if conn.unread_body {
+                    conn.linger().await;
+                }
+                break;
+            }
             Next::Tunnel(up, upbuf) => {
                 Box::pin(conn.tunnel(up, upbuf)).await;
                 break;
@@ -362,12 +385,26 @@ struct ReqBody {
     complete: bool,
     /// Part of the body went upstream without being buffered: no replay.
     streamed: bool,
+    /// Encoded bytes read from the client.
     received: u64,
+    /// Decoded body bytes so far, checked against `limit`.
+    decoded: u64,
+    /// max_request_body_bytes for this request; 0 = none.
+    limit: u64,
 }
 
 impl ReqBody {
     fn replayable(&self) -> bool {
         self.complete && !self.streamed
+    }
+
+    /// Counts `data` more decoded bytes; `TooLarge` once past the limit.
+    fn count(&mut self, data: u64) -> Result<(), Fail> {
+        self.decoded += data;
+        if self.limit > 0 && self.decoded > self.limit {
+            return Err(Fail::TooLarge);
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +422,8 @@ enum Fail {
     /// The client went away or sent a bad body while we streamed it.
     Downstream,
     BadRequestBody,
+    /// The request body grew past max_request_body_bytes.
+    TooLarge,
 }
 
 impl Fail {
@@ -433,16 +472,27 @@ fn strip_expect(ops: Option<Cow<'_, HeaderOps>>, expect: bool) -> Option<Cow<'_,
     Some(Cow::Owned(owned))
 }
 
-/// Decodes as much of `input` as it can into `out` (as chunks when `chunked`);
-/// returns (bytes consumed, body complete).
+/// What one `decode_into` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decoded {
+    /// Input bytes used up.
+    consumed: usize,
+    /// Payload bytes among them (framing excluded).
+    data: u64,
+    /// The body is complete.
+    done: bool,
+}
+
+/// Decodes as much of `input` as it can into `out` (as chunks when `chunked`).
 fn decode_into(
     dec: &mut BodyDecoder,
     input: &[u8],
     out: &mut Vec<u8>,
     chunked: bool,
     trailers: &mut Vec<u8>,
-) -> Result<(usize, bool), BodyError> {
+) -> Result<Decoded, BodyError> {
     let mut pos = 0;
+    let mut data = 0u64;
     loop {
         // Ranges come from the decoder and lie inside what it was given;
         // `get` keeps a broken promise from becoming a panic.
@@ -452,6 +502,7 @@ fn decode_into(
         match step.event {
             Event::Data(r) => {
                 let d = input.get(base + r.start..base + r.end).unwrap_or_default();
+                data += d.len() as u64;
                 if chunked {
                     encode_chunk(d, out);
                 } else {
@@ -460,12 +511,22 @@ fn decode_into(
             }
             Event::Trailers(r) => trailers
                 .extend_from_slice(input.get(base + r.start..base + r.end).unwrap_or_default()),
-            Event::NeedMore => return Ok((pos, false)),
+            Event::NeedMore => {
+                return Ok(Decoded {
+                    consumed: pos,
+                    data,
+                    done: false,
+                })
+            }
             Event::Done => {
                 if chunked {
                     encode_last_chunk(trailers, out);
                 }
-                return Ok((pos, true));
+                return Ok(Decoded {
+                    consumed: pos,
+                    data,
+                    done: true,
+                });
             }
         }
     }
@@ -486,6 +547,13 @@ struct Conn<'s> {
     log: RequestLog,
     /// When the current request's first byte arrived.
     started: Instant,
+    /// The current request's body has not been read to its end: closing now
+    /// would reset a client still sending it, so the close lingers
+    /// ([`Conn::linger`]).
+    unread_body: bool,
+    /// Body bytes read and dropped after an early answer, while it was sent;
+    /// the lingering close may drop `lingering_max_bytes` minus these.
+    discarded: u64,
 }
 
 /// How long a keep-alive connection may sit idle once its core is stopping.
@@ -571,6 +639,48 @@ impl Conn<'_> {
         }
     }
 
+    /// 413 for a body over max_request_body_bytes; the connection closes
+    /// (lingering: the client may still be sending).
+    async fn too_large(&mut self) -> Next {
+        CoreStats::inc(&self.shard.stats.downstream_rq_too_large);
+        self.log.flags.insert(ResponseFlags::RTL);
+        self.local(413, "request body too large", &[], false).await
+    }
+
+    /// Resets the client connection: the only way to tell it that a response
+    /// body is cut short. No lingering close after it.
+    fn reset_down(&mut self) {
+        socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+        self.unread_body = false;
+    }
+
+    /// The close after a response that left the request body unread (nginx's
+    /// lingering close): half-close so the client sees the response end, then
+    /// read and drop what it still sends, until it closes or
+    /// `lingering_time` / `lingering_max_bytes` run out. Closing at once
+    /// would make the kernel answer the unread bytes with a reset, and a
+    /// client still writing its upload would see that error instead of the
+    /// response (RFC 9112 §9.6 describes the same staged close for servers).
+    async fn linger(&mut self) {
+        self.unread_body = false;
+        if let Some(b) = self.inbuf.take() {
+            b.release();
+        }
+        let http = &self.snapshot.config.http;
+        let (time, max) = (http.lingering_time, http.lingering_max_bytes);
+        if time.is_zero() {
+            return;
+        }
+        CoreStats::inc(&self.shard.stats.downstream_cx_lingering_close);
+        socket::shutdown_write(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+        let count = Cell::new(self.discarded);
+        let _ = until(
+            Some(Instant::now() + time),
+            discard(&mut self.down, &count, max),
+        )
+        .await;
+    }
+
     fn finish(&mut self) {
         self.log.duration = self.started.elapsed();
         crate::shard::log_request(self.shard, &self.log);
@@ -626,6 +736,7 @@ impl Conn<'_> {
             String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
         self.log.protocol = self.head.version.as_str();
         let framing = self.head.framing;
+        self.unread_body = !matches!(framing, BodyFraming::None | BodyFraming::Length(0));
         let keep_alive = self.head.keep_alive;
         let version = self.head.version;
         let method = self.head.method;
@@ -686,12 +797,16 @@ impl Conn<'_> {
                             &mut up_head,
                         );
                         self.log.request_id = logged_request_id(&written, &view);
-                        Ok((
-                            Target::Cluster(cref.index),
-                            f.timeout,
-                            f.retry.as_ref(),
+                        Ok(Plan {
+                            target: Target::Cluster(cref.index),
+                            timeout: f.timeout,
+                            retry: f.retry.as_ref(),
                             connect_timeout,
-                        ))
+                            max_body: f
+                                .max_request_body_bytes
+                                .or(m.virtual_host.max_request_body_bytes)
+                                .unwrap_or(http.max_request_body_bytes),
+                        })
                     }
                 }
             }
@@ -720,7 +835,13 @@ impl Conn<'_> {
                 self.log.request_id = logged_request_id(&written, &view);
                 self.log.upstream_cluster = Some("PassthroughCluster".into());
                 // Istio's passthrough has no route timeout.
-                Ok((Target::Addr(dst, source), None, None, connect_timeout))
+                Ok(Plan {
+                    target: Target::Addr(dst, source),
+                    timeout: None,
+                    retry: None,
+                    connect_timeout,
+                    max_body: http.max_request_body_bytes,
+                })
             }
             (None, Fallback::NotFound) => Err(LocalReply {
                 status: 404,
@@ -732,7 +853,7 @@ impl Conn<'_> {
         if let Some(b) = self.inbuf.as_mut() {
             b.consume(len);
         }
-        let (target, timeout, retry, connect_timeout) = match plan {
+        let plan = match plan {
             Ok(p) => p,
             Err(reply) => {
                 self.log.flags.insert(reply.flags);
@@ -748,6 +869,14 @@ impl Conn<'_> {
             }
         };
 
+        // A declared length over the limit is refused before any of the body
+        // is read or a 100 Continue is sent (RFC 9110 §10.1.1 lets the final
+        // status replace the 100); nothing reaches the upstream.
+        if let BodyFraming::Length(n) = framing {
+            if plan.max_body > 0 && n > plan.max_body {
+                return self.too_large().await;
+            }
+        }
         // Request body: accept it (100-continue), buffer what a retry may replay.
         let mut body = ReqBody {
             dec: BodyDecoder::new(framing, ChunkedLimits::default()),
@@ -757,6 +886,8 @@ impl Conn<'_> {
             complete: false,
             streamed: false,
             received: 0,
+            decoded: 0,
+            limit: plan.max_body,
         };
         if expect_continue && framing != BodyFraming::None {
             if self.down.write_all(CONTINUE_100).await.is_err() {
@@ -772,13 +903,26 @@ impl Conn<'_> {
                 self.log.flags.insert(ResponseFlags::DPE);
                 return self.local(400, "malformed request body", &[], false).await;
             }
+            Err(Fail::TooLarge) => {
+                // Still buffering (nothing went upstream): a plain 413.
+                self.log.bytes_received = body.received;
+                return self.too_large().await;
+            }
             Err(_) => {
                 self.log.flags.insert(ResponseFlags::DC);
+                self.unread_body = false;
                 self.finish();
                 return Next::Close;
             }
         }
 
+        let Plan {
+            target,
+            timeout,
+            retry,
+            connect_timeout,
+            ..
+        } = plan;
         let deadline = timeout.map(|t| Instant::now() + t);
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let result = until(
@@ -832,8 +976,14 @@ impl Conn<'_> {
                         self.log.flags.insert(ResponseFlags::DPE);
                         self.local(400, "malformed request body", &[], false).await
                     }
+                    // Streaming had begun; the upstream connection was reset
+                    // (try_once), so it never saw a complete request. No
+                    // response head can have gone to the client yet: that
+                    // happens only once the body stopped streaming.
+                    Fail::TooLarge => self.too_large().await,
                     Fail::Downstream => {
                         self.log.flags.insert(ResponseFlags::DC);
+                        self.unread_body = false;
                         self.finish();
                         Next::Close
                     }
@@ -844,6 +994,16 @@ impl Conn<'_> {
         let status = self.resp.status;
         let tunnel = (status == 101 && self.head.upgrade.is_some())
             || (method == Method::Connect && (200..300).contains(&status));
+        // An early answer (the body is not all read): the rest of the upload is
+        // read and dropped while the response goes out, so that a client that
+        // only reads once its upload is written cannot stall the response.
+        let discard_rest = if body.complete || tunnel {
+            None
+        } else {
+            dup_stream(&self.down).ok()
+        };
+        let discarded = Cell::new(0);
+        let discard_max = http.lingering_max_bytes;
         let respond = self.respond(
             x,
             &body,
@@ -852,6 +1012,16 @@ impl Conn<'_> {
             tunnel && wants_upgrade,
             response_ops.as_deref(),
         );
+        let respond = async {
+            let Some(mut rest) = discard_rest else {
+                return respond.await;
+            };
+            future::or(respond, async {
+                discard(&mut rest, &discarded, discard_max).await;
+                future::pending().await
+            })
+            .await
+        };
         let next = if tunnel {
             respond.await
         } else {
@@ -861,11 +1031,12 @@ impl Conn<'_> {
                     // The head is out: a reset is the only way to tell the client
                     // the body is cut short.
                     self.log.flags.insert(ResponseFlags::UT);
-                    socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+                    self.reset_down();
                     Next::Close
                 }
             }
         };
+        self.discarded = discarded.get();
         self.finish();
         next
     }
@@ -875,7 +1046,7 @@ impl Conn<'_> {
     async fn fill_body(&mut self, body: &mut ReqBody, http: &Http) -> Result<(), Fail> {
         loop {
             if let Some(b) = self.inbuf.as_mut() {
-                let (c, done) = decode_into(
+                let d = decode_into(
                     &mut body.dec,
                     b.bytes(),
                     &mut body.buffered,
@@ -883,14 +1054,17 @@ impl Conn<'_> {
                     &mut body.trailers,
                 )
                 .map_err(|_| Fail::BadRequestBody)?;
-                b.consume(c);
-                body.received += c as u64;
-                if done {
+                b.consume(d.consumed);
+                body.received += d.consumed as u64;
+                body.count(d.data)?;
+                if d.done {
                     body.complete = true;
+                    self.unread_body = false;
                     return Ok(());
                 }
             } else if body.dec.is_done() {
                 body.complete = true;
+                self.unread_body = false;
                 return Ok(());
             }
             if body.buffered.len() >= http.retry_buffer_limit {
@@ -915,7 +1089,7 @@ impl Conn<'_> {
         while !body.complete {
             chunk.clear();
             if let Some(b) = self.inbuf.as_mut() {
-                let (c, done) = decode_into(
+                let d = decode_into(
                     &mut body.dec,
                     b.bytes(),
                     &mut chunk,
@@ -923,9 +1097,13 @@ impl Conn<'_> {
                     &mut body.trailers,
                 )
                 .map_err(|_| Fail::BadRequestBody)?;
-                b.consume(c);
-                body.received += c as u64;
-                body.complete = done;
+                b.consume(d.consumed);
+                body.received += d.consumed as u64;
+                // Checked before the bytes go out: the upstream gets no byte
+                // past the limit (and, reset, never a complete request).
+                body.count(d.data)?;
+                body.complete = d.done;
+                self.unread_body = !d.done;
             }
             if !chunk.is_empty() {
                 body.streamed = true;
@@ -1126,11 +1304,22 @@ impl Conn<'_> {
             )
             .await;
             drop(up_w);
-            if let Err(f) = answered {
-                if let Some(b) = upbuf.take() {
-                    b.release();
+            match answered {
+                Ok(_) => {}
+                // The upstream stopped taking the body, or closed: it may have
+                // answered first (and reset because the body went unread).
+                // What it sent is still readable, so look before giving up.
+                Err(Fail::Reset { .. }) => {}
+                Err(f) => {
+                    if f == Fail::TooLarge {
+                        // It must not take a truncated body for a whole one.
+                        socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&up));
+                    }
+                    if let Some(b) = upbuf.take() {
+                        b.release();
+                    }
+                    return Err(f);
                 }
-                return Err(f);
             }
         }
         loop {
@@ -1289,9 +1478,9 @@ impl Conn<'_> {
             let mut done = false;
             if let Some(b) = upbuf.as_mut() {
                 match decode_into(&mut dec, b.bytes(), &mut self.out, rechunk, &mut trailers) {
-                    Ok((c, d)) => {
-                        b.consume(c);
-                        done = d;
+                    Ok(d) => {
+                        b.consume(d.consumed);
+                        done = d.done;
                     }
                     Err(_) => {
                         self.log.flags.insert(ResponseFlags::UPE);
@@ -1332,7 +1521,7 @@ impl Conn<'_> {
         }
         if !complete {
             // The client cannot tell a cut body from a whole one otherwise.
-            socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+            self.reset_down();
             return Next::Close;
         }
         let reusable = self.resp.keep_alive
@@ -1393,6 +1582,24 @@ impl Conn<'_> {
     }
 }
 
+/// Reads and drops what `s` receives until EOF, an error, or `count` reaches
+/// `max` (give or take one buffer).
+async fn discard(s: &mut TcpStream, count: &Cell<u64>, max: u64) {
+    let mut slot: Option<Buf> = None;
+    while count.get() < max {
+        match read_into(s, &mut slot, buf::BUF_SIZE).await {
+            Ok(n) if n > 0 => count.set(count.get() + n as u64),
+            _ => break,
+        }
+        if let Some(b) = slot.as_mut() {
+            b.consume(b.len());
+        }
+    }
+    if let Some(b) = slot {
+        b.release();
+    }
+}
+
 /// A second glommio stream on a `dup` of `s`'s socket (closing it leaves the
 /// connection open), so one side can be written while the other is read.
 fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
@@ -1405,9 +1612,16 @@ fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
-/// Where a forwarded request goes: target, route timeout, retry policy,
-/// connect timeout.
-type Plan<'t> = (Target, Option<Duration>, Option<&'t RetryPolicy>, Duration);
+/// Where a forwarded request goes and under which limits.
+struct Plan<'t> {
+    target: Target,
+    /// Route timeout over all attempts; None: none.
+    timeout: Option<Duration>,
+    retry: Option<&'t RetryPolicy>,
+    connect_timeout: Duration,
+    /// max_request_body_bytes in force (route, virtual host or [http]); 0 = none.
+    max_body: u64,
+}
 
 /// A reply the proxy makes itself instead of forwarding.
 struct LocalReply {
@@ -1437,22 +1651,22 @@ mod tests {
         let input = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nt: 1\r\n\r\nGET / HTTP/1.1\r\n";
         let mut out = Vec::new();
         let mut trailers = Vec::new();
-        let (c, done) = decode_into(&mut dec, input, &mut out, true, &mut trailers).unwrap();
-        assert!(done);
-        assert_eq!(&input[c..], b"GET / HTTP/1.1\r\n");
+        let d = decode_into(&mut dec, input, &mut out, true, &mut trailers).unwrap();
+        assert!(d.done);
+        assert_eq!(d.data, 5);
+        assert_eq!(&input[d.consumed..], b"GET / HTTP/1.1\r\n");
         assert_eq!(out, b"3\r\nabc\r\n2\r\nde\r\n0\r\nt: 1\r\n\r\n");
         // Split at every byte: same output.
         for split in 1..input.len() - 16 {
             let mut dec = BodyDecoder::new(BodyFraming::Chunked, ChunkedLimits::default());
             let (mut out2, mut tr) = (Vec::new(), Vec::new());
-            let (c1, d1) =
-                decode_into(&mut dec, &input[..split], &mut out2, false, &mut tr).unwrap();
-            assert_eq!(c1, split);
-            assert!(!d1);
-            let (_, d2) =
-                decode_into(&mut dec, &input[split..], &mut out2, false, &mut tr).unwrap();
-            assert!(d2);
+            let d1 = decode_into(&mut dec, &input[..split], &mut out2, false, &mut tr).unwrap();
+            assert_eq!(d1.consumed, split);
+            assert!(!d1.done);
+            let d2 = decode_into(&mut dec, &input[split..], &mut out2, false, &mut tr).unwrap();
+            assert!(d2.done);
             assert_eq!(out2, b"abcde");
+            assert_eq!(d1.data + d2.data, 5);
         }
     }
 
@@ -1460,12 +1674,19 @@ mod tests {
     fn decode_into_length() {
         let mut dec = BodyDecoder::new(BodyFraming::Length(3), ChunkedLimits::default());
         let (mut out, mut tr) = (Vec::new(), Vec::new());
-        let (c, done) = decode_into(&mut dec, b"abcdef", &mut out, false, &mut tr).unwrap();
-        assert_eq!((c, done, &out[..]), (3, true, &b"abc"[..]));
+        let d = decode_into(&mut dec, b"abcdef", &mut out, false, &mut tr).unwrap();
+        assert_eq!(
+            (d.consumed, d.data, d.done, &out[..]),
+            (3, 3, true, &b"abc"[..])
+        );
         let mut dec = BodyDecoder::new(BodyFraming::None, ChunkedLimits::default());
         assert_eq!(
             decode_into(&mut dec, b"", &mut out, false, &mut tr).unwrap(),
-            (0, true)
+            Decoded {
+                consumed: 0,
+                data: 0,
+                done: true
+            }
         );
     }
 

@@ -5,7 +5,11 @@ Paths: /count (requests seen so far, not counted itself), /fail/N/KEY (503 for
 the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
 /close... (answers, then closes without saying so), /drop... (the second
 request on a connection is closed unanswered), /reset/N/KEY (the first N
-requests with KEY are closed unanswered), anything else: JSON.
+requests with KEY are closed unanswered), /early... (answers 413 before reading
+the body, see EARLY_BODY: /early closes at once, so the unread body makes the
+kernel reset the connection; /early-drain says Connection: close, then reads
+and drops the body until EOF; /early-keep says nothing about the connection,
+then does the same), anything else: JSON.
 A request with Upgrade: websocket gets 101 and then a raw byte echo.
 """
 import hashlib
@@ -21,6 +25,9 @@ BIND = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 LOCK = threading.Lock()
 COUNT = 0
 FAILS = {}
+# The early answer's body: 16 KiB, every line different, so a lost or
+# reordered byte shows.
+EARLY_BODY = b"".join(b"early answer line %06d\n" % i for i in range(712))[:16384]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -68,8 +75,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         with LOCK:
             COUNT += 1
-        data = self.read_body()
         path = self.path
+        if path.startswith("/early"):
+            return self.early(path)
+        data = self.read_body()
         if path.startswith("/fail/"):
             _, _, n, key = path.split("/", 3)
             with LOCK:
@@ -123,6 +132,21 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/close"):
             # Keep-alive as far as the proxy can tell, then gone.
             self.close_connection = True
+
+    def early(self, path):
+        # Answer before reading the body, as a server refusing an upload does.
+        self.send_response(413)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(EARLY_BODY)))
+        if not path.startswith("/early-keep"):
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(EARLY_BODY)
+        self.wfile.flush()
+        if path.startswith("/early-drain") or path.startswith("/early-keep"):
+            while self.rfile.read1(65536):
+                pass
+        self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
 
