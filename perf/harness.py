@@ -1,4 +1,5 @@
-"""Remora's performance harness: shared code for perf/compare and perf/flamegraph.
+"""Remora's performance harness: shared code for perf/compare, perf/flamegraph and
+perf/breakdown (whose own code is in breakdown.py).
 
 Python 3.11 standard library only. One static backend (nginx) serves two files; each
 proxy under test sits between wrk (or the idle-connection client) and that backend:

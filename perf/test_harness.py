@@ -3,6 +3,8 @@
 The parsing and rendering tests need nothing. The end-to-end test runs
 `perf/compare --quick` against a fake Remora that answers with the wrong bytes and
 checks that the run fails; it is skipped where nginx, haproxy or wrk are missing.
+perf/breakdown's parsers run on real `perf script`/`perf stat` output captured on the
+development VM and trimmed (perf/testdata/).
 """
 
 import json
@@ -13,10 +15,14 @@ import sys
 import tempfile
 import textwrap
 import unittest
+from unittest import mock
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import breakdown  # noqa: E402
 import harness  # noqa: E402
+
+TESTDATA = Path(__file__).resolve().parent / "testdata"
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:41234/small
@@ -147,6 +153,244 @@ class EndToEnd(unittest.TestCase):
             data = json.loads((Path(d) / "latest.json").read_text())
             status = {x["proxy"]: x["status"] for x in data["scenarios"]}
             self.assertEqual(status, {"remora-copy": "failed", "haproxy-tcp": "ok"})
+
+
+# ───────────────────────────── perf/breakdown ─────────────────────────────
+
+
+def script_fixture(name):
+    return (TESTDATA / f"perf-script-{name}.txt").read_text()
+
+
+def categories(name):
+    return [breakdown.classify(frames)
+            for _, frames in breakdown.parse_perf_script(script_fixture(name))]
+
+
+class BreakdownParsers(unittest.TestCase):
+    """Samples picked by hand from profiles of the real proxies (perf 6.1, kernel 6.18),
+    in the format perf/breakdown asks for: `perf script -F tid,period,ip,sym,dso` of a
+    `perf record -g --kernel-callchains` (user-space samples have no frames)."""
+
+    def test_remora_copy_samples(self):
+        self.assertEqual(categories("remora-copy"), [
+            ("send", "sendto"),            # sendto, loopback delivery in its softirq
+            ("recv", "recvfrom"),
+            ("loop", "io_uring_enter"),    # IORING_OP_ASYNC_CANCEL
+            ("loop", "io_uring_enter"),    # __io_uring_add_tctx_node (ring switch)
+            ("probe", None),               # io_uring_submit_req tracepoint
+            ("probe", None),               # syscall_trace_enter
+            ("loop", None),                # tctx_task_work on the way back to user
+            ("loop", None),                # arch_do_signal_or_restart (TIF_NOTIFY_SIGNAL)
+            ("user", None),
+            ("other_kernel", None),        # do_syscall_64 itself
+        ])
+
+    def test_remora_splice_samples(self):
+        self.assertEqual(categories("remora-splice"), [
+            ("send", "splice"),            # pipe -> socket (splice_to_socket)
+            ("recv", "splice"),            # socket -> pipe (splice_file_to_pipe)
+            ("splice_other", "splice"),    # fd lookup: shared between both directions
+            ("other_kernel", "write"),     # the first byte into the pipe
+            ("rw_other", "write"),         # write(2) before it reaches pipe code
+        ])
+
+    def test_nginx_http_samples(self):
+        self.assertEqual(categories("nginx-http"), [
+            ("send", "writev"),
+            ("rw_other", "writev"),        # vfs_writev/import_iovec, before sock_write_iter
+            ("loop", "epoll_wait"),
+            ("other_kernel", "getsockopt"),
+            ("recv", "readv"),
+            ("other_kernel", None),        # an interrupt
+        ])
+
+    def test_default_format_with_user_frames(self):
+        got = list(breakdown.parse_perf_script(script_fixture("default-format-haproxy-tcp")))
+        self.assertEqual([p for p, _ in got], [1003009] * 3)
+        self.assertEqual([breakdown.classify(f) for _, f in got],
+                         [("user", None), ("other_kernel", "clock_gettime"), ("send", "sendto")])
+
+    def test_no_double_counting(self):
+        for name in ("remora-copy", "remora-splice", "nginx-http", "default-format-haproxy-tcp"):
+            prof = breakdown.profile_shares(script_fixture(name))
+            self.assertEqual(prof["checks"], {"both_directions": 0, "transfer_in_loop": 0,
+                                              "two_syscalls": 0}, name)
+            self.assertAlmostEqual(sum(prof["weights"].values()), prof["total_weight"], places=3)
+
+    def test_rw_other_follows_its_syscall(self):
+        # nginx: one writev sample in socket code, one before it -> both are send.
+        w = breakdown.profile_shares(script_fixture("nginx-http"))["weights"]
+        self.assertAlmostEqual(w["send"], 2 * 500250, places=3)
+        # remora-splice: write(2) goes to a pipe -> the unmarked sample follows it.
+        w = breakdown.profile_shares(script_fixture("remora-splice"))["weights"]
+        self.assertAlmostEqual(w["other_kernel"], 2 * 500250, places=3)
+        self.assertEqual(w["splice_other"], 500250)
+
+    def test_perf_stat(self):
+        c = breakdown.parse_perf_stat((TESTDATA / "perf-stat-remora-copy.txt").read_text())
+        self.assertEqual(c["syscalls:sys_enter_io_uring_enter"], 139203)
+        self.assertEqual(c["syscalls:sys_enter_sendto"], 71871)
+        self.assertEqual(c["io_uring:io_uring_submit_req"], 248349)
+        self.assertEqual(c["syscalls:sys_enter_splice"], 0)
+        c = breakdown.parse_perf_stat((TESTDATA / "perf-stat-nginx-http.txt").read_text())
+        self.assertEqual(c["syscalls:sys_enter_getsockopt"], 13782)
+        self.assertIsNone(c["syscalls:sys_enter_nanosleep"])  # <not counted>
+        self.assertNotIn("Events enabled", c)
+        self.assertEqual(breakdown.event_label("syscalls:sys_enter_writev"), "writev")
+
+
+def prof(**w):
+    weights = {c: 0 for c in breakdown.CATEGORIES + ["splice_other"]}
+    weights.update(w)
+    return {"weights": weights, "total_weight": sum(weights.values()),
+            "per_syscall": {"sendto": w.get("send", 0)}, "samples": 1000, "checks": {}}
+
+
+def brow(proxy, total, send, recv, probe, scenario="l4-keepalive", **more):
+    us = {"send": send, "recv": recv, "loop": 0.0, "other_kernel": 0.0, "probe": probe,
+          "user": total - send - recv - probe}
+    return {"scenario": scenario, "proxy": proxy, "status": "ok", "rps": 30000.0,
+            "cpu_us_per_req": total, "cpu_util": 0.9, "cpu_us_per_req_noperf": total - probe,
+            "samples": 1000, "sampled_cpu_us_per_req": total, "us": us,
+            "splice_other_us": 0.0, "per_syscall_us": {"sendto": send},
+            "calls_per_req": {"sendto": 2.0, "recvfrom": 2.0, "close": 0.001},
+            "floor_us": send + recv, "net_us": total - probe,
+            "checks": {"both_directions": 0}, **more}
+
+
+class BreakdownArithmetic(unittest.TestCase):
+    def test_per_request(self):
+        p = prof(send=40, recv=10, loop=20, other_kernel=5, user=15, probe=5, splice_other=5)
+        r = breakdown.per_request(20.0, p, {"syscalls:sys_enter_sendto": 2000,
+                                            "syscalls:sys_enter_close": 0}, 1000)
+        self.assertAlmostEqual(r["us"]["send"], 8.5)   # 40% + half of splice_other's 5%
+        self.assertAlmostEqual(r["us"]["recv"], 2.5)
+        self.assertAlmostEqual(r["us"]["loop"], 4.0)
+        self.assertAlmostEqual(r["splice_other_us"], 1.0)
+        self.assertAlmostEqual(sum(r["us"].values()), 20.0)
+        self.assertAlmostEqual(r["floor_us"], 11.0)
+        self.assertAlmostEqual(r["net_us"], 19.0)
+        self.assertEqual(r["calls_per_req"], {"sendto": 2.0})
+
+    def test_floor_against_best_competitor_net_of_probes(self):
+        rows = [brow("remora-copy", 27.0, 10.0, 2.0, 2.0), brow("nginx-stream", 22.0, 12.0, 3.0, 1.0),
+                brow("haproxy-tcp", 23.0, 11.0, 3.0, 3.0)]
+        (f,) = breakdown.floor_lines(rows)
+        self.assertEqual(f["vs"], "haproxy-tcp")       # 20.0 net beats nginx's 21.0
+        self.assertAlmostEqual(f["ratio"], 12.0 / 20.0)
+        self.assertAlmostEqual(f["ratio_noperf"], 12.0 / 20.0)  # brow(): no-perf = net
+
+    def test_median_tree(self):
+        m = breakdown.median_tree([{"a": 1, "b": {"x": 1.0}, "s": "ok"},
+                                   {"a": 3, "b": {"x": 5.0}, "s": "ok"},
+                                   {"a": 2, "b": {"x": 2.0, "y": 7.0}, "s": "ok"}])
+        self.assertEqual(m, {"a": 2, "b": {"x": 2.0, "y": 7.0}, "s": "ok"})
+
+    def test_rounds_add_up(self):
+        a = breakdown.per_request(20.0, prof(send=50, recv=10, user=40), {}, 1000)
+        b = breakdown.per_request(30.0, prof(send=30, recv=20, user=50), {}, 1000)
+        c = breakdown.per_request(25.0, prof(send=40, recv=20, user=40), {}, 1000)
+        for x in (a, b, c):
+            x.update(cpu_us_per_req=x["net_us"], rps=1.0)
+        row = breakdown.summarise("l4-keepalive", "remora-copy", [a, b, c])
+        self.assertAlmostEqual(row["cpu_us_per_req"], 25.0)
+        self.assertAlmostEqual(sum(row["us"].values()), 25.0)
+        # median shares: send 40%, recv 20%, user 40% -> they add up to 1 already
+        self.assertAlmostEqual(row["us"]["send"], 10.0)
+        self.assertAlmostEqual(row["floor_us"], 15.0)
+        self.assertEqual(len(row["rounds"]), 3)
+
+    def test_sanity(self):
+        good = {"rows": [brow("remora-copy", 27.0, 10.0, 2.0, 2.0)]}
+        self.assertEqual(breakdown.sanity_problems(good), [])
+        bad = brow("nginx-stream", 20.0, 12.0, 3.0, 1.0)
+        bad["us"]["loop"] = 10.0  # parts now add up to 30 > 20
+        bad["rps"] = float("nan")
+        bad["us"]["other_kernel"] = -0.5
+        problems = breakdown.sanity_problems({"rows": [bad]})
+        self.assertEqual(len(problems), 3, problems)
+
+    def test_markdown(self):
+        meta = {"date": "2026-01-01 00:00:00 UTC", "command": "perf/breakdown", "rounds": 1,
+                "duration_s": 8, "warmup_s": 2, "pinning": "proxy on CPU1", "cpu": "x",
+                "cpus_online": 2, "kernel": "6.18", "loadavg_start": "0 0 0",
+                "loadavg_end": "0 0 0", "frequency": 1999, "events": ["a"], "perf": "perf 6.1",
+                "versions": {"remora": "remora 0.1.0"}}
+        rows = [brow("remora-copy", 27.0, 10.0, 2.0, 2.0), brow("nginx-stream", 22.0, 12.0, 3.0, 1.0),
+                {"scenario": "l7-keepalive", "proxy": "remora-l7", "status": "n/a", "note": "n/a"}]
+        md = breakdown.render_md({"meta": meta, "rows": rows, "failures": []})
+        self.assertIn("| remora-copy | 30,000 | 27.00 | 10.00 | 2.00 | 0.00 | 0.00 | 13.00 | "
+                      "2.00 | 25.00 | sendto 2.00, recvfrom 2.00 |", md)
+        self.assertIn("remora-copy: floor 12.00 ÷ nginx-stream's CPU/req 21.00 (net of probes) "
+                      "= **0.57** (÷ its 21.00 without perf = 0.57)", md)
+        self.assertIn("| remora-l7 | n/a |", md)
+
+
+FAKE_PERF = """#!/bin/sh
+# A fake `perf` whose `perf list` shows what the test wants.
+if [ "$1" = list ]; then cat "$(dirname "$0")/list.txt"; exit 0; fi
+exit 1
+"""
+
+
+class BreakdownRefusals(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        d = Path(self.dir.name)
+        (d / "perf").write_text(FAKE_PERF)
+        (d / "perf").chmod(0o755)
+        self.env = mock.patch.dict(os.environ, {"PATH": f"{d}:{os.environ['PATH']}"})
+        self.env.start()
+
+    def tearDown(self):
+        self.env.stop()
+        self.dir.cleanup()
+
+    def perf_list(self, text):
+        (Path(self.dir.name) / "list.txt").write_text(textwrap.dedent(text))
+
+    def test_no_syscall_tracepoints(self):
+        self.perf_list("  io_uring:io_uring_submit_req                       [Tracepoint event]\n")
+        with self.assertRaisesRegex(harness.SetupError, "no syscalls:sys_enter_"):
+            breakdown.pick_events()
+
+    def test_old_io_uring_tracepoint_name(self):
+        self.perf_list("""\
+          syscalls:sys_enter_recvfrom                        [Tracepoint event]
+          syscalls:sys_enter_sendto                          [Tracepoint event]
+          io_uring:io_uring_submit_sqe                       [Tracepoint event]
+        """)
+        events, notes = breakdown.pick_events()
+        self.assertEqual(events, ["syscalls:sys_enter_recvfrom", "syscalls:sys_enter_sendto",
+                                  "io_uring:io_uring_submit_sqe"])
+        self.assertIn("io_uring_enter", notes[0])  # what could not be counted is said
+
+    def test_not_root(self):
+        with mock.patch("os.geteuid", return_value=1000), \
+             mock.patch.object(breakdown, "perf_event_paranoid", return_value=2):
+            with self.assertRaisesRegex(harness.SetupError, "run perf/breakdown as root"):
+                breakdown.ensure_perf()
+        with mock.patch("os.geteuid", return_value=1000), \
+             mock.patch.object(breakdown, "perf_event_paranoid", return_value=-1):
+            breakdown.ensure_perf()  # allowed
+
+    def test_perf_missing_not_root(self):
+        with mock.patch("os.geteuid", return_value=1000), \
+             mock.patch("shutil.which", return_value=None):
+            with self.assertRaisesRegex(harness.SetupError, "apt-get install linux-perf"):
+                breakdown.ensure_perf()
+
+    @unittest.skipUnless(os.geteuid() == 0 and all(shutil.which(b) for b in
+                                                    ("wrk", "nginx", "haproxy", "taskset")),
+                         "needs root, wrk, nginx, haproxy")
+    def test_exit_2_with_one_line(self):
+        self.perf_list("")
+        r = subprocess.run([sys.executable, str(harness.PERF_DIR / "breakdown"), "--quick",
+                            "--no-build"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        self.assertIn("tracepoints", r.stderr)
 
 
 if __name__ == "__main__":
