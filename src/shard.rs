@@ -636,6 +636,12 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
             }
             Err(e) => {
                 let e: io::Error = e.into();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    // The listener was shut down (drain, or a reload removed
+                    // it) and its stop switch is closing this loop: not an
+                    // error, and nothing more will be accepted here.
+                    future::pending::<()>().await;
+                }
                 CoreStats::inc(&shard.stats.accept_errors);
                 let exhausted = matches!(
                     e.raw_os_error(),

@@ -248,6 +248,8 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     let (code, totals) = r.stop();
     assert_eq!(code, 0);
     assert_eq!(totals.get("bytes_upstream"), 12);
+    // Shutting the listeners down is not an accept error.
+    assert_eq!(totals.get("accept_errors"), 0);
 }
 
 /// A drain that outlives the deadline still exits 0.
