@@ -1465,3 +1465,50 @@ fn curl_gets_the_early_answer_to_its_upload() {
     }
     drop(r);
 }
+
+/// Idempotent requests take a pooled connection that came back moments ago
+/// without checking that it is still open (src/l7/pool.rs, `Liveness`): when
+/// the upstream closed it right after its response, the request fails on it
+/// before any response byte and goes once more on a fresh connection. POST is
+/// checked before it is sent, and gets through as well.
+#[test]
+fn pooled_connection_closed_right_after_its_response_is_replaced() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    let kinds = [
+        ("GET", ""),
+        ("PUT", "a buffered body"),
+        ("DELETE", ""),
+        ("POST", "another body"),
+    ];
+    let n = 24;
+    for i in 0..n {
+        let (method, body) = kinds[i % kinds.len()];
+        // Every /close answer leaves a pooled connection the backend closes.
+        let req = if body.is_empty() {
+            format!("{method} /close/{i} HTTP/1.1\r\nHost: x\r\n\r\n")
+        } else {
+            format!(
+                "{method} /close/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let resp = c.request(&req);
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.head);
+        let j = resp.json();
+        assert_eq!(j["method"], method, "request {i}");
+        assert_eq!(j["path"], format!("/close/{i}"));
+        assert_eq!(j["body_len"], body.len());
+    }
+    // Each request reached the backend once, each on a connection of its own.
+    assert_eq!(a.count(), n as u64);
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("rq_5xx"), 0);
+    assert_eq!(totals.get("upstream_cx_total"), n as u64);
+    assert_eq!(totals.get("rq_retry"), 0);
+}
