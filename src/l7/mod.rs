@@ -85,7 +85,7 @@ use crate::http::route::{AttemptFailure, RetryPolicy, RouteAction};
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
-use buf::{read_into, release_if_empty, until, Buf};
+use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
 
 /// Largest buffer a head (request or response) may need: the parser's head
@@ -1279,15 +1279,11 @@ impl Conn<'_> {
             }
             None => self.connect(key, tracked, connect_timeout).await?,
         };
-        let sent = async {
-            up.write_all(up_head).await?;
-            if !body.buffered.is_empty() {
-                up.write_all(&body.buffered).await?;
-            }
-            Ok::<(), io::Error>(())
-        }
-        .await;
-        if sent.is_err() {
+        // Head and buffered body in one send when the socket takes them.
+        if write_all_pair(&mut up, up_head, &body.buffered)
+            .await
+            .is_err()
+        {
             return Err(Fail::Reset { started: false });
         }
         let limits = Limits::default();
@@ -1465,21 +1461,26 @@ impl Conn<'_> {
             &mut self.out,
         );
         upbuf.consume(head_len);
-        if self.down.write_all(&self.out).await.is_err() {
-            self.log.flags.insert(ResponseFlags::DC);
-            upbuf.release();
-            return Next::Close;
-        }
-        self.log.bytes_sent += self.out.len() as u64;
         if tunnel {
+            if self.down.write_all(&self.out).await.is_err() {
+                self.log.flags.insert(ResponseFlags::DC);
+                upbuf.release();
+                return Next::Close;
+            }
+            self.log.bytes_sent += self.out.len() as u64;
             return Next::Tunnel(up, Some(upbuf));
         }
         let mut dec = BodyDecoder::new(self.resp.framing, ChunkedLimits::default());
         let rechunk = out_framing == BodyFraming::Chunked;
         let mut trailers = Vec::new();
         let mut upbuf = Some(upbuf);
+        // The head waits in `out` for the body bytes that came with it, and
+        // both go out in one send: usually the whole response, since a small
+        // one arrives in one read. The body passes through `out` anyway (the
+        // decoder copies it there), so this costs no copy, and the piece is
+        // what the head's read brought along, at most MAX_HEAD_BUF bytes.
+        let mut head_waiting = self.out.len();
         let complete = loop {
-            self.out.clear();
             let mut done = false;
             if let Some(b) = upbuf.as_mut() {
                 match decode_into(&mut dec, b.bytes(), &mut self.out, rechunk, &mut trailers) {
@@ -1489,6 +1490,12 @@ impl Conn<'_> {
                     }
                     Err(_) => {
                         self.log.flags.insert(ResponseFlags::UPE);
+                        // As before the head waited: it goes, then the reset
+                        // below cuts the body.
+                        self.out.truncate(head_waiting);
+                        if head_waiting > 0 && self.down.write_all(&self.out).await.is_ok() {
+                            self.log.bytes_sent += self.out.len() as u64;
+                        }
                         break false;
                     }
                 }
@@ -1500,6 +1507,8 @@ impl Conn<'_> {
                 }
                 self.log.bytes_sent += self.out.len() as u64;
             }
+            self.out.clear();
+            head_waiting = 0;
             if done {
                 break true;
             }
