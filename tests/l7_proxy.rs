@@ -1653,3 +1653,36 @@ fn response_head_and_body_sent_together_keep_their_framing() {
     assert_eq!(c.request(&get("/plain", "x")).body, b"hello world");
     drop(r);
 }
+
+/// A request's method, path and authority are copied for the log only when
+/// something reads them: the access log, or the debug line per request.
+#[test]
+fn request_details_reach_the_access_log_and_the_debug_line() {
+    let a = Backend::start("a");
+    let dir = TempDir::new("details");
+    let log = dir.0.join("access.log");
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL)
+        + &format!("[access_log]\npath = \"{}\"\n", log.display());
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/details/1", "svc.example")).status, 200);
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("\"GET /details/1 HTTP/1.1\" 200") && text.contains("\"svc.example\""),
+        "{text}"
+    );
+    // No access log, debug logging on.
+    let port = free_port();
+    let mut r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1", "--log-level", "debug"],
+    );
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/details/2", "x")).status, 200);
+    let line = r.wait_for_log("path=/details/2");
+    assert!(line.contains("method=GET"), "{line}");
+    drop(r);
+}

@@ -213,6 +213,9 @@ impl fmt::Display for ResponseFlags {
 }
 
 /// One HTTP request as the access log sees it; handed to `shard::log_request`.
+/// The string fields (method, path, authority, upstream_cluster, route_name,
+/// request_id) are filled only when `shard::request_details_wanted` says that
+/// something reads them; otherwise they stay empty (`None`).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
     pub start_time: SystemTime,
@@ -730,10 +733,13 @@ impl Conn<'_> {
             return Next::Close;
         };
         let view = self.head.view(inbuf.bytes());
-        self.log.method = String::from_utf8_lossy(view.method()).into_owned();
-        self.log.path = String::from_utf8_lossy(view.target()).into_owned();
-        self.log.authority =
-            String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+        let details = crate::shard::request_details_wanted(self.shard);
+        if details {
+            self.log.method = String::from_utf8_lossy(view.method()).into_owned();
+            self.log.path = String::from_utf8_lossy(view.target()).into_owned();
+            self.log.authority =
+                String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+        }
         self.log.protocol = self.head.version.as_str();
         let framing = self.head.framing;
         self.unread_body = !matches!(framing, BodyFraming::None | BodyFraming::Length(0));
@@ -748,7 +754,9 @@ impl Conn<'_> {
         let mut up_head = Vec::new();
         let plan: Result<Plan<'_>, LocalReply> = match (matched, self.ctx.fallback) {
             (Some(m), _) => {
-                self.log.route_name = Some(m.route.name.to_string());
+                if details {
+                    self.log.route_name = Some(m.route.name.to_string());
+                }
                 match &m.route.action {
                     RouteAction::DirectResponse { status, body } => Err(LocalReply {
                         status: *status,
@@ -768,7 +776,9 @@ impl Conn<'_> {
                     }
                     RouteAction::Forward(f) => {
                         let cref = f.clusters.pick(self.shard.l7.next_u64() as u32);
-                        self.log.upstream_cluster = Some(cref.name.to_string());
+                        if details {
+                            self.log.upstream_cluster = Some(cref.name.to_string());
+                        }
                         let connect_timeout = snap
                             .config
                             .clusters
@@ -796,7 +806,9 @@ impl Conn<'_> {
                             },
                             &mut up_head,
                         );
-                        self.log.request_id = logged_request_id(&written, &view);
+                        if details {
+                            self.log.request_id = logged_request_id(&written, &view);
+                        }
                         Ok(Plan {
                             target: Target::Cluster(cref.index),
                             timeout: f.timeout,
@@ -832,8 +844,10 @@ impl Conn<'_> {
                     },
                     &mut up_head,
                 );
-                self.log.request_id = logged_request_id(&written, &view);
-                self.log.upstream_cluster = Some("PassthroughCluster".into());
+                if details {
+                    self.log.request_id = logged_request_id(&written, &view);
+                    self.log.upstream_cluster = Some("PassthroughCluster".into());
+                }
                 // Istio's passthrough has no route timeout.
                 Ok(Plan {
                     target: Target::Addr(dst, source),
