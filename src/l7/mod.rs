@@ -1084,6 +1084,8 @@ impl Conn<'_> {
             if body.buffered.len() >= http.retry_buffer_limit {
                 return Ok(());
             }
+            // Up to 16 MiB of reads that may never wait: share the core.
+            glommio::yield_if_needed().await;
             let deadline = Some(Instant::now() + http.idle_timeout);
             match until(
                 deadline,
@@ -1128,6 +1130,9 @@ impl Conn<'_> {
             if body.complete {
                 break;
             }
+            // When both sockets are always ready nothing below waits, and the
+            // upload would hold the core until its end.
+            glommio::yield_if_needed().await;
             let deadline = Some(Instant::now() + self.snapshot.config.http.idle_timeout);
             match until(
                 deadline,
@@ -1526,6 +1531,9 @@ impl Conn<'_> {
             if done {
                 break true;
             }
+            // A fast upstream and client keep both sockets ready, and then
+            // nothing here waits: let the core's other connections run.
+            glommio::yield_if_needed().await;
             release_if_empty(&mut upbuf);
             match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
                 Ok(0) => {
@@ -1622,6 +1630,7 @@ async fn discard(s: &mut TcpStream, count: &Cell<u64>, max: u64) {
         if let Some(b) = slot.as_mut() {
             b.consume(b.len());
         }
+        glommio::yield_if_needed().await;
     }
     if let Some(b) = slot {
         b.release();
