@@ -187,6 +187,15 @@ pub struct Shard {
     pub l7: crate::l7::CoreState,
 }
 
+/// Whether anything reads a finished request's details (method, path,
+/// authority, request id, route and cluster names): the access log, or the
+/// debug line of [`log_request`]. When nothing does, the L7 path leaves those
+/// fields of its `RequestLog` empty instead of building strings per request.
+pub fn request_details_wanted(shard: &Shard) -> bool {
+    // Same module as the `debug!` below, so the same filter answers.
+    shard.access_log.is_some() || tracing::enabled!(tracing::Level::DEBUG)
+}
+
 /// The one sink for finished HTTP requests: per-core counters, the latency
 /// histogram and a debug line. (The access log plugs in here.)
 pub fn log_request(shard: &Shard, log: &crate::l7::RequestLog) {

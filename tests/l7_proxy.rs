@@ -1465,3 +1465,224 @@ fn curl_gets_the_early_answer_to_its_upload() {
     }
     drop(r);
 }
+
+/// Idempotent requests take a pooled connection that came back moments ago
+/// without checking that it is still open (src/l7/pool.rs, `Liveness`): when
+/// the upstream closed it right after its response, the request fails on it
+/// before any response byte and goes once more on a fresh connection. POST is
+/// checked before it is sent, and gets through as well.
+#[test]
+fn pooled_connection_closed_right_after_its_response_is_replaced() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    let kinds = [
+        ("GET", ""),
+        ("PUT", "a buffered body"),
+        ("DELETE", ""),
+        ("POST", "another body"),
+    ];
+    let n = 24;
+    for i in 0..n {
+        let (method, body) = kinds[i % kinds.len()];
+        // Every /close answer leaves a pooled connection the backend closes.
+        let req = if body.is_empty() {
+            format!("{method} /close/{i} HTTP/1.1\r\nHost: x\r\n\r\n")
+        } else {
+            format!(
+                "{method} /close/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let resp = c.request(&req);
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.head);
+        let j = resp.json();
+        assert_eq!(j["method"], method, "request {i}");
+        assert_eq!(j["path"], format!("/close/{i}"));
+        assert_eq!(j["body_len"], body.len());
+    }
+    // Each request reached the backend once, each on a connection of its own.
+    assert_eq!(a.count(), n as u64);
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("rq_5xx"), 0);
+    assert_eq!(totals.get("upstream_cx_total"), n as u64);
+    assert_eq!(totals.get("rq_retry"), 0);
+}
+
+/// A raw upstream: every request (bodiless; the request line is passed to
+/// `answer`) on a keep-alive connection gets `answer`'s bytes in one write, so
+/// a response's head and body reach the proxy together.
+fn canned_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    let l = common::listener();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    if w.write_all(&answer(line.trim_end())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The response head and the body that came with it leave in one send; the
+/// framing stays right for responses without a body (HEAD, 204, 304), chunked
+/// ones with extensions and trailers (re-encoded), long ones, and a body that
+/// is malformed from its first byte (the head goes, then a reset).
+#[test]
+fn response_head_and_body_sent_together_keep_their_framing() {
+    let up = canned_upstream(|line| {
+        let path = line.split_whitespace().nth(1).unwrap_or("");
+        match path {
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            "/204" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nContent-Length: 5\r\n\r\n"
+                .to_vec(),
+            "/trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: done\r\n\r\n".to_vec(),
+            "/long" => {
+                let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 300_000)
+                    .into_bytes();
+                v.extend(payload(300_000, 7));
+                v
+            }
+            "/bad" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world".to_vec(),
+        }
+    });
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", up)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    // Reads a response head only (the responses above that have no body).
+    fn head_only(c: &mut Client) -> String {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(c.r.read_line(&mut line).unwrap() > 0, "closed: {head:?}");
+            if line == "\r\n" {
+                return head;
+            }
+            head.push_str(&line);
+        }
+    }
+    let mut c = Client::new(port);
+    // One after another, then the same pipelined: after each bodiless
+    // response the next one must start right where its head ends.
+    for pipelined in [false, true] {
+        let reqs = [
+            "HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+            get("/204", "x"),
+            get("/304", "x"),
+            get("/long", "x"),
+            get("/plain", "x"),
+        ];
+        if pipelined {
+            c.w.write_all(reqs.concat().as_bytes()).unwrap();
+        }
+        let send = |c: &mut Client, i: usize| {
+            if !pipelined {
+                c.w.write_all(reqs[i].as_bytes()).unwrap();
+            }
+        };
+        send(&mut c, 0);
+        let h = head_only(&mut c);
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert!(h.to_ascii_lowercase().contains("content-length: 5"), "{h}");
+        send(&mut c, 1);
+        assert!(head_only(&mut c).starts_with("HTTP/1.1 204"));
+        send(&mut c, 2);
+        let h = head_only(&mut c);
+        assert!(h.starts_with("HTTP/1.1 304"), "{h}");
+        send(&mut c, 3);
+        let resp = c.response();
+        assert_eq!(resp.status, 200);
+        assert!(resp.body == payload(300_000, 7), "the long body differs");
+        send(&mut c, 4);
+        assert_eq!(c.response().body, b"hello world");
+    }
+    // Chunked: re-encoded (extensions dropped), trailers kept.
+    let mut c = Client::new(port);
+    c.w.write_all(b"GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let all = String::from_utf8(c.rest()).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(body, "5\r\nhello\r\n6\r\n world\r\n0\r\nx-t: done\r\n\r\n");
+    // Malformed from the first body byte: the client must not mistake what
+    // it gets for a whole response.
+    let mut c = Client::new(port);
+    c.w.write_all(get("/bad", "x").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = c.r.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        !got.contains("hello") && !got.contains("\r\n0\r\n"),
+        "{got}"
+    );
+    // And the proxy serves on.
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/plain", "x")).body, b"hello world");
+    drop(r);
+}
+
+/// A request's method, path and authority are copied for the log only when
+/// something reads them: the access log, or the debug line per request.
+#[test]
+fn request_details_reach_the_access_log_and_the_debug_line() {
+    let a = Backend::start("a");
+    let dir = TempDir::new("details");
+    let log = dir.0.join("access.log");
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL)
+        + &format!("[access_log]\npath = \"{}\"\n", log.display());
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/details/1", "svc.example")).status, 200);
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("\"GET /details/1 HTTP/1.1\" 200") && text.contains("\"svc.example\""),
+        "{text}"
+    );
+    // No access log, debug logging on.
+    let port = free_port();
+    let mut r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1", "--log-level", "debug"],
+    );
+    let mut c = Client::new(port);
+    assert_eq!(c.request(&get("/details/2", "x")).status, 200);
+    let line = r.wait_for_log("path=/details/2");
+    assert!(line.contains("method=GET"), "{line}");
+    drop(r);
+}

@@ -256,6 +256,21 @@ impl Method {
             _ => Method::Other,
         }
     }
+
+    /// PUT, DELETE and the safe methods (RFC 9110 §9.2.2): sending one twice
+    /// has the effect of sending it once, so it may be retried automatically
+    /// (RFC 9112 §9.3.1). Extension methods are not assumed to be.
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Options
+                | Method::Trace
+                | Method::Put
+                | Method::Delete
+        )
+    }
 }
 
 /// How the message body is delimited (RFC 9112 §6.3).

@@ -85,7 +85,7 @@ use crate::http::route::{AttemptFailure, RetryPolicy, RouteAction};
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
-use buf::{read_into, release_if_empty, until, Buf};
+use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
 
 /// Largest buffer a head (request or response) may need: the parser's head
@@ -213,6 +213,9 @@ impl fmt::Display for ResponseFlags {
 }
 
 /// One HTTP request as the access log sees it; handed to `shard::log_request`.
+/// The string fields (method, path, authority, upstream_cluster, route_name,
+/// request_id) are filled only when `shard::request_details_wanted` says that
+/// something reads them; otherwise they stay empty (`None`).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
     pub start_time: SystemTime,
@@ -730,10 +733,13 @@ impl Conn<'_> {
             return Next::Close;
         };
         let view = self.head.view(inbuf.bytes());
-        self.log.method = String::from_utf8_lossy(view.method()).into_owned();
-        self.log.path = String::from_utf8_lossy(view.target()).into_owned();
-        self.log.authority =
-            String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+        let details = crate::shard::request_details_wanted(self.shard);
+        if details {
+            self.log.method = String::from_utf8_lossy(view.method()).into_owned();
+            self.log.path = String::from_utf8_lossy(view.target()).into_owned();
+            self.log.authority =
+                String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+        }
         self.log.protocol = self.head.version.as_str();
         let framing = self.head.framing;
         self.unread_body = !matches!(framing, BodyFraming::None | BodyFraming::Length(0));
@@ -748,7 +754,9 @@ impl Conn<'_> {
         let mut up_head = Vec::new();
         let plan: Result<Plan<'_>, LocalReply> = match (matched, self.ctx.fallback) {
             (Some(m), _) => {
-                self.log.route_name = Some(m.route.name.to_string());
+                if details {
+                    self.log.route_name = Some(m.route.name.to_string());
+                }
                 match &m.route.action {
                     RouteAction::DirectResponse { status, body } => Err(LocalReply {
                         status: *status,
@@ -768,7 +776,9 @@ impl Conn<'_> {
                     }
                     RouteAction::Forward(f) => {
                         let cref = f.clusters.pick(self.shard.l7.next_u64() as u32);
-                        self.log.upstream_cluster = Some(cref.name.to_string());
+                        if details {
+                            self.log.upstream_cluster = Some(cref.name.to_string());
+                        }
                         let connect_timeout = snap
                             .config
                             .clusters
@@ -796,7 +806,9 @@ impl Conn<'_> {
                             },
                             &mut up_head,
                         );
-                        self.log.request_id = logged_request_id(&written, &view);
+                        if details {
+                            self.log.request_id = logged_request_id(&written, &view);
+                        }
                         Ok(Plan {
                             target: Target::Cluster(cref.index),
                             timeout: f.timeout,
@@ -832,8 +844,10 @@ impl Conn<'_> {
                     },
                     &mut up_head,
                 );
-                self.log.request_id = logged_request_id(&written, &view);
-                self.log.upstream_cluster = Some("PassthroughCluster".into());
+                if details {
+                    self.log.request_id = logged_request_id(&written, &view);
+                    self.log.upstream_cluster = Some("PassthroughCluster".into());
+                }
                 // Istio's passthrough has no route timeout.
                 Ok(Plan {
                     target: Target::Addr(dst, source),
@@ -1070,6 +1084,8 @@ impl Conn<'_> {
             if body.buffered.len() >= http.retry_buffer_limit {
                 return Ok(());
             }
+            // Up to 16 MiB of reads that may never wait: share the core.
+            glommio::yield_if_needed().await;
             let deadline = Some(Instant::now() + http.idle_timeout);
             match until(
                 deadline,
@@ -1114,6 +1130,9 @@ impl Conn<'_> {
             if body.complete {
                 break;
             }
+            // When both sockets are always ready nothing below waits, and the
+            // upload would hold the core until its end.
+            glommio::yield_if_needed().await;
             let deadline = Some(Instant::now() + self.snapshot.config.http.idle_timeout);
             match until(
                 deadline,
@@ -1171,8 +1190,11 @@ impl Conn<'_> {
             self.log.attempts += 1;
             let pooled = if force_fresh {
                 None
+            } else if body.replayable() && method.is_idempotent() {
+                // A dead one is found by sending, then replaced (below).
+                self.take_pooled(key, pool::Liveness::TrustRecent)
             } else {
-                self.take_pooled(key)
+                self.take_pooled(key, pool::Liveness::Always)
             };
             force_fresh = false;
             let reused = pooled.is_some();
@@ -1216,6 +1238,8 @@ impl Conn<'_> {
             };
             // A pooled connection the server closed meanwhile: the request never
             // reached it, so once more on a fresh connection (no budget used).
+            // Idempotent requests rely on this: they take a pooled connection
+            // that came back moments ago without checking it (pool::Liveness).
             if reused
                 && !fresh_once
                 && body.replayable()
@@ -1243,15 +1267,15 @@ impl Conn<'_> {
         }
     }
 
-    fn take_pooled(&self, key: pool::Key) -> Option<TcpStream> {
+    fn take_pooled(&self, key: pool::Key, liveness: pool::Liveness) -> Option<TcpStream> {
         let http = &self.snapshot.config.http;
         let mut dropped = Vec::new();
-        let s = self
-            .shard
-            .l7
-            .pool
-            .borrow_mut()
-            .take(key, http.pool_idle_timeout, &mut dropped);
+        let s = self.shard.l7.pool.borrow_mut().take(
+            key,
+            http.pool_idle_timeout,
+            liveness,
+            &mut dropped,
+        );
         drop(dropped);
         s
     }
@@ -1274,15 +1298,11 @@ impl Conn<'_> {
             }
             None => self.connect(key, tracked, connect_timeout).await?,
         };
-        let sent = async {
-            up.write_all(up_head).await?;
-            if !body.buffered.is_empty() {
-                up.write_all(&body.buffered).await?;
-            }
-            Ok::<(), io::Error>(())
-        }
-        .await;
-        if sent.is_err() {
+        // Head and buffered body in one send when the socket takes them.
+        if write_all_pair(&mut up, up_head, &body.buffered)
+            .await
+            .is_err()
+        {
             return Err(Fail::Reset { started: false });
         }
         let limits = Limits::default();
@@ -1460,21 +1480,26 @@ impl Conn<'_> {
             &mut self.out,
         );
         upbuf.consume(head_len);
-        if self.down.write_all(&self.out).await.is_err() {
-            self.log.flags.insert(ResponseFlags::DC);
-            upbuf.release();
-            return Next::Close;
-        }
-        self.log.bytes_sent += self.out.len() as u64;
         if tunnel {
+            if self.down.write_all(&self.out).await.is_err() {
+                self.log.flags.insert(ResponseFlags::DC);
+                upbuf.release();
+                return Next::Close;
+            }
+            self.log.bytes_sent += self.out.len() as u64;
             return Next::Tunnel(up, Some(upbuf));
         }
         let mut dec = BodyDecoder::new(self.resp.framing, ChunkedLimits::default());
         let rechunk = out_framing == BodyFraming::Chunked;
         let mut trailers = Vec::new();
         let mut upbuf = Some(upbuf);
+        // The head waits in `out` for the body bytes that came with it, and
+        // both go out in one send: usually the whole response, since a small
+        // one arrives in one read. The body passes through `out` anyway (the
+        // decoder copies it there), so this costs no copy, and the piece is
+        // what the head's read brought along, at most MAX_HEAD_BUF bytes.
+        let mut head_waiting = self.out.len();
         let complete = loop {
-            self.out.clear();
             let mut done = false;
             if let Some(b) = upbuf.as_mut() {
                 match decode_into(&mut dec, b.bytes(), &mut self.out, rechunk, &mut trailers) {
@@ -1484,6 +1509,12 @@ impl Conn<'_> {
                     }
                     Err(_) => {
                         self.log.flags.insert(ResponseFlags::UPE);
+                        // As before the head waited: it goes, then the reset
+                        // below cuts the body.
+                        self.out.truncate(head_waiting);
+                        if head_waiting > 0 && self.down.write_all(&self.out).await.is_ok() {
+                            self.log.bytes_sent += self.out.len() as u64;
+                        }
                         break false;
                     }
                 }
@@ -1495,9 +1526,14 @@ impl Conn<'_> {
                 }
                 self.log.bytes_sent += self.out.len() as u64;
             }
+            self.out.clear();
+            head_waiting = 0;
             if done {
                 break true;
             }
+            // A fast upstream and client keep both sockets ready, and then
+            // nothing here waits: let the core's other connections run.
+            glommio::yield_if_needed().await;
             release_if_empty(&mut upbuf);
             match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
                 Ok(0) => {
@@ -1594,6 +1630,7 @@ async fn discard(s: &mut TcpStream, count: &Cell<u64>, max: u64) {
         if let Some(b) = slot.as_mut() {
             b.consume(b.len());
         }
+        glommio::yield_if_needed().await;
     }
     if let Some(b) = slot {
         b.release();
