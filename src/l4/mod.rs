@@ -3,21 +3,23 @@
 //! Shape of one connection (both directions run in one task):
 //!
 //! ```text
-//!   down ──readable?──► recv into per-core scratch ─ send ──► up      (copy)
-//!                    └► splice into a pooled pipe ── splice ─► up     (splice)
+//!   down ──readable?──► recv into per-core scratch ─ send ──► up         (both modes)
+//!                        └ filled it? bulk under way:
+//!                             splice ─ pooled pipe ─ splice ──► up       (splice mode)
+//!                             or recv again ─ send ───────────► up       (copy mode)
 //!   up   ──────────────────── same, mirrored ─────────────────► down
 //! ```
 //!
-//! Memory: an idle connection owns no buffer and no pipe. glommio's read path
-//! tries `recv` and, on EAGAIN, arms a POLL_ADD through the ring and returns
-//! Pending without keeping the caller's buffer; so the copy path reads straight
-//! into the core's scratch buffer when data is there, and an idle direction
-//! costs only the pending poll (no kernel worker thread: FACTS.md). Splice mode
-//! waits the same way with a one-byte read, then splices the rest through a pipe
-//! borrowed from the core's pool. If the destination cannot take everything at
-//! once (its send buffer is full), the remainder moves into a buffer owned by
-//! the connection until the destination drains it: only connections under
-//! back-pressure hold memory. Measured: ~3.3 KiB of RSS per idle connection.
+//! Both modes start every readiness event the same way: one `recv` into the
+//! core's scratch buffer and one `send`. A read that does not fill the buffer
+//! means the socket is drained, which is the common case of small messages, and
+//! the event ends there (2 syscalls per message and direction). Only a read that
+//! fills the buffer (a bulk transfer is under way) goes on: copy mode with more
+//! recv/send pairs, splice mode by splicing the rest through a pipe borrowed
+//! from the core's pool, which saves the two user-space copies per byte, in
+//! steps of up to 256 KiB. Measured (perf/README.md): splice mode makes 4
+//! syscalls per small request/response like copy mode (it made 12 when every
+//! event spliced), and ~14 per 1 MiB response (it made ~46).
 //!
 //! Fairness: one readiness event moves at most [`BUDGET`] bytes, and between
 //! events the pump calls `glommio::yield_if_needed`, which yields when the
@@ -27,6 +29,17 @@
 //! connection on the core (and its control channel, drain and timers) waited.
 //! Other work on the core now waits at most about one preemption period
 //! (glommio's default is 100 ms) per turn.
+//!
+//! Memory: an idle connection owns no buffer and no pipe. glommio's read path
+//! tries `recv` and, on EAGAIN, arms a POLL_ADD through the ring and returns
+//! Pending without keeping the caller's buffer; so the read goes straight into
+//! the core's scratch buffer when data is there, and an idle direction costs
+//! only the pending poll (no kernel worker thread: FACTS.md). A pipe is borrowed
+//! only within one readiness event and goes back to the pool empty. If the
+//! destination cannot take everything at once (its send buffer is full), the
+//! remainder moves into a buffer owned by the connection until the destination
+//! drains it: only connections under back-pressure hold memory. Measured:
+//! ~3.3 KiB of RSS per idle connection.
 //!
 //! Half-close: EOF from one side becomes `shutdown(SHUT_WR)` on the other and the
 //! opposite direction keeps flowing. A reset on either side becomes a reset on
@@ -42,19 +55,28 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::future;
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::net::socket::{self, Pipe, Xfer};
 
-/// Size of the per-core copy buffer and of one splice step.
+/// Size of the per-core copy buffer.
 pub const CHUNK: usize = 64 * 1024;
+/// Most bytes one splice call moves. Larger than CHUNK: a spliced byte costs
+/// no copy, so fewer, larger calls are cheaper (4 pairs per MiB instead of 16).
+/// The pipe holds four steps (1 MiB, the unprivileged limit by default).
+const SPLICE_STEP: usize = 256 * 1024;
 /// Most bytes one readiness event moves before the pump lets the executor
-/// decide whether other tasks are owed a turn (see the module doc).
+/// decide whether other tasks are owed a turn (see the module doc). 512 KiB is
+/// ~0.2 ms of work at loopback speeds, so the preemption check runs hundreds
+/// of times per preemption period; budgets from 64 KiB to unbounded made no
+/// difference beyond the noise with 1 MiB responses (perf/README.md).
 pub const BUDGET: usize = 512 * 1024;
-/// Pipes a core keeps for reuse; more are created on demand and closed after use.
-const PIPE_POOL_MAX: usize = 64;
+/// Pipes a core keeps for reuse; more are created on demand and closed after
+/// use. A pipe is borrowed only within one synchronous event, so a core uses
+/// one at a time: a few are plenty.
+const PIPE_POOL_MAX: usize = 4;
 
 thread_local! {
     /// Per-core copy buffer; borrowed only between two awaits.
@@ -187,15 +209,16 @@ async fn pump(
     total: &Cell<u64>,
 ) -> Result<(), PumpError> {
     let sfd = src.as_raw_fd();
+    let mut next = Start::Read;
     loop {
-        let step = match mode {
-            Forwarding::Copy => {
+        let step = match next {
+            Start::Read => {
                 // glommio's read tries recv() and, on EAGAIN, arms a POLL_ADD
                 // through the ring and returns Pending *without keeping the
-                // buffer*: so an idle connection holds no buffer, and a ready one
-                // reads straight into the core's scratch buffer. `copy_ready` runs
-                // in the same poll as the read completes, before any other task
-                // can touch the scratch buffer.
+                // buffer*: so an idle connection holds no buffer, and a ready
+                // one reads straight into the core's scratch buffer. The code
+                // below runs in the same poll as the read completes, before
+                // any other task can touch the scratch buffer.
                 let n = future::poll_fn(|cx| {
                     SCRATCH.with(|b| Pin::new(&mut *src).poll_read(cx, &mut b.borrow_mut()[..]))
                 })
@@ -205,25 +228,17 @@ async fn pump(
                     socket::shutdown_write(dfd);
                     return Ok(());
                 }
-                copy_ready(n, sfd, dfd)?
-            }
-            Forwarding::Splice => {
-                let step = splice_ready(None, sfd, dfd)?;
-                if step.moved > 0 || step.eof || step.backlog.is_some() {
-                    step
-                } else {
-                    // Nothing to splice: wait for readability the same way as
-                    // copy mode. The one byte that wakes us goes into the pipe
-                    // ahead of the spliced rest, so order is kept.
-                    let mut first = [0u8; 1];
-                    let n = src.read(&mut first).await.map_err(PumpError::Read)?;
-                    if n == 0 {
-                        socket::shutdown_write(dfd);
-                        return Ok(());
-                    }
-                    splice_ready(Some(first[0]), sfd, dfd)?
+                match mode {
+                    Forwarding::Copy => copy_ready(n, sfd, dfd)?,
+                    Forwarding::Splice => splice_ready(n, sfd, dfd)?,
                 }
             }
+            Start::Splice => splice_ready(0, sfd, dfd)?,
+        };
+        next = if step.more && mode == Forwarding::Splice {
+            Start::Splice
+        } else {
+            Start::Read
         };
         if step.moved > 0 {
             total.set(total.get() + step.moved as u64);
@@ -243,11 +258,30 @@ async fn pump(
         // turn (two loads and a compare otherwise). Without this, a source
         // that always has data keeps this loop going without an await that
         // ever returns Pending.
-        glommio::yield_if_needed().await;
+        if glommio::executor().need_preempt() {
+            // The executor now polls the ring and queues the tasks whose
+            // sockets became ready, but behind this one, which re-queued
+            // itself first: step behind them too, or each of them waits a
+            // second preemption period.
+            glommio::yield_if_needed().await;
+            future::yield_now().await;
+        }
     }
 }
 
+/// How a direction's next readiness event starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Wait for readability and read into the scratch buffer (both modes,
+    /// every event but the one below).
+    Read,
+    /// Splice mode: the last event stopped at its budget with the source still
+    /// full, so splice at once without waiting.
+    Splice,
+}
+
 /// The synchronous part of one readable event.
+#[derive(Debug, Default)]
 struct Step {
     /// Bytes fully handed to the destination's socket.
     moved: usize,
@@ -255,16 +289,30 @@ struct Step {
     backlog: Option<Vec<u8>>,
     /// The source reached EOF after the bytes above.
     eof: bool,
+    /// The event stopped at [`BUDGET`] with the source still full.
+    more: bool,
 }
 
 impl Step {
     fn new(moved: usize) -> Step {
         Step {
             moved,
-            backlog: None,
-            eof: false,
+            ..Step::default()
         }
     }
+}
+
+/// Sends `buf` to `dfd`. `Err(sent)` when the destination pushed back after
+/// `sent` bytes.
+fn send_all(dfd: RawFd, buf: &[u8]) -> Result<Result<(), usize>, PumpError> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match socket::send(dfd, &buf[sent..]).map_err(PumpError::Write)? {
+            Xfer::Done(m) => sent += m,
+            Xfer::Eof | Xfer::WouldBlock => return Ok(Err(sent)),
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Copy mode: `first` bytes are already in the scratch buffer. Send them, and
@@ -275,16 +323,10 @@ fn copy_ready(first: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
         let mut moved = 0;
         let mut n = first;
         loop {
-            let mut sent = 0;
-            while sent < n {
-                match socket::send(dfd, &buf[sent..n]).map_err(PumpError::Write)? {
-                    Xfer::Done(m) => sent += m,
-                    Xfer::Eof | Xfer::WouldBlock => {
-                        let mut step = Step::new(moved + sent);
-                        step.backlog = Some(buf[sent..n].to_vec());
-                        return Ok(step);
-                    }
-                }
+            if let Err(sent) = send_all(dfd, &buf[..n])? {
+                let mut step = Step::new(moved + sent);
+                step.backlog = Some(buf[sent..n].to_vec());
+                return Ok(step);
             }
             moved += n;
             if n < buf.len() {
@@ -293,7 +335,9 @@ fn copy_ready(first: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
                 return Ok(Step::new(moved));
             }
             if moved >= BUDGET {
-                return Ok(Step::new(moved));
+                let mut step = Step::new(moved);
+                step.more = true;
+                return Ok(step);
             }
             n = match socket::recv(sfd, &mut buf).map_err(PumpError::Read)? {
                 Xfer::Done(n) => n,
@@ -308,16 +352,31 @@ fn copy_ready(first: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
     })
 }
 
-/// Splice mode: socket → pooled pipe → socket, no user-space copy. `first` is a
-/// byte already read from the source (it goes into the pipe first). If the
-/// destination pushes back, whatever sits in the pipe is read out into an owned
-/// buffer so the pipe can go back to the pool empty (a rare, bounded copy).
-fn splice_ready(first: Option<u8>, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
+/// Splice mode: copy the small, splice the bulk. `scratch` bytes are already
+/// in the scratch buffer (0 when an event continues a bulk transfer straight
+/// from the last one, [`Start::Splice`]). They are sent as in copy mode; if
+/// they did not fill the buffer the socket is drained and the event ends, as
+/// cheap as copy mode. If they did, a bulk transfer is under way and the rest
+/// goes socket → pooled pipe → socket without a user-space copy, until the
+/// source runs dry, the destination pushes back or the budget is spent.
+fn splice_ready(scratch: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
+    if scratch > 0 {
+        let sent = SCRATCH.with(|b| send_all(dfd, &b.borrow()[..scratch]))?;
+        if let Err(sent) = sent {
+            let rest = SCRATCH.with(|b| b.borrow()[sent..scratch].to_vec());
+            let mut step = Step::new(sent);
+            step.backlog = Some(rest);
+            return Ok(step);
+        }
+        if scratch < CHUNK {
+            return Ok(Step::new(scratch));
+        }
+    }
     let pipe = match PIPES.with(|p| p.borrow_mut().pop()) {
         Some(p) => p,
-        None => Pipe::new().map_err(PumpError::Read)?,
+        None => Pipe::new(4 * SPLICE_STEP).map_err(PumpError::Read)?,
     };
-    let result = splice_through(&pipe, first, sfd, dfd);
+    let result = splice_through(&pipe, sfd, dfd, BUDGET.saturating_sub(scratch));
     match &result {
         // splice_through leaves the pipe empty whenever it returns Ok.
         Ok(_) => PIPES.with(|p| {
@@ -329,34 +388,31 @@ fn splice_ready(first: Option<u8>, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpE
         // On error the pipe may hold bytes: close it rather than reuse it.
         Err(_) => drop(pipe),
     }
-    result
+    let mut step = result?;
+    step.moved += scratch;
+    Ok(step)
 }
 
-fn splice_through(
-    pipe: &Pipe,
-    mut first: Option<u8>,
-    sfd: RawFd,
-    dfd: RawFd,
-) -> Result<Step, PumpError> {
+/// Splices `sfd` → `pipe` → `dfd` in steps of up to [`SPLICE_STEP`] until the source runs dry,
+/// reaches EOF, the destination pushes back, or `budget` bytes have moved. If
+/// the destination pushes back, whatever sits in the pipe is read out into an
+/// owned buffer so the pipe can go back to the pool empty (a rare, bounded copy).
+fn splice_through(pipe: &Pipe, sfd: RawFd, dfd: RawFd, budget: usize) -> Result<Step, PumpError> {
+    // A pipe slot holds one page or less of one skb fragment, so a step can
+    // need more slots than step / 4096: the pipe is made four times larger,
+    // and a short splice then really means the socket had no more.
+    let step = SPLICE_STEP.min(pipe.capacity / 4);
     let mut moved = 0;
     loop {
-        let mut in_pipe = 0;
-        if let Some(b) = first.take() {
-            match socket::write(pipe.write, &[b]).map_err(PumpError::Read)? {
-                Xfer::Done(1) => in_pipe = 1,
-                _ => {
-                    return Err(PumpError::Read(io::Error::other(
-                        "empty pipe refused a byte",
-                    )))
-                }
-            }
-        }
         let mut eof = false;
-        match socket::splice(sfd, pipe.write, CHUNK).map_err(PumpError::Read)? {
-            Xfer::Done(n) => in_pipe += n,
-            Xfer::Eof => eof = true,
-            Xfer::WouldBlock => {}
-        }
+        let mut in_pipe = match socket::splice(sfd, pipe.write, step).map_err(PumpError::Read)? {
+            Xfer::Done(n) => n,
+            Xfer::Eof => {
+                eof = true;
+                0
+            }
+            Xfer::WouldBlock => 0,
+        };
         let got = in_pipe;
         // GRO can put more in a pipe than its nominal size; we only ever move
         // what splice reported, so the count stays exact.
@@ -383,9 +439,14 @@ fn splice_through(
             }
         }
         moved += got;
-        if eof || got < CHUNK || moved >= BUDGET {
+        if eof || got < step {
             let mut step = Step::new(moved);
             step.eof = eof;
+            return Ok(step);
+        }
+        if moved >= budget {
+            let mut step = Step::new(moved);
+            step.more = true;
             return Ok(step);
         }
     }

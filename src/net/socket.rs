@@ -277,19 +277,39 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Xfer> {
 pub struct Pipe {
     pub read: RawFd,
     pub write: RawFd,
+    /// How many bytes it holds (F_GETPIPE_SZ).
+    pub capacity: usize,
 }
 
 impl Pipe {
-    pub fn new() -> io::Result<Pipe> {
+    /// A pipe of at least `size` bytes if the system allows it (F_SETPIPE_SZ;
+    /// unprivileged processes up to /proc/sys/fs/pipe-max-size, 1 MiB by
+    /// default), else of the default size (64 KiB). `capacity` tells which.
+    pub fn new(size: usize) -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: fds has room for two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Pipe {
+        let mut pipe = Pipe {
             read: fds[0],
             write: fds[1],
-        })
+            capacity: 0,
+        };
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fcntl on a pipe we own; failure leaves the pipe as it was.
+        let got = unsafe { libc::fcntl(pipe.write, libc::F_SETPIPE_SZ, size) };
+        let got = if got > 0 {
+            got
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::fcntl(pipe.write, libc::F_GETPIPE_SZ) }
+        };
+        if got <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        pipe.capacity = got as usize;
+        Ok(pipe)
     }
 }
 
@@ -307,6 +327,18 @@ impl Drop for Pipe {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn pipe_grows_to_the_asked_size_within_the_system_limit() {
+        let p = Pipe::new(1 << 20).unwrap();
+        assert!(p.capacity >= 64 * 1024, "{}", p.capacity);
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(1 << 20);
+        if max >= 1 << 20 {
+            assert_eq!(p.capacity, 1 << 20);
+        }
+    }
 
     #[test]
     fn set_nonblocking_sets_the_flag_and_reads_do_not_block() {
