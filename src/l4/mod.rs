@@ -19,7 +19,7 @@
 //! from the core's pool, which saves the two user-space copies per byte, in
 //! steps of up to 256 KiB. Measured (perf/README.md): splice mode makes 4
 //! syscalls per small request/response like copy mode (it made 12 when every
-//! event spliced), and ~14 per 1 MiB response (it made ~46).
+//! event spliced), and ~16 per 1 MiB response (it made ~46).
 //!
 //! Fairness: one readiness event moves at most [`BUDGET`] bytes, and between
 //! events the pump calls `glommio::yield_if_needed`, which yields when the
