@@ -1466,11 +1466,9 @@ fn curl_gets_the_early_answer_to_its_upload() {
     drop(r);
 }
 
-/// Idempotent requests take a pooled connection that came back moments ago
-/// without checking that it is still open (src/l7/pool.rs, `Liveness`): when
-/// the upstream closed it right after its response, the request fails on it
-/// before any response byte and goes once more on a fresh connection. POST is
-/// checked before it is sent, and gets through as well.
+/// An upstream that closes right after each response races the pool's check
+/// (src/l7/pool.rs, `quiet`): a request that finds the connection dead before
+/// any response byte goes once more on a fresh connection, whatever its method.
 #[test]
 fn pooled_connection_closed_right_after_its_response_is_replaced() {
     let a = Backend::start("a");
@@ -1685,4 +1683,109 @@ fn request_details_reach_the_access_log_and_the_debug_line() {
     let line = r.wait_for_log("path=/details/2");
     assert!(line.contains("method=GET"), "{line}");
     drop(r);
+}
+
+/// A stray response from an upstream, with the client that asked for the
+/// request served from the same pooled connection before it, never reaches
+/// the next client. The upstream answers `HEAD /head` with a head and then,
+/// a moment later, a body (which HEAD responses must not have), or `GET
+/// /twice` with two responses. Whoever takes that connection next would read
+/// the stray bytes as the answer to their own request (issue 14: responses
+/// mixed between clients).
+#[test]
+fn stray_bytes_on_a_pooled_connection_never_answer_another_client() {
+    let l = common::listener();
+    let up = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL";
+                    let res = if line.starts_with("HEAD /head") {
+                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+                            .and_then(|()| {
+                                thread::sleep(std::time::Duration::from_millis(30));
+                                w.write_all(evil)
+                            })
+                    } else if line.starts_with("GET /twice") {
+                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .and_then(|()| {
+                                thread::sleep(std::time::Duration::from_millis(30));
+                                w.write_all(evil)
+                            })
+                    } else {
+                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+                    };
+                    if res.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", up)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    for (i, first) in [
+        "HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /twice HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = Client::new(port);
+        a.w.write_all(first.as_bytes()).unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(a.r.read_line(&mut line).unwrap() > 0);
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        if first.starts_with("GET") {
+            let mut ok = [0u8; 2];
+            a.r.read_exact(&mut ok).unwrap();
+            assert_eq!(&ok, b"ok");
+        }
+        // The stray bytes reach the pooled connection meanwhile.
+        thread::sleep(std::time::Duration::from_millis(200));
+        // Another client, then the first one again: each gets its own answer.
+        for who in ["another client", "the same client"] {
+            let mut b = Client::new(port);
+            let c = if who == "another client" {
+                &mut b
+            } else {
+                &mut a
+            };
+            let resp = c.request(&get("/next", "x"));
+            assert_eq!(
+                (resp.status, &resp.body[..]),
+                (200, &b"good"[..]),
+                "case {i}, {who}: got another request's response"
+            );
+        }
+    }
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("rq_5xx"), 0);
 }

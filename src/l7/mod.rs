@@ -1190,11 +1190,8 @@ impl Conn<'_> {
             self.log.attempts += 1;
             let pooled = if force_fresh {
                 None
-            } else if body.replayable() && method.is_idempotent() {
-                // A dead one is found by sending, then replaced (below).
-                self.take_pooled(key, pool::Liveness::TrustRecent)
             } else {
-                self.take_pooled(key, pool::Liveness::Always)
+                self.take_pooled(key)
             };
             force_fresh = false;
             let reused = pooled.is_some();
@@ -1236,10 +1233,9 @@ impl Conn<'_> {
                 }
                 Err(f) => f,
             };
-            // A pooled connection the server closed meanwhile: the request never
-            // reached it, so once more on a fresh connection (no budget used).
-            // Idempotent requests rely on this: they take a pooled connection
-            // that came back moments ago without checking it (pool::Liveness).
+            // A pooled connection the server closed meanwhile (after the
+            // take's check): the request never reached it, so once more on a
+            // fresh connection (no budget used).
             if reused
                 && !fresh_once
                 && body.replayable()
@@ -1267,15 +1263,15 @@ impl Conn<'_> {
         }
     }
 
-    fn take_pooled(&self, key: pool::Key, liveness: pool::Liveness) -> Option<TcpStream> {
+    fn take_pooled(&self, key: pool::Key) -> Option<TcpStream> {
         let http = &self.snapshot.config.http;
         let mut dropped = Vec::new();
-        let s = self.shard.l7.pool.borrow_mut().take(
-            key,
-            http.pool_idle_timeout,
-            liveness,
-            &mut dropped,
-        );
+        let s = self
+            .shard
+            .l7
+            .pool
+            .borrow_mut()
+            .take(key, http.pool_idle_timeout, &mut dropped);
         drop(dropped);
         s
     }
