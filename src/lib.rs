@@ -4,14 +4,15 @@
 //! config file ─ parse ─ validate ─► Config ─► Snapshot (immutable, versioned)
 //!   (config)                                  │ published through ConfigHandle (ArcSwap)
 //!                                             ▼ loaded once per new connection
-//! per core (runtime → shard, one pinned glommio executor each):
-//!   SO_REUSEPORT listeners (15001 outbound, 15006 inbound, [[listener]]s)
-//!     └─ accept ─ original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
+//! per core (runtime::run_shard, one pinned glommio executor each; state in shard):
+//!   SO_REUSEPORT listeners (listener: 15001 outbound, 15006 inbound, [[listener]]s)
+//!     └─ accept ─ connection: original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
 //!                                                   ├─ protocol: tcp / http / auto (l7::detect peeks)
-//!                                                   ├─ L4: connect (net::socket)
+//!                                                   ├─ L4: upstream (pick, connect)
 //!                                                   │     └─ l4::forward: copy or splice, both ways
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
-//!                                                   │      per-core upstream pool ─ retries ─ log_request
+//!                                                   │      attempts: upstream (pick, pool, connect)
+//!                                                   │      ─ l7::retry::decide ─ l7::log_request
 //!                                                   └─ Refuse: self-loop / no destination
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop
@@ -28,13 +29,16 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod http;
 pub mod intercept;
 pub mod l4;
 pub mod l7;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod reload;
 pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod upstream;

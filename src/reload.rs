@@ -20,8 +20,9 @@ use socket2::{Domain, Socket, Type};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigHandle};
+use crate::listener;
 use crate::runtime::Proxy;
-use crate::shard::{self, Command};
+use crate::shard::Command;
 
 /// Why a reload was asked for (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +122,11 @@ impl Reloader {
 /// port taken by another process rejects the file instead of half-applying it.
 /// (SO_REUSEPORT, like the real listeners: our own sockets do not conflict.)
 fn check_new_listeners(current: &Config, next: &Config) -> Result<(), String> {
-    let have: Vec<SocketAddr> = shard::listen_keys(current).iter().map(|k| k.addr).collect();
-    for key in shard::listen_keys(next) {
+    let have: Vec<SocketAddr> = listener::listen_keys(current)
+        .iter()
+        .map(|k| k.addr)
+        .collect();
+    for key in listener::listen_keys(next) {
         if have.contains(&key.addr) {
             continue;
         }

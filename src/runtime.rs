@@ -10,20 +10,23 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_lite::io::AsyncReadExt;
 use glommio::net::UnixStream;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::access_log::CoreLog;
 use crate::config::ConfigHandle;
+use crate::listener;
 use crate::net::socket;
-use crate::shard::{self, Command, HostFacts, ShardSpec};
+use crate::shard::{BoundListener, Command, HostFacts, Shard, ShardSpec};
 use crate::stats::{CoreReport, StatsHub};
 
 /// glommio's reactor refuses to start below this RLIMIT_MEMLOCK (per process).
@@ -80,7 +83,7 @@ impl Proxy {
         }
     }
 
-    /// Stops accepting on every core; open connections drain (see `shard::run`).
+    /// Stops accepting on every core; open connections drain (see [`run_shard`]).
     pub fn shutdown(&self) {
         self.send(Command::Stop);
     }
@@ -201,7 +204,7 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
             .io_memory(IO_MEMORY)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
-                let bound = shard::bind_all(&spec.config.current().config);
+                let bound = listener::bind_all(&spec.config.current().config);
                 match bound {
                     Ok(listeners) => {
                         let _ = ready.send(Ok(()));
@@ -210,7 +213,7 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
                         drop(ready);
                         // SAFETY: the fd came from into_raw_fd and is owned here only.
                         let control = unsafe { UnixStream::from_raw_fd(theirs) };
-                        shard::run(spec, listeners, control).await
+                        run_shard(spec, listeners, control).await
                     }
                     Err((addr, e)) => {
                         let err = if e.kind() == io::ErrorKind::AddrInUse {
@@ -280,4 +283,82 @@ fn executor_error(core: usize, detail: String) -> StartError {
         };
     }
     StartError::Executor { core, detail }
+}
+
+/// Runs one core until told to stop and its connections have drained;
+/// returns its final report.
+pub async fn run_shard(
+    spec: ShardSpec,
+    listeners: Vec<BoundListener>,
+    control: UnixStream,
+) -> CoreReport {
+    let mut spec = spec;
+    let shard = Rc::new(Shard::new(&mut spec));
+    if shard.access_log.is_some() {
+        // Envoy flushes access logs on a timer too; this wakes the core once a
+        // second only when the access log is on.
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                if let Some(log) = &s.access_log {
+                    log.flush();
+                }
+            }
+        })
+        .detach();
+    }
+    for l in listeners {
+        listener::start(&shard, l);
+    }
+    let mut control = control;
+    loop {
+        let mut frame = [0u8; 9];
+        // EOF or an error on the control socket means the process is going away.
+        let cmd = match control.read_exact(&mut frame).await {
+            Ok(()) => Command::decode(frame),
+            Err(_) => Some(Command::Stop),
+        };
+        match cmd {
+            Some(Command::Report(generation)) => {
+                spec.hub.deposit(shard.id, generation, shard.report())
+            }
+            Some(Command::Reconcile) => listener::reconcile(&shard),
+            Some(Command::DrainListeners) => {
+                shard.start_drain();
+                listener::close(&shard, |_| false);
+            }
+            Some(Command::Stop) => break,
+            None => warn!(core = shard.id, "unknown control frame ignored"),
+        }
+    }
+    shard.start_drain();
+    listener::close(&shard, |_| false);
+    shard.stopping.close();
+    // Listeners are closed now: drain what is open, up to the deadline.
+    let drain = shard.config.current().config.runtime.drain_timeout;
+    let deadline = Instant::now() + drain;
+    let open = shard.stats.downstream_cx_active.get();
+    if open > 0 {
+        info!(
+            core = shard.id,
+            open,
+            ?drain,
+            "listeners closed; draining open connections"
+        );
+    }
+    while shard.stats.downstream_cx_active.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let left = shard.stats.downstream_cx_active.get();
+    if left > 0 {
+        warn!(
+            core = shard.id,
+            left, "drain timeout reached; closing open connections"
+        );
+    }
+    if let Some(log) = &shard.access_log {
+        log.flush();
+    }
+    shard.report()
 }

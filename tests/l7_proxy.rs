@@ -322,23 +322,34 @@ fn weighted_split_within_bounds() {
 fn retries_on_503_then_succeeds_and_gives_up_after_budget() {
     let a = Backend::start("a");
     let port = free_port();
-    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\nretry = { retry_on = [\"5xx\"], num_retries = 2, backoff_base = \"1ms\" }\n";
+    let route = |domain: &str, extra: &str| {
+        format!("[[virtual_host]]\nname = \"{domain}\"\ndomains = [\"{domain}\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"a\"\nretry = {{ retry_on = [\"5xx\"], num_retries = 2, backoff_base = \"1ms\"{extra} }}\n")
+    };
+    let routes = route("*", "") + &route("np", ", retry_non_idempotent = true");
     let r = Remora::start(
-        &l7_config(port, "http", &[("a", a.addr)], routes),
+        &l7_config(port, "http", &[("a", a.addr)], &routes),
         &["--cores", "1"],
     );
     let mut c = Client::new(port);
-    // Fails twice, third attempt succeeds; a small POST body is replayed.
-    let resp = c.request("POST /fail/2/k1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    // Fails twice, third attempt succeeds; a small PUT body is replayed.
+    let resp = c.request("PUT /fail/2/k1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(resp.status, 200, "{}", resp.head);
     assert_eq!(resp.json()["body_len"], 5);
     // Fails three times: the budget (2 retries) runs out, the 503 is passed on.
     let resp = c.request(&get("/fail/3/k2", "x"));
     assert_eq!(resp.status, 503);
     assert_eq!(a.count(), 6);
+    // RFC 9112 §9.3.1: a POST that reached the upstream is not sent again...
+    let resp = c.request("POST /fail/1/k3 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(resp.status, 503);
+    assert_eq!(a.count(), 7);
+    // ... unless the route's policy asks for it.
+    let resp = c.request("POST /fail/1/k4 HTTP/1.1\r\nHost: np\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(a.count(), 9);
     let (_, totals) = r.stop();
-    assert_eq!(totals.get("rq_retry"), 4);
-    assert_eq!(totals.get("rq_5xx"), 1);
+    assert_eq!(totals.get("rq_retry"), 5);
+    assert_eq!(totals.get("rq_5xx"), 2);
 }
 
 #[test]
@@ -513,21 +524,25 @@ fn pooled_connection_closed_by_upstream_is_not_a_failure() {
     // Every request reached the backend exactly once.
     assert_eq!(a.count(), 20);
     // The race the liveness check cannot see: the server closes a pooled
-    // connection as the request arrives, before any response byte. Bodiless and
-    // small buffered requests are sent once more on a fresh connection.
+    // connection as the request arrives, before any response byte. Idempotent
+    // requests are sent once more on a fresh connection; a POST is not (RFC
+    // 9112 §9.3.1: the server may have acted on it), so it fails with 503 UC.
     for i in 0..10 {
-        let req = if i % 2 == 0 {
-            get(&format!("/drop/{i}"), "x")
+        if i % 2 == 0 {
+            let resp = c.request(&get(&format!("/drop/{i}"), "x"));
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.head);
+            assert_eq!(resp.json()["path"], format!("/drop/{i}"));
         } else {
-            format!("POST /drop/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
-        };
-        let resp = c.request(&req);
-        assert_eq!(resp.status, 200, "request {i}: {}", resp.head);
-        assert_eq!(resp.json()["path"], format!("/drop/{i}"));
+            let resp = c.request(&format!(
+                "POST /drop/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+            ));
+            assert_eq!(resp.status, 503, "request {i}: {}", resp.head);
+            c = Client::new(port);
+        }
     }
-    assert_eq!(a.count(), 30);
+    assert_eq!(a.count(), 25);
     let (_, totals) = r.stop();
-    assert_eq!(totals.get("rq_5xx"), 0);
+    assert_eq!(totals.get("rq_5xx"), 5);
 }
 
 #[test]
@@ -975,13 +990,13 @@ fn streamed_body_is_never_retried() {
     let mut c = Client::new(port);
     let body = "z".repeat(100_000);
     let resp = c.request(&format!(
-        "POST /fail/1/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "PUT /fail/1/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
     assert_eq!(resp.status, 503);
     assert_eq!(a.count(), 1);
     // The same request with a small body is buffered and retried.
-    let resp = c.request("POST /fail/1/small HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    let resp = c.request("PUT /fail/1/small HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
     assert_eq!(resp.status, 200);
     assert_eq!(a.count(), 3);
     drop(r);

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use regex::bytes::Regex;
 
-use super::head::RequestView;
 use super::rewrite::HeaderOps;
+use super::RequestParts;
 
 /// FNV-1a: keys are short host names and paths from the config; lookups from
 /// untrusted input cannot add keys, so collisions cannot be forced into a
@@ -168,16 +168,15 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     /// All conditions except the path, which the caller has checked.
-    fn matches_rest(&self, req: &RequestView<'_>) -> bool {
+    fn matches_rest<R: RequestParts + ?Sized>(&self, req: &R) -> bool {
         if !self.methods.is_empty() {
             let m = req.method();
             if !self.methods.iter().any(|x| &**x == m) {
                 return false;
             }
         }
-        let headers = req.headers();
         for h in &self.headers {
-            let found = headers.get_all(&h.name).any(|v| h.value.matches(v));
+            let found = req.header_values(&h.name).any(|v| h.value.matches(v));
             if found == h.invert {
                 return false;
             }
@@ -257,6 +256,9 @@ pub struct RetryOn {
     pub connect_failure: bool,
     /// "reset": the upstream reset or closed before a response head.
     pub reset: bool,
+    /// "retriable-status-codes": the statuses in
+    /// [`RetryPolicy::retriable_status_codes`].
+    pub retriable_status_codes: bool,
 }
 
 /// Why an upstream attempt failed, for the retry decision.
@@ -277,6 +279,13 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Statuses retried under `retriable-status-codes` (any, not only 5xx).
+    pub retriable_status_codes: Vec<u16>,
+    /// A retry avoids the endpoints already tried when another one exists.
+    pub previous_hosts: bool,
+    /// Non-idempotent requests are retried too (after they may have reached
+    /// the upstream); off by default, as RFC 9112 §9.3.1 asks of proxies.
+    pub retry_non_idempotent: bool,
 }
 
 impl RetryPolicy {
@@ -293,6 +302,7 @@ impl RetryPolicy {
             AttemptFailure::Status(s) => {
                 (r.server_error && (500..600).contains(&s))
                     || (r.gateway_error && matches!(s, 502..=504))
+                    || (r.retriable_status_codes && self.retriable_status_codes.contains(&s))
             }
         }
     }
@@ -365,9 +375,9 @@ pub struct Route {
 impl Route {
     /// The path and query after `prefix_rewrite` (of a forward or a redirect),
     /// written into `scratch` (reused per connection); `None` if not rewritten.
-    pub fn rewritten_path<'s>(
+    pub fn rewritten_path<'s, R: RequestParts + ?Sized>(
         &self,
-        req: &RequestView<'_>,
+        req: &R,
         scratch: &'s mut Vec<u8>,
     ) -> Option<&'s [u8]> {
         let rewrite = match &self.action {
@@ -388,9 +398,9 @@ impl Route {
 
     /// The Location for a redirect action, written into `out`. `request_scheme`
     /// is how the request arrived ("http"/"https").
-    pub fn redirect_location(
+    pub fn redirect_location<R: RequestParts + ?Sized>(
         &self,
-        req: &RequestView<'_>,
+        req: &R,
         request_scheme: &str,
         out: &mut Vec<u8>,
     ) -> bool {
@@ -480,7 +490,7 @@ impl VirtualHost {
     }
 
     /// The first route that matches `req`.
-    pub fn match_route(&self, req: &RequestView<'_>) -> Option<&Route> {
+    pub fn match_route<R: RequestParts + ?Sized>(&self, req: &R) -> Option<&Route> {
         let path = req.path();
         let exact = self.index.exact.get(path).and_then(|candidates| {
             candidates.iter().copied().find(|&i| {
@@ -590,7 +600,7 @@ impl RouteTable {
     }
 
     /// Routes a request: virtual host by its host, then the first matching route.
-    pub fn match_request(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
+    pub fn match_request<R: RequestParts + ?Sized>(&self, req: &R) -> Option<Matched<'_>> {
         let virtual_host = self.find_virtual_host(req.host().unwrap_or_default())?;
         let route = virtual_host.match_route(req)?;
         Some(Matched {
@@ -601,7 +611,10 @@ impl RouteTable {
 }
 
 /// Convenience form of [`RouteTable::match_request`] returning only the route.
-pub fn match_request<'t>(table: &'t RouteTable, req: &RequestView<'_>) -> Option<&'t Route> {
+pub fn match_request<'t, R: RequestParts + ?Sized>(
+    table: &'t RouteTable,
+    req: &R,
+) -> Option<&'t Route> {
     table.match_request(req).map(|m| m.route)
 }
 
@@ -850,6 +863,9 @@ mod tests {
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
+            retriable_status_codes: vec![409],
+            previous_hosts: true,
+            retry_non_idempotent: false,
         };
         let cases = [
             (AttemptFailure::Status(503), true),
@@ -871,6 +887,17 @@ mod tests {
         };
         assert!(five.retriable(AttemptFailure::Status(500)));
         assert!(five.retriable(AttemptFailure::Reset));
+        // The listed codes only under retriable-status-codes.
+        assert!(!five.retriable(AttemptFailure::Status(409)));
+        let codes = RetryPolicy {
+            retry_on: RetryOn {
+                retriable_status_codes: true,
+                ..RetryOn::default()
+            },
+            ..p.clone()
+        };
+        assert!(codes.retriable(AttemptFailure::Status(409)));
+        assert!(!codes.retriable(AttemptFailure::Status(503)));
         // Caps: 25ms, 50ms, 100ms, 200ms, then 250ms forever (no overflow).
         let max_random = u64::MAX;
         let caps: Vec<u64> = [0, 1, 2, 3, 4, 40, 70, u32::MAX]

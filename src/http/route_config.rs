@@ -166,6 +166,15 @@ pub struct RawRetryPolicy {
     pub backoff_base: Option<Spanned<String>>,
     /// Default: 10 × backoff_base.
     pub backoff_max: Option<Spanned<String>>,
+    /// Statuses retried under `retriable-status-codes` (Envoy's
+    /// retriable_status_codes).
+    pub retriable_status_codes: Option<Spanned<Vec<Spanned<i64>>>>,
+    /// Retry a different endpoint when there is one (Envoy's `previous_hosts`
+    /// retry host predicate; Istio sets it on every route). Default true.
+    pub previous_hosts: Option<bool>,
+    /// Also retry non-idempotent requests (POST, PATCH, ...) after they may
+    /// have reached the upstream. Default false (RFC 9112 §9.3.1).
+    pub retry_non_idempotent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -647,11 +656,31 @@ impl Validator<'_> {
                 "gateway-error" => retry_on.gateway_error = true,
                 "connect-failure" => retry_on.connect_failure = true,
                 "reset" => retry_on.reset = true,
+                "retriable-status-codes" => retry_on.retriable_status_codes = true,
                 other => self.error(
                     c.span(),
-                    format!("unknown retry_on `{other}` (use 5xx, gateway-error, connect-failure or reset)"),
+                    format!("unknown retry_on `{other}` (use 5xx, gateway-error, connect-failure, reset or retriable-status-codes)"),
                 ),
             }
+        }
+        let mut retriable_status_codes = Vec::new();
+        if let Some(codes) = &r.retriable_status_codes {
+            for c in codes.get_ref() {
+                if let Some(v) = self.int_in(c, 100, 599, "retriable_status_codes") {
+                    retriable_status_codes.push(v as u16);
+                }
+            }
+            if !retry_on.retriable_status_codes {
+                self.error(
+                    codes.span(),
+                    "retriable_status_codes is set but retry_on does not list \"retriable-status-codes\"",
+                );
+            }
+        } else if retry_on.retriable_status_codes {
+            self.error(
+                r.retry_on.span(),
+                "retry_on lists \"retriable-status-codes\" but retriable_status_codes is not set",
+            );
         }
         let num_retries = match &r.num_retries {
             None => DEFAULT_NUM_RETRIES,
@@ -684,6 +713,9 @@ impl Validator<'_> {
             per_try_timeout,
             backoff_base,
             backoff_max,
+            retriable_status_codes,
+            previous_hosts: r.previous_hosts.unwrap_or(true),
+            retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
         })
     }
 

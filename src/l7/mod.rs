@@ -53,10 +53,10 @@
 
 mod buf;
 pub mod detect;
-pub mod pool;
+pub mod retry;
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +69,7 @@ use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tracing::debug;
 
+use crate::access_log;
 use crate::config::{Forwarding, Http, Snapshot};
 use crate::http::body::{
     encode_chunk, encode_last_chunk, BodyDecoder, BodyError, ChunkedLimits, Event,
@@ -78,53 +79,21 @@ use crate::http::head::{
     RequestView, ResponseHead, Version,
 };
 use crate::http::rewrite::{
-    write_local_response, write_request, write_response, HeaderOps, RequestIdGenerator,
-    RequestRewrite, ResponseRewrite, Written, CONTINUE_100,
+    write_local_response, write_request, write_response, HeaderOps, RequestRewrite,
+    ResponseRewrite, Written, CONTINUE_100,
 };
-use crate::http::route::{AttemptFailure, RetryPolicy, RouteAction};
+use crate::http::route::{RetryPolicy, RouteAction};
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
+use crate::upstream::pool;
 use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
+use retry::{Attempt, Failure, Outcome, Verdict};
 
 /// Largest buffer a head (request or response) may need: the parser's head
 /// limit plus room for the bytes that arrived with it.
 const MAX_HEAD_BUF: usize = 64 * 1024 + 4096;
-
-/// Per-core L7 state (lives in the `Shard`).
-pub struct CoreState {
-    pub pool: RefCell<pool::Pool>,
-    pub request_ids: RequestIdGenerator,
-    rng: Cell<u64>,
-}
-
-impl Default for CoreState {
-    fn default() -> CoreState {
-        let mut seed = [0u8; 8];
-        let seed = match getrandom::getrandom(&mut seed) {
-            Ok(()) => u64::from_ne_bytes(seed),
-            Err(_) => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
-        };
-        CoreState {
-            pool: RefCell::new(pool::Pool::default()),
-            request_ids: RequestIdGenerator::new(),
-            rng: Cell::new(seed | 1),
-        }
-    }
-}
-
-impl CoreState {
-    /// xorshift64*: fast, per core, good enough for weights and jitter.
-    pub fn next_u64(&self) -> u64 {
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// Envoy's response flags (the subset this path can set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -402,41 +371,12 @@ impl ReqBody {
     }
 
     /// Counts `data` more decoded bytes; `TooLarge` once past the limit.
-    fn count(&mut self, data: u64) -> Result<(), Fail> {
+    fn count(&mut self, data: u64) -> Result<(), Failure> {
         self.decoded += data;
         if self.limit > 0 && self.decoded > self.limit {
-            return Err(Fail::TooLarge);
+            return Err(Failure::TooLarge);
         }
         Ok(())
-    }
-}
-
-/// Why an attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fail {
-    Connect,
-    NoEndpoint,
-    /// Upstream closed or reset; `started`: some response bytes had arrived.
-    Reset {
-        started: bool,
-    },
-    PerTryTimeout,
-    BadResponse,
-    /// The client went away or sent a bad body while we streamed it.
-    Downstream,
-    BadRequestBody,
-    /// The request body grew past max_request_body_bytes.
-    TooLarge,
-}
-
-impl Fail {
-    fn as_attempt(self) -> Option<AttemptFailure> {
-        match self {
-            Fail::Connect => Some(AttemptFailure::ConnectFailure),
-            Fail::Reset { .. } => Some(AttemptFailure::Reset),
-            Fail::PerTryTimeout => Some(AttemptFailure::PerTryTimeout),
-            _ => None,
-        }
     }
 }
 
@@ -686,7 +626,7 @@ impl Conn<'_> {
 
     fn finish(&mut self) {
         self.log.duration = self.started.elapsed();
-        crate::shard::log_request(self.shard, &self.log);
+        log_request(self.shard, &self.log);
     }
 
     /// One request, from its head to the end of its response.
@@ -733,7 +673,7 @@ impl Conn<'_> {
             return Next::Close;
         };
         let view = self.head.view(inbuf.bytes());
-        let details = crate::shard::request_details_wanted(self.shard);
+        let details = request_details_wanted(self.shard);
         if details {
             self.log.method = String::from_utf8_lossy(view.method()).into_owned();
             self.log.path = String::from_utf8_lossy(view.target()).into_owned();
@@ -775,7 +715,7 @@ impl Conn<'_> {
                         })
                     }
                     RouteAction::Forward(f) => {
-                        let cref = f.clusters.pick(self.shard.l7.next_u64() as u32);
+                        let cref = f.clusters.pick(self.shard.next_u64() as u32);
                         if details {
                             self.log.upstream_cluster = Some(cref.name.to_string());
                         }
@@ -799,7 +739,7 @@ impl Conn<'_> {
                                 host: f.host_rewrite.as_deref(),
                                 client_addr: self.ctx.peer.map(|p| p.ip()),
                                 forwarded_proto: Some("http"),
-                                request_id: Some(&self.shard.l7.request_ids),
+                                request_id: Some(&self.shard.request_ids),
                                 ops: ops.as_deref(),
                                 framing,
                                 upgrade: self.head.upgrade.is_some(),
@@ -837,7 +777,7 @@ impl Conn<'_> {
                         host: None,
                         client_addr: self.ctx.peer.map(|p| p.ip()),
                         forwarded_proto: Some("http"),
-                        request_id: Some(&self.shard.l7.request_ids),
+                        request_id: Some(&self.shard.request_ids),
                         ops: strip_expect(None, expect_continue).as_deref(),
                         framing,
                         upgrade: self.head.upgrade.is_some(),
@@ -913,11 +853,11 @@ impl Conn<'_> {
         }
         match self.fill_body(&mut body, http).await {
             Ok(()) => {}
-            Err(Fail::BadRequestBody) => {
+            Err(Failure::BadRequestBody) => {
                 self.log.flags.insert(ResponseFlags::DPE);
                 return self.local(400, "malformed request body", &[], false).await;
             }
-            Err(Fail::TooLarge) => {
+            Err(Failure::TooLarge) => {
                 // Still buffering (nothing went upstream): a plain 413.
                 self.log.bytes_received = body.received;
                 return self.too_large().await;
@@ -964,29 +904,29 @@ impl Conn<'_> {
             Some(Err(f)) => {
                 let keep = keep_alive && body.complete;
                 return match f {
-                    Fail::Connect => {
+                    Failure::Connect => {
                         self.log.flags.insert(ResponseFlags::UF);
                         self.local(503, "upstream connect error", &[], keep).await
                     }
-                    Fail::NoEndpoint => {
+                    Failure::NoEndpoint => {
                         self.log.flags.insert(ResponseFlags::UH);
                         self.local(503, "no healthy upstream", &[], keep).await
                     }
-                    Fail::Reset { .. } => {
+                    Failure::Reset { .. } => {
                         self.log.flags.insert(ResponseFlags::UC);
                         self.local(503, "upstream connection reset before response", &[], keep)
                             .await
                     }
-                    Fail::PerTryTimeout => {
+                    Failure::PerTryTimeout => {
                         self.log.flags.insert(ResponseFlags::UT);
                         self.local(504, "upstream request timeout", &[], keep).await
                     }
-                    Fail::BadResponse => {
+                    Failure::BadResponse => {
                         self.log.flags.insert(ResponseFlags::UPE);
                         self.local(502, "invalid upstream response", &[], false)
                             .await
                     }
-                    Fail::BadRequestBody => {
+                    Failure::BadRequestBody => {
                         self.log.flags.insert(ResponseFlags::DPE);
                         self.local(400, "malformed request body", &[], false).await
                     }
@@ -994,8 +934,8 @@ impl Conn<'_> {
                     // (try_once), so it never saw a complete request. No
                     // response head can have gone to the client yet: that
                     // happens only once the body stopped streaming.
-                    Fail::TooLarge => self.too_large().await,
-                    Fail::Downstream => {
+                    Failure::TooLarge => self.too_large().await,
+                    Failure::Downstream => {
                         self.log.flags.insert(ResponseFlags::DC);
                         self.unread_body = false;
                         self.finish();
@@ -1057,7 +997,7 @@ impl Conn<'_> {
 
     /// Reads the request body until it is complete or `retry_buffer_limit`
     /// bytes (encoded) are buffered.
-    async fn fill_body(&mut self, body: &mut ReqBody, http: &Http) -> Result<(), Fail> {
+    async fn fill_body(&mut self, body: &mut ReqBody, http: &Http) -> Result<(), Failure> {
         loop {
             if let Some(b) = self.inbuf.as_mut() {
                 let d = decode_into(
@@ -1067,7 +1007,7 @@ impl Conn<'_> {
                     body.chunked,
                     &mut body.trailers,
                 )
-                .map_err(|_| Fail::BadRequestBody)?;
+                .map_err(|_| Failure::BadRequestBody)?;
                 b.consume(d.consumed);
                 body.received += d.consumed as u64;
                 body.count(d.data)?;
@@ -1094,13 +1034,13 @@ impl Conn<'_> {
             .await
             {
                 Some(Ok(n)) if n > 0 => {}
-                _ => return Err(Fail::Downstream),
+                _ => return Err(Failure::Downstream),
             }
         }
     }
 
     /// Sends the rest of a body too large to buffer, as it arrives.
-    async fn stream_rest(&mut self, up: &mut TcpStream, body: &mut ReqBody) -> Result<(), Fail> {
+    async fn stream_rest(&mut self, up: &mut TcpStream, body: &mut ReqBody) -> Result<(), Failure> {
         let mut chunk = Vec::new();
         while !body.complete {
             chunk.clear();
@@ -1112,7 +1052,7 @@ impl Conn<'_> {
                     body.chunked,
                     &mut body.trailers,
                 )
-                .map_err(|_| Fail::BadRequestBody)?;
+                .map_err(|_| Failure::BadRequestBody)?;
                 b.consume(d.consumed);
                 body.received += d.consumed as u64;
                 // Checked before the bytes go out: the upstream gets no byte
@@ -1125,7 +1065,7 @@ impl Conn<'_> {
                 body.streamed = true;
                 up.write_all(&chunk)
                     .await
-                    .map_err(|_| Fail::Reset { started: false })?;
+                    .map_err(|_| Failure::Reset { started: false })?;
             }
             if body.complete {
                 break;
@@ -1141,27 +1081,24 @@ impl Conn<'_> {
             .await
             {
                 Some(Ok(n)) if n > 0 => {}
-                _ => return Err(Fail::Downstream),
+                _ => return Err(Failure::Downstream),
             }
         }
         Ok(())
     }
 
-    fn pick_endpoint(&self, target: Target) -> Option<(SocketAddr, Option<IpAddr>, bool)> {
+    /// The endpoint for the next attempt and whether it is a cluster's
+    /// (counted per endpoint); `tried` are the endpoints of earlier attempts.
+    fn pick_endpoint(
+        &self,
+        target: Target,
+        tried: &[SocketAddr],
+    ) -> Option<(SocketAddr, Option<IpAddr>, bool)> {
         match target {
             Target::Addr(a, src) => Some((a, src, false)),
             Target::Cluster(i) => {
                 let c = self.snapshot.config.clusters.get(i)?;
-                if c.endpoints.is_empty() {
-                    return None;
-                }
-                let mut rr = self.shard.rr.borrow_mut();
-                let pos = match rr.get_mut(&c.name) {
-                    Some(p) => p,
-                    None => rr.entry(c.name.clone()).or_insert(0),
-                };
-                let ep = c.endpoints[*pos % c.endpoints.len()];
-                *pos = pos.wrapping_add(1);
+                let ep = self.shard.upstreams.pick(c, tried)?;
                 Some((ep, None, true))
             }
         }
@@ -1177,13 +1114,17 @@ impl Conn<'_> {
         per_try: Option<Duration>,
         connect_timeout: Duration,
         method: Method,
-    ) -> Result<Exchange, Fail> {
-        let mut retries = 0u32;
-        let mut fresh_once = false;
+    ) -> Result<Exchange, Failure> {
+        let mut state = retry::State::default();
         let mut force_fresh = false;
+        // Endpoints of failed attempts: a retry goes elsewhere when it can
+        // (Envoy's previous_hosts predicate, on unless the policy turns it off).
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let avoid_tried = retry.is_none_or(|p| p.previous_hosts);
         loop {
-            let Some((ep, source, tracked)) = self.pick_endpoint(target) else {
-                return Err(Fail::NoEndpoint);
+            let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
+            let Some((ep, source, tracked)) = self.pick_endpoint(target, avoid) else {
+                return Err(Failure::NoEndpoint);
             };
             let key = (ep, source);
             self.log.upstream_host = Some(ep);
@@ -1194,71 +1135,53 @@ impl Conn<'_> {
                 self.take_pooled(key)
             };
             force_fresh = false;
-            let reused = pooled.is_some();
+            let attempt = Attempt {
+                reused: pooled.is_some(),
+                idempotent: method.is_idempotent(),
+                replayable: body.replayable(),
+            };
             let try_deadline = per_try.map(|d| Instant::now() + d);
             let r = until(
                 try_deadline,
                 self.try_once(up_head, body, key, tracked, pooled, connect_timeout, method),
             )
             .await
-            .unwrap_or(Err(Fail::PerTryTimeout));
-            let failure = match r {
-                Ok(x) => {
-                    let status = self.resp.status;
-                    let again = retry.filter(|p| {
-                        status >= 500
-                            && retries < p.num_retries
-                            && body.replayable()
-                            && p.retriable(AttemptFailure::Status(status))
-                    });
-                    let Some(p) = again else {
-                        if retry.is_some_and(|p| {
-                            p.num_retries > 0
-                                && retries == p.num_retries
-                                && status >= 500
-                                && p.retriable(AttemptFailure::Status(status))
-                        }) {
-                            self.log.flags.insert(ResponseFlags::URX);
-                        }
-                        return Ok(x);
-                    };
-                    // Drop the response (and its connection) and try again.
-                    if let Some(b) = x.upbuf {
-                        b.release();
-                    }
-                    retries += 1;
-                    CoreStats::inc(&self.shard.stats.rq_retry);
-                    glommio::timer::sleep(p.backoff(retries - 1, self.shard.l7.next_u64())).await;
-                    continue;
-                }
-                Err(f) => f,
+            .unwrap_or(Err(Failure::PerTryTimeout));
+            // Replayability may have changed while the body streamed.
+            let attempt = Attempt {
+                replayable: body.replayable(),
+                ..attempt
             };
-            // A pooled connection the server closed meanwhile (after the
-            // take's check): the request never reached it, so once more on a
-            // fresh connection (no budget used).
-            if reused
-                && !fresh_once
-                && body.replayable()
-                && matches!(failure, Fail::Reset { started: false })
-            {
-                fresh_once = true;
-                force_fresh = true;
-                continue;
-            }
-            let retriable = failure
-                .as_attempt()
-                .is_some_and(|a| retry.is_some_and(|p| p.retriable(a)));
-            match retry {
-                Some(p) if retriable && retries < p.num_retries && body.replayable() => {
-                    retries += 1;
+            let outcome = match &r {
+                Ok(_) => Outcome::Response(self.resp.status),
+                Err(f) => Outcome::Failed(*f),
+            };
+            match retry::decide(retry, state, attempt, outcome) {
+                Verdict::Deliver { exhausted } | Verdict::GiveUp { exhausted } => {
+                    if exhausted {
+                        self.log.flags.insert(ResponseFlags::URX);
+                    }
+                    return r;
+                }
+                Verdict::AgainFresh => {
+                    state.fresh_used = true;
+                    force_fresh = true;
+                }
+                Verdict::Retry => {
+                    state.retries += 1;
                     CoreStats::inc(&self.shard.stats.rq_retry);
-                    glommio::timer::sleep(p.backoff(retries - 1, self.shard.l7.next_u64())).await;
+                    tried.push(ep);
+                    let backoff = retry.map_or(Duration::ZERO, |p| {
+                        p.backoff(state.retries - 1, self.shard.next_u64())
+                    });
+                    // Drop the response (and its connection) first.
+                    if let Ok(x) = r {
+                        if let Some(b) = x.upbuf {
+                            b.release();
+                        }
+                    }
+                    glommio::timer::sleep(backoff).await;
                 }
-                Some(p) if retriable && p.num_retries > 0 && retries == p.num_retries => {
-                    self.log.flags.insert(ResponseFlags::URX);
-                    return Err(failure);
-                }
-                _ => return Err(failure),
             }
         }
     }
@@ -1266,12 +1189,12 @@ impl Conn<'_> {
     fn take_pooled(&self, key: pool::Key) -> Option<TcpStream> {
         let http = &self.snapshot.config.http;
         let mut dropped = Vec::new();
-        let s = self
-            .shard
-            .l7
-            .pool
-            .borrow_mut()
-            .take(key, http.pool_idle_timeout, &mut dropped);
+        let s =
+            self.shard
+                .upstreams
+                .pool
+                .borrow_mut()
+                .take(key, http.pool_idle_timeout, &mut dropped);
         drop(dropped);
         s
     }
@@ -1286,7 +1209,7 @@ impl Conn<'_> {
         pooled: Option<TcpStream>,
         connect_timeout: Duration,
         method: Method,
-    ) -> Result<Exchange, Fail> {
+    ) -> Result<Exchange, Failure> {
         let mut up = match pooled {
             Some(s) => {
                 CoreStats::inc(&self.shard.stats.upstream_cx_reused);
@@ -1299,7 +1222,7 @@ impl Conn<'_> {
             .await
             .is_err()
         {
-            return Err(Fail::Reset { started: false });
+            return Err(Failure::Reset { started: false });
         }
         let limits = Limits::default();
         let mut upbuf: Option<Buf> = None;
@@ -1308,13 +1231,13 @@ impl Conn<'_> {
             // answer early (413, 401) and stop reading, and its answer must not
             // wait behind an upload it will never take. Writes go through a
             // dup of the socket so the read side can be borrowed at the same time.
-            let mut up_w = dup_stream(&up).map_err(|_| Fail::Reset { started: false })?;
+            let mut up_w = dup_stream(&up).map_err(|_| Failure::Reset { started: false })?;
             let answered = future::or(
                 async { self.stream_rest(&mut up_w, body).await.map(|()| false) },
                 async {
                     match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
                         Ok(n) if n > 0 => Ok(true),
-                        _ => Err(Fail::Reset { started: false }),
+                        _ => Err(Failure::Reset { started: false }),
                     }
                 },
             )
@@ -1325,9 +1248,9 @@ impl Conn<'_> {
                 // The upstream stopped taking the body, or closed: it may have
                 // answered first (and reset because the body went unread).
                 // What it sent is still readable, so look before giving up.
-                Err(Fail::Reset { .. }) => {}
+                Err(Failure::Reset { .. }) => {}
                 Err(f) => {
-                    if f == Fail::TooLarge {
+                    if f == Failure::TooLarge {
                         // It must not take a truncated body for a whole one.
                         socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&up));
                     }
@@ -1365,7 +1288,7 @@ impl Conn<'_> {
                         if let Some(b) = upbuf {
                             b.release();
                         }
-                        return Err(Fail::BadResponse);
+                        return Err(Failure::BadResponse);
                     }
                 }
             }
@@ -1375,20 +1298,20 @@ impl Conn<'_> {
                     if let Some(b) = upbuf {
                         b.release();
                     }
-                    return Err(Fail::Reset { started });
+                    return Err(Failure::Reset { started });
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
                     if let Some(b) = upbuf {
                         b.release();
                     }
-                    return Err(Fail::BadResponse);
+                    return Err(Failure::BadResponse);
                 }
                 Err(_) => {
                     if let Some(b) = upbuf {
                         b.release();
                     }
-                    return Err(Fail::Reset { started });
+                    return Err(Failure::Reset { started });
                 }
             }
         }
@@ -1399,33 +1322,13 @@ impl Conn<'_> {
         key: pool::Key,
         tracked: bool,
         timeout: Duration,
-    ) -> Result<TcpStream, Fail> {
+    ) -> Result<TcpStream, Failure> {
         let (ep, source) = key;
-        let result = socket::connect(ep, source, timeout).await;
-        if tracked {
-            let mut eps = self.shard.endpoints.borrow_mut();
-            let e = eps.entry(ep).or_default();
-            match &result {
-                Ok(_) => e.cx_total += 1,
-                Err(_) => e.cx_connect_fail += 1,
-            }
-        }
-        let s = &self.shard.stats;
-        match result {
-            Ok(up) => {
-                CoreStats::inc(&s.upstream_cx_total);
-                Ok(up)
-            }
-            Err(e) => {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    CoreStats::inc(&s.upstream_cx_connect_timeout);
-                } else {
-                    CoreStats::inc(&s.upstream_cx_connect_fail);
-                }
-                debug!(endpoint = %ep, error = %e, "upstream connect failed");
-                Err(Fail::Connect)
-            }
-        }
+        self.shard
+            .upstreams
+            .connect(&self.shard.stats, ep, source, timeout, tracked)
+            .await
+            .map_err(|_| Failure::Connect)
     }
 
     /// Sends the response head and body to the client; returns the upstream
@@ -1563,7 +1466,7 @@ impl Conn<'_> {
         if reusable {
             let http = &self.snapshot.config.http;
             let mut dropped = Vec::new();
-            self.shard.l7.pool.borrow_mut().put(
+            self.shard.upstreams.pool.borrow_mut().put(
                 key,
                 up,
                 http.pool_max_idle_per_endpoint,
@@ -1664,6 +1567,74 @@ struct LocalReply {
     flags: ResponseFlags,
 }
 
+/// Whether anything reads a finished request's details (method, path,
+/// authority, request id, route and cluster names): the access log, or the
+/// debug line of [`log_request`]. When nothing does, the L7 path leaves those
+/// fields of its `RequestLog` empty instead of building strings per request.
+pub fn request_details_wanted(shard: &Shard) -> bool {
+    // Same module as the `debug!` below, so the same filter answers.
+    shard.access_log.is_some() || tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// The one sink for finished HTTP requests: per-core counters, the latency
+/// histogram and a debug line. (The access log plugs in here.)
+pub fn log_request(shard: &Shard, log: &RequestLog) {
+    let s = &shard.stats;
+    CoreStats::inc(&s.rq_total);
+    s.upstream_rq_total
+        .set(s.upstream_rq_total.get() + u64::from(log.attempts));
+    match log.status {
+        100..=199 => CoreStats::inc(&s.rq_1xx),
+        200..=299 => CoreStats::inc(&s.rq_2xx),
+        300..=399 => CoreStats::inc(&s.rq_3xx),
+        400..=499 => CoreStats::inc(&s.rq_4xx),
+        500..=599 => CoreStats::inc(&s.rq_5xx),
+        _ => {}
+    }
+    shard
+        .histograms
+        .borrow_mut()
+        .rq_time_us
+        .saturating_record((log.duration.as_micros() as u64).max(1));
+    for flag in log.flags.names() {
+        shard.count_flag(flag);
+    }
+    debug!(
+        method = %log.method,
+        path = %log.path,
+        status = log.status,
+        flags = %log.flags,
+        listener = %log.listener,
+        upstream = ?log.upstream_host,
+        attempts = log.attempts,
+        bytes_sent = log.bytes_sent,
+        duration_us = log.duration.as_micros() as u64,
+        request_id = log.request_id.as_deref().unwrap_or("-"),
+        "request"
+    );
+    if let Some(al) = &shard.access_log {
+        let flags = log.flags.to_string();
+        al.record(&access_log::Entry {
+            start_time: Some(log.start_time),
+            protocol: log.protocol,
+            method: Some(&log.method),
+            path: Some(&log.path),
+            response_code: log.status,
+            response_flags: &flags,
+            bytes_received: log.bytes_received,
+            bytes_sent: log.bytes_sent,
+            duration: log.duration,
+            upstream_host: log.upstream_host,
+            downstream_remote: log.downstream_remote_address,
+            downstream_local: log.downstream_local_address,
+            listener: &log.listener,
+            request_id: log.request_id.as_deref(),
+            authority: Some(&log.authority),
+            ..Default::default()
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1721,12 +1692,5 @@ mod tests {
                 done: true
             }
         );
-    }
-
-    #[test]
-    fn rng_is_not_constant() {
-        let s = CoreState::default();
-        let a: Vec<u64> = (0..4).map(|_| s.next_u64()).collect();
-        assert!(a.windows(2).all(|w| w[0] != w[1]));
     }
 }

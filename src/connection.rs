@@ -1,0 +1,419 @@
+//! One accepted connection, top to bottom: original destination → [`decide`]
+//! (pure) → protocol (tcp / http / detected) → L4 forwarding through the
+//! upstream layer, or the L7 path (`l7::serve`), or a refusal.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::access_log;
+use crate::config::{Config, Forwarding, Protocol};
+use crate::l4::{self, Ending};
+use crate::net::{self, socket};
+use crate::shard::{HostFacts, Origin, Shard};
+use crate::stats::CoreStats;
+use crate::upstream::ConnectError;
+
+/// Where a connection goes, decided before any I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward(Forward),
+    /// Close the connection; counted, never forwarded.
+    Refuse(Refusal),
+}
+
+/// The plan for one forwarded connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub target: Target,
+    /// Source address to bind before connecting (inbound passthrough).
+    pub source: Option<IpAddr>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub forwarding: Forwarding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The connection's original destination (or its local rewrite).
+    Addr(SocketAddr),
+    /// A configured cluster, by index: endpoints are tried round-robin.
+    Cluster(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The original destination is one of Remora's own listeners: the connection
+    /// was not redirected (someone dialled the port directly) or would loop.
+    SelfLoop(SocketAddr),
+    /// A capture port got a connection whose original destination is unknown.
+    NoOriginalDst,
+    /// The listener that accepted it is no longer in the config.
+    NoListener(SocketAddr),
+}
+
+/// The routing decision for one accepted connection: a pure function of the
+/// listener, the addresses and the config, so it is tested as a table.
+pub fn decide(
+    origin: Origin,
+    orig_dst: Option<SocketAddr>,
+    local: SocketAddr,
+    config: &Config,
+    host: HostFacts,
+) -> Decision {
+    let capture = match origin {
+        Origin::Listener(addr) => {
+            // A listener removed by a reload may still accept a last connection.
+            let Some(l) = config.listeners.iter().find(|l| l.address == addr) else {
+                return Decision::Refuse(Refusal::NoListener(addr));
+            };
+            return Decision::Forward(Forward {
+                target: Target::Cluster(l.cluster),
+                source: None,
+                connect_timeout: config.clusters[l.cluster].connect_timeout,
+                idle_timeout: l.idle_timeout,
+                forwarding: l.forwarding,
+            });
+        }
+        Origin::Outbound | Origin::Inbound => match &config.capture {
+            Some(c) => c,
+            None => return Decision::Refuse(Refusal::NoOriginalDst),
+        },
+    };
+    let Some(dst) = orig_dst else {
+        return Decision::Refuse(Refusal::NoOriginalDst);
+    };
+    let own_port = config.own_ports().contains(&dst.port());
+    let local_ip = dst.ip().is_loopback() || dst.ip().is_unspecified() || dst.ip() == local.ip();
+    // In REDIRECT mode an unredirected connection reports its own local address.
+    // In TPROXY mode the local address *is* the original destination, so only the
+    // port check applies.
+    if (!capture.transparent && dst == local) || (own_port && local_ip) {
+        return Decision::Refuse(Refusal::SelfLoop(dst));
+    }
+    let (target, source) = match origin {
+        Origin::Inbound => match dst {
+            SocketAddr::V4(_) => (dst, Some(IpAddr::V4(capture.inbound_source_v4))),
+            SocketAddr::V6(_) if host.v6_source_usable => {
+                (dst, Some(IpAddr::V6(capture.inbound_source_v6)))
+            }
+            // No ::6 on lo: reach the app on [::1], which Istio's rules let through.
+            SocketAddr::V6(_) => (
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), dst.port()),
+                None,
+            ),
+        },
+        // Outbound goes where it was headed (listeners returned above).
+        Origin::Outbound | Origin::Listener(_) => (dst, None),
+    };
+    Decision::Forward(Forward {
+        target: Target::Addr(target),
+        source,
+        connect_timeout: capture.connect_timeout,
+        idle_timeout: capture.idle_timeout,
+        forwarding: capture.forwarding,
+    })
+}
+
+/// One accepted connection, start to finish.
+pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
+    let started = Instant::now();
+    let snapshot = shard.config.current();
+    let config = &snapshot.config;
+    let fd = down.as_raw_fd();
+    let Ok(local) = down.local_addr() else { return };
+    let peer = down.peer_addr().ok();
+    // REDIRECTed connections (always the case for outbound, also in Istio's
+    // TPROXY mode) carry their original destination in conntrack. Without a NAT
+    // entry (a TPROXYed connection, or one that was not redirected at all) the
+    // kernel answers with the local address, or ENOENT when conntrack is not
+    // loaded: both mean "the local address is the destination".
+    let orig_dst = match origin {
+        Origin::Listener(_) => None,
+        _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
+    };
+    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+        if flags != "-" {
+            shard.count_flag(flags);
+        }
+        if let Some(l) = &shard.access_log {
+            l.record(&access_log::Entry {
+                start_time: Some(std::time::SystemTime::now() - started.elapsed()),
+                protocol: "TCP",
+                response_flags: flags,
+                bytes_received: rx,
+                bytes_sent: tx,
+                duration: started.elapsed(),
+                upstream_host: up,
+                downstream_remote: peer,
+                downstream_local: Some(local),
+                listener: origin.name(),
+                ..Default::default()
+            });
+        }
+    };
+    let plan = match decide(origin, orig_dst, local, config, shard.host) {
+        Decision::Forward(f) => f,
+        Decision::Refuse(Refusal::SelfLoop(dst)) => {
+            CoreStats::inc(&shard.stats.downstream_cx_loop_refused);
+            warn!(?peer, %local, %dst, "refusing connection: its destination is Remora itself (not redirected, or a loop)");
+            log("NR", None, 0, 0);
+            return;
+        }
+        Decision::Refuse(why) => {
+            CoreStats::inc(&shard.stats.downstream_cx_no_route);
+            debug!(?peer, %local, ?why, "refusing connection: no route");
+            log("NR", None, 0, 0);
+            return;
+        }
+    };
+    let protocol = match (origin, &config.capture, &plan.target) {
+        (Origin::Listener(addr), _, _) => config
+            .listeners
+            .iter()
+            .find(|l| l.address == addr)
+            .map_or(Protocol::Tcp, |l| l.protocol),
+        (_, Some(c), Target::Addr(dst)) => c.protocol_for(orig_dst.unwrap_or(*dst).port()),
+        _ => Protocol::Tcp,
+    };
+    let detect_timeout = config
+        .capture
+        .as_ref()
+        .map_or(Duration::from_millis(100), |c| c.detect_timeout);
+    // Detection peeks through the ring, which waits only on a blocking-mode
+    // socket; so it runs before the switch to O_NONBLOCK.
+    let http = match protocol {
+        Protocol::Http => true,
+        Protocol::Tcp => false,
+        Protocol::Auto => crate::l7::detect(&down, detect_timeout).await,
+    };
+    if let Err(e) = socket::set_nonblocking(fd) {
+        warn!(error = %e, "cannot make downstream socket non-blocking");
+        return;
+    }
+    let _ = down.set_nodelay(true);
+    if http {
+        let fallback = match &plan.target {
+            Target::Addr(dst) => crate::l7::Fallback::Passthrough {
+                dst: *dst,
+                source: plan.source,
+                connect_timeout: plan.connect_timeout,
+            },
+            Target::Cluster(_) => crate::l7::Fallback::NotFound,
+        };
+        let listener: Rc<str> = match origin {
+            Origin::Outbound => "outbound".into(),
+            Origin::Inbound => "inbound".into(),
+            Origin::Listener(addr) => config
+                .listeners
+                .iter()
+                .find(|l| l.address == addr)
+                .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
+        };
+        let ctx = crate::l7::Context {
+            listener,
+            peer,
+            local: Some(local),
+            fallback,
+            forwarding: plan.forwarding,
+            tunnel_idle_timeout: plan.idle_timeout,
+        };
+        // Boxed: the L7 state machine is large, and inlined it would make every
+        // connection's task (L4 ones too) that large.
+        Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
+        let micros = started.elapsed().as_micros() as u64;
+        shard
+            .histograms
+            .borrow_mut()
+            .downstream_cx_length_us
+            .saturating_record(micros.max(1));
+        return;
+    }
+    let mut down = down;
+    let (mut up, endpoint) = match connect(shard, &snapshot.config, &plan).await {
+        Ok(up) => up,
+        Err(_) => {
+            // Tell the client the way a closed port would: a reset.
+            socket::set_linger_zero(fd);
+            log("UF", None, 0, 0);
+            return;
+        }
+    };
+    let upstream_addr = up.peer_addr().ok();
+    let report = l4::forward(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
+    let s = &shard.stats;
+    s.bytes_upstream
+        .set(s.bytes_upstream.get() + report.bytes_up);
+    s.bytes_downstream
+        .set(s.bytes_downstream.get() + report.bytes_down);
+    match report.ending {
+        Ending::Closed => {}
+        Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
+        Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
+    }
+    if let Some(ep) = endpoint {
+        shard.upstreams.released(ep);
+    }
+    let micros = started.elapsed().as_micros() as u64;
+    shard
+        .histograms
+        .borrow_mut()
+        .downstream_cx_length_us
+        .saturating_record(micros.max(1));
+    let flags = match report.ending {
+        Ending::Closed => "-",
+        Ending::Reset(l4::Side::Downstream) => "DC",
+        Ending::Reset(l4::Side::Upstream) => "UC",
+        Ending::IdleTimeout => "SI",
+    };
+    log(flags, upstream_addr, report.bytes_up, report.bytes_down);
+    debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+}
+
+/// Connects to the plan's target: the address itself, or an endpoint of the
+/// cluster through the upstream layer (each tried once until one answers).
+/// `config` must be the snapshot `plan` was decided from: a cluster index
+/// means nothing in another version. Returns the cluster endpoint, if any,
+/// for [`crate::upstream::Upstreams::released`].
+async fn connect(
+    shard: &Shard,
+    config: &Config,
+    plan: &Forward,
+) -> Result<(TcpStream, Option<SocketAddr>), ConnectError> {
+    match &plan.target {
+        Target::Addr(a) => shard
+            .upstreams
+            .connect(&shard.stats, *a, plan.source, plan.connect_timeout, false)
+            .await
+            .map(|s| (s, None)),
+        Target::Cluster(i) => {
+            let cluster = config
+                .clusters
+                .get(*i)
+                .ok_or_else(|| ConnectError::NoEndpoint(format!("#{i}").into()))?;
+            shard
+                .upstreams
+                .connect_cluster(&shard.stats, cluster, plan.connect_timeout)
+                .await
+                .map(|(s, ep)| (s, Some(ep)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml(extra, None).unwrap()
+    }
+
+    const FACTS: HostFacts = HostFacts {
+        v6_source_usable: true,
+    };
+
+    fn fwd(d: Decision) -> Forward {
+        match d {
+            Decision::Forward(f) => f,
+            other => panic!("expected forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let c = cfg("");
+        let l15001: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let l15006: SocketAddr = "10.0.0.5:15006".parse().unwrap();
+        let app: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.9:80".parse().unwrap();
+
+        // Outbound: to the original destination, no source binding.
+        let f = fwd(decide(Origin::Outbound, Some(remote), l15001, &c, FACTS));
+        assert_eq!((f.target, f.source), (Target::Addr(remote), None));
+
+        // Inbound: to the app, from 127.0.0.6.
+        let f = fwd(decide(Origin::Inbound, Some(app), l15006, &c, FACTS));
+        assert_eq!(f.target, Target::Addr(app));
+        assert_eq!(f.source, Some("127.0.0.6".parse().unwrap()));
+
+        // Inbound IPv6 with and without ::6.
+        let app6: SocketAddr = "[fd00::5]:8080".parse().unwrap();
+        let l6: SocketAddr = "[fd00::5]:15006".parse().unwrap();
+        let f = fwd(decide(Origin::Inbound, Some(app6), l6, &c, FACTS));
+        assert_eq!(f.source, Some("::6".parse().unwrap()));
+        let f = fwd(decide(
+            Origin::Inbound,
+            Some(app6),
+            l6,
+            &c,
+            HostFacts {
+                v6_source_usable: false,
+            },
+        ));
+        assert_eq!(
+            (f.target, f.source),
+            (Target::Addr("[::1]:8080".parse().unwrap()), None)
+        );
+
+        // Not redirected: SO_ORIGINAL_DST echoes the local address.
+        assert_eq!(
+            decide(Origin::Outbound, Some(l15001), l15001, &c, FACTS),
+            Decision::Refuse(Refusal::SelfLoop(l15001))
+        );
+        // Redirected to one of our own ports on a local address: a loop.
+        let own: SocketAddr = "127.0.0.1:15006".parse().unwrap();
+        assert_eq!(
+            decide(Origin::Outbound, Some(own), l15001, &c, FACTS),
+            Decision::Refuse(Refusal::SelfLoop(own))
+        );
+        // Our port number on a *remote* host is fine.
+        let remote15006: SocketAddr = "10.0.0.9:15006".parse().unwrap();
+        fwd(decide(
+            Origin::Outbound,
+            Some(remote15006),
+            l15001,
+            &c,
+            FACTS,
+        ));
+        // No original destination at all.
+        assert_eq!(
+            decide(Origin::Outbound, None, l15001, &c, FACTS),
+            Decision::Refuse(Refusal::NoOriginalDst)
+        );
+    }
+
+    #[test]
+    fn tproxy_uses_local_address_as_destination() {
+        let c = cfg("[capture]\ntransparent = true\n");
+        let app: SocketAddr = "10.0.0.9:80".parse().unwrap();
+        let f = fwd(decide(Origin::Outbound, Some(app), app, &c, FACTS));
+        assert_eq!(f.target, Target::Addr(app));
+        let direct: SocketAddr = "10.0.0.5:15001".parse().unwrap();
+        assert!(matches!(
+            decide(Origin::Outbound, Some(direct), direct, &c, FACTS),
+            Decision::Refuse(Refusal::SelfLoop(_))
+        ));
+    }
+
+    #[test]
+    fn explicit_listener_goes_to_its_cluster() {
+        let c = cfg(
+            "[capture]\nenabled = false\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:9\"]\nconnect_timeout = \"1s\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:7000\"\ncluster = \"b\"\nforwarding = \"splice\"\n",
+        );
+        let f = fwd(decide(
+            Origin::Listener("127.0.0.1:7000".parse().unwrap()),
+            None,
+            "127.0.0.1:7000".parse().unwrap(),
+            &c,
+            FACTS,
+        ));
+        assert_eq!(f.target, Target::Cluster(0));
+        assert_eq!(f.forwarding, Forwarding::Splice);
+        assert_eq!(f.connect_timeout, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,265 @@
+//! After an upstream attempt: deliver what came back, try once more on a fresh
+//! connection, retry under the route's policy, or give up. A pure function of
+//! the policy, the request's facts and the attempt's outcome, shared by every
+//! HTTP version, tested as a table.
+//!
+//! The rules, in order:
+//! 1. A reused keep-alive connection that failed before any response byte
+//!    (closed by the server while the request was on its way) gets the
+//!    request once more on a fresh connection, outside the retry budget, as
+//!    nginx and Envoy do; but only for idempotent methods with a replayable
+//!    body: the server may have read a POST before closing (RFC 9112 §9.3.1:
+//!    "A proxy MUST NOT automatically retry non-idempotent requests").
+//! 2. The route's retry policy (`retry_on`, `num_retries`) retries what it
+//!    lists, while the budget lasts and the body can be replayed. A
+//!    non-idempotent request is retried only where it cannot have reached the
+//!    upstream (connect failure), unless the policy sets
+//!    `retry_non_idempotent`.
+//! 3. Running out of budget on a condition the policy lists is Envoy's `URX`.
+
+use crate::http::route::{AttemptFailure, RetryPolicy};
+
+/// Which side an error came from (pingora's `ErrorSource`): decides the
+/// response flag and whether the upstream is blamed (outlier detection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The upstream connection could not be made: nothing was sent.
+    Connect,
+    /// The cluster has no endpoint to try.
+    NoEndpoint,
+    /// The upstream closed or reset; `started`: some response bytes had arrived.
+    Reset {
+        started: bool,
+    },
+    PerTryTimeout,
+    /// The upstream's response could not be parsed.
+    BadResponse,
+    /// The client went away or stalled while its body streamed.
+    Downstream,
+    /// The client's body framing was malformed.
+    BadRequestBody,
+    /// The request body grew past max_request_body_bytes.
+    TooLarge,
+}
+
+impl Failure {
+    pub fn side(self) -> Side {
+        match self {
+            Failure::Connect
+            | Failure::Reset { .. }
+            | Failure::PerTryTimeout
+            | Failure::BadResponse => Side::Upstream,
+            Failure::Downstream | Failure::BadRequestBody | Failure::TooLarge => Side::Downstream,
+            Failure::NoEndpoint => Side::Internal,
+        }
+    }
+
+    /// The retry condition this failure falls under, if any.
+    fn as_attempt(self) -> Option<AttemptFailure> {
+        match self {
+            Failure::Connect => Some(AttemptFailure::ConnectFailure),
+            Failure::Reset { .. } => Some(AttemptFailure::Reset),
+            Failure::PerTryTimeout => Some(AttemptFailure::PerTryTimeout),
+            _ => None,
+        }
+    }
+
+    /// Whether the upstream may have seen the request: everything but a
+    /// failed connect (and failures before any attempt).
+    fn may_have_reached_upstream(self) -> bool {
+        !matches!(self, Failure::Connect | Failure::NoEndpoint)
+    }
+}
+
+/// What an attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A final response head with this status.
+    Response(u16),
+    Failed(Failure),
+}
+
+/// The facts about the request and the attempt that the decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt used a pooled keep-alive connection.
+    pub reused: bool,
+    /// RFC 9110 §9.2.2 idempotent method.
+    pub idempotent: bool,
+    /// The whole body is buffered and can be sent again.
+    pub replayable: bool,
+}
+
+/// Where the request stands across attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// Retries under the policy so far.
+    pub retries: u32,
+    /// The once-more-on-a-fresh-connection resend was used.
+    pub fresh_used: bool,
+}
+
+/// The decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass this response on; `exhausted`: the policy wanted another retry
+    /// but the budget is spent (URX).
+    Deliver { exhausted: bool },
+    /// Send the same request again on a fresh connection (no budget used).
+    AgainFresh,
+    /// Retry under the policy (after its backoff).
+    Retry,
+    /// Answer locally for this failure; `exhausted` as for `Deliver`.
+    GiveUp { exhausted: bool },
+}
+
+/// Decides what follows an attempt (see the module doc for the rules).
+pub fn decide(
+    policy: Option<&RetryPolicy>,
+    state: State,
+    attempt: Attempt,
+    outcome: Outcome,
+) -> Verdict {
+    let (condition, reached) = match outcome {
+        Outcome::Response(status) => (Some(AttemptFailure::Status(status)), true),
+        Outcome::Failed(f) => {
+            if attempt.reused
+                && !state.fresh_used
+                && attempt.replayable
+                && attempt.idempotent
+                && f == (Failure::Reset { started: false })
+            {
+                return Verdict::AgainFresh;
+            }
+            (f.as_attempt(), f.may_have_reached_upstream())
+        }
+    };
+    let listed = match (policy, condition) {
+        (Some(p), Some(c)) => p.retriable(c),
+        _ => false,
+    };
+    let give = |exhausted| match outcome {
+        Outcome::Response(_) => Verdict::Deliver { exhausted },
+        Outcome::Failed(_) => Verdict::GiveUp { exhausted },
+    };
+    let Some(p) = policy.filter(|_| listed) else {
+        return give(false);
+    };
+    let safe = attempt.idempotent || !reached || p.retry_non_idempotent;
+    if !attempt.replayable || !safe {
+        return give(false);
+    }
+    if state.retries < p.num_retries {
+        Verdict::Retry
+    } else {
+        give(p.num_retries > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::route::RetryOn;
+    use std::time::Duration;
+
+    fn policy(non_idempotent: bool) -> RetryPolicy {
+        RetryPolicy {
+            retry_on: RetryOn {
+                gateway_error: true,
+                connect_failure: true,
+                reset: true,
+                ..RetryOn::default()
+            },
+            num_retries: 2,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            retriable_status_codes: Vec::new(),
+            previous_hosts: true,
+            retry_non_idempotent: non_idempotent,
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        use Failure::*;
+        use Outcome::*;
+        use Verdict::*;
+        let get = Attempt {
+            reused: false,
+            idempotent: true,
+            replayable: true,
+        };
+        let post = Attempt {
+            idempotent: false,
+            ..get
+        };
+        let reused = |a: Attempt| Attempt { reused: true, ..a };
+        let streamed = |a: Attempt| Attempt {
+            replayable: false,
+            ..a
+        };
+        let fresh = State::default();
+        let used = State {
+            retries: 0,
+            fresh_used: true,
+        };
+        let spent = State {
+            retries: 2,
+            fresh_used: false,
+        };
+        let p = policy(false);
+        let pn = policy(true);
+        let none: Option<&RetryPolicy> = None;
+        let closed = Failed(Reset { started: false });
+        #[rustfmt::skip]
+        let cases: &[(Option<&RetryPolicy>, State, Attempt, Outcome, Verdict)] = &[
+            // A pooled connection closed under the request: once more, fresh,
+            // without a policy, for idempotent replayable requests only.
+            (none, fresh, reused(get), closed, AgainFresh),
+            (none, used, reused(get), closed, GiveUp { exhausted: false }),
+            (none, fresh, reused(post), closed, GiveUp { exhausted: false }),
+            (none, fresh, streamed(reused(get)), closed, GiveUp { exhausted: false }),
+            (none, fresh, get, closed, GiveUp { exhausted: false }),
+            (none, fresh, reused(get), Failed(Reset { started: true }), GiveUp { exhausted: false }),
+            // Responses: delivered unless the policy lists them.
+            (none, fresh, get, Response(503), Deliver { exhausted: false }),
+            (Some(&p), fresh, get, Response(503), Retry),
+            (Some(&p), fresh, get, Response(500), Deliver { exhausted: false }),
+            (Some(&p), spent, get, Response(503), Deliver { exhausted: true }),
+            (Some(&p), fresh, streamed(get), Response(503), Deliver { exhausted: false }),
+            // RFC 9112 §9.3.1: POST that reached the upstream is not retried...
+            (Some(&p), fresh, post, Response(503), Deliver { exhausted: false }),
+            (Some(&p), fresh, post, Failed(Reset { started: false }), GiveUp { exhausted: false }),
+            (Some(&p), fresh, post, Failed(PerTryTimeout), GiveUp { exhausted: false }),
+            // ... unless it cannot have (connect failure) or the route asks.
+            (Some(&p), fresh, post, Failed(Connect), Retry),
+            (Some(&pn), fresh, post, Response(503), Retry),
+            (Some(&pn), fresh, post, Failed(Reset { started: true }), Retry),
+            // Failures the policy does not list, or that are not retriable.
+            (Some(&p), fresh, get, Failed(BadResponse), GiveUp { exhausted: false }),
+            (Some(&p), fresh, get, Failed(Downstream), GiveUp { exhausted: false }),
+            (Some(&p), fresh, get, Failed(NoEndpoint), GiveUp { exhausted: false }),
+            (Some(&p), spent, get, Failed(Connect), GiveUp { exhausted: true }),
+            (Some(&p), fresh, get, Failed(PerTryTimeout), Retry),
+        ];
+        for (i, (pol, st, a, o, want)) in cases.iter().enumerate() {
+            assert_eq!(decide(*pol, *st, *a, *o), *want, "case {i}: {a:?} {o:?}");
+        }
+    }
+
+    #[test]
+    fn sides() {
+        assert_eq!(Failure::Connect.side(), Side::Upstream);
+        assert_eq!(Failure::TooLarge.side(), Side::Downstream);
+        assert_eq!(Failure::NoEndpoint.side(), Side::Internal);
+    }
+}

@@ -1,0 +1,197 @@
+//! A core's listeners: which addresses a config asks for, binding them on the
+//! core that accepts, the accept loop, and reconciling them after a reload.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::sync::Semaphore;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::net::socket;
+use crate::shard::{Active, BoundListener, ListenKey, Origin, Shard};
+use crate::stats::CoreStats;
+
+/// Addresses a config asks the shards to listen on.
+pub fn listen_keys(config: &Config) -> Vec<ListenKey> {
+    let mut v = Vec::new();
+    if let Some(c) = &config.capture {
+        for (origin, port) in [
+            (Origin::Outbound, c.outbound_port),
+            (Origin::Inbound, c.inbound_port),
+        ] {
+            if c.ipv4 {
+                v.push(ListenKey {
+                    origin,
+                    addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    transparent: c.transparent,
+                });
+            }
+            if c.ipv6 {
+                v.push(ListenKey {
+                    origin,
+                    addr: SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                    transparent: c.transparent,
+                });
+            }
+        }
+    }
+    for l in &config.listeners {
+        v.push(ListenKey {
+            origin: Origin::Listener(l.address),
+            addr: l.address,
+            transparent: false,
+        });
+    }
+    v
+}
+
+/// Binds one listener. Called on the executor thread that will accept on it.
+pub fn bind(key: &ListenKey) -> io::Result<BoundListener> {
+    let (listener, fd) = socket::listen(key.addr, key.transparent)?;
+    Ok(BoundListener {
+        key: key.clone(),
+        listener,
+        fd,
+    })
+}
+
+/// Binds every listener a config asks for.
+pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::Error)> {
+    listen_keys(config)
+        .iter()
+        .map(|k| bind(k).map_err(|e| (k.addr, e)))
+        .collect()
+}
+
+/// Starts an accept loop for `l`; it runs until its stop switch is closed.
+pub fn start(shard: &Rc<Shard>, l: BoundListener) {
+    let stop = Rc::new(Semaphore::new(0));
+    shard.listeners.borrow_mut().push(Active {
+        key: l.key.clone(),
+        stop: stop.clone(),
+        fd: l.fd,
+    });
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        future::or(accept_loop(s, l), async move {
+            let _ = stop.acquire(1).await;
+        })
+        .await
+    })
+    .detach();
+}
+
+/// Closes this core's listeners that `keep` rejects.
+pub fn close(shard: &Shard, keep: impl Fn(&ListenKey) -> bool) {
+    shard.listeners.borrow_mut().retain(|a| {
+        if keep(&a.key) {
+            true
+        } else {
+            // Closing the fd is not enough: the in-flight ring ACCEPT holds a
+            // reference and the kernel would keep completing handshakes.
+            // shutdown() on a listening socket stops listening at once, before
+            // this returns. SAFETY: the accept loop still owns the listener.
+            unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
+            a.stop.close();
+            info!(core = shard.id, addr = %a.key.addr, origin = ?a.key.origin, "listener closed");
+            false
+        }
+    });
+}
+
+/// Makes this core's listeners match the current snapshot. New addresses are
+/// bound, removed ones closed; connections already accepted carry on. Per-core
+/// upstream state for clusters that are gone is dropped.
+pub fn reconcile(shard: &Rc<Shard>) {
+    if shard.draining.get() {
+        return;
+    }
+    let snapshot = shard.config.current();
+    shard.upstreams.prune(&snapshot.config);
+    let want = listen_keys(&snapshot.config);
+    close(shard, |k| want.contains(k));
+    let have: Vec<ListenKey> = shard
+        .listeners
+        .borrow()
+        .iter()
+        .map(|a| a.key.clone())
+        .collect();
+    for key in want.iter().filter(|k| !have.contains(k)) {
+        match bind(key) {
+            Ok(l) => {
+                info!(core = shard.id, addr = %key.addr, origin = ?key.origin, "listener opened");
+                start(shard, l);
+            }
+            // The reload path test-binds new addresses before publishing, so
+            // this is a race with another process taking the port.
+            Err(e) => {
+                error!(core = shard.id, addr = %key.addr, error = %e, "cannot open listener")
+            }
+        }
+    }
+}
+
+/// Accepts forever. Resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) is
+/// counted and backed off from, so the loop neither spins nor dies.
+async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
+    let mut backoff = Duration::ZERO;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        match l.listener.accept().await {
+            Ok(stream) => {
+                backoff = Duration::ZERO;
+                CoreStats::inc(&shard.stats.downstream_cx_total);
+                let limit = shard
+                    .config
+                    .current()
+                    .config
+                    .runtime
+                    .max_connections_per_core;
+                if shard.stats.downstream_cx_active.get() as usize >= limit {
+                    CoreStats::inc(&shard.stats.downstream_cx_overflow);
+                    debug!(
+                        core = shard.id,
+                        limit, "connection limit reached; closing new connection"
+                    );
+                    continue;
+                }
+                CoreStats::inc(&shard.stats.downstream_cx_active);
+                let shard = shard.clone();
+                let (origin, ipv6) = (l.key.origin, l.key.addr.is_ipv6());
+                glommio::spawn_local(async move {
+                    crate::connection::serve(&shard, stream, origin, ipv6).await;
+                    CoreStats::dec(&shard.stats.downstream_cx_active);
+                })
+                .detach();
+            }
+            Err(e) => {
+                let e: io::Error = e.into();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    // The listener was shut down (drain, or a reload removed
+                    // it) and its stop switch is closing this loop: not an
+                    // error, and nothing more will be accepted here.
+                    future::pending::<()>().await;
+                }
+                CoreStats::inc(&shard.stats.accept_errors);
+                let exhausted = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                backoff = if exhausted {
+                    (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1))
+                } else {
+                    Duration::from_millis(1)
+                };
+                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    warn!(core = shard.id, error = %e, ?backoff, "accept failed; backing off");
+                    last_warn = Some(Instant::now());
+                }
+                glommio::timer::sleep(backoff).await;
+            }
+        }
+    }
+}
