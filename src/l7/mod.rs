@@ -6,22 +6,23 @@
 //!  read head ──(idle_timeout: close quietly; request_headers_timeout: 408)
 //!     │ head::parse_request_into (strict)      ── bad ──► 400/431/501, close (DPE)
 //!     ▼
-//!  route: RouteTable::match_request
+//!  plan::plan (pure; route match on version-neutral RequestParts)
 //!     ├─ redirect / direct_response ─────────────────────► local reply
 //!     ├─ no match: capture → passthrough to the original destination
 //!     │            listener → 404 (NR)
-//!     ▼ forward: ClusterChoice::pick (per-core RNG), rewrite::write_request
+//!     ▼ forward: Plan (cluster, timeout, retry, body limit), rewrite::write_request
 //!  body limit (route, virtual host, [http]): Content-Length over it ──► 413 (RTL)
 //!  request body: Expect: 100-continue answered locally (Expect stripped), then
 //!     buffered up to retry_buffer_limit (replayable) ── larger: streamed (an
 //!     early upstream answer stops it), no retry after sending
 //!     decoded bytes past the limit ──► 413 (RTL); if streaming, upstream reset
 //!     ▼
-//!  attempt ◄──────────────── retry (RetryPolicy, jittered backoff) ───────┐
-//!     │ endpoint (round robin) ─ pooled connection (checked) or connect   │
+//!  attempt ◄──────── retry::decide (RetryPolicy, jittered backoff) ───────┐
+//!     │ upstream: endpoint pick ─ pooled connection (checked) or connect   │
 //!     │   connect fails ──► UF                                              │
 //!     │ write head + body ─ read response head (per_try_timeout: UT)       │
-//!     │   reused connection died before any response byte: once more fresh┤
+//!     │   reused conn. died before any response byte: once more fresh     ┤
+//!     │     (idempotent methods only, RFC 9112 §9.3.1)                      │
 //!     │   5xx / reset / connect failure per retry_on ──────────────────────┘
 //!     ▼  route timeout over all attempts ──► 504 (UT)
 //!  response: 101 / CONNECT 2xx ──► l4::forward byte tunnel
@@ -53,6 +54,7 @@
 
 mod buf;
 pub mod detect;
+pub mod plan;
 pub mod retry;
 
 use std::borrow::Cow;
@@ -82,13 +84,15 @@ use crate::http::rewrite::{
     write_local_response, write_request, write_response, HeaderOps, RequestRewrite,
     ResponseRewrite, Written, CONTINUE_100,
 };
-use crate::http::route::{RetryPolicy, RouteAction};
+use crate::http::route::RetryPolicy;
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
 use crate::upstream::pool;
 use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
+pub use plan::Fallback;
+use plan::Target;
 use retry::{Attempt, Failure, Outcome, Verdict};
 
 /// Largest buffer a head (request or response) may need: the parser's head
@@ -250,19 +254,6 @@ impl RequestLog {
     }
 }
 
-/// What a request no route matches gets.
-#[derive(Debug, Clone, Copy)]
-pub enum Fallback {
-    /// Capture: forward to the connection's original destination.
-    Passthrough {
-        dst: SocketAddr,
-        source: Option<IpAddr>,
-        connect_timeout: Duration,
-    },
-    /// Explicit listener: 404.
-    NotFound,
-}
-
 /// What `shard::serve` knows about the connection.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -336,13 +327,6 @@ enum HeadRead {
     Timeout,
     TooLarge,
     Bad(HeadError),
-}
-
-/// Where one forwarded request may go.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Cluster(usize),
-    Addr(SocketAddr, Option<IpAddr>),
 }
 
 /// A request body on its way upstream.
@@ -667,8 +651,6 @@ impl Conn<'_> {
         let snap = self.snapshot.clone();
         let http = &snap.config.http;
 
-        // Route and build the upstream head while the head's bytes are at hand.
-        let table = &snap.config.routes.table;
         let Some(inbuf) = self.inbuf.as_ref() else {
             return Next::Close;
         };
@@ -689,127 +671,59 @@ impl Conn<'_> {
         let wants_upgrade = self.head.upgrade.is_some() || view.is_connect();
         let expect_continue = self.head.expect_continue;
 
-        let matched = table.match_request(&view);
+        let planned = plan::plan(
+            &snap.config,
+            &view,
+            self.ctx.fallback,
+            self.shard.next_u64() as u32,
+            "http",
+        );
         let mut response_ops: Option<Cow<'_, HeaderOps>> = None;
         let mut up_head = Vec::new();
-        let plan: Result<Plan<'_>, LocalReply> = match (matched, self.ctx.fallback) {
-            (Some(m), _) => {
-                if details {
-                    self.log.route_name = Some(m.route.name.to_string());
+        if let Ok(p) = &planned {
+            // The upstream head is written while the client's head is at hand.
+            let mut path_scratch = Vec::new();
+            let (path, host, ops) = match p.route {
+                Some((m, f)) => {
+                    response_ops =
+                        merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
+                    (
+                        m.route.rewritten_path(&view, &mut path_scratch),
+                        f.host_rewrite.as_deref(),
+                        merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
+                    )
                 }
-                match &m.route.action {
-                    RouteAction::DirectResponse { status, body } => Err(LocalReply {
-                        status: *status,
-                        body: String::from_utf8_lossy(body).into_owned(),
-                        location: None,
-                        flags: ResponseFlags::default(),
-                    }),
-                    RouteAction::Redirect(r) => {
-                        let mut loc = Vec::new();
-                        m.route.redirect_location(&view, "http", &mut loc);
-                        Err(LocalReply {
-                            status: r.status,
-                            body: String::new(),
-                            location: Some(loc),
-                            flags: ResponseFlags::default(),
-                        })
-                    }
-                    RouteAction::Forward(f) => {
-                        let cref = f.clusters.pick(self.shard.next_u64() as u32);
-                        if details {
-                            self.log.upstream_cluster = Some(cref.name.to_string());
-                        }
-                        let connect_timeout = snap
-                            .config
-                            .clusters
-                            .get(cref.index)
-                            .map_or(Duration::from_secs(10), |c| c.connect_timeout);
-                        let mut path_scratch = Vec::new();
-                        let path = m.route.rewritten_path(&view, &mut path_scratch);
-                        let ops = strip_expect(
-                            merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
-                            expect_continue,
-                        );
-                        response_ops =
-                            merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
-                        let written = write_request(
-                            &view,
-                            &RequestRewrite {
-                                path,
-                                host: f.host_rewrite.as_deref(),
-                                client_addr: self.ctx.peer.map(|p| p.ip()),
-                                forwarded_proto: Some("http"),
-                                request_id: Some(&self.shard.request_ids),
-                                ops: ops.as_deref(),
-                                framing,
-                                upgrade: self.head.upgrade.is_some(),
-                            },
-                            &mut up_head,
-                        );
-                        if details {
-                            self.log.request_id = logged_request_id(&written, &view);
-                        }
-                        Ok(Plan {
-                            target: Target::Cluster(cref.index),
-                            timeout: f.timeout,
-                            retry: f.retry.as_ref(),
-                            connect_timeout,
-                            max_body: f
-                                .max_request_body_bytes
-                                .or(m.virtual_host.max_request_body_bytes)
-                                .unwrap_or(http.max_request_body_bytes),
-                        })
-                    }
-                }
-            }
-            (
-                None,
-                Fallback::Passthrough {
-                    dst,
-                    source,
-                    connect_timeout,
+                None => (None, None, None),
+            };
+            let written = write_request(
+                &view,
+                &RequestRewrite {
+                    path,
+                    host,
+                    client_addr: self.ctx.peer.map(|p| p.ip()),
+                    forwarded_proto: Some("http"),
+                    request_id: Some(&self.shard.request_ids),
+                    ops: strip_expect(ops, expect_continue).as_deref(),
+                    framing,
+                    upgrade: self.head.upgrade.is_some(),
                 },
-            ) => {
-                let written = write_request(
-                    &view,
-                    &RequestRewrite {
-                        path: None,
-                        host: None,
-                        client_addr: self.ctx.peer.map(|p| p.ip()),
-                        forwarded_proto: Some("http"),
-                        request_id: Some(&self.shard.request_ids),
-                        ops: strip_expect(None, expect_continue).as_deref(),
-                        framing,
-                        upgrade: self.head.upgrade.is_some(),
-                    },
-                    &mut up_head,
-                );
-                if details {
-                    self.log.request_id = logged_request_id(&written, &view);
-                    self.log.upstream_cluster = Some("PassthroughCluster".into());
-                }
-                // Istio's passthrough has no route timeout.
-                Ok(Plan {
-                    target: Target::Addr(dst, source),
-                    timeout: None,
-                    retry: None,
-                    connect_timeout,
-                    max_body: http.max_request_body_bytes,
-                })
+                &mut up_head,
+            );
+            if details {
+                self.log.request_id = logged_request_id(&written, &view);
+                self.log.upstream_cluster = Some(p.cluster_name.to_string());
+                self.log.route_name = p.route.map(|(m, _)| m.route.name.to_string());
             }
-            (None, Fallback::NotFound) => Err(LocalReply {
-                status: 404,
-                body: "no route".into(),
-                location: None,
-                flags: ResponseFlags::NR,
-            }),
-        };
+        }
         if let Some(b) = self.inbuf.as_mut() {
             b.consume(len);
         }
-        let plan = match plan {
+        let plan = match planned {
             Ok(p) => p,
             Err(reply) => {
+                if details {
+                    self.log.route_name = reply.route_name;
+                }
                 self.log.flags.insert(reply.flags);
                 // The body (if any) was not read: the connection cannot be reused.
                 let keep = keep_alive && framing == BodyFraming::None;
@@ -870,7 +784,7 @@ impl Conn<'_> {
             }
         }
 
-        let Plan {
+        let plan::Plan {
             target,
             timeout,
             retry,
@@ -1546,25 +1460,6 @@ fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
         return Err(io::Error::last_os_error());
     }
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
-}
-
-/// Where a forwarded request goes and under which limits.
-struct Plan<'t> {
-    target: Target,
-    /// Route timeout over all attempts; None: none.
-    timeout: Option<Duration>,
-    retry: Option<&'t RetryPolicy>,
-    connect_timeout: Duration,
-    /// max_request_body_bytes in force (route, virtual host or [http]); 0 = none.
-    max_body: u64,
-}
-
-/// A reply the proxy makes itself instead of forwarding.
-struct LocalReply {
-    status: u16,
-    body: String,
-    location: Option<Vec<u8>>,
-    flags: ResponseFlags,
 }
 
 /// Whether anything reads a finished request's details (method, path,
