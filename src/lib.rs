@@ -12,6 +12,7 @@
 //!                                                   │     └─ l4::forward: copy or splice, both ways
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
 //!                                                   │      per-core upstream pool ─ retries ─ log_request
+//!                                                   │      (route policies: fault, rate limit, mirror in policy)
 //!                                                   └─ Refuse: self-loop / no destination
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop
@@ -34,6 +35,7 @@ pub mod l4;
 pub mod l7;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod reload;
 pub mod runtime;
 pub mod shard;
