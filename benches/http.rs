@@ -165,9 +165,12 @@ fn forward_route(name: String, path: PathMatch) -> Route {
             timeout: None,
             retry: None,
             max_request_body_bytes: None,
+            fault: None,
+            mirror: None,
         }),
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
+        rate_limit: None,
     }
 }
 

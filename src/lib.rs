@@ -13,6 +13,7 @@
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
 //!                                                   │      attempts: upstream (pick, pool, connect)
 //!                                                   │      ─ l7::retry::decide ─ l7::log_request
+//!                                                   │      (route policies: fault, rate limit, mirror in policy)
 //!                                                   └─ Refuse: self-loop / no destination
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop
@@ -37,6 +38,7 @@ pub mod l7;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod reload;
 pub mod runtime;
 pub mod shard;

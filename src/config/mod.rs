@@ -21,7 +21,8 @@ use serde::{Serialize, Serializer};
 use toml::Spanned;
 
 use crate::http::route::RouteTable;
-use crate::http::route_config::RawRouteConfig;
+use crate::http::route_config::{validate_token_bucket, RawRouteConfig};
+use crate::policy::ratelimit::TokenBucketConfig;
 use raw::{RawAccessLog, RawAdmin, RawCapture, RawCluster, RawConfig, RawHttp, RawListener};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
@@ -205,6 +206,11 @@ pub struct Listener {
     /// `tcp` (default): forward to `cluster`. `http`: route each request by the
     /// `[[virtual_host]]` table (404 when nothing matches). `auto`: detect.
     pub protocol: Protocol,
+    /// Every accepted connection takes a token; with none left it is closed at
+    /// once (Envoy's network `local_ratelimit`). Each core enforces its share
+    /// (`policy::ratelimit::TokenBucket::for_core`).
+    #[serde(serialize_with = "ser_token_bucket")]
+    pub connection_rate_limit: Option<TokenBucketConfig>,
 }
 
 /// A named set of static endpoints.
@@ -565,7 +571,8 @@ impl Validator<'_> {
     /// errors carry byte spans of this file, turned into line:col here.
     fn routes(&mut self, raw: Vec<Spanned<raw::RawVirtualHost>>, clusters: &[Cluster]) -> Routes {
         let raw = RawRouteConfig { virtual_hosts: raw };
-        match raw.validate(|name| clusters.iter().position(|c| c.name == name)) {
+        let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        match raw.validate(&names) {
             Ok(table) => Routes::new(table),
             Err(errors) => {
                 for e in errors {
@@ -816,6 +823,22 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let connection_rate_limit = raw.connection_rate_limit.and_then(|b| {
+            let b = b.get_ref();
+            validate_token_bucket(
+                &format!("listener `{name}`"),
+                "connection_rate_limit",
+                &b.tokens,
+                &b.tokens_per_fill,
+                &b.fill_interval,
+            )
+            .map_err(|errors| {
+                for e in errors {
+                    self.error(Some(e.span), e.message);
+                }
+            })
+            .ok()
+        });
         Some(Listener {
             name,
             address,
@@ -823,6 +846,7 @@ impl Validator<'_> {
             forwarding: self.forwarding(raw.forwarding),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
             protocol: self.protocol(raw.protocol, Protocol::Tcp),
+            connection_rate_limit,
         })
     }
 
@@ -940,6 +964,19 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }
 
+/// `/config_dump` shows a token bucket the way the file writes it.
+fn ser_token_bucket<S: Serializer>(b: &Option<TokenBucketConfig>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let Some(b) = b else {
+        return s.serialize_none();
+    };
+    let mut st = s.serialize_struct("TokenBucket", 3)?;
+    st.serialize_field("tokens", &b.max_tokens())?;
+    st.serialize_field("fill_interval", &format_duration(b.fill_interval()))?;
+    st.serialize_field("tokens_per_fill", &b.tokens_per_fill())?;
+    st.end()
+}
+
 /// The inverse of [`parse_duration`] (whole milliseconds).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -997,6 +1034,39 @@ mod tests {
     fn shipped_file_equals_builtin() {
         let shipped = include_str!("../../config/remora.toml");
         assert_eq!(Config::from_toml(shipped, None).unwrap(), Config::builtin());
+    }
+
+    /// The commented-out examples of the shipped file (`# [[table]]` blocks up
+    /// to a blank line) are valid config, so the documentation cannot drift
+    /// from what the validator accepts.
+    #[test]
+    fn shipped_examples_validate() {
+        let shipped = include_str!("../../config/remora.toml");
+        let mut text = String::new();
+        let mut in_block = false;
+        for line in shipped.lines() {
+            in_block = (in_block && line.starts_with('#')) || line.starts_with("# [[");
+            if in_block {
+                let uncommented = line.strip_prefix('#').unwrap_or(line);
+                text.push_str(uncommented.strip_prefix(' ').unwrap_or(uncommented));
+                text.push('\n');
+            }
+        }
+        for c in ["reviews-v2", "reviews-v3", "reviews-shadow"] {
+            text.push_str(&format!(
+                "[[cluster]]\nname = \"{c}\"\nendpoints = [\"127.0.0.1:9\"]\n"
+            ));
+        }
+        let c = Config::from_toml(&text, None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(c.listeners[0].connection_rate_limit.is_some());
+        let vh = &c.routes.table.virtual_hosts[0];
+        assert!(vh.rate_limit.is_some());
+        let route = &vh.routes[0];
+        assert!(route.rate_limit.is_some());
+        let crate::http::route::RouteAction::Forward(f) = &route.action else {
+            panic!("not a forward route")
+        };
+        assert!(f.fault.is_some() && f.mirror.is_some() && f.retry.is_some());
     }
 
     #[test]
@@ -1199,6 +1269,124 @@ bogus = 1
         assert_eq!(e.errors.len(), 1, "{e}");
         assert_eq!((e.errors[0].line, e.errors[0].column), (11, 11), "{e}");
         assert!(e.errors[0].message.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn listener_connection_rate_limit() {
+        let ok = r#"[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:80"]
+
+[[listener]]
+name = "l"
+address = "127.0.0.1:10000"
+cluster = "b"
+connection_rate_limit = { tokens = 1000, fill_interval = "1s", tokens_per_fill = 1000 }
+
+[[listener]]
+name = "m"
+address = "127.0.0.1:10001"
+cluster = "b"
+"#;
+        let c = Config::from_toml(ok, None).unwrap();
+        let b = c.listeners[0].connection_rate_limit.unwrap();
+        assert_eq!(
+            (b.max_tokens(), b.tokens_per_fill(), b.fill_interval()),
+            (1000, 1000, Duration::from_secs(1))
+        );
+        assert_eq!(c.listeners[1].connection_rate_limit, None);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            dump["listeners"][0]["connection_rate_limit"],
+            serde_json::json!({ "tokens": 1000, "fill_interval": "1s", "tokens_per_fill": 1000 })
+        );
+        assert!(dump["listeners"][1]["connection_rate_limit"].is_null());
+        // A changed limit is a changed config (reload publishes it).
+        assert_ne!(
+            c,
+            Config::from_toml(&ok.replace("tokens = 1000,", "tokens = 999,"), None).unwrap()
+        );
+
+        let bad = r#"[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:80"]
+
+[[listener]]
+name = "l"
+address = "127.0.0.1:10000"
+cluster = "b"
+connection_rate_limit = { tokens = -5, fill_interval = "20ms", tokens_per_fill = 0 }
+"#;
+        let e = Config::from_toml(bad, None).unwrap_err();
+        let at: Vec<(usize, usize)> = e.errors.iter().map(|d| (d.line, d.column)).collect();
+        assert_eq!(at, vec![(9, 36), (9, 56), (9, 82)], "{e}");
+        assert_eq!(
+            e.errors[0].message,
+            "listener `l`: connection_rate_limit.tokens must be within 1..=4294967295, got -5"
+        );
+        assert!(e.errors[1].message.contains("at least 50ms"), "{e}");
+        assert!(e.errors[2].message.contains("tokens_per_fill"), "{e}");
+
+        // Unknown keys (HTTP-only ones included) are parse errors at their line.
+        let e = Config::from_toml(
+            &bad.replace(
+                "tokens_per_fill = 0",
+                "tokens_per_fill = 1, response_headers = true",
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].line, 9, "{e}");
+        assert!(e.errors[0].message.contains("response_headers"), "{e}");
+    }
+
+    #[test]
+    fn route_policies_with_file_line_col() {
+        let text = r#"[[cluster]]
+name = "reviews"
+endpoints = ["127.0.0.1:80"]
+
+[[cluster]]
+name = "reviews-shadow"
+endpoints = ["127.0.0.1:81"]
+
+[[virtual_host]]
+name = "v"
+domains = ["*"]
+rate_limit = { tokens = 100, fill_interval = "1s", tokens_per_fill = 100 }
+
+[[virtual_host.route]]
+name = "r"
+match = { prefix = "/" }
+cluster = "reviews"
+fault = { delay = "2s", delay_percent = 10.0, abort_status = 503, abort_percent = 5.0 }
+mirror = { cluster = "shadow", percent = 100.0 }
+"#;
+        let e = Config::from_toml(text, Some(Path::new("mesh.toml"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mesh.toml:19:22: route `r`: mirror.cluster: unknown cluster `shadow` (defined: reviews, reviews-shadow); define it in a [[cluster]] table or fix the name"
+        );
+        let c = Config::from_toml(&text.replace("\"shadow\"", "\"reviews-shadow\""), None).unwrap();
+        let vh = &c.routes.table.virtual_hosts[0];
+        assert!(vh.rate_limit.is_some());
+        let crate::http::route::RouteAction::Forward(f) = &vh.routes[0].action else {
+            panic!("not a forward route")
+        };
+        assert_eq!(f.mirror.as_ref().map(|m| m.cluster.index), Some(1));
+        assert!(f.fault.is_some());
+        // Policies take part in the reload fingerprint.
+        assert_ne!(
+            c,
+            Config::from_toml(
+                &text
+                    .replace("\"shadow\"", "\"reviews-shadow\"")
+                    .replace("abort_percent = 5.0", "abort_percent = 6.0"),
+                None
+            )
+            .unwrap()
+        );
     }
 
     #[test]

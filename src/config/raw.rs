@@ -92,6 +92,18 @@ pub struct RawListener {
     pub idle_timeout: Option<Spanned<String>>,
     /// "tcp" (default), "http" or "auto".
     pub protocol: Option<Spanned<String>>,
+    /// Accepted connections per fill interval (Envoy's network `local_ratelimit`).
+    pub connection_rate_limit: Option<Spanned<RawTokenBucket>>,
+}
+
+/// Envoy's `TokenBucket` (`max_tokens` named `tokens`), validated by
+/// `http::route_config::validate_token_bucket` like a route's `rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenBucket {
+    pub tokens: Spanned<i64>,
+    pub fill_interval: Spanned<String>,
+    pub tokens_per_fill: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,12 @@
 //!                                                 └─ RouteAction: Forward | Redirect | DirectResponse
 //! ```
 //!
+//! Traffic policies hang where Envoy and Istio put them: `rate_limit` on a route
+//! or a virtual host (the route's wins, [`Matched::rate_limit`]); `fault` and
+//! `mirror` on a [`Forward`] only (Istio rejects a fault with a redirect or a
+//! direct response; Envoy's mirror policies belong to the forwarding action).
+//! Their decisions are the pure functions of `crate::policy`.
+//!
 //! The domain precedence is Envoy's. Within a virtual host the first matching route
 //! wins; exact-path routes are indexed by path, so a lookup scans only the routes
 //! with other path matchers that come before the best exact candidate.
@@ -23,6 +29,9 @@ use regex::bytes::Regex;
 
 use super::rewrite::HeaderOps;
 use super::RequestParts;
+use crate::policy::fault::FaultPolicy;
+use crate::policy::ratelimit::LocalRateLimit;
+use crate::policy::Percent;
 
 /// FNV-1a: keys are short host names and paths from the config; lookups from
 /// untrusted input cannot add keys, so collisions cannot be forced into a
@@ -321,6 +330,23 @@ impl RetryPolicy {
     }
 }
 
+/// Send a copy of requests to another cluster and ignore its answers (Istio
+/// `mirror` + `mirrorPercentage`, Envoy `request_mirror_policies`). The copy
+/// carries the Host from [`crate::policy::shadow_host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorPolicy {
+    pub cluster: ClusterRef,
+    /// Share of requests mirrored; Istio's default (no percentage) is 100 %.
+    pub percent: Percent,
+}
+
+impl MirrorPolicy {
+    /// Whether to mirror a request; `random` from the core's RNG.
+    pub fn should_mirror(&self, random: u64) -> bool {
+        self.percent.hit(random)
+    }
+}
+
 /// Forward to an upstream cluster.
 #[derive(Debug, Clone)]
 pub struct Forward {
@@ -334,6 +360,9 @@ pub struct Forward {
     /// Request body limit for this route (0 = none); `None`: the virtual
     /// host's, else `[http] max_request_body_bytes`.
     pub max_request_body_bytes: Option<u64>,
+    /// Delays and aborts to inject before forwarding.
+    pub fault: Option<FaultPolicy>,
+    pub mirror: Option<MirrorPolicy>,
 }
 
 /// Answer with a redirect (RFC 9110 §15.4).
@@ -370,6 +399,10 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Request rate limit of this route, with its own bucket; replaces the
+    /// virtual host's. Applies to every action, local replies included (an
+    /// Envoy per-route limit runs before the router does).
+    pub rate_limit: Option<LocalRateLimit>,
 }
 
 impl Route {
@@ -460,6 +493,8 @@ pub struct VirtualHost {
     /// Request body limit for routes that set none (0 = none); `None`:
     /// `[http] max_request_body_bytes`.
     pub max_request_body_bytes: Option<u64>,
+    /// Request rate limit for routes that set none: one bucket for all of them.
+    pub rate_limit: Option<LocalRateLimit>,
     index: RouteIndex,
 }
 
@@ -485,6 +520,7 @@ impl VirtualHost {
             request_headers,
             response_headers,
             max_request_body_bytes: None,
+            rate_limit: None,
             index,
         }
     }
@@ -533,6 +569,27 @@ pub struct RouteTable {
 pub struct Matched<'t> {
     pub virtual_host: &'t VirtualHost,
     pub route: &'t Route,
+}
+
+/// Whose bucket a request's rate limit uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// The matched route's own bucket.
+    Route,
+    /// The virtual host's bucket, shared by its routes without a limit.
+    VirtualHost,
+}
+
+impl<'t> Matched<'t> {
+    /// The rate limit that applies: the route's, else its virtual host's
+    /// (Envoy's most specific per-filter config), with the bucket it counts in.
+    pub fn rate_limit(&self) -> Option<(RateLimitScope, &'t LocalRateLimit)> {
+        match (&self.route.rate_limit, &self.virtual_host.rate_limit) {
+            (Some(r), _) => Some((RateLimitScope::Route, r)),
+            (None, Some(v)) => Some((RateLimitScope::VirtualHost, v)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Host names longer than this are not valid DNS names (RFC 1035 §2.3.4 allows
@@ -972,6 +1029,73 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_scope_route_over_virtual_host_and_mirror_share() {
+        let t = table_from_toml(
+            r#"
+            [[virtual_host]]
+            name = "limited"
+            domains = ["limited"]
+            rate_limit = { tokens = 100, fill_interval = "1s", tokens_per_fill = 100 }
+            [[virtual_host.route]]
+            name = "own"
+            match = { prefix = "/own" }
+            cluster = "v1"
+            rate_limit = { tokens = 5, fill_interval = "1s", tokens_per_fill = 5 }
+            mirror = { cluster = "v2", percent = 25.0 }
+            [[virtual_host.route]]
+            name = "inherits"
+            match = { prefix = "/" }
+            cluster = "v1"
+
+            [[virtual_host]]
+            name = "open"
+            domains = ["*"]
+            [[virtual_host.route]]
+            match = { prefix = "/" }
+            cluster = "v1"
+            "#,
+        );
+        let scope = |req: &str| {
+            let buf = req.replace('\n', "\r\n");
+            let Ok(Parsed::Complete { head, .. }) =
+                parse_request(buf.as_bytes(), &Limits::default())
+            else {
+                panic!("{req}")
+            };
+            let m = t.match_request(&head.view(buf.as_bytes())).unwrap();
+            m.rate_limit().map(|(s, l)| (s, l.bucket.max_tokens()))
+        };
+        let cases = [
+            (
+                "GET /own HTTP/1.1\nHost: limited\n\n",
+                Some((RateLimitScope::Route, 5)),
+            ),
+            (
+                "GET /x HTTP/1.1\nHost: limited\n\n",
+                Some((RateLimitScope::VirtualHost, 100)),
+            ),
+            ("GET /own HTTP/1.1\nHost: other\n\n", None),
+        ];
+        for (req, want) in cases {
+            assert_eq!(scope(req), want, "{req}");
+        }
+        let RouteAction::Forward(f) = &t.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        let m = f.mirror.as_ref().unwrap();
+        assert_eq!(m.cluster.index, 1);
+        let cases = [
+            (0, true),
+            (249_999, true),
+            (250_000, false),
+            (1_000_000, true),
+        ];
+        for (r, want) in cases {
+            assert_eq!(m.should_mirror(r), want, "{r}");
+        }
+    }
+
+    #[test]
     fn domain_patterns() {
         use DomainPattern::*;
         let ok: &[(&str, DomainPattern)] = &[
@@ -1008,6 +1132,7 @@ mod tests {
                 },
                 request_headers: HeaderOps::default(),
                 response_headers: HeaderOps::default(),
+                rate_limit: None,
             };
             vhosts.push(VirtualHost::new(
                 format!("vh{i}"),

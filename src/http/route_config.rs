@@ -17,7 +17,16 @@
 //! prefix_rewrite = "/"
 //! timeout = "5s"
 //! retry = { retry_on = ["gateway-error", "connect-failure"], num_retries = 2, per_try_timeout = "1s" }
+//! fault = { delay = "2s", delay_percent = 10.0, abort_status = 503, abort_percent = 5.0 }
+//! rate_limit = { tokens = 100, fill_interval = "1s", tokens_per_fill = 100, response_headers = true }
+//! mirror = { cluster = "reviews-shadow", percent = 100.0 }
 //! ```
+//!
+//! The traffic policies (`fault`, `rate_limit`, `mirror`; `rate_limit` also on a
+//! virtual host) validate into the types of `crate::policy`; their messages name
+//! the route or virtual host and the key, e.g. "route `x`: fault.abort_percent
+//! must be within 0..=100, got 150". [`validate_token_bucket`] is shared with
+//! the listeners' `connection_rate_limit`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,11 +41,14 @@ use super::rewrite::{
     is_hop_by_hop, is_valid_header_name, is_valid_header_value, HeaderField, HeaderOps,
 };
 use super::route::{
-    ClusterChoice, ClusterRef, DomainPattern, Forward, HeaderMatcher, PathMatch, QueryMatcher,
-    Redirect, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, ValueMatch,
-    VirtualHost,
+    ClusterChoice, ClusterRef, DomainPattern, Forward, HeaderMatcher, MirrorPolicy, PathMatch,
+    QueryMatcher, Redirect, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable,
+    ValueMatch, VirtualHost,
 };
 use crate::config::parse_duration;
+use crate::policy::fault::{AbortFault, DelayFault, FaultPolicy};
+use crate::policy::ratelimit::{BucketConfigError, LocalRateLimit, TokenBucketConfig};
+use crate::policy::Percent;
 
 /// Envoy's default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,6 +76,8 @@ pub struct RawVirtualHost {
     pub response_headers: Option<RawHeaderOps>,
     /// Overrides `[http] max_request_body_bytes` for this host's routes.
     pub max_request_body_bytes: Option<Spanned<i64>>,
+    /// For the routes that set none; one bucket shared by them.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +101,52 @@ pub struct RawRoute {
     pub max_request_body_bytes: Option<Spanned<i64>>,
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
+    /// Only with cluster / weighted_clusters (as Istio: not with a redirect or
+    /// a direct response).
+    pub fault: Option<Spanned<RawFault>>,
+    /// Any action; replaces the virtual host's.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// Only with cluster / weighted_clusters.
+    pub mirror: Option<Spanned<RawMirror>>,
+}
+
+/// Istio's `HTTPFaultInjection` with its nested `delay` / `abort` flattened;
+/// each action comes with the share of requests it applies to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    /// Istio `delay.fixedDelay`.
+    pub delay: Option<Spanned<String>>,
+    /// Istio `delay.percentage.value`: 0..=100, fractions allowed.
+    pub delay_percent: Option<Spanned<f64>>,
+    /// Istio `abort.httpStatus`: 200..=599.
+    pub abort_status: Option<Spanned<i64>>,
+    /// Istio `abort.percentage.value`.
+    pub abort_percent: Option<Spanned<f64>>,
+}
+
+/// Envoy's HTTP `local_ratelimit` per-route config: its `token_bucket`
+/// (`max_tokens` named `tokens`) and `enable_x_ratelimit_headers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub tokens: Spanned<i64>,
+    pub fill_interval: Spanned<String>,
+    /// Required, unlike Envoy (which defaults to 1): `{ tokens = 100,
+    /// fill_interval = "1s" }` silently meaning one request a second after
+    /// the first burst would surprise anyone.
+    pub tokens_per_fill: Spanned<i64>,
+    #[serde(default)]
+    pub response_headers: bool,
+}
+
+/// Istio `mirror` + `mirrorPercentage` (Envoy `request_mirror_policies`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub cluster: Spanned<String>,
+    /// 0..=100; absent = 100 (Istio's default).
+    pub percent: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,16 +270,88 @@ impl fmt::Display for RouteConfigError {
 
 impl std::error::Error for RouteConfigError {}
 
+/// Checks a token bucket written as `key = { tokens, fill_interval,
+/// tokens_per_fill }` (a route's or virtual host's `rate_limit`, a listener's
+/// `connection_rate_limit`) and reports every problem at its value. `owner`
+/// names the table for the message ("route `x`", "listener `l`").
+pub fn validate_token_bucket(
+    owner: &str,
+    key: &str,
+    tokens: &Spanned<i64>,
+    tokens_per_fill: &Spanned<i64>,
+    fill_interval: &Spanned<String>,
+) -> Result<TokenBucketConfig, Vec<RouteConfigError>> {
+    let Some(interval) = parse_duration(fill_interval.get_ref()) else {
+        let mut errors = vec![RouteConfigError {
+            span: fill_interval.span(),
+            message: format!(
+                "{owner}: {key}.fill_interval `{}` is not a duration (use a number with ms, s, m or h, e.g. \"1s\"; at least 50ms)",
+                fill_interval.get_ref()
+            ),
+        }];
+        // Still check the counts, so that all problems show at once.
+        if let Err(more) =
+            TokenBucketConfig::new(*tokens.get_ref(), *tokens_per_fill.get_ref(), Duration::MAX)
+        {
+            errors.extend(bucket_errors(
+                owner,
+                key,
+                more,
+                tokens,
+                tokens_per_fill,
+                fill_interval,
+            ));
+        }
+        return Err(errors);
+    };
+    TokenBucketConfig::new(*tokens.get_ref(), *tokens_per_fill.get_ref(), interval)
+        .map_err(|e| bucket_errors(owner, key, e, tokens, tokens_per_fill, fill_interval))
+}
+
+fn bucket_errors(
+    owner: &str,
+    key: &str,
+    errors: Vec<BucketConfigError>,
+    tokens: &Spanned<i64>,
+    tokens_per_fill: &Spanned<i64>,
+    fill_interval: &Spanned<String>,
+) -> Vec<RouteConfigError> {
+    errors
+        .into_iter()
+        .map(|e| {
+            let span = match e {
+                BucketConfigError::Tokens(_) => tokens.span(),
+                BucketConfigError::TokensPerFill(_) => tokens_per_fill.span(),
+                BucketConfigError::FillInterval(_) => fill_interval.span(),
+            };
+            RouteConfigError {
+                span,
+                message: format!("{owner}: {key}.{e}"),
+            }
+        })
+        .collect()
+}
+
+/// "a, b, c" (at most 20 names, then how many more), or "none".
+pub fn list_names(names: &[&str]) -> String {
+    const SHOWN: usize = 20;
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    let mut s = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
 impl RawRouteConfig {
-    /// Checks everything and builds the table. `cluster_index` resolves a cluster
-    /// name to its index in the validated cluster list (`None` = unknown).
-    pub fn validate(
-        self,
-        cluster_index: impl Fn(&str) -> Option<usize>,
-    ) -> Result<RouteTable, Vec<RouteConfigError>> {
+    /// Checks everything and builds the table. `clusters` are the names of the
+    /// validated clusters, in order: a [`ClusterRef`]'s index points into it.
+    pub fn validate(self, clusters: &[&str]) -> Result<RouteTable, Vec<RouteConfigError>> {
         let mut v = Validator {
             errors: Vec::new(),
-            cluster_index: &cluster_index,
+            clusters,
         };
         let mut vhost_names: HashMap<String, ()> = HashMap::new();
         let mut domains_seen: HashMap<String, ()> = HashMap::new();
@@ -241,7 +373,7 @@ impl RawRouteConfig {
 
 struct Validator<'a> {
     errors: Vec<RouteConfigError>,
-    cluster_index: &'a dyn Fn(&str) -> Option<usize>,
+    clusters: &'a [&'a str],
 }
 
 impl Validator<'_> {
@@ -302,11 +434,16 @@ impl Validator<'_> {
                 routes.push(route);
             }
         }
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .and_then(|r| self.rate_limit(r, &format!("virtual host `{name}`")));
         let mut vh = VirtualHost::new(name, domains, routes, request_headers, response_headers);
         vh.max_request_body_bytes = raw
             .max_request_body_bytes
             .as_ref()
             .and_then(|n| self.body_limit(n));
+        vh.rate_limit = rate_limit;
         Some(vh)
     }
 
@@ -355,6 +492,8 @@ impl Validator<'_> {
                     raw.max_request_body_bytes.as_ref().map(Spanned::span),
                     "max_request_body_bytes",
                 ),
+                (raw.fault.as_ref().map(Spanned::span), "fault"),
+                (raw.mirror.as_ref().map(Spanned::span), "mirror"),
             ] {
                 if let Some(s) = present {
                     self.error(
@@ -367,12 +506,17 @@ impl Validator<'_> {
 
         // Validate everything before giving up on the route, so that all of its
         // errors are reported at once.
+        let owner = format!("route `{name}`");
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .and_then(|r| self.rate_limit(r, &owner));
         let action = if let Some(c) = &raw.cluster {
             let c = self.cluster(c).map(ClusterChoice::Single);
-            self.forward(c, &raw, is_prefix, matcher_span)?
+            self.forward(c, &raw, is_prefix, matcher_span, &owner)?
         } else if let Some(w) = &raw.weighted_clusters {
             let choice = self.weighted(w);
-            self.forward(choice, &raw, is_prefix, matcher_span)?
+            self.forward(choice, &raw, is_prefix, matcher_span, &owner)?
         } else if let Some(r) = &raw.redirect {
             RouteAction::Redirect(self.redirect(r, is_prefix)?)
         } else if let Some(d) = &raw.direct_response {
@@ -393,6 +537,7 @@ impl Validator<'_> {
             action,
             request_headers,
             response_headers,
+            rate_limit,
         })
     }
 
@@ -402,6 +547,7 @@ impl Validator<'_> {
         raw: &RawRoute,
         is_prefix: bool,
         matcher_span: Range<usize>,
+        owner: &str,
     ) -> Option<RouteAction> {
         let prefix_rewrite = raw.prefix_rewrite.as_ref().and_then(|p| {
             if !is_prefix {
@@ -433,6 +579,8 @@ impl Validator<'_> {
             .max_request_body_bytes
             .as_ref()
             .and_then(|n| self.body_limit(n));
+        let fault = raw.fault.as_ref().and_then(|f| self.fault(f, owner));
+        let mirror = raw.mirror.as_ref().and_then(|m| self.mirror(m, owner));
         Some(RouteAction::Forward(Forward {
             clusters: clusters?,
             prefix_rewrite,
@@ -440,6 +588,8 @@ impl Validator<'_> {
             timeout,
             retry,
             max_request_body_bytes,
+            fault,
+            mirror,
         }))
     }
 
@@ -536,7 +686,12 @@ impl Validator<'_> {
     }
 
     fn cluster(&mut self, name: &Spanned<String>) -> Option<ClusterRef> {
-        match (self.cluster_index)(name.get_ref()) {
+        self.cluster_for(name, "")
+    }
+
+    /// A cluster by name; `context` prefixes the message ("route `x`: mirror.").
+    fn cluster_for(&mut self, name: &Spanned<String>, context: &str) -> Option<ClusterRef> {
+        match self.clusters.iter().position(|c| c == name.get_ref()) {
             Some(index) => Some(ClusterRef {
                 name: name.get_ref().as_str().into(),
                 index,
@@ -545,8 +700,9 @@ impl Validator<'_> {
                 self.error(
                     name.span(),
                     format!(
-                        "unknown cluster `{}` (define it in a [[cluster]] table)",
-                        name.get_ref()
+                        "{context}unknown cluster `{}` (defined: {}); define it in a [[cluster]] table or fix the name",
+                        name.get_ref(),
+                        list_names(self.clusters)
                     ),
                 );
                 None
@@ -719,6 +875,163 @@ impl Validator<'_> {
         })
     }
 
+    /// Both parts of a fault come in pairs (action and share): a share given
+    /// without its action, or an action without its share, is an error rather
+    /// than a silent default. Istio passes an absent percentage on to Envoy as
+    /// an unset field, and neither "inject into no request" nor "into every
+    /// request" is what a reader of `fault = { delay = "2s" }` can be sure of.
+    fn fault(&mut self, raw: &Spanned<RawFault>, owner: &str) -> Option<FaultPolicy> {
+        let f = raw.get_ref();
+        if f.delay.is_none()
+            && f.delay_percent.is_none()
+            && f.abort_status.is_none()
+            && f.abort_percent.is_none()
+        {
+            self.error(
+                raw.span(),
+                format!("{owner}: fault needs `delay` with `delay_percent`, `abort_status` with `abort_percent`, or both"),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let delay = match (&f.delay, &f.delay_percent) {
+            (None, None) => None,
+            (Some(d), Some(p)) => {
+                let duration = self.policy_duration(d, owner, "fault.delay");
+                if duration.is_some_and(|d| d.is_zero()) {
+                    self.error(
+                        d.span(),
+                        format!("{owner}: fault.delay must be longer than 0s (remove `delay` and `delay_percent` to inject no delay)"),
+                    );
+                }
+                let percent = self.percent(p, owner, "fault.delay_percent");
+                match (duration.filter(|d| !d.is_zero()), percent) {
+                    (Some(duration), Some(percent)) => Some(DelayFault { duration, percent }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (Some(d), None) => {
+                self.error(
+                    d.span(),
+                    format!("{owner}: fault.delay needs `delay_percent`, the share of requests to delay (0..=100)"),
+                );
+                ok = false;
+                None
+            }
+            (None, Some(p)) => {
+                self.error(
+                    p.span(),
+                    format!("{owner}: fault.delay_percent needs `delay`, how long to delay (e.g. \"2s\")"),
+                );
+                ok = false;
+                None
+            }
+        };
+        let abort = match (&f.abort_status, &f.abort_percent) {
+            (None, None) => None,
+            (Some(s), Some(p)) => {
+                let n = *s.get_ref();
+                let status = if (200..=599).contains(&n) {
+                    Some(n as u16)
+                } else {
+                    self.error(
+                        s.span(),
+                        format!("{owner}: fault.abort_status must be an HTTP status within 200..=599, got {n}"),
+                    );
+                    None
+                };
+                let percent = self.percent(p, owner, "fault.abort_percent");
+                match (status, percent) {
+                    (Some(status), Some(percent)) => Some(AbortFault { status, percent }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (Some(s), None) => {
+                self.error(
+                    s.span(),
+                    format!("{owner}: fault.abort_status needs `abort_percent`, the share of requests to abort (0..=100)"),
+                );
+                ok = false;
+                None
+            }
+            (None, Some(p)) => {
+                self.error(
+                    p.span(),
+                    format!("{owner}: fault.abort_percent needs `abort_status`, the status to answer with (e.g. 503)"),
+                );
+                ok = false;
+                None
+            }
+        };
+        ok.then_some(FaultPolicy { delay, abort })
+    }
+
+    fn rate_limit(&mut self, raw: &Spanned<RawRateLimit>, owner: &str) -> Option<LocalRateLimit> {
+        let r = raw.get_ref();
+        match validate_token_bucket(
+            owner,
+            "rate_limit",
+            &r.tokens,
+            &r.tokens_per_fill,
+            &r.fill_interval,
+        ) {
+            Ok(bucket) => Some(LocalRateLimit {
+                bucket,
+                response_headers: r.response_headers,
+            }),
+            Err(errors) => {
+                self.errors.extend(errors);
+                None
+            }
+        }
+    }
+
+    fn mirror(&mut self, raw: &Spanned<RawMirror>, owner: &str) -> Option<MirrorPolicy> {
+        let m = raw.get_ref();
+        let cluster = self.cluster_for(&m.cluster, &format!("{owner}: mirror.cluster: "));
+        let percent = match &m.percent {
+            None => Some(Percent::HUNDRED),
+            Some(p) => self.percent(p, owner, "mirror.percent"),
+        };
+        Some(MirrorPolicy {
+            cluster: cluster?,
+            percent: percent?,
+        })
+    }
+
+    fn percent(&mut self, v: &Spanned<f64>, owner: &str, key: &str) -> Option<Percent> {
+        let p = *v.get_ref();
+        let percent = Percent::from_percent(p);
+        if percent.is_none() {
+            self.error(
+                v.span(),
+                format!("{owner}: {key} must be within 0..=100, got {p}"),
+            );
+        }
+        percent
+    }
+
+    /// A duration for a policy key, zero allowed (the caller decides).
+    fn policy_duration(&mut self, v: &Spanned<String>, owner: &str, key: &str) -> Option<Duration> {
+        let d = parse_duration(v.get_ref());
+        if d.is_none() {
+            self.error(
+                v.span(),
+                format!(
+                    "{owner}: {key} `{}` is not a duration (use a number with ms, s, m or h, e.g. \"250ms\", \"2s\")",
+                    v.get_ref()
+                ),
+            );
+        }
+        d
+    }
+
     fn header_ops(&mut self, raw: Option<RawHeaderOps>) -> HeaderOps {
         let Some(raw) = raw else {
             return HeaderOps::default();
@@ -870,21 +1183,17 @@ pub(crate) mod tests {
 
     const CLUSTERS: &[&str] = &["v1", "v2", "v2-canary", "users", "debug"];
 
-    fn cluster_index(name: &str) -> Option<usize> {
-        CLUSTERS.iter().position(|c| *c == name)
-    }
-
     /// Parses and validates; panics with every error on failure.
     pub(crate) fn table_from_toml(text: &str) -> RouteTable {
         let raw: RawRouteConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
-        raw.validate(cluster_index)
+        raw.validate(CLUSTERS)
             .unwrap_or_else(|errs| panic!("{errs:#?}"))
     }
 
     /// Validation errors as (1-based line, message).
     fn errors(text: &str) -> Vec<(usize, String)> {
         let raw: RawRouteConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
-        match raw.validate(cluster_index) {
+        match raw.validate(CLUSTERS) {
             Ok(_) => vec![],
             Err(errs) => errs
                 .into_iter()
@@ -1001,6 +1310,184 @@ domains = ["A.com"]
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn policies_validate() {
+        let t = table_from_toml(
+            r#"
+            [[virtual_host]]
+            name = "reviews"
+            domains = ["*"]
+            rate_limit = { tokens = 100, fill_interval = "1s", tokens_per_fill = 100 }
+
+            [[virtual_host.route]]
+            name = "chaos"
+            match = { prefix = "/api/" }
+            cluster = "v1"
+            fault = { delay = "2s", delay_percent = 10.0, abort_status = 503, abort_percent = 5 }
+            rate_limit = { tokens = 10, fill_interval = "50ms", tokens_per_fill = 1, response_headers = true }
+            mirror = { cluster = "v2-canary", percent = 12.5 }
+
+            [[virtual_host.route]]
+            name = "slow"
+            match = { prefix = "/slow" }
+            cluster = "v1"
+            fault = { delay = "250ms", delay_percent = 100 }
+            mirror = { cluster = "v1" }
+
+            [[virtual_host.route]]
+            match = { path = "/healthz" }
+            direct_response = { status = 200 }
+            rate_limit = { tokens = 1, fill_interval = "1m", tokens_per_fill = 5 }
+            "#,
+        );
+        let vh = &t.virtual_hosts[0];
+        let vh_limit = vh.rate_limit.unwrap();
+        assert_eq!(vh_limit.bucket.max_tokens(), 100);
+        assert_eq!(vh_limit.bucket.fill_interval(), Duration::from_secs(1));
+        assert!(!vh_limit.response_headers);
+
+        let chaos = &vh.routes[0];
+        let RouteAction::Forward(f) = &chaos.action else {
+            panic!()
+        };
+        let fault = f.fault.unwrap();
+        let delay = fault.delay.unwrap();
+        assert_eq!(delay.duration, Duration::from_secs(2));
+        assert_eq!(delay.percent.parts_per_million(), 100_000);
+        let abort = fault.abort.unwrap();
+        assert_eq!(
+            (abort.status, abort.percent.parts_per_million()),
+            (503, 50_000)
+        );
+        let mirror = f.mirror.as_ref().unwrap();
+        assert_eq!(
+            (&*mirror.cluster.name, mirror.cluster.index),
+            ("v2-canary", 2)
+        );
+        assert_eq!(mirror.percent.parts_per_million(), 125_000);
+        let rl = chaos.rate_limit.unwrap();
+        assert_eq!(
+            (
+                rl.bucket.max_tokens(),
+                rl.bucket.tokens_per_fill(),
+                rl.bucket.fill_interval()
+            ),
+            (10, 1, Duration::from_millis(50))
+        );
+        assert!(rl.response_headers);
+
+        let RouteAction::Forward(f) = &vh.routes[1].action else {
+            panic!()
+        };
+        assert!(f.fault.unwrap().abort.is_none());
+        // No percentage: every request is mirrored (Istio's default).
+        assert_eq!(f.mirror.as_ref().unwrap().percent, Percent::HUNDRED);
+        assert!(vh.routes[1].rate_limit.is_none());
+        // A rate limit applies to local replies too.
+        assert_eq!(vh.routes[2].rate_limit.unwrap().bucket.tokens_per_fill(), 5);
+    }
+
+    #[test]
+    fn policy_errors_have_lines_and_say_what_to_do() {
+        let text = r#"
+[[virtual_host]]
+name = "a"
+domains = ["*"]
+rate_limit = { tokens = 0, fill_interval = "10ms", tokens_per_fill = 1 }
+[[virtual_host.route]]
+name = "x"
+match = { prefix = "/x" }
+cluster = "v1"
+fault = { abort_status = 503, abort_percent = 150.0 }
+[[virtual_host.route]]
+name = "y"
+match = { prefix = "/y" }
+cluster = "v1"
+fault = { delay = "soon", delay_percent = -1, abort_status = 700, abort_percent = 1 }
+[[virtual_host.route]]
+name = "z"
+match = { prefix = "/z" }
+cluster = "v1"
+fault = { delay = "1s", abort_percent = 5 }
+[[virtual_host.route]]
+name = "e"
+match = { prefix = "/e" }
+cluster = "v1"
+fault = {}
+mirror = { cluster = "shadow", percent = 101 }
+[[virtual_host.route]]
+name = "d"
+match = { prefix = "/d" }
+direct_response = { status = 200 }
+fault = { abort_status = 503, abort_percent = 1 }
+mirror = { cluster = "v1" }
+[[virtual_host.route]]
+name = "r"
+match = { prefix = "/r" }
+cluster = "v1"
+rate_limit = { tokens = 5, fill_interval = "often", tokens_per_fill = 0 }
+fault = { delay = "0s", delay_percent = 1 }
+"#;
+        let errs = errors(text);
+        let got: Vec<(usize, &str)> = errs.iter().map(|(l, m)| (*l, m.as_str())).collect();
+        let want: Vec<(usize, &str)> = vec![
+            (5, "virtual host `a`: rate_limit.tokens must be within 1..=4294967295, got 0"),
+            (5, "virtual host `a`: rate_limit.fill_interval must be at least 50ms (Envoy's minimum; a faster refill costs more than it smooths), got 10ms"),
+            (10, "route `x`: fault.abort_percent must be within 0..=100, got 150"),
+            (15, "route `y`: fault.delay `soon` is not a duration (use a number with ms, s, m or h, e.g. \"250ms\", \"2s\")"),
+            (15, "route `y`: fault.delay_percent must be within 0..=100, got -1"),
+            (15, "route `y`: fault.abort_status must be an HTTP status within 200..=599, got 700"),
+            (20, "route `z`: fault.delay needs `delay_percent`, the share of requests to delay (0..=100)"),
+            (20, "route `z`: fault.abort_percent needs `abort_status`, the status to answer with (e.g. 503)"),
+            (25, "route `e`: fault needs `delay` with `delay_percent`, `abort_status` with `abort_percent`, or both"),
+            (26, "route `e`: mirror.cluster: unknown cluster `shadow` (defined: v1, v2, v2-canary, users, debug); define it in a [[cluster]] table or fix the name"),
+            (26, "route `e`: mirror.percent must be within 0..=100, got 101"),
+            (31, "`fault` applies only to `cluster` or `weighted_clusters` routes"),
+            (32, "`mirror` applies only to `cluster` or `weighted_clusters` routes"),
+            (37, "route `r`: rate_limit.fill_interval `often` is not a duration (use a number with ms, s, m or h, e.g. \"1s\"; at least 50ms)"),
+            (37, "route `r`: rate_limit.tokens_per_fill must be within 1..=4294967295, got 0"),
+            (38, "route `r`: fault.delay must be longer than 0s (remove `delay` and `delay_percent` to inject no delay)"),
+        ];
+        assert_eq!(got, want, "{errs:#?}");
+    }
+
+    #[test]
+    fn unknown_cluster_lists_the_defined_ones() {
+        let text = "[[virtual_host]]\nname = \"a\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"v3\"\n";
+        let raw: RawRouteConfig = toml::from_str(text).unwrap();
+        let errs = raw.validate(&[]).unwrap_err();
+        assert!(errs[0].message.contains("(defined: none)"), "{errs:?}");
+        assert_eq!(errors(text)[0].0, 6);
+        let many: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(list_names(&many).ends_with("c19 and 5 more"));
+    }
+
+    #[test]
+    fn policy_keys_are_checked_for_typos() {
+        for (table, typo) in [
+            ("fault = { delay = \"1s\", delay_pct = 5 }", "delay_pct"),
+            (
+                "rate_limit = { tokens = 1, fill_interval = \"1s\", tokens_per_fill = 1, burst = 2 }",
+                "burst",
+            ),
+            ("mirror = { cluster = \"v1\", percentage = 5 }", "percentage"),
+        ] {
+            let text = format!("[[virtual_host]]\nname = \"a\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"v1\"\n{table}\n");
+            let e = toml::from_str::<RawRouteConfig>(&text).unwrap_err();
+            assert!(e.to_string().contains(typo), "{e}");
+            assert_eq!(
+                e.span().map(|s| text[..s.start].matches('\n').count() + 1),
+                Some(7),
+                "{e}"
+            );
+        }
+        // A bucket without tokens_per_fill is refused (Envoy would default to 1).
+        let text = "[[virtual_host]]\nname = \"a\"\ndomains = [\"*\"]\nrate_limit = { tokens = 100, fill_interval = \"1s\" }\n";
+        let e = toml::from_str::<RawRouteConfig>(text).unwrap_err();
+        assert!(e.to_string().contains("tokens_per_fill"), "{e}");
     }
 
     #[test]
