@@ -18,6 +18,8 @@
 //! name, not by position in the config, so it survives reloads that keep the
 //! name. Nothing here is shared between cores.
 
+pub mod breaker;
+pub mod outlier;
 pub mod pool;
 
 use std::cell::RefCell;
