@@ -19,6 +19,7 @@
 //! name. Nothing here is shared between cores.
 
 pub mod breaker;
+pub mod health;
 pub mod outlier;
 pub mod pool;
 
