@@ -1,0 +1,4 @@
+//! Upstream layer.
+
+pub mod discovery;
+pub mod dns;
