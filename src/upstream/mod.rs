@@ -2,3 +2,4 @@
 
 pub mod discovery;
 pub mod dns;
+pub mod endpoints_file;
