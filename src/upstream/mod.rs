@@ -19,6 +19,9 @@
 //! name. Nothing here is shared between cores.
 
 pub mod breaker;
+pub mod discovery;
+pub mod dns;
+pub mod endpoints_file;
 pub mod health;
 pub mod outlier;
 pub mod pool;
