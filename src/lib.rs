@@ -38,3 +38,4 @@ pub mod reload;
 pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod upstream;

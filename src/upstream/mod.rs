@@ -1,0 +1,3 @@
+//! Upstream layer.
+
+pub mod balance;
