@@ -1,3 +1,4 @@
 //! Upstream layer.
 
 pub mod balance;
+pub mod locality;
