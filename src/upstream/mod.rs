@@ -18,11 +18,13 @@
 //! name, not by position in the config, so it survives reloads that keep the
 //! name. Nothing here is shared between cores.
 
+pub mod balance;
 pub mod breaker;
 pub mod discovery;
 pub mod dns;
 pub mod endpoints_file;
 pub mod health;
+pub mod locality;
 pub mod outlier;
 pub mod pool;
 
