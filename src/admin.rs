@@ -37,6 +37,8 @@ pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Everything the endpoints read or act on.
 pub struct AdminState {
+    /// Endpoint sets, health checks and discovery (for /clusters).
+    pub upstream: Arc<crate::upstream::control::UpstreamControl>,
     pub handle: Arc<ConfigHandle>,
     pub proxy: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
@@ -192,7 +194,7 @@ fn route(req: &Request, role: Role, state: &AdminState) -> (u16, &'static str, S
         (Role::Prometheus, "/stats/prometheus") | (Role::Admin, "/stats/prometheus") if get => {
             let (total, _) = state.proxy.stats();
             let snap = state.handle.current();
-            (200, "text/plain; version=0.0.4", metrics::prometheus(&total, &state.info(), &snap.config))
+            (200, "text/plain; version=0.0.4", metrics::prometheus(&total, &state.info(), &snap.config, &state.upstream.view()))
         }
         (Role::Admin, "/ready") if get => ready(),
         (Role::Admin, "/stats") if get => {
@@ -201,7 +203,7 @@ fn route(req: &Request, role: Role, state: &AdminState) -> (u16, &'static str, S
         }
         (Role::Admin, "/clusters") if get => {
             let (total, _) = state.proxy.stats();
-            (200, TEXT, metrics::clusters_text(&total, &state.handle.current().config))
+            (200, TEXT, metrics::clusters_text(&total, &state.handle.current().config, &state.upstream.view()))
         }
         (Role::Admin, "/config_dump") if get => {
             let snap = state.handle.current();

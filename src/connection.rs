@@ -11,11 +11,13 @@ use glommio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::access_log;
-use crate::config::{Config, Forwarding, Protocol};
+use crate::config::{Config, Forwarding, HashPolicy, Protocol};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
 use crate::shard::{HostFacts, Origin, Shard};
 use crate::stats::CoreStats;
+use crate::upstream::balance::hash_key;
+use crate::upstream::breaker::{Permit, Resource};
 use crate::upstream::ConnectError;
 
 /// Where a connection goes, decided before any I/O.
@@ -234,12 +236,12 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         return;
     }
     let mut down = down;
-    let (mut up, endpoint) = match connect(shard, &snapshot.config, &plan).await {
+    let (mut up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
         Ok(up) => up,
-        Err(_) => {
+        Err(e) => {
             // Tell the client the way a closed port would: a reset.
             socket::set_linger_zero(fd);
-            log("UF", None, 0, 0);
+            log(if e.overflow { "UO" } else { "UF" }, None, 0, 0);
             return;
         }
     };
@@ -274,32 +276,64 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
 }
 
+/// Why an L4 connection got no upstream.
+struct NoUpstream {
+    /// The cluster's max_connections was reached (UO), rather than a
+    /// connect failure or no endpoint (UF).
+    overflow: bool,
+}
+
 /// Connects to the plan's target: the address itself, or an endpoint of the
-/// cluster through the upstream layer (each tried once until one answers).
-/// `config` must be the snapshot `plan` was decided from: a cluster index
-/// means nothing in another version. Returns the cluster endpoint, if any,
-/// for [`crate::upstream::Upstreams::released`].
+/// cluster through the upstream layer (balanced; each tried at most once
+/// until one answers), within the cluster's `max_connections` (the permit
+/// is held for the connection's life). `config` must be the snapshot `plan`
+/// was decided from: a cluster index means nothing in another version.
+/// Returns the cluster endpoint, if any, for
+/// [`crate::upstream::Upstreams::released`].
 async fn connect(
     shard: &Shard,
     config: &Config,
     plan: &Forward,
-) -> Result<(TcpStream, Option<SocketAddr>), ConnectError> {
+    peer: Option<SocketAddr>,
+) -> Result<(TcpStream, Option<SocketAddr>, Option<Permit>), NoUpstream> {
+    let failed = |e: ConnectError| {
+        debug!(error = %e, "no upstream connection");
+        NoUpstream { overflow: false }
+    };
     match &plan.target {
         Target::Addr(a) => shard
             .upstreams
             .connect(&shard.stats, *a, plan.source, plan.connect_timeout, false)
             .await
-            .map(|s| (s, None)),
+            .map(|s| (s, None, None))
+            .map_err(failed),
         Target::Cluster(i) => {
-            let cluster = config
-                .clusters
-                .get(*i)
-                .ok_or_else(|| ConnectError::NoEndpoint(format!("#{i}").into()))?;
+            let Some(cluster) = config.clusters.get(*i) else {
+                return Err(NoUpstream { overflow: false });
+            };
+            let limits = cluster.circuit_breakers.per_core(shard.cores);
+            let permit = shard
+                .upstreams
+                .cluster(cluster)
+                .breakers
+                .try_acquire(Resource::Connections, &limits)
+                .ok_or(NoUpstream { overflow: true })?;
+            // L4 knows only addresses: a source_ip hash policy applies.
+            let hash = cluster
+                .hash_policy
+                .contains(&HashPolicy::SourceIp)
+                .then_some(peer)
+                .flatten()
+                .map(|p| match p.ip() {
+                    IpAddr::V4(a) => hash_key(&a.octets()),
+                    IpAddr::V6(a) => hash_key(&a.octets()),
+                });
             shard
                 .upstreams
-                .connect_cluster(&shard.stats, cluster, plan.connect_timeout)
+                .connect_cluster(&shard.stats, cluster, hash, shard.next_u64())
                 .await
-                .map(|(s, ep)| (s, Some(ep)))
+                .map(|(s, ep)| (s, Some(ep), Some(permit)))
+                .map_err(failed)
         }
     }
 }

@@ -16,6 +16,7 @@ use remora::admin::{self, AdminState, Role};
 use remora::config::{Config, ConfigHandle};
 use remora::reload::{Reloader, Trigger};
 use remora::runtime;
+use remora::upstream::control::UpstreamControl;
 
 #[derive(Parser)]
 #[command(
@@ -112,8 +113,15 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
     }
 
     let admin_config = config.admin.clone();
+    let upstream = match UpstreamControl::start(&config) {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            eprintln!("remora: cannot start discovery and health checking: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let handle = Arc::new(ConfigHandle::new(config));
-    let proxy = match runtime::start(handle.clone(), cores) {
+    let proxy = match runtime::start(handle.clone(), upstream.view(), cores) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             error!("{e}");
@@ -141,13 +149,19 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
             })
             .expect("spawn signal thread");
     }
-    let reloader = Arc::new(Reloader::new(path.clone(), handle.clone(), proxy.clone()));
+    let reloader = Arc::new(Reloader::new(
+        path.clone(),
+        handle.clone(),
+        proxy.clone(),
+        upstream.clone(),
+    ));
     let mut admin_state = None;
     if let Some(admin) = &admin_config {
         let quit = events.clone();
         let state = Arc::new(AdminState {
             handle: handle.clone(),
             proxy: proxy.clone(),
+            upstream: upstream.clone(),
             reloader: reloader.clone(),
             set_log_level: Box::new(move |level: &str| {
                 let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;

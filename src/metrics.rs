@@ -11,7 +11,10 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use crate::config::Config;
-use crate::stats::CoreReport;
+use std::net::SocketAddr;
+
+use crate::stats::{ClusterReport, CoreReport, EndpointStats};
+use crate::upstream::control::UpstreamView;
 
 /// Process-level facts that are not per-core counters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,31 +67,127 @@ pub fn stats_text(total: &CoreReport, info: &ServerInfo) -> String {
     out
 }
 
-/// Envoy's `/clusters` text: `cluster::endpoint::stat::value`.
-pub fn clusters_text(total: &CoreReport, config: &Config) -> String {
+/// One endpoint of a cluster as the admin pages show it: the published
+/// member set joined with health verdicts and the cores' reports.
+pub struct EndpointView {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub locality: String,
+    /// Discovery's verdict (an endpoints file can mark one unhealthy).
+    pub discovered_healthy: bool,
+    /// Active health checking's verdict (true when not checked).
+    pub hc_healthy: bool,
+    /// Cores that have ejected it (outlier detection).
+    pub ejected_cores: u64,
+    pub rq_active: u64,
+    pub stats: EndpointStats,
+}
+
+/// Every configured cluster's endpoints, in config order.
+pub fn cluster_endpoints(
+    total: &CoreReport,
+    config: &Config,
+    upstream: &UpstreamView,
+) -> Vec<(String, Vec<EndpointView>)> {
+    let members = upstream.members.current();
+    let health = upstream.health.current();
+    config
+        .clusters
+        .iter()
+        .map(|c| {
+            let report = total.clusters.get(&c.name);
+            let eps = members
+                .clusters
+                .get(&c.name)
+                .map(|m| {
+                    m.members
+                        .iter()
+                        .map(|mem| {
+                            let (ejected_cores, rq_active) = report
+                                .and_then(|r| r.endpoints.get(&mem.addr))
+                                .copied()
+                                .unwrap_or_default();
+                            EndpointView {
+                                addr: mem.addr,
+                                weight: mem.weight,
+                                locality: mem.locality.to_string(),
+                                discovered_healthy: mem.discovered_healthy,
+                                hc_healthy: health.is_healthy(&c.name, mem.addr),
+                                ejected_cores,
+                                rq_active,
+                                stats: total.endpoints.get(&mem.addr).copied().unwrap_or_default(),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (c.name.clone(), eps)
+        })
+        .collect()
+}
+
+/// Envoy's `/clusters` text: `cluster::default_priority::limit::value` for the
+/// circuit breakers, then `cluster::endpoint::stat::value` per endpoint, with
+/// Envoy's `health_flags` (`healthy`, `/failed_active_hc`,
+/// `/failed_outlier_check`, `/failed_eds_health`).
+pub fn clusters_text(total: &CoreReport, config: &Config, upstream: &UpstreamView) -> String {
     let mut out = String::new();
-    for c in &config.clusters {
-        let _ = writeln!(
-            out,
-            "{}::default_priority::max_connections::{}",
-            c.name, config.runtime.max_connections_per_core
-        );
-        for ep in &c.endpoints {
-            let e = total.endpoints.get(ep).copied().unwrap_or_default();
-            let _ = writeln!(out, "{}::{ep}::cx_total::{}", c.name, e.cx_total);
-            let _ = writeln!(out, "{}::{ep}::cx_active::{}", c.name, e.cx_active);
-            let _ = writeln!(
-                out,
-                "{}::{ep}::cx_connect_fail::{}",
-                c.name, e.cx_connect_fail
-            );
+    for (c, (name, eps)) in config
+        .clusters
+        .iter()
+        .zip(cluster_endpoints(total, config, upstream))
+    {
+        let b = &c.circuit_breakers;
+        for (limit, v) in [
+            ("max_connections", b.max_connections),
+            ("max_pending_requests", b.max_pending_requests),
+            ("max_requests", b.max_requests),
+            ("max_retries", b.max_retries),
+        ] {
+            let _ = writeln!(out, "{name}::default_priority::{limit}::{v}");
+        }
+        if let Some(r) = total.clusters.get(&name) {
+            let _ = writeln!(out, "{name}::outlier::ejections_total::{}", r.ejections);
+        }
+        for e in eps {
+            let ep = e.addr;
+            let st = e.stats;
+            for (stat, v) in [
+                ("cx_active", st.cx_active),
+                ("cx_connect_fail", st.cx_connect_fail),
+                ("cx_total", st.cx_total),
+                ("rq_active", e.rq_active),
+                ("weight", u64::from(e.weight)),
+            ] {
+                let _ = writeln!(out, "{name}::{ep}::{stat}::{v}");
+            }
+            let mut flags = String::new();
+            if !e.hc_healthy {
+                flags += "/failed_active_hc";
+            }
+            if e.ejected_cores > 0 {
+                flags += "/failed_outlier_check";
+            }
+            if !e.discovered_healthy {
+                flags += "/failed_eds_health";
+            }
+            if flags.is_empty() {
+                flags = "healthy".into();
+            }
+            let _ = writeln!(out, "{name}::{ep}::health_flags::{flags}");
+            let _ = writeln!(out, "{name}::{ep}::locality::{}", e.locality);
         }
     }
     out
 }
 
 /// Prometheus text exposition format (version 0.0.4).
-pub fn prometheus(total: &CoreReport, info: &ServerInfo, config: &Config) -> String {
+pub fn prometheus(
+    total: &CoreReport,
+    info: &ServerInfo,
+    config: &Config,
+    upstream: &UpstreamView,
+) -> String {
     let mut out = String::new();
     for (name, v) in total.counters.fields() {
         // Gauges are the ones that go down; counters carry the `_total` suffix
@@ -134,36 +233,115 @@ pub fn prometheus(total: &CoreReport, info: &ServerInfo, config: &Config) -> Str
     for (flag, n) in &total.response_flags {
         let _ = writeln!(out, "remora_response_flags_total{{flag=\"{flag}\"}} {n}");
     }
-    let _ = writeln!(out, "# TYPE remora_cluster_upstream_cx counter");
-    let mut lines = (String::new(), String::new(), String::new());
-    for c in &config.clusters {
-        for ep in &c.endpoints {
-            let e = total.endpoints.get(ep).copied().unwrap_or_default();
-            let labels = format!("cluster_name=\"{}\",endpoint=\"{ep}\"", escape(&c.name));
+    let views = cluster_endpoints(total, config, upstream);
+    let mut families: Vec<(&str, &str, String)> = vec![
+        ("remora_cluster_upstream_cx_total", "counter", String::new()),
+        ("remora_cluster_upstream_cx_active", "gauge", String::new()),
+        (
+            "remora_cluster_upstream_cx_connect_fail_total",
+            "counter",
+            String::new(),
+        ),
+        ("remora_cluster_upstream_rq_active", "gauge", String::new()),
+        ("remora_cluster_endpoint_healthy", "gauge", String::new()),
+        (
+            "remora_cluster_endpoint_ejected_cores",
+            "gauge",
+            String::new(),
+        ),
+    ];
+    for (name, eps) in &views {
+        for e in eps {
+            let labels = format!("cluster_name=\"{}\",endpoint=\"{}\"", escape(name), e.addr);
+            let healthy = e.hc_healthy && e.discovered_healthy;
+            for (i, v) in [
+                e.stats.cx_total,
+                e.stats.cx_active,
+                e.stats.cx_connect_fail,
+                e.rq_active,
+                u64::from(healthy),
+                e.ejected_cores,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (family, _, lines) = &mut families[i];
+                let _ = writeln!(lines, "{family}{{{labels}}} {v}");
+            }
+        }
+    }
+    let per_cluster: [(&str, &str, ClusterSeries); 5] = [
+        ("remora_cluster_outlier_ejections_total", "counter", |r| {
+            vec![(String::new(), r.ejections)]
+        }),
+        (
+            "remora_cluster_outlier_ejections_overflow_total",
+            "counter",
+            |r| vec![(String::new(), r.ejections_overflow)],
+        ),
+        ("remora_cluster_lb_no_healthy_total", "counter", |r| {
+            vec![(String::new(), r.no_healthy)]
+        }),
+        ("remora_cluster_lb_panic_total", "counter", |r| {
+            vec![(String::new(), r.panic)]
+        }),
+        ("remora_cluster_circuit_breaker_open", "gauge", |r| {
+            RESOURCES
+                .iter()
+                .zip(r.breaker_open)
+                .map(|(n, v)| (format!(",resource=\"{n}\""), v))
+                .collect()
+        }),
+    ];
+    let mut overflow = String::new();
+    for (family, kind, f) in per_cluster {
+        let _ = writeln!(
+            out,
+            "# TYPE {} {kind}",
+            family.strip_suffix("_total").unwrap_or(family)
+        );
+        for (name, _) in &views {
+            let r = total.clusters.get(name).cloned().unwrap_or_default();
+            for (extra, v) in f(&r) {
+                let _ = writeln!(
+                    out,
+                    "{family}{{cluster_name=\"{}\"{extra}}} {v}",
+                    escape(name)
+                );
+            }
+        }
+    }
+    for (name, _) in &views {
+        let r = total.clusters.get(name).cloned().unwrap_or_default();
+        for (n, v) in RESOURCES.iter().zip(r.breaker_overflow) {
             let _ = writeln!(
-                lines.0,
-                "remora_cluster_upstream_cx_total{{{labels}}} {}",
-                e.cx_total
-            );
-            let _ = writeln!(
-                lines.1,
-                "remora_cluster_upstream_cx_active{{{labels}}} {}",
-                e.cx_active
-            );
-            let _ = writeln!(
-                lines.2,
-                "remora_cluster_upstream_cx_connect_fail_total{{{labels}}} {}",
-                e.cx_connect_fail
+                overflow,
+                "remora_cluster_circuit_breaker_overflow_total{{cluster_name=\"{}\",resource=\"{n}\"}} {v}",
+                escape(name)
             );
         }
     }
-    out += &lines.0;
-    out += "# TYPE remora_cluster_upstream_cx_active gauge\n";
-    out += &lines.1;
-    out += "# TYPE remora_cluster_upstream_cx_connect_fail counter\n";
-    out += &lines.2;
+    let _ = writeln!(
+        out,
+        "# TYPE remora_cluster_circuit_breaker_overflow counter"
+    );
+    out += &overflow;
+    for (family, kind, lines) in families {
+        let _ = writeln!(
+            out,
+            "# TYPE {} {kind}",
+            family.strip_suffix("_total").unwrap_or(family)
+        );
+        out += &lines;
+    }
     out
 }
+
+/// A per-cluster series: (extra labels, value) pairs from a report.
+type ClusterSeries = fn(&ClusterReport) -> Vec<(String, u64)>;
+
+/// Breaker resources in `ClusterReport` order, as labels.
+const RESOURCES: [&str; 4] = ["connections", "pending_requests", "requests", "retries"];
 
 /// One Prometheus histogram from an hdrhistogram of microseconds.
 fn histogram(out: &mut String, name: &str, h: &Histogram<u64>) {
@@ -215,7 +393,12 @@ mod tests {
         other.response_flags.insert("UF", 1);
         other.response_flags.insert("NR", 4);
         r.add(&other);
-        let text = prometheus(&r, &ServerInfo::default(), &Config::builtin());
+        let text = prometheus(
+            &r,
+            &ServerInfo::default(),
+            &Config::builtin(),
+            &crate::upstream::Upstreams::default_view(),
+        );
         assert!(
             text.contains("remora_response_flags_total{flag=\"UF\"} 3\n"),
             "{text}"

@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigHandle};
 use crate::listener;
 use crate::runtime::Proxy;
 use crate::shard::Command;
+use crate::upstream::control::UpstreamControl;
 
 /// Why a reload was asked for (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct Reloader {
     path: Option<PathBuf>,
     handle: Arc<ConfigHandle>,
     proxy: Arc<Proxy>,
+    /// Discovery and health checks follow the clusters of each new config.
+    upstream: Arc<UpstreamControl>,
     /// Serialises reloads: two triggers at once must not interleave.
     lock: Mutex<()>,
     pub ok: AtomicU64,
@@ -45,11 +48,17 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: Option<PathBuf>, handle: Arc<ConfigHandle>, proxy: Arc<Proxy>) -> Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        handle: Arc<ConfigHandle>,
+        proxy: Arc<Proxy>,
+        upstream: Arc<UpstreamControl>,
+    ) -> Reloader {
         Reloader {
             path,
             handle,
             proxy,
+            upstream,
             lock: Mutex::new(()),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -101,6 +110,9 @@ impl Reloader {
                 Ok(v)
             }
             Ok(Some(next)) => {
+                // Endpoint sets first, so every cluster the new config names
+                // has one when the cores see it.
+                self.upstream.apply(&next);
                 let version = self.handle.publish(next);
                 self.proxy.send(Command::Reconcile);
                 self.ok.fetch_add(1, Ordering::Relaxed);

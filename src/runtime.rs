@@ -28,6 +28,7 @@ use crate::listener;
 use crate::net::socket;
 use crate::shard::{BoundListener, Command, HostFacts, Shard, ShardSpec};
 use crate::stats::{CoreReport, StatsHub};
+use crate::upstream::control::UpstreamView;
 
 /// glommio's reactor refuses to start below this RLIMIT_MEMLOCK (per process).
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
@@ -153,7 +154,11 @@ pub fn preflight() -> Result<(), StartError> {
 }
 
 /// Starts one shard per core and returns once all are listening.
-pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, StartError> {
+pub fn start(
+    config: Arc<ConfigHandle>,
+    upstream: UpstreamView,
+    cores: Option<usize>,
+) -> Result<Proxy, StartError> {
     let began = Instant::now();
     preflight()?;
     let snapshot = config.current();
@@ -193,6 +198,8 @@ pub fn start(config: Arc<ConfigHandle>, cores: Option<usize>) -> Result<Proxy, S
             hub: hub.clone(),
             host,
             access_log,
+            upstream: upstream.clone(),
+            cores: n,
         };
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| executor_error(id, e.to_string()))?;

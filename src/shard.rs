@@ -21,6 +21,8 @@ use crate::access_log::CoreLog;
 use crate::config::ConfigHandle;
 use crate::http::rewrite::RequestIdGenerator;
 use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
+use crate::upstream::control::UpstreamView;
+use crate::upstream::locality::Locality;
 use crate::upstream::Upstreams;
 
 /// Which listener accepted a connection.
@@ -73,6 +75,8 @@ pub struct Shard {
     pub access_log: Option<CoreLog>,
     /// Counts by Envoy response flag (names are static: the set is bounded).
     response_flags: RefCell<HashMap<&'static str, u64>>,
+    /// How many cores run (per-core shares of cluster-wide limits).
+    pub cores: usize,
     /// Clusters, endpoints and the keep-alive pool, as this core sees them.
     pub upstreams: Upstreams,
     /// X-Request-Id generator (L7).
@@ -112,6 +116,10 @@ pub struct ShardSpec {
     pub hub: Arc<StatsHub>,
     pub host: HostFacts,
     pub access_log: Option<CoreLog>,
+    /// Endpoint sets and health verdicts, from the upstream control plane.
+    pub upstream: UpstreamView,
+    /// How many cores run (per-core shares of cluster-wide limits).
+    pub cores: usize,
 }
 
 /// Commands to a shard, sent over its control socket as 9-byte frames
@@ -178,7 +186,12 @@ impl Shard {
             stopping: Semaphore::new(0),
             access_log: spec.access_log.take(),
             response_flags: RefCell::new(HashMap::new()),
-            upstreams: Upstreams::default(),
+            upstreams: Upstreams::new(
+                spec.upstream.clone(),
+                Locality::parse(&spec.config.current().config.runtime.locality),
+                seed,
+            ),
+            cores: spec.cores,
             request_ids: RequestIdGenerator::new(),
             rng: Cell::new(seed | (1 + spec.id as u64)),
         }
@@ -236,6 +249,7 @@ impl Shard {
             counters: self.stats.snapshot(),
             histograms: self.histograms.borrow().clone(),
             endpoints: self.upstreams.endpoint_stats().into_iter().collect(),
+            clusters: self.upstreams.cluster_reports(),
             response_flags: self
                 .response_flags
                 .borrow()

@@ -150,6 +150,41 @@ pub struct EndpointStats {
     pub cx_active: u64,
 }
 
+/// One core's state of one cluster (summed over cores on read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    /// Held now, per breaker resource (connections, pending, requests, retries).
+    pub breaker_open: [u64; 4],
+    /// Times each breaker overflowed.
+    pub breaker_overflow: [u64; 4],
+    /// Outlier ejections, and those skipped by max_ejection_percent.
+    pub ejections: u64,
+    pub ejections_overflow: u64,
+    /// Picks that found no usable endpoint (503 UH), and picks in panic mode.
+    pub no_healthy: u64,
+    pub panic: u64,
+    /// Per endpoint: cores that have it ejected now, requests in flight.
+    pub endpoints: BTreeMap<SocketAddr, (u64, u64)>,
+}
+
+impl ClusterReport {
+    pub fn add(&mut self, o: &ClusterReport) {
+        for i in 0..4 {
+            self.breaker_open[i] += o.breaker_open[i];
+            self.breaker_overflow[i] += o.breaker_overflow[i];
+        }
+        self.ejections += o.ejections;
+        self.ejections_overflow += o.ejections_overflow;
+        self.no_healthy += o.no_healthy;
+        self.panic += o.panic;
+        for (a, (e, r)) in &o.endpoints {
+            let t = self.endpoints.entry(*a).or_default();
+            t.0 += e;
+            t.1 += r;
+        }
+    }
+}
+
 /// What one core reports when asked: counters plus histograms.
 #[derive(Debug, Clone, Default)]
 pub struct CoreReport {
@@ -158,6 +193,8 @@ pub struct CoreReport {
     pub endpoints: BTreeMap<SocketAddr, EndpointStats>,
     /// Requests (and L4 connections) by Envoy response flag: a bounded set.
     pub response_flags: BTreeMap<&'static str, u64>,
+    /// Per configured cluster this core has used.
+    pub clusters: BTreeMap<String, ClusterReport>,
 }
 
 impl CoreReport {
@@ -172,6 +209,9 @@ impl CoreReport {
         }
         for (flag, n) in &o.response_flags {
             *self.response_flags.entry(flag).or_default() += n;
+        }
+        for (name, c) in &o.clusters {
+            self.clusters.entry(name.clone()).or_default().add(c);
         }
     }
 }

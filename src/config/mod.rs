@@ -7,7 +7,10 @@
 //! The validated [`Config`] is wrapped in a versioned [`Snapshot`] and published
 //! through [`ConfigHandle`]; cores read it lock-free for each new connection.
 
+mod cluster;
 mod raw;
+
+pub use cluster::{Cluster, Discovery, Endpoint, HashPolicy};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -23,7 +26,7 @@ use toml::Spanned;
 use crate::http::route::RouteTable;
 use crate::http::route_config::{validate_token_bucket, RawRouteConfig};
 use crate::policy::ratelimit::TokenBucketConfig;
-use raw::{RawAccessLog, RawAdmin, RawCapture, RawCluster, RawConfig, RawHttp, RawListener};
+use raw::{RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawListener};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
 /// `config/remora.toml` is the documented, commented equivalent.
@@ -148,6 +151,9 @@ pub struct Runtime {
     /// How long SIGTERM waits for open connections before exiting.
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
+    /// Where this proxy runs, "region/zone/subzone" (Istio's locality; empty:
+    /// unknown, no locality-aware balancing).
+    pub locality: String,
 }
 
 /// Istio-style transparent capture (iptables REDIRECT or TPROXY sends traffic here).
@@ -211,15 +217,6 @@ pub struct Listener {
     /// (`policy::ratelimit::TokenBucket::for_core`).
     #[serde(serialize_with = "ser_token_bucket")]
     pub connection_rate_limit: Option<TokenBucketConfig>,
-}
-
-/// A named set of static endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Cluster {
-    pub name: String,
-    pub endpoints: Vec<SocketAddr>,
-    #[serde(serialize_with = "ser_duration")]
-    pub connect_timeout: Duration,
 }
 
 /// The operator-facing HTTP endpoints (Envoy's and Istio's ports by default).
@@ -467,6 +464,11 @@ impl Validator<'_> {
                 .and_then(|c| self.int_in(&c, 1, 1 << 24, "runtime.max_connections_per_core"))
                 .map_or(16_384, |n| n as usize),
             drain_timeout: self.duration_or(raw.runtime.drain_timeout, Duration::from_secs(5)),
+            locality: raw
+                .runtime
+                .locality
+                .map(|l| l.into_inner())
+                .unwrap_or_default(),
         };
         let log_level = match raw.log.level {
             None => "info".to_string(),
@@ -848,37 +850,6 @@ impl Validator<'_> {
             protocol: self.protocol(raw.protocol, Protocol::Tcp),
             connection_rate_limit,
         })
-    }
-
-    fn cluster(&mut self, raw: RawCluster) -> Cluster {
-        let name = raw.name.get_ref().clone();
-        if name.is_empty() {
-            self.error(Some(raw.name.span()), "cluster name is empty".into());
-        }
-        let mut endpoints = Vec::new();
-        for e in raw.endpoints.get_ref() {
-            match e.get_ref().parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => endpoints.push(a),
-                _ => self.error(
-                    Some(e.span()),
-                    format!(
-                        "cluster `{name}`: endpoint `{}` is not a connectable address:port",
-                        e.get_ref()
-                    ),
-                ),
-            }
-        }
-        if raw.endpoints.get_ref().is_empty() {
-            self.error(
-                Some(raw.endpoints.span()),
-                format!("cluster `{name}` has no endpoints"),
-            );
-        }
-        Cluster {
-            name,
-            endpoints,
-            connect_timeout: self.duration_or(raw.connect_timeout, Duration::from_secs(10)),
-        }
     }
 
     fn forwarding(&mut self, raw: Option<Spanned<String>>) -> Forwarding {

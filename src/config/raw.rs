@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::cluster::RawCluster;
 pub use crate::http::route_config::RawVirtualHost;
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +54,8 @@ pub struct RawRuntime {
     pub cores: Option<Spanned<i64>>,
     pub max_connections_per_core: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
+    /// This proxy's "region/zone/subzone", for locality-aware balancing.
+    pub locality: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,14 +107,6 @@ pub struct RawTokenBucket {
     pub tokens: Spanned<i64>,
     pub fill_interval: Spanned<String>,
     pub tokens_per_fill: Spanned<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCluster {
-    pub name: Spanned<String>,
-    pub endpoints: Spanned<Vec<Spanned<String>>>,
-    pub connect_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -61,7 +61,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -72,6 +72,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::access_log;
+use crate::config::Cluster;
 use crate::config::{Forwarding, Http, Snapshot};
 use crate::http::body::{
     encode_chunk, encode_last_chunk, BodyDecoder, BodyError, ChunkedLimits, Event,
@@ -88,6 +89,9 @@ use crate::http::route::RetryPolicy;
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
+use crate::upstream::breaker::{BreakerConfig, Permit, Resource};
+use crate::upstream::cluster::ActiveRequest;
+use crate::upstream::outlier::Result_ as OutlierResult;
 use crate::upstream::pool;
 use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
@@ -129,8 +133,16 @@ impl ResponseFlags {
     /// code detail `request_payload_too_large`), which would leave a local 413
     /// indistinguishable from an upstream's in the log.
     pub const RTL: ResponseFlags = ResponseFlags(1 << 10);
+    /// Upstream overflow: a circuit breaker was open.
+    pub const UO: ResponseFlags = ResponseFlags(1 << 11);
+    /// Delay injected (fault injection).
+    pub const DI: ResponseFlags = ResponseFlags(1 << 12);
+    /// Abort injected (fault injection).
+    pub const FI: ResponseFlags = ResponseFlags(1 << 13);
+    /// Rate limited locally.
+    pub const RL: ResponseFlags = ResponseFlags(1 << 14);
 
-    const NAMES: [(ResponseFlags, &'static str); 11] = [
+    const NAMES: [(ResponseFlags, &'static str); 15] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -142,6 +154,10 @@ impl ResponseFlags {
         (Self::UPE, "UPE"),
         (Self::RHT, "RHT"),
         (Self::RTL, "RTL"),
+        (Self::UO, "UO"),
+        (Self::DI, "DI"),
+        (Self::FI, "FI"),
+        (Self::RL, "RL"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -370,6 +386,23 @@ struct Exchange {
     upbuf: Option<Buf>,
     head_len: usize,
     key: pool::Key,
+    /// The connection's breaker permit and use count.
+    lease: pool::Lease,
+    /// max_requests_per_connection in force (0: unlimited).
+    max_uses: u32,
+    /// The request counts as active on its endpoint (least request) until
+    /// its response has been passed on.
+    active: Option<ActiveRequest>,
+}
+
+/// Where one attempt connects, and under which cluster's limits.
+struct UpstreamRef<'c> {
+    key: pool::Key,
+    /// The cluster (None: passthrough to an address).
+    cluster: Option<&'c Cluster>,
+    /// This core's share of the cluster's circuit breakers.
+    limits: Option<&'c BreakerConfig>,
+    connect_timeout: Duration,
 }
 
 fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps>> {
@@ -680,7 +713,15 @@ impl Conn<'_> {
         );
         let mut response_ops: Option<Cow<'_, HeaderOps>> = None;
         let mut up_head = Vec::new();
+        let mut hash = None;
         if let Ok(p) = &planned {
+            if let Target::Cluster(i) = p.target {
+                hash = snap
+                    .config
+                    .clusters
+                    .get(i)
+                    .and_then(|c| plan::request_hash(c, &view, self.ctx.peer.map(|a| a.ip())));
+            }
             // The upstream head is written while the client's head is at hand.
             let mut path_scratch = Vec::new();
             let (path, host, ops) = match p.route {
@@ -803,6 +844,7 @@ impl Conn<'_> {
                 per_try,
                 connect_timeout,
                 method,
+                hash,
             ),
         )
         .await;
@@ -825,6 +867,11 @@ impl Conn<'_> {
                     Failure::NoEndpoint => {
                         self.log.flags.insert(ResponseFlags::UH);
                         self.local(503, "no healthy upstream", &[], keep).await
+                    }
+                    Failure::Overflow => {
+                        self.log.flags.insert(ResponseFlags::UO);
+                        self.local(503, "upstream connection pool overflow", &[], keep)
+                            .await
                     }
                     Failure::Reset { .. } => {
                         self.log.flags.insert(ResponseFlags::UC);
@@ -1001,23 +1048,6 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// The endpoint for the next attempt and whether it is a cluster's
-    /// (counted per endpoint); `tried` are the endpoints of earlier attempts.
-    fn pick_endpoint(
-        &self,
-        target: Target,
-        tried: &[SocketAddr],
-    ) -> Option<(SocketAddr, Option<IpAddr>, bool)> {
-        match target {
-            Target::Addr(a, src) => Some((a, src, false)),
-            Target::Cluster(i) => {
-                let c = self.snapshot.config.clusters.get(i)?;
-                let ep = self.shard.upstreams.pick(c, tried)?;
-                Some((ep, None, true))
-            }
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &mut self,
@@ -1028,7 +1058,20 @@ impl Conn<'_> {
         per_try: Option<Duration>,
         connect_timeout: Duration,
         method: Method,
+        hash: Option<u64>,
     ) -> Result<Exchange, Failure> {
+        let snapshot = self.snapshot.clone();
+        let cluster = match target {
+            Target::Cluster(i) => Some(snapshot.config.clusters.get(i).ok_or(Failure::NoEndpoint)?),
+            Target::Addr(..) => None,
+        };
+        let limits = cluster.map(|c| c.circuit_breakers.per_core(self.shard.cores));
+        // max_requests: this request holds one unit until it is answered.
+        let _request_permit = match (cluster, &limits) {
+            (Some(c), Some(l)) => Some(self.acquire(c, Resource::Requests, l)?),
+            _ => None,
+        };
+        let mut retry_permit = None;
         let mut state = retry::State::default();
         let mut force_fresh = false;
         // Endpoints of failed attempts: a retry goes elsewhere when it can
@@ -1037,8 +1080,18 @@ impl Conn<'_> {
         let avoid_tried = retry.is_none_or(|p| p.previous_hosts);
         loop {
             let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
-            let Some((ep, source, tracked)) = self.pick_endpoint(target, avoid) else {
-                return Err(Failure::NoEndpoint);
+            let (ep, source, upstream) = match (target, cluster) {
+                (Target::Addr(a, src), _) => (a, src, None),
+                (Target::Cluster(_), Some(c)) => {
+                    let (st, picked) = self
+                        .shard
+                        .upstreams
+                        .pick(c, hash, avoid, self.shard.next_u64())
+                        .ok_or(Failure::NoEndpoint)?;
+                    let active = st.start_request(&picked);
+                    (picked.addr, None, Some((st, picked, active)))
+                }
+                (Target::Cluster(_), None) => return Err(Failure::NoEndpoint),
             };
             let key = (ep, source);
             self.log.upstream_host = Some(ep);
@@ -1055,9 +1108,15 @@ impl Conn<'_> {
                 replayable: body.replayable(),
             };
             let try_deadline = per_try.map(|d| Instant::now() + d);
+            let conn = UpstreamRef {
+                key,
+                cluster,
+                limits: limits.as_ref(),
+                connect_timeout,
+            };
             let r = until(
                 try_deadline,
-                self.try_once(up_head, body, key, tracked, pooled, connect_timeout, method),
+                self.try_once(up_head, body, &conn, pooled, method),
             )
             .await
             .unwrap_or(Err(Failure::PerTryTimeout));
@@ -1070,18 +1129,49 @@ impl Conn<'_> {
                 Ok(_) => Outcome::Response(self.resp.status),
                 Err(f) => Outcome::Failed(*f),
             };
+            // Outlier detection sees every attempt's result on this endpoint.
+            if let (Some((st, picked, _)), Some(c)) = (&upstream, cluster) {
+                let result = match outcome {
+                    Outcome::Response(s) => Some(OutlierResult::Status(s)),
+                    Outcome::Failed(f) if f.side() == retry::Side::Upstream => {
+                        Some(OutlierResult::LocalOrigin)
+                    }
+                    Outcome::Failed(_) => None,
+                };
+                if let Some(result) = result {
+                    st.record(c, picked, result);
+                }
+            }
             match retry::decide(retry, state, attempt, outcome) {
                 Verdict::Deliver { exhausted } | Verdict::GiveUp { exhausted } => {
                     if exhausted {
                         self.log.flags.insert(ResponseFlags::URX);
                     }
-                    return r;
+                    return r.map(|mut x| {
+                        x.active = upstream.map(|(_, _, a)| a);
+                        x
+                    });
                 }
                 Verdict::AgainFresh => {
                     state.fresh_used = true;
                     force_fresh = true;
                 }
                 Verdict::Retry => {
+                    // max_retries: retries in flight on this core.
+                    if let (Some(c), Some(l)) = (cluster, &limits) {
+                        if retry_permit.is_none() {
+                            match self.acquire(c, Resource::Retries, l) {
+                                Ok(p) => retry_permit = Some(p),
+                                // Envoy answers with what it has.
+                                Err(_) => {
+                                    return r.map(|mut x| {
+                                        x.active = upstream.map(|(_, _, a)| a);
+                                        x
+                                    })
+                                }
+                            }
+                        }
+                    }
                     state.retries += 1;
                     CoreStats::inc(&self.shard.stats.rq_retry);
                     tried.push(ep);
@@ -1100,7 +1190,22 @@ impl Conn<'_> {
         }
     }
 
-    fn take_pooled(&self, key: pool::Key) -> Option<TcpStream> {
+    /// One unit of `resource` of `cluster`'s breakers on this core, or
+    /// `Overflow` (counted; answered with 503 UO).
+    fn acquire(
+        &self,
+        cluster: &Cluster,
+        resource: Resource,
+        limits: &BreakerConfig,
+    ) -> Result<Permit, Failure> {
+        let st = self.shard.upstreams.cluster(cluster);
+        st.breakers.try_acquire(resource, limits).ok_or_else(|| {
+            debug!(cluster = %cluster.name, ?resource, "circuit breaker open");
+            Failure::Overflow
+        })
+    }
+
+    fn take_pooled(&self, key: pool::Key) -> Option<(TcpStream, pool::Lease)> {
         let http = &self.snapshot.config.http;
         let mut dropped = Vec::new();
         let s =
@@ -1113,24 +1218,23 @@ impl Conn<'_> {
         s
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn try_once(
         &mut self,
         up_head: &[u8],
         body: &mut ReqBody,
-        key: pool::Key,
-        tracked: bool,
-        pooled: Option<TcpStream>,
-        connect_timeout: Duration,
+        conn: &UpstreamRef<'_>,
+        pooled: Option<(TcpStream, pool::Lease)>,
         method: Method,
     ) -> Result<Exchange, Failure> {
-        let mut up = match pooled {
-            Some(s) => {
+        let key = conn.key;
+        let (mut up, mut lease) = match pooled {
+            Some(p) => {
                 CoreStats::inc(&self.shard.stats.upstream_cx_reused);
-                s
+                p
             }
-            None => self.connect(key, tracked, connect_timeout).await?,
+            None => self.connect(conn).await?,
         };
+        lease.uses += 1;
         // Head and buffered body in one send when the socket takes them.
         if write_all_pair(&mut up, up_head, &body.buffered)
             .await
@@ -1195,6 +1299,9 @@ impl Conn<'_> {
                             upbuf,
                             head_len: len,
                             key,
+                            lease,
+                            max_uses: conn.limits.map_or(0, |l| l.max_requests_per_connection),
+                            active: None,
                         });
                     }
                     Ok(None) => {}
@@ -1231,18 +1338,31 @@ impl Conn<'_> {
         }
     }
 
-    async fn connect(
-        &self,
-        key: pool::Key,
-        tracked: bool,
-        timeout: Duration,
-    ) -> Result<TcpStream, Failure> {
-        let (ep, source) = key;
-        self.shard
+    /// A new connection for `conn`, within the cluster's breakers:
+    /// `max_connections` (held for the connection's life, pooled time
+    /// included) and `max_pending_requests` (held while connecting).
+    async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(TcpStream, pool::Lease), Failure> {
+        let (ep, source) = conn.key;
+        let (permit, _pending) = match (conn.cluster, conn.limits) {
+            (Some(c), Some(l)) => (
+                Some(self.acquire(c, Resource::Connections, l)?),
+                Some(self.acquire(c, Resource::PendingRequests, l)?),
+            ),
+            _ => (None, None),
+        };
+        let stream = self
+            .shard
             .upstreams
-            .connect(&self.shard.stats, ep, source, timeout, tracked)
+            .connect(
+                &self.shard.stats,
+                ep,
+                source,
+                conn.connect_timeout,
+                conn.cluster.is_some(),
+            )
             .await
-            .map_err(|_| Failure::Connect)
+            .map_err(|_| Failure::Connect)?;
+        Ok((stream, pool::Lease { permit, uses: 0 }))
     }
 
     /// Sends the response head and body to the client; returns the upstream
@@ -1261,6 +1381,9 @@ impl Conn<'_> {
             upbuf,
             head_len,
             key,
+            lease,
+            max_uses,
+            active: _active,
         } = x;
         let Some(mut upbuf) = upbuf else {
             return Next::Close;
@@ -1376,13 +1499,15 @@ impl Conn<'_> {
         let reusable = self.resp.keep_alive
             && !matches!(dec, BodyDecoder::CloseDelimited)
             && !leftover
-            && body.complete;
+            && body.complete
+            && (max_uses == 0 || lease.uses < max_uses);
         if reusable {
             let http = &self.snapshot.config.http;
             let mut dropped = Vec::new();
             self.shard.upstreams.pool.borrow_mut().put(
                 key,
                 up,
+                lease,
                 http.pool_max_idle_per_endpoint,
                 http.pool_idle_timeout,
                 &mut dropped,

@@ -7,9 +7,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Cluster, Config, HashPolicy};
 use crate::http::route::{Forward, Matched, RetryPolicy, RouteAction};
 use crate::http::RequestParts;
+use crate::upstream::balance::hash_key;
 
 use super::ResponseFlags;
 
@@ -141,6 +142,41 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
     }
 }
 
+/// The consistent-hash key of a request for `cluster`'s `hash_policy`
+/// (Istio consistentHash): the first source present in the request. `None`
+/// (no policy, or none present) makes ring hash and Maglev pick at random,
+/// as Envoy does.
+pub fn request_hash<R: RequestParts + ?Sized>(
+    cluster: &Cluster,
+    req: &R,
+    client: Option<IpAddr>,
+) -> Option<u64> {
+    cluster.hash_policy.iter().find_map(|h| match h {
+        HashPolicy::Header(name) => req.header(name.as_bytes()).map(hash_key),
+        HashPolicy::Cookie(name) => req
+            .header_values(b"cookie")
+            .flat_map(|v| v.split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                (&pair[..eq] == name.as_bytes()).then(|| hash_key(&pair[eq + 1..]))
+            }),
+        HashPolicy::SourceIp => client.map(|ip| match ip {
+            IpAddr::V4(a) => hash_key(&a.octets()),
+            IpAddr::V6(a) => hash_key(&a.octets()),
+        }),
+        HashPolicy::QueryParameter(name) => req.query().and_then(|q| {
+            q.split(|&b| b == b'&').find_map(|p| {
+                let (k, v) = match p.iter().position(|&b| b == b'=') {
+                    Some(i) => (&p[..i], &p[i + 1..]),
+                    None => (p, &p[p.len()..]),
+                };
+                (k == name.as_bytes()).then(|| hash_key(v))
+            })
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +257,31 @@ timeout = "3s"
 retry = { retry_on = ["5xx"], num_retries = 1 }
 max_request_body_bytes = 0
 "#;
+
+    #[test]
+    fn hash_sources() {
+        let config = Config::from_toml(
+            "[capture]\nenabled = false\n[[cluster]]\nname = \"h\"\nendpoints = [\"127.0.0.1:1\"]\nlb_policy = \"ring_hash\"\nhash_policy = [{ header = \"x-user\" }, { cookie = \"sid\" }, { query_parameter = \"u\" }, { source_ip = true }]\n",
+            None,
+        )
+        .unwrap();
+        let c = &config.clusters[0];
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut r = req("h", "/p?a=1&u=alice");
+        r.headers.push(("x-user", "bob"));
+        r.headers.push(("cookie", "a=1; sid=s1"));
+        assert_eq!(request_hash(c, &r, Some(ip)), Some(hash_key(b"bob")));
+        r.headers.remove(0);
+        assert_eq!(request_hash(c, &r, Some(ip)), Some(hash_key(b"s1")));
+        r.headers.clear();
+        assert_eq!(request_hash(c, &r, Some(ip)), Some(hash_key(b"alice")));
+        let r = req("h", "/p");
+        assert_eq!(
+            request_hash(c, &r, Some(ip)),
+            Some(hash_key(&[10, 1, 2, 3]))
+        );
+        assert_eq!(request_hash(c, &r, None), None);
+    }
 
     #[test]
     fn plan_table() {

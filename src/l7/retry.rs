@@ -48,6 +48,8 @@ pub enum Failure {
     BadRequestBody,
     /// The request body grew past max_request_body_bytes.
     TooLarge,
+    /// A circuit breaker of the cluster is open (503 UO).
+    Overflow,
 }
 
 impl Failure {
@@ -58,7 +60,7 @@ impl Failure {
             | Failure::PerTryTimeout
             | Failure::BadResponse => Side::Upstream,
             Failure::Downstream | Failure::BadRequestBody | Failure::TooLarge => Side::Downstream,
-            Failure::NoEndpoint => Side::Internal,
+            Failure::NoEndpoint | Failure::Overflow => Side::Internal,
         }
     }
 
@@ -75,7 +77,10 @@ impl Failure {
     /// Whether the upstream may have seen the request: everything but a
     /// failed connect (and failures before any attempt).
     fn may_have_reached_upstream(self) -> bool {
-        !matches!(self, Failure::Connect | Failure::NoEndpoint)
+        !matches!(
+            self,
+            Failure::Connect | Failure::NoEndpoint | Failure::Overflow
+        )
     }
 }
 

@@ -559,6 +559,9 @@ impl Watcher {
             if fds[1].revents != 0 {
                 let mut buf = [0u8; 64];
                 while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+                // An update (or stop) first: once `update` has returned, no
+                // event is delivered for a file it removed.
+                continue;
             }
             if fds[0].revents != 0 {
                 self.handle_events();

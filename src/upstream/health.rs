@@ -302,9 +302,24 @@ pub struct HealthHandle {
 }
 
 impl HealthHandle {
+    /// A handle with no checker behind it: every endpoint reads as healthy
+    /// (for tools and tests that run cores without the control plane).
+    pub fn detached() -> HealthHandle {
+        HealthHandle {
+            shared: Arc::new(Shared::default()),
+        }
+    }
+
     /// The current verdicts (one atomic load; never blocks).
     pub fn current(&self) -> Arc<HealthView> {
         self.shared.view.load_full()
+    }
+
+    /// The current verdicts without touching the shared reference count:
+    /// for the cores' per-request check (no cache line bouncing between
+    /// cores).
+    pub fn load(&self) -> arc_swap::Guard<Arc<HealthView>> {
+        self.shared.view.load()
     }
 
     /// Every endpoint's details, ordered by cluster and address.

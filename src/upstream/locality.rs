@@ -37,6 +37,21 @@ impl Locality {
             subzone: next(),
         }
     }
+
+    /// Nothing known (no locality-aware balancing).
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+}
+
+impl std::fmt::Display for Locality {
+    /// `region/zone/subzone` (empty when unknown).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return Ok(());
+        }
+        write!(f, "{}/{}/{}", self.region, self.zone, self.subzone)
+    }
 }
 
 /// How far `ep` is from `own`: 0 same region, zone and subzone; 1 same

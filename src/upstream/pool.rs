@@ -12,12 +12,25 @@ use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 
+use super::breaker::Permit;
+
 /// Where a pooled connection goes: the endpoint and the bound source address.
 pub type Key = (SocketAddr, Option<IpAddr>);
+
+/// What travels with an upstream connection besides its socket: its place
+/// under the cluster's `max_connections` (released when the connection
+/// closes) and how many requests it has carried
+/// (`max_requests_per_connection`).
+#[derive(Debug, Default)]
+pub struct Lease {
+    pub permit: Option<Permit>,
+    pub uses: u32,
+}
 
 /// An idle upstream connection.
 pub struct Idle {
     pub stream: TcpStream,
+    lease: Lease,
     since: Instant,
 }
 
@@ -35,13 +48,13 @@ impl Pool {
         key: Key,
         max_age: Duration,
         dropped: &mut Vec<TcpStream>,
-    ) -> Option<TcpStream> {
+    ) -> Option<(TcpStream, Lease)> {
         let list = self.idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
             let idle = now.saturating_duration_since(c.since);
             if idle < max_age && quiet(&c.stream) {
-                return Some(c.stream);
+                return Some((c.stream, c.lease));
             }
             dropped.push(c.stream);
         }
@@ -54,6 +67,7 @@ impl Pool {
         &mut self,
         key: Key,
         stream: TcpStream,
+        lease: Lease,
         max_idle: usize,
         max_age: Duration,
         dropped: &mut Vec<TcpStream>,
@@ -70,6 +84,7 @@ impl Pool {
         if list.len() < max_idle {
             list.push(Idle {
                 stream,
+                lease,
                 since: Instant::now(),
             });
         } else {

@@ -148,7 +148,7 @@ class Handler(BaseHTTPRequestHandler):
                 pass
         self.close_connection = True
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
 
 server = ThreadingHTTPServer((BIND, PORT), Handler)
