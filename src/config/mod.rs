@@ -1038,6 +1038,11 @@ mod tests {
             panic!("not a forward route")
         };
         assert!(f.fault.is_some() && f.mirror.is_some() && f.retry.is_some());
+        let backend = &c.clusters[0];
+        assert!(backend.health_check.is_some() && backend.outlier_detection.is_some());
+        assert_eq!(backend.endpoints[1].weight, 3);
+        assert!(matches!(c.clusters[1].discovery, Discovery::Dns { .. }));
+        assert_eq!(c.clusters[1].hash_policy.len(), 3);
     }
 
     #[test]
