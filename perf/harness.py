@@ -100,12 +100,22 @@ SCENARIOS = [
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
+# What `remora-l7-policy` adds to the plain cluster of remora-l7.toml.
+CLUSTER_POLICY = "\n".join([
+    'lb_policy = "least_request"',
+    'health_check = { type = "http", path = "/small", interval = "1s", timeout = "1s" }',
+    'outlier_detection = { consecutive_5xx_errors = 5, interval = "10s", base_ejection_time = "30s" }',
+])
+
 # Proxy name -> (family, layer, template, extra substitutions)
 PROXIES = {
     "direct": ("direct", None, None, {}),
     "remora-copy": ("remora", "l4", "remora-l4.toml", {"FORWARDING": "copy"}),
     "remora-splice": ("remora", "l4", "remora-l4.toml", {"FORWARDING": "splice"}),
-    "remora-l7": ("remora", "l7", "remora-l7.toml", {}),
+    "remora-l7": ("remora", "l7", "remora-l7.toml", {"CLUSTER_POLICY": ""}),
+    # The same with the traffic policy a mesh turns on (issue 10's cost check:
+    # least request, active health checks, outlier detection).
+    "remora-l7-policy": ("remora", "l7", "remora-l7.toml", {"CLUSTER_POLICY": CLUSTER_POLICY}),
     "nginx-stream": ("nginx", "l4", "nginx-stream.conf", {}),
     "haproxy-tcp": ("haproxy", "l4", "haproxy-tcp.cfg", {}),
     "nginx-http": ("nginx", "l7", "nginx-http.conf", {}),
@@ -499,7 +509,8 @@ class Rig:
 
     def probe_remora_l7(self) -> bool:
         """Does this Remora accept the L7 config? (`remora validate` on the template.)"""
-        conf = render_template("remora-l7.toml", self.values("probe", 1), self.dir / "probe.toml")
+        conf = render_template("remora-l7.toml", self.values("probe", 1) | {"CLUSTER_POLICY": ""},
+                               self.dir / "probe.toml")
         try:
             r = subprocess.run([str(self.remora_bin), "validate", str(conf)],
                                capture_output=True, text=True, timeout=20)
@@ -1039,7 +1050,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora",
                     help="Remora binary (default target/release/remora)")
     ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
-                    help="also measure another Remora binary in the L4 scenarios, as proxies "
+                    help="also measure another Remora binary, as proxies remora-l7@LABEL (plain cluster) and "
                          "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
                          "(A/B of a change; repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default perf/results)")
@@ -1061,6 +1072,13 @@ def compare_main(argv: list[str] | None = None) -> int:
                              {"FORWARDING": mode, "BIN": str(Path(path).resolve())})
             if default_proxies or f"remora-{mode}" in args.proxies.split(","):
                 args.proxies += f",{name}"
+        # L7 too: the alternative's plain cluster (no policy keys, so an older
+        # binary accepts the file).
+        name = f"remora-l7@{label}"
+        PROXIES[name] = ("remora", "l7", "remora-l7.toml",
+                         {"CLUSTER_POLICY": "", "BIN": str(Path(path).resolve())})
+        if default_proxies or "remora-l7" in args.proxies.split(","):
+            args.proxies += f",{name}"
 
     if args.render:
         data = json.loads(args.render.read_text())
@@ -1119,7 +1137,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         na: dict[tuple[str, str], str] = {}
         for sc in scenarios:
             for name in proxies_for(sc, wanted):
-                if name == "remora-l7" and not has_l7:
+                if name.startswith("remora-l7") and not has_l7:
                     na[(sc.name, name)] = L7_NA
                 else:
                     samples[(sc.name, name)] = []
