@@ -80,6 +80,7 @@ pub struct EndpointView {
     /// Cores that have ejected it (outlier detection).
     pub ejected_cores: u64,
     pub rq_active: u64,
+    pub lb_picks: u64,
     pub stats: EndpointStats,
 }
 
@@ -103,7 +104,7 @@ pub fn cluster_endpoints(
                     m.members
                         .iter()
                         .map(|mem| {
-                            let (ejected_cores, rq_active) = report
+                            let r = report
                                 .and_then(|r| r.endpoints.get(&mem.addr))
                                 .copied()
                                 .unwrap_or_default();
@@ -113,8 +114,9 @@ pub fn cluster_endpoints(
                                 locality: mem.locality.to_string(),
                                 discovered_healthy: mem.discovered_healthy,
                                 hc_healthy: health.is_healthy(&c.name, mem.addr),
-                                ejected_cores,
-                                rq_active,
+                                ejected_cores: r.ejected_cores,
+                                rq_active: r.rq_active,
+                                lb_picks: r.lb_picks,
                                 stats: total.endpoints.get(&mem.addr).copied().unwrap_or_default(),
                             }
                         })
@@ -157,6 +159,7 @@ pub fn clusters_text(total: &CoreReport, config: &Config, upstream: &UpstreamVie
                 ("cx_connect_fail", st.cx_connect_fail),
                 ("cx_total", st.cx_total),
                 ("rq_active", e.rq_active),
+                ("lb_picks", e.lb_picks),
                 ("weight", u64::from(e.weight)),
             ] {
                 let _ = writeln!(out, "{name}::{ep}::{stat}::{v}");
@@ -249,6 +252,11 @@ pub fn prometheus(
             "gauge",
             String::new(),
         ),
+        (
+            "remora_cluster_endpoint_lb_picks_total",
+            "counter",
+            String::new(),
+        ),
     ];
     for (name, eps) in &views {
         for e in eps {
@@ -261,6 +269,7 @@ pub fn prometheus(
                 e.rq_active,
                 u64::from(healthy),
                 e.ejected_cores,
+                e.lb_picks,
             ]
             .into_iter()
             .enumerate()

@@ -163,8 +163,18 @@ pub struct ClusterReport {
     /// Picks that found no usable endpoint (503 UH), and picks in panic mode.
     pub no_healthy: u64,
     pub panic: u64,
-    /// Per endpoint: cores that have it ejected now, requests in flight.
-    pub endpoints: BTreeMap<SocketAddr, (u64, u64)>,
+    pub endpoints: BTreeMap<SocketAddr, EndpointReport>,
+}
+
+/// One cluster endpoint as the cores see it (summed over cores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointReport {
+    /// Cores that have it ejected now.
+    pub ejected_cores: u64,
+    /// Requests in flight.
+    pub rq_active: u64,
+    /// Times the balancer chose it.
+    pub lb_picks: u64,
 }
 
 impl ClusterReport {
@@ -177,10 +187,11 @@ impl ClusterReport {
         self.ejections_overflow += o.ejections_overflow;
         self.no_healthy += o.no_healthy;
         self.panic += o.panic;
-        for (a, (e, r)) in &o.endpoints {
+        for (a, e) in &o.endpoints {
             let t = self.endpoints.entry(*a).or_default();
-            t.0 += e;
-            t.1 += r;
+            t.ejected_cores += e.ejected_cores;
+            t.rq_active += e.rq_active;
+            t.lb_picks += e.lb_picks;
         }
     }
 }

@@ -27,7 +27,7 @@ use super::locality::{self, Locality, TIERS};
 use super::members::ClusterMembers;
 use super::outlier::{self, EndpointOutlier, Result_};
 use crate::config::Cluster;
-use crate::stats::ClusterReport;
+use crate::stats::{ClusterReport, EndpointReport};
 
 /// Envoy's default overprovisioning factor (1.4) for locality failover.
 const OVERPROVISIONING: f64 = 1.4;
@@ -43,6 +43,8 @@ pub struct ClusterState {
     ejected_count: Cell<usize>,
     /// Per member, requests in flight from this core.
     active: RefCell<Vec<u32>>,
+    /// Per member, times this core's balancer chose it.
+    picks: RefCell<Vec<u64>>,
     /// Per member, its locality tier relative to this proxy's.
     tiers: RefCell<Vec<u8>>,
     /// Healthy and total members per tier.
@@ -94,6 +96,7 @@ impl ClusterState {
             outlier: RefCell::default(),
             ejected_count: Cell::new(0),
             active: RefCell::default(),
+            picks: RefCell::default(),
             tiers: RefCell::default(),
             tier_counts: Cell::new(([0; TIERS], [0; TIERS])),
             picker: RefCell::new(Picker::new(seed)),
@@ -124,8 +127,10 @@ impl ClusterState {
         let n = m.members.len();
         let old_outlier = std::mem::take(&mut *self.outlier.borrow_mut());
         let old_active = std::mem::take(&mut *self.active.borrow_mut());
+        let old_picks = std::mem::take(&mut *self.picks.borrow_mut());
         let mut outlier = vec![EndpointOutlier::default(); n];
         let mut active = vec![0u32; n];
+        let mut picks = vec![0u64; n];
         if let Some(prev) = prev {
             for (i, pm) in prev.members.iter().enumerate() {
                 if let Some(j) = m.position(pm.addr) {
@@ -133,6 +138,7 @@ impl ClusterState {
                         outlier[j] = o.clone();
                     }
                     active[j] = old_active.get(i).copied().unwrap_or(0);
+                    picks[j] = old_picks.get(i).copied().unwrap_or(0);
                 }
             }
         }
@@ -144,6 +150,7 @@ impl ClusterState {
         );
         *self.outlier.borrow_mut() = outlier;
         *self.active.borrow_mut() = active;
+        *self.picks.borrow_mut() = picks;
         *self.healthy.borrow_mut() = vec![true; n];
         self.healthy_count.set(n);
     }
@@ -260,6 +267,9 @@ impl ClusterState {
                 .set(self.counters.no_healthy.get() + 1);
             return None;
         };
+        if let Some(p) = self.picks.borrow_mut().get_mut(index) {
+            *p += 1;
+        }
         Some(Picked {
             addr: m.members[index].addr,
             index,
@@ -368,9 +378,16 @@ impl ClusterState {
         r.ejections_overflow = c.ejections_overflow.get();
         r.no_healthy = c.no_healthy.get();
         r.panic = c.panic.get();
-        for (addr, _, ejected, active) in self.describe() {
-            r.endpoints
-                .insert(addr, (u64::from(ejected), u64::from(active)));
+        let picks = self.picks.borrow();
+        for (i, (addr, _, ejected, active)) in self.describe().into_iter().enumerate() {
+            r.endpoints.insert(
+                addr,
+                EndpointReport {
+                    ejected_cores: u64::from(ejected),
+                    rq_active: u64::from(active),
+                    lb_picks: picks.get(i).copied().unwrap_or(0),
+                },
+            );
         }
         r
     }
