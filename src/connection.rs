@@ -241,7 +241,7 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Err(e) => {
             // Tell the client the way a closed port would: a reset.
             socket::set_linger_zero(fd);
-            log(if e.overflow { "UO" } else { "UF" }, None, 0, 0);
+            log(e.flag, None, 0, 0);
             return;
         }
     };
@@ -276,11 +276,13 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
 }
 
-/// Why an L4 connection got no upstream.
+/// Why an L4 connection got no upstream, as its response flag (Envoy's
+/// tcp_proxy sets the same three).
 struct NoUpstream {
-    /// The cluster's max_connections was reached (UO), rather than a
-    /// connect failure or no endpoint (UF).
-    overflow: bool,
+    /// `UO`: the cluster's max_connections was reached; `UH`: the cluster
+    /// has no endpoint that may be used (all unhealthy or ejected, or none
+    /// discovered); `UF`: connecting failed.
+    flag: &'static str,
 }
 
 /// Connects to the plan's target: the address itself, or an endpoint of the
@@ -298,7 +300,11 @@ async fn connect(
 ) -> Result<(TcpStream, Option<SocketAddr>, Option<Permit>), NoUpstream> {
     let failed = |e: ConnectError| {
         debug!(error = %e, "no upstream connection");
-        NoUpstream { overflow: false }
+        let flag = match e {
+            ConnectError::NoEndpoint(_) => "UH",
+            ConnectError::Timeout { .. } | ConnectError::Failed { .. } => "UF",
+        };
+        NoUpstream { flag }
     };
     match &plan.target {
         Target::Addr(a) => shard
@@ -309,7 +315,7 @@ async fn connect(
             .map_err(failed),
         Target::Cluster(i) => {
             let Some(cluster) = config.clusters.get(*i) else {
-                return Err(NoUpstream { overflow: false });
+                return Err(NoUpstream { flag: "UF" });
             };
             let limits = cluster.circuit_breakers.per_core(shard.cores);
             let permit = shard
@@ -317,7 +323,7 @@ async fn connect(
                 .cluster(cluster)
                 .breakers
                 .try_acquire(Resource::Connections, &limits)
-                .ok_or(NoUpstream { overflow: true })?;
+                .ok_or(NoUpstream { flag: "UO" })?;
             // L4 knows only addresses: a source_ip hash policy applies.
             let hash = cluster
                 .hash_policy

@@ -332,15 +332,22 @@ impl Validator<'_> {
     fn endpoints(&mut self, name: &str, raw: &RawCluster, discovery: &Discovery) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = Vec::new();
         let list = raw.endpoints.as_ref();
-        match (discovery, list) {
-            (Discovery::File { .. }, Some(l)) => {
+        // `discovery = "file"` without endpoints_file resolves to Static after
+        // its error; it still lacks a file, not `endpoints`.
+        let file = matches!(discovery, Discovery::File { .. })
+            || raw
+                .discovery
+                .as_ref()
+                .is_some_and(|d| d.get_ref() == "file");
+        match (file, list) {
+            (true, Some(l)) => {
                 self.error(
                     Some(l.span()),
                     format!("cluster `{name}`: a file cluster takes its endpoints from endpoints_file, not `endpoints`"),
                 );
                 return out;
             }
-            (Discovery::File { .. }, None) => return out,
+            (true, None) => return out,
             (_, None) => {
                 self.error(
                     Some(raw.name.span()),
@@ -887,5 +894,10 @@ endpoints_file = "/etc/remora/eds.json"
                 "{body}: want {want:?}, got {errs:?}"
             );
         }
+        // A file cluster without its file is told only that.
+        let errs = errors(&format!(
+            "{HEAD}[[cluster]]\nname = \"a\"\ndiscovery = \"file\"\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
     }
 }
