@@ -138,6 +138,16 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
         Origin::Listener(_) => None,
         _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
+    // The listener's name for logs, L4 and L7 alike: Istio's names for the
+    // capture ports, the configured name for a [[listener]].
+    let listener: Rc<str> = match origin {
+        Origin::Listener(addr) => config
+            .listeners
+            .iter()
+            .find(|l| l.address == addr)
+            .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
+        _ => origin.name().into(),
+    };
     let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
         if flags != "-" {
             shard.count_flag(flags);
@@ -153,7 +163,7 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
                 upstream_host: up,
                 downstream_remote: peer,
                 downstream_local: Some(local),
-                listener: origin.name(),
+                listener: &listener,
                 ..Default::default()
             });
         }
@@ -207,17 +217,8 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
             },
             Target::Cluster(_) => crate::l7::Fallback::NotFound,
         };
-        let listener: Rc<str> = match origin {
-            Origin::Outbound => "outbound".into(),
-            Origin::Inbound => "inbound".into(),
-            Origin::Listener(addr) => config
-                .listeners
-                .iter()
-                .find(|l| l.address == addr)
-                .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
-        };
         let ctx = crate::l7::Context {
-            listener,
+            listener: listener.clone(),
             peer,
             local: Some(local),
             fallback,

@@ -401,7 +401,7 @@ fn access_log_text_and_json() {
                 let check = Command::new("python3")
                     .arg("-c")
                     .arg(format!(
-                        "import json,sys; e=json.loads(sys.argv[1]); assert e['bytes_received']==5 and e['bytes_sent']==5 and e['protocol']=='TCP' and e['upstream_host']=='{echo}', e"
+                        "import json,sys; e=json.loads(sys.argv[1]); assert e['bytes_received']==5 and e['bytes_sent']==5 and e['protocol']=='TCP' and e['upstream_host']=='{echo}' and e['listener']=='l', e"
                     ))
                     .arg(l)
                     .status()
