@@ -715,6 +715,7 @@ enabled = false
 [[cluster]]
 name = "mixed"
 endpoints = ["{dead}", "{live}"]
+lb_policy = "round_robin"
 [[listener]]
 name = "h"
 address = "127.0.0.1:{port}"

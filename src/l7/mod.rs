@@ -90,7 +90,7 @@ use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
 use crate::upstream::breaker::{BreakerConfig, Permit, Resource};
-use crate::upstream::cluster::ActiveRequest;
+use crate::upstream::cluster::{ActiveRequest, ClusterState};
 use crate::upstream::outlier::Result_ as OutlierResult;
 use crate::upstream::pool;
 use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
@@ -395,11 +395,27 @@ struct Exchange {
     active: Option<ActiveRequest>,
 }
 
+/// One unit of `resource` of `cluster`'s breakers on this core, or
+/// `Overflow` (counted; answered with 503 UO).
+fn acquire(
+    state: &ClusterState,
+    cluster: &Cluster,
+    resource: Resource,
+    limits: &BreakerConfig,
+) -> Result<Permit, Failure> {
+    state.breakers.try_acquire(resource, limits).ok_or_else(|| {
+        debug!(cluster = %cluster.name, ?resource, "circuit breaker open");
+        Failure::Overflow
+    })
+}
+
 /// Where one attempt connects, and under which cluster's limits.
 struct UpstreamRef<'c> {
     key: pool::Key,
     /// The cluster (None: passthrough to an address).
     cluster: Option<&'c Cluster>,
+    /// This core's state of it.
+    state: Option<&'c Rc<ClusterState>>,
     /// This core's share of the cluster's circuit breakers.
     limits: Option<&'c BreakerConfig>,
     connect_timeout: Duration,
@@ -1066,9 +1082,11 @@ impl Conn<'_> {
             Target::Addr(..) => None,
         };
         let limits = cluster.map(|c| c.circuit_breakers.per_core(self.shard.cores));
+        // This core's state of the cluster, brought up to date once per request.
+        let cstate = cluster.map(|c| self.shard.upstreams.cluster(c));
         // max_requests: this request holds one unit until it is answered.
-        let _request_permit = match (cluster, &limits) {
-            (Some(c), Some(l)) => Some(self.acquire(c, Resource::Requests, l)?),
+        let _request_permit = match (cluster, &cstate, &limits) {
+            (Some(c), Some(st), Some(l)) => Some(acquire(st, c, Resource::Requests, l)?),
             _ => None,
         };
         let mut retry_permit = None;
@@ -1080,18 +1098,18 @@ impl Conn<'_> {
         let avoid_tried = retry.is_none_or(|p| p.previous_hosts);
         loop {
             let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
-            let (ep, source, upstream) = match (target, cluster) {
-                (Target::Addr(a, src), _) => (a, src, None),
-                (Target::Cluster(_), Some(c)) => {
-                    let (st, picked) = self
+            let (ep, source, upstream) = match (target, cluster, &cstate) {
+                (Target::Addr(a, src), ..) => (a, src, None),
+                (Target::Cluster(_), Some(c), Some(st)) => {
+                    let picked = self
                         .shard
                         .upstreams
-                        .pick(c, hash, avoid, self.shard.next_u64())
+                        .pick_from(st, c, hash, avoid, self.shard.next_u64())
                         .ok_or(Failure::NoEndpoint)?;
                     let active = st.start_request(&picked);
                     (picked.addr, None, Some((st, picked, active)))
                 }
-                (Target::Cluster(_), None) => return Err(Failure::NoEndpoint),
+                _ => return Err(Failure::NoEndpoint),
             };
             let key = (ep, source);
             self.log.upstream_host = Some(ep);
@@ -1111,6 +1129,7 @@ impl Conn<'_> {
             let conn = UpstreamRef {
                 key,
                 cluster,
+                state: cstate.as_ref(),
                 limits: limits.as_ref(),
                 connect_timeout,
             };
@@ -1158,9 +1177,9 @@ impl Conn<'_> {
                 }
                 Verdict::Retry => {
                     // max_retries: retries in flight on this core.
-                    if let (Some(c), Some(l)) = (cluster, &limits) {
+                    if let (Some(c), Some(st), Some(l)) = (cluster, &cstate, &limits) {
                         if retry_permit.is_none() {
-                            match self.acquire(c, Resource::Retries, l) {
+                            match acquire(st, c, Resource::Retries, l) {
                                 Ok(p) => retry_permit = Some(p),
                                 // Envoy answers with what it has.
                                 Err(_) => {
@@ -1188,21 +1207,6 @@ impl Conn<'_> {
                 }
             }
         }
-    }
-
-    /// One unit of `resource` of `cluster`'s breakers on this core, or
-    /// `Overflow` (counted; answered with 503 UO).
-    fn acquire(
-        &self,
-        cluster: &Cluster,
-        resource: Resource,
-        limits: &BreakerConfig,
-    ) -> Result<Permit, Failure> {
-        let st = self.shard.upstreams.cluster(cluster);
-        st.breakers.try_acquire(resource, limits).ok_or_else(|| {
-            debug!(cluster = %cluster.name, ?resource, "circuit breaker open");
-            Failure::Overflow
-        })
     }
 
     fn take_pooled(&self, key: pool::Key) -> Option<(TcpStream, pool::Lease)> {
@@ -1343,10 +1347,10 @@ impl Conn<'_> {
     /// included) and `max_pending_requests` (held while connecting).
     async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(TcpStream, pool::Lease), Failure> {
         let (ep, source) = conn.key;
-        let (permit, _pending) = match (conn.cluster, conn.limits) {
-            (Some(c), Some(l)) => (
-                Some(self.acquire(c, Resource::Connections, l)?),
-                Some(self.acquire(c, Resource::PendingRequests, l)?),
+        let (permit, _pending) = match (conn.cluster, conn.state, conn.limits) {
+            (Some(c), Some(st), Some(l)) => (
+                Some(acquire(st, c, Resource::Connections, l)?),
+                Some(acquire(st, c, Resource::PendingRequests, l)?),
             ),
             _ => (None, None),
         };

@@ -158,6 +158,19 @@ impl Upstreams {
         Some((state, picked))
     }
 
+    /// Like [`Upstreams::pick`], with a state already brought up to date by
+    /// [`Upstreams::cluster`] (a request's later attempts reuse it).
+    pub fn pick_from(
+        &self,
+        state: &ClusterState,
+        cluster: &Cluster,
+        hash: Option<u64>,
+        tried: &[SocketAddr],
+        rand: u64,
+    ) -> Option<Picked> {
+        state.pick(cluster, &self.own, &PickInput { hash, tried, rand })
+    }
+
     /// Connects to `addr` (from `source`, if given) within `timeout`, counting
     /// the outcome in this core's `stats` and, for a cluster endpoint
     /// (`tracked`), in the endpoint's counters.
