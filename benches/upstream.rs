@@ -20,7 +20,7 @@ fn cluster_config(n: usize, policy: &str, extra: &str) -> Config {
         .map(|i| {
             format!(
                 "\"10.{}.{}.{}:8080\"",
-                i / 65536,
+                i / 62500,
                 (i / 256) % 256,
                 i % 256 + 1
             )

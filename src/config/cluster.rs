@@ -395,7 +395,8 @@ impl Validator<'_> {
                     "is not a host:port (a DNS name or IP address and a port 1-65535)"
                 } else if address
                     .rsplit_once(':')
-                    .is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_err())
+                    .is_some_and(|(h, _)| h.bytes().any(|b| b.is_ascii_alphabetic()))
+                    && dns_name_ok(&address)
                 {
                     "is not an IP address:port; names need discovery = \"dns\""
                 } else {
