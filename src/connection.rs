@@ -1,6 +1,7 @@
-//! One accepted connection, top to bottom: original destination → [`decide`]
-//! (pure) → protocol (tcp / http / detected) → L4 forwarding through the
-//! upstream layer, or the L7 path (`l7::serve`), or a refusal.
+//! One accepted connection, top to bottom: the listener's connection rate
+//! limit → original destination → [`decide`] (pure) → protocol (tcp / http /
+//! detected) → L4 forwarding through the upstream layer, or the L7 path
+//! (`l7::serve`), or a refusal.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -121,12 +122,36 @@ pub fn decide(
     })
 }
 
-/// One accepted connection, start to finish.
-pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
+/// One accepted connection, start to finish. Takes the core's `Rc` so the L7
+/// path can hand it to tasks that outlive the connection (request mirrors).
+pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: bool) {
     let started = Instant::now();
     let snapshot = shard.config.current();
     let config = &snapshot.config;
     let fd = down.as_raw_fd();
+    // Before anything else (even the address lookups): a refused connection
+    // should cost as little as possible, which is the point of the limit.
+    if !connection_allowed(shard, config, origin) {
+        CoreStats::inc(&shard.stats.downstream_cx_rate_limited);
+        // A reset, as Envoy's network local_ratelimit filter closes with
+        // NoFlush: the client learns at once, and no TIME_WAIT stays here.
+        socket::set_linger_zero(fd);
+        shard.count_flag("RL");
+        if let Some(l) = &shard.access_log {
+            l.record(&access_log::Entry {
+                start_time: Some(std::time::SystemTime::now() - started.elapsed()),
+                protocol: "TCP",
+                response_flags: "RL",
+                duration: started.elapsed(),
+                downstream_remote: down.peer_addr().ok(),
+                downstream_local: down.local_addr().ok(),
+                listener: origin.name(),
+                ..Default::default()
+            });
+        }
+        debug!(?origin, "connection rate limit: closing new connection");
+        return;
+    }
     let Ok(local) = down.local_addr() else { return };
     let peer = down.peer_addr().ok();
     // REDIRECTed connections (always the case for outbound, also in Istio's
@@ -275,6 +300,29 @@ pub async fn serve(shard: &Shard, down: TcpStream, origin: Origin, ipv6: bool) {
     };
     log(flags, upstream_addr, report.bytes_up, report.bytes_down);
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+}
+
+/// Whether the listener's `connection_rate_limit` (if any) lets one more
+/// connection in on this core: one token from the core's bucket for the
+/// listener (Envoy's network `local_ratelimit`). Capture ports have no limit.
+fn connection_allowed(shard: &Shard, config: &Config, origin: Origin) -> bool {
+    let Origin::Listener(addr) = origin else {
+        return true;
+    };
+    let Some(cfg) = config
+        .listeners
+        .iter()
+        .find(|l| l.address == addr)
+        .and_then(|l| l.connection_rate_limit.as_ref())
+    else {
+        return true;
+    };
+    shard
+        .buckets
+        .borrow_mut()
+        .connections
+        .try_take(&addr, cfg, shard.cores, Instant::now())
+        .allowed
 }
 
 /// Why an L4 connection got no upstream, as its response flag (Envoy's

@@ -6,14 +6,16 @@
 //!                                             ▼ loaded once per new connection
 //! per core (runtime::run_shard, one pinned glommio executor each; state in shard):
 //!   SO_REUSEPORT listeners (listener: 15001 outbound, 15006 inbound, [[listener]]s)
-//!     └─ accept ─ connection: original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
+//!     └─ accept ─ connection: [[listener]] connection_rate_limit (policy::ratelimit; over: reset)
+//!                 ─ original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
 //!                                                   ├─ protocol: tcp / http / auto (l7::detect peeks)
 //!                                                   ├─ L4: upstream (pick, connect)
 //!                                                   │     └─ l4::forward: copy or splice, both ways
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
+//!                                                   │      rate limit (429) ─ fault (delay, abort)
+//!                                                   │      ─ body ─ mirror copy (l7::mirror, detached)
 //!                                                   │      attempts: upstream (pick, pool, connect)
 //!                                                   │      ─ l7::retry::decide ─ l7::log_request
-//!                                                   │      (route policies: fault, rate limit, mirror in policy)
 //!                                                   └─ Refuse: self-loop / no destination
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop

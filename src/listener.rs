@@ -105,13 +105,15 @@ pub fn close(shard: &Shard, keep: impl Fn(&ListenKey) -> bool) {
 
 /// Makes this core's listeners match the current snapshot. New addresses are
 /// bound, removed ones closed; connections already accepted carry on. Per-core
-/// upstream state for clusters that are gone is dropped.
+/// upstream state for clusters that are gone is dropped, and so are rate-limit
+/// buckets of limits that are gone.
 pub fn reconcile(shard: &Rc<Shard>) {
     if shard.draining.get() {
         return;
     }
     let snapshot = shard.config.current();
     shard.upstreams.prune(&snapshot.config);
+    shard.prune_buckets(&snapshot.config);
     let want = listen_keys(&snapshot.config);
     close(shard, |k| want.contains(k));
     let have: Vec<ListenKey> = shard

@@ -18,8 +18,9 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
 use crate::access_log::CoreLog;
-use crate::config::ConfigHandle;
+use crate::config::{Config, ConfigHandle};
 use crate::http::rewrite::RequestIdGenerator;
+use crate::policy::ratelimit::CoreBuckets;
 use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
 use crate::upstream::control::UpstreamView;
 use crate::upstream::locality::Locality;
@@ -83,6 +84,11 @@ pub struct Shard {
     pub request_ids: RequestIdGenerator,
     /// This core's RNG state (see [`Shard::next_u64`]).
     rng: Cell<u64>,
+    /// This core's local rate-limit buckets (requests per route / virtual
+    /// host, connections per listener), by name or address so that they
+    /// survive reloads; pruned by `Shard::prune_buckets`. Borrowed only
+    /// between awaits.
+    pub buckets: RefCell<CoreBuckets>,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -194,7 +200,33 @@ impl Shard {
             cores: spec.cores,
             request_ids: RequestIdGenerator::new(),
             rng: Cell::new(seed | (1 + spec.id as u64)),
+            buckets: RefCell::default(),
         }
+    }
+
+    /// Drops the rate-limit buckets of limits that `config` no longer has
+    /// (a bucket whose limit changed is replaced on its next use instead).
+    pub(crate) fn prune_buckets(&self, config: &Config) {
+        let mut b = self.buckets.borrow_mut();
+        b.connections.retain(|addr| {
+            config
+                .listeners
+                .iter()
+                .any(|l| l.address == *addr && l.connection_rate_limit.is_some())
+        });
+        let hosts = &config.routes.table.virtual_hosts;
+        b.requests.retain(|vh, route| {
+            hosts
+                .iter()
+                .filter(|h| *h.name == *vh)
+                .any(|h| match route {
+                    None => h.rate_limit.is_some(),
+                    Some(r) => h
+                        .routes
+                        .iter()
+                        .any(|x| *x.name == *r && x.rate_limit.is_some()),
+                })
+        });
     }
 
     /// A random number from this core's generator.

@@ -85,6 +85,21 @@ counters! {
     /// unread, with a lingering drain of the rest (early upstream answer,
     /// local reply to an upload).
     downstream_cx_lingering_close,
+    /// Requests answered 429 by a route's or virtual host's local rate limit (flag RL).
+    rq_rate_limited,
+    /// Requests delayed by fault injection (flag DI).
+    rq_fault_delay,
+    /// Requests answered by fault injection instead of the upstream (flag FI).
+    rq_fault_abort,
+    /// Copies of requests sent to a route's mirror cluster (started; see
+    /// rq_mirror_failed for those that got no complete answer).
+    rq_mirrored,
+    /// Mirrored copies that got no complete response: no endpoint, circuit
+    /// breaker open, connect failure, reset, timeout or a bad response. The
+    /// client's own request is never affected.
+    rq_mirror_failed,
+    /// Connections closed (reset) at accept by a listener's connection_rate_limit.
+    downstream_cx_rate_limited,
 }
 
 impl CoreStats {

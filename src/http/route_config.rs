@@ -429,7 +429,20 @@ impl Validator<'_> {
         let request_headers = self.header_ops(raw.request_headers);
         let response_headers = self.header_ops(raw.response_headers);
         let mut routes = Vec::new();
+        let mut route_names: HashMap<String, ()> = HashMap::new();
         for (i, r) in raw.routes.into_iter().enumerate() {
+            // Names key per-core state (rate-limit buckets) across reloads,
+            // so two routes of one host must not share one.
+            let (route_name, span) = match &r.get_ref().name {
+                Some(n) => (n.get_ref().clone(), n.span()),
+                None => (format!("{name}/{i}"), r.span()),
+            };
+            if !route_name.is_empty() && route_names.insert(route_name.clone(), ()).is_some() {
+                self.error(
+                    span,
+                    format!("route `{route_name}` is defined twice in virtual host `{name}` (route names must be unique within a virtual host)"),
+                );
+            }
             if let Some(route) = self.route(r, &name, i) {
                 routes.push(route);
             }
@@ -1310,6 +1323,51 @@ domains = ["A.com"]
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn route_names_are_unique_within_a_virtual_host() {
+        let text = r#"
+[[virtual_host]]
+name = "a"
+domains = ["a"]
+[[virtual_host.route]]
+name = "r"
+match = { prefix = "/x" }
+cluster = "v1"
+[[virtual_host.route]]
+name = "r"
+match = { prefix = "/" }
+cluster = "v1"
+[[virtual_host.route]]
+name = "a/3"
+match = { prefix = "/" }
+cluster = "v1"
+[[virtual_host.route]]
+match = { prefix = "/" }
+cluster = "v1"
+[[virtual_host]]
+name = "b"
+domains = ["b"]
+[[virtual_host.route]]
+name = "r"
+match = { prefix = "/" }
+cluster = "v1"
+"#;
+        let errs = errors(text);
+        assert_eq!(
+            errs,
+            vec![
+                (
+                    10,
+                    "route `r` is defined twice in virtual host `a` (route names must be unique within a virtual host)".to_string()
+                ),
+                (
+                    17,
+                    "route `a/3` is defined twice in virtual host `a` (route names must be unique within a virtual host)".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -7,16 +7,26 @@
 //!     │ head::parse_request_into (strict)      ── bad ──► 400/431/501, close (DPE)
 //!     ▼
 //!  plan::plan (pure; route match on version-neutral RequestParts)
+//!     │ forward: Plan (cluster, timeout, retry, body limit, rate limit),
+//!     │   rewrite::write_request; mirror drawn (should_mirror) ─ shadow head
+//!     ▼
+//!  rate limit (route's, else virtual host's; per-core bucket in Shard::buckets)
+//!     │ no token ──► 429 "local_rate_limited" (RL), x-ratelimit-* if asked
+//!     │   (also added to every other answer of a limited route)
 //!     ├─ redirect / direct_response ─────────────────────► local reply
 //!     ├─ no match: capture → passthrough to the original destination
 //!     │            listener → 404 (NR)
-//!     ▼ forward: Plan (cluster, timeout, retry, body limit), rewrite::write_request
+//!     ▼
+//!  fault (route's): delay ─ sleep (DI) ─ abort ──► local `status` (FI), no upstream
 //!  body limit (route, virtual host, [http]): Content-Length over it ──► 413 (RTL)
 //!  request body: Expect: 100-continue answered locally (Expect stripped), then
 //!     buffered up to retry_buffer_limit (replayable) ── larger: streamed (an
 //!     early upstream answer stops it), no retry after sending
 //!     decoded bytes past the limit ──► 413 (RTL); if streaming, upstream reset
 //!     ▼
+//!  mirror: body buffered whole? spawn the copy (mirror.rs, detached, never
+//!     waited for); a streamed body is not mirrored
+//!     ▼  the route timeout starts here (after any injected delay)
 //!  attempt ◄──────── retry::decide (RetryPolicy, jittered backoff) ───────┐
 //!     │ upstream: endpoint pick ─ pooled connection (checked) or connect   │
 //!     │   connect fails ──► UF                                              │
@@ -54,6 +64,7 @@
 
 mod buf;
 pub mod detect;
+mod mirror;
 pub mod plan;
 pub mod retry;
 
@@ -82,8 +93,8 @@ use crate::http::head::{
     RequestView, ResponseHead, Version,
 };
 use crate::http::rewrite::{
-    write_local_response, write_request, write_response, HeaderOps, RequestRewrite,
-    ResponseRewrite, Written, CONTINUE_100,
+    shadow_request_head, write_local_response, write_request, write_response, HeaderField,
+    HeaderOps, RequestRewrite, ResponseRewrite, Written, CONTINUE_100,
 };
 use crate::http::route::RetryPolicy;
 use crate::net::socket;
@@ -285,7 +296,7 @@ pub struct Context {
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
 /// be non-blocking.
-pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx: Context) {
+pub async fn serve(shard: &Rc<Shard>, down: TcpStream, snapshot: Arc<Snapshot>, ctx: Context) {
     CoreStats::inc(&shard.stats.downstream_cx_http);
     let log = RequestLog::new(&ctx);
     let mut conn = Conn {
@@ -301,6 +312,7 @@ pub async fn serve(shard: &Shard, down: TcpStream, snapshot: Arc<Snapshot>, ctx:
         started: Instant::now(),
         unread_body: false,
         discarded: 0,
+        rate_headers: None,
     };
     loop {
         let next = conn.one().await;
@@ -436,6 +448,19 @@ fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps
     }
 }
 
+/// `ops` plus the `x-ratelimit-*` fields, appended (Envoy's filter adds them
+/// with `addReferenceKey`, beside any the upstream sent).
+fn with_rate_headers<'a>(
+    ops: Option<Cow<'a, HeaderOps>>,
+    headers: &[(&'static str, String); 3],
+) -> Cow<'a, HeaderOps> {
+    let mut owned = ops.map(Cow::into_owned).unwrap_or_default();
+    for (n, v) in headers {
+        owned.add.push(HeaderField::new(n.as_bytes(), v.as_bytes()));
+    }
+    Cow::Owned(owned)
+}
+
 /// Adds "remove Expect" to `ops` when the proxy answers 100-continue itself:
 /// the upstream must not send a 100 of its own, which would read as an early
 /// final answer while the body is still streaming.
@@ -509,7 +534,8 @@ fn decode_into(
 }
 
 struct Conn<'s> {
-    shard: &'s Shard,
+    /// An `Rc` so that request mirrors can outlive the request (`mirror`).
+    shard: &'s Rc<Shard>,
     /// The config this request is served with (refreshed per request).
     snapshot: Arc<Snapshot>,
     ctx: Context,
@@ -530,6 +556,11 @@ struct Conn<'s> {
     /// Body bytes read and dropped after an early answer, while it was sent;
     /// the lingering close may drop `lingering_max_bytes` minus these.
     discarded: u64,
+    /// The current request's `x-ratelimit-*` headers (its rate limit has
+    /// `response_headers` on): added to whatever answers it, forwarded or
+    /// local, as Envoy's filter adds them in its encode path. Cleared by
+    /// [`Conn::finish`].
+    rate_headers: Option<[(&'static str, String); 3]>,
 }
 
 /// How long a keep-alive connection may sit idle once its core is stopping.
@@ -592,8 +623,12 @@ impl Conn<'_> {
         keep_alive: bool,
     ) -> Next {
         self.out.clear();
+        let rate = self.rate_headers.take();
         let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"text/plain")];
         headers.extend_from_slice(extra);
+        for (n, v) in rate.iter().flatten() {
+            headers.push((n.as_bytes(), v.as_bytes()));
+        }
         let body = if body.is_empty() {
             Vec::new()
         } else {
@@ -658,6 +693,7 @@ impl Conn<'_> {
     }
 
     fn finish(&mut self) {
+        self.rate_headers = None;
         self.log.duration = self.started.elapsed();
         log_request(self.shard, &self.log);
     }
@@ -730,6 +766,7 @@ impl Conn<'_> {
         let mut response_ops: Option<Cow<'_, HeaderOps>> = None;
         let mut up_head = Vec::new();
         let mut hash = None;
+        let mut mirror_job = None;
         if let Ok(p) = &planned {
             if let Target::Cluster(i) = p.target {
                 hash = snap
@@ -771,10 +808,54 @@ impl Conn<'_> {
                 self.log.upstream_cluster = Some(p.cluster_name.to_string());
                 self.log.route_name = p.route.map(|(m, _)| m.route.name.to_string());
             }
+            // Mirroring is drawn now, while the head is at hand (the copy's
+            // hash may need it); the copy goes once the body is in.
+            let mirror = p.route.and_then(|(_, f)| f.mirror.as_ref());
+            if let Some(m) = mirror.filter(|_| !wants_upgrade) {
+                if m.should_mirror(self.shard.next_u64()) {
+                    mirror_job = shadow_request_head(&up_head).map(|head| mirror::Job {
+                        cluster: m.cluster.index,
+                        head,
+                        hash: snap.config.clusters.get(m.cluster.index).and_then(|c| {
+                            plan::request_hash(c, &view, self.ctx.peer.map(|a| a.ip()))
+                        }),
+                        method,
+                        timeout: p.timeout.unwrap_or(mirror::DEFAULT_TIMEOUT),
+                    });
+                }
+            }
         }
         if let Some(b) = self.inbuf.as_mut() {
             b.consume(len);
         }
+
+        // Local rate limit (route, else virtual host), before anything else
+        // is done for the request: its body is not read, no fault delays it.
+        let rate_limit = match &planned {
+            Ok(p) => p.rate_limit,
+            Err(reply) => reply.rate_limit,
+        };
+        if let Some(rl) = rate_limit {
+            let decision = self.shard.buckets.borrow_mut().requests.try_take(
+                rl.virtual_host,
+                rl.route,
+                &rl.limit.bucket,
+                self.shard.cores,
+                Instant::now(),
+            );
+            self.rate_headers = rl.limit.headers(&decision);
+            if !decision.allowed {
+                CoreStats::inc(&self.shard.stats.rq_rate_limited);
+                self.log.flags.insert(ResponseFlags::RL);
+                if let (true, Err(reply)) = (details, &planned) {
+                    self.log.route_name = reply.route_name.clone();
+                }
+                // The body (if any) was not read: the connection cannot be reused.
+                let keep = keep_alive && framing == BodyFraming::None;
+                return self.local(429, "local_rate_limited", &[], keep).await;
+            }
+        }
+
         let plan = match planned {
             Ok(p) => p,
             Err(reply) => {
@@ -793,6 +874,24 @@ impl Conn<'_> {
                 return self.local(reply.status, &reply.body, &extra, keep).await;
             }
         };
+
+        // Fault injection (Istio HTTPFaultInjection): the delay first, then
+        // the abort, both before the body is read and before the route
+        // timeout starts (Envoy's fault filter runs before its router).
+        if let Some(fault) = plan.route.and_then(|(_, f)| f.fault.as_ref()) {
+            let decision = fault.decide(self.shard.next_u64(), self.shard.next_u64());
+            if let Some(delay) = decision.delay {
+                CoreStats::inc(&self.shard.stats.rq_fault_delay);
+                self.log.flags.insert(ResponseFlags::DI);
+                glommio::timer::sleep(delay).await;
+            }
+            if let Some(status) = decision.abort {
+                CoreStats::inc(&self.shard.stats.rq_fault_abort);
+                self.log.flags.insert(ResponseFlags::FI);
+                let keep = keep_alive && framing == BodyFraming::None;
+                return self.local(status, "fault filter abort", &[], keep).await;
+            }
+        }
 
         // A declared length over the limit is refused before any of the body
         // is read or a 100 Continue is sent (RFC 9110 §10.1.1 lets the final
@@ -841,6 +940,19 @@ impl Conn<'_> {
             }
         }
 
+        // The mirror's copy, now that the body is all here: only a body
+        // buffered whole can be sent twice (a streamed one is not kept).
+        if let Some(job) = mirror_job {
+            if body.replayable() {
+                mirror::spawn(self.shard, snap.clone(), job, body.buffered.clone());
+            } else {
+                debug!("request not mirrored: its body is streamed, not buffered");
+            }
+        }
+        if let Some(h) = &self.rate_headers {
+            response_ops = Some(with_rate_headers(response_ops, h));
+        }
+
         let plan::Plan {
             target,
             timeout,
@@ -848,6 +960,8 @@ impl Conn<'_> {
             connect_timeout,
             ..
         } = plan;
+        // The route timeout starts here: after any injected delay and once
+        // the (buffered part of the) body is in.
         let deadline = timeout.map(|t| Instant::now() + t);
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let result = until(
@@ -1696,6 +1810,40 @@ mod tests {
             assert_eq!(out2, b"abcde");
             assert_eq!(d1.data + d2.data, 5);
         }
+    }
+
+    #[test]
+    fn rate_headers_are_added_to_the_route_ops() {
+        let h = [
+            ("x-ratelimit-limit", "5".to_string()),
+            ("x-ratelimit-remaining", "4".to_string()),
+            ("x-ratelimit-reset", "60".to_string()),
+        ];
+        let names = |o: &HeaderOps| {
+            o.add
+                .iter()
+                .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let none = with_rate_headers(None, &h);
+        assert_eq!(
+            names(&none),
+            [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset"
+            ]
+        );
+        assert_eq!(&*none.add[2].value, b"60");
+        // The route's own edits stay, in front.
+        let route = HeaderOps {
+            remove: vec![b"server"[..].into()],
+            add: vec![HeaderField::new(b"x-route", b"r")],
+            ..HeaderOps::default()
+        };
+        let merged = with_rate_headers(Some(Cow::Borrowed(&route)), &h);
+        assert_eq!(merged.remove, route.remove);
+        assert_eq!(names(&merged)[..2], ["x-route", "x-ratelimit-limit"]);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{Cluster, Config, HashPolicy};
-use crate::http::route::{Forward, Matched, RetryPolicy, RouteAction};
+use crate::http::route::{Forward, Matched, RateLimitScope, RetryPolicy, RouteAction};
 use crate::http::RequestParts;
+use crate::policy::ratelimit::LocalRateLimit;
 use crate::upstream::balance::hash_key;
 
 use super::ResponseFlags;
@@ -50,11 +51,40 @@ pub struct Plan<'t> {
     pub connect_timeout: Duration,
     /// max_request_body_bytes in force (route, virtual host or `[http]`); 0 = none.
     pub max_body: u64,
+    /// The request rate limit in force (route or virtual host); None: none.
+    pub rate_limit: Option<RateLimitRef<'t>>,
+}
+
+/// The request rate limit that applies to a matched request, and whose bucket
+/// it counts in: the route's own, else its virtual host's
+/// ([`Matched::rate_limit`]). Buckets are per core and found by these names
+/// (`policy::ratelimit::RequestBuckets`), so they survive reloads that keep them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitRef<'t> {
+    pub limit: &'t LocalRateLimit,
+    pub virtual_host: &'t str,
+    /// The route's name when the route's own bucket counts; None: the
+    /// virtual host's bucket.
+    pub route: Option<&'t str>,
+}
+
+impl<'t> RateLimitRef<'t> {
+    pub fn of(m: &Matched<'t>) -> Option<RateLimitRef<'t>> {
+        let (scope, limit) = m.rate_limit()?;
+        Some(RateLimitRef {
+            limit,
+            virtual_host: &m.virtual_host.name,
+            route: match scope {
+                RateLimitScope::Route => Some(&m.route.name),
+                RateLimitScope::VirtualHost => None,
+            },
+        })
+    }
 }
 
 /// A reply the proxy makes itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
+pub struct LocalReply<'t> {
     pub status: u16,
     pub body: String,
     /// Location header (redirects).
@@ -62,6 +92,10 @@ pub struct LocalReply {
     pub flags: ResponseFlags,
     /// The matched route's name, if one matched.
     pub route_name: Option<String>,
+    /// The matched route's rate limit: a direct response or a redirect is
+    /// limited like a forward (Envoy's limit runs before its router). No
+    /// route, no limit.
+    pub rate_limit: Option<RateLimitRef<'t>>,
 }
 
 /// Plans `req`: the first matching route's action, else the fallback.
@@ -73,7 +107,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
     fallback: Fallback,
     random: u32,
     scheme: &str,
-) -> Result<Plan<'t>, LocalReply> {
+) -> Result<Plan<'t>, LocalReply<'t>> {
     let http = &config.http;
     let Some(m) = config.routes.table.match_request(req) else {
         return match fallback {
@@ -90,6 +124,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
                 retry: None,
                 connect_timeout,
                 max_body: http.max_request_body_bytes,
+                rate_limit: None,
             }),
             Fallback::NotFound => Err(LocalReply {
                 status: 404,
@@ -97,10 +132,12 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
                 location: None,
                 flags: ResponseFlags::NR,
                 route_name: None,
+                rate_limit: None,
             }),
         };
     };
     let route_name = || Some(m.route.name.to_string());
+    let rate_limit = RateLimitRef::of(&m);
     match &m.route.action {
         RouteAction::DirectResponse { status, body } => Err(LocalReply {
             status: *status,
@@ -108,6 +145,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
             location: None,
             flags: ResponseFlags::default(),
             route_name: route_name(),
+            rate_limit,
         }),
         RouteAction::Redirect(r) => {
             let mut loc = Vec::new();
@@ -118,6 +156,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
                 location: Some(loc),
                 flags: ResponseFlags::default(),
                 route_name: route_name(),
+                rate_limit,
             })
         }
         RouteAction::Forward(f) => {
@@ -137,6 +176,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
                     .max_request_body_bytes
                     .or(m.virtual_host.max_request_body_bytes)
                     .unwrap_or(http.max_request_body_bytes),
+                rate_limit,
             })
         }
     }
@@ -233,6 +273,7 @@ endpoints = ["127.0.0.1:8002"]
 name = "api"
 domains = ["api.example"]
 max_request_body_bytes = 500
+rate_limit = { tokens = 100, fill_interval = "1s", tokens_per_fill = 100 }
 [[virtual_host.route]]
 name = "canary"
 match = { prefix = "/", headers = [{ name = "x-canary", exact = "1" }] }
@@ -249,6 +290,7 @@ redirect = { path = "/new" }
 name = "teapot"
 match = { path = "/tea" }
 direct_response = { status = 418, body = "short and stout" }
+rate_limit = { tokens = 5, fill_interval = "1s", tokens_per_fill = 5 }
 [[virtual_host.route]]
 name = "main"
 match = { prefix = "/" }
@@ -342,5 +384,40 @@ max_request_body_bytes = 0
         assert_eq!(p.max_body, 1000);
         let r = plan(&config, &req("other", "/"), Fallback::NotFound, 0, "http").unwrap_err();
         assert_eq!((r.status, r.flags), (404, ResponseFlags::NR));
+        assert_eq!(r.rate_limit, None);
+    }
+
+    #[test]
+    fn rate_limit_route_over_virtual_host_and_local_replies_included() {
+        let config = Config::from_toml(CONFIG, None).unwrap();
+        let pass = Fallback::Passthrough {
+            dst: "10.0.0.9:80".parse().unwrap(),
+            source: None,
+            connect_timeout: Duration::from_secs(1),
+        };
+        let scope = |r: Option<RateLimitRef<'_>>| {
+            r.map(|r| {
+                (
+                    r.virtual_host.to_string(),
+                    r.route.map(str::to_string),
+                    r.limit.bucket.max_tokens(),
+                )
+            })
+        };
+        // A forward without its own limit counts in the virtual host's bucket.
+        let p = plan(&config, &req("api.example", "/x"), pass, 0, "http").unwrap();
+        assert_eq!(scope(p.rate_limit), Some(("api".into(), None, 100)));
+        // A redirect too (Envoy limits before routing).
+        let r = plan(&config, &req("api.example", "/old"), pass, 0, "http").unwrap_err();
+        assert_eq!(scope(r.rate_limit), Some(("api".into(), None, 100)));
+        // A route's own limit replaces the host's, direct responses included.
+        let r = plan(&config, &req("api.example", "/tea"), pass, 0, "http").unwrap_err();
+        assert_eq!(
+            scope(r.rate_limit),
+            Some(("api".into(), Some("teapot".into()), 5))
+        );
+        // Passthrough: no route, no limit.
+        let p = plan(&config, &req("other", "/"), pass, 0, "http").unwrap();
+        assert_eq!(p.rate_limit, None);
     }
 }

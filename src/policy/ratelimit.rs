@@ -38,7 +38,16 @@
 //! timer would (every `fill_interval` after the first use), so there is no
 //! timer per bucket and an idle bucket costs nothing. Like Envoy's, a bucket
 //! starts full.
+//!
+//! A core keeps its buckets in a [`CoreBuckets`] (in `Shard`): created on
+//! first use, found by virtual host and route name ([`RequestBuckets`]) or by
+//! listener address, so a reload that keeps a limit keeps its tokens; a limit
+//! whose values change gets a fresh, full bucket on its next use.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -266,6 +275,168 @@ impl TokenBucket {
     }
 }
 
+/// A core's bucket for one configured limit, with the config it was built
+/// from: a bucket is kept as long as its limit stays the same, so a reload
+/// that keeps a limit keeps its tokens (waiting for a reload does not refill
+/// anyone's bucket), and a changed limit starts over with a full bucket of
+/// the new size.
+#[derive(Debug, Clone)]
+struct Kept {
+    cfg: TokenBucketConfig,
+    bucket: TokenBucket,
+}
+
+impl Kept {
+    fn new(cfg: &TokenBucketConfig, cores: usize) -> Kept {
+        Kept {
+            cfg: *cfg,
+            bucket: TokenBucket::for_core(cfg, cores),
+        }
+    }
+
+    /// Takes a token under `cfg`, first replacing the bucket if `cfg` is not
+    /// the config it was built from.
+    fn take(&mut self, cfg: &TokenBucketConfig, cores: usize, now: Instant) -> Decision {
+        if self.cfg != *cfg {
+            *self = Kept::new(cfg, cores);
+        }
+        self.bucket.try_take(now)
+    }
+}
+
+/// One core's buckets by key (a listener's address, a route's name), each
+/// created on first use and kept while its limit stays the same (a changed
+/// limit gets a fresh, full bucket). Plain data owned by one core, like
+/// [`TokenBucket`].
+#[derive(Debug, Clone)]
+pub struct Buckets<K> {
+    map: HashMap<K, Kept>,
+}
+
+impl<K> Default for Buckets<K> {
+    fn default() -> Buckets<K> {
+        Buckets {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash> Buckets<K> {
+    /// Takes a token from `key`'s bucket for limit `cfg` (this core's share
+    /// of it, see [`TokenBucket::for_core`]); the bucket is created full on
+    /// first use. Looks up by a borrowed key (`&str` for `String`): no
+    /// allocation once the bucket exists.
+    pub fn try_take<Q>(
+        &mut self,
+        key: &Q,
+        cfg: &TokenBucketConfig,
+        cores: usize,
+        now: Instant,
+    ) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(kept) = self.map.get_mut(key) {
+            return kept.take(cfg, cores, now);
+        }
+        let mut kept = Kept::new(cfg, cores);
+        let d = kept.bucket.try_take(now);
+        self.map.insert(key.to_owned(), kept);
+        d
+    }
+
+    /// Drops the buckets whose key `keep` rejects (limits a reload removed).
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.map.retain(|k, _| keep(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// One core's request buckets: per virtual host (its `rate_limit`, shared by
+/// its routes that set none) and per route of it (a route's own), by name, so
+/// that they survive reloads that keep the names. Nested by virtual host so a
+/// lookup borrows both names instead of building a key.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBuckets {
+    hosts: HashMap<String, HostBuckets>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HostBuckets {
+    /// The virtual host's own bucket.
+    host: Option<Kept>,
+    /// Routes' own buckets, by route name.
+    routes: Buckets<String>,
+}
+
+impl RequestBuckets {
+    /// Takes a token from the bucket of `virtual_host` (`route` None) or of
+    /// its route `route`, for limit `cfg`.
+    pub fn try_take(
+        &mut self,
+        virtual_host: &str,
+        route: Option<&str>,
+        cfg: &TokenBucketConfig,
+        cores: usize,
+        now: Instant,
+    ) -> Decision {
+        let host = match self.hosts.get_mut(virtual_host) {
+            Some(h) => h,
+            None => self.hosts.entry(virtual_host.to_owned()).or_default(),
+        };
+        match route {
+            Some(r) => host.routes.try_take(r, cfg, cores, now),
+            None => host
+                .host
+                .get_or_insert_with(|| Kept::new(cfg, cores))
+                .take(cfg, cores, now),
+        }
+    }
+
+    /// Keeps the buckets for which `keep(virtual_host, route)` holds (`route`
+    /// None: the virtual host's own); drops virtual hosts left with none.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, Option<&str>) -> bool) {
+        self.hosts.retain(|vh, b| {
+            if b.host.is_some() && !keep(vh, None) {
+                b.host = None;
+            }
+            b.routes.retain(|r| keep(vh, Some(r)));
+            b.host.is_some() || !b.routes.is_empty()
+        });
+    }
+
+    /// Buckets held (virtual hosts' and routes').
+    pub fn len(&self) -> usize {
+        self.hosts
+            .values()
+            .map(|h| usize::from(h.host.is_some()) + h.routes.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every rate-limit bucket of one core (kept in `Shard`, borrowed only
+/// between awaits).
+#[derive(Debug, Clone, Default)]
+pub struct CoreBuckets {
+    /// Request limits of virtual hosts and routes.
+    pub requests: RequestBuckets,
+    /// Connection limits of `[[listener]]`s, by listen address (stable across
+    /// reloads, like the listener's identity in `shard::Origin`).
+    pub connections: Buckets<SocketAddr>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +616,60 @@ mod tests {
             slow.headers(&refused).unwrap().map(|(_, v)| v),
             ["5", "0", "59"]
         );
+    }
+
+    #[test]
+    fn keyed_buckets_are_lazy_kept_and_reset_on_change() {
+        let t0 = Instant::now();
+        let two = cfg(2, 2, 60_000);
+        let mut b: Buckets<String> = Buckets::default();
+        assert!(b.is_empty());
+        // Created full on first use, one bucket per key.
+        assert!(b.try_take("a", &two, 1, t0).allowed);
+        assert!(b.try_take("a", &two, 1, t0).allowed);
+        assert!(!b.try_take("a", &two, 1, t0).allowed);
+        assert!(b.try_take("b", &two, 1, t0).allowed);
+        assert_eq!(b.len(), 2);
+        // The same limit (a reload that keeps it): still empty.
+        assert!(!b.try_take("a", &cfg(2, 2, 60_000), 1, t0).allowed);
+        // A changed limit: a fresh bucket of the new size.
+        let three = cfg(3, 3, 60_000);
+        let d = b.try_take("a", &three, 1, t0);
+        assert_eq!((d.allowed, d.remaining, d.limit), (true, 2, 3));
+        // The per-core share applies.
+        let d = b.try_take("c", &cfg(10, 10, 1000), 4, t0);
+        assert_eq!((d.limit, d.remaining), (3, 2));
+        b.retain(|k| k != "b");
+        assert_eq!(b.len(), 2);
+        // Addresses as keys (listeners).
+        let mut l: Buckets<SocketAddr> = Buckets::default();
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let one = cfg(1, 1, 60_000);
+        assert!(l.try_take(&addr, &one, 1, t0).allowed);
+        assert!(!l.try_take(&addr, &one, 1, t0).allowed);
+    }
+
+    #[test]
+    fn request_buckets_by_virtual_host_and_route() {
+        let t0 = Instant::now();
+        let one = cfg(1, 1, 60_000);
+        let mut b = RequestBuckets::default();
+        // The host's bucket and each route's own bucket are distinct, also
+        // from a route that happens to share the host's name.
+        assert!(b.try_take("vh", None, &one, 1, t0).allowed);
+        assert!(!b.try_take("vh", None, &one, 1, t0).allowed);
+        assert!(b.try_take("vh", Some("r"), &one, 1, t0).allowed);
+        assert!(!b.try_take("vh", Some("r"), &one, 1, t0).allowed);
+        assert!(b.try_take("vh", Some("vh"), &one, 1, t0).allowed);
+        // Same route name in another virtual host: another bucket.
+        assert!(b.try_take("other", Some("r"), &one, 1, t0).allowed);
+        assert_eq!(b.len(), 4);
+        // A reload without the host's own limit and without route `r` of vh.
+        b.retain(|vh, r| !(vh == "vh" && matches!(r, None | Some("r"))));
+        assert_eq!(b.len(), 2);
+        assert!(b.try_take("vh", Some("r"), &one, 1, t0).allowed, "fresh");
+        assert!(!b.try_take("vh", Some("vh"), &one, 1, t0).allowed, "kept");
+        b.retain(|_, _| false);
+        assert!(b.is_empty());
     }
 }

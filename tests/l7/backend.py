@@ -1,7 +1,9 @@
 """Test backend for tests/l7_proxy.rs: echoes what it received as JSON.
 
 Usage: backend.py PORT NAME [BIND_ADDR]. Prints "ready" once listening.
-Paths: /count (requests seen so far, not counted itself), /fail/N/KEY (503 for
+Paths: /count (requests seen so far, not counted itself), /last (the JSON
+of the last request answered with JSON, "null" before any; not counted
+itself), /fail/N/KEY (503 for
 the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
 /close... (answers, then closes without saying so), /drop... (the second
 request on a connection is closed unanswered), /reset/N/KEY (the first N
@@ -25,6 +27,7 @@ BIND = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 LOCK = threading.Lock()
 COUNT = 0
 FAILS = {}
+LAST = None
 # The early answer's body: 16 KiB, every line different, so a lost or
 # reordered byte shows.
 EARLY_BODY = b"".join(b"early answer line %06d\n" % i for i in range(712))[:16384]
@@ -62,11 +65,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def handle_any(self):
-        global COUNT
+        global COUNT, LAST
         if self.path == "/count":
             with LOCK:
                 n = COUNT
             return self.reply(200, str(n).encode())
+        if self.path == "/last":
+            with LOCK:
+                last = LAST
+            return self.reply(200, json.dumps(last).encode())
         self.seen = getattr(self, "seen", 0) + 1
         if self.path.startswith("/drop") and self.seen >= 2:
             # A keep-alive connection the server gives up on just as the next
@@ -128,6 +135,8 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(data),
             "body_sha": hashlib.sha256(data).hexdigest(),
         }
+        with LOCK:
+            LAST = info
         self.reply(200, json.dumps(info).encode())
         if path.startswith("/close"):
             # Keep-alive as far as the proxy can tell, then gone.
