@@ -21,8 +21,8 @@ fn cluster_config(n: usize, policy: &str, extra: &str) -> Config {
             format!(
                 "\"10.{}.{}.{}:8080\"",
                 i / 62500,
-                (i / 256) % 256,
-                i % 256 + 1
+                (i / 250) % 250,
+                i % 250 + 1
             )
         })
         .collect();
