@@ -19,10 +19,14 @@
 //! | policy        | table (shared)                         | pick (per core)                    |
 //! |---------------|----------------------------------------|------------------------------------|
 //! | RoundRobin    | nginx's smooth WRR sequence, once      | cursor + 1                         |
-//! | LeastRequest  | weights                                | P2C; EDF heap when weights differ  |
+//! | LeastRequest  | 1/weight per endpoint (fixed point)    | P2C; EDF heap when weights differ  |
 //! | Random        | Vose alias table                       | one draw                           |
 //! | RingHash      | Envoy's ketama ring, sorted hashes     | binary search, walk to eligible    |
 //! | Maglev        | Envoy's weighted Maglev table          | `hash % size`, walk to eligible    |
+//!
+//! Picks take 3-40 ns at 1,000 endpoints with hot caches (weighted least
+//! request, a heap sift, is the dearest; `benches/balance.rs`). The per-core
+//! least-request heap is 8 bytes per endpoint.
 //!
 //! Weights: a weight of 0 counts as 1 (Envoy's `load_balancing_weight` must be
 //! at least 1; a bad value should not silently drop an endpoint or divide by
@@ -129,7 +133,9 @@ pub enum PolicyError {
 }
 
 /// The hash of a `hash_policy` key (Istio `consistentHash`: the header value,
-/// cookie value, source IP or query parameter, extracted by the caller).
+/// cookie value, source IP or query parameter, extracted by the caller). To
+/// agree with Envoy, pass the bytes Envoy hashes: the header, cookie or
+/// query parameter value, and the source IP as text (`10.1.2.3`).
 ///
 /// xxHash64 with seed 0, which is what Envoy computes for the same key
 /// (`HashUtil::xxHash64` in its hash policies), stable across runs, processes
@@ -228,7 +234,12 @@ impl LbTable {
     /// clamped: `choice_count` to at least 1, ring sizes to `1..=MAX_RING_SIZE`
     /// with the minimum at most the maximum, and a Maglev size to the next
     /// prime in `2..=MAX_MAGLEV_TABLE_SIZE`. More than `u32::MAX` endpoints
-    /// are cut to `u32::MAX`.
+    /// are cut to `u32::MAX`; weighted least request over more than 2^20
+    /// endpoints uses the unweighted choices.
+    ///
+    /// Cost (1,000 endpoints, see `benches/balance.rs`): ring hash ~0.1 ms at
+    /// the default sizes (a few ms for a 100,000-entry ring), Maglev a few
+    /// ms, weighted round robin a few ms (O(n × cycle length)).
     pub fn build(policy: &LbPolicy, weights: &[u32], keys: &[&[u8]]) -> LbTable {
         let n = weights.len().min(u32::MAX as usize);
         let weights: Box<[u32]> = weights[..n].iter().map(|&w| w.max(1)).collect();
@@ -1009,6 +1020,7 @@ fn build_maglev(weights: &[u32], keys: &[&[u8]], table_size: u64) -> Box<[u32]> 
         };
         // size is prime and 0 < skip < size, so the permutation visits every
         // slot within `size` steps, and one is still empty.
+        let before = filled;
         for _ in 0..size {
             let c = ((e.offset + e.skip * e.next) % size) as usize;
             e.next += 1;
@@ -1017,6 +1029,10 @@ fn build_maglev(weights: &[u32], keys: &[&[u8]], table_size: u64) -> Box<[u32]> 
                 filled += 1;
                 break;
             }
+        }
+        if filled == before {
+            // Unreachable with a prime size; never loop forever on a bug.
+            break;
         }
         e.picks += 1;
         let due = (e.picks * max_w).div_ceil(e.weight);
@@ -1300,6 +1316,10 @@ mod tests {
         let table = LbTable::build(&LbPolicy::LEAST_REQUEST, &[2, 1], &[]);
         let hist = histogram(&table, &[9, 0], all, 6000);
         assert!(hist[0].abs_diff(1000) <= 2, "{hist:?}");
+        // Weights near u32::MAX keep their ratio (units relative to the max).
+        let table = LbTable::build(&LbPolicy::LEAST_REQUEST, &[u32::MAX, u32::MAX / 2], &[]);
+        let hist = histogram(&table, &[], all, 3000);
+        assert!(hist[0].abs_diff(2000) <= 2, "{hist:?}");
         // Ineligible endpoints are skipped; the rest keep their ratio.
         let table = LbTable::build(&LbPolicy::LEAST_REQUEST, &[3, 1, 2], &[]);
         let hist = histogram(&table, &[], |i| i != 0, 3000);
