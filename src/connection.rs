@@ -379,10 +379,8 @@ async fn connect(
                 .contains(&HashPolicy::SourceIp)
                 .then_some(peer)
                 .flatten()
-                .map(|p| match p.ip() {
-                    IpAddr::V4(a) => hash_key(&a.octets()),
-                    IpAddr::V6(a) => hash_key(&a.octets()),
-                });
+                // As text, as Envoy hashes it (and as the L7 path does).
+                .map(|p| hash_key(p.ip().to_string().as_bytes()));
             shard
                 .upstreams
                 .connect_cluster(&shard.stats, cluster, hash, shard.next_u64())

@@ -201,10 +201,9 @@ pub fn request_hash<R: RequestParts + ?Sized>(
                 let eq = pair.iter().position(|&b| b == b'=')?;
                 (&pair[..eq] == name.as_bytes()).then(|| hash_key(&pair[eq + 1..]))
             }),
-        HashPolicy::SourceIp => client.map(|ip| match ip {
-            IpAddr::V4(a) => hash_key(&a.octets()),
-            IpAddr::V6(a) => hash_key(&a.octets()),
-        }),
+        // The address as text, what Envoy hashes, so that Remora and Envoy
+        // sidecars send a client to the same endpoint.
+        HashPolicy::SourceIp => client.map(|ip| hash_key(ip.to_string().as_bytes())),
         HashPolicy::QueryParameter(name) => req.query().and_then(|q| {
             q.split(|&b| b == b'&').find_map(|p| {
                 let (k, v) = match p.iter().position(|&b| b == b'=') {
@@ -318,10 +317,7 @@ max_request_body_bytes = 0
         r.headers.clear();
         assert_eq!(request_hash(c, &r, Some(ip)), Some(hash_key(b"alice")));
         let r = req("h", "/p");
-        assert_eq!(
-            request_hash(c, &r, Some(ip)),
-            Some(hash_key(&[10, 1, 2, 3]))
-        );
+        assert_eq!(request_hash(c, &r, Some(ip)), Some(hash_key(b"10.1.2.3")));
         assert_eq!(request_hash(c, &r, None), None);
     }
 
