@@ -37,7 +37,7 @@ use crate::policy::Percent;
 /// untrusted input cannot add keys, so collisions cannot be forced into a
 /// growing chain, and SipHash's DoS resistance buys nothing here.
 #[derive(Default)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
@@ -58,7 +58,7 @@ impl Hasher for Fnv {
     }
 }
 
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub(crate) type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// A virtual-host domain pattern (Envoy semantics).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,7 @@ pub mod tracker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -281,16 +282,26 @@ struct Shared {
     /// Read by the admin only; written by the checker after each batch of
     /// completed probes. No core ever takes this lock.
     stats: Mutex<BTreeMap<(String, SocketAddr), EndpointHealthStats>>,
+    /// The generation of `view`, stored after it: a core compares this one
+    /// relaxed-cost load with what it saw last instead of loading the view.
+    generation: AtomicU64,
 }
 
 impl Shared {
+    /// Publishes `view` and then its generation.
+    fn store(&self, view: HealthView) {
+        let g = view.generation;
+        self.view.store(Arc::new(view));
+        self.generation.store(g, Ordering::Release);
+    }
+
     /// Fail open: publish "nothing ejected" and forget the details.
     fn clear(&self) {
         let generation = self.view.load().generation + 1;
-        self.view.store(Arc::new(HealthView {
+        self.store(HealthView {
             generation,
             unhealthy: HashMap::new(),
-        }));
+        });
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
@@ -308,6 +319,12 @@ impl HealthHandle {
         HealthHandle {
             shared: Arc::new(Shared::default()),
         }
+    }
+
+    /// The generation of the current view (one atomic load): when it equals
+    /// the one a core saw last, nothing changed since.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// The current verdicts (one atomic load; never blocks).

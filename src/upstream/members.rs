@@ -80,6 +80,9 @@ pub struct Members {
 #[derive(Debug, Default)]
 pub struct MembersHandle {
     current: ArcSwap<Members>,
+    /// The generation of `current`, stored after it (see
+    /// [`MembersHandle::generation`]).
+    generation: AtomicU64,
 }
 
 impl MembersHandle {
@@ -91,6 +94,12 @@ impl MembersHandle {
         self.current.load_full()
     }
 
+    /// The generation of the current sets (one atomic load): when it equals
+    /// the one a core saw last, nothing changed since.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Publishes `clusters` as the next generation.
     pub fn publish(&self, clusters: HashMap<String, Arc<ClusterMembers>>) {
         let generation = self.current.load().generation + 1;
@@ -98,6 +107,7 @@ impl MembersHandle {
             clusters,
             generation,
         }));
+        self.generation.store(generation, Ordering::Release);
     }
 }
 

@@ -47,6 +47,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::config::{Cluster, Config};
+use crate::http::route::FnvMap;
 use crate::net::socket;
 use crate::stats::{ClusterReport, CoreStats, EndpointStats};
 use cluster::{ClusterState, PickInput, Picked};
@@ -55,8 +56,12 @@ use health::HealthHandle;
 use locality::Locality;
 use members::{ClusterMembers, MembersHandle};
 
-/// A cluster's state and the members generation it was last updated to.
-type Tracked = (Rc<ClusterState>, Cell<u64>);
+/// A cluster's state on this core, and the (members, health) generations it
+/// was last brought up to date with.
+struct Tracked {
+    state: Rc<ClusterState>,
+    seen: Cell<(u64, u64)>,
+}
 
 /// One core's view of every upstream: cluster state, endpoint counters and the
 /// keep-alive pool.
@@ -66,7 +71,7 @@ pub struct Upstreams {
     own: Locality,
     /// Per cluster, by name (survives reloads that keep the name), with the
     /// members generation it was last brought up to date with.
-    clusters: RefCell<HashMap<Box<str>, Tracked>>,
+    clusters: RefCell<FnvMap<Box<str>, Tracked>>,
     /// Idle HTTP/1 connections, per endpoint and source.
     pub pool: RefCell<pool::Pool>,
     /// Counters per cluster endpoint (pruned to the config by [`Upstreams::prune`]).
@@ -117,30 +122,43 @@ impl Upstreams {
     /// This core's state for `cluster`, brought up to date with the latest
     /// published endpoint set and health verdicts.
     pub fn cluster(&self, cluster: &Cluster) -> Rc<ClusterState> {
-        let members = self.view.members.load();
+        // Fast path, every request: two atomic loads say nothing was
+        // published since this core last looked.
+        let seen = (
+            self.view.members.generation(),
+            self.view.health.generation(),
+        );
         let mut clusters = self.clusters.borrow_mut();
-        let (state, seen) = match clusters.get(cluster.name.as_str()) {
-            Some(e) => e,
+        if let Some(t) = clusters.get(cluster.name.as_str()) {
+            if t.seen.get() == seen {
+                return t.state.clone();
+            }
+        }
+        let members = self.view.members.load();
+        let t = match clusters.get(cluster.name.as_str()) {
+            Some(t) => {
+                t.state
+                    .update_members(&published_or_static(&members.clusters, cluster));
+                t
+            }
             None => {
                 let seed = self.seed.get().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851;
                 self.seed.set(seed);
                 let set = published_or_static(&members.clusters, cluster);
                 clusters.insert(
                     cluster.name.as_str().into(),
-                    (
-                        Rc::new(ClusterState::new(set, seed)),
-                        Cell::new(members.generation),
-                    ),
+                    Tracked {
+                        state: Rc::new(ClusterState::new(set, seed)),
+                        seen: Cell::new(seen),
+                    },
                 );
                 &clusters[cluster.name.as_str()]
             }
         };
-        if seen.get() != members.generation {
-            seen.set(members.generation);
-            state.update_members(&published_or_static(&members.clusters, cluster));
-        }
-        state.update_health(cluster, &self.view.health.load(), &self.own);
-        state.clone()
+        t.state
+            .update_health(cluster, &self.view.health.load(), &self.own);
+        t.seen.set(seen);
+        t.state.clone()
     }
 
     /// The endpoint of `cluster` for the next attempt (see [`cluster`]), with
@@ -278,7 +296,7 @@ impl Upstreams {
         self.clusters
             .borrow()
             .iter()
-            .map(|(n, (s, _))| (n.to_string(), s.clone()))
+            .map(|(n, t)| (n.to_string(), t.state.clone()))
             .collect()
     }
 
@@ -287,7 +305,7 @@ impl Upstreams {
         self.clusters
             .borrow()
             .iter()
-            .map(|(name, (st, _))| (name.to_string(), st.report()))
+            .map(|(name, t)| (name.to_string(), t.state.report()))
             .collect()
     }
 

@@ -572,10 +572,10 @@ impl Checker {
             }
         }
         let generation = self.shared.view.load().generation + 1;
-        self.shared.view.store(Arc::new(HealthView {
+        self.shared.store(HealthView {
             generation,
             unhealthy,
-        }));
+        });
     }
 }
 
