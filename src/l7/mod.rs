@@ -83,7 +83,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::access_log;
-use crate::config::Cluster;
+use crate::config::{Cluster, Config};
 use crate::config::{Forwarding, Http, Snapshot};
 use crate::http::body::{
     encode_chunk, encode_last_chunk, BodyDecoder, BodyError, ChunkedLimits, Event,
@@ -975,6 +975,7 @@ impl Conn<'_> {
                 connect_timeout,
                 method,
                 hash,
+                &snap.config,
             ),
         )
         .await;
@@ -1189,10 +1190,10 @@ impl Conn<'_> {
         connect_timeout: Duration,
         method: Method,
         hash: Option<u64>,
+        config: &Config,
     ) -> Result<Exchange, Failure> {
-        let snapshot = self.snapshot.clone();
         let cluster = match target {
-            Target::Cluster(i) => Some(snapshot.config.clusters.get(i).ok_or(Failure::NoEndpoint)?),
+            Target::Cluster(i) => Some(config.clusters.get(i).ok_or(Failure::NoEndpoint)?),
             Target::Addr(..) => None,
         };
         let limits = cluster.map(|c| c.circuit_breakers.per_core(self.shard.cores));
