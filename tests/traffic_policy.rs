@@ -1375,3 +1375,62 @@ endpoints_file = "{}"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Locality
+// ---------------------------------------------------------------------------
+
+/// With `[runtime] locality` set, every request goes to the endpoint in the
+/// proxy's own zone while it is healthy; when it fails its health check the
+/// traffic fails over to the other region, and comes back when it recovers
+/// (Istio's localityLbSetting failover). Without a locality, both share.
+#[test]
+fn locality_prefers_the_own_zone_and_fails_over() {
+    let (near, far) = (Backend::start("near"), Backend::start("far"));
+    let admin = Admin::new();
+    let endpoints = [
+        format!("{{ address = \"{}\", locality = \"eu/eu-1a\" }}", near.addr),
+        format!("{{ address = \"{}\", locality = \"us/us-2b\" }}", far.addr),
+    ];
+    let clusters = cluster(
+        "geo",
+        &endpoints,
+        &format!("lb_policy = \"round_robin\"\nhealth_check = {{ path = \"{HEALTH_PATH}\", interval = \"100ms\", timeout = \"1s\", unhealthy_threshold = 1, healthy_threshold = 1 }}"),
+    );
+    let count_near = |port: u16, n: usize| {
+        let mut c = Client::new(port);
+        (0..n)
+            .filter(|_| {
+                let resp = c.get("/geo", "x", &[]);
+                assert_eq!(resp.status, 200);
+                resp.body == "near"
+            })
+            .count()
+    };
+    for (locality, want_near) in [("eu/eu-1a", 20), ("", 10)] {
+        let port = free_port();
+        let cfg = base(Some(&admin), None).replacen(
+            "[runtime]\n",
+            &format!("[runtime]\nlocality = \"{locality}\"\n"),
+            1,
+        ) + &clusters
+            + &http_listener(port, "geo")
+            + &routes(&[("/", "geo", "")]);
+        let r = Remora::start(&cfg, &["--cores", "1"]);
+        admin.wait_flags("geo", near.addr, "healthy");
+        assert_eq!(
+            count_near(port, 20),
+            want_near,
+            "locality {locality:?}: requests to the near endpoint"
+        );
+        if !locality.is_empty() {
+            near.set_health(503);
+            admin.wait_flags("geo", near.addr, "/failed_active_hc");
+            assert_eq!(count_near(port, 20), 0, "failover to the far region");
+            near.set_health(200);
+            admin.wait_flags("geo", near.addr, "healthy");
+            assert_eq!(count_near(port, 20), 20, "back to the own zone");
+        }
+        drop(r);
+    }
+}
