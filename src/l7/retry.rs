@@ -28,6 +28,23 @@ pub enum Side {
     Internal,
 }
 
+/// Whether sending the request again after a failure is safe as far as the
+/// upstream is concerned, before any policy is consulted (pingora's
+/// `RetryType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySafety {
+    /// Nothing reached the upstream (a connect failure): safe for any method.
+    Safe,
+    /// Safe only because a pooled connection closed under the request before
+    /// any answer (the close raced the send), and only for idempotent methods.
+    ReusedOnly,
+    /// The upstream may have acted on the request: only idempotent methods,
+    /// or a policy that says `retry_non_idempotent`.
+    MayHaveReached,
+    /// Not a failure a retry can help (the client's side, a bad response).
+    Never,
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -64,6 +81,23 @@ impl Failure {
         }
     }
 
+    /// How safe a resend is (see [`RetrySafety`]).
+    pub fn retry_safety(self) -> RetrySafety {
+        match self {
+            Failure::Connect => RetrySafety::Safe,
+            Failure::Reset { started: false } => RetrySafety::ReusedOnly,
+            Failure::Reset { started: true } | Failure::PerTryTimeout => {
+                RetrySafety::MayHaveReached
+            }
+            Failure::NoEndpoint
+            | Failure::Overflow
+            | Failure::BadResponse
+            | Failure::Downstream
+            | Failure::BadRequestBody
+            | Failure::TooLarge => RetrySafety::Never,
+        }
+    }
+
     /// The retry condition this failure falls under, if any.
     fn as_attempt(self) -> Option<AttemptFailure> {
         match self {
@@ -72,15 +106,6 @@ impl Failure {
             Failure::PerTryTimeout => Some(AttemptFailure::PerTryTimeout),
             _ => None,
         }
-    }
-
-    /// Whether the upstream may have seen the request: everything but a
-    /// failed connect (and failures before any attempt).
-    fn may_have_reached_upstream(self) -> bool {
-        !matches!(
-            self,
-            Failure::Connect | Failure::NoEndpoint | Failure::Overflow
-        )
     }
 }
 
@@ -140,11 +165,11 @@ pub fn decide(
                 && !state.fresh_used
                 && attempt.replayable
                 && attempt.idempotent
-                && f == (Failure::Reset { started: false })
+                && f.retry_safety() == RetrySafety::ReusedOnly
             {
                 return Verdict::AgainFresh;
             }
-            (f.as_attempt(), f.may_have_reached_upstream())
+            (f.as_attempt(), f.retry_safety() != RetrySafety::Safe)
         }
     };
     let listed = match (policy, condition) {
@@ -259,6 +284,20 @@ mod tests {
         for (i, (pol, st, a, o, want)) in cases.iter().enumerate() {
             assert_eq!(decide(*pol, *st, *a, *o), *want, "case {i}: {a:?} {o:?}");
         }
+    }
+
+    #[test]
+    fn retry_safety() {
+        assert_eq!(Failure::Connect.retry_safety(), RetrySafety::Safe);
+        assert_eq!(
+            Failure::Reset { started: false }.retry_safety(),
+            RetrySafety::ReusedOnly
+        );
+        assert_eq!(
+            Failure::PerTryTimeout.retry_safety(),
+            RetrySafety::MayHaveReached
+        );
+        assert_eq!(Failure::BadResponse.retry_safety(), RetrySafety::Never);
     }
 
     #[test]
