@@ -661,10 +661,15 @@ fn scenario(fault: Fault) {
         "every request went through the sidecar"
     );
     if fault == Fault::Kill {
-        // Three refused connects before the ejection, each retried elsewhere.
+        // Ejected after three local-origin failures: refused connects, each
+        // retried elsewhere under the policy, and resets of pooled
+        // connections to the killed pod, each sent again on a fresh
+        // connection outside the retry budget. How the three split between
+        // the two depends on timing, so only "at least one refused connect,
+        // retried" is certain.
         assert!(ejected >= 1, "{clusters}");
-        assert!(totals.get("upstream_cx_connect_fail") >= 3);
-        assert!(totals.get("rq_retry") >= 3);
+        assert!(totals.get("upstream_cx_connect_fail") >= 1);
+        assert!(totals.get("rq_retry") >= 1);
     }
     eprintln!(
         "{fault:?}: {} requests, 0 failed; {victim} marked {flag} {:.0} ms after the fault; \
