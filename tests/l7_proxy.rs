@@ -437,6 +437,11 @@ fn smuggling_attempts_are_400_and_never_reach_the_backend() {
         ("chunk without CRLF", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
         ("bare LF in chunk", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
         ("garbage", "\x16\x03\x01\x00\x05\x01\x00\x00\r\n\r\n"),
+        // RFC 9112 §3.2.3 / RFC 9110 §9.3.6: CONNECT needs host:port.
+        ("CONNECT without port", "CONNECT backend HTTP/1.1\r\nHost: backend\r\n\r\n"),
+        // RFC 9112 §3.2: no fragment, no raw non-ASCII bytes in the target.
+        ("fragment", "GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("raw UTF-8 target", "GET /caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n"),
     ];
     for (name, raw) in cases {
         let mut c = Client::new(port);

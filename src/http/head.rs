@@ -451,12 +451,24 @@ pub fn parse_request_into(
 
     // Request-target forms (RFC 9112 §3.2).
     let target_bytes = target.as_bytes();
+    // A target is visible ASCII without a fragment (RFC 9112 §3.2: "#" is not
+    // part of any request-target form; RFC 3986 §2: raw bytes outside ASCII
+    // must be percent-encoded). httparse lets both through; forwarded, the
+    // upstream might cut or decode them differently from the router.
+    if target_bytes
+        .iter()
+        .any(|&b| !b.is_ascii_graphic() || b == b'#')
+    {
+        return Err(HeadError::req(HeadErrorKind::InvalidTarget));
+    }
     let mut target_authority = None;
     if head.method == Method::Connect {
-        // authority-form only (§3.2.3).
+        // authority-form only (§3.2.3): uri-host ":" port, the port required
+        // (RFC 9110 §9.3.6: CONNECT has no default port).
         if target_bytes.is_empty()
             || target_bytes.starts_with(b"/")
             || !valid_authority(target_bytes)
+            || !has_port(target_bytes)
         {
             return Err(HeadError::req(HeadErrorKind::InvalidTarget));
         }
@@ -821,6 +833,26 @@ fn absolute_form_authority(target: &[u8]) -> Option<(usize, usize)> {
         .position(|&b| matches!(b, b'/' | b'?' | b'#'))
         .map_or(target.len(), |p| from + p);
     (to > from).then_some((from, to))
+}
+
+/// Whether an authority ends in ":" and a port 1-65535 after a non-empty
+/// host (an IPv6 literal's own colons are inside its brackets).
+fn has_port(a: &[u8]) -> bool {
+    let Some(colon) = a.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    let (host, port) = (&a[..colon], &a[colon + 1..]);
+    let host_ok = !host.is_empty()
+        && (host.starts_with(b"[") == host.ends_with(b"]"))
+        && (host.starts_with(b"[") || !host.contains(&b':'));
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(port)
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_some_and(|p| p > 0);
+    host_ok && port_ok
 }
 
 /// uri-host [":" port] with the characters RFC 3986 allows in a reg-name, an
@@ -1188,6 +1220,14 @@ mod tests {
             ("relative target", b"GET a HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
             ("asterisk not OPTIONS", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
             ("CONNECT origin-form", b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
+            ("CONNECT without port", b"CONNECT db.internal HTTP/1.1\r\nHost: db.internal\r\n\r\n", InvalidTarget, 400),
+            ("CONNECT empty port", b"CONNECT db: HTTP/1.1\r\nHost: db\r\n\r\n", InvalidTarget, 400),
+            ("CONNECT port 0", b"CONNECT db:0 HTTP/1.1\r\nHost: db\r\n\r\n", InvalidTarget, 400),
+            ("CONNECT port too big", b"CONNECT db:65536 HTTP/1.1\r\nHost: db\r\n\r\n", InvalidTarget, 400),
+            ("CONNECT bare IPv6", b"CONNECT ::1:443 HTTP/1.1\r\nHost: x\r\n\r\n", InvalidTarget, 400),
+            ("fragment in target", b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
+            ("fragment in absolute form", b"GET http://a/b#f HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
+            ("raw non-ASCII in target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget, 400),
             ("method with bad char", b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", RequestLine, 400),
         ];
         for (name, input, kind, status) in cases {
@@ -1317,6 +1357,14 @@ mod tests {
         assert!(v.is_connect());
         assert_eq!(v.authority(), Some(&b"db.internal:5432"[..]));
         assert_eq!(v.path_and_query(), b"");
+        for ok in [
+            &b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"CONNECT 10.0.0.1:65535 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(req(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        // Percent-encoded bytes and a query are fine.
+        assert!(req(b"GET /caf%C3%A9?q=%20 HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     }
 
     #[test]
