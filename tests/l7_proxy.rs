@@ -442,6 +442,9 @@ fn smuggling_attempts_are_400_and_never_reach_the_backend() {
         // RFC 9112 §3.2: no fragment, no raw non-ASCII bytes in the target.
         ("fragment", "GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n"),
         ("raw UTF-8 target", "GET /caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // RFC 9112 §7.1.1: malformed chunk extensions.
+        ("chunk extension without a name", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nhi\r\n0\r\n\r\n"),
+        ("unbalanced quote in chunk extension", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2;a=\"x\r\nhi\r\n0\r\n\r\n"),
     ];
     for (name, raw) in cases {
         let mut c = Client::new(port);

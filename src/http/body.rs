@@ -9,9 +9,11 @@
 //! Chunked coding is RFC 9112 §7.1. Decoding is strict where leniency has been
 //! used for request smuggling: a chunk-size is 1–16 hex digits and nothing else,
 //! whitespace is only allowed before a `;` extension, chunk data must be followed by
-//! exactly CRLF, and bare LF is refused everywhere. Extensions are skipped but
-//! their bytes are capped per message (each one costs a state-machine step per
-//! byte and produces nothing). Trailer fields are validated and capped, and returned
+//! exactly CRLF, and bare LF is refused everywhere. Extensions are parsed to
+//! their grammar (RFC 9112 §7.1.1: `;` name [`=` token / quoted-string], a
+//! malformed one is an error, never waited on) and then dropped, and their bytes
+//! are capped per message (each one costs a state-machine step per byte and
+//! produces nothing). Trailer fields are validated and capped, and returned
 //! as raw bytes so the proxy can forward or drop them.
 
 use std::ops::Range;
@@ -92,8 +94,22 @@ enum State {
     Size,
     /// BWS after the size; only a `;` may follow.
     SizeWs,
-    /// Inside chunk extensions, until CR.
-    Extension,
+    /// After a ";": optional BWS, then an extension name (RFC 9112 §7.1.1).
+    ExtPreName,
+    /// Inside an extension name (a token).
+    ExtName,
+    /// BWS after a name: "=", ";" or the end of the line may follow.
+    ExtPostName,
+    /// After "=": optional BWS, then a token or a quoted string.
+    ExtPreValue,
+    /// Inside a token value.
+    ExtToken,
+    /// Inside a quoted-string value.
+    ExtQuoted,
+    /// After a backslash inside a quoted string.
+    ExtQuotedPair,
+    /// BWS after a value: ";" or the end of the line may follow.
+    ExtPostValue,
     /// CR of the size line seen; LF must follow.
     SizeLf,
     /// Chunk data; `remaining` bytes to go.
@@ -242,7 +258,7 @@ impl ChunkedDecoder {
                     State::Size
                 }
                 _ if self.digits == 0 => return Err(BodyError::InvalidChunkSize),
-                b';' => self.extension_byte(State::Extension)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
                 b' ' | b'\t' => self.extension_byte(State::SizeWs)?,
                 b'\r' => State::SizeLf,
                 b'\n' => return Err(BodyError::LineEnding),
@@ -252,13 +268,72 @@ impl ChunkedDecoder {
             // whitespace after the size must lead to a ";".
             State::SizeWs => match b {
                 b' ' | b'\t' => self.extension_byte(State::SizeWs)?,
-                b';' => self.extension_byte(State::Extension)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
                 _ => return Err(BodyError::InvalidChunkSize),
             },
-            State::Extension => match b {
+            // chunk-ext-name = token; chunk-ext-val = token / quoted-string.
+            // Whatever does not fit (`2;` with no name, an unbalanced quote,
+            // a stray byte) is refused at once rather than passed along.
+            State::ExtPreName => match b {
+                b' ' | b'\t' => self.extension_byte(State::ExtPreName)?,
+                _ if is_tchar(b) => self.extension_byte(State::ExtName)?,
+                b'\n' => return Err(BodyError::LineEnding),
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtName => match b {
+                _ if is_tchar(b) => self.extension_byte(State::ExtName)?,
+                b' ' | b'\t' => self.extension_byte(State::ExtPostName)?,
+                b'=' => self.extension_byte(State::ExtPreValue)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
                 b'\r' => State::SizeLf,
                 b'\n' => return Err(BodyError::LineEnding),
-                _ if is_field_byte(b) => self.extension_byte(State::Extension)?,
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtPostName => match b {
+                b' ' | b'\t' => self.extension_byte(State::ExtPostName)?,
+                b'=' => self.extension_byte(State::ExtPreValue)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
+                b'\r' => State::SizeLf,
+                b'\n' => return Err(BodyError::LineEnding),
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtPreValue => match b {
+                b' ' | b'\t' => self.extension_byte(State::ExtPreValue)?,
+                b'"' => self.extension_byte(State::ExtQuoted)?,
+                _ if is_tchar(b) => self.extension_byte(State::ExtToken)?,
+                b'\n' => return Err(BodyError::LineEnding),
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtToken => match b {
+                _ if is_tchar(b) => self.extension_byte(State::ExtToken)?,
+                b' ' | b'\t' => self.extension_byte(State::ExtPostValue)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
+                b'\r' => State::SizeLf,
+                b'\n' => return Err(BodyError::LineEnding),
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+            // (RFC 9110 §5.6.4); CR or LF inside means the quote never closed.
+            State::ExtQuoted => match b {
+                b'"' => self.extension_byte(State::ExtPostValue)?,
+                b'\\' => self.extension_byte(State::ExtQuotedPair)?,
+                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {
+                    self.extension_byte(State::ExtQuoted)?
+                }
+                b'\n' | b'\r' => return Err(BodyError::InvalidExtension),
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtQuotedPair => match b {
+                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {
+                    self.extension_byte(State::ExtQuoted)?
+                }
+                _ => return Err(BodyError::InvalidExtension),
+            },
+            State::ExtPostValue => match b {
+                b' ' | b'\t' => self.extension_byte(State::ExtPostValue)?,
+                b';' => self.extension_byte(State::ExtPreName)?,
+                b'\r' => State::SizeLf,
+                b'\n' => return Err(BodyError::LineEnding),
                 _ => return Err(BodyError::InvalidExtension),
             },
             State::SizeLf => match b {
@@ -530,6 +605,13 @@ mod tests {
             // Extensions are skipped, with or without BWS and values.
             (b"5;a=b\r\nhello\r\n0 ; last\r\n\r\n", b"hello", b"", 26),
             (b"5\t;\tx=\"q s\"\r\nhello\r\n0\r\n\r\n", b"hello", b"", 25),
+            // Several, a name alone, BWS around "=", escapes in quotes.
+            (
+                b"5;a;b=1 ; c = \"x\\\"y\"\r\nhello\r\n0\r\n\r\n",
+                b"hello",
+                b"",
+                34,
+            ),
             // Trailers come back raw, CRLFs included; the final CRLF is not.
             (
                 b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-B:\r\n\r\nnext",
@@ -606,6 +688,35 @@ mod tests {
             (
                 "NUL in extension",
                 b"5;a\0\r\nhello\r\n0\r\n\r\n",
+                InvalidExtension,
+            ),
+            // RFC 9112 §7.1.1: chunk-ext-name = token, chunk-ext-val = token /
+            // quoted-string.
+            ("no name", b"2;\r\nhi\r\n0\r\n\r\n", InvalidExtension),
+            (
+                "value without name",
+                b"2;=b\r\nhi\r\n0\r\n\r\n",
+                InvalidExtension,
+            ),
+            ("empty value", b"2;a=\r\nhi\r\n0\r\n\r\n", InvalidExtension),
+            (
+                "space inside name",
+                b"2;a b\r\nhi\r\n0\r\n\r\n",
+                InvalidExtension,
+            ),
+            (
+                "unbalanced quote",
+                b"2;a=\"x\r\nhi\r\n0\r\n\r\n",
+                InvalidExtension,
+            ),
+            (
+                "junk after quote",
+                b"2;a=\"x\"y\r\nhi\r\n0\r\n\r\n",
+                InvalidExtension,
+            ),
+            (
+                "separator in token",
+                b"2;a=b/c\r\nhi\r\n0\r\n\r\n",
                 InvalidExtension,
             ),
             (
