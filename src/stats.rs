@@ -81,6 +81,8 @@ counters! {
     upstream_cx_reused,
     /// Requests answered 413 because the body exceeded max_request_body_bytes.
     downstream_rq_too_large,
+    /// Requests answered 408 because their body stalled (stream_idle_timeout).
+    downstream_rq_body_timeout,
     /// Connections closed after a response that left the request body partly
     /// unread, with a lingering drain of the rest (early upstream answer,
     /// local reply to an upload).

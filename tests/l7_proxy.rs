@@ -1658,3 +1658,32 @@ fn stray_bytes_on_a_pooled_connection_never_answer_another_client() {
     let (_, totals) = r.stop();
     assert_eq!(totals.get("rq_5xx"), 0);
 }
+
+/// A request body that stops arriving gets 408 after `stream_idle_timeout`
+/// (Envoy's), whether it was still being buffered (the upstream never saw
+/// it) or already streaming (the upstream connection is reset, so it never
+/// takes a truncated body for a whole one), instead of holding the
+/// connection for the hour of `idle_timeout` and closing it silently.
+#[test]
+fn stalled_request_body_is_408_after_stream_idle_timeout() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL)
+        + "[http]\nstream_idle_timeout = \"300ms\"\nretry_buffer_limit = 1024\n";
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    for (what, len, sent) in [("buffered", 10, 3), ("streamed", 100_000, 50_000)] {
+        let mut c = Client::new(port);
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        c.w.write_all(head.as_bytes()).unwrap();
+        c.w.write_all(&payload(sent, 1)).unwrap();
+        // Then nothing more: the proxy must answer on its own.
+        let resp = c.response();
+        assert_eq!(resp.status, 408, "{what}: {}", resp.head);
+        assert!(c.rest().is_empty(), "{what}: bytes after the 408");
+        if what == "buffered" {
+            assert_eq!(a.count(), 0, "a stalled buffered body reached the backend");
+        }
+    }
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("downstream_rq_body_timeout"), 2);
+}

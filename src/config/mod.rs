@@ -65,6 +65,10 @@ pub struct Http {
     /// A keep-alive connection with no request in flight is closed after this.
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// A request body that makes no progress for this long gets 408 (Envoy's
+    /// stream_idle_timeout, 5 min). Zero: only `idle_timeout` applies.
+    #[serde(serialize_with = "ser_duration")]
+    pub stream_idle_timeout: Duration,
     /// Idle upstream connections kept per endpoint per core.
     pub pool_max_idle_per_endpoint: usize,
     /// An idle pooled upstream connection older than this is closed, not reused.
@@ -535,6 +539,8 @@ impl Validator<'_> {
             request_headers_timeout: self
                 .duration_or(raw.request_headers_timeout, Duration::from_secs(60)),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
+            stream_idle_timeout: self
+                .duration_or_zero(raw.stream_idle_timeout, Duration::from_secs(300)),
             pool_max_idle_per_endpoint: raw
                 .pool_max_idle_per_endpoint
                 .and_then(|n| self.int_in(&n, 0, 65_536, "http.pool_max_idle_per_endpoint"))

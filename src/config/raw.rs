@@ -40,6 +40,7 @@ pub struct RawConfig {
 pub struct RawHttp {
     pub request_headers_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub stream_idle_timeout: Option<Spanned<String>>,
     pub pool_max_idle_per_endpoint: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub retry_buffer_limit: Option<Spanned<i64>>,

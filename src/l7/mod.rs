@@ -152,8 +152,10 @@ impl ResponseFlags {
     pub const FI: ResponseFlags = ResponseFlags(1 << 13);
     /// Rate limited locally.
     pub const RL: ResponseFlags = ResponseFlags(1 << 14);
+    /// Stream idle timeout: the request body stalled (408).
+    pub const SI: ResponseFlags = ResponseFlags(1 << 15);
 
-    const NAMES: [(ResponseFlags, &'static str); 15] = [
+    const NAMES: [(ResponseFlags, &'static str); 16] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -169,6 +171,7 @@ impl ResponseFlags {
         (Self::DI, "DI"),
         (Self::FI, "FI"),
         (Self::RL, "RL"),
+        (Self::SI, "SI"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -650,6 +653,15 @@ impl Conn<'_> {
         }
     }
 
+    /// 408 for a request body that stalled (stream_idle_timeout, flag SI),
+    /// sent while nothing of a response has gone out; the connection closes.
+    async fn body_timeout(&mut self) -> Next {
+        CoreStats::inc(&self.shard.stats.downstream_rq_body_timeout);
+        self.log.flags.insert(ResponseFlags::SI);
+        self.unread_body = false;
+        self.local(408, "request body timeout", &[], false).await
+    }
+
     /// 413 for a body over max_request_body_bytes; the connection closes
     /// (lingering: the client may still be sending).
     async fn too_large(&mut self) -> Next {
@@ -932,6 +944,10 @@ impl Conn<'_> {
                 self.log.bytes_received = body.received;
                 return self.too_large().await;
             }
+            Err(Failure::BodyTimeout) => {
+                self.log.bytes_received = body.received;
+                return self.body_timeout().await;
+            }
             Err(_) => {
                 self.log.flags.insert(ResponseFlags::DC);
                 self.unread_body = false;
@@ -1027,6 +1043,7 @@ impl Conn<'_> {
                     // response head can have gone to the client yet: that
                     // happens only once the body stopped streaming.
                     Failure::TooLarge => self.too_large().await,
+                    Failure::BodyTimeout => self.body_timeout().await,
                     Failure::Downstream => {
                         self.log.flags.insert(ResponseFlags::DC);
                         self.unread_body = false;
@@ -1118,16 +1135,29 @@ impl Conn<'_> {
             }
             // Up to 16 MiB of reads that may never wait: share the core.
             glommio::yield_if_needed().await;
-            let deadline = Some(Instant::now() + http.idle_timeout);
-            match until(
-                deadline,
-                read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
-            )
-            .await
-            {
-                Some(Ok(n)) if n > 0 => {}
-                _ => return Err(Failure::Downstream),
-            }
+            self.read_body_bytes(http).await?;
+        }
+    }
+
+    /// Reads more of a request body. A body that makes no progress for
+    /// `stream_idle_timeout` (Envoy's, 5 min) is `BodyTimeout` (408), not a
+    /// connection held open for the hour of `idle_timeout`.
+    async fn read_body_bytes(&mut self, http: &Http) -> Result<(), Failure> {
+        let wait = if http.stream_idle_timeout.is_zero() {
+            http.idle_timeout
+        } else {
+            http.stream_idle_timeout.min(http.idle_timeout)
+        };
+        let timed_out_is_body = !http.stream_idle_timeout.is_zero();
+        match until(
+            Some(Instant::now() + wait),
+            read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
+        )
+        .await
+        {
+            Some(Ok(n)) if n > 0 => Ok(()),
+            None if timed_out_is_body => Err(Failure::BodyTimeout),
+            _ => Err(Failure::Downstream),
         }
     }
 
@@ -1165,16 +1195,8 @@ impl Conn<'_> {
             // When both sockets are always ready nothing below waits, and the
             // upload would hold the core until its end.
             glommio::yield_if_needed().await;
-            let deadline = Some(Instant::now() + self.snapshot.config.http.idle_timeout);
-            match until(
-                deadline,
-                read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
-            )
-            .await
-            {
-                Some(Ok(n)) if n > 0 => {}
-                _ => return Err(Failure::Downstream),
-            }
+            let snap = self.snapshot.clone();
+            self.read_body_bytes(&snap.config.http).await?;
         }
         Ok(())
     }
@@ -1387,7 +1409,7 @@ impl Conn<'_> {
                 // What it sent is still readable, so look before giving up.
                 Err(Failure::Reset { .. }) => {}
                 Err(f) => {
-                    if f == Failure::TooLarge {
+                    if matches!(f, Failure::TooLarge | Failure::BodyTimeout) {
                         // It must not take a truncated body for a whole one.
                         socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&up));
                     }

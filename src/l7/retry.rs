@@ -65,6 +65,8 @@ pub enum Failure {
     BadRequestBody,
     /// The request body grew past max_request_body_bytes.
     TooLarge,
+    /// The request body stalled for stream_idle_timeout.
+    BodyTimeout,
     /// A circuit breaker of the cluster is open (503 UO).
     Overflow,
 }
@@ -76,7 +78,10 @@ impl Failure {
             | Failure::Reset { .. }
             | Failure::PerTryTimeout
             | Failure::BadResponse => Side::Upstream,
-            Failure::Downstream | Failure::BadRequestBody | Failure::TooLarge => Side::Downstream,
+            Failure::Downstream
+            | Failure::BadRequestBody
+            | Failure::TooLarge
+            | Failure::BodyTimeout => Side::Downstream,
             Failure::NoEndpoint | Failure::Overflow => Side::Internal,
         }
     }
@@ -94,7 +99,8 @@ impl Failure {
             | Failure::BadResponse
             | Failure::Downstream
             | Failure::BadRequestBody
-            | Failure::TooLarge => RetrySafety::Never,
+            | Failure::TooLarge
+            | Failure::BodyTimeout => RetrySafety::Never,
         }
     }
 
