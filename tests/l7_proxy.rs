@@ -1687,3 +1687,57 @@ fn stalled_request_body_is_408_after_stream_idle_timeout() {
     let (_, totals) = r.stop();
     assert_eq!(totals.get("downstream_rq_body_timeout"), 2);
 }
+
+/// A client whose request is refused at the head (400, 431) while it is
+/// still sending reads the whole reply and a clean close, not a reset: the
+/// proxy half-closes and drains what follows (lingering close), as it does
+/// after other local replies.
+#[test]
+fn head_errors_close_lingering_so_the_reply_is_read() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", a.addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n",
+        "b".repeat(70_000)
+    );
+    let cases: [(&str, Vec<u8>, u16); 2] = [
+        (
+            "400 then more bytes",
+            [
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(),
+                payload(256 * 1024, 3),
+            ]
+            .concat(),
+            400,
+        ),
+        (
+            "431 while the head keeps coming",
+            big_header.into_bytes(),
+            431,
+        ),
+    ];
+    for (what, bytes, status) in cases {
+        let mut c = Client::new(port);
+        // Written from another thread: the proxy answers before it all goes.
+        let mut w = c.w.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+            // The client finishes sending, then half-closes, as a client does.
+            let _ = w.shutdown(std::net::Shutdown::Write);
+        });
+        let resp = c.response();
+        assert_eq!(resp.status, status, "{what}: {}", resp.head);
+        assert!(
+            c.r.read_to_end(&mut Vec::new()).is_ok(),
+            "{what}: reset instead of a clean close"
+        );
+        writer.join().unwrap();
+    }
+    assert_eq!(a.count(), 0);
+    let (_, totals) = r.stop();
+    assert!(totals.get("downstream_cx_lingering_close") >= 2);
+}

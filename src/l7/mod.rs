@@ -718,12 +718,18 @@ impl Conn<'_> {
         let len = match self.read_head(http, &limits).await {
             HeadRead::Parsed(len) => len,
             HeadRead::Gone => return Next::Close,
+            // These replies close the connection while the client may still
+            // be sending (the rest of a head, a body, pipelined requests):
+            // closing at once would answer its bytes with a reset that can
+            // destroy the reply before it is read, so they close lingering.
             HeadRead::Timeout => {
                 self.log.flags.insert(ResponseFlags::RHT);
+                self.unread_body = true;
                 return self.local(408, "request header timeout", &[], false).await;
             }
             HeadRead::TooLarge => {
                 self.log.flags.insert(ResponseFlags::DPE);
+                self.unread_body = true;
                 return self
                     .local(431, "request header section too large", &[], false)
                     .await;
@@ -731,6 +737,7 @@ impl Conn<'_> {
             HeadRead::Bad(e) => {
                 self.log.flags.insert(ResponseFlags::DPE);
                 debug!(peer = ?self.ctx.peer, error = %e, "bad request");
+                self.unread_body = true;
                 return self.local(e.status(), &e.reason(), &[], false).await;
             }
         };
