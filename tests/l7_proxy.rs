@@ -1741,3 +1741,58 @@ fn head_errors_close_lingering_so_the_reply_is_read() {
     let (_, totals) = r.stop();
     assert!(totals.get("downstream_cx_lingering_close") >= 2);
 }
+
+/// Every documented access-log field has a value when the request carries
+/// it, in JSON (user_agent and x_forwarded_for were once always "-").
+#[test]
+fn every_access_log_field_is_filled_when_the_request_has_it() {
+    let a = Backend::start("a");
+    let dir = TempDir::new("fields");
+    let log = dir.0.join("access.log");
+    let port = free_port();
+    let cfg = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL)
+        + &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
+            log.display()
+        );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    let resp = c.request(
+        "POST /fields?q=1 HTTP/1.1\r\nHost: svc.example\r\nUser-Agent: curl/8.0\r\nX-Forwarded-For: 10.9.8.7\r\nX-Request-Id: rid-1\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert_eq!(resp.status, 200);
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let fields = [
+        "start_time",
+        "protocol",
+        "method",
+        "path",
+        "response_code",
+        "bytes_received",
+        "bytes_sent",
+        "duration",
+        "upstream_host",
+        "downstream_remote_address",
+        "downstream_local_address",
+        "listener",
+        "request_id",
+        "authority",
+        "user_agent",
+        "x_forwarded_for",
+    ];
+    for f in fields {
+        let v = &entry[f];
+        assert!(
+            !v.is_null() && v != "-" && v != "",
+            "field {f} has no value: {entry}"
+        );
+    }
+    // No flags is Envoy's "-".
+    assert_eq!(entry["response_flags"], "-");
+    assert_eq!(entry["user_agent"], "curl/8.0");
+    assert_eq!(entry["x_forwarded_for"], "10.9.8.7");
+    assert_eq!(entry["request_id"], "rid-1");
+}

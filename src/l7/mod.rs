@@ -240,6 +240,9 @@ pub struct RequestLog {
     pub upstream_cluster: Option<String>,
     pub route_name: Option<String>,
     pub request_id: Option<String>,
+    /// The client's User-Agent and X-Forwarded-For, as it sent them.
+    pub user_agent: Option<String>,
+    pub forwarded_for: Option<String>,
     pub downstream_remote_address: Option<SocketAddr>,
     pub downstream_local_address: Option<SocketAddr>,
     /// Name of the listener that accepted the connection.
@@ -276,6 +279,8 @@ impl RequestLog {
             upstream_cluster: None,
             route_name: None,
             request_id: None,
+            user_agent: None,
+            forwarded_for: None,
             downstream_remote_address: ctx.peer,
             downstream_local_address: ctx.local,
             listener: ctx.listener.clone(),
@@ -765,6 +770,13 @@ impl Conn<'_> {
             self.log.path = String::from_utf8_lossy(view.target()).into_owned();
             self.log.authority =
                 String::from_utf8_lossy(view.authority().unwrap_or_default()).into_owned();
+            let header = |name: &[u8]| {
+                view.headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            self.log.user_agent = header(b"user-agent");
+            self.log.forwarded_for = header(b"x-forwarded-for");
         }
         self.log.protocol = self.head.version.as_str();
         let framing = self.head.framing;
@@ -1798,7 +1810,8 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
             listener: &log.listener,
             request_id: log.request_id.as_deref(),
             authority: Some(&log.authority),
-            ..Default::default()
+            user_agent: log.user_agent.as_deref(),
+            forwarded_for: log.forwarded_for.as_deref(),
         });
     }
 }
