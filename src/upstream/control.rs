@@ -36,8 +36,10 @@ pub struct UpstreamView {
 /// The running control plane; stops its threads when dropped.
 pub struct UpstreamControl {
     shared: Arc<Shared>,
-    dns: DnsRefresher,
-    files: FileWatcher,
+    /// Started with the first dns cluster, the first file cluster: a sidecar
+    /// with static clusters only runs neither thread.
+    dns: Mutex<Option<DnsRefresher>>,
+    files: Mutex<Option<FileWatcher>>,
 }
 
 struct Shared {
@@ -67,25 +69,29 @@ impl UpstreamControl {
             members: Arc::new(MembersHandle::default()),
             health,
         });
-        let on_change = |shared: &Arc<Shared>| {
-            let s = Arc::downgrade(shared);
-            move |cluster: &str, endpoints: Vec<DiscoveredEndpoint>| {
-                if let Some(s) = s.upgrade() {
-                    info!(
-                        cluster,
-                        endpoints = endpoints.len(),
-                        "discovery: new endpoint set"
-                    );
-                    s.lock().discovered.insert(cluster.to_string(), endpoints);
-                    s.republish();
-                }
-            }
+        let control = UpstreamControl {
+            shared,
+            dns: Mutex::new(None),
+            files: Mutex::new(None),
         };
-        let dns = DnsRefresher::start(Vec::new(), on_change(&shared))?;
-        let files = FileWatcher::start(Vec::new(), on_change(&shared))?;
-        let control = UpstreamControl { shared, dns, files };
         control.apply(config);
         Ok(control)
+    }
+
+    /// What discovery threads call with a cluster's new endpoint set.
+    fn on_change(&self) -> impl Fn(&str, Vec<DiscoveredEndpoint>) + Send + 'static {
+        let s = Arc::downgrade(&self.shared);
+        move |cluster: &str, endpoints: Vec<DiscoveredEndpoint>| {
+            if let Some(s) = s.upgrade() {
+                info!(
+                    cluster,
+                    endpoints = endpoints.len(),
+                    "discovery: new endpoint set"
+                );
+                s.lock().discovered.insert(cluster.to_string(), endpoints);
+                s.republish();
+            }
+        }
     }
 
     pub fn view(&self) -> UpstreamView {
@@ -150,14 +156,39 @@ impl UpstreamControl {
                 }
             }
         }
-        self.dns.update(dns);
-        self.files.update(files);
+        {
+            let mut running = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            match running.as_ref() {
+                Some(r) => r.update(dns),
+                None if !dns.is_empty() => match DnsRefresher::start(dns, self.on_change()) {
+                    Ok(r) => *running = Some(r),
+                    Err(e) => warn!(error = %e, "cannot start the DNS refresher"),
+                },
+                None => {}
+            }
+        }
+        {
+            let mut running = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            match running.as_ref() {
+                Some(w) => w.update(files),
+                None if !files.is_empty() => match FileWatcher::start(files, self.on_change()) {
+                    Ok(w) => *running = Some(w),
+                    Err(e) => warn!(error = %e, "cannot start the endpoints-file watcher"),
+                },
+                None => {}
+            }
+        }
         self.shared.republish();
     }
 
     /// Discovery's per-cluster errors, for the admin page.
     pub fn file_errors(&self) -> std::collections::BTreeMap<String, String> {
-        self.files.last_errors()
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|w| w.last_errors())
+            .unwrap_or_default()
     }
 }
 
