@@ -1796,3 +1796,62 @@ fn every_access_log_field_is_filled_when_the_request_has_it() {
     assert_eq!(entry["x_forwarded_for"], "10.9.8.7");
     assert_eq!(entry["request_id"], "rid-1");
 }
+
+/// An upstream whose keep-alive timeout closes idle connections with "408
+/// Request Timeout" can have that 408 race a request on the pooled
+/// connection. The 408 answers no request of ours: an idempotent request is
+/// sent again on a fresh connection and the client gets the real answer.
+/// The upstream here answers the second request on every connection with
+/// such a 408 and closes, which is that race's outcome made certain.
+#[test]
+fn idle_close_408_on_a_reused_connection_is_not_the_answer() {
+    let l = common::listener();
+    let up = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                for n in 0.. {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    } else {
+                        let _ = w.write_all(
+                            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", up)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    for i in 0..6 {
+        let resp = c.request(&get(&format!("/r{i}"), "x"));
+        assert_eq!(
+            (resp.status, &resp.body[..]),
+            (200, &b"ok"[..]),
+            "request {i}"
+        );
+    }
+    // A POST is not sent twice (RFC 9112 §9.3.1): it gets the 408.
+    let resp = c.request("POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(resp.status, 408);
+    drop(r);
+}

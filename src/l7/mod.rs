@@ -1330,6 +1330,12 @@ impl Conn<'_> {
                 Verdict::AgainFresh => {
                     state.fresh_used = true;
                     force_fresh = true;
+                    // A 408 that came instead: drop it with its connection.
+                    if let Ok(x) = r {
+                        if let Some(b) = x.upbuf {
+                            b.release();
+                        }
+                    }
                 }
                 Verdict::Retry => {
                     // max_retries: retries in flight on this core.

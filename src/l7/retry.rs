@@ -16,6 +16,12 @@
 //!    upstream (connect failure), unless the policy sets
 //!    `retry_non_idempotent`.
 //! 3. Running out of budget on a condition the policy lists is Envoy's `URX`.
+//!
+//! A 408 on a reused connection counts as rule 1's close: a server whose
+//! keep-alive timeout expired sends "408 Request Timeout" and closes, and
+//! when that races the request, the 408 is an answer to no request of ours
+//! (Go's HTTP transport discards it the same way). A real timeout of the
+//! request cannot happen that fast.
 
 use crate::http::route::{AttemptFailure, RetryPolicy};
 
@@ -165,6 +171,11 @@ pub fn decide(
     outcome: Outcome,
 ) -> Verdict {
     let (condition, reached) = match outcome {
+        Outcome::Response(408)
+            if attempt.reused && !state.fresh_used && attempt.replayable && attempt.idempotent =>
+        {
+            return Verdict::AgainFresh;
+        }
         Outcome::Response(status) => (Some(AttemptFailure::Status(status)), true),
         Outcome::Failed(f) => {
             if attempt.reused
@@ -266,6 +277,11 @@ mod tests {
             (none, fresh, streamed(reused(get)), closed, GiveUp { exhausted: false }),
             (none, fresh, get, closed, GiveUp { exhausted: false }),
             (none, fresh, reused(get), Failed(Reset { started: true }), GiveUp { exhausted: false }),
+            // A 408 on a reused connection is an idle close racing the send.
+            (none, fresh, reused(get), Response(408), AgainFresh),
+            (none, used, reused(get), Response(408), Deliver { exhausted: false }),
+            (none, fresh, get, Response(408), Deliver { exhausted: false }),
+            (none, fresh, reused(post), Response(408), Deliver { exhausted: false }),
             // Responses: delivered unless the policy lists them.
             (none, fresh, get, Response(503), Deliver { exhausted: false }),
             (Some(&p), fresh, get, Response(503), Retry),
