@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
 
@@ -1380,10 +1380,19 @@ fn pooled_connection_closed_right_after_its_response_is_replaced() {
     assert_eq!(totals.get("rq_retry"), 0);
 }
 
-/// A raw upstream: every request (bodiless; the request line is passed to
-/// `answer`) on a keep-alive connection gets `answer`'s bytes in one write, so
-/// a response's head and body reach the proxy together.
+/// A raw upstream: every request (bodiless) on a keep-alive connection gets
+/// `answer`'s bytes in one write, so a response's head and body reach the
+/// proxy together. `answer` sees the request line.
 fn canned_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    scripted_upstream(move |line, _, w| w.write_all(&answer(line)).is_ok())
+}
+
+/// A raw upstream driven by a script: for each request (bodiless) on a
+/// connection, `script(request line, its index on the connection, socket)`
+/// writes what it likes and says whether the connection goes on.
+fn scripted_upstream(
+    script: impl Fn(&str, usize, &mut TcpStream) -> bool + Send + Sync + Copy + 'static,
+) -> SocketAddr {
     let l = common::listener();
     let addr = l.local_addr().unwrap();
     thread::spawn(move || {
@@ -1392,7 +1401,7 @@ fn canned_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
             thread::spawn(move || {
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
-                loop {
+                for n in 0.. {
                     let mut line = String::new();
                     if r.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
@@ -1406,7 +1415,7 @@ fn canned_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
                             break;
                         }
                     }
-                    if w.write_all(&answer(line.trim_end())).is_err() {
+                    if !script(line.trim_end(), n, &mut w) {
                         return;
                     }
                 }
@@ -1563,50 +1572,22 @@ fn request_details_reach_the_access_log_and_the_debug_line() {
 /// mixed between clients).
 #[test]
 fn stray_bytes_on_a_pooled_connection_never_answer_another_client() {
-    let l = common::listener();
-    let up = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::new(s);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL";
-                    let res = if line.starts_with("HEAD /head") {
-                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
-                            .and_then(|()| {
-                                thread::sleep(std::time::Duration::from_millis(30));
-                                w.write_all(evil)
-                            })
-                    } else if line.starts_with("GET /twice") {
-                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .and_then(|()| {
-                                thread::sleep(std::time::Duration::from_millis(30));
-                                w.write_all(evil)
-                            })
-                    } else {
-                        w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
-                    };
-                    if res.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let up = scripted_upstream(|line, _, w| {
+        let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL";
+        let stray_after = |w: &mut TcpStream, first: &[u8]| {
+            w.write_all(first).and_then(|()| {
+                thread::sleep(std::time::Duration::from_millis(30));
+                w.write_all(evil)
+            })
+        };
+        let res = if line.starts_with("HEAD /head") {
+            stray_after(w, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        } else if line.starts_with("GET /twice") {
+            stray_after(w, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        } else {
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+        };
+        res.is_ok()
     });
     let port = free_port();
     let r = Remora::start(
@@ -1805,35 +1786,15 @@ fn every_access_log_field_is_filled_when_the_request_has_it() {
 /// such a 408 and closes, which is that race's outcome made certain.
 #[test]
 fn idle_close_408_on_a_reused_connection_is_not_the_answer() {
-    let l = common::listener();
-    let up = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::new(s);
-                for n in 0.. {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    if n == 0 {
-                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                    } else {
-                        let _ = w.write_all(
-                            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                        );
-                        return;
-                    }
-                }
-            });
+    let up = scripted_upstream(|_, n, w| {
+        if n == 0 {
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_ok()
+        } else {
+            let _ = w.write_all(
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+            false
         }
     });
     let port = free_port();
