@@ -3,6 +3,7 @@
 //! detected) → L4 forwarding through the upstream layer, or the L7 path
 //! (`l7::serve`), or a refusal.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -12,7 +13,7 @@ use glommio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::access_log;
-use crate::config::{Config, Forwarding, HashPolicy, Protocol};
+use crate::config::{Config, Forwarding, HashPolicy, Listener, Protocol};
 use crate::l4::{self, Ending};
 use crate::net::{self, socket};
 use crate::shard::{HostFacts, Origin, Shard};
@@ -129,9 +130,15 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
     let snapshot = shard.config.current();
     let config = &snapshot.config;
     let fd = down.as_raw_fd();
+    // The [[listener]] that accepted it, looked up once (None for the
+    // capture ports, or a listener a reload removed).
+    let configured = match origin {
+        Origin::Listener(addr) => config.listeners.iter().find(|l| l.address == addr),
+        _ => None,
+    };
     // Before anything else (even the address lookups): a refused connection
     // should cost as little as possible, which is the point of the limit.
-    if !connection_allowed(shard, config, origin) {
+    if !connection_allowed(shard, origin, configured) {
         CoreStats::inc(&shard.stats.downstream_cx_rate_limited);
         // A reset, as Envoy's network local_ratelimit filter closes with
         // NoFlush: the client learns at once, and no TIME_WAIT stays here.
@@ -164,14 +171,12 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
     // The listener's name for logs, L4 and L7 alike: Istio's names for the
-    // capture ports, the configured name for a [[listener]].
-    let listener: Rc<str> = match origin {
-        Origin::Listener(addr) => config
-            .listeners
-            .iter()
-            .find(|l| l.address == addr)
-            .map_or_else(|| addr.to_string().into(), |l| l.name.as_str().into()),
-        _ => origin.name().into(),
+    // capture ports, the configured name for a [[listener]]. Borrowed: only
+    // the L7 path keeps a copy.
+    let listener: Cow<'_, str> = match (origin, configured) {
+        (_, Some(l)) => Cow::Borrowed(l.name.as_str()),
+        (Origin::Listener(addr), None) => Cow::Owned(addr.to_string()),
+        _ => Cow::Borrowed(origin.name()),
     };
     let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
         if flags != "-" {
@@ -209,11 +214,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         }
     };
     let protocol = match (origin, &config.capture, &plan.target) {
-        (Origin::Listener(addr), _, _) => config
-            .listeners
-            .iter()
-            .find(|l| l.address == addr)
-            .map_or(Protocol::Tcp, |l| l.protocol),
+        (Origin::Listener(_), _, _) => configured.map_or(Protocol::Tcp, |l| l.protocol),
         (_, Some(c), Target::Addr(dst)) => c.protocol_for(orig_dst.unwrap_or(*dst).port()),
         _ => Protocol::Tcp,
     };
@@ -243,7 +244,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             Target::Cluster(_) => crate::l7::Fallback::NotFound,
         };
         let ctx = crate::l7::Context {
-            listener: listener.clone(),
+            listener: Rc::from(&*listener),
             peer,
             local: Some(local),
             fallback,
@@ -305,16 +306,11 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
 /// Whether the listener's `connection_rate_limit` (if any) lets one more
 /// connection in on this core: one token from the core's bucket for the
 /// listener (Envoy's network `local_ratelimit`). Capture ports have no limit.
-fn connection_allowed(shard: &Shard, config: &Config, origin: Origin) -> bool {
-    let Origin::Listener(addr) = origin else {
-        return true;
-    };
-    let Some(cfg) = config
-        .listeners
-        .iter()
-        .find(|l| l.address == addr)
-        .and_then(|l| l.connection_rate_limit.as_ref())
-    else {
+fn connection_allowed(shard: &Shard, origin: Origin, configured: Option<&Listener>) -> bool {
+    let (Origin::Listener(addr), Some(cfg)) = (
+        origin,
+        configured.and_then(|l| l.connection_rate_limit.as_ref()),
+    ) else {
         return true;
     };
     shard

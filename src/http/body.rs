@@ -160,7 +160,13 @@ fn is_tchar(b: u8) -> bool {
         )
 }
 
-/// field-vchar / SP / HTAB (RFC 9110 §5.5), also what extensions may contain.
+/// HTAB / SP / VCHAR / obs-text: what a quoted string may hold, and what may
+/// follow a backslash in it (RFC 9110 §5.6.4; `"` and `\\` are the caller's).
+fn is_quoted_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff)
+}
+
+/// field-vchar / SP / HTAB (RFC 9110 §5.5): what a trailer value may contain.
 fn is_field_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
@@ -317,16 +323,11 @@ impl ChunkedDecoder {
             State::ExtQuoted => match b {
                 b'"' => self.extension_byte(State::ExtPostValue)?,
                 b'\\' => self.extension_byte(State::ExtQuotedPair)?,
-                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {
-                    self.extension_byte(State::ExtQuoted)?
-                }
-                b'\n' | b'\r' => return Err(BodyError::InvalidExtension),
+                _ if is_quoted_byte(b) => self.extension_byte(State::ExtQuoted)?,
                 _ => return Err(BodyError::InvalidExtension),
             },
             State::ExtQuotedPair => match b {
-                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {
-                    self.extension_byte(State::ExtQuoted)?
-                }
+                _ if is_quoted_byte(b) => self.extension_byte(State::ExtQuoted)?,
                 _ => return Err(BodyError::InvalidExtension),
             },
             State::ExtPostValue => match b {

@@ -481,6 +481,30 @@ fn strip_expect(ops: Option<Cow<'_, HeaderOps>>, expect: bool) -> Option<Cow<'_,
     Some(Cow::Owned(owned))
 }
 
+/// How long a request body may stall between reads, from `[http]`.
+#[derive(Debug, Clone, Copy)]
+struct BodyWait {
+    limit: Duration,
+    /// The limit is `stream_idle_timeout` (answered 408), not `idle_timeout`.
+    stream_idle: bool,
+}
+
+impl BodyWait {
+    fn of(http: &Http) -> BodyWait {
+        if http.stream_idle_timeout.is_zero() {
+            BodyWait {
+                limit: http.idle_timeout,
+                stream_idle: false,
+            }
+        } else {
+            BodyWait {
+                limit: http.stream_idle_timeout.min(http.idle_timeout),
+                stream_idle: true,
+            }
+        }
+    }
+}
+
 /// What one `decode_into` call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Decoded {
@@ -879,7 +903,7 @@ impl Conn<'_> {
                 CoreStats::inc(&self.shard.stats.rq_rate_limited);
                 self.log.flags.insert(ResponseFlags::RL);
                 if let (true, Err(reply)) = (details, &planned) {
-                    self.log.route_name = reply.route_name.clone();
+                    self.log.route_name = reply.route_name.map(str::to_string);
                 }
                 // The body (if any) was not read: the connection cannot be reused.
                 let keep = keep_alive && framing == BodyFraming::None;
@@ -891,7 +915,7 @@ impl Conn<'_> {
             Ok(p) => p,
             Err(reply) => {
                 if details {
-                    self.log.route_name = reply.route_name;
+                    self.log.route_name = reply.route_name.map(str::to_string);
                 }
                 self.log.flags.insert(reply.flags);
                 // The body (if any) was not read: the connection cannot be reused.
@@ -1154,28 +1178,22 @@ impl Conn<'_> {
             }
             // Up to 16 MiB of reads that may never wait: share the core.
             glommio::yield_if_needed().await;
-            self.read_body_bytes(http).await?;
+            self.read_body_bytes(BodyWait::of(http)).await?;
         }
     }
 
     /// Reads more of a request body. A body that makes no progress for
     /// `stream_idle_timeout` (Envoy's, 5 min) is `BodyTimeout` (408), not a
     /// connection held open for the hour of `idle_timeout`.
-    async fn read_body_bytes(&mut self, http: &Http) -> Result<(), Failure> {
-        let wait = if http.stream_idle_timeout.is_zero() {
-            http.idle_timeout
-        } else {
-            http.stream_idle_timeout.min(http.idle_timeout)
-        };
-        let timed_out_is_body = !http.stream_idle_timeout.is_zero();
+    async fn read_body_bytes(&mut self, wait: BodyWait) -> Result<(), Failure> {
         match until(
-            Some(Instant::now() + wait),
+            Some(Instant::now() + wait.limit),
             read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF),
         )
         .await
         {
             Some(Ok(n)) if n > 0 => Ok(()),
-            None if timed_out_is_body => Err(Failure::BodyTimeout),
+            None if wait.stream_idle => Err(Failure::BodyTimeout),
             _ => Err(Failure::Downstream),
         }
     }
@@ -1183,6 +1201,7 @@ impl Conn<'_> {
     /// Sends the rest of a body too large to buffer, as it arrives.
     async fn stream_rest(&mut self, up: &mut TcpStream, body: &mut ReqBody) -> Result<(), Failure> {
         let mut chunk = Vec::new();
+        let wait = BodyWait::of(&self.snapshot.config.http);
         while !body.complete {
             chunk.clear();
             if let Some(b) = self.inbuf.as_mut() {
@@ -1214,8 +1233,7 @@ impl Conn<'_> {
             // When both sockets are always ready nothing below waits, and the
             // upload would hold the core until its end.
             glommio::yield_if_needed().await;
-            let snap = self.snapshot.clone();
-            self.read_body_bytes(&snap.config.http).await?;
+            self.read_body_bytes(wait).await?;
         }
         Ok(())
     }

@@ -91,7 +91,7 @@ pub struct LocalReply<'t> {
     pub location: Option<Vec<u8>>,
     pub flags: ResponseFlags,
     /// The matched route's name, if one matched.
-    pub route_name: Option<String>,
+    pub route_name: Option<&'t str>,
     /// The matched route's rate limit: a direct response or a redirect is
     /// limited like a forward (Envoy's limit runs before its router). No
     /// route, no limit.
@@ -136,7 +136,7 @@ pub fn plan<'t, R: RequestParts + ?Sized>(
             }),
         };
     };
-    let route_name = || Some(m.route.name.to_string());
+    let route_name = || Some(&*m.route.name);
     let rate_limit = RateLimitRef::of(&m);
     match &m.route.action {
         RouteAction::DirectResponse { status, body } => Err(LocalReply {
@@ -364,7 +364,7 @@ max_request_body_bytes = 0
             r.location.as_deref(),
             Some(&b"http://api.example/new?q=1"[..])
         );
-        assert_eq!(r.route_name.as_deref(), Some("old"));
+        assert_eq!(r.route_name, Some("old"));
         let r = plan(&config, &req("api.example", "/tea"), pass, 0, "http").unwrap_err();
         assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
         // No route: passthrough on capture, 404 (NR) on a listener.
