@@ -56,6 +56,8 @@ struct BackendState {
     gate: Condvar,
     /// Requests seen, health checks not counted.
     hits: AtomicU64,
+    /// Health checks seen.
+    health_hits: AtomicU64,
     /// Requests being served now, and the most at once.
     active: AtomicUsize,
     max_active: AtomicUsize,
@@ -82,6 +84,7 @@ impl Backend {
             held: Mutex::new(false),
             gate: Condvar::new(),
             hits: AtomicU64::new(0),
+            health_hits: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
         });
@@ -156,6 +159,7 @@ fn serve(s: TcpStream, st: &BackendState) {
         }
         let _ = std::io::copy(&mut (&mut r).take(len), &mut std::io::sink());
         let status = if path == HEALTH_PATH {
+            st.health_hits.fetch_add(1, Ordering::SeqCst);
             st.health.load(Ordering::SeqCst)
         } else {
             st.hits.fetch_add(1, Ordering::SeqCst);
@@ -1433,4 +1437,121 @@ fn locality_prefers_the_own_zone_and_fails_over() {
         }
         drop(r);
     }
+}
+
+// ---------------------------------------------------------------------------
+// The breaker limits max_requests_overflow_is_503_uo does not reach, picks,
+// and one health checker per proxy
+// ---------------------------------------------------------------------------
+
+/// `max_requests_per_connection` closes an upstream connection after that
+/// many requests; `max_pending_requests = 0` leaves no room to wait for a
+/// new connection (503 UO); `max_retries = 0` turns a retry into the answer
+/// it would have replaced, counted as a retry overflow. Every pick is
+/// counted per endpoint.
+#[test]
+fn per_connection_pending_and_retry_limits() {
+    // One backend per cluster: endpoint counters are per address.
+    let (b, b_np, b_nr) = (
+        Backend::start("b"),
+        Backend::start("np"),
+        Backend::start("nr"),
+    );
+    let admin = Admin::new();
+    let clusters = cluster(
+        "pc",
+        &[ep(b.addr)],
+        "circuit_breakers = { max_requests_per_connection = 2 }",
+    ) + &cluster(
+        "np",
+        &[ep(b_np.addr)],
+        "circuit_breakers = { max_pending_requests = 0 }",
+    ) + &cluster(
+        "nr",
+        &[ep(b_nr.addr)],
+        "circuit_breakers = { max_retries = 0 }",
+    );
+    let port = free_port();
+    let cfg = base(Some(&admin), None)
+        + &clusters
+        + &http_listener(port, "pc")
+        + &routes(&[
+            ("/pc", "pc", ""),
+            ("/np", "np", ""),
+            (
+                "/nr",
+                "nr",
+                "retry = { retry_on = [\"5xx\"], num_retries = 2, backoff_base = \"1ms\" }",
+            ),
+        ]);
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    for _ in 0..6 {
+        assert_eq!(c.get("/pc", "x", &[]).status, 200);
+    }
+    // Six requests, two per connection.
+    let cx = |name: &str, addr: SocketAddr| {
+        admin
+            .metric(&format!(
+                "remora_cluster_upstream_cx_total{{cluster_name=\"{name}\",endpoint=\"{addr}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(cx("pc", b.addr), 3.0);
+    assert_eq!(
+        admin.metric(&format!(
+            "remora_cluster_endpoint_lb_picks_total{{cluster_name=\"pc\",endpoint=\"{}\"}}",
+            b.addr
+        )),
+        Some(6.0)
+    );
+    // No pending request allowed: a request that needs a new connection
+    // overflows, and no connection is made.
+    let resp = c.get("/np", "x", &[]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(cx("np", b_np.addr), 0.0);
+    assert_eq!(b_np.hits(), 0);
+    // No retry allowed: the 503 is answered after one attempt.
+    b_nr.set_status(503);
+    let resp = c.get("/nr", "x", &[]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(b_nr.hits(), 1, "a retry went out past max_retries = 0");
+    let overflow = |cluster: &str, resource: &str| {
+        admin.metric(&format!(
+            "remora_cluster_circuit_breaker_overflow_total{{cluster_name=\"{cluster}\",resource=\"{resource}\"}}"
+        ))
+    };
+    assert_eq!(overflow("np", "pending_requests"), Some(1.0));
+    assert_eq!(overflow("nr", "retries"), Some(1.0));
+    drop(r);
+}
+
+/// Health checks run once per proxy, not once per core: with two cores and
+/// an interval longer than the test, a new endpoint is probed exactly once
+/// (at once, as it appears).
+#[test]
+fn each_endpoint_is_probed_once_per_proxy_not_per_core() {
+    let b = Backend::start("b");
+    let admin = Admin::new();
+    let clusters = cluster(
+        "hc2",
+        &[ep(b.addr)],
+        &format!(
+            "health_check = {{ path = \"{HEALTH_PATH}\", interval = \"1h\", timeout = \"1s\" }}"
+        ),
+    );
+    let (r, port) = single_cluster_proxy(Some(&admin), None, &clusters, "hc2", "2");
+    wait_until("the first probe", || {
+        b.state.health_hits.load(Ordering::SeqCst) >= 1
+    });
+    // Traffic on both cores changes nothing about probing.
+    for _ in 0..10 {
+        assert_eq!(Client::new(port).get("/", "x", &[]).status, 200);
+    }
+    assert_eq!(
+        admin.health_flags("hc2", b.addr).as_deref(),
+        Some("healthy")
+    );
+    assert_eq!(b.state.health_hits.load(Ordering::SeqCst), 1);
+    drop(r);
 }
