@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+pub(crate) use crate::duration::ser_duration;
+pub use crate::duration::{format_duration, parse_duration};
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
@@ -937,10 +940,6 @@ impl Validator<'_> {
     }
 }
 
-pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_duration(*d))
-}
-
 /// `/config_dump` shows a token bucket the way the file writes it.
 fn ser_token_bucket<S: Serializer>(b: &Option<TokenBucketConfig>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
@@ -952,36 +951,6 @@ fn ser_token_bucket<S: Serializer>(b: &Option<TokenBucketConfig>, s: S) -> Resul
     st.serialize_field("fill_interval", &format_duration(b.fill_interval()))?;
     st.serialize_field("tokens_per_fill", &b.tokens_per_fill())?;
     st.end()
-}
-
-/// The inverse of [`parse_duration`] (whole milliseconds).
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
-        format!("{}s", ms / 1_000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// Parses "250ms", "10s", "5m", "1h" (one number, one unit).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
 }
 
 /// 1-based line and column of a byte offset.

@@ -45,7 +45,7 @@ use super::route::{
     QueryMatcher, Redirect, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable,
     ValueMatch, VirtualHost,
 };
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 use crate::policy::fault::{AbortFault, DelayFault, FaultPolicy};
 use crate::policy::ratelimit::{BucketConfigError, LocalRateLimit, TokenBucketConfig};
 use crate::policy::Percent;

@@ -34,13 +34,13 @@ pub struct OutlierConfig {
     pub split_external_local_origin_errors: bool,
     /// How often an ejected endpoint is reconsidered and an ejection
     /// multiplier decays (Envoy default 10 s).
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub interval: Duration,
     /// Ejection time = base × number of times ejected (Envoy default 30 s).
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub base_ejection_time: Duration,
     /// Upper bound of the ejection time (Envoy default max(300 s, base)).
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub max_ejection_time: Duration,
     /// At most this share of the endpoints is ejected at once (Envoy default
     /// 10); at least one endpoint can always be ejected, as in Envoy.
