@@ -1,6 +1,7 @@
 //! Shared test support: run the built `remora` binary on real sockets.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod http;
 
 use std::io::{BufRead, BufReader, Read, Write};
