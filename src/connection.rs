@@ -253,7 +253,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         };
         // Boxed: the L7 state machine is large, and inlined it would make every
         // connection's task (L4 ones too) that large.
-        Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
+        Box::pin(crate::l7::serve(shard, down.into(), snapshot.clone(), ctx)).await;
         let micros = started.elapsed().as_micros() as u64;
         shard
             .histograms

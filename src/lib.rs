@@ -33,6 +33,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod deadline;
 pub mod duration;
 pub mod http;
 pub mod intercept;

@@ -60,6 +60,9 @@ use glommio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::net::socket::{self, Pipe, Xfer};
+use crate::net::Stream;
+
+mod relay;
 
 /// Size of the per-core copy buffer.
 pub const CHUNK: usize = 64 * 1024;
@@ -124,9 +127,64 @@ pub async fn forward(
     let (down_fd, up_fd) = (down.as_raw_fd(), up.as_raw_fd());
     let up_bytes = Cell::new(0u64);
     let down_bytes = Cell::new(0u64);
+    let a = pump(down, up_fd, mode, &up_bytes);
+    let b = pump(up, down_fd, mode, &down_bytes);
+    join(
+        a,
+        b,
+        (down_fd, up_fd),
+        (&up_bytes, &down_bytes),
+        idle_timeout,
+    )
+    .await
+}
+
+/// [`forward`] for connections where either side may be TLS: splice and
+/// raw-fd copies need plain sockets on both ends, so a TLS side goes
+/// through [`relay`]'s stream copy instead. Plain-to-plain keeps `forward`.
+pub async fn forward_streams(
+    down: &mut Stream,
+    up: &mut Stream,
+    mode: Forwarding,
+    idle_timeout: Duration,
+) -> Report {
+    if let (Stream::Plain(d), Stream::Plain(u)) = (&mut *down, &mut *up) {
+        return forward(d, u, mode, idle_timeout).await;
+    }
+    let (down_fd, up_fd) = (down.as_raw_fd(), up.as_raw_fd());
+    let (Ok(mut down_w), Ok(mut up_w)) = (down.writer(), up.writer()) else {
+        return Report {
+            bytes_up: 0,
+            bytes_down: 0,
+            ending: Ending::Reset(Side::Downstream),
+        };
+    };
+    let up_bytes = Cell::new(0u64);
+    let down_bytes = Cell::new(0u64);
+    let a = relay::copy(down, &mut up_w, &up_bytes);
+    let b = relay::copy(up, &mut down_w, &down_bytes);
+    join(
+        a,
+        b,
+        (down_fd, up_fd),
+        (&up_bytes, &down_bytes),
+        idle_timeout,
+    )
+    .await
+}
+
+/// Runs both directions (`a`: down → up, `b`: up → down) until both are
+/// done, one fails, or nothing moved for `idle_timeout`.
+async fn join(
+    a: impl Future<Output = Result<(), PumpError>>,
+    b: impl Future<Output = Result<(), PumpError>>,
+    (down_fd, up_fd): (RawFd, RawFd),
+    (up_bytes, down_bytes): (&Cell<u64>, &Cell<u64>),
+    idle_timeout: Duration,
+) -> Report {
     let pumps = async {
-        let mut a = pin!(pump(down, up_fd, mode, &up_bytes));
-        let mut b = pin!(pump(up, down_fd, mode, &down_bytes));
+        let mut a = pin!(a);
+        let mut b = pin!(b);
         let (mut ra, mut rb) = (None, None);
         // Run both directions; stop at the first error, or when both are done.
         future::poll_fn(|cx| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 
-use super::buf::until;
+use crate::deadline::until;
 
 /// Request methods whose token starts an HTTP/1 request line we proxy at L7.
 /// "PRI" (the HTTP/2 connection preface, RFC 9113 §3.4) is deliberately absent:

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
+use crate::net::Stream;
 use tracing::debug;
 
 use crate::config::Snapshot;
@@ -44,9 +44,10 @@ use crate::stats::CoreStats;
 use crate::upstream::breaker::Resource;
 use crate::upstream::outlier::Result_ as OutlierResult;
 
-use super::buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 use super::retry::Failure;
 use super::{decode_into, MAX_HEAD_BUF};
+use crate::deadline::until;
+use crate::net::buf::{read_into, release_if_empty, write_all_pair, Buf};
 
 /// How long a copy may take when its route has no timeout (Envoy's default
 /// route timeout): a mirror must not linger forever.
@@ -129,7 +130,7 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
         )
         .await
     {
-        Ok(s) => s,
+        Ok(s) => Stream::Plain(s),
         Err(_) => {
             state.record(cluster, &picked, OutlierResult::LocalOrigin);
             return Err(Failure::Connect);
@@ -149,7 +150,7 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
 }
 
 /// Writes the copy and reads its response to the end (dropping it).
-async fn exchange(up: &mut TcpStream, job: &Job, body: &[u8]) -> Result<u16, Failure> {
+async fn exchange(up: &mut Stream, job: &Job, body: &[u8]) -> Result<u16, Failure> {
     write_all_pair(up, &job.head, body)
         .await
         .map_err(|_| Failure::Reset { started: false })?;
@@ -162,7 +163,7 @@ async fn exchange(up: &mut TcpStream, job: &Job, body: &[u8]) -> Result<u16, Fai
 }
 
 async fn read_response(
-    up: &mut TcpStream,
+    up: &mut Stream,
     slot: &mut Option<Buf>,
     method: Method,
 ) -> Result<u16, Failure> {

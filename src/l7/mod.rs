@@ -62,7 +62,6 @@
 //! and stripped upstream, so an upstream's own 100 cannot pass for an early
 //! answer.
 
-mod buf;
 pub mod detect;
 mod mirror;
 pub mod plan;
@@ -79,12 +78,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
+
+use crate::net::Stream;
 use tracing::debug;
 
 use crate::access_log;
 use crate::config::{Cluster, Config};
 use crate::config::{Forwarding, Http, Snapshot};
+use crate::deadline::until;
 use crate::http::body::{
     encode_chunk, encode_last_chunk, BodyDecoder, BodyError, ChunkedLimits, Event,
 };
@@ -97,6 +98,7 @@ use crate::http::rewrite::{
     HeaderOps, RequestRewrite, ResponseRewrite, Written, CONTINUE_100,
 };
 use crate::http::route::RetryPolicy;
+use crate::net::buf::{self, read_into, release_if_empty, write_all_pair, Buf};
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
@@ -104,7 +106,6 @@ use crate::upstream::breaker::{BreakerConfig, Permit, Resource};
 use crate::upstream::cluster::{ActiveRequest, ClusterState};
 use crate::upstream::outlier::Result_ as OutlierResult;
 use crate::upstream::pool;
-use buf::{read_into, release_if_empty, until, write_all_pair, Buf};
 pub use detect::{detect, sniff, Sniff};
 pub use plan::Fallback;
 use plan::Target;
@@ -304,7 +305,7 @@ pub struct Context {
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
 /// be non-blocking.
-pub async fn serve(shard: &Rc<Shard>, down: TcpStream, snapshot: Arc<Snapshot>, ctx: Context) {
+pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx: Context) {
     CoreStats::inc(&shard.stats.downstream_cx_http);
     let log = RequestLog::new(&ctx);
     let mut conn = Conn {
@@ -353,7 +354,7 @@ enum Next {
     Continue,
     Close,
     /// Switch to a byte tunnel with this upstream (101 or CONNECT 2xx sent).
-    Tunnel(TcpStream, Option<Buf>),
+    Tunnel(Stream, Option<Buf>),
 }
 
 enum HeadRead {
@@ -402,7 +403,7 @@ impl ReqBody {
 
 /// An upstream that answered with a final response head.
 struct Exchange {
-    up: TcpStream,
+    up: Stream,
     upbuf: Option<Buf>,
     head_len: usize,
     key: pool::Key,
@@ -571,7 +572,7 @@ struct Conn<'s> {
     /// The config this request is served with (refreshed per request).
     snapshot: Arc<Snapshot>,
     ctx: Context,
-    down: TcpStream,
+    down: Stream,
     /// Bytes read from the client and not yet used; None while idle.
     inbuf: Option<Buf>,
     head: RequestHead,
@@ -702,7 +703,7 @@ impl Conn<'_> {
     /// Resets the client connection: the only way to tell it that a response
     /// body is cut short. No lingering close after it.
     fn reset_down(&mut self) {
-        socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+        socket::set_linger_zero(self.down.as_raw_fd());
         self.unread_body = false;
     }
 
@@ -724,7 +725,7 @@ impl Conn<'_> {
             return;
         }
         CoreStats::inc(&self.shard.stats.downstream_cx_lingering_close);
-        socket::shutdown_write(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+        self.down.shutdown_write().await;
         let count = Cell::new(self.discarded);
         let _ = until(
             Some(Instant::now() + time),
@@ -1106,7 +1107,7 @@ impl Conn<'_> {
         let discard_rest = if body.complete || tunnel {
             None
         } else {
-            dup_stream(&self.down).ok()
+            self.down.writer().ok()
         };
         let discarded = Cell::new(0);
         let discard_max = http.lingering_max_bytes;
@@ -1199,7 +1200,7 @@ impl Conn<'_> {
     }
 
     /// Sends the rest of a body too large to buffer, as it arrives.
-    async fn stream_rest(&mut self, up: &mut TcpStream, body: &mut ReqBody) -> Result<(), Failure> {
+    async fn stream_rest(&mut self, up: &mut Stream, body: &mut ReqBody) -> Result<(), Failure> {
         let mut chunk = Vec::new();
         let wait = BodyWait::of(&self.snapshot.config.http);
         while !body.complete {
@@ -1389,7 +1390,7 @@ impl Conn<'_> {
         }
     }
 
-    fn take_pooled(&self, key: pool::Key) -> Option<(TcpStream, pool::Lease)> {
+    fn take_pooled(&self, key: pool::Key) -> Option<(Stream, pool::Lease)> {
         let http = &self.snapshot.config.http;
         let mut dropped = Vec::new();
         let s =
@@ -1407,7 +1408,7 @@ impl Conn<'_> {
         up_head: &[u8],
         body: &mut ReqBody,
         conn: &UpstreamRef<'_>,
-        pooled: Option<(TcpStream, pool::Lease)>,
+        pooled: Option<(Stream, pool::Lease)>,
         method: Method,
     ) -> Result<Exchange, Failure> {
         let key = conn.key;
@@ -1433,7 +1434,7 @@ impl Conn<'_> {
             // answer early (413, 401) and stop reading, and its answer must not
             // wait behind an upload it will never take. Writes go through a
             // dup of the socket so the read side can be borrowed at the same time.
-            let mut up_w = dup_stream(&up).map_err(|_| Failure::Reset { started: false })?;
+            let mut up_w = up.writer().map_err(|_| Failure::Reset { started: false })?;
             let answered = future::or(
                 async { self.stream_rest(&mut up_w, body).await.map(|()| false) },
                 async {
@@ -1454,7 +1455,7 @@ impl Conn<'_> {
                 Err(f) => {
                     if matches!(f, Failure::TooLarge | Failure::BodyTimeout) {
                         // It must not take a truncated body for a whole one.
-                        socket::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&up));
+                        socket::set_linger_zero(up.as_raw_fd());
                     }
                     if let Some(b) = upbuf.take() {
                         b.release();
@@ -1525,7 +1526,7 @@ impl Conn<'_> {
     /// A new connection for `conn`, within the cluster's breakers:
     /// `max_connections` (held for the connection's life, pooled time
     /// included) and `max_pending_requests` (held while connecting).
-    async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(TcpStream, pool::Lease), Failure> {
+    async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(Stream, pool::Lease), Failure> {
         let (ep, source) = conn.key;
         let (permit, _pending) = match (conn.cluster, conn.state, conn.limits) {
             (Some(c), Some(st), Some(l)) => (
@@ -1546,7 +1547,7 @@ impl Conn<'_> {
             )
             .await
             .map_err(|_| Failure::Connect)?;
-        Ok((stream, pool::Lease { permit, uses: 0 }))
+        Ok((stream.into(), pool::Lease { permit, uses: 0 }))
     }
 
     /// Sends the response head and body to the client; returns the upstream
@@ -1698,7 +1699,7 @@ impl Conn<'_> {
             );
         }
         if out_framing == BodyFraming::CloseDelimited {
-            socket::shutdown_write(std::os::fd::AsRawFd::as_raw_fd(&self.down));
+            self.down.shutdown_write().await;
             return Next::Close;
         }
         if down_keep {
@@ -1710,7 +1711,7 @@ impl Conn<'_> {
 
     /// After a 101 or a CONNECT 2xx: bytes already read on either side go
     /// first, then both sockets become an L4 tunnel.
-    async fn tunnel(&mut self, mut up: TcpStream, upbuf: Option<Buf>) {
+    async fn tunnel(&mut self, mut up: Stream, upbuf: Option<Buf>) {
         if let Some(b) = upbuf {
             let ok = b.is_empty() || self.down.write_all(b.bytes()).await.is_ok();
             b.release();
@@ -1725,7 +1726,7 @@ impl Conn<'_> {
                 return;
             }
         }
-        let report = crate::l4::forward(
+        let report = crate::l4::forward_streams(
             &mut self.down,
             &mut up,
             self.ctx.forwarding,
@@ -1742,7 +1743,7 @@ impl Conn<'_> {
 
 /// Reads and drops what `s` receives until EOF, an error, or `count` reaches
 /// `max` (give or take one buffer).
-async fn discard(s: &mut TcpStream, count: &Cell<u64>, max: u64) {
+async fn discard(s: &mut Stream, count: &Cell<u64>, max: u64) {
     let mut slot: Option<Buf> = None;
     while count.get() < max {
         match read_into(s, &mut slot, buf::BUF_SIZE).await {
@@ -1757,18 +1758,6 @@ async fn discard(s: &mut TcpStream, count: &Cell<u64>, max: u64) {
     if let Some(b) = slot {
         b.release();
     }
-}
-
-/// A second glommio stream on a `dup` of `s`'s socket (closing it leaves the
-/// connection open), so one side can be written while the other is read.
-fn dup_stream(s: &TcpStream) -> io::Result<TcpStream> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: dup of a valid fd; the new fd is owned by the returned stream.
-    let fd = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
 /// Whether anything reads a finished request's details (method, path,

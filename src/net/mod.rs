@@ -4,8 +4,11 @@
 //! this module (and `l4`, which moves bytes) knows that glommio hands out blocking
 //! fds, which operations go through the ring and which are direct syscalls.
 
+pub mod buf;
 pub mod orig_dst;
 pub mod socket;
+pub mod stream;
 pub mod uring;
 
 pub use orig_dst::original_dst;
+pub use stream::Stream;

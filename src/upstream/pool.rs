@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
+use crate::net::Stream;
 
 use super::breaker::Permit;
 
@@ -29,7 +28,7 @@ pub struct Lease {
 
 /// An idle upstream connection.
 pub struct Idle {
-    pub stream: TcpStream,
+    pub stream: Stream,
     lease: Lease,
     since: Instant,
 }
@@ -47,8 +46,8 @@ impl Pool {
         &mut self,
         key: Key,
         max_age: Duration,
-        dropped: &mut Vec<TcpStream>,
-    ) -> Option<(TcpStream, Lease)> {
+        dropped: &mut Vec<Stream>,
+    ) -> Option<(Stream, Lease)> {
         let list = self.idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
@@ -66,11 +65,11 @@ impl Pool {
     pub fn put(
         &mut self,
         key: Key,
-        stream: TcpStream,
+        stream: Stream,
         lease: Lease,
         max_idle: usize,
         max_age: Duration,
-        dropped: &mut Vec<TcpStream>,
+        dropped: &mut Vec<Stream>,
     ) {
         let list = self.idle.entry(key).or_default();
         let mut i = 0;
@@ -131,16 +130,10 @@ impl Pool {
 /// recv per put and a cancel per take, more ring traffic than the one
 /// syscall it saves, so Remora checks when it takes, at the cost of one
 /// `recvfrom` per reused upstream connection.
-fn quiet(stream: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    // SAFETY: valid buffer of one byte; MSG_PEEK leaves the socket unchanged.
-    let rc = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+///
+/// A TLS session gets the same peek; when bytes did arrive they are read
+/// and decrypted, and only TLS housekeeping (a session ticket, a key
+/// update) leaves it usable (`net::stream`).
+fn quiet(stream: &Stream) -> bool {
+    stream.quiet()
 }

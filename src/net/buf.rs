@@ -3,17 +3,15 @@
 //! reads and writes that use them.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Instant;
 
 use std::os::fd::AsRawFd;
 
+use crate::net::Stream;
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 /// Size a buffer starts at (and the size kept in the pool).
 pub const BUF_SIZE: usize = 16 * 1024;
@@ -120,7 +118,7 @@ pub fn release_if_empty(slot: &mut Option<Buf>) {
 /// buffer already holding `max` bytes reads nothing and returns an error of
 /// kind `OutOfMemory`.
 pub async fn read_into(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     slot: &mut Option<Buf>,
     max: usize,
 ) -> io::Result<usize> {
@@ -170,7 +168,22 @@ pub async fn read_into(
 /// also delivers into the receiver's socket and wakes it, once per send.
 /// glommio's stream has no vectored write, so the first try goes straight to
 /// the socket, non-blocking, as glommio's own first try at a write does.
-pub async fn write_all_pair(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+pub async fn write_all_pair(stream: &mut Stream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let stream = match stream {
+        Stream::Plain(s) => s,
+        Stream::Tls(_) => {
+            // One TLS write (one record, one send) for a small pair; the copy
+            // is cheap next to the encryption. Larger pairs go in two writes.
+            if !first.is_empty() && !second.is_empty() && first.len() + second.len() <= BUF_SIZE {
+                let mut joined = Vec::with_capacity(first.len() + second.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(second);
+                return stream.write_all(&joined).await;
+            }
+            stream.write_all(first).await?;
+            return stream.write_all(second).await;
+        }
+    };
     let sent = if first.is_empty() || second.is_empty() {
         0
     } else {
@@ -218,55 +231,10 @@ fn send_pair_now(fd: std::os::fd::RawFd, a: &[u8], b: &[u8]) -> io::Result<usize
     }
 }
 
-/// Runs `f` until `deadline` (if any): `None` when the deadline came first.
-///
-/// A hand-written future rather than an `async fn` around `future::or`: that
-/// form stores `f` once as an argument and again as each awaited copy, so a
-/// large future (a request's attempts, several KiB) was laid out three times
-/// over and moved on every request. This one polls `f` where it lies and
-/// creates the timer only when `f` is not ready at once.
-pub fn until<F: Future>(deadline: Option<Instant>, f: F) -> Until<F> {
-    Until {
-        f,
-        deadline,
-        timer: None,
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// See [`until`].
-    pub struct Until<F> {
-        #[pin]
-        f: F,
-        deadline: Option<Instant>,
-        timer: Option<glommio::timer::Timer>,
-    }
-}
-
-impl<F: Future> Future for Until<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(v) = this.f.poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        let timer = this.timer.get_or_insert_with(|| {
-            glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
-        });
-        match Pin::new(timer).poll(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use glommio::net::TcpStream;
 
     #[test]
     fn consume_spare_and_grow() {
@@ -321,13 +289,17 @@ mod tests {
                         }
                     }
                 });
-                let mut s = TcpStream::connect(addr).await.unwrap();
+                let s = TcpStream::connect(addr).await.unwrap();
                 // SAFETY: `s` owns the descriptor and outlives the borrow.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
                 socket2::SockRef::from(&fd)
                     .set_send_buffer_size(4096)
                     .unwrap();
+                let mut s = Stream::Plain(s);
                 write_all_pair(&mut s, &a, &b).await.unwrap();
+                let Stream::Plain(mut s) = s else {
+                    unreachable!()
+                };
                 // A shutdown now: glommio closes a dropped stream through the
                 // ring, which the join below would keep from running.
                 s.close().await.unwrap();
