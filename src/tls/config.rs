@@ -97,8 +97,11 @@ struct Shared {
 /// config back for the same inputs is what makes client resumption work.
 #[derive(Default)]
 struct ClientMemo {
-    configs: HashMap<(Vec<String>, Vec<Vec<u8>>), Arc<ClientConfig>>,
+    configs: HashMap<ClientKey, Arc<ClientConfig>>,
 }
+
+/// Expected SANs, ALPN protocols.
+type ClientKey = (Vec<String>, Vec<Vec<u8>>);
 
 fn internal(identity: &Identity, what: &str, e: impl std::fmt::Display) -> CertError {
     CertError::new(
