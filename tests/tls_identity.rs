@@ -795,3 +795,76 @@ fn certs_json_has_envoys_fields() {
     }
     assert!(chain[0]["valid_from"].as_str() < chain[0]["expiration_time"].as_str());
 }
+
+/// A TLS 1.2 peer (Envoy's default maximum as a client): the inbound config
+/// negotiates one of Istio's ECDHE suites, verifies its certificate, and
+/// resumes its session.
+#[test]
+fn tls12_client_is_served_and_resumes() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = Pki::new("mesh");
+    let server_id = spiffe("default", "server");
+    // A DNS SAN beside the SPIFFE one lets a stock rustls client verify it.
+    let (_ds, server) = contexts(&pki.leaf_with(&LeafOptions {
+        uris: &[&server_id],
+        dns: &["server.local"],
+        ..Default::default()
+    }));
+    let client_id = spiffe("default", "envoy");
+    let leaf = pki.workload(&client_id);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.root.pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(remora::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    );
+    let o = handshake(client.clone(), server.server_config(), "server.local");
+    assert!(
+        o.ok(),
+        "client {:?} server {:?}",
+        o.client_err,
+        o.server_err
+    );
+    assert_eq!(
+        o.server.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let suite = format!("{:?}", o.server.negotiated_cipher_suite().unwrap().suite());
+    assert!(suite.starts_with("TLS_ECDHE_ECDSA_WITH_AES_"), "{suite}");
+    assert_eq!(peer_uri_san(&o.server).as_deref(), Some(client_id.as_str()));
+    let again = handshake(client, server.server_config(), "server.local");
+    assert!(again.ok());
+    assert_eq!(again.server.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
+/// What a TLS port receives that is not TLS: refused as a protocol error,
+/// never a panic.
+#[test]
+fn plaintext_and_garbage_are_protocol_failures() {
+    let pki = Pki::new("mesh");
+    let (_ds, server) = contexts(&pki.workload(&spiffe("default", "server")));
+    let inputs: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\xff",
+        b"\x16\x03\x01\xff\xff",
+        &[0u8; 64],
+    ];
+    for input in inputs {
+        let mut s = ServerConnection::new(server.server_config()).unwrap();
+        let mut err = None;
+        feed(&mut s, input, &mut err);
+        let e = err.unwrap_or_else(|| panic!("{input:?} accepted"));
+        assert_eq!(classify(&e), HandshakeFailure::Protocol, "{input:?}: {e}");
+    }
+}
