@@ -84,10 +84,9 @@ struct Shared {
     /// Ticket keys: a ticket issued before a rotation still resumes after it.
     ticketer: Arc<dyn ProducesTickets>,
     server_sessions: Arc<ServerSessionMemoryCache>,
-    /// Outbound sessions live in `client_base`'s resumption store, which
-    /// every outbound config shares by cloning it.
     /// Outbound settings every ISTIO_MUTUAL config starts from (versions,
-    /// the live client certificate, the shared session cache).
+    /// the live client certificate, the session cache); each outbound config
+    /// is a clone of it, so all share one cache of outbound sessions.
     client_base: ClientConfig,
     clients: Mutex<ClientMemo>,
 }
@@ -137,7 +136,8 @@ impl Contexts {
 
     /// The next generation for a rotated identity: same ticket keys and
     /// session caches. Outbound configs from any generation present this
-    /// identity and trust its roots from now on.
+    /// identity and trust its roots from now on, so call it on the current
+    /// generation, with an identity about to be published.
     pub fn rotate(&self, identity: Identity) -> Result<Contexts, CertError> {
         let identity = Arc::new(identity);
         let next = Self::build(identity.clone(), self.shared.clone())?;
@@ -185,8 +185,10 @@ impl Contexts {
     /// workload certificate, verifies the server chain against the roots and
     /// then that its URI SAN is one of `expected_sans` (exact; empty: any
     /// SPIFFE ID of the trust domain). The same inputs return the same
-    /// `Arc` (needed for resumption), and it stays right across rotations:
-    /// callers may cache it per cluster.
+    /// `Arc` (needed for resumption), and it stays right across rotations.
+    /// The call allocates its key and takes a lock shared by all cores:
+    /// keep the result per cluster (per core) rather than call it per
+    /// connection.
     pub fn client_config(&self, expected_sans: &[String], alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
         let key = (expected_sans.to_vec(), alpn);
         let mut memo = self
