@@ -44,7 +44,9 @@ pub struct Identity {
     roots: Arc<RootCertStore>,
     chain_path: PathBuf,
     root_path: PathBuf,
-    /// Leaf first, then intermediates, as in the file.
+    /// Leaf first, then intermediates, as in the file. Never empty
+    /// (`parse_certs` refuses a file without a certificate), which the
+    /// leaf accessors rely on.
     chain_details: Vec<CertDetails>,
     root_details: Vec<CertDetails>,
 }
