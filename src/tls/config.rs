@@ -1,0 +1,383 @@
+//! rustls configurations with Istio's defaults: the inbound server config
+//! (client certificate required), the outbound mTLS client configs, and the
+//! DestinationRule `simple`/`mutual` client configs.
+//!
+//! Versions: TLS 1.2 and 1.3 only (Istio's `minProtocolVersion` TLSV1_2).
+//! Cipher suites: Istio's default mesh list for TLS 1.2 is
+//! ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-RSA-AES256-GCM-SHA384,
+//! ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256,
+//! AES256-GCM-SHA384 and AES128-GCM-SHA256. rustls implements no suite
+//! without ECDHE (static RSA key exchange has no forward secrecy), so the
+//! last two cannot be offered; Istio's peers negotiate an ECDHE suite first
+//! anyway. TLS 1.3 suites are not configurable in Envoy (BoringSSL enables
+//! all three), so all three are here too.
+//!
+//! Resumption survives rotation: the ticket key ([`Contexts::rotate`] keeps
+//! the same ticketer) and the session caches live in state shared by every
+//! generation of contexts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use rustls::client::{ClientSessionMemoryCache, Resumption, WebPkiServerVerifier};
+use rustls::crypto::ring::{cipher_suite, default_provider, Ticketer};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+
+use super::error::{CertError, CertErrorKind};
+use super::identity::{
+    certified_key, check_validity, details_of, parse_certs, parse_key, read_file, root_store,
+    Identity,
+};
+use super::verify::{LiveClientCert, Names, Roots, SanVerifier};
+use super::x509::unix_now;
+
+const VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Sessions remembered per side. A sidecar talks to a bounded set of peers;
+/// rustls evicts the oldest beyond this.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// Distinct outbound configs kept (one per expected-SAN list and ALPN set,
+/// which come from the config, not from peers). Beyond it the memo is
+/// cleared rather than grown: a config churning SAN lists only loses
+/// resumption, never correctness.
+const MAX_CLIENT_CONFIGS: usize = 1024;
+
+/// The ring provider restricted to Istio's suites (see the module doc).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = default_provider();
+            p.cipher_suites = vec![
+                cipher_suite::TLS13_AES_128_GCM_SHA256,
+                cipher_suite::TLS13_AES_256_GCM_SHA384,
+                cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ];
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// One generation of TLS state: the identity and the configs built from it.
+/// Immutable once built; published whole through [`TlsStore`](super::TlsStore)
+/// and loaded by the cores once per handshake.
+pub struct Contexts {
+    identity: Arc<Identity>,
+    server: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+}
+
+/// What outlives a rotation.
+struct Shared {
+    /// The newest identity: what outbound configs present and trust.
+    live: Arc<ArcSwap<Identity>>,
+    /// Ticket keys: a ticket issued before a rotation still resumes after it.
+    ticketer: Arc<dyn ProducesTickets>,
+    server_sessions: Arc<ServerSessionMemoryCache>,
+    /// Outbound settings every ISTIO_MUTUAL config starts from (versions,
+    /// the live client certificate, the session cache); each outbound config
+    /// is a clone of it, so all share one cache of outbound sessions.
+    client_base: ClientConfig,
+    clients: Mutex<ClientMemo>,
+}
+
+/// Outbound configs by (expected SANs, ALPN). rustls resumes only with the
+/// very verifier and resolver that made the session, so handing the same
+/// config back for the same inputs is what makes client resumption work.
+#[derive(Default)]
+struct ClientMemo {
+    configs: HashMap<ClientKey, Arc<ClientConfig>>,
+}
+
+/// Expected SANs, ALPN protocols.
+type ClientKey = (Vec<String>, Vec<Vec<u8>>);
+
+fn internal(identity: &Identity, what: &str, e: impl std::fmt::Display) -> CertError {
+    CertError::new(
+        identity.root_path(),
+        CertErrorKind::Other(format!("{what}: {e}")),
+    )
+}
+
+impl Contexts {
+    /// The first generation, with fresh ticket keys and caches.
+    pub fn new(identity: Identity) -> Result<Contexts, CertError> {
+        let ticketer = Ticketer::new()
+            .map_err(|e| internal(&identity, "cannot make session ticket keys", e))?;
+        let identity = Arc::new(identity);
+        let live = Arc::new(ArcSwap::new(identity.clone()));
+        let client_sessions = Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE));
+        let mut client_base = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| internal(&identity, "TLS versions", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(spiffe_verifier(&live, Vec::new()))
+            .with_client_cert_resolver(Arc::new(LiveClientCert(live.clone())));
+        client_base.resumption = Resumption::store(client_sessions.clone());
+        let shared = Arc::new(Shared {
+            client_base,
+            live,
+            ticketer,
+            server_sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            clients: Mutex::new(ClientMemo::default()),
+        });
+        Self::build(identity, shared)
+    }
+
+    /// The next generation for a rotated identity: same ticket keys and
+    /// session caches. Outbound configs from any generation present this
+    /// identity and trust its roots from now on, so call it on the current
+    /// generation, with an identity about to be published.
+    pub fn rotate(&self, identity: Identity) -> Result<Contexts, CertError> {
+        let identity = Arc::new(identity);
+        let next = Self::build(identity.clone(), self.shared.clone())?;
+        self.shared.live.store(identity);
+        Ok(next)
+    }
+
+    fn build(identity: Arc<Identity>, shared: Arc<Shared>) -> Result<Contexts, CertError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(identity.roots().clone(), provider())
+                .build()
+                .map_err(|e| internal(&identity, "cannot verify clients with these roots", e))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| internal(&identity, "TLS versions", e))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(
+                identity.certified_key().clone(),
+            )));
+        server.ticketer = shared.ticketer.clone();
+        server.session_storage = shared.server_sessions.clone();
+        // No ALPN selection: rustls refuses a handshake whose client ALPN
+        // list shares nothing with the server's, and Istio peers offer
+        // values such as `istio-peer-exchange` that the data path reads from
+        // the ClientHello itself (tls_inspector) rather than negotiates.
+        server.alpn_protocols = Vec::new();
+        Ok(Contexts {
+            identity,
+            server: Arc::new(server),
+            shared,
+        })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The inbound mTLS config: presents the workload certificate, requires
+    /// a client certificate that chains to the roots.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    /// The outbound mTLS config (Istio's ISTIO_MUTUAL): presents the
+    /// workload certificate, verifies the server chain against the roots and
+    /// then that its URI SAN is one of `expected_sans` (exact; empty: any
+    /// SPIFFE ID of the trust domain). The same inputs return the same
+    /// `Arc` (needed for resumption), and it stays right across rotations.
+    /// The call allocates its key and takes a lock shared by all cores:
+    /// keep the result per cluster (per core) rather than call it per
+    /// connection.
+    pub fn client_config(&self, expected_sans: &[String], alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+        let key = (expected_sans.to_vec(), alpn);
+        let mut memo = self
+            .shared
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = memo.configs.get(&key) {
+            return c.clone();
+        }
+        if memo.configs.len() >= MAX_CLIENT_CONFIGS {
+            memo.configs.clear();
+        }
+        let mut config = self.shared.client_base.clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(spiffe_verifier(&self.shared.live, key.0.clone()));
+        config.alpn_protocols = key.1.clone();
+        let config = Arc::new(config);
+        memo.configs.insert(key, config.clone());
+        config
+    }
+}
+
+fn spiffe_verifier(live: &Arc<ArcSwap<Identity>>, expected: Vec<String>) -> Arc<SanVerifier> {
+    Arc::new(SanVerifier::new(
+        Roots::Live(live.clone()),
+        expected,
+        Names::Spiffe,
+        provider(),
+    ))
+}
+
+/// Where the system's CA bundle lives (Debian/Ubuntu/Alpine, RHEL/Fedora,
+/// others); used by `simple`/`mutual` without `ca_certificates`, as Istio
+/// verifies against the OS roots then.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// A cluster's `tls = { mode = "simple" | "mutual", ... }` (Istio's
+/// DestinationRule SIMPLE and MUTUAL): files given by the user, no SPIFFE.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    mutual: bool,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("mutual", &self.mutual)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// `ca`: roots to verify the server against (`None`: the system's
+    /// bundle). `cert` and `key`: the client certificate chain and key for
+    /// `mutual` (both or neither). `sans`: if not empty, the server
+    /// certificate must carry one of them (DNS, URI or IP SAN, exact) and
+    /// the SNI is not checked, as Envoy does with a SAN matcher; if empty,
+    /// the server certificate must be valid for the SNI (DNS name).
+    pub fn from_files(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        sans: &[String],
+    ) -> Result<ClientTls, CertError> {
+        let roots = Arc::new(match ca {
+            Some(path) => {
+                let ders = parse_certs(path, &read_file(path)?)?;
+                details_of(path, &ders)?;
+                root_store(path, &ders)?
+            }
+            None => system_roots()?,
+        });
+        let ca_name = ca
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLES[0]));
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| CertError::new(&ca_name, CertErrorKind::Other(e.to_string())))?;
+        let builder = if sans.is_empty() {
+            let v = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| CertError::new(&ca_name, CertErrorKind::Other(e.to_string())))?;
+            builder.with_webpki_verifier(v)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(SanVerifier::new(
+                    Roots::Fixed(roots),
+                    sans.to_vec(),
+                    Names::Any,
+                    provider(),
+                )))
+        };
+        let (config, mutual) = match (cert, key) {
+            (None, None) => (builder.with_no_client_auth(), false),
+            (Some(cert), Some(key)) => {
+                let chain = parse_certs(cert, &read_file(cert)?)?;
+                let leaf = details_of(cert, &chain[..1])?;
+                check_validity(cert, &leaf[0], unix_now())?;
+                let k = parse_key(key, &read_file(key)?)?;
+                let ck = certified_key(chain, k, key, cert)?;
+                (builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck))), true)
+            }
+            (Some(given), None) | (None, Some(given)) => {
+                return Err(CertError::new(
+                    given,
+                    CertErrorKind::Other(
+                        "client_certificate and private_key go together (mode mutual); give both or neither".into(),
+                    ),
+                ))
+            }
+        };
+        Ok(ClientTls {
+            config: Arc::new(config),
+            mutual,
+        })
+    }
+
+    /// Whether a client certificate is presented (`mutual`).
+    pub fn is_mutual(&self) -> bool {
+        self.mutual
+    }
+
+    /// The config without ALPN.
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
+    /// The config offering `alpn`. It shares verifier, certificate and
+    /// session cache with [`config`](Self::config), so sessions resume
+    /// across both; callers should keep the result rather than call this
+    /// per connection.
+    pub fn with_alpn(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+        let mut c = (*self.config).clone();
+        c.alpn_protocols = alpn;
+        Arc::new(c)
+    }
+}
+
+/// The first system CA bundle found; certificates in it that webpki cannot
+/// use as anchors are skipped (a distribution bundle has a few).
+fn system_roots() -> Result<RootCertStore, CertError> {
+    let Some(path) = SYSTEM_CA_BUNDLES.iter().map(Path::new).find(|p| p.exists()) else {
+        return Err(CertError::new(
+            SYSTEM_CA_BUNDLES[0],
+            CertErrorKind::Other("no system CA bundle found; give ca_certificates".into()),
+        ));
+    };
+    let ders = parse_certs(path, &read_file(path)?)?;
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(ders);
+    if store.is_empty() {
+        return Err(CertError::new(
+            path,
+            CertErrorKind::Other("no usable root certificate in the system bundle".into()),
+        ));
+    }
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_are_tls13_plus_istios_ecdhe_list() {
+        let names: Vec<String> = provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            ]
+        );
+    }
+}
