@@ -853,7 +853,7 @@ impl Validator<'_> {
                 self.authz_ports(ctx, "not_ports", o.not_ports),
             ),
             methods: self.str_field(ctx, "methods", MatchKind::Header, o.methods, o.not_methods),
-            paths: self.str_field(ctx, "paths", MatchKind::String, o.paths, o.not_paths),
+            paths: self.str_field(ctx, "paths", MatchKind::Plain, o.paths, o.not_paths),
             hosts: self.str_field(ctx, "hosts", MatchKind::Host, o.hosts, o.not_hosts),
         };
         if !op.ports.is_set() && !op.methods.is_set() && !op.paths.is_set() && !op.hosts.is_set() {
@@ -989,7 +989,7 @@ impl Validator<'_> {
             "destination.port" => Condition::DestinationPort(ports(self)),
             "source.namespace" => Condition::SourceNamespace(strs(self, MatchKind::Namespace)),
             "source.principal" => Condition::SourcePrincipal(strs(self, MatchKind::Principal)),
-            "connection.sni" => Condition::ConnectionSni(strs(self, MatchKind::String)),
+            "connection.sni" => Condition::ConnectionSni(strs(self, MatchKind::Plain)),
             k if k.starts_with("request.headers") => {
                 // Istio's extractNameInBrackets: exactly `request.headers[NAME]`.
                 let name = k

@@ -210,7 +210,7 @@ pub enum MatchKind {
     /// `HostMatcher`: hosts (case-insensitive).
     Host,
     /// `StringMatcher`: paths, `connection.sni`.
-    String,
+    Plain,
 }
 
 const SPIFFE: &str = "spiffe://";
@@ -234,8 +234,8 @@ impl StrMatch {
                 (_, None, Some(prefix)) => Pattern::Prefix(format!("{SPIFFE}{prefix}").into()),
                 _ => Pattern::Exact(format!("{SPIFFE}{v}").into()),
             },
-            MatchKind::Header | MatchKind::Host | MatchKind::String => {
-                let any = if kind == MatchKind::String {
+            MatchKind::Header | MatchKind::Host | MatchKind::Plain => {
+                let any = if kind == MatchKind::Plain {
                     Pattern::NonEmpty
                 } else {
                     Pattern::Present
@@ -768,5 +768,852 @@ impl Serialize for Condition {
             st.serialize_field("not_values", &not_values)?;
         }
         st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MatchKind::*;
+
+    const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+
+    fn sm(kind: MatchKind, v: &[&str]) -> Vec<StrMatch> {
+        v.iter().map(|v| StrMatch::new(kind, v)).collect()
+    }
+
+    fn cidrs(v: &[&str]) -> Vec<Cidr> {
+        v.iter().map(|v| v.parse().unwrap()).collect()
+    }
+
+    fn policy(name: &str, action: Action, rules: Vec<Rule>) -> AuthzPolicy {
+        AuthzPolicy {
+            index: 0,
+            name: name.into(),
+            action,
+            rules,
+        }
+    }
+
+    fn from(sources: Vec<Source>) -> Rule {
+        Rule {
+            from: sources,
+            ..Rule::default()
+        }
+    }
+
+    fn to(ops: Vec<Operation>) -> Rule {
+        Rule {
+            to: ops,
+            ..Rule::default()
+        }
+    }
+
+    fn when(conds: Vec<Condition>) -> Rule {
+        Rule {
+            when: conds,
+            ..Rule::default()
+        }
+    }
+
+    fn principals(v: &[&str]) -> Source {
+        Source {
+            principals: Field::new(sm(Principal, v), vec![]),
+            ..Source::default()
+        }
+    }
+
+    fn methods(v: &[&str]) -> Operation {
+        Operation {
+            methods: Field::new(sm(Header, v), vec![]),
+            ..Operation::default()
+        }
+    }
+
+    fn ports(v: &[u16]) -> Operation {
+        Operation {
+            ports: Field::new(v.to_vec(), vec![]),
+            ..Operation::default()
+        }
+    }
+
+    fn header(name: &str, v: &[&str], not: &[&str]) -> Condition {
+        Condition::RequestHeader {
+            name: name.into(),
+            field: Field::new(sm(Header, v), sm(Header, not)),
+        }
+    }
+
+    fn headers(name: &str) -> Option<&'static str> {
+        match name {
+            "x-user" => Some("alice"),
+            "accept" => Some("text/html,*/*"),
+            "x-empty" => Some(""),
+            _ => None,
+        }
+    }
+
+    /// A GET from sleep (mTLS) to 10.0.0.2:8080; `tcp()` drops the HTTP part.
+    fn http() -> AuthzInput<'static> {
+        AuthzInput {
+            source_principal: Some(SLEEP),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 8080,
+            sni: Some("outbound_.8080_._.reviews.default.svc.cluster.local"),
+            http: Some(HttpInput {
+                method: "GET",
+                path: "/api/v1/items?id=7",
+                host: Some("Reviews.Default:8080"),
+                headers: &headers,
+            }),
+        }
+    }
+
+    fn tcp() -> AuthzInput<'static> {
+        AuthzInput {
+            http: None,
+            ..http()
+        }
+    }
+
+    fn plaintext() -> AuthzInput<'static> {
+        AuthzInput {
+            source_principal: None,
+            sni: None,
+            ..http()
+        }
+    }
+
+    /// (allowed, deciding policy, deciding rule, audited policies)
+    fn verdict(
+        p: &AuthzPolicies,
+        input: AuthzInput<'_>,
+    ) -> (bool, Option<String>, Option<usize>, Vec<String>) {
+        let v = p.evaluate(&input);
+        (
+            v.allowed,
+            v.policy_name().map(String::from),
+            v.rule,
+            v.audited.iter().map(|p| p.name.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn string_matchers_as_istio_generates_them() {
+        let cases: &[(MatchKind, &str, Option<&str>, bool)] = &[
+            // principals: spiffe:// prepended, `*` any non-empty.
+            (
+                Principal,
+                "cluster.local/ns/default/sa/sleep",
+                Some(SLEEP),
+                true,
+            ),
+            (
+                Principal,
+                "cluster.local/ns/default/sa/sleep",
+                Some("cluster.local/ns/default/sa/sleep"),
+                false,
+            ),
+            (Principal, "cluster.local/ns/default/*", Some(SLEEP), true),
+            (Principal, "cluster.local/ns/other/*", Some(SLEEP), false),
+            (Principal, "*/sa/sleep", Some(SLEEP), true),
+            (Principal, "*/sa/sleep", Some("http://x/sa/sleep"), false),
+            (Principal, "*/sa/sleepy", Some(SLEEP), false),
+            (Principal, "*", Some(SLEEP), true),
+            (Principal, "*", None, false),
+            // namespaces: `/ns/<v>/` inside the principal, `*` anywhere.
+            (Namespace, "default", Some(SLEEP), true),
+            (Namespace, "defaul", Some(SLEEP), false),
+            (Namespace, "def*", Some(SLEEP), true),
+            (Namespace, "*ault", Some(SLEEP), true),
+            (Namespace, "d*t", Some(SLEEP), true),
+            (Namespace, "*", Some(SLEEP), true),
+            (Namespace, "default", Some("spiffe://td/ns/default"), false),
+            (Namespace, "default", None, false),
+            // header matchers (methods, request.headers): case-sensitive, `*` = present.
+            (Header, "GET", Some("GET"), true),
+            (Header, "GET", Some("get"), false),
+            (Header, "*", Some(""), true),
+            (Header, "*", None, false),
+            (Header, "al*", Some("alice"), true),
+            (Header, "*ce", Some("alice"), true),
+            (Header, "*/*", Some("text/html,*/*"), true),
+            (Header, "*/*", Some("text/html"), false),
+            // hosts: case-insensitive, as sent (port included).
+            (
+                Host,
+                "reviews.default:8080",
+                Some("Reviews.Default:8080"),
+                true,
+            ),
+            (Host, "reviews.default", Some("reviews.default:8080"), false),
+            (Host, "*.default:8080", Some("REVIEWS.DEFAULT:8080"), true),
+            (Host, "REVIEWS.*", Some("reviews.default"), true),
+            (Host, "*", None, false),
+            // paths and SNI: `*` = non-empty.
+            (Plain, "/api/*", Some("/api/v1"), true),
+            (Plain, "/api/*", Some("/API/v1"), false),
+            (Plain, "*.json", Some("/a/b.json"), true),
+            (Plain, "/a", Some("/a"), true),
+            (Plain, "/a", Some("/a/"), false),
+            (Plain, "*", Some(""), false),
+            (Plain, "*", Some("x"), true),
+            (Plain, "*", None, false),
+            // Multi-byte text never splits a character.
+            (Host, "*é", Some("ü"), false),
+            (Plain, "é*", Some("éa"), true),
+        ];
+        for (kind, pattern, input, want) in cases {
+            let m = StrMatch::new(*kind, pattern);
+            assert_eq!(
+                m.matches(*input),
+                *want,
+                "{kind:?} {pattern:?} vs {input:?}"
+            );
+            assert_eq!(m.as_str(), *pattern);
+        }
+    }
+
+    #[test]
+    fn value_checks() {
+        let ok: &[(MatchKind, &str)] = &[
+            (Principal, "cluster.local/ns/a/sa/b"),
+            (Principal, "*"),
+            (Principal, "*/sa/b"),
+            (Namespace, "a*b*c"),
+            (Header, "*/*"),
+            (Plain, "/a/*"),
+        ];
+        for (k, v) in ok {
+            assert_eq!(StrMatch::check(*k, v), Ok(()), "{k:?} {v}");
+        }
+        let bad: &[(MatchKind, &str, &str)] = &[
+            (
+                Principal,
+                "spiffe://cluster.local/ns/a/sa/b",
+                "without `spiffe://`",
+            ),
+            (Principal, "cluster.local/*/sa/b", "wildcard only"),
+            (Plain, "/a/*/b", "wildcard only"),
+            (Plain, "*a*", "wildcard only"),
+            (Host, "**", "wildcard only"),
+            (Header, "", "empty"),
+        ];
+        for (k, v, want) in bad {
+            let e = StrMatch::check(*k, v).unwrap_err();
+            assert!(e.contains(want), "{k:?} {v}: {e}");
+        }
+    }
+
+    #[test]
+    fn cidrs_parse_and_contain() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("10.0.0.0/8", "10.255.0.1", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("10.1.2.3", "10.1.2.3", true),
+            ("10.1.2.3", "10.1.2.4", false),
+            ("10.1.2.3/24", "10.1.2.200", true),
+            ("0.0.0.0/0", "1.2.3.4", true),
+            ("0.0.0.0/0", "::1", false),
+            ("fd00::/8", "fd12::1", true),
+            ("fd00::/8", "fe80::1", false),
+            ("::/0", "::1", true),
+            ("10.0.0.0/8", "::ffff:10.0.0.1", true),
+        ];
+        for (c, ip, want) in cases {
+            let cidr: Cidr = c.parse().unwrap();
+            assert_eq!(cidr.contains(ip.parse().unwrap()), *want, "{c} {ip}");
+        }
+        assert_eq!(
+            "10.1.2.3/24".parse::<Cidr>().unwrap().to_string(),
+            "10.1.2.0/24"
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0",
+            "x",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_policy_allows_and_allow_policies_must_match() {
+        let none = AuthzPolicies::default();
+        assert!(none.is_empty());
+        assert_eq!(verdict(&none, http()), (true, None, None, vec![]));
+        assert_eq!(verdict(&none, tcp()), (true, None, None, vec![]));
+
+        // Istio: an ALLOW policy without rules allows nothing.
+        let allow_nothing = AuthzPolicies::new(vec![policy("nothing", Action::Allow, vec![])]);
+        assert_eq!(verdict(&allow_nothing, http()), (false, None, None, vec![]));
+        assert_eq!(verdict(&allow_nothing, tcp()), (false, None, None, vec![]));
+
+        // A rule `{}` matches everything.
+        let allow_all =
+            AuthzPolicies::new(vec![policy("all", Action::Allow, vec![Rule::default()])]);
+        assert_eq!(
+            verdict(&allow_all, plaintext()),
+            (true, Some("all".into()), Some(0), vec![])
+        );
+        assert_eq!(
+            verdict(&allow_all, tcp()),
+            (true, Some("all".into()), Some(0), vec![])
+        );
+
+        // A DENY without rules matches nothing.
+        let deny_nothing = AuthzPolicies::new(vec![policy("d", Action::Deny, vec![])]);
+        assert_eq!(verdict(&deny_nothing, http()), (true, None, None, vec![]));
+
+        // Allowed by the second ALLOW policy's second rule.
+        let two = AuthzPolicies::new(vec![
+            policy(
+                "a",
+                Action::Allow,
+                vec![from(vec![principals(&["x/ns/y/sa/z"])])],
+            ),
+            policy(
+                "b",
+                Action::Allow,
+                vec![to(vec![ports(&[9090])]), to(vec![ports(&[8080])])],
+            ),
+        ]);
+        assert_eq!(
+            verdict(&two, http()),
+            (true, Some("b".into()), Some(1), vec![])
+        );
+        assert_eq!(two.policies()[1].index, 1);
+        let elsewhere = AuthzInput {
+            destination_port: 7000,
+            ..http()
+        };
+        assert_eq!(verdict(&two, elsewhere), (false, None, None, vec![]));
+    }
+
+    #[test]
+    fn deny_before_allow_and_audit_never_decides() {
+        let p = AuthzPolicies::new(vec![
+            policy("audit-all", Action::Audit, vec![Rule::default()]),
+            policy("allow-all", Action::Allow, vec![Rule::default()]),
+            policy(
+                "audit-post",
+                Action::Audit,
+                vec![to(vec![methods(&["POST"])])],
+            ),
+            policy("deny-get", Action::Deny, vec![to(vec![methods(&["GET"])])]),
+            policy("deny-all", Action::Deny, vec![Rule::default()]),
+        ]);
+        let idx: Vec<usize> = p.policies().iter().map(|p| p.index).collect();
+        assert_eq!(idx, vec![0, 1, 2, 3, 4]);
+        // The first matching DENY decides, in file order; audits all reported.
+        assert_eq!(
+            verdict(&p, http()),
+            (
+                false,
+                Some("deny-get".into()),
+                Some(0),
+                vec!["audit-all".into()]
+            )
+        );
+        let post = AuthzInput {
+            http: Some(HttpInput {
+                method: "POST",
+                ..http().http.unwrap()
+            }),
+            ..http()
+        };
+        assert_eq!(
+            verdict(&p, post),
+            (
+                false,
+                Some("deny-all".into()),
+                Some(0),
+                vec!["audit-all".into(), "audit-post".into()]
+            )
+        );
+        // AUDIT alone: allowed, audited.
+        let audit_only =
+            AuthzPolicies::new(vec![policy("audit", Action::Audit, vec![Rule::default()])]);
+        assert_eq!(
+            verdict(&audit_only, http()),
+            (true, None, None, vec!["audit".into()])
+        );
+        // AUDIT beside a failing ALLOW: denied, still audited.
+        let audit_deny = AuthzPolicies::new(vec![
+            policy("audit", Action::Audit, vec![Rule::default()]),
+            policy("nothing", Action::Allow, vec![]),
+        ]);
+        assert_eq!(
+            verdict(&audit_deny, http()),
+            (false, None, None, vec!["audit".into()])
+        );
+    }
+
+    #[test]
+    fn sources_or_fields_and_not_forms() {
+        let allow = |rules| AuthzPolicies::new(vec![policy("p", Action::Allow, rules)]);
+        let ok = |p: &AuthzPolicies, i| p.evaluate(&i).allowed;
+        let both = Source {
+            principals: Field::new(
+                sm(Principal, &["cluster.local/ns/default/sa/sleep"]),
+                vec![],
+            ),
+            ip_blocks: Field::new(cidrs(&["192.168.0.0/16"]), vec![]),
+            ..Source::default()
+        };
+        // Fields of one source AND: the principal matches, the address does not.
+        let p = allow(vec![from(vec![both.clone()])]);
+        assert!(!ok(&p, http()));
+        // Sources OR.
+        let p = allow(vec![from(vec![both, principals(&["*"])])]);
+        assert!(ok(&p, http()));
+        assert!(!ok(&p, plaintext()), "`*` needs a peer certificate");
+
+        let src =
+            |p: &[&str], np: &[&str], ns: &[&str], nns: &[&str], ip: &[&str], nip: &[&str]| {
+                Source {
+                    principals: Field::new(sm(Principal, p), sm(Principal, np)),
+                    namespaces: Field::new(sm(Namespace, ns), sm(Namespace, nns)),
+                    ip_blocks: Field::new(cidrs(ip), cidrs(nip)),
+                }
+            };
+        let e: &[&str] = &[];
+        let cases: Vec<(&str, Source, AuthzInput, bool)> = vec![
+            ("namespace", src(e, e, &["default"], e, e, e), http(), true),
+            (
+                "namespace, plaintext",
+                src(e, e, &["default"], e, e, e),
+                plaintext(),
+                false,
+            ),
+            (
+                "not_namespace hit",
+                src(e, e, e, &["default"], e, e),
+                http(),
+                false,
+            ),
+            (
+                "not_namespace miss",
+                src(e, e, e, &["prod"], e, e),
+                http(),
+                true,
+            ),
+            // NOT over an absent principal matches (Envoy's not_id).
+            (
+                "not_namespace, plaintext",
+                src(e, e, e, &["default"], e, e),
+                plaintext(),
+                true,
+            ),
+            (
+                "not_principal, plaintext",
+                src(e, &["*"], e, e, e, e),
+                plaintext(),
+                true,
+            ),
+            (
+                "not_principal hit",
+                src(e, &["*/sa/sleep"], e, e, e, e),
+                http(),
+                false,
+            ),
+            (
+                "principal in list",
+                src(
+                    &["a/ns/b/sa/c", "cluster.local/ns/default/sa/sleep"],
+                    e,
+                    e,
+                    e,
+                    e,
+                    e,
+                ),
+                http(),
+                true,
+            ),
+            (
+                "principal and not",
+                src(&["cluster.local/*"], &["*/sa/sleep"], e, e, e, e),
+                http(),
+                false,
+            ),
+            (
+                "ip block",
+                src(e, e, e, e, &["10.0.0.0/24"], e),
+                plaintext(),
+                true,
+            ),
+            (
+                "ip block miss",
+                src(e, e, e, e, &["10.0.1.0/24"], e),
+                plaintext(),
+                false,
+            ),
+            (
+                "not ip block",
+                src(e, e, e, e, e, &["10.0.0.1"]),
+                plaintext(),
+                false,
+            ),
+            (
+                "ip and not ip",
+                src(e, e, e, e, &["10.0.0.0/8"], &["10.0.1.0/24"]),
+                plaintext(),
+                true,
+            ),
+            (
+                "all fields",
+                src(
+                    &["*"],
+                    &["*/sa/admin"],
+                    &["def*"],
+                    &["kube-system"],
+                    &["10.0.0.0/8"],
+                    &["10.9.0.0/16"],
+                ),
+                http(),
+                true,
+            ),
+        ];
+        for (what, source, input, want) in cases {
+            let p = allow(vec![from(vec![source])]);
+            assert_eq!(ok(&p, input), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn operations_and_conditions() {
+        let allow = |rules| AuthzPolicies::new(vec![policy("p", Action::Allow, rules)]);
+        let op = |ports: &[u16],
+                  nports: &[u16],
+                  m: &[&str],
+                  nm: &[&str],
+                  p: &[&str],
+                  np: &[&str],
+                  h: &[&str],
+                  nh: &[&str]| Operation {
+            ports: Field::new(ports.to_vec(), nports.to_vec()),
+            methods: Field::new(sm(Header, m), sm(Header, nm)),
+            paths: Field::new(sm(Plain, p), sm(Plain, np)),
+            hosts: Field::new(sm(Host, h), sm(Host, nh)),
+        };
+        let e: &[&str] = &[];
+        let n: &[u16] = &[];
+        let cases: Vec<(&str, Operation, bool)> = vec![
+            ("port", op(&[8080], n, e, e, e, e, e, e), true),
+            ("port miss", op(&[80, 443], n, e, e, e, e, e, e), false),
+            ("not port", op(n, &[8080], e, e, e, e, e, e), false),
+            ("method", op(n, n, &["GET", "HEAD"], e, e, e, e, e), true),
+            ("method case", op(n, n, &["get"], e, e, e, e, e), false),
+            ("not method", op(n, n, e, &["POST"], e, e, e, e), true),
+            // The query string is not part of the path.
+            (
+                "path exact",
+                op(n, n, e, e, &["/api/v1/items"], e, e, e),
+                true,
+            ),
+            ("path prefix", op(n, n, e, e, &["/api/*"], e, e, e), true),
+            ("path suffix", op(n, n, e, e, &["*/items"], e, e, e), true),
+            ("path any", op(n, n, e, e, &["*"], e, e, e), true),
+            (
+                "not path",
+                op(n, n, e, e, &["/api/*"], &["/api/v1/*"], e, e),
+                false,
+            ),
+            (
+                "host",
+                op(n, n, e, e, e, e, &["reviews.default:8080"], e),
+                true,
+            ),
+            (
+                "host without port",
+                op(n, n, e, e, e, e, &["reviews.default"], e),
+                false,
+            ),
+            (
+                "host wildcard",
+                op(n, n, e, e, e, e, &["reviews.*"], e),
+                true,
+            ),
+            (
+                "not host",
+                op(n, n, e, e, e, e, e, &["*.default:8080"]),
+                false,
+            ),
+            (
+                "all AND",
+                op(
+                    &[8080],
+                    &[9090],
+                    &["GET"],
+                    &["POST"],
+                    &["/api/*"],
+                    &["/admin/*"],
+                    &["reviews*"],
+                    &["evil*"],
+                ),
+                true,
+            ),
+            (
+                "one field fails",
+                op(&[8080], n, &["GET"], e, &["/other"], e, e, e),
+                false,
+            ),
+        ];
+        for (what, operation, want) in cases {
+            let p = allow(vec![to(vec![operation])]);
+            assert_eq!(p.evaluate(&http()).allowed, want, "{what}");
+        }
+
+        let ip = |v: &[&str], nv: &[&str]| Field::new(cidrs(v), cidrs(nv));
+        let s = |k: MatchKind, v: &[&str], nv: &[&str]| Field::new(sm(k, v), sm(k, nv));
+        let conds: Vec<(&str, Condition, AuthzInput, bool)> = vec![
+            ("header", header("x-user", &["alice"], e), http(), true),
+            (
+                "header prefix",
+                header("x-user", &["ali*"], e),
+                http(),
+                true,
+            ),
+            ("header absent", header("x-group", &["*"], e), http(), false),
+            (
+                "header empty present",
+                header("x-empty", &["*"], e),
+                http(),
+                true,
+            ),
+            (
+                "not header absent",
+                header("x-group", e, &["admins"]),
+                http(),
+                true,
+            ),
+            (
+                "not header hit",
+                header("x-user", e, &["alice", "bob"]),
+                http(),
+                false,
+            ),
+            (
+                "source.ip",
+                Condition::SourceIp(ip(&["10.0.0.1"], e)),
+                http(),
+                true,
+            ),
+            (
+                "not source.ip",
+                Condition::SourceIp(ip(e, &["10.0.0.0/8"])),
+                http(),
+                false,
+            ),
+            (
+                "destination.ip",
+                Condition::DestinationIp(ip(&["10.0.0.2/32"], e)),
+                http(),
+                true,
+            ),
+            (
+                "destination.ip miss",
+                Condition::DestinationIp(ip(&["10.0.0.3"], e)),
+                http(),
+                false,
+            ),
+            (
+                "destination.port",
+                Condition::DestinationPort(Field::new(vec![8080], vec![])),
+                tcp(),
+                true,
+            ),
+            (
+                "not destination.port",
+                Condition::DestinationPort(Field::new(vec![], vec![8080])),
+                tcp(),
+                false,
+            ),
+            (
+                "source.namespace",
+                Condition::SourceNamespace(s(Namespace, &["default"], e)),
+                tcp(),
+                true,
+            ),
+            (
+                "source.principal",
+                Condition::SourcePrincipal(s(Principal, &["*/sa/sleep"], e)),
+                tcp(),
+                true,
+            ),
+            (
+                "source.principal plaintext",
+                Condition::SourcePrincipal(s(Principal, &["*"], e)),
+                plaintext(),
+                false,
+            ),
+            (
+                "sni",
+                Condition::ConnectionSni(s(Plain, &["outbound_.8080_*"], e)),
+                tcp(),
+                true,
+            ),
+            (
+                "sni absent",
+                Condition::ConnectionSni(s(Plain, &["*"], e)),
+                plaintext(),
+                false,
+            ),
+            (
+                "not sni absent",
+                Condition::ConnectionSni(s(Plain, e, &["*"])),
+                plaintext(),
+                true,
+            ),
+        ];
+        for (what, cond, input, want) in conds {
+            let p = allow(vec![when(vec![cond])]);
+            assert_eq!(p.evaluate(&input).allowed, want, "{what}");
+        }
+        // Conditions AND.
+        let p = allow(vec![when(vec![
+            header("x-user", &["alice"], e),
+            Condition::SourceIp(ip(&["192.168.0.0/16"], e)),
+        ])]);
+        assert!(!p.evaluate(&http()).allowed);
+        // from AND to AND when.
+        let rule = Rule {
+            from: vec![principals(&["*"])],
+            to: vec![methods(&["GET"])],
+            when: vec![header("x-user", &["alice"], e)],
+        };
+        let p = allow(vec![rule.clone()]);
+        assert!(p.evaluate(&http()).allowed);
+        assert!(!p.evaluate(&plaintext()).allowed);
+    }
+
+    /// Istio model.go `checkError`: on TCP an ALLOW rule naming an HTTP-only
+    /// attribute is dropped whole, a DENY/AUDIT rule drops only the attribute.
+    #[test]
+    fn http_only_fields_on_tcp() {
+        let e: &[&str] = &[];
+        let get_or_8080 = to(vec![ports(&[8080]), methods(&["GET"])]);
+        let header_rule = when(vec![header("x-user", &["alice"], e)]);
+        let rules = || vec![get_or_8080.clone(), header_rule.clone()];
+        let allow = AuthzPolicies::new(vec![policy("p", Action::Allow, rules())]);
+        assert!(allow.evaluate(&http()).allowed);
+        // The `ports = [8080]` entry would match, but the rule also names a
+        // method: skipped whole on TCP.
+        assert_eq!(verdict(&allow, tcp()), (false, None, None, vec![]));
+        assert!(rules()[0].needs_http() && rules()[1].needs_http());
+        assert!(!to(vec![ports(&[8080])]).needs_http());
+
+        // DENY `methods = ["POST"]` alone denies every TCP connection.
+        let deny_post = AuthzPolicies::new(vec![policy(
+            "no-post",
+            Action::Deny,
+            vec![to(vec![methods(&["POST"])])],
+        )]);
+        assert!(deny_post.evaluate(&http()).allowed, "GET is not POST");
+        assert_eq!(
+            verdict(&deny_post, tcp()),
+            (false, Some("no-post".into()), Some(0), vec![])
+        );
+        // ... but its L4 fields still count.
+        let deny_post_9090 = AuthzPolicies::new(vec![policy(
+            "no-post",
+            Action::Deny,
+            vec![to(vec![Operation {
+                ports: Field::new(vec![9090], vec![]),
+                methods: Field::new(sm(Header, &["POST"]), vec![]),
+                ..Operation::default()
+            }])],
+        )]);
+        assert!(deny_post_9090.evaluate(&tcp()).allowed);
+        // not_ forms are dropped the same way.
+        let deny_not_get = AuthzPolicies::new(vec![policy(
+            "d",
+            Action::Deny,
+            vec![to(vec![Operation {
+                methods: Field::new(vec![], sm(Header, &["GET"])),
+                ..Operation::default()
+            }])],
+        )]);
+        assert!(deny_not_get.evaluate(&http()).allowed);
+        assert!(!deny_not_get.evaluate(&tcp()).allowed);
+        // A header condition on a DENY is dropped on TCP; the from still counts.
+        let deny_hdr = AuthzPolicies::new(vec![policy(
+            "d",
+            Action::Deny,
+            vec![Rule {
+                from: vec![Source {
+                    ip_blocks: Field::new(cidrs(&["10.0.0.0/8"]), vec![]),
+                    ..Source::default()
+                }],
+                when: vec![header("x-user", &["mallory"], e)],
+                ..Rule::default()
+            }],
+        )]);
+        assert!(deny_hdr.evaluate(&http()).allowed);
+        assert!(!deny_hdr.evaluate(&tcp()).allowed);
+        let elsewhere = AuthzInput {
+            source_ip: "192.168.1.1".parse().unwrap(),
+            ..tcp()
+        };
+        assert!(deny_hdr.evaluate(&elsewhere).allowed);
+        // AUDIT widens the same way and still never decides.
+        let audit = AuthzPolicies::new(vec![policy(
+            "a",
+            Action::Audit,
+            vec![to(vec![paths_op(&["/audit"])])],
+        )]);
+        assert_eq!(verdict(&audit, http()), (true, None, None, vec![]));
+        assert_eq!(verdict(&audit, tcp()), (true, None, None, vec!["a".into()]));
+        // An L4-only ALLOW rule works on TCP.
+        let allow_l4 = AuthzPolicies::new(vec![policy(
+            "l4",
+            Action::Allow,
+            vec![to(vec![ports(&[8080])])],
+        )]);
+        assert_eq!(
+            verdict(&allow_l4, tcp()),
+            (true, Some("l4".into()), Some(0), vec![])
+        );
+    }
+
+    fn paths_op(v: &[&str]) -> Operation {
+        Operation {
+            paths: Field::new(sm(Plain, v), vec![]),
+            ..Operation::default()
+        }
+    }
+
+    #[test]
+    fn dump_has_the_file_shape() {
+        let p = AuthzPolicies::new(vec![policy(
+            "p",
+            Action::Deny,
+            vec![Rule {
+                from: vec![Source {
+                    principals: Field::new(vec![], sm(Principal, &["cluster.local/ns/a/sa/b"])),
+                    ip_blocks: Field::new(cidrs(&["10.1.2.3/24"]), vec![]),
+                    ..Source::default()
+                }],
+                to: vec![ports(&[80])],
+                when: vec![header("x-user", &["alice"], &[])],
+            }],
+        )]);
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "index": 0, "name": "p", "action": "DENY",
+                "rules": [{
+                    "from": [{ "source": { "not_principals": ["cluster.local/ns/a/sa/b"], "ip_blocks": ["10.1.2.0/24"] } }],
+                    "to": [{ "operation": { "ports": ["80"] } }],
+                    "when": [{ "key": "request.headers[x-user]", "values": ["alice"] }]
+                }]
+            }])
+        );
     }
 }
