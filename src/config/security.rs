@@ -432,7 +432,10 @@ impl Validator<'_> {
                 }
             }
         }
-        for (port, level) in raw.port_level.unwrap_or_default() {
+        // In file order, so "set twice" points at the second one.
+        let mut levels: Vec<_> = raw.port_level.unwrap_or_default().into_iter().collect();
+        levels.sort_by_key(|(port, _)| port.span().start);
+        for (port, level) in levels {
             let what = format!("peer_authentication.port_level.{}", port.get_ref());
             let p = match port.get_ref().parse::<u16>() {
                 Ok(p) if p > 0 => p,
@@ -819,6 +822,16 @@ impl Validator<'_> {
                 );
             }
         }
+        let set = [
+            &s.principals,
+            &s.not_principals,
+            &s.namespaces,
+            &s.not_namespaces,
+            &s.ip_blocks,
+            &s.not_ip_blocks,
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
         let source = Source {
             principals: self.str_field(
                 ctx,
@@ -836,8 +849,7 @@ impl Validator<'_> {
             ),
             ip_blocks: self.cidr_field(ctx, "ip_blocks", s.ip_blocks, s.not_ip_blocks),
         };
-        if !source.principals.is_set() && !source.namespaces.is_set() && !source.ip_blocks.is_set()
-        {
+        if !set {
             // Istio's validation: "`from.source` must not be empty".
             self.error(Some(span), format!("{ctx} is empty; name principals, namespaces or ip_blocks (or their not_ forms)"));
         }
@@ -847,6 +859,19 @@ impl Validator<'_> {
     fn authz_operation(&mut self, ctx: &str, raw: Spanned<RawOperation>) -> Operation {
         let span = raw.span();
         let o = raw.into_inner();
+        let set = [
+            &o.methods,
+            &o.not_methods,
+            &o.paths,
+            &o.not_paths,
+            &o.hosts,
+            &o.not_hosts,
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+            || [&o.ports, &o.not_ports]
+                .iter()
+                .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
         let op = Operation {
             ports: Field::new(
                 self.authz_ports(ctx, "ports", o.ports),
@@ -856,7 +881,7 @@ impl Validator<'_> {
             paths: self.str_field(ctx, "paths", MatchKind::Plain, o.paths, o.not_paths),
             hosts: self.str_field(ctx, "hosts", MatchKind::Host, o.hosts, o.not_hosts),
         };
-        if !op.ports.is_set() && !op.methods.is_set() && !op.paths.is_set() && !op.hosts.is_set() {
+        if !set {
             self.error(
                 Some(span),
                 format!(
@@ -1025,5 +1050,446 @@ impl Validator<'_> {
             }
         };
         Some(cond)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::authz::{AuthzInput, HttpInput};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const HEAD: &str = "[capture]\nenabled = false\n";
+
+    /// A directory with Istio's three certificate files and a cluster's
+    /// CA, certificate and key (contents are the TLS layer's concern).
+    fn cert_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "remora-security-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in CERT_FILES
+            .iter()
+            .chain(&["ca.pem", "client.pem", "client-key.pem"])
+        {
+            std::fs::write(dir.join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        }
+        dir
+    }
+
+    fn parse(body: &str) -> Result<Config, Vec<String>> {
+        Config::from_toml(&format!("{HEAD}{body}"), None).map_err(|e| {
+            e.errors
+                .iter()
+                .map(|d| format!("{}: {}", d.line, d.message))
+                .collect()
+        })
+    }
+
+    /// Each body fails with an error starting with `want` (line numbers
+    /// count the two-line HEAD).
+    fn expect_errors(cases: &[(&str, &str)]) {
+        for (body, want) in cases {
+            let errs = parse(body).err().unwrap_or_default();
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{body}\nwant {want:?}\ngot {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_istios() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.tls,
+            Tls {
+                cert_dir: None,
+                trust_domain: "cluster.local".into()
+            }
+        );
+        assert_eq!(c.peer_authentication.mode, MtlsMode::Permissive);
+        assert_eq!(
+            c.peer_authentication.mode_for_port(8080),
+            MtlsMode::Permissive
+        );
+        assert!(c.authorization.is_empty());
+        assert!(c.mesh_destinations.is_empty());
+        assert_eq!(c.mesh_destination_for("10.0.0.1:80".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn tls_and_peer_authentication() {
+        let dir = cert_dir();
+        let c = parse(&format!(
+            r#"[tls]
+cert_dir = "{}"
+trust_domain = "example.org"
+
+[peer_authentication]
+mode = "STRICT"
+
+[peer_authentication.port_level.8080]
+mode = "DISABLE"
+
+[peer_authentication.port_level.9090]
+mode = "permissive"
+
+[peer_authentication.port_level.9443]
+mode = "UNSET"
+"#,
+            dir.display()
+        ))
+        .unwrap();
+        assert_eq!(c.tls.cert_dir.as_deref(), Some(dir.as_path()));
+        assert_eq!(c.tls.trust_domain, "example.org");
+        let pa = &c.peer_authentication;
+        assert_eq!(pa.mode_for_port(80), MtlsMode::Strict);
+        assert_eq!(pa.mode_for_port(8080), MtlsMode::Disable);
+        assert_eq!(pa.mode_for_port(9090), MtlsMode::Permissive);
+        // UNSET at port level inherits the workload's mode.
+        assert_eq!(pa.mode_for_port(9443), MtlsMode::Strict);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            dump["peer_authentication"],
+            serde_json::json!({ "mode": "STRICT", "port_level": { "8080": "DISABLE", "9090": "PERMISSIVE", "9443": "STRICT" } })
+        );
+        // UNSET at the top is PERMISSIVE; PERMISSIVE needs no certificate.
+        let c = parse("[peer_authentication]\nmode = \"UNSET\"\n").unwrap();
+        assert_eq!(c.peer_authentication.mode, MtlsMode::Permissive);
+        parse("[peer_authentication]\nmode = \"PERMISSIVE\"\n[peer_authentication.port_level.80]\nmode = \"DISABLE\"\n").unwrap();
+        // A changed mode is a changed config (reload publishes it).
+        assert_ne!(
+            parse("[peer_authentication]\nmode = \"DISABLE\"\n").unwrap(),
+            parse("").unwrap()
+        );
+    }
+
+    #[test]
+    fn tls_and_peer_authentication_errors() {
+        let dir = cert_dir();
+        std::fs::remove_file(dir.join("key.pem")).unwrap();
+        let missing_key = format!("[tls]\ncert_dir = \"{}\"\n", dir.display());
+        expect_errors(&[
+            ("[tls]\ncert_dir = \"/nonexistent/remora\"\n", "4: tls.cert_dir `/nonexistent/remora` is not a readable directory"),
+            (&missing_key, "4: tls.cert_dir"),
+            ("[tls]\ntrust_domain = \"Cluster.Local\"\n", "4: tls.trust_domain `Cluster.Local` is not a SPIFFE trust domain"),
+            ("[tls]\ntrust_domain = \"\"\n", "4: tls.trust_domain"),
+            ("[tls]\nbogus = 1\n", "4: unknown field `bogus`"),
+            ("[peer_authentication]\nmode = \"STRICT\"\n", "4: peer_authentication.mode = \"STRICT\" needs a workload certificate: set [tls] cert_dir"),
+            ("[peer_authentication]\nmode = \"strictly\"\n", "4: peer_authentication.mode `strictly` is not one of \"STRICT\", \"PERMISSIVE\", \"DISABLE\", \"UNSET\""),
+            ("[peer_authentication.port_level.8080]\nmode = \"STRICT\"\n", "4: peer_authentication.port_level.8080.mode = \"STRICT\" needs a workload certificate"),
+            ("[peer_authentication.port_level.http]\nmode = \"DISABLE\"\n", "3: peer_authentication.port_level: `http` is not a port"),
+            ("[peer_authentication.port_level.70000]\nmode = \"DISABLE\"\n", "3: peer_authentication.port_level: `70000` is not a port"),
+            ("[peer_authentication.port_level.80]\nmode = \"OFF\"\n", "4: peer_authentication.port_level.80.mode `OFF` is not one of"),
+            ("[peer_authentication.port_level.80]\nmode = \"DISABLE\"\n[peer_authentication.port_level.080]\nmode = \"DISABLE\"\n", "5: peer_authentication.port_level: port 80 is set twice"),
+        ]);
+        let errs = parse(&missing_key).unwrap_err();
+        assert!(
+            errs[0].contains("cannot read key.pem")
+                && errs[0].contains("cert-chain.pem, key.pem, root-cert.pem"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_tls() {
+        let dir = cert_dir();
+        let d = dir.display();
+        let c = parse(&format!(
+            r#"[tls]
+cert_dir = "{d}"
+
+[[cluster]]
+name = "mesh"
+endpoints = ["10.0.0.1:9080"]
+tls = {{ mode = "ISTIO_MUTUAL", subject_alt_names = ["cluster.local/ns/default/sa/reviews", "spiffe://cluster.local/ns/default/sa/ratings"] }}
+
+[[cluster]]
+name = "simple"
+endpoints = ["10.0.0.2:443"]
+tls = {{ mode = "simple", ca_certificates = "{d}/ca.pem", sni = "api.example.com", subject_alt_names = ["api.example.com"] }}
+
+[[cluster]]
+name = "mutual"
+endpoints = ["10.0.0.3:443"]
+tls = {{ mode = "MUTUAL", ca_certificates = "{d}/ca.pem", client_certificate = "{d}/client.pem", private_key = "{d}/client-key.pem" }}
+
+[[cluster]]
+name = "plain"
+endpoints = ["10.0.0.4:80"]
+tls = {{ mode = "DISABLE" }}
+"#
+        ))
+        .unwrap();
+        let mesh = c.clusters[0].tls.as_ref().unwrap();
+        assert_eq!(mesh.mode, ClusterTlsMode::IstioMutual);
+        assert_eq!(
+            mesh.subject_alt_names,
+            vec![
+                "spiffe://cluster.local/ns/default/sa/reviews",
+                "spiffe://cluster.local/ns/default/sa/ratings"
+            ]
+        );
+        assert_eq!(
+            mesh.sni_for("reviews.default.svc.cluster.local", 9080)
+                .as_deref(),
+            Some("outbound_.9080_._.reviews.default.svc.cluster.local")
+        );
+        let simple = c.clusters[1].tls.as_ref().unwrap();
+        assert_eq!(simple.mode, ClusterTlsMode::Simple);
+        assert_eq!(
+            simple.sni_for("10.0.0.2", 443).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(simple.ca_certificates, Some(dir.join("ca.pem")));
+        let mutual = c.clusters[2].tls.as_ref().unwrap();
+        assert_eq!(mutual.mode, ClusterTlsMode::Mutual);
+        assert_eq!(mutual.sni_for("x", 1), None);
+        assert_eq!(mutual.private_key, Some(dir.join("client-key.pem")));
+        assert_eq!(c.clusters[3].tls, None);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(dump["clusters"][0]["tls"]["mode"], "ISTIO_MUTUAL");
+        assert_eq!(
+            istio_outbound_sni("r.ns.svc", 80, Some("v1")),
+            "outbound_.80_.v1_.r.ns.svc"
+        );
+    }
+
+    #[test]
+    fn cluster_tls_errors() {
+        let dir = cert_dir();
+        let d = dir.display();
+        let cl = |tls: &str| {
+            format!("[[cluster]]\nname = \"a\"\nendpoints = [\"10.0.0.1:80\"]\ntls = {tls}\n")
+        };
+        let with_certs = |tls: &str| format!("[tls]\ncert_dir = \"{d}\"\n{}", cl(tls));
+        expect_errors(&[
+            (&cl("{ mode = \"TLS\" }"), "6: cluster `a`: tls.mode `TLS` is not one of \"DISABLE\", \"SIMPLE\", \"MUTUAL\", \"ISTIO_MUTUAL\""),
+            (&cl("{ mode = \"SIMPLE\" }"), "6: cluster `a`: tls.mode = \"SIMPLE\" needs ca_certificates"),
+            (&cl(&format!("{{ mode = \"MUTUAL\", ca_certificates = \"{d}/ca.pem\" }}")), "6: cluster `a`: tls.mode = \"MUTUAL\" needs client_certificate, private_key"),
+            (&cl("{ mode = \"SIMPLE\", ca_certificates = \"/nonexistent/ca.pem\" }"), "6: cluster `a`: tls.ca_certificates `/nonexistent/ca.pem` cannot be read: No such file"),
+            (&cl(&format!("{{ mode = \"SIMPLE\", ca_certificates = \"{d}\" }}")), "6: cluster `a`: tls.ca_certificates"),
+            (&cl(&format!("{{ mode = \"SIMPLE\", ca_certificates = \"{d}/ca.pem\", private_key = \"{d}/client-key.pem\" }}")), "6: cluster `a`: tls.private_key is a client credential, used only with mode = \"MUTUAL\""),
+            (&cl("{ mode = \"ISTIO_MUTUAL\" }"), "6: cluster `a`: tls.mode = \"ISTIO_MUTUAL\" needs the workload certificate: set [tls] cert_dir"),
+            (&with_certs(&format!("{{ mode = \"ISTIO_MUTUAL\", ca_certificates = \"{d}/ca.pem\" }}")), "8: cluster `a`: tls.ca_certificates is not used with ISTIO_MUTUAL"),
+            (&with_certs("{ mode = \"ISTIO_MUTUAL\", subject_alt_names = [\"reviews\"] }"), "8: cluster `a`: tls.subject_alt_names `reviews` is not a SPIFFE ID"),
+            (&with_certs("{ mode = \"ISTIO_MUTUAL\", sni = \"\" }"), "8: cluster `a`: tls.sni `` is not a server name"),
+            (&cl("{ mode = \"DISABLE\", sni = \"x\" }"), "6: cluster `a`: tls.sni has no effect with mode = \"DISABLE\""),
+            (&cl("{ mode = \"DISABLE\", insecure_skip_verify = true }"), "6: unknown field `insecure_skip_verify`"),
+        ]);
+    }
+
+    #[test]
+    fn mesh_destinations() {
+        let dir = cert_dir();
+        let c = parse(&format!(
+            r#"[tls]
+cert_dir = "{}"
+
+[[mesh_destination]]
+cidrs = ["10.244.0.0/16", "fd00:244::/64"]
+ports = [9080]
+subject_alt_names = ["cluster.local/ns/default/sa/reviews"]
+
+[[mesh_destination]]
+cidrs = ["10.0.0.0/8"]
+subject_alt_names = ["spiffe://cluster.local/ns/default/sa/any"]
+"#,
+            dir.display()
+        ))
+        .unwrap();
+        let at = |s: &str| {
+            c.mesh_destination_for(s.parse().unwrap())
+                .map(|m| m.subject_alt_names[0].as_str())
+        };
+        assert_eq!(
+            at("10.244.1.2:9080"),
+            Some("spiffe://cluster.local/ns/default/sa/reviews")
+        );
+        assert_eq!(
+            at("[fd00:244::5]:9080"),
+            Some("spiffe://cluster.local/ns/default/sa/reviews")
+        );
+        // Another port falls through to the next entry (any port).
+        assert_eq!(
+            at("10.244.1.2:80"),
+            Some("spiffe://cluster.local/ns/default/sa/any")
+        );
+        assert_eq!(at("192.168.0.1:9080"), None);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            dump["mesh_destinations"][0]["cidrs"],
+            serde_json::json!(["10.244.0.0/16", "fd00:244::/64"])
+        );
+
+        expect_errors(&[
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/8\"]\nsubject_alt_names = [\"cluster.local/ns/a/sa/b\"]\n", "3: mesh_destination[0]: mTLS to the mesh needs the workload certificate: set [tls] cert_dir"),
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/33\"]\nsubject_alt_names = []\n", "4: mesh_destination[0]: cidrs: `10.0.0.0/33` is not an IP address or CIDR"),
+            ("[[mesh_destination]]\ncidrs = []\nsubject_alt_names = [\"a/b\"]\n", "4: mesh_destination[0]: cidrs is empty"),
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/8\"]\nsubject_alt_names = []\n", "5: mesh_destination[0]: subject_alt_names is empty"),
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/8\"]\nsubject_alt_names = [\"reviews\"]\n", "5: mesh_destination[0]: subject_alt_names `reviews` is not a SPIFFE ID"),
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/8\"]\nports = [0]\nsubject_alt_names = [\"a/b\"]\n", "5: mesh_destination[0].ports = 0 is out of range"),
+            ("[[mesh_destination]]\ncidrs = [\"10.0.0.0/8\"]\n", "3: missing field `subject_alt_names`"),
+        ]);
+    }
+
+    #[test]
+    fn authorization_policies() {
+        let c = parse(
+            r#"[[authorization_policy]]
+name = "deny-admin"
+action = "DENY"
+rules = [{ to = [{ operation = { paths = ["/admin/*"] } }] }]
+
+[[authorization_policy]]
+name = "audit-writes"
+action = "AUDIT"
+rules = [{ to = [{ operation = { methods = ["POST", "PUT"] } }] }]
+
+[[authorization_policy]]
+name = "allow-frontend"
+
+[[authorization_policy.rules]]
+from = [
+  { source = { principals = ["cluster.local/ns/web/sa/frontend"] } },
+  { source = { namespaces = ["ops"], not_ip_blocks = ["10.9.0.0/16"] } },
+]
+to = [{ operation = { ports = [8080, "9090"], methods = ["GET", "POST"], hosts = ["reviews*"] } }]
+when = [
+  { key = "request.headers[X-Version]", values = ["v1", "v2"] },
+  { key = "destination.port", not_values = ["9999"] },
+]
+
+[[authorization_policy]]
+name = "allow-health"
+action = "allow"
+rules = [{ to = [{ operation = { paths = ["/healthz"] } }] }, {}]
+
+[[authorization_policy]]
+name = "nothing"
+"#,
+        )
+        .unwrap();
+        let a = &c.authorization;
+        let names: Vec<(&str, usize)> = a
+            .policies()
+            .iter()
+            .map(|p| (p.name.as_str(), p.index))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("deny-admin", 0),
+                ("audit-writes", 1),
+                ("allow-frontend", 2),
+                ("allow-health", 3),
+                ("nothing", 4)
+            ]
+        );
+        assert!(a.policies()[4].rules.is_empty());
+        assert_eq!(a.policies()[3].rules.len(), 2);
+        let hdr = |n: &str| (n == "x-version").then_some("v2");
+        let req = |principal, method, path| AuthzInput {
+            source_principal: principal,
+            source_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 8080,
+            sni: None,
+            http: Some(HttpInput {
+                method,
+                path,
+                host: Some("reviews:8080"),
+                headers: &hdr,
+            }),
+        };
+        let fe = Some("spiffe://cluster.local/ns/web/sa/frontend");
+        let v = a.evaluate(&req(fe, "POST", "/api"));
+        assert!(v.allowed);
+        assert_eq!(v.policy_name(), Some("allow-frontend"));
+        assert_eq!(
+            v.audited
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["audit-writes"]
+        );
+        let v = a.evaluate(&req(fe, "GET", "/admin/x"));
+        assert_eq!((v.allowed, v.policy_name()), (false, Some("deny-admin")));
+        // The `{}` rule of allow-health matches everything.
+        let v = a.evaluate(&req(None, "DELETE", "/x"));
+        assert_eq!(
+            (v.allowed, v.policy_name(), v.rule),
+            (true, Some("allow-health"), Some(1))
+        );
+
+        // The dump writes what the file wrote.
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(dump["authorization"][2]["action"], "ALLOW");
+        assert_eq!(
+            dump["authorization"][2]["rules"][0]["from"][1]["source"],
+            serde_json::json!({ "namespaces": ["ops"], "not_ip_blocks": ["10.9.0.0/16"] })
+        );
+        assert_eq!(
+            dump["authorization"][2]["rules"][0]["to"][0]["operation"]["ports"],
+            serde_json::json!(["8080", "9090"])
+        );
+        assert_eq!(
+            dump["authorization"][2]["rules"][0]["when"][0]["key"],
+            "request.headers[x-version]"
+        );
+        // Policies take part in reload's equality.
+        assert_ne!(
+            c,
+            parse("[[authorization_policy]]\nname = \"nothing\"\naction = \"DENY\"\n").unwrap()
+        );
+    }
+
+    #[test]
+    fn authorization_policy_errors() {
+        let pol = |body: &str| format!("[[authorization_policy]]\nname = \"p\"\n{body}\n");
+        expect_errors(&[
+            (&pol("action = \"CUSTOM\"\nprovider = { name = \"opa\" }"), "5: authorization_policy `p`: action CUSTOM (external authorization) is not supported by Remora"),
+            (&pol("action = \"REJECT\""), "5: authorization_policy `p`: action `REJECT` is not one of \"ALLOW\", \"DENY\", \"AUDIT\""),
+            (&pol("provider = { name = \"opa\" }"), "5: authorization_policy `p`: provider belongs to action CUSTOM"),
+            ("[[authorization_policy]]\nname = \"\"\n", "4: authorization_policy name is empty"),
+            ("[[authorization_policy]]\nname = \"p\"\n[[authorization_policy]]\nname = \"p\"\n", "6: authorization_policy name `p` is used twice"),
+            (&pol("rules = [{ from = [] }]"), "5: authorization_policy `p`: rules[0].from is empty"),
+            (&pol("rules = [{ to = [] }]"), "5: authorization_policy `p`: rules[0].to is empty"),
+            (&pol("rules = [{ when = [] }]"), "5: authorization_policy `p`: rules[0].when is empty"),
+            (&pol("rules = [{ from = [{ source = {} }] }]"), "5: authorization_policy `p`: rules[0].from[0].source is empty"),
+            (&pol("rules = [{ from = [{}] }]"), "5: missing field `source`"),
+            (&pol("rules = [{ to = [{ operation = {} }] }]"), "5: authorization_policy `p`: rules[0].to[0].operation is empty"),
+            (&pol("rules = [{ from = [{ source = { principals = [\"spiffe://cluster.local/ns/a/sa/b\"] } }] }]"), "5: authorization_policy `p`: rules[0].from[0].source.principals: write principals without `spiffe://`, as Istio does (`cluster.local/ns/a/sa/b`)"),
+            (&pol("rules = [{ from = [{ source = { not_principals = [\"a/*/b\"] } }] }]"), "5: authorization_policy `p`: rules[0].from[0].source.not_principals: `a/*/b`: `*` is a wildcard only"),
+            (&pol("rules = [{ from = [{ source = { ip_blocks = [\"10.0.0.0/40\"] } }] }]"), "5: authorization_policy `p`: rules[0].from[0].source.ip_blocks: `10.0.0.0/40` is not an IP address or CIDR"),
+            (&pol("rules = [{ from = [{ source = { request_principals = [\"*\"] } }] }]"), "5: authorization_policy `p`: rules[0].from[0].source.request_principals needs JWT authentication"),
+            (&pol("rules = [{ from = [{ source = { remote_ip_blocks = [\"1.2.3.4\"] } }] }]"), "5: authorization_policy `p`: rules[0].from[0].source.remote_ip_blocks needs the original client address"),
+            (&pol("rules = [{ from = [{ source = { principal = [\"x/y\"] } }] }]"), "5: unknown field `principal`"),
+            (&pol("rules = [{ to = [{ operation = { ports = [70000] } }] }]"), "5: authorization_policy `p`: rules[0].to[0].operation.ports: 70000 is not a port (0..=65535)"),
+            (&pol("rules = [{ to = [{ operation = { not_ports = [\"http\"] } }] }]"), "5: authorization_policy `p`: rules[0].to[0].operation.not_ports: \"http\" is not a port"),
+            (&pol("rules = [{ to = [{ operation = { paths = [\"/a/*/b\"] } }] }]"), "5: authorization_policy `p`: rules[0].to[0].operation.paths: `/a/*/b`: `*` is a wildcard only"),
+            (&pol("rules = [{ to = [{ operation = { hosts = [\"\"] } }] }]"), "5: authorization_policy `p`: rules[0].to[0].operation.hosts: an empty value matches nothing"),
+            (&pol("rules = [{ when = [{ key = \"request.auth.claims[iss]\", values = [\"x\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0]: `request.auth.claims[iss]` needs JWT authentication"),
+            (&pol("rules = [{ when = [{ key = \"remote.ip\", values = [\"1.2.3.4\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0]: `remote.ip` needs the original client address"),
+            (&pol("rules = [{ when = [{ key = \"experimental.envoy.filters.a[b]\", values = [\"x\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0]: `experimental.envoy.filters.a[b]` reads Envoy filter metadata"),
+            (&pol("rules = [{ when = [{ key = \"source.user\", values = [\"x\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0]: `source.user` is not a condition key (supported: request.headers[NAME]"),
+            (&pol("rules = [{ when = [{ key = \"request.headers\", values = [\"x\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0]: write the header as request.headers[NAME]"),
+            (&pol("rules = [{ when = [{ key = \"source.ip\" }] }]"), "5: authorization_policy `p`: rules[0].when[0]: set values or not_values"),
+            (&pol("rules = [{ when = [{ key = \"source.ip\", values = [\"x\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0].values: `x` is not an IP address or CIDR"),
+            (&pol("rules = [{ when = [{ key = \"destination.port\", not_values = [\"-1\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0].not_values: \"-1\" is not a port"),
+            (&pol("rules = [{ when = [{ key = \"source.principal\", values = [\"spiffe://a/b\"] }] }]"), "5: authorization_policy `p`: rules[0].when[0].values: write principals without `spiffe://`"),
+        ]);
+        // Multi-line rules: each error at its own line.
+        let errs = parse(
+            "[[authorization_policy]]\nname = \"p\"\nrules = [\n  { from = [{ source = { ip_blocks = [\"x\"] } }] },\n  { to = [{ operation = { ports = [-1] } }] },\n]\n",
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(lines, vec!["6", "7"], "{errs:?}");
     }
 }
