@@ -1050,6 +1050,13 @@ mod tests {
         assert_eq!(backend.endpoints[1].weight, 3);
         assert!(matches!(c.clusters[1].discovery, Discovery::Dns { .. }));
         assert_eq!(c.clusters[1].hash_policy.len(), 3);
+        let names: Vec<&str> = c
+            .authorization
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["deny-admin", "frontend-reads"]);
     }
 
     #[test]
