@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+use super::security::{ClusterTls, RawClusterTls, Tls};
 use super::{ser_duration, Validator};
 use crate::upstream::balance::{self, LbPolicy};
 use crate::upstream::breaker::BreakerConfig;
@@ -43,6 +44,8 @@ pub struct RawCluster {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub outlier_detection: Option<RawOutlier>,
     pub circuit_breakers: Option<RawBreakers>,
+    /// Istio's DestinationRule `trafficPolicy.tls`.
+    pub tls: Option<Spanned<RawClusterTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +196,8 @@ pub struct Cluster {
     pub health_check: Option<Arc<HealthCheckConfig>>,
     pub outlier_detection: Option<OutlierConfig>,
     pub circuit_breakers: BreakerConfig,
+    /// None: plaintext (no `tls`, or mode DISABLE).
+    pub tls: Option<ClusterTls>,
 }
 
 impl Cluster {
@@ -216,7 +221,7 @@ const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 const MAX_WEIGHT: i64 = 128;
 
 impl Validator<'_> {
-    pub(super) fn cluster(&mut self, raw: RawCluster) -> Cluster {
+    pub(super) fn cluster(&mut self, raw: RawCluster, tls: &Tls) -> Cluster {
         let name = raw.name.get_ref().clone();
         if name.is_empty() {
             self.error(Some(raw.name.span()), "cluster name is empty".into());
@@ -240,6 +245,7 @@ impl Validator<'_> {
             .circuit_breakers
             .map(|b| self.breakers(b))
             .unwrap_or_default();
+        let cluster_tls = self.cluster_tls(&name, raw.tls, tls);
         Cluster {
             name,
             endpoints,
@@ -251,6 +257,7 @@ impl Validator<'_> {
             health_check,
             outlier_detection,
             circuit_breakers,
+            tls: cluster_tls,
         }
     }
 

@@ -9,8 +9,13 @@
 
 mod cluster;
 mod raw;
+mod security;
 
 pub use cluster::{Cluster, Discovery, Endpoint, HashPolicy};
+pub use security::{
+    istio_outbound_sni, ClusterTls, ClusterTlsMode, MeshDestination, MtlsMode, PeerAuthentication,
+    Tls, CERT_FILES,
+};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,6 +33,7 @@ use toml::Spanned;
 
 use crate::http::route::RouteTable;
 use crate::http::route_config::{validate_token_bucket, RawRouteConfig};
+use crate::policy::authz::AuthzPolicies;
 use crate::policy::ratelimit::TokenBucketConfig;
 use raw::{RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawListener};
 
@@ -297,6 +303,14 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     pub http: Http,
     pub routes: Routes,
+    /// The workload certificate; `cert_dir: None` means mTLS is off.
+    pub tls: Tls,
+    /// Inbound mTLS modes (Istio's PeerAuthentication).
+    pub peer_authentication: PeerAuthentication,
+    /// Inbound authorization (Istio's AuthorizationPolicy), in file order.
+    pub authorization: AuthzPolicies,
+    /// Passthrough destinations in the mesh, in file order.
+    pub mesh_destinations: Vec<MeshDestination>,
 }
 
 impl Config {
@@ -337,6 +351,12 @@ impl Config {
         } else {
             Err(v.finish(file))
         }
+    }
+
+    /// The first `[[mesh_destination]]` that covers `dst`: outbound
+    /// passthrough to it originates ISTIO_MUTUAL and expects its identities.
+    pub fn mesh_destination_for(&self, dst: SocketAddr) -> Option<&MeshDestination> {
+        self.mesh_destinations.iter().find(|m| m.contains(dst))
     }
 
     /// Every local port Remora listens on; a connection whose original
@@ -493,7 +513,15 @@ impl Validator<'_> {
                 l
             }
         };
-        let clusters: Vec<Cluster> = raw.clusters.into_iter().map(|c| self.cluster(c)).collect();
+        let tls = self.tls(raw.tls);
+        let peer_authentication = self.peer_authentication(raw.peer_authentication, &tls);
+        let authorization = self.authorization_policies(raw.authorization_policies);
+        let mesh_destinations = self.mesh_destinations(raw.mesh_destinations, &tls);
+        let clusters: Vec<Cluster> = raw
+            .clusters
+            .into_iter()
+            .map(|c| self.cluster(c, &tls))
+            .collect();
         for (i, c) in clusters.iter().enumerate() {
             if clusters[..i].iter().any(|o| o.name == c.name) {
                 self.error(None, format!("cluster name `{}` is used twice", c.name));
@@ -534,6 +562,10 @@ impl Validator<'_> {
             clusters,
             http,
             routes,
+            tls,
+            peer_authentication,
+            authorization,
+            mesh_destinations,
         }
     }
 
@@ -1018,6 +1050,13 @@ mod tests {
         assert_eq!(backend.endpoints[1].weight, 3);
         assert!(matches!(c.clusters[1].discovery, Discovery::Dns { .. }));
         assert_eq!(c.clusters[1].hash_policy.len(), 3);
+        let names: Vec<&str> = c
+            .authorization
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["deny-admin", "frontend-reads"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use super::cluster::RawCluster;
+pub use super::security::{RawAuthzPolicy, RawMeshDestination, RawPeerAuthentication, RawTls};
 pub use crate::http::route_config::RawVirtualHost;
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +33,17 @@ pub struct RawConfig {
     /// HTTP routes (`[[virtual_host]]` tables), validated by `http::route_config`.
     #[serde(default, rename = "virtual_host")]
     pub virtual_hosts: Vec<Spanned<RawVirtualHost>>,
+    /// The workload certificate (Istio's file-mounted layout) and trust domain.
+    #[serde(default)]
+    pub tls: RawTls,
+    /// Inbound mTLS mode (Istio's PeerAuthentication).
+    #[serde(default)]
+    pub peer_authentication: RawPeerAuthentication,
+    #[serde(default, rename = "authorization_policy")]
+    pub authorization_policies: Vec<Spanned<RawAuthzPolicy>>,
+    /// Passthrough destinations that are in the mesh (originate ISTIO_MUTUAL).
+    #[serde(default, rename = "mesh_destination")]
+    pub mesh_destinations: Vec<Spanned<RawMeshDestination>>,
 }
 
 /// Settings of the L7 (HTTP/1) path, shared by every listener that speaks HTTP.

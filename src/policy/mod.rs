@@ -1,5 +1,6 @@
-//! Per-route traffic policies as plain values with pure decisions: fault
-//! injection ([`fault`]), local rate limiting ([`ratelimit`]) and the helpers of
+//! Traffic and security policies as plain values with pure decisions: fault
+//! injection ([`fault`]), local rate limiting ([`ratelimit`]), Istio's
+//! AuthorizationPolicy ([`authz`]) and the helpers of
 //! request mirroring ([`Percent`], [`shadow_host`]; the validated
 //! `MirrorPolicy` sits with the route in `http::route`, next to the cluster it
 //! names).
@@ -12,6 +13,7 @@
 //!   bucket.try_take(now)             ─► ratelimit::Decision              429 + flag RL
 //!   mirror.should_mirror(rng), shadow_host(authority)
 //! per accepted connection (L4):  listener bucket.try_take(now) ─► close when refused
+//! per inbound connection / request: authz.evaluate(input) ─► Verdict   close / 403 + flag RBAC
 //! ```
 //!
 //! Nothing here reads a clock or a random source, touches a socket or shares
@@ -19,6 +21,7 @@
 //! numbers, so every decision is table-tested with chosen values. This module
 //! imports nothing else from the crate; the config and the request path import it.
 
+pub mod authz;
 pub mod fault;
 pub mod ratelimit;
 
