@@ -46,4 +46,5 @@ pub mod reload;
 pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
