@@ -19,6 +19,7 @@
 //! with the file and the reason; what is published is always usable.
 
 mod certs;
+pub mod hello;
 mod config;
 mod error;
 mod failure;
