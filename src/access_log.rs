@@ -45,6 +45,17 @@ pub struct Entry<'a> {
     pub authority: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub forwarded_for: Option<&'a str>,
+    /// The client's SPIFFE ID on an mTLS connection
+    /// (Envoy's `%DOWNSTREAM_PEER_URI_SAN%`).
+    pub peer_uri_san: Option<&'a str>,
+    /// `TLSv1.3` etc. when TLS was terminated (`%DOWNSTREAM_TLS_VERSION%`).
+    pub tls_version: Option<&'a str>,
+    /// `%DOWNSTREAM_TLS_CIPHER%`.
+    pub tls_cipher: Option<&'a str>,
+    /// The SNI the client asked for (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<&'a str>,
+    /// The authorization policy that denied (or, with AUDIT, audited) it.
+    pub authz_policy: Option<&'a str>,
 }
 
 /// One core's access-log writer.
@@ -192,6 +203,11 @@ pub fn json_line(e: &Entry<'_>, fields: &[String]) -> String {
             "authority" => e.authority.into(),
             "user_agent" => e.user_agent.into(),
             "x_forwarded_for" => e.forwarded_for.into(),
+            "downstream_peer_uri_san" => e.peer_uri_san.into(),
+            "downstream_tls_version" => e.tls_version.into(),
+            "downstream_tls_cipher" => e.tls_cipher.into(),
+            "requested_server_name" => e.requested_server_name.into(),
+            "authz_policy" => e.authz_policy.into(),
             _ => continue,
         };
         m.insert(f.clone(), v);

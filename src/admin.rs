@@ -39,6 +39,8 @@ pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct AdminState {
     /// Endpoint sets, health checks and discovery (for /clusters).
     pub upstream: Arc<crate::upstream::control::UpstreamControl>,
+    /// The workload certificate and its rotations (`[tls]`; for /certs).
+    pub tls: Option<Arc<crate::tls::TlsStore>>,
     pub handle: Arc<ConfigHandle>,
     pub proxy: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
@@ -53,6 +55,7 @@ pub struct AdminState {
 
 impl AdminState {
     fn info(&self) -> ServerInfo {
+        let tls = self.tls.as_ref().map(|t| t.status());
         ServerInfo {
             config_version: self.handle.current().version,
             reloads_ok: self.reloader.ok.load(Ordering::Relaxed),
@@ -61,6 +64,14 @@ impl AdminState {
             uptime_s: self.started.elapsed().as_secs(),
             startup_ms: self.startup.as_secs_f64() * 1000.0,
             draining: self.draining.load(Ordering::Relaxed),
+            tls_rotations_ok: tls.as_ref().map_or(0, |t| t.rotations_ok),
+            tls_rotations_failed: tls.as_ref().map_or(0, |t| t.rotations_failed),
+            tls_days_until_expiry: self.tls.as_ref().and_then(|t| t.current()).map(|c| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                (c.identity().not_after() - now).div_euclid(86_400)
+            }),
         }
     }
 }
@@ -205,6 +216,15 @@ fn route(req: &Request, role: Role, state: &AdminState) -> (u16, &'static str, S
             let (total, _) = state.proxy.stats();
             (200, TEXT, metrics::clusters_text(&total, &state.handle.current().config, &state.upstream.view()))
         }
+        (Role::Admin, "/certs") if get => {
+            // Envoy's shape: one entry per certificate provider (here the
+            // workload certificate), empty without [tls].
+            let body = match state.tls.as_ref().and_then(|t| t.current()) {
+                Some(c) => crate::tls::certs_json(&c),
+                None => json!({ "certificates": [] }),
+            };
+            (200, "application/json", format!("{body:#}\n"))
+        }
         (Role::Admin, "/config_dump") if get => {
             let snap = state.handle.current();
             let body = json!({
@@ -248,11 +268,11 @@ fn route(req: &Request, role: Role, state: &AdminState) -> (u16, &'static str, S
         (Role::Admin, "/") if get => (
             200,
             TEXT,
-            "GET /ready /stats /stats/prometheus /clusters /config_dump /logging\nPOST /logging?level=L /reload /drain_listeners /quitquitquit\n".into(),
+            "GET /ready /stats /stats/prometheus /clusters /certs /config_dump /logging\nPOST /logging?level=L /reload /drain_listeners /quitquitquit\n".into(),
         ),
         (
             Role::Admin,
-            "/ready" | "/stats" | "/clusters" | "/config_dump" | "/logging" | "/reload" | "/drain_listeners"
+            "/ready" | "/stats" | "/clusters" | "/certs" | "/config_dump" | "/logging" | "/reload" | "/drain_listeners"
             | "/quitquitquit",
         ) => (405, TEXT, "method not allowed\n".into()),
         _ => (404, TEXT, "not found\n".into()),

@@ -13,13 +13,17 @@ use glommio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::access_log;
-use crate::config::{Config, Forwarding, HashPolicy, Listener, Protocol};
+use crate::config::MtlsMode;
+use crate::config::{Config, Direction, Forwarding, HashPolicy, Listener, Protocol};
 use crate::l4::{self, Ending};
-use crate::net::{self, socket};
+use crate::net::stream::HandshakeError;
+use crate::net::{self, socket, DownstreamTls, Stream};
 use crate::shard::{HostFacts, Origin, Shard};
 use crate::stats::CoreStats;
+use crate::tls::hello::{self, ClientHello, Inspect};
 use crate::upstream::balance::hash_key;
 use crate::upstream::breaker::{Permit, Resource};
+use crate::upstream::tls;
 use crate::upstream::ConnectError;
 
 /// Where a connection goes, decided before any I/O.
@@ -222,18 +226,92 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         .capture
         .as_ref()
         .map_or(Duration::from_millis(100), |c| c.detect_timeout);
-    // Detection peeks through the ring, which waits only on a blocking-mode
-    // socket; so it runs before the switch to O_NONBLOCK.
-    let http = match protocol {
-        Protocol::Http => true,
-        Protocol::Tcp => false,
-        Protocol::Auto => crate::l7::detect(&down, detect_timeout).await,
+    // Inbound mTLS (Istio's virtualInbound filter chains): the ClientHello,
+    // peeked like Envoy's tls_inspector, picks the chain before anything is
+    // read. Peeks go through the ring, which waits only on a blocking-mode
+    // socket; so they run before the switch to O_NONBLOCK.
+    // Where authorization policies apply: the workload's own inbound.
+    // The capture port's original destination, or an inbound listener's
+    // own address (an Istio Sidecar ingress listener).
+    let inbound_dst = match (origin, &plan.target) {
+        (Origin::Inbound, Target::Addr(dst)) => Some(orig_dst.unwrap_or(*dst)),
+        (Origin::Listener(_), _) => configured
+            .filter(|l| l.direction == Direction::Inbound)
+            .map(|_| local),
+        _ => None,
+    };
+    let chain = match inbound_dst {
+        // Boxed, like the TLS steps below: rare and large, they would
+        // otherwise grow every connection's task (plain L4 ones too).
+        Some(dst) => {
+            Box::pin(inbound_chain(
+                shard,
+                config,
+                dst.port(),
+                &down,
+                detect_timeout,
+            ))
+            .await
+        }
+        None => Chain::Plain,
+    };
+    let (http, terminate) = match chain {
+        Chain::Plain => {
+            let http = match protocol {
+                Protocol::Http => true,
+                Protocol::Tcp => false,
+                Protocol::Auto => crate::l7::detect(&down, detect_timeout).await,
+            };
+            (http, None)
+        }
+        // An app's own TLS on a PERMISSIVE port: its bytes, untouched.
+        Chain::Passthrough => {
+            shard.count_tls("downstream", "passthrough", "");
+            (false, None)
+        }
+        Chain::Refuse(why) => {
+            shard.count_tls("downstream", "plaintext_refused", "");
+            debug!(
+                ?peer,
+                why, "STRICT mTLS: closing a connection that is not mTLS"
+            );
+            socket::set_linger_zero(fd);
+            log("NR", None, 0, 0);
+            return;
+        }
+        Chain::Terminate { contexts, hello } => {
+            let http = hello.alpn.iter().any(|p| HTTP1_ALPN.contains(&p))
+                || (hello.alpn.is_empty() && protocol == Protocol::Http);
+            (http, Some((contexts, hello)))
+        }
     };
     if let Err(e) = socket::set_nonblocking(fd) {
         warn!(error = %e, "cannot make downstream socket non-blocking");
         return;
     }
     let _ = down.set_nodelay(true);
+    let (down, tls) = match terminate {
+        None => (Stream::Plain(down), None),
+        Some((contexts, hello)) => {
+            let timeout = config.tls.handshake_timeout;
+            match Box::pin(Stream::accept_tls(down, contexts.server_config(), timeout)).await {
+                Ok(s) => {
+                    let info = downstream_tls(shard, &s, &contexts, hello.sni);
+                    (s, Some(Rc::new(info)))
+                }
+                Err((e, _tcp)) => {
+                    let reason = match &e {
+                        HandshakeError::Tls(e) => crate::tls::classify(e).as_str(),
+                        HandshakeError::Timeout(_) => "handshake_timeout",
+                        HandshakeError::Io(_) => "connection_error",
+                    };
+                    shard.count_tls("downstream", "failure", reason);
+                    debug!(?peer, error = %e, reason, "inbound mTLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
     if http {
         let fallback = match &plan.target {
             Target::Addr(dst) => crate::l7::Fallback::Passthrough {
@@ -250,10 +328,12 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             fallback,
             forwarding: plan.forwarding,
             tunnel_idle_timeout: plan.idle_timeout,
+            tls,
+            inbound_dst,
         };
         // Boxed: the L7 state machine is large, and inlined it would make every
         // connection's task (L4 ones too) that large.
-        Box::pin(crate::l7::serve(shard, down.into(), snapshot.clone(), ctx)).await;
+        Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
         let micros = started.elapsed().as_micros() as u64;
         shard
             .histograms
@@ -263,7 +343,27 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         return;
     }
     let mut down = down;
-    let (mut up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
+    // Authorization on an L4 connection: the policies' TCP view (HTTP-only
+    // fields handled as Istio does), once, before connecting.
+    if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
+        let tls = tls.as_deref();
+        let input = crate::policy::authz::AuthzInput {
+            source_principal: tls.and_then(|t| t.peer_uri.as_deref()),
+            source_ip: peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+            destination_ip: dst.ip(),
+            destination_port: dst.port(),
+            sni: tls.and_then(|t| t.sni.as_deref()),
+            http: None,
+        };
+        let verdict = config.authorization.evaluate(&input);
+        if let Some(policy) = crate::l7::decided(shard, &verdict) {
+            CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
+            debug!(?peer, %policy, "connection denied by an authorization policy");
+            log("RBAC", None, 0, 0);
+            return;
+        }
+    }
+    let (up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
         Ok(up) => up,
         Err(e) => {
             // Tell the client the way a closed port would: a reset.
@@ -273,7 +373,45 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         }
     };
     let upstream_addr = up.peer_addr().ok();
-    let report = l4::forward(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
+    // TLS toward a cluster with `tls`, or an outbound mesh destination.
+    let secure = match (&plan.target, origin) {
+        (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
+            c.tls.as_ref().map(|t| {
+                let o = shard
+                    .upstreams
+                    .tls
+                    .for_cluster(&c.name, t, &shard.tls, false);
+                (o, tls::is_mesh(t), c.name.clone())
+            })
+        }),
+        (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
+            let o = shard.upstreams.tls.for_mesh(d, &shard.tls, false);
+            (o, true, a.ip().to_string())
+        }),
+        _ => None,
+    };
+    let mut up = match secure {
+        None => Stream::Plain(up),
+        Some((o, mesh, host)) => {
+            let r = match o {
+                Ok(o) => {
+                    let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let timeout = config.tls.handshake_timeout;
+                    Box::pin(tls::originate(up, &o, mesh, &host, addr, timeout)).await
+                }
+                Err(e) => Err(e),
+            };
+            match shard.upstream_handshake(r) {
+                Some(s) => s,
+                None => {
+                    socket::set_linger_zero(fd);
+                    log("UF", upstream_addr, 0, 0);
+                    return;
+                }
+            }
+        }
+    };
+    let report = l4::forward_streams(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
     let s = &shard.stats;
     s.bytes_upstream
         .set(s.bytes_upstream.get() + report.bytes_up);
@@ -301,6 +439,155 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
     };
     log(flags, upstream_addr, report.bytes_up, report.bytes_down);
     debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+}
+
+/// ALPN values that send a terminated connection down the HTTP/1 path:
+/// Istio's (`istio-http/1.0`, `istio-http/1.1`, which its inbound matches
+/// for the HTTP filter chain) and plain `http/1.1` from non-mesh mTLS
+/// clients. `istio-h2` / `h2` stay L4 until HTTP/2 lands.
+const HTTP1_ALPN: [&[u8]; 3] = [b"istio-http/1.1", b"istio-http/1.0", b"http/1.1"];
+
+/// ALPN values by which Istio's sidecars mark mesh mTLS
+/// (`istio-peer-exchange`, `istio` for TCP, `istio-http/*`, `istio-h2`).
+fn is_istio_alpn(p: &[u8]) -> bool {
+    p.starts_with(b"istio")
+}
+
+/// Which inbound filter chain a connection takes (Istio's virtualInbound:
+/// chains matched on transport protocol and ALPN, per PeerAuthentication).
+enum Chain {
+    /// Not TLS, or mTLS off here: the plaintext path.
+    Plain,
+    /// TLS that is not Istio mTLS, on a PERMISSIVE port: forwarded untouched.
+    Passthrough,
+    /// Terminate with the workload certificate.
+    Terminate {
+        contexts: std::sync::Arc<crate::tls::Contexts>,
+        hello: ClientHello,
+    },
+    /// STRICT and not TLS (or unreadable TLS): closed, never forwarded.
+    Refuse(&'static str),
+}
+
+/// Picks the chain for an inbound connection to `port` from the mode in
+/// force there and what the ClientHello says.
+async fn inbound_chain(
+    shard: &Shard,
+    config: &Config,
+    port: u16,
+    down: &TcpStream,
+    detect_timeout: Duration,
+) -> Chain {
+    let mode = config.peer_authentication.mode_for_port(port);
+    if mode == MtlsMode::Disable {
+        return Chain::Plain;
+    }
+    // PERMISSIVE without certificates is plaintext only (validation
+    // refuses STRICT without them).
+    let Some(contexts) = shard.tls.load() else {
+        return match mode {
+            MtlsMode::Strict => Chain::Refuse("no workload certificate loaded"),
+            _ => Chain::Plain,
+        };
+    };
+    // A TLS client speaks first, so STRICT may wait as long as a handshake
+    // may take; PERMISSIVE waits only the detection window, so that the
+    // banner of a server-first protocol still flows.
+    let window = match mode {
+        MtlsMode::Strict => config.tls.handshake_timeout,
+        _ => detect_timeout,
+    };
+    match peek_hello(down, window).await {
+        Inspect::Hello(hello) => {
+            if mode == MtlsMode::Strict || hello.alpn.iter().any(is_istio_alpn) {
+                Chain::Terminate { contexts, hello }
+            } else {
+                Chain::Passthrough
+            }
+        }
+        _ if mode == MtlsMode::Strict => Chain::Refuse("not a TLS ClientHello"),
+        // Envoy's tls_inspector on a broken hello: no transport protocol
+        // detected, so the plaintext chains, which forward it as bytes.
+        Inspect::Invalid(why) => {
+            debug!(
+                why,
+                "malformed ClientHello on a PERMISSIVE port: forwarded as bytes"
+            );
+            Chain::Passthrough
+        }
+        _ => Chain::Plain,
+    }
+}
+
+/// Peeks (without consuming) until the bytes are a whole ClientHello, not
+/// TLS, or malformed, or `window` passes (`NeedMore` then).
+async fn peek_hello(down: &TcpStream, window: Duration) -> Inspect {
+    let deadline = Instant::now() + window;
+    // Most connections decide on the first bytes; the 16 KiB buffer is
+    // allocated only for one that starts like TLS.
+    let mut first = [0u8; 8];
+    let n = match crate::deadline::until(Some(deadline), down.peek(&mut first)).await {
+        Some(Ok(n)) if n > 0 => n,
+        _ => return Inspect::NeedMore,
+    };
+    match hello::inspect(&first[..n]) {
+        Inspect::NeedMore => {}
+        other => return other,
+    }
+    let mut buf = vec![0u8; hello::MAX_CLIENT_HELLO];
+    loop {
+        let n = match crate::deadline::until(Some(deadline), down.peek(&mut buf)).await {
+            Some(Ok(n)) if n > 0 => n,
+            _ => return Inspect::NeedMore,
+        };
+        match hello::inspect(&buf[..n]) {
+            Inspect::NeedMore if Instant::now() < deadline => {
+                // A hello split across segments: the bytes stay readable, so
+                // peek would return at once; pause briefly instead of spinning.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Counts a finished inbound handshake and computes what the layers above
+/// need from it: the peer's SPIFFE ID and the X-Forwarded-Client-Cert element.
+fn downstream_tls(
+    shard: &Shard,
+    s: &Stream,
+    contexts: &crate::tls::Contexts,
+    sni: Option<String>,
+) -> DownstreamTls {
+    let Some(t) = s.tls() else {
+        return DownstreamTls::default();
+    };
+    let info = t.info();
+    shard.count_tls("downstream", "handshake", "");
+    shard.count_tls("downstream", "version", info.version);
+    shard.count_tls("downstream", "cipher", info.cipher);
+    if info.resumed {
+        shard.count_tls("downstream", "session_reused", "");
+    }
+    let (peer_uri, leaf) = t.with_state(|st| {
+        (
+            crate::tls::peer_uri_san(st),
+            st.peer_certificates().and_then(|c| c.first().cloned()),
+        )
+    });
+    let xfcc = leaf.map(|leaf| {
+        crate::tls::xfcc_element(
+            &contexts.identity().spiffe_id().to_string(),
+            &leaf,
+            peer_uri.as_deref(),
+        )
+    });
+    DownstreamTls {
+        info,
+        peer_uri,
+        sni,
+        xfcc,
+    }
 }
 
 /// Whether the listener's `connection_rate_limit` (if any) lets one more

@@ -16,6 +16,7 @@ use remora::admin::{self, AdminState, Role};
 use remora::config::{Config, ConfigHandle};
 use remora::reload::{Reloader, Trigger};
 use remora::runtime;
+use remora::tls::TlsStore;
 use remora::upstream::control::UpstreamControl;
 
 #[derive(Parser)]
@@ -120,8 +121,26 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
             return ExitCode::from(1);
         }
     };
+    // The workload certificate (mTLS): loaded and checked before any core
+    // starts, then watched for rotation by its own thread.
+    let tls = match &config.tls.cert_dir {
+        Some(dir) => match TlsStore::start(dir, &config.tls.trust_domain) {
+            Ok(store) => {
+                if let Some(c) = store.current() {
+                    info!(identity = %c.identity().spiffe_id(), serial = c.identity().serial(), "workload certificate loaded");
+                }
+                Some(Arc::new(store))
+            }
+            Err(e) => {
+                eprintln!("remora: [tls] cert_dir: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let tls_handle = tls.as_ref().map(|t| t.handle()).unwrap_or_default();
     let handle = Arc::new(ConfigHandle::new(config));
-    let proxy = match runtime::start(handle.clone(), upstream.view(), cores) {
+    let proxy = match runtime::start(handle.clone(), upstream.view(), tls_handle, cores) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             error!("{e}");
@@ -162,6 +181,7 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
             handle: handle.clone(),
             proxy: proxy.clone(),
             upstream: upstream.clone(),
+            tls: tls.clone(),
             reloader: reloader.clone(),
             set_log_level: Box::new(move |level: &str| {
                 let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;

@@ -26,6 +26,11 @@ pub struct ServerInfo {
     pub uptime_s: u64,
     pub startup_ms: f64,
     pub draining: bool,
+    /// Workload certificate rotations taken and rejected (`[tls]` only).
+    pub tls_rotations_ok: u64,
+    pub tls_rotations_failed: u64,
+    /// Days until the workload certificate expires (`[tls]` only).
+    pub tls_days_until_expiry: Option<i64>,
 }
 
 /// Prometheus histogram bucket bounds in milliseconds (Envoy's defaults).
@@ -53,12 +58,47 @@ pub fn stats_text(total: &CoreReport, info: &ServerInfo) -> String {
     for (flag, n) in &total.response_flags {
         let _ = writeln!(out, "response_flags.{flag}: {n}");
     }
+    // Envoy's names: listener.ssl.* for what the inbound side terminated,
+    // cluster.ssl.* for what Remora originated.
+    for ((side, kind, value), n) in &total.tls {
+        let prefix = if *side == "downstream" {
+            "listener"
+        } else {
+            "cluster"
+        };
+        match *kind {
+            "failure" => {
+                let _ = writeln!(out, "{prefix}.ssl.{value}: {n}");
+            }
+            "version" => {
+                let _ = writeln!(out, "{prefix}.ssl.versions.{value}: {n}");
+            }
+            "cipher" => {
+                let _ = writeln!(out, "{prefix}.ssl.ciphers.{value}: {n}");
+            }
+            _ => {
+                let _ = writeln!(out, "{prefix}.ssl.{kind}: {n}");
+            }
+        }
+    }
+    for ((policy, result), n) in &total.rbac {
+        let _ = writeln!(out, "rbac.policy.{policy}.{result}: {n}");
+    }
     let _ = writeln!(out, "server.config_version: {}", info.config_version);
     let _ = writeln!(out, "server.reloads_ok: {}", info.reloads_ok);
     let _ = writeln!(out, "server.reloads_failed: {}", info.reloads_failed);
     let _ = writeln!(out, "server.concurrency: {}", info.cores);
     let _ = writeln!(out, "server.uptime: {}", info.uptime_s);
     let _ = writeln!(out, "server.startup_ms: {:.3}", info.startup_ms);
+    if let Some(days) = info.tls_days_until_expiry {
+        let _ = writeln!(out, "server.days_until_first_cert_expiring: {days}");
+        let _ = writeln!(out, "server.tls_rotations_ok: {}", info.tls_rotations_ok);
+        let _ = writeln!(
+            out,
+            "server.tls_rotations_failed: {}",
+            info.tls_rotations_failed
+        );
+    }
     let _ = writeln!(
         out,
         "server.state: {}",
@@ -217,6 +257,21 @@ pub fn prometheus(
         ("server_uptime_seconds", info.uptime_s as f64, "gauge"),
         ("server_startup_ms", info.startup_ms, "gauge"),
         (
+            "server_tls_rotations_ok_total",
+            info.tls_rotations_ok as f64,
+            "counter",
+        ),
+        (
+            "server_tls_rotations_failed_total",
+            info.tls_rotations_failed as f64,
+            "counter",
+        ),
+        (
+            "server_days_until_first_cert_expiring",
+            info.tls_days_until_expiry.unwrap_or(0) as f64,
+            "gauge",
+        ),
+        (
             "server_draining",
             if info.draining { 1.0 } else { 0.0 },
             "gauge",
@@ -235,6 +290,21 @@ pub fn prometheus(
     let _ = writeln!(out, "# TYPE remora_response_flags counter");
     for (flag, n) in &total.response_flags {
         let _ = writeln!(out, "remora_response_flags_total{{flag=\"{flag}\"}} {n}");
+    }
+    let _ = writeln!(out, "# TYPE remora_tls_events counter");
+    for ((side, kind, value), n) in &total.tls {
+        let _ = writeln!(
+            out,
+            "remora_tls_events_total{{side=\"{side}\",kind=\"{kind}\",value=\"{value}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE remora_rbac_decisions counter");
+    for ((policy, result), n) in &total.rbac {
+        let _ = writeln!(
+            out,
+            "remora_rbac_decisions_total{{policy=\"{}\",result=\"{result}\"}} {n}",
+            escape(policy)
+        );
     }
     let views = cluster_endpoints(total, config, upstream);
     let mut families: Vec<(&str, &str, String)> = vec![

@@ -157,6 +157,7 @@ pub fn preflight() -> Result<(), StartError> {
 pub fn start(
     config: Arc<ConfigHandle>,
     upstream: UpstreamView,
+    tls: crate::tls::TlsHandle,
     cores: Option<usize>,
 ) -> Result<Proxy, StartError> {
     let began = Instant::now();
@@ -200,6 +201,7 @@ pub fn start(
             access_log,
             upstream: upstream.clone(),
             cores: n,
+            tls: tls.clone(),
         };
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| executor_error(id, e.to_string()))?;

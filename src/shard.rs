@@ -76,8 +76,15 @@ pub struct Shard {
     pub access_log: Option<CoreLog>,
     /// Counts by Envoy response flag (names are static: the set is bounded).
     response_flags: RefCell<HashMap<&'static str, u64>>,
+    /// TLS events (see [`crate::stats::TlsStat`]).
+    tls_stats: RefCell<HashMap<crate::stats::TlsStat, u64>>,
+    /// Authorization decisions by policy name: allowed, denied, audited.
+    rbac_stats: RefCell<HashMap<String, [u64; 3]>>,
     /// How many cores run (per-core shares of cluster-wide limits).
     pub cores: usize,
+    /// The workload certificate's TLS contexts, loaded per handshake
+    /// (empty without `[tls] cert_dir`).
+    pub tls: crate::tls::TlsHandle,
     /// Clusters, endpoints and the keep-alive pool, as this core sees them.
     pub upstreams: Upstreams,
     /// X-Request-Id generator (L7).
@@ -126,6 +133,8 @@ pub struct ShardSpec {
     pub upstream: UpstreamView,
     /// How many cores run (per-core shares of cluster-wide limits).
     pub cores: usize,
+    /// The workload certificate's TLS contexts (empty without `[tls]`).
+    pub tls: crate::tls::TlsHandle,
 }
 
 /// Commands to a shard, sent over its control socket as 9-byte frames
@@ -192,12 +201,15 @@ impl Shard {
             stopping: Semaphore::new(0),
             access_log: spec.access_log.take(),
             response_flags: RefCell::new(HashMap::new()),
+            tls_stats: RefCell::new(HashMap::new()),
+            rbac_stats: RefCell::new(HashMap::new()),
             upstreams: Upstreams::new(
                 spec.upstream.clone(),
                 Locality::parse(&spec.config.current().config.runtime.locality),
                 seed,
             ),
             cores: spec.cores,
+            tls: spec.tls.clone(),
             request_ids: RequestIdGenerator::new(),
             rng: Cell::new(seed | (1 + spec.id as u64)),
             buckets: RefCell::default(),
@@ -239,6 +251,55 @@ impl Shard {
     /// Counts one occurrence of an Envoy response flag.
     pub(crate) fn count_flag(&self, flag: &'static str) {
         *self.response_flags.borrow_mut().entry(flag).or_default() += 1;
+    }
+
+    /// Counts one TLS event (see [`crate::stats::TlsStat`]).
+    pub(crate) fn count_tls(&self, side: &'static str, kind: &'static str, value: &'static str) {
+        *self
+            .tls_stats
+            .borrow_mut()
+            .entry((side, kind, value))
+            .or_default() += 1;
+    }
+
+    /// Counts an upstream TLS handshake's outcome; the stream if it succeeded.
+    pub(crate) fn upstream_handshake(
+        &self,
+        r: Result<
+            (crate::net::Stream, crate::net::stream::TlsInfo),
+            crate::upstream::tls::OriginateError,
+        >,
+    ) -> Option<crate::net::Stream> {
+        match r {
+            Ok((s, info)) => {
+                self.count_tls("upstream", "handshake", "");
+                self.count_tls("upstream", "version", info.version);
+                self.count_tls("upstream", "cipher", info.cipher);
+                if info.resumed {
+                    self.count_tls("upstream", "session_reused", "");
+                }
+                Some(s)
+            }
+            Err(e) => {
+                self.count_tls("upstream", "failure", e.reason());
+                tracing::debug!(error = %e, "upstream TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Counts one authorization decision of `policy`.
+    pub(crate) fn count_rbac(&self, policy: &str, result: RbacResult) {
+        let mut m = self.rbac_stats.borrow_mut();
+        // Look up before inserting: the name is copied once per policy.
+        match m.get_mut(policy) {
+            Some(n) => n[result as usize] += 1,
+            None => {
+                let mut n = [0; 3];
+                n[result as usize] = 1;
+                m.insert(policy.to_string(), n);
+            }
+        }
     }
 
     pub(crate) fn start_drain(&self) {
@@ -288,6 +349,44 @@ impl Shard {
                 .iter()
                 .map(|(f, n)| (*f, *n))
                 .collect(),
+            tls: self
+                .tls_stats
+                .borrow()
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect(),
+            rbac: self
+                .rbac_stats
+                .borrow()
+                .iter()
+                .flat_map(|(p, n)| {
+                    RbacResult::ALL
+                        .iter()
+                        .filter(|r| n[**r as usize] > 0)
+                        .map(|r| ((p.clone(), r.as_str()), n[*r as usize]))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An authorization decision, as counted per policy (Envoy's rbac filter
+/// stats: `allowed`, `denied`, and `shadow_*` for AUDIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RbacResult {
+    Allowed = 0,
+    Denied = 1,
+    Audited = 2,
+}
+
+impl RbacResult {
+    const ALL: [RbacResult; 3] = [RbacResult::Allowed, RbacResult::Denied, RbacResult::Audited];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RbacResult::Allowed => "allowed",
+            RbacResult::Denied => "denied",
+            RbacResult::Audited => "audited",
         }
     }
 }

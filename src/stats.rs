@@ -89,6 +89,10 @@ counters! {
     downstream_cx_lingering_close,
     /// Requests answered 429 by a route's or virtual host's local rate limit (flag RL).
     rq_rate_limited,
+    /// Requests denied by an authorization policy (403, flag RBAC).
+    rq_rbac_denied,
+    /// Inbound connections closed by an authorization policy (L4).
+    downstream_cx_rbac_denied,
     /// Requests delayed by fault injection (flag DI).
     rq_fault_delay,
     /// Requests answered by fault injection instead of the upstream (flag FI).
@@ -223,7 +227,19 @@ pub struct CoreReport {
     pub response_flags: BTreeMap<&'static str, u64>,
     /// Per configured cluster this core has used.
     pub clusters: BTreeMap<String, ClusterReport>,
+    /// TLS events by (side, kind, value): see [`TlsStat`].
+    pub tls: BTreeMap<TlsStat, u64>,
+    /// Authorization decisions by (policy name, result): `allowed`,
+    /// `denied`, `audited` (Envoy's rbac `allowed`/`denied`/`shadow_*`).
+    pub rbac: BTreeMap<(String, &'static str), u64>,
 }
+
+/// A TLS counter's key: side (`downstream`/`upstream`), kind (`handshake`,
+/// `session_reused`, `failure`, `version`, `cipher`, `plaintext_refused`,
+/// `passthrough`) and a value for the labelled kinds (the failure reason,
+/// `TLSv1.3`, the cipher suite), empty otherwise. All static: the set is
+/// bounded, and counting never allocates.
+pub type TlsStat = (&'static str, &'static str, &'static str);
 
 impl CoreReport {
     pub fn add(&mut self, o: &CoreReport) {
@@ -240,6 +256,12 @@ impl CoreReport {
         }
         for (name, c) in &o.clusters {
             self.clusters.entry(name.clone()).or_default().add(c);
+        }
+        for (k, n) in &o.tls {
+            *self.tls.entry(*k).or_default() += n;
+        }
+        for (k, n) in &o.rbac {
+            *self.rbac.entry(k.clone()).or_default() += n;
         }
     }
 }

@@ -50,3 +50,303 @@ fn test_pki_chains_verify_with_openssl() {
         assert!(!verify(&foreign).status.success());
     }
 }
+
+// ───────────────────────── two Remora sidecars, mTLS between them ─────────────────────────
+
+use common::http::{Backend, Client};
+use common::{free_port, Remora};
+use std::time::{Duration, Instant};
+
+const CLIENT_SA: &str = "spiffe://cluster.local/ns/default/sa/client";
+const SERVER_SA: &str = "spiffe://cluster.local/ns/default/sa/server";
+
+/// The workload identities of a two-pod test: one PKI, a cert dir per pod.
+struct Pods {
+    dir: TempDir,
+    pki: Pki,
+}
+
+impl Pods {
+    fn new(tag: &str) -> Pods {
+        let dir = TempDir::new(tag);
+        let pki = Pki::new("mesh");
+        pki.workload(CLIENT_SA).write_istio_dir(&dir.0.join("a"));
+        pki.workload(SERVER_SA).write_istio_dir(&dir.0.join("b"));
+        Pods { dir, pki }
+    }
+    fn certs(&self, pod: &str) -> String {
+        self.dir.0.join(pod).display().to_string()
+    }
+}
+
+/// GET `path` on an admin port; the body.
+fn admin(port: u16, path: &str) -> String {
+    let mut c = Client::new(port);
+    let r = c.request(&format!(
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    ));
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// One `name: value` line of /stats (0 when absent).
+fn stat(port: u16, name: &str) -> u64 {
+    admin(port, "/stats")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn admin_toml(port: u16) -> String {
+    format!("[admin]\naddress = \"127.0.0.1:{port}\"\nprometheus_address = \"\"\nreadiness_address = \"\"\nwatch_config = false\n")
+}
+
+/// Pod B's sidecar: an inbound listener (Istio's Sidecar ingress listener)
+/// in front of `app`, with the given PeerAuthentication mode and extra TOML.
+fn inbound_sidecar(
+    pods: &Pods,
+    port: u16,
+    admin_port: u16,
+    app: &Backend,
+    mode: &str,
+    extra: &str,
+) -> Remora {
+    Remora::start(
+        &format!(
+            "[capture]\nenabled = false\n{}[tls]\ncert_dir = \"{}\"\n[peer_authentication]\nmode = \"{mode}\"\n\
+             [[cluster]]\nname = \"app\"\nendpoints = [\"{}\"]\n\
+             [[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:{port}\"\ncluster = \"app\"\nprotocol = \"auto\"\ndirection = \"inbound\"\n\
+             [[virtual_host]]\nname = \"app\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"app\"\n{extra}",
+            admin_toml(admin_port),
+            pods.certs("b"),
+            app.addr,
+        ),
+        &["--cores", "1"],
+    )
+}
+
+/// Pod A's sidecar: an outbound listener whose cluster is pod B's inbound,
+/// reached with ISTIO_MUTUAL expecting `sans`.
+fn outbound_sidecar(pods: &Pods, port: u16, admin_port: u16, b_port: u16, sans: &str) -> Remora {
+    Remora::start(
+        &format!(
+            "[capture]\nenabled = false\n{}[tls]\ncert_dir = \"{}\"\n\
+             [[cluster]]\nname = \"reviews.default.svc.cluster.local\"\nendpoints = [\"127.0.0.1:{b_port}\"]\n\
+             tls = {{ mode = \"ISTIO_MUTUAL\", subject_alt_names = [{sans}] }}\n\
+             [[listener]]\nname = \"outbound\"\naddress = \"127.0.0.1:{port}\"\ncluster = \"reviews.default.svc.cluster.local\"\nprotocol = \"http\"\n\
+             [[virtual_host]]\nname = \"reviews\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"reviews.default.svc.cluster.local\"\n",
+            admin_toml(admin_port),
+            pods.certs("a"),
+        ),
+        &["--cores", "1"],
+    )
+}
+
+/// The whole path: a plaintext client → pod A's sidecar → mTLS (ISTIO_MUTUAL,
+/// Istio's SNI and ALPN) → pod B's sidecar (STRICT) → the plaintext app,
+/// which sees the client's verified identity in X-Forwarded-Client-Cert and
+/// not the header the client tried to forge. Keep-alive requests reuse one
+/// mTLS connection; both sides count the handshake.
+#[test]
+fn two_sidecars_speak_mtls_and_the_app_sees_the_client_identity() {
+    let pods = Pods::new("mtls-pair");
+    let app = Backend::start("app");
+    let (a_port, b_port, a_admin, b_admin) = (free_port(), free_port(), free_port(), free_port());
+    let _b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    let _a = outbound_sidecar(&pods, a_port, a_admin, b_port, &format!("\"{SERVER_SA}\""));
+    let mut c = Client::new(a_port);
+    for i in 0..5 {
+        let r = c.request(&format!(
+            "GET /r/{i} HTTP/1.1\r\nHost: reviews\r\nX-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/evil/sa/forged\r\n\r\n"
+        ));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let last = app.last();
+    let xfcc = last["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no XFCC at the app: {last}"))
+        .to_string();
+    assert!(xfcc.starts_with(&format!("By={SERVER_SA};Hash=")), "{xfcc}");
+    assert!(xfcc.ends_with(&format!(";URI={CLIENT_SA}")), "{xfcc}");
+    assert!(
+        !xfcc.contains("forged"),
+        "a forged XFCC reached the app: {xfcc}"
+    );
+    assert_eq!(
+        stat(b_admin, "listener.ssl.handshake"),
+        1,
+        "one mTLS connection, reused"
+    );
+    assert_eq!(stat(a_admin, "cluster.ssl.handshake"), 1);
+    assert_eq!(stat(b_admin, "listener.ssl.versions.TLSv1.3"), 1);
+    let _ = &pods.pki;
+}
+
+/// STRICT: plaintext is closed unanswered and counted, the app sees nothing.
+/// PERMISSIVE on the same listener (a reload would do; here a second
+/// sidecar): plaintext is served, and a forged XFCC is removed.
+#[test]
+fn strict_refuses_plaintext_and_permissive_serves_it() {
+    let pods = Pods::new("mtls-modes");
+    let app = Backend::start("app");
+    let (b_port, b_admin) = (free_port(), free_port());
+    let b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", b_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    use std::io::{Read, Write};
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "STRICT answered plaintext: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(app.count(), 0);
+    assert_eq!(stat(b_admin, "listener.ssl.plaintext_refused"), 1);
+    drop(b);
+
+    let (p_port, p_admin) = (free_port(), free_port());
+    let _p = inbound_sidecar(&pods, p_port, p_admin, &app, "PERMISSIVE", "");
+    let mut c = Client::new(p_port);
+    let r = c.request("GET /plain HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: URI=spiffe://x/ns/evil/sa/forged\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let last = app.last();
+    assert_eq!(last["path"], "/plain");
+    assert!(
+        last["headers"]["x-forwarded-client-cert"].is_null(),
+        "{last}"
+    );
+}
+
+/// The outbound side verifies the server's SPIFFE ID: a wrong expected SAN
+/// fails the handshake (503 UF to the client, `fail_verify_san` counted),
+/// and nothing reaches the app.
+#[test]
+fn a_server_with_an_unexpected_identity_is_refused() {
+    let pods = Pods::new("mtls-san");
+    let app = Backend::start("app");
+    let (a_port, b_port, a_admin, b_admin) = (free_port(), free_port(), free_port(), free_port());
+    let _b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    let _a = outbound_sidecar(
+        &pods,
+        a_port,
+        a_admin,
+        b_port,
+        "\"spiffe://cluster.local/ns/default/sa/someone-else\"",
+    );
+    let mut c = Client::new(a_port);
+    let r = c.request("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(app.count(), 0);
+    assert!(stat(a_admin, "cluster.ssl.fail_verify_san") >= 1);
+}
+
+/// Real TLS clients against the inbound side: openssl s_client with the
+/// client's certificate completes mTLS (TLS 1.3, Istio's ALPN read from the
+/// hello); without a certificate, or with one from another root, the
+/// handshake fails, is counted by reason, and nothing is forwarded.
+#[test]
+fn openssl_and_curl_clients_against_the_inbound_side() {
+    let pods = Pods::new("mtls-openssl");
+    let app = Backend::start("app");
+    let (b_port, b_admin) = (free_port(), free_port());
+    let _b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    let (chain, key, root) = pods
+        .pki
+        .workload(CLIENT_SA)
+        .write_files(&pods.dir.0, "client");
+    let foreign = Pki::new("other").workload(CLIENT_SA);
+    let (f_chain, f_key, _) = foreign.write_files(&pods.dir.0, "foreign");
+
+    // curl with a client certificate: HTTP/1.1 over mTLS, XFCC at the app.
+    let url = format!("https://127.0.0.1:{b_port}/curl");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(&root)
+        .arg("--cert")
+        .arg(&chain)
+        .arg("--key")
+        .arg(&key)
+        // The server's certificate names a SPIFFE ID, not a host.
+        .arg("--insecure")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = app.last();
+    assert_eq!(last["path"], "/curl");
+    assert!(last["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap()
+        .contains(CLIENT_SA));
+
+    let s_client = |cert: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{b_port}"),
+            "-alpn",
+            "istio-http/1.1",
+        ]);
+        if let Some((c, k)) = cert {
+            // -cert sends only the leaf; -cert_chain adds the intermediate.
+            cmd.arg("-cert")
+                .arg(c)
+                .arg("-cert_chain")
+                .arg(c)
+                .arg("-key")
+                .arg(k);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin
+                .write_all(b"GET /s_client HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+            // Let the response arrive before stdin's EOF makes s_client quit.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let ok = s_client(Some((&chain, &key)));
+    assert!(ok.contains("TLSv1.3"), "{ok}");
+    assert!(ok.contains("HTTP/1.1 200"), "{ok}");
+    let before = app.count();
+    let _ = s_client(None);
+    let _ = s_client(Some((&f_chain, &f_key)));
+    assert_eq!(app.count(), before, "a failed handshake reached the app");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(b_admin, "listener.ssl.fail_verify_no_cert") < 1
+        || stat(b_admin, "listener.ssl.fail_verify_error") < 1
+    {
+        assert!(Instant::now() < deadline, "{}", admin(b_admin, "/stats"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

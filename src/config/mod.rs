@@ -230,6 +230,20 @@ pub struct Listener {
     /// (`policy::ratelimit::TokenBucket::for_core`).
     #[serde(serialize_with = "ser_token_bucket")]
     pub connection_rate_limit: Option<TokenBucketConfig>,
+    /// `inbound`: the workload's own side, like an Istio `Sidecar` ingress
+    /// listener (Envoy's `traffic_direction: INBOUND`): PeerAuthentication
+    /// (mTLS termination, STRICT), AuthorizationPolicy and
+    /// X-Forwarded-Client-Cert apply as on the inbound capture port.
+    /// `outbound` (default): none of them.
+    pub direction: Direction,
+}
+
+/// Which side of the workload a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
 }
 
 /// The operator-facing HTTP endpoints (Envoy's and Istio's ports by default).
@@ -287,6 +301,11 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "authority",
     "user_agent",
     "x_forwarded_for",
+    "downstream_peer_uri_san",
+    "downstream_tls_version",
+    "downstream_tls_cipher",
+    "requested_server_name",
+    "authz_policy",
 ];
 
 /// A fully validated configuration.
@@ -882,6 +901,20 @@ impl Validator<'_> {
             })
             .ok()
         });
+        let direction = match raw.direction {
+            None => Direction::Outbound,
+            Some(d) => match d.get_ref().as_str() {
+                "outbound" => Direction::Outbound,
+                "inbound" => Direction::Inbound,
+                other => {
+                    self.error(
+                        Some(d.span()),
+                        format!("listener `{name}`: direction `{other}` is not one of \"outbound\", \"inbound\""),
+                    );
+                    Direction::Outbound
+                }
+            },
+        };
         Some(Listener {
             name,
             address,
@@ -890,6 +923,7 @@ impl Validator<'_> {
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
             protocol: self.protocol(raw.protocol, Protocol::Tcp),
             connection_rate_limit,
+            direction,
         })
     }
 

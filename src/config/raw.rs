@@ -110,6 +110,8 @@ pub struct RawListener {
     pub protocol: Option<Spanned<String>>,
     /// Accepted connections per fill interval (Envoy's network `local_ratelimit`).
     pub connection_rate_limit: Option<Spanned<RawTokenBucket>>,
+    /// "outbound" (default) or "inbound" (Envoy's `traffic_direction`).
+    pub direction: Option<Spanned<String>>,
 }
 
 /// Envoy's `TokenBucket` (`max_tokens` named `tokens`), validated by

@@ -30,6 +30,7 @@ use crate::policy::authz::{
 pub struct RawTls {
     pub cert_dir: Option<Spanned<String>>,
     pub trust_domain: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +157,11 @@ pub struct Tls {
     pub cert_dir: Option<PathBuf>,
     /// The SPIFFE trust domain of this mesh (Istio's `trustDomain`).
     pub trust_domain: String,
+    /// How long an inbound TLS handshake (and the wait for its ClientHello
+    /// on a STRICT port) may take: Envoy's listener
+    /// `transport_socket_connect_timeout`, which Istio sets to 15s.
+    #[serde(serialize_with = "crate::duration::ser_duration")]
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// Istio's file names inside `cert_dir`.
@@ -166,6 +172,7 @@ impl Default for Tls {
         Tls {
             cert_dir: None,
             trust_domain: "cluster.local".into(),
+            handshake_timeout: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -345,6 +352,7 @@ const CLUSTER_TLS_MODES: [(&str, Option<ClusterTlsMode>); 4] = [
 impl Validator<'_> {
     pub(super) fn tls(&mut self, raw: RawTls) -> Tls {
         let mut tls = Tls::default();
+        tls.handshake_timeout = self.duration_or(raw.handshake_timeout, tls.handshake_timeout);
         if let Some(td) = raw.trust_domain {
             // SPIFFE ID spec §2.1: lower-case letters, digits, '.', '-', '_'.
             let ok = !td.get_ref().is_empty()
@@ -1109,7 +1117,8 @@ mod tests {
             c.tls,
             Tls {
                 cert_dir: None,
-                trust_domain: "cluster.local".into()
+                trust_domain: "cluster.local".into(),
+                handshake_timeout: std::time::Duration::from_secs(15),
             }
         );
         assert_eq!(c.peer_authentication.mode, MtlsMode::Permissive);

@@ -106,6 +106,12 @@ pub struct RequestRewrite<'a> {
     pub forwarded_proto: Option<&'a str>,
     /// Generates X-Request-Id when the request has none.
     pub request_id: Option<&'a RequestIdGenerator>,
+    /// X-Forwarded-Client-Cert: `None` drops what the client sent (Envoy's
+    /// default `SANITIZE`: a header naming an identity must come from a proxy
+    /// that verified it); `Some(element)` appends this connection's verified
+    /// client certificate (`By=..;Hash=..;URI=..`) to it, as Istio's inbound
+    /// sidecar does (`APPEND_FORWARD`, mTLS connections only).
+    pub client_cert: Option<&'a str>,
     pub ops: Option<&'a HeaderOps>,
     /// The framing of the body as it will be sent upstream.
     pub framing: BodyFraming,
@@ -122,6 +128,7 @@ impl<'a> RequestRewrite<'a> {
             client_addr: None,
             forwarded_proto: None,
             request_id: None,
+            client_cert: None,
             ops: None,
             framing: req.head.framing,
             upgrade: req.head.upgrade.is_some(),
@@ -175,6 +182,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
             || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
             || (rw.client_addr.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-for"))
             || (rw.forwarded_proto.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+            || name.eq_ignore_ascii_case(b"x-forwarded-client-cert")
             || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
             || ops.is_some_and(|o| o.drops(name))
         {
@@ -199,6 +207,18 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     }
     if let Some(proto) = rw.forwarded_proto {
         push_header(out, b"x-forwarded-proto", proto.as_bytes());
+    }
+    if let Some(element) = rw.client_cert {
+        // One comma-separated list, earlier hops first (Envoy's XFCC).
+        out.extend_from_slice(b"x-forwarded-client-cert: ");
+        for v in headers.get_all(b"x-forwarded-client-cert") {
+            if !v.is_empty() {
+                out.extend_from_slice(v);
+                out.push(b',');
+            }
+        }
+        out.extend_from_slice(element.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     let mut generated_request_id = None;
     if let Some(generator) = rw.request_id {
@@ -613,6 +633,31 @@ mod tests {
         assert_eq!(
             text(&out),
             "GET / HTTP/1.1\r\nhost: a\r\nX-Request-Id: abc\r\n\r\n"
+        );
+    }
+
+    /// A client-sent X-Forwarded-Client-Cert never reaches the app as sent:
+    /// dropped on a connection without a verified client certificate
+    /// (spoofed identity), and on an mTLS connection kept with this hop's
+    /// element appended (Envoy's APPEND_FORWARD, as Istio's inbound sets it).
+    #[test]
+    fn client_cert_header_is_sanitized_or_appended() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert: URI=spiffe://evil/ns/x/sa/y\r\nx-forwarded-client-cert: By=b\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let mut out = Vec::new();
+        write_request(&view, &RequestRewrite::passthrough(&view), &mut out);
+        assert_eq!(text(&out), "GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        out.clear();
+        let rw = RequestRewrite {
+            client_cert: Some("By=spiffe://td/ns/a/sa/s;Hash=ab;URI=spiffe://td/ns/b/sa/c"),
+            ..RequestRewrite::passthrough(&view)
+        };
+        write_request(&view, &rw, &mut out);
+        assert_eq!(
+            text(&out),
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-client-cert: URI=spiffe://evil/ns/x/sa/y,By=b,\
+             By=spiffe://td/ns/a/sa/s;Hash=ab;URI=spiffe://td/ns/b/sa/c\r\n\r\n"
         );
     }
 

@@ -151,6 +151,12 @@ pub async fn forward_streams(
     if let (Stream::Plain(d), Stream::Plain(u)) = (&mut *down, &mut *up) {
         return forward(d, u, mode, idle_timeout).await;
     }
+    // Boxed: inline, the stream copy would make every L4 connection's task
+    // (plain ones too) as large as the larger of the two paths.
+    Box::pin(forward_tls(down, up, idle_timeout)).await
+}
+
+async fn forward_tls(down: &mut Stream, up: &mut Stream, idle_timeout: Duration) -> Report {
     let (down_fd, up_fd) = (down.as_raw_fd(), up.as_raw_fd());
     let (Ok(mut down_w), Ok(mut up_w)) = (down.writer(), up.writer()) else {
         return Report {

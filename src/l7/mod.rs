@@ -80,6 +80,9 @@ use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 
 use crate::net::Stream;
+use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
+use crate::shard::RbacResult;
+use crate::upstream::tls::{self, Origination};
 use tracing::debug;
 
 use crate::access_log;
@@ -117,7 +120,7 @@ const MAX_HEAD_BUF: usize = 64 * 1024 + 4096;
 
 /// Envoy's response flags (the subset this path can set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u16);
+pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
     /// Upstream connection failure.
@@ -155,8 +158,10 @@ impl ResponseFlags {
     pub const RL: ResponseFlags = ResponseFlags(1 << 14);
     /// Stream idle timeout: the request body stalled (408).
     pub const SI: ResponseFlags = ResponseFlags(1 << 15);
+    /// Denied by an authorization policy (Envoy's `RBAC`).
+    pub const RBAC: ResponseFlags = ResponseFlags(1 << 16);
 
-    const NAMES: [(ResponseFlags, &'static str); 16] = [
+    const NAMES: [(ResponseFlags, &'static str); 17] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -173,6 +178,7 @@ impl ResponseFlags {
         (Self::FI, "FI"),
         (Self::RL, "RL"),
         (Self::SI, "SI"),
+        (Self::RBAC, "RBAC"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -250,6 +256,10 @@ pub struct RequestLog {
     pub listener: Rc<str>,
     /// Upstream attempts made (0: answered locally).
     pub attempts: u32,
+    /// The connection's TLS facts (peer SPIFFE ID, version, cipher, SNI).
+    pub tls: Option<Rc<crate::net::DownstreamTls>>,
+    /// The authorization policy that denied or audited the request.
+    pub authz_policy: Option<std::sync::Arc<str>>,
 }
 
 /// The request id the upstream saw: the one generated for it, or the client's own.
@@ -286,6 +296,8 @@ impl RequestLog {
             downstream_local_address: ctx.local,
             listener: ctx.listener.clone(),
             attempts: 0,
+            tls: ctx.tls.clone(),
+            authz_policy: None,
         }
     }
 }
@@ -301,6 +313,11 @@ pub struct Context {
     /// For Upgrade / CONNECT tunnels.
     pub forwarding: Forwarding,
     pub tunnel_idle_timeout: Duration,
+    /// Set when TLS was terminated on this connection (inbound mTLS).
+    pub tls: Option<Rc<crate::net::DownstreamTls>>,
+    /// The original destination of an inbound (captured) connection: the
+    /// workload's own address, where authorization policies apply.
+    pub inbound_dst: Option<SocketAddr>,
 }
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
@@ -440,6 +457,17 @@ struct UpstreamRef<'c> {
     /// This core's share of the cluster's circuit breakers.
     limits: Option<&'c BreakerConfig>,
     connect_timeout: Duration,
+    /// How to secure a new connection (TLS clusters, mesh destinations).
+    tls: Option<&'c Secure>,
+    handshake_timeout: Duration,
+}
+
+/// TLS origination for one request's attempts: the settings, whether the
+/// peer is a mesh sidecar (Istio's SNI then), and the name it goes by.
+struct Secure {
+    origination: Rc<Origination>,
+    mesh: bool,
+    host: String,
 }
 
 fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps>> {
@@ -812,6 +840,23 @@ impl Conn<'_> {
         let wants_upgrade = self.head.upgrade.is_some() || view.is_connect();
         let expect_continue = self.head.expect_continue;
 
+        // Authorization (Istio's AuthorizationPolicy, inbound only), before
+        // routing, as Envoy's RBAC filter sits before the router.
+        if let Some(dst) = self.ctx.inbound_dst {
+            let policies = &snap.config.authorization;
+            if !policies.is_empty() {
+                let denied = authorize(self.shard, policies, &self.ctx, dst, &view);
+                if let Some(policy) = denied {
+                    self.log.flags.insert(ResponseFlags::RBAC);
+                    self.log.authz_policy = Some(policy);
+                    CoreStats::inc(&self.shard.stats.rq_rbac_denied);
+                    // The body (if any) was not read: the connection cannot be reused.
+                    let keep = keep_alive && framing == BodyFraming::None;
+                    return self.local(403, "RBAC: access denied", &[], keep).await;
+                }
+            }
+        }
+
         let planned = plan::plan(
             &snap.config,
             &view,
@@ -853,6 +898,7 @@ impl Conn<'_> {
                     client_addr: self.ctx.peer.map(|p| p.ip()),
                     forwarded_proto: Some("http"),
                     request_id: Some(&self.shard.request_ids),
+                    client_cert: self.ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
                     ops: strip_expect(ops, expect_continue).as_deref(),
                     framing,
                     upgrade: self.head.upgrade.is_some(),
@@ -1271,6 +1317,39 @@ impl Conn<'_> {
         // (Envoy's previous_hosts predicate, on unless the policy turns it off).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let avoid_tried = retry.is_none_or(|p| p.previous_hosts);
+        // TLS toward a cluster with `tls`, or a passthrough mesh destination.
+        let secure = match (target, cluster) {
+            (_, Some(c)) => c.tls.as_ref().map(|t| {
+                let o = self
+                    .shard
+                    .upstreams
+                    .tls
+                    .for_cluster(&c.name, t, &self.shard.tls, true);
+                (o, tls::is_mesh(t), c.name.clone())
+            }),
+            // Passthrough: outbound only (the inbound side talks to the local app).
+            (Target::Addr(a, _), None) if self.ctx.inbound_dst.is_none() => {
+                config.mesh_destination_for(a).map(|d| {
+                    let o = self.shard.upstreams.tls.for_mesh(d, &self.shard.tls, true);
+                    (o, true, a.ip().to_string())
+                })
+            }
+            _ => None,
+        };
+        let secure = match secure {
+            None => None,
+            Some((Ok(origination), mesh, host)) => Some(Secure {
+                origination,
+                mesh,
+                host,
+            }),
+            Some((Err(e), ..)) => {
+                self.shard.count_tls("upstream", "failure", e.reason());
+                tracing::warn!(error = %e, "cannot originate TLS");
+                return Err(Failure::Connect);
+            }
+        };
+        let tls_profile = secure.as_ref().map_or(0, |s| s.origination.profile);
         loop {
             let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
             let (ep, source, upstream) = match (target, cluster, &cstate) {
@@ -1286,7 +1365,11 @@ impl Conn<'_> {
                 }
                 _ => return Err(Failure::NoEndpoint),
             };
-            let key = (ep, source);
+            let key = pool::Key {
+                endpoint: ep,
+                source,
+                tls: tls_profile,
+            };
             self.log.upstream_host = Some(ep);
             self.log.attempts += 1;
             let pooled = if force_fresh {
@@ -1307,6 +1390,8 @@ impl Conn<'_> {
                 state: cstate.as_ref(),
                 limits: limits.as_ref(),
                 connect_timeout,
+                tls: secure.as_ref(),
+                handshake_timeout: config.tls.handshake_timeout,
             };
             let r = until(
                 try_deadline,
@@ -1527,7 +1612,7 @@ impl Conn<'_> {
     /// `max_connections` (held for the connection's life, pooled time
     /// included) and `max_pending_requests` (held while connecting).
     async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(Stream, pool::Lease), Failure> {
-        let (ep, source) = conn.key;
+        let (ep, source) = (conn.key.endpoint, conn.key.source);
         let (permit, _pending) = match (conn.cluster, conn.state, conn.limits) {
             (Some(c), Some(st), Some(l)) => (
                 Some(acquire(st, c, Resource::Connections, l)?),
@@ -1547,7 +1632,25 @@ impl Conn<'_> {
             )
             .await
             .map_err(|_| Failure::Connect)?;
-        Ok((stream.into(), pool::Lease { permit, uses: 0 }))
+        let stream = match conn.tls {
+            None => Stream::Plain(stream),
+            Some(sec) => {
+                let r = Box::pin(tls::originate(
+                    stream,
+                    &sec.origination,
+                    sec.mesh,
+                    &sec.host,
+                    ep,
+                    conn.handshake_timeout,
+                ))
+                .await;
+                match self.shard.upstream_handshake(r) {
+                    Some(s) => s,
+                    None => return Err(Failure::Connect),
+                }
+            }
+        };
+        Ok((stream, pool::Lease { permit, uses: 0 }))
     }
 
     /// Sends the response head and body to the client; returns the upstream
@@ -1741,6 +1844,85 @@ impl Conn<'_> {
     }
 }
 
+/// Evaluates the authorization policies for one request; counts the
+/// decision per policy. `Some(policy name)` when it is denied (the DENY
+/// policy that matched, or `"(no ALLOW policy matched)"`).
+fn authorize(
+    shard: &Shard,
+    policies: &AuthzPolicies,
+    ctx: &Context,
+    dst: SocketAddr,
+    view: &RequestView<'_>,
+) -> Option<std::sync::Arc<str>> {
+    let headers = view.headers();
+    // Repeated fields are seen joined with "," (Envoy's header matcher);
+    // joined copies are made only for names that repeat, which is rare.
+    let mut repeated: Vec<(&[u8], String)> = Vec::new();
+    for (i, (name, _)) in headers.iter().enumerate() {
+        let seen_before = headers
+            .iter()
+            .take(i)
+            .any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if !seen_before && headers.get_all(name).nth(1).is_some() {
+            let all: Vec<String> = headers
+                .get_all(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            repeated.push((name, all.join(",")));
+        }
+    }
+    let lookup = |name: &str| -> Option<&str> {
+        if let Some((_, v)) = repeated
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            return Some(v.as_str());
+        }
+        std::str::from_utf8(headers.get(name.as_bytes())?).ok()
+    };
+    let tls = ctx.tls.as_deref();
+    let input = AuthzInput {
+        source_principal: tls.and_then(|t| t.peer_uri.as_deref()),
+        source_ip: ctx
+            .peer
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+        sni: tls.and_then(|t| t.sni.as_deref()),
+        http: Some(HttpInput {
+            method: std::str::from_utf8(view.method()).unwrap_or(""),
+            path: std::str::from_utf8(view.path_and_query()).unwrap_or(""),
+            host: view.authority().and_then(|a| std::str::from_utf8(a).ok()),
+            headers: &lookup,
+        }),
+    };
+    let verdict = policies.evaluate(&input);
+    decided(shard, &verdict)
+}
+
+/// Counts a verdict per policy; the denying policy's name if it denies.
+pub(crate) fn decided(shard: &Shard, verdict: &authz::Verdict<'_>) -> Option<std::sync::Arc<str>> {
+    for p in &verdict.audited {
+        shard.count_rbac(&p.name, RbacResult::Audited);
+    }
+    match (verdict.allowed, verdict.policy) {
+        (true, Some(p)) => {
+            shard.count_rbac(&p.name, RbacResult::Allowed);
+            None
+        }
+        (true, None) => None,
+        (false, Some(p)) => {
+            shard.count_rbac(&p.name, RbacResult::Denied);
+            Some(std::sync::Arc::from(p.name.as_str()))
+        }
+        (false, None) => {
+            const NONE: &str = "(no ALLOW policy matched)";
+            shard.count_rbac(NONE, RbacResult::Denied);
+            Some(std::sync::Arc::from(NONE))
+        }
+    }
+}
+
 /// Reads and drops what `s` receives until EOF, an error, or `count` reaches
 /// `max` (give or take one buffer).
 async fn discard(s: &mut Stream, count: &Cell<u64>, max: u64) {
@@ -1825,6 +2007,11 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
             authority: Some(&log.authority),
             user_agent: log.user_agent.as_deref(),
             forwarded_for: log.forwarded_for.as_deref(),
+            peer_uri_san: log.tls.as_ref().and_then(|t| t.peer_uri.as_deref()),
+            tls_version: log.tls.as_ref().map(|t| t.info.version),
+            tls_cipher: log.tls.as_ref().map(|t| t.info.cipher),
+            requested_server_name: log.tls.as_ref().and_then(|t| t.sni.as_deref()),
+            authz_policy: log.authz_policy.as_deref(),
         });
     }
 }

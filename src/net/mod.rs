@@ -11,4 +11,4 @@ pub mod stream;
 pub mod uring;
 
 pub use orig_dst::original_dst;
-pub use stream::Stream;
+pub use stream::{DownstreamTls, Stream};

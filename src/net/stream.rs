@@ -78,6 +78,21 @@ pub struct TlsInfo {
     pub resumed: bool,
 }
 
+/// What a terminated downstream TLS connection tells the layers above:
+/// computed once per connection, shared by its requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownstreamTls {
+    pub info: TlsInfo,
+    /// The client's SPIFFE ID (`spiffe://td/ns/NS/sa/SA`), when it presented
+    /// a certificate that has one.
+    pub peer_uri: Option<String>,
+    /// The SNI the client asked for.
+    pub sni: Option<String>,
+    /// This connection's X-Forwarded-Client-Cert element
+    /// (`By=..;Hash=..;URI=..`), when the client presented a certificate.
+    pub xfcc: Option<String>,
+}
+
 /// Why a handshake did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {

@@ -19,15 +19,16 @@
 //! with the file and the reason; what is published is always usable.
 
 mod certs;
-pub mod hello;
 mod config;
 mod error;
 mod failure;
+pub mod hello;
 mod identity;
 mod spiffe;
 mod store;
 mod verify;
 mod x509;
+mod xfcc;
 
 pub use certs::certs_json;
 pub use config::{provider, ClientTls, Contexts};
@@ -38,3 +39,4 @@ pub use spiffe::{SpiffeError, SpiffeId};
 pub use store::{TlsHandle, TlsStatus, TlsStore, DEBOUNCE, SETTLE};
 pub use verify::SanMismatch;
 pub use x509::{CertDetails, San};
+pub use xfcc::xfcc_element;

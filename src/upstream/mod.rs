@@ -34,6 +34,7 @@ pub mod locality;
 pub mod members;
 pub mod outlier;
 pub mod pool;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -72,8 +73,10 @@ pub struct Upstreams {
     /// Per cluster, by name (survives reloads that keep the name), with the
     /// members generation it was last brought up to date with.
     clusters: RefCell<FnvMap<Box<str>, Tracked>>,
-    /// Idle HTTP/1 connections, per endpoint and source.
+    /// Idle HTTP/1 connections, per endpoint, source and TLS profile.
     pub pool: RefCell<pool::Pool>,
+    /// How connections to TLS clusters and mesh destinations are secured.
+    pub tls: tls::Originations,
     /// Counters per cluster endpoint (pruned to the config by [`Upstreams::prune`]).
     endpoints: RefCell<HashMap<SocketAddr, EndpointStats>>,
     seed: Cell<u64>,
@@ -114,6 +117,7 @@ impl Upstreams {
             own,
             clusters: RefCell::default(),
             pool: RefCell::default(),
+            tls: tls::Originations::default(),
             endpoints: RefCell::default(),
             seed: Cell::new(seed),
         }

@@ -13,8 +13,15 @@ use crate::net::Stream;
 
 use super::breaker::Permit;
 
-/// Where a pooled connection goes: the endpoint and the bound source address.
-pub type Key = (SocketAddr, Option<IpAddr>);
+/// What makes a pooled connection reusable for a request: where it goes,
+/// from which source address, and how it is secured (0: plaintext; else the
+/// TLS profile of `upstream::tls::Origination`: config, SANs, SNI, ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub endpoint: SocketAddr,
+    pub source: Option<IpAddr>,
+    pub tls: u64,
+}
 
 /// What travels with an upstream connection besides its socket: its place
 /// under the cluster's `max_connections` (released when the connection
