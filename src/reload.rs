@@ -173,6 +173,13 @@ fn warn_restart_only(current: &Config, next: &Config) {
     if current.access_log != next.access_log {
         warn!("[access_log] changed: takes effect at the next restart");
     }
+    if current.tls.cert_dir != next.tls.cert_dir
+        || current.tls.trust_domain != next.tls.trust_domain
+    {
+        // The certificates themselves rotate live (the watcher reloads the
+        // files); only where they are is fixed for the process.
+        warn!("[tls] cert_dir / trust_domain changed: takes effect at the next restart");
+    }
     if current.log_level != next.log_level {
         warn!("log.level changed: use the admin API (/logging) to change it at run time");
     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::net::Stream;
+use crate::upstream::tls;
 use tracing::debug;
 
 use crate::config::Snapshot;
@@ -136,6 +137,35 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
             return Err(Failure::Connect);
         }
     };
+    // A TLS cluster gets its copy over TLS too, like the original.
+    if let Some(t) = &cluster.tls {
+        let secured = match shard
+            .upstreams
+            .tls
+            .for_cluster(&cluster.name, t, &shard.tls, true)
+        {
+            Ok(o) => {
+                let Stream::Plain(tcp) = up else {
+                    return Err(Failure::Connect);
+                };
+                let timeout = snapshot.config.tls.handshake_timeout;
+                let host = cluster.name.as_str();
+                let r = tls::originate(tcp, &o, tls::is_mesh(t), host, picked.addr, timeout).await;
+                shard.upstream_handshake(r)
+            }
+            Err(e) => {
+                shard.count_tls("upstream", "failure", e.reason());
+                None
+            }
+        };
+        up = match secured {
+            Some(s) => s,
+            None => {
+                state.record(cluster, &picked, OutlierResult::LocalOrigin);
+                return Err(Failure::Connect);
+            }
+        };
+    }
     let result = exchange(&mut up, job, body).await;
     match result {
         Ok(status) => {
