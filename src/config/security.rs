@@ -398,6 +398,11 @@ impl Validator<'_> {
                             CERT_FILES.join(", ")
                         ),
                     );
+                } else if let Err(e) = crate::tls::load_dir(&path, &tls.trust_domain) {
+                    // Everything `run` would check before serving (parse, key
+                    // match, validity dates, SPIFFE identity, chain to the
+                    // root), so `validate` and a reload reject it first.
+                    self.error(Some(dir.span()), format!("tls.cert_dir: {e}"));
                 }
             }
             tls.cert_dir = Some(path);
@@ -583,6 +588,20 @@ impl Validator<'_> {
                     missing.join(", ")
                 ),
             );
+        }
+        // The files parse into a working client config (what the first
+        // connection would build), so a bad one is a config error, not a
+        // 503 at run time.
+        if missing.is_empty() && mode != ClusterTlsMode::IstioMutual {
+            let [ca, cert, key] = &paths;
+            if let Err(e) = crate::tls::ClientTls::from_files(
+                ca.as_deref(),
+                cert.as_deref(),
+                key.as_deref(),
+                &[],
+            ) {
+                self.error(Some(span.clone()), format!("cluster `{cluster}`: tls: {e}"));
+            }
         }
         if mode == ClusterTlsMode::IstioMutual && tls.cert_dir.is_none() {
             self.error(
@@ -1073,6 +1092,12 @@ mod tests {
     /// A directory with Istio's three certificate files and a cluster's
     /// CA, certificate and key (contents are the TLS layer's concern).
     fn cert_dir() -> PathBuf {
+        cert_dir_for("cluster.local")
+    }
+
+    /// Istio's files (and a CA, client cert and key for cluster TLS) for a
+    /// workload of trust domain `td`.
+    fn cert_dir_for(td: &str) -> PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "remora-security-test-{}-{}",
@@ -1080,11 +1105,28 @@ mod tests {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        for f in CERT_FILES
-            .iter()
-            .chain(&["ca.pem", "client.pem", "client-key.pem"])
-        {
-            std::fs::write(dir.join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        // Real certificates: the validator parses them as `run` would.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("spiffe://{td}/ns/default/sa/test")
+                .try_into()
+                .unwrap(),
+        )];
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        for (f, pem) in [
+            ("cert-chain.pem", leaf.pem()),
+            ("key.pem", key.serialize_pem()),
+            ("root-cert.pem", ca.pem()),
+            ("ca.pem", ca.pem()),
+            ("client.pem", leaf.pem()),
+            ("client-key.pem", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.join(f), pem).unwrap();
         }
         dir
     }
@@ -1133,7 +1175,7 @@ mod tests {
 
     #[test]
     fn tls_and_peer_authentication() {
-        let dir = cert_dir();
+        let dir = cert_dir_for("example.org");
         let c = parse(&format!(
             r#"[tls]
 cert_dir = "{}"
@@ -1266,6 +1308,35 @@ tls = {{ mode = "DISABLE" }}
         assert_eq!(
             istio_outbound_sni("r.ns.svc", 80, Some("v1")),
             "outbound_.80_.v1_.r.ns.svc"
+        );
+    }
+
+    /// Certificates are parsed when the config loads, as `run` would use
+    /// them: a key that does not match its certificate, or a CA file that
+    /// is no certificate, is a config error naming the file (so `validate`
+    /// and a reload reject it; the running config keeps serving).
+    #[test]
+    fn certificate_contents_are_checked_at_load() {
+        let dir = cert_dir();
+        let other = cert_dir();
+        std::fs::copy(other.join("key.pem"), dir.join("key.pem")).unwrap();
+        let e = parse(&format!("[tls]\ncert_dir = \"{}\"\n", dir.display())).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.contains("key.pem") && m.contains("does not match")),
+            "{e:?}"
+        );
+        let good = cert_dir();
+        std::fs::write(good.join("ca.pem"), "not a certificate\n").unwrap();
+        let e = parse(&format!(
+            "[[cluster]]\nname = \"a\"\nendpoints = [\"10.0.0.1:80\"]\ntls = {{ mode = \"SIMPLE\", ca_certificates = \"{}\" }}\n",
+            good.join("ca.pem").display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.contains("cluster `a`: tls:") && m.contains("ca.pem")),
+            "{e:?}"
         );
     }
 
