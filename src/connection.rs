@@ -182,7 +182,16 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         (Origin::Listener(addr), None) => Cow::Owned(addr.to_string()),
         _ => Cow::Borrowed(origin.name()),
     };
-    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+    // One L4 access-log line. `tls` and `policy` exist only once the
+    // handshake and the authorization check have run: without them an mTLS
+    // connection, and a denied one, would be logged without the caller's
+    // identity or the denying policy (which the L7 path logs).
+    let log_l4 = |flags: &'static str,
+                  up: Option<SocketAddr>,
+                  rx: u64,
+                  tx: u64,
+                  tls: Option<&DownstreamTls>,
+                  policy: Option<&str>| {
         if flags != "-" {
             shard.count_flag(flags);
         }
@@ -198,9 +207,17 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                 downstream_remote: peer,
                 downstream_local: Some(local),
                 listener: &listener,
+                peer_uri_san: tls.and_then(|t| t.peer_uri.as_deref()),
+                tls_version: tls.map(|t| t.info.version),
+                tls_cipher: tls.map(|t| t.info.cipher),
+                requested_server_name: tls.and_then(|t| t.sni.as_deref()),
+                authz_policy: policy,
                 ..Default::default()
             });
         }
+    };
+    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+        log_l4(flags, up, rx, tx, None, None)
     };
     let plan = match decide(origin, orig_dst, local, config, shard.host) {
         Decision::Forward(f) => f,
@@ -343,6 +360,9 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         return;
     }
     let mut down = down;
+    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+        log_l4(flags, up, rx, tx, tls.as_deref(), None)
+    };
     // Authorization on an L4 connection: the policies' TCP view (HTTP-only
     // fields handled as Istio does), once, before connecting.
     if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
@@ -359,7 +379,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         if let Some(policy) = crate::l7::decided(shard, &verdict) {
             CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
             debug!(?peer, %policy, "connection denied by an authorization policy");
-            log("RBAC", None, 0, 0);
+            log_l4("RBAC", None, 0, 0, tls, Some(&policy));
             return;
         }
     }
