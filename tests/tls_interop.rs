@@ -350,7 +350,14 @@ fn envoy_outbound_http_to_remora_inbound() {
     let pods = Pods::new("er-http");
     let app = Backend::start("httpbin");
     let (rin_port, rin_admin) = (free_port(), free_port());
-    let _remora = remora_inbound(&pods.server_dir, rin_port, rin_admin, app.addr, "STRICT", "");
+    let _remora = remora_inbound(
+        &pods.server_dir,
+        rin_port,
+        rin_admin,
+        app.addr,
+        "STRICT",
+        "",
+    );
     let mut to_remora = Outbound::new(
         free_port(),
         format!("127.0.0.1:{rin_port}").parse().unwrap(),
@@ -398,7 +405,10 @@ fn envoy_outbound_http_to_remora_inbound() {
     assert_eq!(e["upstream_peer_uri_san"], server_id(), "{e}");
     assert_eq!(e["upstream_tls_version"], "TLSv1.3", "{e}");
     assert_eq!(e["response_code"], 200, "{e}");
-    assert_eq!(out.stat(&format!("{}.ssl.handshake", to_remora.stat_prefix())), 1);
+    assert_eq!(
+        out.stat(&format!("{}.ssl.handshake", to_remora.stat_prefix())),
+        1
+    );
     assert_eq!(stat(rin_admin, "listener.ssl.handshake"), 1);
     assert_eq!(stat(rin_admin, "downstream_cx_http"), 1);
 }
@@ -431,7 +441,11 @@ fn envoy_outbound_tcp_to_remora_inbound() {
         1
     );
     assert_eq!(stat(rin_admin, "listener.ssl.handshake"), 1);
-    assert_eq!(stat(rin_admin, "downstream_cx_http"), 0, "took the HTTP path");
+    assert_eq!(
+        stat(rin_admin, "downstream_cx_http"),
+        0,
+        "took the HTTP path"
+    );
 }
 
 // ───────────────────── 3. wrong expected SAN, both directions ─────────────────────
@@ -469,7 +483,14 @@ fn unexpected_server_identity_is_refused_in_both_directions() {
 
     // Envoy verifies Remora.
     let (rin_port, rin_admin) = (free_port(), free_port());
-    let _remora_in = remora_inbound(&pods.server_dir, rin_port, rin_admin, app.addr, "STRICT", "");
+    let _remora_in = remora_inbound(
+        &pods.server_dir,
+        rin_port,
+        rin_admin,
+        app.addr,
+        "STRICT",
+        "",
+    );
     let outbound = Outbound::new(
         free_port(),
         format!("127.0.0.1:{rin_port}").parse().unwrap(),
@@ -492,14 +513,12 @@ fn unexpected_server_identity_is_refused_in_both_directions() {
 /// One HTTP/1.1 request on `s` with Content-Length framing (what the test
 /// app answers with): the status, or why there was none. Never panics, so
 /// that a load loop can count failures.
-fn try_request(
-    s: &mut BufReader<TcpStream>,
-    path: &str,
-    close: bool,
-) -> Result<u16, String> {
+fn try_request(s: &mut BufReader<TcpStream>, path: &str, close: bool) -> Result<u16, String> {
     let conn = if close { "close" } else { "keep-alive" };
     s.get_mut()
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: {conn}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: {conn}\r\n\r\n").as_bytes(),
+        )
         .map_err(|e| format!("write: {e}"))?;
     let mut head = String::new();
     loop {
@@ -649,8 +668,12 @@ fn rotation_under_load_fails_no_request() {
     wait_stat(b_admin, "listener.ssl.handshake", 1);
 
     for round in 1..=3u64 {
-        pods.pki.workload(&client_id()).write_istio_dir(&pods.client_dir);
-        pods.pki.workload(&server_id()).write_istio_dir(&pods.server_dir);
+        pods.pki
+            .workload(&client_id())
+            .write_istio_dir(&pods.client_dir);
+        pods.pki
+            .workload(&server_id())
+            .write_istio_dir(&pods.server_dir);
         wait_stat(a_admin, "server.tls_rotations_ok", round);
         wait_stat(b_admin, "server.tls_rotations_ok", round);
         let (a_new, b_new) = (sha256_hex_of_cert(&a_chain), sha256_hex_of_cert(&b_chain));
@@ -685,11 +708,18 @@ fn rotation_under_load_fails_no_request() {
     // re-read), counted, and B keeps serving its current certificate.
     let before = stat(a_admin, "rq_2xx");
     let b_current = sha256_hex_of_cert(&b_chain);
-    std::fs::write(pods.server_dir.join("key.pem"), "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        pods.server_dir.join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     wait_stat(b_admin, "server.tls_rotations_failed", 1);
     assert_eq!(stat(b_admin, "server.tls_rotations_ok"), 3);
     wait_stat(a_admin, "rq_2xx", before + 50);
-    assert_eq!(served_cert_hash(b_port, &pods.client_dir, &scratch), b_current);
+    assert_eq!(
+        served_cert_hash(b_port, &pods.client_dir, &scratch),
+        b_current
+    );
 
     stop.store(true, Ordering::Relaxed);
     let load = load.join().unwrap();
@@ -763,7 +793,9 @@ fn silent_client_is_closed_after_the_handshake_timeout() {
     let silent = connect(b_port);
     let mut partial = connect(b_port);
     // A TLS handshake record header announcing more than ever comes.
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
     // Both accepted (the readiness signal) before the real client starts.
     wait_stat(b_admin, "downstream_cx_total", 2);
 
