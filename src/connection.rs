@@ -286,6 +286,14 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             shard.count_tls("downstream", "passthrough", "");
             (false, None)
         }
+        Chain::TimedOut => {
+            shard.count_tls("downstream", "failure", "handshake_timeout");
+            debug!(
+                ?peer,
+                "STRICT mTLS: no whole ClientHello within the handshake timeout; closing"
+            );
+            return;
+        }
         Chain::Refuse(why) => {
             shard.count_tls("downstream", "plaintext_refused", "");
             debug!(
@@ -487,6 +495,10 @@ enum Chain {
     },
     /// STRICT and not TLS (or unreadable TLS): closed, never forwarded.
     Refuse(&'static str),
+    /// STRICT and no whole ClientHello within the handshake timeout (a
+    /// silent or stalled client): closed and counted as a handshake
+    /// timeout, as a stall after the hello is, not as plaintext.
+    TimedOut,
 }
 
 /// Picks the chain for an inbound connection to `port` from the mode in
@@ -517,7 +529,16 @@ async fn inbound_chain(
         MtlsMode::Strict => config.tls.handshake_timeout,
         _ => detect_timeout,
     };
-    match peek_hello(down, window).await {
+    // The window passing is not plaintext: a client that says nothing (or
+    // stops inside its hello) on STRICT is a handshake that did not finish
+    // in time, and is counted as one (`listener.ssl.handshake_timeout`).
+    let Some(inspected) = peek_hello(down, window).await else {
+        return match mode {
+            MtlsMode::Strict => Chain::TimedOut,
+            _ => Chain::Plain,
+        };
+    };
+    match inspected {
         Inspect::Hello(hello) => {
             if mode == MtlsMode::Strict || hello.alpn.iter().any(is_istio_alpn) {
                 Chain::Terminate { contexts, hello }
@@ -540,25 +561,26 @@ async fn inbound_chain(
 }
 
 /// Peeks (without consuming) until the bytes are a whole ClientHello, not
-/// TLS, or malformed, or `window` passes (`NeedMore` then).
-async fn peek_hello(down: &TcpStream, window: Duration) -> Inspect {
+/// TLS, or malformed. `None` when `window` passes first; `NeedMore` when the
+/// client closed (or the socket failed) before a whole hello.
+async fn peek_hello(down: &TcpStream, window: Duration) -> Option<Inspect> {
     let deadline = Instant::now() + window;
     // Most connections decide on the first bytes; the 16 KiB buffer is
     // allocated only for one that starts like TLS.
     let mut first = [0u8; 8];
-    let n = match crate::deadline::until(Some(deadline), down.peek(&mut first)).await {
-        Some(Ok(n)) if n > 0 => n,
-        _ => return Inspect::NeedMore,
+    let n = match crate::deadline::until(Some(deadline), down.peek(&mut first)).await? {
+        Ok(n) if n > 0 => n,
+        _ => return Some(Inspect::NeedMore),
     };
     match hello::inspect(&first[..n]) {
         Inspect::NeedMore => {}
-        other => return other,
+        other => return Some(other),
     }
     let mut buf = vec![0u8; hello::MAX_CLIENT_HELLO];
     loop {
-        let n = match crate::deadline::until(Some(deadline), down.peek(&mut buf)).await {
-            Some(Ok(n)) if n > 0 => n,
-            _ => return Inspect::NeedMore,
+        let n = match crate::deadline::until(Some(deadline), down.peek(&mut buf)).await? {
+            Ok(n) if n > 0 => n,
+            _ => return Some(Inspect::NeedMore),
         };
         match hello::inspect(&buf[..n]) {
             Inspect::NeedMore if Instant::now() < deadline => {
@@ -566,7 +588,8 @@ async fn peek_hello(down: &TcpStream, window: Duration) -> Inspect {
                 // peek would return at once; pause briefly instead of spinning.
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-            other => return other,
+            Inspect::NeedMore => return None,
+            other => return Some(other),
         }
     }
 }

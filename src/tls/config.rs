@@ -12,20 +12,34 @@
 //! anyway. TLS 1.3 suites are not configurable in Envoy (BoringSSL enables
 //! all three), so all three are here too.
 //!
-//! Resumption survives rotation: the ticket key ([`Contexts::rotate`] keeps
-//! the same ticketer) and the session caches live in state shared by every
-//! generation of contexts.
+//! Resumption does not survive a rotation: each generation of contexts has
+//! its own ticket key and server session cache, and a rotation empties the
+//! outbound session cache ([`RotatingSessions`]). A resumed session carries
+//! the certificates of the full handshake that made it, and rustls copies
+//! them into every ticket it issues on a resumed connection, with a fresh
+//! lifetime: with resumption across rotations, a client that keeps
+//! reconnecting presents its first certificate forever (found by
+//! tests/tls_interop.rs: 1536 of 1537 handshakes under load resumed, and
+//! the app never saw the rotated client certificate). Envoy builds a new
+//! SSL_CTX, with its own session cache and ticket keys, on every SDS update;
+//! this matches it, at the price of one full handshake per peer after a
+//! rotation.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
-use rustls::client::{ClientSessionMemoryCache, Resumption, WebPkiServerVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue, WebPkiServerVerifier,
+};
 use rustls::crypto::ring::{cipher_suite, default_provider, Ticketer};
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
+use rustls::NamedGroup;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
 use super::error::{CertError, CertErrorKind};
@@ -68,7 +82,8 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// One generation of TLS state: the identity and the configs built from it.
+/// One generation of TLS state: the identity and the configs built from it
+/// (with this generation's own ticket key and server session cache).
 /// Immutable once built; published whole through [`TlsStore`](super::TlsStore)
 /// and loaded by the cores once per handshake.
 pub struct Contexts {
@@ -81,13 +96,12 @@ pub struct Contexts {
 struct Shared {
     /// The newest identity: what outbound configs present and trust.
     live: Arc<ArcSwap<Identity>>,
-    /// Ticket keys: a ticket issued before a rotation still resumes after it.
-    ticketer: Arc<dyn ProducesTickets>,
-    server_sessions: Arc<ServerSessionMemoryCache>,
     /// Outbound settings every ISTIO_MUTUAL config starts from (versions,
     /// the live client certificate, the session cache); each outbound config
     /// is a clone of it, so all share one cache of outbound sessions.
     client_base: ClientConfig,
+    /// That cache, emptied by a rotation (see the module doc).
+    client_sessions: Arc<RotatingSessions>,
     clients: Mutex<ClientMemo>,
 }
 
@@ -112,11 +126,9 @@ fn internal(identity: &Identity, what: &str, e: impl std::fmt::Display) -> CertE
 impl Contexts {
     /// The first generation, with fresh ticket keys and caches.
     pub fn new(identity: Identity) -> Result<Contexts, CertError> {
-        let ticketer = Ticketer::new()
-            .map_err(|e| internal(&identity, "cannot make session ticket keys", e))?;
         let identity = Arc::new(identity);
         let live = Arc::new(ArcSwap::new(identity.clone()));
-        let client_sessions = Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE));
+        let client_sessions = Arc::new(RotatingSessions::default());
         let mut client_base = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| internal(&identity, "TLS versions", e))?
@@ -126,22 +138,27 @@ impl Contexts {
         client_base.resumption = Resumption::store(client_sessions.clone());
         let shared = Arc::new(Shared {
             client_base,
+            client_sessions,
             live,
-            ticketer,
-            server_sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
             clients: Mutex::new(ClientMemo::default()),
         });
         Self::build(identity, shared)
     }
 
-    /// The next generation for a rotated identity: same ticket keys and
-    /// session caches. Outbound configs from any generation present this
-    /// identity and trust its roots from now on, so call it on the current
-    /// generation, with an identity about to be published.
+    /// The next generation for a rotated identity: new ticket keys and
+    /// server session cache, and the outbound session cache emptied, so
+    /// that every later handshake is a full one with the new certificate
+    /// (see the module doc). Outbound configs from any generation present
+    /// this identity and trust its roots from now on, so call it on the
+    /// current generation, with an identity about to be published.
     pub fn rotate(&self, identity: Identity) -> Result<Contexts, CertError> {
         let identity = Arc::new(identity);
         let next = Self::build(identity.clone(), self.shared.clone())?;
         self.shared.live.store(identity);
+        // After the new certificate is live: a handshake that starts now
+        // either presents it or finds no session from before. (One already
+        // under way may still file its ticket in the new cache.)
+        self.shared.client_sessions.clear();
         Ok(next)
     }
 
@@ -157,8 +174,11 @@ impl Contexts {
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(
                 identity.certified_key().clone(),
             )));
-        server.ticketer = shared.ticketer.clone();
-        server.session_storage = shared.server_sessions.clone();
+        // Per generation: tickets and session IDs from before a rotation
+        // name the old certificates, and must not resume.
+        server.ticketer = Ticketer::new()
+            .map_err(|e| internal(&identity, "cannot make session ticket keys", e))?;
+        server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         // No ALPN selection: rustls refuses a handshake whose client ALPN
         // list shares nothing with the server's, and Istio peers offer
         // values such as `istio-peer-exchange` that the data path reads from
@@ -210,6 +230,60 @@ impl Contexts {
         let config = Arc::new(config);
         memo.configs.insert(key, config.clone());
         config
+    }
+}
+
+/// The outbound session cache shared by every ISTIO_MUTUAL config, which a
+/// rotation empties. rustls resumes only with the very config that made a
+/// session, and the per-core originations keep their configs across
+/// rotations, so the cache is swapped inside the store rather than in new
+/// configs.
+#[derive(Debug)]
+struct RotatingSessions(ArcSwap<ClientSessionMemoryCache>);
+
+impl Default for RotatingSessions {
+    fn default() -> Self {
+        RotatingSessions(ArcSwap::from_pointee(ClientSessionMemoryCache::new(
+            SESSION_CACHE_SIZE,
+        )))
+    }
+}
+
+impl RotatingSessions {
+    fn clear(&self) {
+        self.0
+            .store(Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)));
+    }
+}
+
+impl ClientSessionStore for RotatingSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.0.load().set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.0.load().kx_hint(server_name)
+    }
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.0.load().set_tls12_session(server_name, value)
+    }
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.0.load().tls12_session(server_name)
+    }
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.0.load().remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.0.load().insert_tls13_ticket(server_name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.0.load().take_tls13_ticket(server_name)
     }
 }
 

@@ -206,8 +206,9 @@ impl ServerCertVerifier for SanVerifier {
 
 /// Presents the newest published workload certificate. One resolver is
 /// shared by every outbound config: rustls resumes a session only with the
-/// same resolver (and verifier) that made it, so a stable one keeps client
-/// resumption working across rotations.
+/// same resolver (and verifier) that made it, so a stable one lets the
+/// configs the cores keep resume between rotations (a rotation empties the
+/// session cache: `tls::config`'s module doc).
 #[derive(Debug)]
 pub(crate) struct LiveClientCert(pub Arc<ArcSwap<Identity>>);
 
