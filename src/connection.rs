@@ -541,6 +541,12 @@ async fn peek_hello(down: &TcpStream, window: Duration) -> Inspect {
             _ => return Inspect::NeedMore,
         };
         match hello::inspect(&buf[..n]) {
+            // The client has sent its FIN: the hello can never be completed.
+            // Without this check the loop would peek at the same bytes until
+            // the window closes (15 s on STRICT), waking every millisecond.
+            Inspect::NeedMore if socket::peer_closed(down.as_raw_fd()) => {
+                return Inspect::Invalid("the client closed before its ClientHello was complete");
+            }
             Inspect::NeedMore if Instant::now() < deadline => {
                 // A hello split across segments: the bytes stay readable, so
                 // peek would return at once; pause briefly instead of spinning.

@@ -195,7 +195,7 @@ serve(*socks[0])
 const RAW_CLIENT: &str = r#"
 import socket, sys
 host, port, data = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
-s = socket.create_connection((host, port), timeout=30)
+s = socket.create_connection((host, port), timeout=10)
 got, how = b"", "EOF"
 try:
     s.sendall(data)
@@ -205,10 +205,12 @@ try:
         if not b:
             break
         got += b
-except (ConnectionResetError, BrokenPipeError):
-    how = "RESET"
 except socket.timeout:
     how = "TIMEOUT"
+except OSError:
+    # Reset, broken pipe, or not connected any more (a reset that came
+    # before the half-close).
+    how = "RESET"
 print(how, got.hex())
 "#;
 
