@@ -305,7 +305,7 @@ fn curl(lab: &Lab, path: &str, headers: &[&str], as_proxy: bool) -> Curl {
     }
 }
 
-/// 1. HTTP from A's client to B's app through both sidecars, over mTLS:
+/// (1) HTTP from A's client to B's app through both sidecars, over mTLS:
 /// both count the handshake, the app sees the verified client identity in
 /// X-Forwarded-Client-Cert, never the one the client forged.
 #[test]
@@ -339,7 +339,7 @@ fn http_between_pods_is_mtls_and_the_app_sees_the_client_identity() {
     assert_eq!(lab.b.stat("listener.ssl.plaintext_refused"), 0);
 }
 
-/// 2. A raw, non-HTTP byte stream over the same path: echoed intact through
+/// (2) A raw, non-HTTP byte stream over the same path: echoed intact through
 /// mTLS, both directions, and the client's half-close reaches the app while
 /// the app's answer still comes back.
 #[test]
@@ -367,7 +367,7 @@ fn raw_tcp_is_echoed_intact_through_mtls_with_half_close() {
     assert!(lab.a.stat("cluster.ssl.handshake") >= 1);
 }
 
-/// 3a. STRICT: plaintext straight to B's app port from outside the mesh (a
+/// (3a) STRICT: plaintext straight to B's app port from outside the mesh (a
 /// client in A as uid 1337) is closed and counted, and the app sees nothing,
 /// while the mesh client is served. PERMISSIVE: the same plaintext is served
 /// (without any XFCC).
@@ -415,7 +415,7 @@ fn strict_refuses_plaintext_from_outside_the_mesh_and_permissive_serves_it() {
     assert_eq!(lab.b.stat("listener.ssl.handshake"), 1);
 }
 
-/// 3b. DISABLE: B does not terminate, so A's mTLS reaches the app as bytes
+/// (3b) DISABLE: B does not terminate, so A's mTLS reaches the app as bytes
 /// (the echo app sends the ClientHello back) and fails, counted by A; A
 /// without a mesh destination then talks plaintext to B, raw and HTTP.
 #[test]
@@ -456,7 +456,7 @@ fn disable_does_not_terminate_so_mesh_mtls_fails_and_plaintext_works() {
     assert_eq!(lab.b.stat("listener.ssl.handshake"), 0);
 }
 
-/// 3c. `port_level`: a STRICT workload with its HTTP port DISABLE serves
+/// (3c) `port_level`: a STRICT workload with its HTTP port DISABLE serves
 /// plaintext there, still refuses it on the echo port, and still takes mTLS
 /// on the echo port.
 #[test]
@@ -483,7 +483,7 @@ fn port_level_disable_on_a_strict_workload() {
     assert_eq!(lab.b.stat("listener.ssl.handshake"), 1);
 }
 
-/// 4. An app's own TLS on PERMISSIVE passes through untouched: openssl
+/// (4) An app's own TLS on PERMISSIVE passes through untouched: openssl
 /// s_client sees the app's certificate (its own PKI, a DNS name), whether
 /// it is outside the mesh (uid 1337) or captured by A, which has no mesh
 /// destination for that port.
@@ -555,7 +555,7 @@ fn an_apps_own_tls_passes_through_permissive_untouched() {
     assert_eq!(lab.a.stat("cluster.ssl.handshake"), 0);
 }
 
-/// 5. Truncated and garbage ClientHellos to B's capture path (STRICT, one
+/// (5) Truncated and garbage ClientHellos to B's capture path (STRICT, one
 /// core): each connection is closed without an answer, nothing reaches the
 /// app, Remora does not panic, and a mesh client is served right after
 /// each (by the same core).
@@ -618,7 +618,7 @@ fn broken_client_hellos_are_closed_and_the_core_keeps_serving() {
     assert_eq!(code, 0, "pod B's sidecar did not stop cleanly");
 }
 
-/// 6. An L4 AuthorizationPolicy in B: a DENY of A's principal on one port
+/// (6) An L4 AuthorizationPolicy in B: a DENY of A's principal on one port
 /// closes that TCP connection, counted under the policy's name, and the app
 /// sees nothing; another port is allowed by namespace; plaintext from
 /// outside the mesh (no principal, no namespace) matches no ALLOW.
