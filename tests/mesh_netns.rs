@@ -360,9 +360,11 @@ fn scenario(fault: Fault) {
     // 2. The fault, mid-run.
     match fault {
         Fault::Kill => apps[VICTIM].kill(),
-        Fault::BlackHole => mesh.b[VICTIM].exec(&[
-            "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
-        ]),
+        Fault::BlackHole => {
+            mesh.b[VICTIM].exec(&[
+                "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+            ]);
+        }
     }
     let t_fault = monotonic();
 
@@ -408,9 +410,11 @@ fn scenario(fault: Fault) {
     let t_back = monotonic();
     match fault {
         Fault::Kill => apps[VICTIM] = app(&mesh.b[VICTIM], victim),
-        Fault::BlackHole => mesh.b[VICTIM].exec(&[
-            "iptables", "-D", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
-        ]),
+        Fault::BlackHole => {
+            mesh.b[VICTIM].exec(&[
+                "iptables", "-D", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+            ]);
+        }
     }
     client.wait_until(
         &format!("{victim} answering again"),

@@ -57,8 +57,8 @@ pub fn python() -> &'static str {
     })
 }
 
-/// Runs a command; panics with its stderr if it fails.
-pub fn sh(argv: &[&str]) {
+/// Runs a command; panics with its stderr if it fails; returns its stdout.
+pub fn sh(argv: &[&str]) -> String {
     let out = Command::new(argv[0])
         .args(&argv[1..])
         .output()
@@ -68,6 +68,7 @@ pub fn sh(argv: &[&str]) {
         "{argv:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The prefix that runs a program as the proxy user, whose traffic Istio's
@@ -96,11 +97,11 @@ impl Ns {
         ns
     }
 
-    /// Runs `argv` inside the namespace; panics if it fails.
-    pub fn exec(&self, argv: &[&str]) {
+    /// Runs `argv` inside the namespace; panics if it fails; its stdout.
+    pub fn exec(&self, argv: &[&str]) -> String {
         let mut v = vec!["ip", "netns", "exec", &self.name];
         v.extend_from_slice(argv);
-        sh(&v);
+        sh(&v)
     }
 
     /// Runs `argv` inside the namespace and returns what it did, failed or not.
