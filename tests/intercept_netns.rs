@@ -230,14 +230,7 @@ fn app(ns: &Ns, ports: &[&str]) -> Proc {
 /// `tproxy` adds CAP_NET_ADMIN (ambient) for IP_TRANSPARENT and the config
 /// that turns it on, as Istio's TPROXY mode does for the proxy container.
 fn remora(ns: &Ns, tproxy: bool) -> Proc {
-    let mut argv = vec![
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-    ];
+    let mut argv = common::netns::AS_PROXY_USER.to_vec();
     if tproxy {
         argv.extend(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
     }
