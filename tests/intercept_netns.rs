@@ -617,16 +617,8 @@ fn errors_say_what_to_do_and_change_nothing() {
     let ns = pod("err");
     let before = ns.saved();
 
-    let (code, _, err) = ns.try_exec(&[
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        REMORA,
-        "iptables",
-    ]);
+    let (code, _, err) =
+        ns.try_exec(&[&common::netns::AS_PROXY_USER[..], &[REMORA, "iptables"]].concat());
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("CAP_NET_ADMIN") && err.contains("--dry-run"),
