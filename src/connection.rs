@@ -577,16 +577,29 @@ async fn peek_hello(down: &TcpStream, window: Duration) -> Option<Inspect> {
         other => return Some(other),
     }
     let mut buf = vec![0u8; hello::MAX_CLIENT_HELLO];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = match crate::deadline::until(Some(deadline), down.peek(&mut buf)).await? {
             Ok(n) if n > 0 => n,
             _ => return Some(Inspect::NeedMore),
         };
         match hello::inspect(&buf[..n]) {
+            // The client has sent its FIN: the hello can never be completed.
+            // Without this check the loop would peek at the same bytes until
+            // the window closes (15 s on STRICT), waking every millisecond.
+            Inspect::NeedMore if socket::peer_closed(down.as_raw_fd()) => {
+                return Some(Inspect::Invalid(
+                    "the client closed before its ClientHello was complete",
+                ));
+            }
             Inspect::NeedMore if Instant::now() < deadline => {
                 // A hello split across segments: the bytes stay readable, so
-                // peek would return at once; pause briefly instead of spinning.
-                glommio::timer::sleep(Duration::from_millis(1)).await;
+                // peek would return at once; pause instead of spinning. The
+                // pause doubles (1 ms to 64 ms): a real client's next segment
+                // is a round trip away, while a client that stalls on purpose
+                // must not cost a wake-up per millisecond until the timeout.
+                glommio::timer::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(64));
             }
             Inspect::NeedMore => return None,
             other => return Some(other),

@@ -96,23 +96,10 @@ fn wait_listening(ns: &str, port: u16) {
 /// Remora in `ns` as uid 1337 (so its own connections are not captured).
 fn sidecar(ns: &str, cfg: &std::path::Path) -> Remora {
     let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        ns,
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        BIN,
-        "run",
-        "--cores",
-        "1",
-        "--config",
-    ])
-    .arg(cfg);
+    cmd.args(["netns", "exec", ns])
+        .args(common::netns::AS_PROXY_USER)
+        .args([BIN, "run", "--cores", "1", "--config"])
+        .arg(cfg);
     let mut r = Remora::spawn(cmd, TempDir::new("netns-sidecar"));
     r.wait_for_log("ready");
     r

@@ -7,13 +7,16 @@
 //! root); without it every test prints why it skips. Every namespace is named
 //! `rmr3-<pid>-<tag>` and deleted by a Drop guard, even when a test panics.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::netns::{sh, Ns};
 
 const REMORA: &str = env!("CARGO_BIN_EXE_remora");
 const A4: &str = "10.203.0.1";
@@ -54,43 +57,13 @@ macro_rules! require_root {
     };
 }
 
-/// Runs a command, panics with its stderr if it fails, returns stdout.
-fn sh(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Pod namespaces of this file, named after the test process.
+fn pod(tag: &str) -> Ns {
+    Ns::new(format!("rmr3-{}-{tag}", std::process::id()))
 }
 
-/// A network namespace, deleted on drop.
-struct Ns {
-    name: String,
-}
-
+/// What this file asks of a pod beyond the shared helpers.
 impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("rmr3-{}-{tag}", std::process::id());
-        // A leftover from a killed earlier run with the same pid: start clean.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Ns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `argv` inside the namespace (must succeed).
-    fn exec(&self, argv: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(argv);
-        sh(&v)
-    }
-
     /// Runs `argv` inside the namespace and returns (exit code, stdout, stderr).
     fn try_exec(&self, argv: &[&str]) -> (i32, String, String) {
         let out = Command::new("ip")
@@ -128,13 +101,8 @@ impl Ns {
     /// so the pod's outbound capture applies) and reads until the peer closes.
     /// `Err` means no answer: refused, reset, timed out, or closed empty.
     fn fetch(&self, addr: &str) -> Result<String, String> {
-        let path = format!("/run/netns/{}", self.name);
         let addr: SocketAddr = addr.parse().unwrap();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            // Only this short-lived thread enters the namespace.
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| e.to_string())?;
+        self.within(move || {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -146,16 +114,6 @@ impl Ns {
             }
             Ok(text.trim().to_string())
         })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
 }
 
@@ -272,14 +230,7 @@ fn app(ns: &Ns, ports: &[&str]) -> Proc {
 /// `tproxy` adds CAP_NET_ADMIN (ambient) for IP_TRANSPARENT and the config
 /// that turns it on, as Istio's TPROXY mode does for the proxy container.
 fn remora(ns: &Ns, tproxy: bool) -> Proc {
-    let mut argv = vec![
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-    ];
+    let mut argv = common::netns::AS_PROXY_USER.to_vec();
     if tproxy {
         argv.extend(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
     }
@@ -319,8 +270,8 @@ struct Pods {
 }
 
 fn pods(tag: &str) -> Pods {
-    let a = Ns::new(&format!("{tag}-a"));
-    let b = Ns::new(&format!("{tag}-b"));
+    let a = pod(&format!("{tag}-a"));
+    let b = pod(&format!("{tag}-b"));
     // Created inside A with its peer in B: no interface name in the root namespace.
     sh(&[
         "ip", "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
@@ -575,7 +526,7 @@ fn rules_of(text: &str) -> Vec<String> {
 #[test]
 fn dry_run_apply_twice_and_clean_leave_the_tables_as_found() {
     require_root!();
-    let ns = Ns::new("idem");
+    let ns = pod("idem");
     // Someone else's rules, in both tables and families: they must survive.
     for save in ["iptables", "ip6tables"] {
         ns.exec(&[
@@ -663,19 +614,11 @@ fn dry_run_apply_twice_and_clean_leave_the_tables_as_found() {
 #[test]
 fn errors_say_what_to_do_and_change_nothing() {
     require_root!();
-    let ns = Ns::new("err");
+    let ns = pod("err");
     let before = ns.saved();
 
-    let (code, _, err) = ns.try_exec(&[
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        REMORA,
-        "iptables",
-    ]);
+    let (code, _, err) =
+        ns.try_exec(&[&common::netns::AS_PROXY_USER[..], &[REMORA, "iptables"]].concat());
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("CAP_NET_ADMIN") && err.contains("--dry-run"),

@@ -26,16 +26,12 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{is_root, Remora, TempDir, BIN};
+use common::netns::{can_run, python, sh, sidecar, Ns, Proc};
+use common::BIN;
 
 const VIP: &str = "10.96.0.10";
 const SERVICE: &str = "reviews.default.svc.cluster.local";
@@ -58,61 +54,6 @@ fn endpoint(i: usize) -> String {
     format!("{}:8080", pod_ip(i))
 }
 
-/// Whether the test can run here. Not root: no (said on stderr). Root but a
-/// tool missing: a failure, since CI runs the suite as root.
-fn can_run() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, iptables)");
-        return false;
-    }
-    for bin in [
-        "ip",
-        "iptables",
-        "iptables-restore",
-        "ip6tables-restore",
-        "setpriv",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "`{bin}` is not installed; this root-only test needs it (iproute2, iptables, util-linux)"
-        );
-    }
-    python();
-    true
-}
-
-/// The real Python interpreter (not a pyenv shim, which would add its own
-/// start-up to every process and stand between a pid and the app).
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap_or_else(|e| panic!("python3 is needed by this root-only test: {e}"));
-        assert!(out.status.success(), "python3 does not run");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
-}
-
-/// Runs a command; panics with its stderr if it fails.
-fn sh(argv: &[&str]) {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Seconds on CLOCK_MONOTONIC, the clock of Python's `time.monotonic()`.
 fn monotonic() -> f64 {
     let mut ts = libc::timespec {
@@ -122,36 +63,6 @@ fn monotonic() -> f64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
-
-/// A network namespace, deleted on drop (even when the test panics).
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn new(name: String) -> Ns {
-        // A leftover of a killed earlier run with the same pid: start clean.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Ns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, argv: &[&str]) {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(argv);
-        sh(&v);
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// Pod A and pods B1..B3, each B joined to A by its own veth pair (created
@@ -199,28 +110,9 @@ impl Mesh {
         Mesh { a, b }
     }
 
-    /// GET `path` from Remora's admin API (127.0.0.1:15000 inside pod A). The
-    /// connection comes from uid 0 to 127.0.0.1, which the rules leave alone.
+    /// GET `path` from Remora's admin API in pod A.
     fn admin(&self, path: &str) -> String {
-        let ns = format!("/run/netns/{}", self.a.name);
-        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-        thread::spawn(move || {
-            let f = File::open(&ns).unwrap();
-            // Only this short-lived thread enters the namespace.
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let addr = "127.0.0.1:15000".parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .expect("admin API of pod A's sidecar");
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(request.as_bytes()).unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            assert!(head.starts_with("HTTP/1.1 200"), "{text}");
-            body.to_string()
-        })
-        .join()
-        .unwrap()
+        self.a.admin(path)
     }
 
     /// Pod `i`'s endpoint as `/clusters` shows it.
@@ -271,63 +163,6 @@ fn ejections(clusters: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("reviews::outlier::ejections_total::"))
         .map_or(0, |v| v.parse().unwrap())
-}
-
-/// A child process whose stdout lines are collected; killed on drop.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(ns: &Ns, argv: &[&str]) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .args(argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                keep.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits (at most `within`) until `done` holds for the output so far.
-    fn wait_until(&self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + within;
-        while !done(&self.lines()) {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {within:?}; output so far:\n{}",
-                self.lines().join("\n")
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL and reap: the process is gone when this returns.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// An HTTP/1.1 keep-alive app that answers every GET with its pod's name.
@@ -437,27 +272,6 @@ fn per_pod(s: &[&Sample]) -> [usize; 3] {
     n
 }
 
-/// Remora as the proxy user (uid/gid 1337), one core.
-fn sidecar(a: &Ns, config: &str) -> Remora {
-    let dir = TempDir::new("mesh-netns");
-    let cfg = dir.file("remora.toml", config);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &a.name])
-        .args([
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-        ])
-        .args([BIN, "run", "--cores", "1", "--config"])
-        .arg(&cfg);
-    let mut r = Remora::spawn(cmd, dir);
-    r.wait_for_log("ready");
-    r
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     /// SIGKILL the app: connects are refused, pooled connections closed.
@@ -546,9 +360,11 @@ fn scenario(fault: Fault) {
     // 2. The fault, mid-run.
     match fault {
         Fault::Kill => apps[VICTIM].kill(),
-        Fault::BlackHole => mesh.b[VICTIM].exec(&[
-            "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
-        ]),
+        Fault::BlackHole => {
+            mesh.b[VICTIM].exec(&[
+                "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+            ]);
+        }
     }
     let t_fault = monotonic();
 
@@ -594,9 +410,11 @@ fn scenario(fault: Fault) {
     let t_back = monotonic();
     match fault {
         Fault::Kill => apps[VICTIM] = app(&mesh.b[VICTIM], victim),
-        Fault::BlackHole => mesh.b[VICTIM].exec(&[
-            "iptables", "-D", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
-        ]),
+        Fault::BlackHole => {
+            mesh.b[VICTIM].exec(&[
+                "iptables", "-D", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+            ]);
+        }
     }
     client.wait_until(
         &format!("{victim} answering again"),
@@ -688,14 +506,14 @@ fn scenario(fault: Fault) {
 
 #[test]
 fn killed_pod_is_ejected_retries_hide_it_and_it_returns_after_restart() {
-    if can_run() {
+    if can_run(&[]) {
         scenario(Fault::Kill);
     }
 }
 
 #[test]
 fn black_holed_pod_fails_health_checks_retries_hide_it_and_it_returns() {
-    if can_run() {
+    if can_run(&[]) {
         scenario(Fault::BlackHole);
     }
 }

@@ -350,3 +350,40 @@ fn openssl_and_curl_clients_against_the_inbound_side() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A ClientHello cut short and followed by the client's FIN can never be
+/// completed: STRICT closes it at once (counted as refused) instead of
+/// peeking at the same bytes until the handshake timeout (15 s), and the
+/// next client is served. Regression: the peek loop did not notice the FIN.
+#[test]
+fn a_truncated_client_hello_then_eof_is_closed_at_once() {
+    use std::io::{Read, Write};
+    let pods = Pods::new("mtls-truncated");
+    let app = Backend::start("app");
+    let (b_port, b_admin) = (free_port(), free_port());
+    let _b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    // A record announcing a 512-byte ClientHello, and only its first bytes.
+    for cut in [
+        &[0x16, 0x03, 0x01][..],
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", b_port)).unwrap();
+        s.write_all(cut).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Well below the 15 s handshake timeout: a wait for it fails here.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => assert!(got.is_empty(), "answered: {got:?}"),
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "not closed after the client's FIN: {e}"
+            ),
+        }
+    }
+    assert_eq!(stat(b_admin, "listener.ssl.plaintext_refused"), 2);
+    assert_eq!(app.count(), 0);
+}

@@ -128,6 +128,21 @@ fn poll_out(fd: RawFd) -> io::Result<bool> {
     Ok(rc > 0)
 }
 
+/// Whether the peer has shut down its sending side (its FIN has arrived),
+/// even while bytes it sent before are still unread: POLLRDHUP, which a
+/// peek cannot tell (it keeps returning those bytes, never 0). Zero
+/// timeout; an error counts as closed.
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let rc = unsafe { libc::poll(&mut p, 1, 0) };
+    rc < 0 || p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Whether `ip` can be used as a source address here (e.g. ::6 exists on lo).
 pub fn can_bind(ip: IpAddr) -> bool {
     let domain = if ip.is_ipv6() {

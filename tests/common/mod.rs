@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod envoy;
 pub mod http;
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
