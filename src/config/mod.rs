@@ -536,6 +536,10 @@ impl Validator<'_> {
         let peer_authentication = self.peer_authentication(raw.peer_authentication, &tls);
         let authorization = self.authorization_policies(raw.authorization_policies);
         let mesh_destinations = self.mesh_destinations(raw.mesh_destinations, &tls);
+        // Every error carries a position (the config fuzz target checks it):
+        // the spans of what the checks below compare, kept before validation
+        // consumes the raw tables.
+        let name_spans: Vec<Range<usize>> = raw.clusters.iter().map(|c| c.name.span()).collect();
         let clusters: Vec<Cluster> = raw
             .clusters
             .into_iter()
@@ -543,21 +547,27 @@ impl Validator<'_> {
             .collect();
         for (i, c) in clusters.iter().enumerate() {
             if clusters[..i].iter().any(|o| o.name == c.name) {
-                self.error(None, format!("cluster name `{}` is used twice", c.name));
+                self.error(
+                    name_spans.get(i).cloned(),
+                    format!("cluster name `{}` is used twice", c.name),
+                );
             }
         }
         let capture = self.capture(raw.capture);
         let mut listeners: Vec<Listener> = Vec::new();
+        let mut address_spans: Vec<Range<usize>> = Vec::new();
         for l in raw.listeners {
+            let span = l.address.span();
             if let Some(l) = self.listener(l, &clusters, &listeners) {
                 listeners.push(l);
+                address_spans.push(span);
             }
         }
         if let Some(cap) = &capture {
-            for l in &listeners {
+            for (l, span) in listeners.iter().zip(&address_spans) {
                 if [cap.outbound_port, cap.inbound_port].contains(&l.address.port()) {
                     self.error(
-                        None,
+                        Some(span.clone()),
                         format!(
                             "listener `{}` uses port {}, which the capture section already listens on",
                             l.name,
@@ -770,19 +780,24 @@ impl Validator<'_> {
         if raw.enabled == Some(false) {
             return None;
         }
+        // The two defaults differ, so equal ports means at least one was set.
+        let port_span = (raw.inbound_port.as_ref())
+            .or(raw.outbound_port.as_ref())
+            .map(|p| p.span());
         let outbound_port = self.port_or(raw.outbound_port, 15001, "capture.outbound_port");
         let inbound_port = self.port_or(raw.inbound_port, 15006, "capture.inbound_port");
         if outbound_port == inbound_port {
             self.error(
-                None,
+                port_span,
                 format!("capture.outbound_port and capture.inbound_port are both {outbound_port}"),
             );
         }
-        let ipv4 = raw.ipv4.unwrap_or(true);
-        let ipv6 = raw.ipv6.unwrap_or(true);
+        let ipv4 = raw.ipv4.as_ref().is_none_or(|v| *v.get_ref());
+        let ipv6 = raw.ipv6.as_ref().is_none_or(|v| *v.get_ref());
         if !ipv4 && !ipv6 {
+            // Both were set to false, so both have a position.
             self.error(
-                None,
+                raw.ipv6.as_ref().map(|v| v.span()),
                 "capture has both ipv4 and ipv6 off; set `enabled = false` to turn capture off"
                     .into(),
             );
@@ -1031,6 +1046,30 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the config fuzz target (fuzz/README.md): these checks that
+    /// compare two fields reported no position (line 0).
+    #[test]
+    fn cross_field_errors_have_positions() {
+        let twice = "[[cluster]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n\n\
+                     [[cluster]]\nname = \"a\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let on_capture_port = "[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n\n\
+                               [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:15006\"\ncluster = \"c\"\n";
+        for (text, line) in [
+            (twice, 6),
+            (
+                "[capture]\noutbound_port = 15001\ninbound_port = 15001\n",
+                3,
+            ),
+            ("[capture]\noutbound_port = 15006\n", 2),
+            ("[capture]\nipv4 = false\nipv6 = false\n", 3),
+            (on_capture_port, 7),
+        ] {
+            let e = Config::from_toml(text, None).unwrap_err();
+            let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+            assert_eq!(lines, [line], "{e}");
+        }
+    }
 
     #[test]
     fn builtin_is_istio_passthrough() {
