@@ -8,8 +8,11 @@
 //!   SO_REUSEPORT listeners (listener: 15001 outbound, 15006 inbound, [[listener]]s)
 //!     └─ accept ─ connection: [[listener]] connection_rate_limit (policy::ratelimit; over: reset)
 //!                 ─ original dst (net::orig_dst) ─ decide(snapshot) ─► Decision
+//!                                                   ├─ inbound (15006, direction = "inbound"): ClientHello
+//!                                                   │    peek (tls::hello) ─ PeerAuthentication chain ─
+//!                                                   │    mTLS termination (net::Stream, tls) ─ authz (policy::authz)
 //!                                                   ├─ protocol: tcp / http / auto (l7::detect peeks)
-//!                                                   ├─ L4: upstream (pick, connect)
+//!                                                   ├─ L4: upstream (pick, connect, TLS origination)
 //!                                                   │     └─ l4::forward: copy or splice, both ways
 //!                                                   ├─ L7: l7::serve: HTTP/1 codec (http) ─ route ─
 //!                                                   │      rate limit (429) ─ fault (delay, abort)
@@ -25,9 +28,11 @@
 //! init step: `remora iptables` (intercept) installs Istio's capture rules
 //! ```
 //!
-//! Nothing is shared between cores except the config snapshot. Every io_uring
-//! ring is created with COOP_TASKRUN (`net::uring`), which this workload needs
-//! to avoid an interrupt per completion.
+//! Nothing is shared between cores except the config snapshot and, by the
+//! same mechanism, the upstream member sets, health verdicts and TLS
+//! contexts. Every io_uring ring is created with COOP_TASKRUN
+//! (`net::uring`), which this workload needs to avoid an interrupt per
+//! completion.
 
 pub mod access_log;
 pub mod admin;
