@@ -305,6 +305,7 @@ class RemoraPairConfigs(unittest.TestCase):
 
     def test_every_config_validates(self):
         rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        rig.backend = harness.Instance("direct", 4, None, 0, Path("/dev/null"))  # a port to name
         try:
             for sc in harness.SCENARIOS:
                 if sc.layer != "mtls":
