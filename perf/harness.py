@@ -54,7 +54,7 @@ APT_PACKAGES = ["wrk", "nginx-light", "libnginx-mod-stream", "haproxy"]
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 L7_NA = "n/a (no L7 yet)"
-MTLS_NA = "n/a (Remora's mTLS pair not wired yet: harness.MTLS_PAIRS)"
+MTLS_NA = "n/a (this sidecar pair is not wired: harness.MTLS_PAIRS)"
 
 
 class HarnessError(Exception):
@@ -834,28 +834,65 @@ def render_envoy_pair(rig: "Rig", tag: str, sc: Scenario, port: int, inbound_por
 
 
 def start_remora_pair(rig: "Rig", name: str, sc: Scenario) -> Instance:
-    """THE SLOT FOR REMORA'S PAIR (not wired yet; MTLS_PAIRS maps remora-mtls to None,
-    so its rows read MTLS_NA). When Remora's mTLS lands, fill this in and put it in
-    MTLS_PAIRS, mirroring start_envoy_pair:
-    - certificates: rig.mtls_certs() -> (client_dir, server_dir), Istio's layout;
-    - sidecar B: `[tls] cert_dir = server_dir`, a 15006-style inbound listener on a
-      free port (STRICT), cluster to the backend (127.0.0.1:BACKEND_PORT);
-    - sidecar A: `[tls] cert_dir = client_dir`, an explicit `[[listener]]` with
-      `protocol = "http"` on the port wrk loads, cluster to sidecar B's port with
-      `tls = { mode = "ISTIO_MUTUAL", subject_alt_names = [MTLS_SERVER_SAN] }`, SNI
-      outbound_.8000_._.MTLS_HOST; for sc.mtls_requests_per_conn the cluster's
-      max_requests_per_connection, for sc.mtls_resumption Remora's resumption knob;
-    - both `--cores 1`, started with rig.procs.start(argv, log, rig.proxy_cpu);
-    - return Instance(name, port, a, a.pid, a_log, also=[b], handshakes=f) where f()
-      returns (handshakes, resumed) of A's client side (from Remora's metrics), or
-      handshakes=None if Remora cannot say (the columns then read "–")."""
-    raise SetupError(MTLS_NA)
+    """Sidecar B (inbound STRICT, in front of the backend) then sidecar A (outbound,
+    the port wrk loads), both Remora `--cores 1`, both pinned on the proxy CPU, with
+    the certificates of the Envoy pair. Configs: perf/configs/remora-mtls-
+    {inbound,outbound}.toml. Handshakes are read from A's admin /stats:
+    cluster.ssl.handshake and cluster.ssl.session_reused (src/metrics.rs)."""
+    rig.counter += 1
+    tag = f"{name}-{rig.counter}"
+    port, inbound_port, admin_port = free_port(), free_port(), free_port()
+    b_conf, a_conf = render_remora_pair(rig, tag, sc, port, inbound_port, admin_port)
+    b_log, a_log = rig.dir / f"{tag}-inbound.log", rig.dir / f"{tag}.log"
+    argv = lambda conf: [str(rig.remora_bin), "run", "--config", str(conf), "--cores", "1"]  # noqa: E731
+    b = rig.procs.start(argv(b_conf), b_log, rig.proxy_cpu)
+    try:
+        wait_port(inbound_port, b, b_log)
+        a = rig.procs.start(argv(a_conf), a_log, rig.proxy_cpu)
+        wait_port(port, a, a_log)
+    except HarnessError:
+        rig.procs.stop(b)
+        raise
+
+    def handshakes() -> tuple[int, int]:
+        st = remora_stats(admin_port)
+        return st.get("cluster.ssl.handshake", 0), st.get("cluster.ssl.session_reused", 0)
+
+    inst = Instance(name, port, a, a.pid, a_log, also=[b], handshakes=handshakes)
+    inst.notes = remora_ready_notes(a_log)
+    return inst
+
+
+def render_remora_pair(rig: "Rig", tag: str, sc: Scenario, port: int, inbound_port: int,
+                       admin_port: int) -> tuple[Path, Path]:
+    """Writes the Remora pair's configs for scenario `sc`: (inbound B, outbound A).
+    Mirrors render_envoy_pair: max_requests_per_connection for a handshake per
+    request, the cluster's tls.session_resumption = false for full handshakes."""
+    client_dir, server_dir = rig.mtls_certs()
+    vals = rig.values(tag, port) | {
+        "INBOUND_PORT": str(inbound_port), "ADMIN_PORT": str(admin_port), "HOST": MTLS_HOST,
+        "CLIENT_CERT_DIR": str(client_dir), "SERVER_CERT_DIR": str(server_dir),
+        "SERVER_SAN": MTLS_SERVER_SAN,
+        "CIRCUIT_BREAKERS": (f"circuit_breakers = {{ max_requests_per_connection = "
+                             f"{sc.mtls_requests_per_conn} }}" if sc.mtls_requests_per_conn else ""),
+        "SESSION_RESUMPTION": "" if sc.mtls_resumption else ", session_resumption = false",
+    }
+    b_conf = render_template("remora-mtls-inbound.toml", vals, rig.dir / f"{tag}-inbound.toml")
+    a_conf = render_template("remora-mtls-outbound.toml", vals, rig.dir / f"{tag}-outbound.toml")
+    return b_conf, a_conf
+
+
+def remora_stats(admin_port: int) -> dict[str, int]:
+    """Remora's admin /stats (Envoy's `name: value` text form) as counters."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=10) as r:
+        return parse_envoy_stats(r.read().decode())
 
 
 # Pair name -> how to start it (None: not available yet, reported as n/a).
 MTLS_PAIRS = {
     "envoy-mtls": start_envoy_pair,
-    "remora-mtls": None,  # start_remora_pair once Remora's mTLS lands
+    "remora-mtls": start_remora_pair,
 }
 
 
@@ -1489,7 +1526,7 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (perf.data)")
     args = ap.parse_args(argv)
     sc = next(s for s in SCENARIOS if s.name == args.scenario)
-    proxy = "remora-l7" if sc.layer == "l7" else f"remora-{args.forwarding}"
+    proxy = {"l7": "remora-l7", "mtls": "remora-mtls"}.get(sc.layer, f"remora-{args.forwarding}")
     out = args.out or RESULTS_DIR / f"flame-{sc.name}-{proxy.removeprefix('remora-')}.svg"
 
     rig = None
@@ -1507,8 +1544,10 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         rig.start_backend()
         if sc.layer == "l7" and not rig.probe_remora_l7():
             raise SetupError(f"Remora has no L7 mode yet: {rig.remora_l7_probe['answer'][:200]}")
-        inst = rig.start(proxy)
+        inst = rig.start(proxy, sc)
         rig.check_http(inst.port, close=sc.close)
+        # A sidecar pair (mtls scenarios): both processes in one recording.
+        pids = ",".join(str(p.pid) for p in [inst.proc, *inst.also])
         wrk_argv = ["wrk", "-t1", f"-c{sc.connections}", f"-d{args.duration + 3}s"]
         if sc.close:
             wrk_argv += ["-H", "Connection: close"]
@@ -1518,7 +1557,7 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         data = rig.dir / "perf.data"
         cg = ["-g"] if args.call_graph == "fp" else ["--call-graph", "dwarf,16384"]
         rec = ["perf", "record", "-e", "cpu-clock", "-F", str(args.frequency), *cg,
-               "-p", str(inst.proc.pid), "-o", str(data), "--", "sleep", str(args.duration)]
+               "-p", pids, "-o", str(data), "--", "sleep", str(args.duration)]
         log(shlex.join(rec))
         subprocess.run(rec, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wrk.wait(timeout=args.duration + 60)

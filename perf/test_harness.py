@@ -190,11 +190,46 @@ class EnvoyPieces(unittest.TestCase):
         l4 = next(s for s in harness.SCENARIOS if s.name == "idle-10k")
         self.assertIn("envoy-tcp", harness.proxies_for(l4, list(harness.PROXIES)))
 
-    def test_remora_pair_is_an_empty_slot(self):
-        # When Remora's mTLS lands, MTLS_PAIRS["remora-mtls"] gets start_remora_pair
-        # and this test changes with it.
-        self.assertIsNone(harness.MTLS_PAIRS["remora-mtls"])
+    def test_both_pairs_are_wired(self):
+        self.assertIs(harness.MTLS_PAIRS["remora-mtls"], harness.start_remora_pair)
         self.assertIs(harness.MTLS_PAIRS["envoy-mtls"], harness.start_envoy_pair)
+
+    def test_remora_pair_configs_mirror_the_envoy_pair(self):
+        # Per scenario: a handshake per request through the cluster's
+        # max_requests_per_connection, full handshakes through its
+        # tls.session_resumption; the same certificates, SANs, SNI and ports.
+        rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        rig.mtls_certs = lambda: (Path("/certs/client"), Path("/certs/server"))
+        try:
+            for sc in harness.SCENARIOS:
+                if sc.layer != "mtls":
+                    continue
+                b, a = harness.render_remora_pair(rig, sc.name, sc, 1001, 1002, 1003)
+                a_text, b_text = a.read_text(), b.read_text()
+                self.assertEqual(
+                    "max_requests_per_connection = 1" in a_text, sc.mtls_requests_per_conn == 1)
+                self.assertEqual("session_resumption = false" in a_text, not sc.mtls_resumption)
+                self.assertIn('cert_dir = "/certs/client"', a_text)
+                self.assertIn(f'subject_alt_names = ["{harness.MTLS_SERVER_SAN}"]', a_text)
+                self.assertIn(f'sni = "outbound_.8000_._.{harness.MTLS_HOST}"', a_text)
+                self.assertIn('mode = "ISTIO_MUTUAL"', a_text)
+                self.assertIn('endpoints = ["127.0.0.1:1002"]', a_text)
+                self.assertIn('address = "127.0.0.1:1001"', a_text)
+                self.assertIn('address = "127.0.0.1:1003"', a_text)
+                self.assertIn('cert_dir = "/certs/server"', b_text)
+                self.assertIn('mode = "STRICT"', b_text)
+                self.assertIn('direction = "inbound"', b_text)
+                self.assertIn('address = "127.0.0.1:1002"', b_text)
+                for text in (a_text, b_text):
+                    self.assertNotIn("access_log", text)
+                    self.assertIn("cores = 1", text)
+        finally:
+            rig.close()
+
+    def test_remora_stats_are_read_as_counters(self):
+        st = harness.parse_envoy_stats("cluster.ssl.handshake: 12\ncluster.ssl.session_reused: 11\n"
+                                       "listener.ssl.versions.TLSv1.3: 12\n")
+        self.assertEqual((st["cluster.ssl.handshake"], st["cluster.ssl.session_reused"]), (12, 11))
 
     def test_render_mtls_table(self):
         data = {"meta": {"date": "d", "command": "c", "rounds": 1, "duration_s": 1,
@@ -255,6 +290,30 @@ class EnvoyConfigs(unittest.TestCase):
                 r = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
                                     str(d / "cert-chain.pem")], capture_output=True, text=True)
                 self.assertIn(f"URI:{san}", r.stdout)
+        finally:
+            rig.close()
+
+
+REMORA_RELEASE = harness.REPO / "target/release/remora"
+
+
+@unittest.skipUnless(REMORA_RELEASE.exists() and shutil.which("openssl"),
+                     "target/release/remora (cargo build --release) or openssl missing")
+class RemoraPairConfigs(unittest.TestCase):
+    """Every Remora pair config the harness writes passes `remora validate`, with
+    certificates made as a run makes them (the cert files are checked at load)."""
+
+    def test_every_config_validates(self):
+        rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        rig.backend = harness.Instance("direct", 4, None, 0, Path("/dev/null"))  # a port to name
+        try:
+            for sc in harness.SCENARIOS:
+                if sc.layer != "mtls":
+                    continue
+                for conf in harness.render_remora_pair(rig, sc.name, sc, 1, 2, 3):
+                    r = subprocess.run([str(REMORA_RELEASE), "validate", str(conf)],
+                                       capture_output=True, text=True, timeout=60)
+                    self.assertEqual(r.returncode, 0, f"{sc.name} {conf.name}:\n{r.stdout}{r.stderr}")
         finally:
             rig.close()
 

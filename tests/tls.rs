@@ -128,11 +128,25 @@ fn inbound_sidecar(
 /// Pod A's sidecar: an outbound listener whose cluster is pod B's inbound,
 /// reached with ISTIO_MUTUAL expecting `sans`.
 fn outbound_sidecar(pods: &Pods, port: u16, admin_port: u16, b_port: u16, sans: &str) -> Remora {
+    outbound_sidecar_with(pods, port, admin_port, b_port, sans, "", "")
+}
+
+/// [`outbound_sidecar`] with more keys in the cluster's `tls` table
+/// (`tls_extra`, starting with a comma) and in the cluster (`cluster_extra`).
+fn outbound_sidecar_with(
+    pods: &Pods,
+    port: u16,
+    admin_port: u16,
+    b_port: u16,
+    sans: &str,
+    tls_extra: &str,
+    cluster_extra: &str,
+) -> Remora {
     Remora::start(
         &format!(
             "[capture]\nenabled = false\n{}[tls]\ncert_dir = \"{}\"\n\
              [[cluster]]\nname = \"reviews.default.svc.cluster.local\"\nendpoints = [\"127.0.0.1:{b_port}\"]\n\
-             tls = {{ mode = \"ISTIO_MUTUAL\", subject_alt_names = [{sans}] }}\n\
+             tls = {{ mode = \"ISTIO_MUTUAL\", subject_alt_names = [{sans}]{tls_extra} }}\n{cluster_extra}\n\
              [[listener]]\nname = \"outbound\"\naddress = \"127.0.0.1:{port}\"\ncluster = \"reviews.default.svc.cluster.local\"\nprotocol = \"http\"\n\
              [[virtual_host]]\nname = \"reviews\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"reviews.default.svc.cluster.local\"\n",
             admin_toml(admin_port),
@@ -180,6 +194,36 @@ fn two_sidecars_speak_mtls_and_the_app_sees_the_client_identity() {
     assert_eq!(stat(a_admin, "cluster.ssl.handshake"), 1);
     assert_eq!(stat(b_admin, "listener.ssl.versions.TLSv1.3"), 1);
     let _ = &pods.pki;
+}
+
+/// A handshake per request (`max_requests_per_connection = 1`, as perf/compare's
+/// mtls-newconn does): after the first, handshakes resume the session by
+/// default; with the cluster's `tls.session_resumption = false` (mtls-full)
+/// every one is full.
+#[test]
+fn outbound_sessions_resume_unless_turned_off() {
+    let pods = Pods::new("mtls-resume");
+    let app = Backend::start("app");
+    let b_port = free_port();
+    let _b = inbound_sidecar(&pods, b_port, free_port(), &app, "STRICT", "");
+    let sans = format!("\"{SERVER_SA}\"");
+    let once = "circuit_breakers = { max_requests_per_connection = 1 }";
+    for (tls_extra, resumed) in [("", true), (", session_resumption = false", false)] {
+        let (a_port, a_admin) = (free_port(), free_port());
+        let _a = outbound_sidecar_with(&pods, a_port, a_admin, b_port, &sans, tls_extra, once);
+        let mut c = Client::new(a_port);
+        for i in 0..5 {
+            let r = c.request(&format!("GET /r/{i} HTTP/1.1\r\nHost: reviews\r\n\r\n"));
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        assert_eq!(stat(a_admin, "cluster.ssl.handshake"), 5, "{tls_extra:?}");
+        let reused = stat(a_admin, "cluster.ssl.session_reused");
+        if resumed {
+            assert!(reused >= 3, "{reused} of 5 handshakes resumed");
+        } else {
+            assert_eq!(reused, 0, "resumption is off");
+        }
+    }
 }
 
 /// STRICT: plaintext is closed unanswered and counted, the app sees nothing.

@@ -136,6 +136,7 @@ pub struct RawClusterTls {
     pub ca_certificates: Option<Spanned<String>>,
     pub client_certificate: Option<Spanned<String>>,
     pub private_key: Option<Spanned<String>>,
+    pub session_resumption: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +248,13 @@ pub struct ClusterTls {
     pub ca_certificates: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
+    /// Whether handshakes to this cluster may resume an earlier session
+    /// (TLS 1.3 tickets, TLS 1.2 tickets and session IDs). On by default,
+    /// as in Envoy and Istio; `false` makes every handshake a full one, as
+    /// Envoy's UpstreamTlsContext `max_session_keys: 0` does (Istio's
+    /// DestinationRule has no such field). For benchmarks and for peers
+    /// that mishandle resumption.
+    pub session_resumption: bool,
 }
 
 impl ClusterTls {
@@ -521,6 +529,10 @@ impl Validator<'_> {
                     r.subject_alt_names.as_ref().map(|_| span.clone()),
                 ),
                 ("sni", r.sni.as_ref().map(Spanned::span)),
+                (
+                    "session_resumption",
+                    r.session_resumption.as_ref().map(Spanned::span),
+                ),
             ]
             .into_iter()
             .chain(
@@ -653,6 +665,7 @@ impl Validator<'_> {
             ca_certificates,
             client_certificate,
             private_key,
+            session_resumption: r.session_resumption.is_none_or(Spanned::into_inner),
         })
     }
 
@@ -1268,7 +1281,7 @@ tls = {{ mode = "simple", ca_certificates = "{d}/ca.pem", sni = "api.example.com
 [[cluster]]
 name = "mutual"
 endpoints = ["10.0.0.3:443"]
-tls = {{ mode = "MUTUAL", ca_certificates = "{d}/ca.pem", client_certificate = "{d}/client.pem", private_key = "{d}/client-key.pem" }}
+tls = {{ mode = "MUTUAL", ca_certificates = "{d}/ca.pem", client_certificate = "{d}/client.pem", private_key = "{d}/client-key.pem", session_resumption = false }}
 
 [[cluster]]
 name = "plain"
@@ -1302,6 +1315,8 @@ tls = {{ mode = "DISABLE" }}
         assert_eq!(mutual.mode, ClusterTlsMode::Mutual);
         assert_eq!(mutual.sni_for("x", 1), None);
         assert_eq!(mutual.private_key, Some(dir.join("client-key.pem")));
+        assert!(!mutual.session_resumption);
+        assert!(mesh.session_resumption && simple.session_resumption);
         assert_eq!(c.clusters[3].tls, None);
         let dump = serde_json::to_value(&c).unwrap();
         assert_eq!(dump["clusters"][0]["tls"]["mode"], "ISTIO_MUTUAL");
@@ -1360,6 +1375,7 @@ tls = {{ mode = "DISABLE" }}
             (&with_certs("{ mode = \"ISTIO_MUTUAL\", subject_alt_names = [\"reviews\"] }"), "8: cluster `a`: tls.subject_alt_names `reviews` is not a SPIFFE ID"),
             (&with_certs("{ mode = \"ISTIO_MUTUAL\", sni = \"\" }"), "8: cluster `a`: tls.sni `` is not a server name"),
             (&cl("{ mode = \"DISABLE\", sni = \"x\" }"), "6: cluster `a`: tls.sni has no effect with mode = \"DISABLE\""),
+            (&cl("{ mode = \"DISABLE\", session_resumption = false }"), "6: cluster `a`: tls.session_resumption has no effect with mode = \"DISABLE\""),
             (&cl("{ mode = \"DISABLE\", insecure_skip_verify = true }"), "6: unknown field `insecure_skip_verify`"),
         ]);
     }

@@ -183,8 +183,20 @@ fn build_cluster(
             })
         }
     };
+    let config = if tls.session_resumption {
+        config
+    } else {
+        // Every handshake full (Envoy's `max_session_keys: 0`): no session
+        // is stored, so none is offered.
+        let mut c = (*config).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        Arc::new(c)
+    };
     let mode = format!("{:?}", tls.mode);
     let mut parts: Vec<&[u8]> = vec![mode.as_bytes(), if http { b"http" } else { b"tcp" }];
+    if !tls.session_resumption {
+        parts.push(b"no-resumption");
+    }
     parts.extend(tls.subject_alt_names.iter().map(|s| s.as_bytes()));
     if let Some(s) = &tls.sni {
         parts.push(s.as_bytes());
