@@ -431,3 +431,126 @@ fn a_truncated_client_hello_then_eof_is_closed_at_once() {
     assert_eq!(stat(b_admin, "listener.ssl.plaintext_refused"), 2);
     assert_eq!(app.count(), 0);
 }
+
+/// A client certificate that has expired is refused at the handshake and
+/// counted as such (`fail_verify_expired`); nothing reaches the app.
+#[test]
+fn an_expired_client_certificate_is_refused_and_counted() {
+    let pods = Pods::new("mtls-expired");
+    let app = Backend::start("app");
+    let (b_port, b_admin) = (free_port(), free_port());
+    let _b = inbound_sidecar(&pods, b_port, b_admin, &app, "STRICT", "");
+    let expired = pods.pki.leaf_with(&LeafOptions {
+        uris: &[CLIENT_SA],
+        not_before: time::Duration::days(-10),
+        not_after: time::Duration::days(-1),
+        ..Default::default()
+    });
+    let (chain, key, root) = expired.write_files(&pods.dir.0, "expired");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--insecure",
+        ])
+        .arg("--cacert")
+        .arg(&root)
+        .arg("--cert")
+        .arg(&chain)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("https://127.0.0.1:{b_port}/expired"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(app.count(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(b_admin, "listener.ssl.fail_verify_expired") < 1 {
+        assert!(Instant::now() < deadline, "{}", admin(b_admin, "/stats"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// DestinationRule `SIMPLE` toward a server outside the mesh: a plain TLS
+/// server (`openssl s_server -www`, a DNS certificate from its own CA) is
+/// reached over TLS, verified against `ca_certificates` by the SNI name; a
+/// wrong SNI name fails verification (503, nothing served).
+#[test]
+fn simple_tls_to_a_plain_tls_server() {
+    let dir = TempDir::new("simple-tls");
+    let pki = Pki::new("external");
+    let leaf = pki.leaf_with(&LeafOptions {
+        dns: &["api.example.com"],
+        ..Default::default()
+    });
+    let (chain, key, root) = leaf.write_files(&dir.0, "server");
+    let tls_port = free_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-www",
+            "-quiet",
+            "-accept",
+            &tls_port.to_string(),
+        ])
+        .arg("-cert")
+        .arg(&chain)
+        .arg("-cert_chain")
+        .arg(&chain)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready when it accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |sni: &str| {
+        let (port, admin_port) = (free_port(), free_port());
+        let r = Remora::start(
+            &format!(
+                "[capture]\nenabled = false\n{}\
+                 [[cluster]]\nname = \"external\"\nendpoints = [\"127.0.0.1:{tls_port}\"]\n\
+                 tls = {{ mode = \"SIMPLE\", sni = \"{sni}\", ca_certificates = \"{}\" }}\n\
+                 [[listener]]\nname = \"out\"\naddress = \"127.0.0.1:{port}\"\ncluster = \"external\"\nprotocol = \"http\"\n\
+                 [[virtual_host]]\nname = \"ext\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"external\"\n",
+                admin_toml(admin_port),
+                root.display()
+            ),
+            &["--cores", "1"],
+        );
+        let mut c = Client::new(port);
+        let resp =
+            c.request("GET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n");
+        (r, resp, admin_port)
+    };
+    let (_r, ok, admin_port) = run("api.example.com");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // s_server -www describes the session it served.
+    assert!(
+        String::from_utf8_lossy(&ok.body).contains("TLSv1.3"),
+        "{}",
+        String::from_utf8_lossy(&ok.body)
+    );
+    assert_eq!(stat(admin_port, "cluster.ssl.handshake"), 1);
+    let (_r2, bad, admin2) = run("other.example.com");
+    assert_eq!(bad.status, 503, "{bad:?}");
+    assert!(
+        stat(admin2, "cluster.ssl.fail_verify_san") >= 1,
+        "{}",
+        admin(admin2, "/stats")
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
