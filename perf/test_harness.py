@@ -294,11 +294,20 @@ class EnvoyConfigs(unittest.TestCase):
             rig.close()
 
 
-REMORA_RELEASE = harness.REPO / "target/release/remora"
+def newest_remora() -> Path:
+    """The most recently built Remora binary: tests/run has just built the
+    debug one (cargo test), while target/release may be left from an older
+    tree, whose `validate` would not know newer config keys."""
+    built = [p for p in (harness.REPO / "target/debug/remora", harness.REPO / "target/release/remora")
+             if p.exists()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else harness.REPO / "target/debug/remora"
 
 
-@unittest.skipUnless(REMORA_RELEASE.exists() and shutil.which("openssl"),
-                     "target/release/remora (cargo build --release) or openssl missing")
+REMORA_BIN = newest_remora()
+
+
+@unittest.skipUnless(REMORA_BIN.exists() and shutil.which("openssl"),
+                     "no built remora (cargo build) or openssl missing")
 class RemoraPairConfigs(unittest.TestCase):
     """Every Remora pair config the harness writes passes `remora validate`, with
     certificates made as a run makes them (the cert files are checked at load)."""
@@ -311,7 +320,7 @@ class RemoraPairConfigs(unittest.TestCase):
                 if sc.layer != "mtls":
                     continue
                 for conf in harness.render_remora_pair(rig, sc.name, sc, 1, 2, 3):
-                    r = subprocess.run([str(REMORA_RELEASE), "validate", str(conf)],
+                    r = subprocess.run([str(REMORA_BIN), "validate", str(conf)],
                                        capture_output=True, text=True, timeout=60)
                     self.assertEqual(r.returncode, 0, f"{sc.name} {conf.name}:\n{r.stdout}{r.stderr}")
         finally:
