@@ -375,16 +375,8 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
     // fields handled as Istio does), once, before connecting.
     if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
         let tls = tls.as_deref();
-        let input = crate::policy::authz::AuthzInput {
-            source_principal: tls.and_then(|t| t.peer_uri.as_deref()),
-            source_ip: peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
-            destination_ip: dst.ip(),
-            destination_port: dst.port(),
-            sni: tls.and_then(|t| t.sni.as_deref()),
-            http: None,
-        };
-        let verdict = config.authorization.evaluate(&input);
-        if let Some(policy) = crate::l7::decided(shard, &verdict) {
+        let denied = crate::l7::check_policies(shard, &config.authorization, tls, peer, dst, None);
+        if let Some(policy) = denied {
             CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
             debug!(?peer, %policy, "connection denied by an authorization policy");
             log_l4("RBAC", None, 0, 0, tls, Some(&policy));
@@ -409,12 +401,12 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                     .upstreams
                     .tls
                     .for_cluster(&c.name, t, &shard.tls, false);
-                (o, tls::is_mesh(t), c.name.clone())
+                (o, tls::is_mesh(t), Some(c.name.as_str()))
             })
         }),
         (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
             let o = shard.upstreams.tls.for_mesh(d, &shard.tls, false);
-            (o, true, a.ip().to_string())
+            (o, true, None)
         }),
         _ => None,
     };
@@ -425,7 +417,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                 Ok(o) => {
                     let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
                     let timeout = config.tls.handshake_timeout;
-                    Box::pin(tls::originate(up, &o, mesh, &host, addr, timeout)).await
+                    Box::pin(tls::originate(up, &o, mesh, host, addr, timeout)).await
                 }
                 Err(e) => Err(e),
             };

@@ -149,7 +149,7 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
                     return Err(Failure::Connect);
                 };
                 let timeout = snapshot.config.tls.handshake_timeout;
-                let host = cluster.name.as_str();
+                let host = Some(cluster.name.as_str());
                 let r = tls::originate(tcp, &o, tls::is_mesh(t), host, picked.addr, timeout).await;
                 shard.upstream_handshake(r)
             }

@@ -458,16 +458,17 @@ struct UpstreamRef<'c> {
     limits: Option<&'c BreakerConfig>,
     connect_timeout: Duration,
     /// How to secure a new connection (TLS clusters, mesh destinations).
-    tls: Option<&'c Secure>,
+    tls: Option<&'c Secure<'c>>,
     handshake_timeout: Duration,
 }
 
 /// TLS origination for one request's attempts: the settings, whether the
-/// peer is a mesh sidecar (Istio's SNI then), and the name it goes by.
-struct Secure {
+/// peer is a mesh sidecar (Istio's SNI then), and the name it goes by (the
+/// cluster's; None: the endpoint's address).
+struct Secure<'c> {
     origination: Rc<Origination>,
     mesh: bool,
-    host: String,
+    host: Option<&'c str>,
 }
 
 fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps>> {
@@ -1325,13 +1326,13 @@ impl Conn<'_> {
                     .upstreams
                     .tls
                     .for_cluster(&c.name, t, &self.shard.tls, true);
-                (o, tls::is_mesh(t), c.name.clone())
+                (o, tls::is_mesh(t), Some(c.name.as_str()))
             }),
             // Passthrough: outbound only (the inbound side talks to the local app).
             (Target::Addr(a, _), None) if self.ctx.inbound_dst.is_none() => {
                 config.mesh_destination_for(a).map(|d| {
                     let o = self.shard.upstreams.tls.for_mesh(d, &self.shard.tls, true);
-                    (o, true, a.ip().to_string())
+                    (o, true, None)
                 })
             }
             _ => None,
@@ -1639,7 +1640,7 @@ impl Conn<'_> {
                     stream,
                     &sec.origination,
                     sec.mesh,
-                    &sec.host,
+                    sec.host,
                     ep,
                     conn.handshake_timeout,
                 ))
@@ -1880,28 +1881,46 @@ fn authorize(
         }
         std::str::from_utf8(headers.get(name.as_bytes())?).ok()
     };
-    let tls = ctx.tls.as_deref();
+    let http = HttpInput {
+        method: std::str::from_utf8(view.method()).unwrap_or(""),
+        path: std::str::from_utf8(view.path_and_query()).unwrap_or(""),
+        host: view.authority().and_then(|a| std::str::from_utf8(a).ok()),
+        headers: &lookup,
+    };
+    check_policies(
+        shard,
+        policies,
+        ctx.tls.as_deref(),
+        ctx.peer,
+        dst,
+        Some(http),
+    )
+}
+
+/// Evaluates the authorization policies for a connection (`http` None: the
+/// TCP view) or a request to `dst`, and counts the decision per policy.
+/// `Some(policy name)` when denied.
+pub(crate) fn check_policies<'a>(
+    shard: &Shard,
+    policies: &AuthzPolicies,
+    tls: Option<&'a crate::net::DownstreamTls>,
+    peer: Option<SocketAddr>,
+    dst: SocketAddr,
+    http: Option<HttpInput<'a>>,
+) -> Option<std::sync::Arc<str>> {
     let input = AuthzInput {
         source_principal: tls.and_then(|t| t.peer_uri.as_deref()),
-        source_ip: ctx
-            .peer
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+        source_ip: peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
         destination_ip: dst.ip(),
         destination_port: dst.port(),
         sni: tls.and_then(|t| t.sni.as_deref()),
-        http: Some(HttpInput {
-            method: std::str::from_utf8(view.method()).unwrap_or(""),
-            path: std::str::from_utf8(view.path_and_query()).unwrap_or(""),
-            host: view.authority().and_then(|a| std::str::from_utf8(a).ok()),
-            headers: &lookup,
-        }),
+        http,
     };
-    let verdict = policies.evaluate(&input);
-    decided(shard, &verdict)
+    decided(shard, &policies.evaluate(&input))
 }
 
 /// Counts a verdict per policy; the denying policy's name if it denies.
-pub(crate) fn decided(shard: &Shard, verdict: &authz::Verdict<'_>) -> Option<std::sync::Arc<str>> {
+fn decided(shard: &Shard, verdict: &authz::Verdict<'_>) -> Option<std::sync::Arc<str>> {
     for p in &verdict.audited {
         shard.count_rbac(&p.name, RbacResult::Audited);
     }

@@ -209,26 +209,37 @@ fn build_cluster(
 }
 
 /// The name a handshake with `addr` sends: the configured SNI; else for
-/// mesh mTLS Istio's outbound name for `host` (the cluster, or the address
-/// for a passthrough mesh destination); else the address (no SNI is sent
-/// for an IP address, and the certificate is checked by SAN).
-fn server_name(o: &Origination, mesh: bool, host: &str, addr: SocketAddr) -> ServerName<'static> {
-    let name = match (&o.sni, mesh) {
-        (Some(s), _) => Some(s.clone()),
-        (None, true) => Some(istio_outbound_sni(host, addr.port(), None)),
-        (None, false) => None,
+/// mesh mTLS Istio's outbound name for `host` (the cluster; None: a
+/// passthrough mesh destination, named by its address); else the address (no
+/// SNI is sent for an IP address, and the certificate is checked by SAN).
+/// Built per new connection only, never per request.
+fn server_name(
+    o: &Origination,
+    mesh: bool,
+    host: Option<&str>,
+    addr: SocketAddr,
+) -> ServerName<'static> {
+    let name = match (&o.sni, mesh, host) {
+        (Some(s), ..) => Some(s.clone()),
+        (None, true, Some(h)) => Some(istio_outbound_sni(h, addr.port(), None)),
+        (None, true, None) => Some(istio_outbound_sni(
+            &addr.ip().to_string(),
+            addr.port(),
+            None,
+        )),
+        (None, false, _) => None,
     };
     name.and_then(|n| ServerName::try_from(n).ok())
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
 }
 
 /// Secures a connected socket. `mesh`: the peer is a mesh sidecar (Istio's
-/// SNI then); `host` names the destination for it.
+/// SNI then); `host` names the destination for it (None: its address).
 pub async fn originate(
     tcp: TcpStream,
     o: &Origination,
     mesh: bool,
-    host: &str,
+    host: Option<&str>,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(Stream, TlsInfo), OriginateError> {
