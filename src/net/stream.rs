@@ -254,15 +254,6 @@ impl TlsStream {
         })
     }
 
-    /// The peer's certificate chain (leaf first), if it sent one.
-    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        self.with(|i| {
-            i.conn
-                .peer_certificates()
-                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-        })
-    }
-
     /// Runs `f` on the session's common state (peer certificates, ALPN).
     pub fn with_state<R>(&self, f: impl FnOnce(&rustls::CommonState) -> R) -> R {
         self.with(|i| match &i.conn {
@@ -438,10 +429,6 @@ impl Stream {
             unacked: 0,
         };
         with_timeout(inner, timeout).await.map(Stream::Tls)
-    }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
     }
 
     pub fn tls(&self) -> Option<&TlsStream> {
