@@ -397,15 +397,19 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
     let secure = match (&plan.target, origin) {
         (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
             c.tls.as_ref().map(|t| {
-                let o = shard
-                    .upstreams
-                    .tls
-                    .for_cluster(&c.name, t, &shard.tls, false);
+                let o =
+                    shard
+                        .upstreams
+                        .tls
+                        .for_cluster(&c.name, t, &shard.tls, tls::AppProtocol::Tcp);
                 (o, tls::is_mesh(t), Some(c.name.as_str()))
             })
         }),
         (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
-            let o = shard.upstreams.tls.for_mesh(d, &shard.tls, false);
+            let o = shard
+                .upstreams
+                .tls
+                .for_mesh(d, &shard.tls, tls::AppProtocol::Tcp);
             (o, true, None)
         }),
         _ => None,

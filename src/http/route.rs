@@ -268,6 +268,47 @@ pub struct RetryOn {
     /// "retriable-status-codes": the statuses in
     /// [`RetryPolicy::retriable_status_codes`].
     pub retriable_status_codes: bool,
+    /// gRPC statuses in a response head (a trailers-only answer): Envoy's
+    /// `retry_on` "cancelled" (1), "deadline-exceeded" (4),
+    /// "resource-exhausted" (8), "unavailable" (14) and "internal" (13).
+    pub grpc: GrpcRetryOn,
+}
+
+/// The gRPC statuses a policy retries, by their `retry_on` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcRetryOn {
+    pub cancelled: bool,
+    pub deadline_exceeded: bool,
+    pub resource_exhausted: bool,
+    pub unavailable: bool,
+    pub internal: bool,
+}
+
+impl GrpcRetryOn {
+    /// Sets the flag `name` names; false if it names none.
+    pub fn set(&mut self, name: &str) -> bool {
+        let flag = match name {
+            "cancelled" => &mut self.cancelled,
+            "deadline-exceeded" => &mut self.deadline_exceeded,
+            "resource-exhausted" => &mut self.resource_exhausted,
+            "unavailable" => &mut self.unavailable,
+            "internal" => &mut self.internal,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    pub fn contains(self, status: u8) -> bool {
+        match status {
+            1 => self.cancelled,
+            4 => self.deadline_exceeded,
+            8 => self.resource_exhausted,
+            13 => self.internal,
+            14 => self.unavailable,
+            _ => false,
+        }
+    }
 }
 
 /// Why an upstream attempt failed, for the retry decision.
@@ -276,6 +317,8 @@ pub enum AttemptFailure {
     ConnectFailure,
     Reset,
     Status(u16),
+    /// A gRPC status in the response head.
+    Grpc(u8),
     /// The per-try timeout fired (retried under 5xx and gateway-error, as Envoy does).
     PerTryTimeout,
 }
@@ -313,6 +356,7 @@ impl RetryPolicy {
                     || (r.gateway_error && matches!(s, 502..=504))
                     || (r.retriable_status_codes && self.retriable_status_codes.contains(&s))
             }
+            AttemptFailure::Grpc(g) => r.grpc.contains(g),
         }
     }
 

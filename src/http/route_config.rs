@@ -219,7 +219,9 @@ pub struct RawDirectResponse {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetryPolicy {
-    /// "5xx", "gateway-error", "connect-failure", "reset".
+    /// "5xx", "gateway-error", "connect-failure", "reset",
+    /// "retriable-status-codes", and the gRPC statuses "cancelled",
+    /// "deadline-exceeded", "internal", "resource-exhausted", "unavailable".
     pub retry_on: Spanned<Vec<Spanned<String>>>,
     pub num_retries: Option<Spanned<i64>>,
     pub per_try_timeout: Option<Spanned<String>>,
@@ -826,9 +828,10 @@ impl Validator<'_> {
                 "connect-failure" => retry_on.connect_failure = true,
                 "reset" => retry_on.reset = true,
                 "retriable-status-codes" => retry_on.retriable_status_codes = true,
+                other if retry_on.grpc.set(other) => {}
                 other => self.error(
                     c.span(),
-                    format!("unknown retry_on `{other}` (use 5xx, gateway-error, connect-failure, reset or retriable-status-codes)"),
+                    format!("unknown retry_on `{other}` (use 5xx, gateway-error, connect-failure, reset, retriable-status-codes, or the gRPC ones: cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"),
                 ),
             }
         }

@@ -139,11 +139,12 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
     };
     // A TLS cluster gets its copy over TLS too, like the original.
     if let Some(t) = &cluster.tls {
-        let secured = match shard
-            .upstreams
-            .tls
-            .for_cluster(&cluster.name, t, &shard.tls, true)
-        {
+        let secured = match shard.upstreams.tls.for_cluster(
+            &cluster.name,
+            t,
+            &shard.tls,
+            tls::AppProtocol::Http1,
+        ) {
             Ok(o) => {
                 let Stream::Plain(tcp) = up else {
                     return Err(Failure::Connect);

@@ -62,6 +62,7 @@
 //! and stripped upstream, so an upstream's own 100 cannot pass for an early
 //! answer.
 
+mod attempt;
 pub mod detect;
 mod mirror;
 pub mod plan;
@@ -82,11 +83,11 @@ use futures_lite::io::AsyncWriteExt;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
 use crate::shard::RbacResult;
-use crate::upstream::tls::{self, Origination};
+use crate::upstream::tls;
 use tracing::debug;
 
 use crate::access_log;
-use crate::config::{Cluster, Config};
+use crate::config::Config;
 use crate::config::{Forwarding, Http, Snapshot};
 use crate::deadline::until;
 use crate::http::body::{
@@ -105,14 +106,12 @@ use crate::net::buf::{self, read_into, release_if_empty, write_all_pair, Buf};
 use crate::net::socket;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
-use crate::upstream::breaker::{BreakerConfig, Permit, Resource};
-use crate::upstream::cluster::{ActiveRequest, ClusterState};
-use crate::upstream::outlier::Result_ as OutlierResult;
+use crate::upstream::cluster::ActiveRequest;
 use crate::upstream::pool;
 pub use detect::{detect, sniff, Sniff};
 pub use plan::Fallback;
 use plan::Target;
-use retry::{Attempt, Failure, Outcome, Verdict};
+use retry::{Failure, Outcome};
 
 /// Largest buffer a head (request or response) may need: the parser's head
 /// limit plus room for the bytes that arrived with it.
@@ -431,44 +430,20 @@ struct Exchange {
     /// The request counts as active on its endpoint (least request) until
     /// its response has been passed on.
     active: Option<ActiveRequest>,
+    /// The response's status (for the retry decision).
+    status: u16,
 }
 
-/// One unit of `resource` of `cluster`'s breakers on this core, or
-/// `Overflow` (counted; answered with 503 UO).
-fn acquire(
-    state: &ClusterState,
-    cluster: &Cluster,
-    resource: Resource,
-    limits: &BreakerConfig,
-) -> Result<Permit, Failure> {
-    state.breakers.try_acquire(resource, limits).ok_or_else(|| {
-        debug!(cluster = %cluster.name, ?resource, "circuit breaker open");
-        Failure::Overflow
-    })
-}
+impl attempt::Answer for Exchange {
+    fn outcome(&self) -> Outcome {
+        Outcome::Response(self.status, None)
+    }
 
-/// Where one attempt connects, and under which cluster's limits.
-struct UpstreamRef<'c> {
-    key: pool::Key,
-    /// The cluster (None: passthrough to an address).
-    cluster: Option<&'c Cluster>,
-    /// This core's state of it.
-    state: Option<&'c Rc<ClusterState>>,
-    /// This core's share of the cluster's circuit breakers.
-    limits: Option<&'c BreakerConfig>,
-    connect_timeout: Duration,
-    /// How to secure a new connection (TLS clusters, mesh destinations).
-    tls: Option<&'c Secure<'c>>,
-    handshake_timeout: Duration,
-}
-
-/// TLS origination for one request's attempts: the settings, whether the
-/// peer is a mesh sidecar (Istio's SNI then), and the name it goes by (the
-/// cluster's; None: the endpoint's address).
-struct Secure<'c> {
-    origination: Rc<Origination>,
-    mesh: bool,
-    host: Option<&'c str>,
+    fn discard(self) {
+        if let Some(b) = self.upbuf {
+            b.release();
+        }
+    }
 }
 
 fn merge_ops<'a>(a: &'a HeaderOps, b: &'a HeaderOps) -> Option<Cow<'a, HeaderOps>> {
@@ -1286,6 +1261,8 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// The attempts of one HTTP/1 request: each writes `up_head` and the
+    /// body to a pooled or new connection and reads the response head.
     #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &mut self,
@@ -1299,181 +1276,45 @@ impl Conn<'_> {
         hash: Option<u64>,
         config: &Config,
     ) -> Result<Exchange, Failure> {
-        let cluster = match target {
-            Target::Cluster(i) => Some(config.clusters.get(i).ok_or(Failure::NoEndpoint)?),
-            Target::Addr(..) => None,
+        let req = attempt::Request {
+            config,
+            target,
+            retry,
+            per_try,
+            connect_timeout,
+            idempotent: method.is_idempotent(),
+            hash,
+            inbound: self.ctx.inbound_dst.is_some(),
+            protocol: tls::AppProtocol::Http1,
         };
-        let limits = cluster.map(|c| c.circuit_breakers.per_core(self.shard.cores));
-        // This core's state of the cluster, brought up to date once per request.
-        let cstate = cluster.map(|c| self.shard.upstreams.cluster(c));
-        // max_requests: this request holds one unit until it is answered.
-        let _request_permit = match (cluster, &cstate, &limits) {
-            (Some(c), Some(st), Some(l)) => Some(acquire(st, c, Resource::Requests, l)?),
-            _ => None,
-        };
-        let mut retry_permit = None;
-        let mut state = retry::State::default();
-        let mut force_fresh = false;
-        // Endpoints of failed attempts: a retry goes elsewhere when it can
-        // (Envoy's previous_hosts predicate, on unless the policy turns it off).
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let avoid_tried = retry.is_none_or(|p| p.previous_hosts);
-        // TLS toward a cluster with `tls`, or a passthrough mesh destination.
-        let secure = match (target, cluster) {
-            (_, Some(c)) => c.tls.as_ref().map(|t| {
-                let o = self
-                    .shard
-                    .upstreams
-                    .tls
-                    .for_cluster(&c.name, t, &self.shard.tls, true);
-                (o, tls::is_mesh(t), Some(c.name.as_str()))
-            }),
-            // Passthrough: outbound only (the inbound side talks to the local app).
-            (Target::Addr(a, _), None) if self.ctx.inbound_dst.is_none() => {
-                config.mesh_destination_for(a).map(|d| {
-                    let o = self.shard.upstreams.tls.for_mesh(d, &self.shard.tls, true);
-                    (o, true, None)
-                })
-            }
-            _ => None,
-        };
-        let secure = match secure {
-            None => None,
-            Some((Ok(origination), mesh, host)) => Some(Secure {
-                origination,
-                mesh,
-                host,
-            }),
-            Some((Err(e), ..)) => {
-                self.shard.count_tls("upstream", "failure", e.reason());
-                tracing::warn!(error = %e, "cannot originate TLS");
-                return Err(Failure::Connect);
-            }
-        };
-        let tls_profile = secure.as_ref().map_or(0, |s| s.origination.profile);
-        loop {
-            let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
-            let (ep, source, upstream) = match (target, cluster, &cstate) {
-                (Target::Addr(a, src), ..) => (a, src, None),
-                (Target::Cluster(_), Some(c), Some(st)) => {
-                    let picked = self
-                        .shard
-                        .upstreams
-                        .pick_from(st, c, hash, avoid, self.shard.next_u64())
-                        .ok_or(Failure::NoEndpoint)?;
-                    let active = st.start_request(&picked);
-                    (picked.addr, None, Some((st, picked, active)))
-                }
-                _ => return Err(Failure::NoEndpoint),
-            };
-            let key = pool::Key {
-                endpoint: ep,
-                source,
-                tls: tls_profile,
-            };
-            self.log.upstream_host = Some(ep);
-            self.log.attempts += 1;
-            let pooled = if force_fresh {
+        let mut log = attempt::Attempts::default();
+        let shard = self.shard;
+        let r = attempt::run(shard, &req, &mut log, async |conn, fresh, deadline| {
+            let pooled = if fresh {
                 None
             } else {
-                self.take_pooled(key)
+                self.take_pooled(conn.key)
             };
-            force_fresh = false;
-            let attempt = Attempt {
-                reused: pooled.is_some(),
-                idempotent: method.is_idempotent(),
+            let reused = pooled.is_some();
+            let result = until(deadline, self.try_once(up_head, body, conn, pooled, method))
+                .await
+                .unwrap_or(Err(Failure::PerTryTimeout));
+            attempt::Tried {
+                result,
+                reused,
                 replayable: body.replayable(),
-            };
-            let try_deadline = per_try.map(|d| Instant::now() + d);
-            let conn = UpstreamRef {
-                key,
-                cluster,
-                state: cstate.as_ref(),
-                limits: limits.as_ref(),
-                connect_timeout,
-                tls: secure.as_ref(),
-                handshake_timeout: config.tls.handshake_timeout,
-            };
-            let r = until(
-                try_deadline,
-                self.try_once(up_head, body, &conn, pooled, method),
-            )
-            .await
-            .unwrap_or(Err(Failure::PerTryTimeout));
-            // Replayability may have changed while the body streamed.
-            let attempt = Attempt {
-                replayable: body.replayable(),
-                ..attempt
-            };
-            let outcome = match &r {
-                Ok(_) => Outcome::Response(self.resp.status),
-                Err(f) => Outcome::Failed(*f),
-            };
-            // Outlier detection sees every attempt's result on this endpoint.
-            if let (Some((st, picked, _)), Some(c)) = (&upstream, cluster) {
-                let result = match outcome {
-                    Outcome::Response(s) => Some(OutlierResult::Status(s)),
-                    Outcome::Failed(f) if f.side() == retry::Side::Upstream => {
-                        Some(OutlierResult::LocalOrigin)
-                    }
-                    Outcome::Failed(_) => None,
-                };
-                if let Some(result) = result {
-                    st.record(c, picked, result);
-                }
             }
-            match retry::decide(retry, state, attempt, outcome) {
-                Verdict::Deliver { exhausted } | Verdict::GiveUp { exhausted } => {
-                    if exhausted {
-                        self.log.flags.insert(ResponseFlags::URX);
-                    }
-                    return r.map(|mut x| {
-                        x.active = upstream.map(|(_, _, a)| a);
-                        x
-                    });
-                }
-                Verdict::AgainFresh => {
-                    state.fresh_used = true;
-                    force_fresh = true;
-                    // A 408 that came instead: drop it with its connection.
-                    if let Ok(x) = r {
-                        if let Some(b) = x.upbuf {
-                            b.release();
-                        }
-                    }
-                }
-                Verdict::Retry => {
-                    // max_retries: retries in flight on this core.
-                    if let (Some(c), Some(st), Some(l)) = (cluster, &cstate, &limits) {
-                        if retry_permit.is_none() {
-                            match acquire(st, c, Resource::Retries, l) {
-                                Ok(p) => retry_permit = Some(p),
-                                // Envoy answers with what it has.
-                                Err(_) => {
-                                    return r.map(|mut x| {
-                                        x.active = upstream.map(|(_, _, a)| a);
-                                        x
-                                    })
-                                }
-                            }
-                        }
-                    }
-                    state.retries += 1;
-                    CoreStats::inc(&self.shard.stats.rq_retry);
-                    tried.push(ep);
-                    let backoff = retry.map_or(Duration::ZERO, |p| {
-                        p.backoff(state.retries - 1, self.shard.next_u64())
-                    });
-                    // Drop the response (and its connection) first.
-                    if let Ok(x) = r {
-                        if let Some(b) = x.upbuf {
-                            b.release();
-                        }
-                    }
-                    glommio::timer::sleep(backoff).await;
-                }
-            }
+        })
+        .await;
+        self.log.upstream_host = log.upstream_host.or(self.log.upstream_host);
+        self.log.attempts += log.count;
+        if log.exhausted {
+            self.log.flags.insert(ResponseFlags::URX);
         }
+        r.map(|(mut x, active)| {
+            x.active = active;
+            x
+        })
     }
 
     fn take_pooled(&self, key: pool::Key) -> Option<(Stream, pool::Lease)> {
@@ -1493,7 +1334,7 @@ impl Conn<'_> {
         &mut self,
         up_head: &[u8],
         body: &mut ReqBody,
-        conn: &UpstreamRef<'_>,
+        conn: &attempt::UpstreamRef<'_>,
         pooled: Option<(Stream, pool::Lease)>,
         method: Method,
     ) -> Result<Exchange, Failure> {
@@ -1503,7 +1344,7 @@ impl Conn<'_> {
                 CoreStats::inc(&self.shard.stats.upstream_cx_reused);
                 p
             }
-            None => self.connect(conn).await?,
+            None => attempt::connect(self.shard, conn).await?,
         };
         lease.uses += 1;
         // Head and buffered body in one send when the socket takes them.
@@ -1571,7 +1412,8 @@ impl Conn<'_> {
                             head_len: len,
                             key,
                             lease,
-                            max_uses: conn.limits.map_or(0, |l| l.max_requests_per_connection),
+                            max_uses: conn.max_uses(),
+                            status: self.resp.status,
                             active: None,
                         });
                     }
@@ -1609,51 +1451,6 @@ impl Conn<'_> {
         }
     }
 
-    /// A new connection for `conn`, within the cluster's breakers:
-    /// `max_connections` (held for the connection's life, pooled time
-    /// included) and `max_pending_requests` (held while connecting).
-    async fn connect(&self, conn: &UpstreamRef<'_>) -> Result<(Stream, pool::Lease), Failure> {
-        let (ep, source) = (conn.key.endpoint, conn.key.source);
-        let (permit, _pending) = match (conn.cluster, conn.state, conn.limits) {
-            (Some(c), Some(st), Some(l)) => (
-                Some(acquire(st, c, Resource::Connections, l)?),
-                Some(acquire(st, c, Resource::PendingRequests, l)?),
-            ),
-            _ => (None, None),
-        };
-        let stream = self
-            .shard
-            .upstreams
-            .connect(
-                &self.shard.stats,
-                ep,
-                source,
-                conn.connect_timeout,
-                conn.cluster.is_some(),
-            )
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let stream = match conn.tls {
-            None => Stream::Plain(stream),
-            Some(sec) => {
-                let r = Box::pin(tls::originate(
-                    stream,
-                    &sec.origination,
-                    sec.mesh,
-                    sec.host,
-                    ep,
-                    conn.handshake_timeout,
-                ))
-                .await;
-                match self.shard.upstream_handshake(r) {
-                    Some(s) => s,
-                    None => return Err(Failure::Connect),
-                }
-            }
-        };
-        Ok((stream, pool::Lease { permit, uses: 0 }))
-    }
-
     /// Sends the response head and body to the client; returns the upstream
     /// to the pool when it can carry another request.
     async fn respond(
@@ -1673,6 +1470,7 @@ impl Conn<'_> {
             lease,
             max_uses,
             active: _active,
+            status: _,
         } = x;
         let Some(mut upbuf) = upbuf else {
             return Next::Close;

@@ -124,8 +124,9 @@ impl Failure {
 /// What an attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A final response head with this status.
-    Response(u16),
+    /// A final response head with this status, and the gRPC status it
+    /// carries if it has one (a trailers-only gRPC answer).
+    Response(u16, Option<u8>),
     Failed(Failure),
 }
 
@@ -170,13 +171,19 @@ pub fn decide(
     attempt: Attempt,
     outcome: Outcome,
 ) -> Verdict {
-    let (condition, reached) = match outcome {
-        Outcome::Response(408)
+    let (listed, reached) = match outcome {
+        Outcome::Response(408, _)
             if attempt.reused && !state.fresh_used && attempt.replayable && attempt.idempotent =>
         {
             return Verdict::AgainFresh;
         }
-        Outcome::Response(status) => (Some(AttemptFailure::Status(status)), true),
+        Outcome::Response(status, grpc) => {
+            let listed = policy.is_some_and(|p| {
+                p.retriable(AttemptFailure::Status(status))
+                    || grpc.is_some_and(|g| p.retriable(AttemptFailure::Grpc(g)))
+            });
+            (listed, true)
+        }
         Outcome::Failed(f) => {
             if attempt.reused
                 && !state.fresh_used
@@ -186,15 +193,15 @@ pub fn decide(
             {
                 return Verdict::AgainFresh;
             }
-            (f.as_attempt(), f.retry_safety() != RetrySafety::Safe)
+            let listed = match (policy, f.as_attempt()) {
+                (Some(p), Some(c)) => p.retriable(c),
+                _ => false,
+            };
+            (listed, f.retry_safety() != RetrySafety::Safe)
         }
     };
-    let listed = match (policy, condition) {
-        (Some(p), Some(c)) => p.retriable(c),
-        _ => false,
-    };
     let give = |exhausted| match outcome {
-        Outcome::Response(_) => Verdict::Deliver { exhausted },
+        Outcome::Response(..) => Verdict::Deliver { exhausted },
         Outcome::Failed(_) => Verdict::GiveUp { exhausted },
     };
     let Some(p) = policy.filter(|_| listed) else {
@@ -265,6 +272,8 @@ mod tests {
         };
         let p = policy(false);
         let pn = policy(true);
+        let mut pg = policy(false);
+        pg.retry_on.grpc.unavailable = true;
         let none: Option<&RetryPolicy> = None;
         let closed = Failed(Reset { started: false });
         #[rustfmt::skip]
@@ -278,23 +287,23 @@ mod tests {
             (none, fresh, get, closed, GiveUp { exhausted: false }),
             (none, fresh, reused(get), Failed(Reset { started: true }), GiveUp { exhausted: false }),
             // A 408 on a reused connection is an idle close racing the send.
-            (none, fresh, reused(get), Response(408), AgainFresh),
-            (none, used, reused(get), Response(408), Deliver { exhausted: false }),
-            (none, fresh, get, Response(408), Deliver { exhausted: false }),
-            (none, fresh, reused(post), Response(408), Deliver { exhausted: false }),
+            (none, fresh, reused(get), Response(408, None), AgainFresh),
+            (none, used, reused(get), Response(408, None), Deliver { exhausted: false }),
+            (none, fresh, get, Response(408, None), Deliver { exhausted: false }),
+            (none, fresh, reused(post), Response(408, None), Deliver { exhausted: false }),
             // Responses: delivered unless the policy lists them.
-            (none, fresh, get, Response(503), Deliver { exhausted: false }),
-            (Some(&p), fresh, get, Response(503), Retry),
-            (Some(&p), fresh, get, Response(500), Deliver { exhausted: false }),
-            (Some(&p), spent, get, Response(503), Deliver { exhausted: true }),
-            (Some(&p), fresh, streamed(get), Response(503), Deliver { exhausted: false }),
+            (none, fresh, get, Response(503, None), Deliver { exhausted: false }),
+            (Some(&p), fresh, get, Response(503, None), Retry),
+            (Some(&p), fresh, get, Response(500, None), Deliver { exhausted: false }),
+            (Some(&p), spent, get, Response(503, None), Deliver { exhausted: true }),
+            (Some(&p), fresh, streamed(get), Response(503, None), Deliver { exhausted: false }),
             // RFC 9112 §9.3.1: POST that reached the upstream is not retried...
-            (Some(&p), fresh, post, Response(503), Deliver { exhausted: false }),
+            (Some(&p), fresh, post, Response(503, None), Deliver { exhausted: false }),
             (Some(&p), fresh, post, Failed(Reset { started: false }), GiveUp { exhausted: false }),
             (Some(&p), fresh, post, Failed(PerTryTimeout), GiveUp { exhausted: false }),
             // ... unless it cannot have (connect failure) or the route asks.
             (Some(&p), fresh, post, Failed(Connect), Retry),
-            (Some(&pn), fresh, post, Response(503), Retry),
+            (Some(&pn), fresh, post, Response(503, None), Retry),
             (Some(&pn), fresh, post, Failed(Reset { started: true }), Retry),
             // Failures the policy does not list, or that are not retriable.
             (Some(&p), fresh, get, Failed(BadResponse), GiveUp { exhausted: false }),
@@ -302,6 +311,12 @@ mod tests {
             (Some(&p), fresh, get, Failed(NoEndpoint), GiveUp { exhausted: false }),
             (Some(&p), spent, get, Failed(Connect), GiveUp { exhausted: true }),
             (Some(&p), fresh, get, Failed(PerTryTimeout), Retry),
+            // gRPC statuses in a trailers-only head, when the policy lists them.
+            (Some(&pg), fresh, get, Response(200, Some(14)), Retry),
+            (Some(&pg), fresh, get, Response(200, Some(5)), Deliver { exhausted: false }),
+            (Some(&pg), fresh, get, Response(200, None), Deliver { exhausted: false }),
+            (Some(&p), fresh, get, Response(200, Some(14)), Deliver { exhausted: false }),
+            (Some(&pg), spent, get, Response(200, Some(14)), Deliver { exhausted: true }),
         ];
         for (i, (pol, st, a, o, want)) in cases.iter().enumerate() {
             assert_eq!(decide(*pol, *st, *a, *o), *want, "case {i}: {a:?} {o:?}");

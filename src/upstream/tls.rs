@@ -31,6 +31,33 @@ pub const ALPN_MESH_HTTP1: &[&[u8]] = &[b"istio-http/1.1", b"istio"];
 /// exchange preamble in the stream; Remora does not speak it, so it offers
 /// only `istio`, which the same TCP chain accepts.
 pub const ALPN_MESH_TCP: &[&[u8]] = &[b"istio"];
+/// ALPN for mesh mTLS carrying HTTP/2: what Istio's outbound sidecars send
+/// for an HTTP/2 upstream (its `istio_alpn` filter's override); the
+/// inbound's HTTP chain matches `istio-h2` and negotiates `h2`.
+pub const ALPN_MESH_H2: &[&[u8]] = &[b"istio-h2", b"istio", b"h2"];
+
+/// What an upstream connection carries: picks the ALPN offered (Istio's
+/// mesh values, or the plain protocol names toward a TLS server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Tcp,
+    Http1,
+    Http2,
+}
+
+impl AppProtocol {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            AppProtocol::Tcp => "tcp",
+            AppProtocol::Http1 => "http",
+            AppProtocol::Http2 => "h2",
+        }
+    }
+}
 
 /// How to secure one upstream connection.
 #[derive(Clone)]
@@ -82,8 +109,8 @@ type ClusterMap = HashMap<String, (ClusterTls, Result<Rc<Origination>, String>)>
 pub struct Originations {
     /// By cluster name, with the settings it was built from (a reload that
     /// changes them builds a new one).
-    /// By cluster name, one map for TCP and one for HTTP (the mesh ALPN differs).
-    clusters: [RefCell<ClusterMap>; 2],
+    /// By cluster name, one map per [`AppProtocol`] (the ALPN differs).
+    clusters: [RefCell<ClusterMap>; 3],
     /// By the mesh destination's expected identities.
     mesh: RefCell<HashMap<Vec<String>, Rc<Origination>>>,
 }
@@ -99,21 +126,21 @@ fn profile_of(parts: &[&[u8]]) -> u64 {
 
 impl Originations {
     /// How to secure connections of cluster `name` with settings `tls`
-    /// (HTTP or TCP traffic, which picks the mesh ALPN).
+    /// (the protocol carried picks the ALPN).
     pub fn for_cluster(
         &self,
         name: &str,
         tls: &ClusterTls,
         identity: &TlsHandle,
-        http: bool,
+        protocol: AppProtocol,
     ) -> Result<Rc<Origination>, OriginateError> {
-        let map = &self.clusters[usize::from(http)];
+        let map = &self.clusters[protocol.index()];
         if let Some((cfg, built)) = map.borrow().get(name) {
             if cfg == tls {
                 return built.clone().map_err(OriginateError::Files);
             }
         }
-        let built = build_cluster(tls, identity, http);
+        let built = build_cluster(tls, identity, protocol);
         if let Err(OriginateError::NoIdentity) = built {
             // Not cached: the certificate may be loaded later.
             return built;
@@ -129,15 +156,15 @@ impl Originations {
         &self,
         dest: &MeshDestination,
         identity: &TlsHandle,
-        http: bool,
+        protocol: AppProtocol,
     ) -> Result<Rc<Origination>, OriginateError> {
         let mut key = dest.subject_alt_names.clone();
-        key.push(if http { "http" } else { "tcp" }.into());
+        key.push(protocol.name().into());
         if let Some(o) = self.mesh.borrow().get(&key) {
             return Ok(o.clone());
         }
         let contexts = identity.load().ok_or(OriginateError::NoIdentity)?;
-        let alpn = mesh_alpn(http);
+        let alpn = mesh_alpn(protocol);
         let config = contexts.client_config(&dest.subject_alt_names, alpn.clone());
         let mut parts: Vec<&[u8]> = vec![b"mesh"];
         parts.extend(dest.subject_alt_names.iter().map(|s| s.as_bytes()));
@@ -152,20 +179,24 @@ impl Originations {
     }
 }
 
-fn mesh_alpn(http: bool) -> Vec<Vec<u8>> {
-    let list = if http { ALPN_MESH_HTTP1 } else { ALPN_MESH_TCP };
+fn mesh_alpn(protocol: AppProtocol) -> Vec<Vec<u8>> {
+    let list = match protocol {
+        AppProtocol::Tcp => ALPN_MESH_TCP,
+        AppProtocol::Http1 => ALPN_MESH_HTTP1,
+        AppProtocol::Http2 => ALPN_MESH_H2,
+    };
     list.iter().map(|p| p.to_vec()).collect()
 }
 
 fn build_cluster(
     tls: &ClusterTls,
     identity: &TlsHandle,
-    http: bool,
+    protocol: AppProtocol,
 ) -> Result<Rc<Origination>, OriginateError> {
     let config = match tls.mode {
         ClusterTlsMode::IstioMutual => {
             let contexts = identity.load().ok_or(OriginateError::NoIdentity)?;
-            contexts.client_config(&tls.subject_alt_names, mesh_alpn(http))
+            contexts.client_config(&tls.subject_alt_names, mesh_alpn(protocol))
         }
         ClusterTlsMode::Simple | ClusterTlsMode::Mutual => {
             let ct = ClientTls::from_files(
@@ -175,11 +206,11 @@ fn build_cluster(
                 &tls.subject_alt_names,
             )
             .map_err(|e| OriginateError::Files(e.to_string()))?;
-            // A plain HTTP/1.1 server: offer what it speaks.
-            ct.with_alpn(if http {
-                vec![b"http/1.1".to_vec()]
-            } else {
-                Vec::new()
+            // A plain TLS server: offer the protocol spoken to it.
+            ct.with_alpn(match protocol {
+                AppProtocol::Tcp => Vec::new(),
+                AppProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                AppProtocol::Http2 => vec![b"h2".to_vec()],
             })
         }
     };
@@ -193,7 +224,7 @@ fn build_cluster(
         Arc::new(c)
     };
     let mode = format!("{:?}", tls.mode);
-    let mut parts: Vec<&[u8]> = vec![mode.as_bytes(), if http { b"http" } else { b"tcp" }];
+    let mut parts: Vec<&[u8]> = vec![mode.as_bytes(), protocol.name().as_bytes()];
     if !tls.session_resumption {
         parts.push(b"no-resumption");
     }
