@@ -16,6 +16,7 @@ use crate::access_log;
 use crate::config::MtlsMode;
 use crate::config::{Config, Direction, Forwarding, HashPolicy, Listener, Protocol};
 use crate::l4::{self, Ending};
+use crate::l7::detect::Detected;
 use crate::net::stream::HandshakeError;
 use crate::net::{self, socket, DownstreamTls, Stream};
 use crate::shard::{HostFacts, Origin, Shard};
@@ -272,19 +273,25 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         }
         None => Chain::Plain,
     };
-    let (http, terminate) = match chain {
+    let (mut http, terminate) = match chain {
         Chain::Plain => {
             let http = match protocol {
-                Protocol::Http => true,
-                Protocol::Tcp => false,
-                Protocol::Auto => crate::l7::detect(&down, detect_timeout).await,
+                // An HTTP listener: the HTTP/1 reader hands a connection that
+                // starts with the HTTP/2 preface over to HTTP/2 (no peek).
+                Protocol::Http => L7::Http1,
+                Protocol::Tcp => L7::No,
+                Protocol::Auto => match crate::l7::detect(&down, detect_timeout).await {
+                    Detected::Http1 => L7::Http1,
+                    Detected::Http2 => L7::Http2,
+                    Detected::Other => L7::No,
+                },
             };
             (http, None)
         }
         // An app's own TLS on a PERMISSIVE port: its bytes, untouched.
         Chain::Passthrough => {
             shard.count_tls("downstream", "passthrough", "");
-            (false, None)
+            (L7::No, None)
         }
         Chain::TimedOut => {
             shard.count_tls("downstream", "failure", "handshake_timeout");
@@ -305,9 +312,16 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             return;
         }
         Chain::Terminate { contexts, hello } => {
-            let http = hello.alpn.iter().any(|p| HTTP1_ALPN.contains(&p))
+            // The HTTP chain: the codec is the one ALPN settles on.
+            let http = hello
+                .alpn
+                .iter()
+                .any(|p| HTTP1_ALPN.contains(&p) || HTTP2_ALPN.contains(&p))
                 || (hello.alpn.is_empty() && protocol == Protocol::Http);
-            (http, Some((contexts, hello)))
+            (
+                if http { L7::Http1 } else { L7::No },
+                Some((contexts, hello)),
+            )
         }
     };
     if let Err(e) = socket::set_nonblocking(fd) {
@@ -319,8 +333,21 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         None => (Stream::Plain(down), None),
         Some((contexts, hello)) => {
             let timeout = config.tls.handshake_timeout;
-            match Box::pin(Stream::accept_tls(down, contexts.server_config(), timeout)).await {
+            let server = if http == L7::No {
+                contexts.server_config()
+            } else {
+                contexts.server_config_http()
+            };
+            match Box::pin(Stream::accept_tls(down, server, timeout)).await {
                 Ok(s) => {
+                    let h2 = s.tls().is_some_and(|t| {
+                        t.with_state(|st| {
+                            st.alpn_protocol().is_some_and(|p| HTTP2_ALPN.contains(&p))
+                        })
+                    });
+                    if h2 {
+                        http = L7::Http2;
+                    }
                     let info = downstream_tls(shard, &s, &contexts, hello.sni);
                     (s, Some(Rc::new(info)))
                 }
@@ -337,7 +364,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             }
         }
     };
-    if http {
+    if http != L7::No {
         let fallback = match &plan.target {
             Target::Addr(dst) => crate::l7::Fallback::Passthrough {
                 dst: *dst,
@@ -358,7 +385,18 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         };
         // Boxed: the L7 state machine is large, and inlined it would make every
         // connection's task (L4 ones too) that large.
-        Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
+        if http == L7::Http2 {
+            Box::pin(crate::l7::h2::serve(
+                shard,
+                down,
+                None,
+                snapshot.clone(),
+                ctx,
+            ))
+            .await;
+        } else {
+            Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
+        }
         let micros = started.elapsed().as_micros() as u64;
         shard
             .histograms
@@ -468,8 +506,20 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
 /// ALPN values that send a terminated connection down the HTTP/1 path:
 /// Istio's (`istio-http/1.0`, `istio-http/1.1`, which its inbound matches
 /// for the HTTP filter chain) and plain `http/1.1` from non-mesh mTLS
-/// clients. `istio-h2` / `h2` stay L4 until HTTP/2 lands.
+/// clients.
 const HTTP1_ALPN: [&[u8]; 3] = [b"istio-http/1.1", b"istio-http/1.0", b"http/1.1"];
+/// ALPN values of HTTP/2: Istio's `istio-h2` (offered with `istio`, `h2`
+/// by its outbound sidecars) and `h2`. The HTTP chain's server config
+/// negotiates `h2` when offered, as Istio's inbound does.
+const HTTP2_ALPN: [&[u8]; 2] = [b"h2", b"istio-h2"];
+
+/// Which L7 codec a connection takes, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L7 {
+    No,
+    Http1,
+    Http2,
+}
 
 /// ALPN values by which Istio's sidecars mark mesh mTLS
 /// (`istio-peer-exchange`, `istio` for TCP, `istio-http/*`, `istio-h2`).

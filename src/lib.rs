@@ -40,6 +40,7 @@ pub mod config;
 pub mod connection;
 pub mod deadline;
 pub mod duration;
+pub mod h2;
 pub mod http;
 pub mod intercept;
 pub mod l4;

@@ -66,6 +66,28 @@ counters! {
     access_log_dropped,
     /// Connections that took the L7 (HTTP/1) path.
     downstream_cx_http,
+    /// Connections that took the L7 path over HTTP/2.
+    downstream_cx_http2,
+    /// Streams (requests) on downstream HTTP/2 connections.
+    downstream_rq_http2,
+    /// Downstream HTTP/2 streams the client reset before their answer was
+    /// complete (Envoy's http2.rx_reset).
+    http2_rx_reset,
+    /// Downstream HTTP/2 streams this proxy reset (upstream failed mid-answer,
+    /// a stalled reader; Envoy's http2.tx_reset).
+    http2_tx_reset,
+    /// Downstream HTTP/2 connections closed for a protocol error, a flood or
+    /// oversized headers (GOAWAY sent by the codec; Envoy's
+    /// http2.rx_messaging_error and the flood counters together).
+    http2_rx_messaging_error,
+    /// Downstream HTTP/2 connections closed with ENHANCE_YOUR_CALM for too
+    /// many premature resets (rapid reset, CVE-2023-44487).
+    http2_premature_reset_closed,
+    /// Downstream HTTP/2 streams whose reader stalled (zero window) or whose
+    /// request body stalled for stream_idle_timeout.
+    http2_stream_idle_timeout,
+    /// Upstream HTTP/2 connections made.
+    upstream_cx_http2_total,
     /// HTTP requests answered (by an upstream or locally).
     rq_total,
     rq_1xx,

@@ -512,15 +512,18 @@ fn auto_listener_detects_http_and_lets_server_first_protocols_through() {
     line.clear();
     c.r.read_line(&mut line).unwrap();
     assert_eq!(line, "EHLO x\r\n");
-    // An HTTP/2 preface is not HTTP/1: it goes L4 to the cluster (the banner server).
+    // The HTTP/2 preface is HTTP too: the proxy answers with its SETTINGS
+    // frame (type 4 on stream 0), not the banner server's bytes.
     let mut c = Client::new(p_banner);
     c.w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    let mut got = vec![0u8; 18 + 24];
-    c.r.read_exact(&mut got).unwrap();
-    assert_eq!(&got[..18], b"220 banner ESMTP\r\n");
-    assert_eq!(&got[18..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut frame = [0u8; 9];
+    c.r.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[3], 4, "a SETTINGS frame first: {frame:?}");
+    assert_eq!(&frame[5..9], &[0, 0, 0, 0]);
+    drop(c);
     let (_, totals) = r.stop();
     assert_eq!(totals.get("downstream_cx_http"), 1);
+    assert_eq!(totals.get("downstream_cx_http2"), 1);
 }
 
 #[test]

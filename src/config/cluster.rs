@@ -46,6 +46,16 @@ pub struct RawCluster {
     pub circuit_breakers: Option<RawBreakers>,
     /// Istio's DestinationRule `trafficPolicy.tls`.
     pub tls: Option<Spanned<RawClusterTls>>,
+    /// HTTP/2 toward the endpoints: `true`, `false` (default), or `"auto"`
+    /// (the downstream's protocol: Istio's `useClientProtocol`).
+    pub http2: Option<Spanned<RawHttp2Mode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHttp2Mode {
+    Bool(bool),
+    Name(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +208,35 @@ pub struct Cluster {
     pub circuit_breakers: BreakerConfig,
     /// None: plaintext (no `tls`, or mode DISABLE).
     pub tls: Option<ClusterTls>,
+    /// The HTTP version spoken to the endpoints.
+    pub http2: UpstreamHttp,
+}
+
+/// The HTTP version a cluster's requests go out with (Envoy's
+/// `http2_protocol_options` / `use_downstream_protocol_config`; Istio's
+/// `h2UpgradePolicy` and `useClientProtocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamHttp {
+    /// HTTP/1.1 (Envoy's default for a cluster).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (or ALPN `h2` over TLS).
+    Http2,
+    /// Whatever the downstream spoke.
+    Auto,
+}
+
+impl UpstreamHttp {
+    /// HTTP/2 toward the upstream for a request that came in over HTTP/2
+    /// (`downstream_h2`) or HTTP/1.
+    pub fn use_h2(self, downstream_h2: bool) -> bool {
+        match self {
+            UpstreamHttp::Http1 => false,
+            UpstreamHttp::Http2 => true,
+            UpstreamHttp::Auto => downstream_h2,
+        }
+    }
 }
 
 impl Cluster {
@@ -246,6 +285,23 @@ impl Validator<'_> {
             .map(|b| self.breakers(b))
             .unwrap_or_default();
         let cluster_tls = self.cluster_tls(&name, raw.tls, tls);
+        let http2 = match raw.http2 {
+            None => UpstreamHttp::Http1,
+            Some(v) => {
+                match v.get_ref() {
+                    RawHttp2Mode::Bool(false) => UpstreamHttp::Http1,
+                    RawHttp2Mode::Bool(true) => UpstreamHttp::Http2,
+                    RawHttp2Mode::Name(n) if n == "auto" => UpstreamHttp::Auto,
+                    RawHttp2Mode::Name(n) => {
+                        self.error(
+                        Some(v.span()),
+                        format!("cluster `{name}`: http2 = \"{n}\" is not one of true, false, \"auto\""),
+                    );
+                        UpstreamHttp::Http1
+                    }
+                }
+            }
+        };
         Cluster {
             name,
             endpoints,
@@ -258,6 +314,7 @@ impl Validator<'_> {
             outlier_detection,
             circuit_breakers,
             tls: cluster_tls,
+            http2,
         }
     }
 

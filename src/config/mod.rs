@@ -11,7 +11,7 @@ mod cluster;
 mod raw;
 mod security;
 
-pub use cluster::{Cluster, Discovery, Endpoint, HashPolicy};
+pub use cluster::{Cluster, Discovery, Endpoint, HashPolicy, UpstreamHttp};
 pub use security::{
     istio_outbound_sni, ClusterTls, ClusterTlsMode, MeshDestination, MtlsMode, PeerAuthentication,
     Tls, CERT_FILES,
@@ -35,7 +35,7 @@ use crate::http::route::RouteTable;
 use crate::http::route_config::{validate_token_bucket, RawRouteConfig};
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::ratelimit::TokenBucketConfig;
-use raw::{RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawListener};
+use raw::{RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawHttp2, RawListener};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
 /// `config/remora.toml` is the documented, commented equivalent.
@@ -96,6 +96,43 @@ pub struct Http {
     pub lingering_time: Duration,
     /// ... and at most this many bytes.
     pub lingering_max_bytes: u64,
+}
+
+/// Downstream HTTP/2 connections (Envoy's `http2_protocol_options`; the
+/// defaults are Envoy's, except where noted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Http2 {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Envoy's default is 2^31-1; Istio's sidecars and this proxy use 100, so
+    /// one connection cannot take the whole core.
+    pub max_concurrent_streams: u32,
+    /// Per-stream receive window: how much of a request body may arrive
+    /// before it is forwarded. 1 MiB (Envoy: 256 MiB; its edge guidance and
+    /// `per_connection_buffer_limit_bytes` bound memory at 1 MiB).
+    pub initial_stream_window_size: u32,
+    /// Per-connection receive window, shared by all streams. 1 MiB.
+    pub initial_connection_window_size: u32,
+    /// Largest header list (decoded, as SETTINGS_MAX_HEADER_LIST_SIZE
+    /// counts it) a request may carry; larger ones are refused, however many
+    /// CONTINUATION frames carry them. Envoy's max_request_headers_kb: 60 KiB.
+    pub max_header_list_size: u32,
+    /// Rapid-reset guard (CVE-2023-44487): a connection whose client has
+    /// cancelled this many streams before their answers were complete, and
+    /// at least half of all its streams, is closed with GOAWAY
+    /// ENHANCE_YOUR_CALM (Envoy's premature-reset check; its count is 500).
+    pub max_premature_resets: u32,
+}
+
+impl Default for Http2 {
+    fn default() -> Http2 {
+        Http2 {
+            max_concurrent_streams: 100,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 1 << 20,
+            max_header_list_size: 60 << 10,
+            max_premature_resets: 500,
+        }
+    }
 }
 
 /// The validated route table plus what `/config_dump` shows of it.
@@ -321,6 +358,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     pub http: Http,
+    pub http2: Http2,
     pub routes: Routes,
     /// The workload certificate; `cert_dir: None` means mTLS is off.
     pub tls: Tls,
@@ -580,6 +618,7 @@ impl Validator<'_> {
         let admin = self.admin(raw.admin);
         let access_log = self.access_log(raw.access_log);
         let http = self.http(raw.http);
+        let http2 = self.http2(raw.http2);
         let routes = self.routes(raw.virtual_hosts, &clusters);
         Config {
             runtime,
@@ -590,6 +629,7 @@ impl Validator<'_> {
             listeners,
             clusters,
             http,
+            http2,
             routes,
             tls,
             peer_authentication,
@@ -623,6 +663,53 @@ impl Validator<'_> {
                 .lingering_max_bytes
                 .and_then(|n| self.int_in(&n, 0, 1 << 40, "http.lingering_max_bytes"))
                 .map_or(16 << 20, |n| n as u64),
+        }
+    }
+
+    fn http2(&mut self, raw: RawHttp2) -> Http2 {
+        let d = Http2::default();
+        let mut int = |v: Option<Spanned<i64>>, min: i64, max: i64, what: &str, default: u32| {
+            v.and_then(|n| self.int_in(&n, min, max, what))
+                .map_or(default, |n| n as u32)
+        };
+        // RFC 9113 §6.5.2: windows at least 65,535 and under 2^31.
+        const WINDOW_MAX: i64 = (1 << 31) - 1;
+        Http2 {
+            max_concurrent_streams: int(
+                raw.max_concurrent_streams,
+                1,
+                (1 << 31) - 1,
+                "http2.max_concurrent_streams",
+                d.max_concurrent_streams,
+            ),
+            initial_stream_window_size: int(
+                raw.initial_stream_window_size,
+                65_535,
+                WINDOW_MAX,
+                "http2.initial_stream_window_size",
+                d.initial_stream_window_size,
+            ),
+            initial_connection_window_size: int(
+                raw.initial_connection_window_size,
+                65_535,
+                WINDOW_MAX,
+                "http2.initial_connection_window_size",
+                d.initial_connection_window_size,
+            ),
+            max_header_list_size: int(
+                raw.max_header_list_size,
+                1024,
+                16 << 20,
+                "http2.max_header_list_size",
+                d.max_header_list_size,
+            ),
+            max_premature_resets: int(
+                raw.max_premature_resets,
+                1,
+                1 << 30,
+                "http2.max_premature_resets",
+                d.max_premature_resets,
+            ),
         }
     }
 

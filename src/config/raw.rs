@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub clusters: Vec<RawCluster>,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub http2: RawHttp2,
     /// HTTP routes (`[[virtual_host]]` tables), validated by `http::route_config`.
     #[serde(default, rename = "virtual_host")]
     pub virtual_hosts: Vec<Spanned<RawVirtualHost>>,
@@ -59,6 +61,18 @@ pub struct RawHttp {
     pub max_request_body_bytes: Option<Spanned<i64>>,
     pub lingering_time: Option<Spanned<String>>,
     pub lingering_max_bytes: Option<Spanned<i64>>,
+}
+
+/// Settings of downstream HTTP/2 connections (Envoy's
+/// `http2_protocol_options` on the connection manager).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub initial_stream_window_size: Option<Spanned<i64>>,
+    pub initial_connection_window_size: Option<Spanned<i64>>,
+    pub max_header_list_size: Option<Spanned<i64>>,
+    pub max_premature_resets: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -241,7 +241,7 @@ pub enum Method {
 }
 
 impl Method {
-    fn from_bytes(m: &[u8]) -> Method {
+    pub fn from_bytes(m: &[u8]) -> Method {
         // Methods are case-sensitive (RFC 9110 §9.1).
         match m {
             b"GET" => Method::Get,

@@ -39,6 +39,8 @@ pub trait RequestParts {
     fn path_and_query(&self) -> &[u8];
     /// Every value of header `name` (lower-case), in order.
     fn header_values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's;
+    /// Every field, in order (names lower-case for HTTP/2, as sent for HTTP/1).
+    fn header_fields<'s>(&'s self) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's;
 
     /// The path without the query.
     fn path(&self) -> &[u8] {
@@ -76,5 +78,8 @@ impl RequestParts for head::RequestView<'_> {
     }
     fn header_values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
         self.headers().get_all(name)
+    }
+    fn header_fields<'s>(&'s self) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
+        self.headers().iter()
     }
 }

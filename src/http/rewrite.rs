@@ -145,7 +145,7 @@ pub struct Written {
 
 /// Whether `name` is listed in a Connection field of the message, i.e. declared
 /// hop-by-hop by the sender (RFC 9110 §7.6.1).
-fn named_in_connection<'a>(
+pub(crate) fn named_in_connection<'a>(
     mut connection_values: impl Iterator<Item = &'a [u8]>,
     name: &[u8],
 ) -> bool {
@@ -404,14 +404,14 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_framing(out: &mut Vec<u8>, framing: BodyFraming) {
+pub(crate) fn push_framing(out: &mut Vec<u8>, framing: BodyFraming) {
     match framing {
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -437,7 +437,7 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+pub(crate) fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
     use std::io::Write;
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{v}");

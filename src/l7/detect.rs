@@ -1,4 +1,5 @@
-//! Protocol detection: does a connection start with an HTTP/1 request line?
+//! Protocol detection: does a connection start with an HTTP/1 request line,
+//! or with the HTTP/2 connection preface (RFC 9113 §3.4, prior knowledge)?
 //!
 //! A pure function over the first bytes ([`sniff`]) plus a bounded peek
 //! ([`detect`]). Silence for the detection window means a server-first
@@ -11,8 +12,6 @@ use glommio::net::TcpStream;
 use crate::deadline::until;
 
 /// Request methods whose token starts an HTTP/1 request line we proxy at L7.
-/// "PRI" (the HTTP/2 connection preface, RFC 9113 §3.4) is deliberately absent:
-/// HTTP/2 goes L4 for now.
 const METHODS: [&[u8]; 9] = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
 ];
@@ -21,6 +20,8 @@ const METHODS: [&[u8]; 9] = [
 pub enum Sniff {
     /// A known method token followed by a space.
     Http1,
+    /// The whole HTTP/2 connection preface.
+    Http2,
     /// Cannot be an HTTP/1 request line we know.
     Other,
     /// A prefix of one: wait for more bytes.
@@ -28,6 +29,14 @@ pub enum Sniff {
 }
 
 pub fn sniff(first: &[u8]) -> Sniff {
+    let preface = crate::h2::PREFACE;
+    if first.len() >= preface.len() {
+        if first.starts_with(preface) {
+            return Sniff::Http2;
+        }
+    } else if preface.starts_with(first) && !first.is_empty() {
+        return Sniff::NeedMore;
+    }
     let mut need_more = false;
     for m in METHODS {
         if first.len() > m.len() {
@@ -45,25 +54,35 @@ pub fn sniff(first: &[u8]) -> Sniff {
     }
 }
 
-/// Peeks (without consuming) for up to `window`; true if the client speaks HTTP/1.
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    /// Not HTTP, or silent for the whole window.
+    Other,
+}
+
+/// Peeks (without consuming) for up to `window`.
 /// Must run before the socket is made non-blocking (a ring recv on an
 /// O_NONBLOCK socket would fail with EAGAIN instead of waiting).
-pub async fn detect(stream: &TcpStream, window: Duration) -> bool {
+pub async fn detect(stream: &TcpStream, window: Duration) -> Detected {
     let deadline = Instant::now() + window;
-    let mut first = [0u8; 16];
+    let mut first = [0u8; 24];
     loop {
         let n = match until(Some(deadline), stream.peek(&mut first)).await {
-            None | Some(Err(_)) | Some(Ok(0)) => return false,
+            None | Some(Err(_)) | Some(Ok(0)) => return Detected::Other,
             Some(Ok(n)) => n,
         };
         match sniff(&first[..n]) {
-            Sniff::Http1 => return true,
-            Sniff::Other => return false,
+            Sniff::Http1 => return Detected::Http1,
+            Sniff::Http2 => return Detected::Http2,
+            Sniff::Other => return Detected::Other,
             // A request line split across segments: the bytes stay readable, so
             // peek would return at once; pause briefly instead of spinning.
             Sniff::NeedMore => {
                 if Instant::now() >= deadline {
-                    return false;
+                    return Detected::Other;
                 }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
@@ -87,7 +106,10 @@ mod tests {
             (b"G", Sniff::NeedMore),
             (b"GET", Sniff::NeedMore),
             (b"CONNEC", Sniff::NeedMore),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Sniff::Other),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Sniff::Http2),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00", Sniff::Http2),
+            (b"PRI * HTTP/2", Sniff::NeedMore),
+            (b"PRI * HTTP/1.1\r\n", Sniff::Other),
             (b"GETX / HTTP/1.1", Sniff::Other),
             (b"get / HTTP/1.1", Sniff::Other),
             (b"\x16\x03\x01\x02\x00", Sniff::Other),

@@ -64,6 +64,7 @@
 
 mod attempt;
 pub mod detect;
+pub mod h2;
 mod mirror;
 pub mod plan;
 pub mod retry;
@@ -102,6 +103,7 @@ use crate::http::rewrite::{
     HeaderOps, RequestRewrite, ResponseRewrite, Written, CONTINUE_100,
 };
 use crate::http::route::RetryPolicy;
+use crate::http::RequestParts;
 use crate::net::buf::{self, read_into, release_if_empty, write_all_pair, Buf};
 use crate::net::socket;
 use crate::shard::Shard;
@@ -338,9 +340,11 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
         unread_body: false,
         discarded: 0,
         rate_headers: None,
+        first: true,
     };
     loop {
         let next = conn.one().await;
+        conn.first = false;
         release_if_empty(&mut conn.inbuf);
         // Between requests the connection keeps only small things: the
         // header index of the last heads and a response-head-sized `out`.
@@ -359,6 +363,16 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
                 Box::pin(conn.tunnel(up, upbuf)).await;
                 break;
             }
+            Next::Http2 => {
+                let Conn {
+                    down,
+                    inbuf,
+                    snapshot,
+                    ctx,
+                    ..
+                } = conn;
+                return Box::pin(h2::serve(shard, down, inbuf, snapshot, ctx)).await;
+            }
         }
     }
     if let Some(b) = conn.inbuf.take() {
@@ -369,12 +383,16 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
 enum Next {
     Continue,
     Close,
+    /// The client speaks HTTP/2 (prior knowledge): hand the connection over.
+    Http2,
     /// Switch to a byte tunnel with this upstream (101 or CONNECT 2xx sent).
     Tunnel(Stream, Option<Buf>),
 }
 
 enum HeadRead {
     Parsed(usize),
+    /// The connection starts with the HTTP/2 preface.
+    Http2,
     /// Closed, failed, or idled out between requests: close quietly.
     Gone,
     Timeout,
@@ -598,6 +616,8 @@ struct Conn<'s> {
     /// local, as Envoy's filter adds them in its encode path. Cleared by
     /// [`Conn::finish`].
     rate_headers: Option<[(&'static str, String); 3]>,
+    /// No request has been read yet (the HTTP/2 preface is looked for).
+    first: bool,
 }
 
 /// How long a keep-alive connection may sit idle once its core is stopping.
@@ -613,6 +633,24 @@ impl Conn<'_> {
                     self.started = Instant::now();
                     self.log = RequestLog::new(&self.ctx);
                     header_deadline = Some(self.started + http.request_headers_timeout);
+                }
+                // A connection's first bytes may be HTTP/2's preface (prior
+                // knowledge on an HTTP listener): not parsed as HTTP/1.
+                if self.first {
+                    let p = crate::h2::PREFACE;
+                    let n = b.len().min(p.len());
+                    if b.bytes()[..n] == p[..n] {
+                        if n == p.len() {
+                            return HeadRead::Http2;
+                        }
+                        // Part of it: read on.
+                        let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
+                        match until(header_deadline, read).await {
+                            Some(Ok(n)) if n > 0 => continue,
+                            None => return HeadRead::Timeout,
+                            _ => return HeadRead::Gone,
+                        }
+                    }
                 }
                 match parse_request_into(b.bytes(), limits, &mut self.head) {
                     Ok(Some(len)) => return HeadRead::Parsed(len),
@@ -751,6 +789,7 @@ impl Conn<'_> {
         let limits = Limits::default();
         let len = match self.read_head(http, &limits).await {
             HeadRead::Parsed(len) => len,
+            HeadRead::Http2 => return Next::Http2,
             HeadRead::Gone => return Next::Close,
             // These replies close the connection while the client may still
             // be sending (the rest of a head, a body, pipelined requests):
@@ -1086,7 +1125,7 @@ impl Conn<'_> {
                         self.local(503, "upstream connection pool overflow", &[], keep)
                             .await
                     }
-                    Failure::Reset { .. } => {
+                    Failure::Reset { .. } | Failure::Refused => {
                         self.log.flags.insert(ResponseFlags::UC);
                         self.local(503, "upstream connection reset before response", &[], keep)
                             .await
@@ -1354,7 +1393,6 @@ impl Conn<'_> {
         {
             return Err(Failure::Reset { started: false });
         }
-        let limits = Limits::default();
         let mut upbuf: Option<Buf> = None;
         if !body.complete {
             // Stream the rest of the body while watching the upstream: it may
@@ -1391,64 +1429,25 @@ impl Conn<'_> {
                 }
             }
         }
-        loop {
-            if let Some(b) = upbuf.as_mut().filter(|b| !b.is_empty()) {
-                match parse_response_into(b.bytes(), &limits, method, &mut self.resp) {
-                    Ok(Some(len)) => {
-                        let status = self.resp.status;
-                        if (100..200).contains(&status) && status != 101 {
-                            // Interim: 100 was already answered locally (or not
-                            // asked for); others (103) are passed on.
-                            if status != 100 {
-                                let interim = b.bytes().get(..len).unwrap_or_default();
-                                let _ = self.down.write_all(interim).await;
-                            }
-                            b.consume(len);
-                            continue;
-                        }
-                        return Ok(Exchange {
-                            up,
-                            upbuf,
-                            head_len: len,
-                            key,
-                            lease,
-                            max_uses: conn.max_uses(),
-                            status: self.resp.status,
-                            active: None,
-                        });
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        if let Some(b) = upbuf {
-                            b.release();
-                        }
-                        return Err(Failure::BadResponse);
-                    }
-                }
+        let down = &mut self.down;
+        let interim = async |status, head: &[u8]| {
+            // 100 was already answered locally (or not asked for); others
+            // (103) are passed on.
+            if status != 100 {
+                let _ = down.write_all(head).await;
             }
-            let started = upbuf.as_ref().is_some_and(|b| !b.is_empty());
-            match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
-                Ok(0) => {
-                    if let Some(b) = upbuf {
-                        b.release();
-                    }
-                    return Err(Failure::Reset { started });
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                    if let Some(b) = upbuf {
-                        b.release();
-                    }
-                    return Err(Failure::BadResponse);
-                }
-                Err(_) => {
-                    if let Some(b) = upbuf {
-                        b.release();
-                    }
-                    return Err(Failure::Reset { started });
-                }
-            }
-        }
+        };
+        let len = read_response_head(&mut up, &mut upbuf, method, &mut self.resp, interim).await?;
+        Ok(Exchange {
+            up,
+            upbuf,
+            head_len: len,
+            key,
+            lease,
+            max_uses: conn.max_uses(),
+            status: self.resp.status,
+            active: None,
+        })
     }
 
     /// Sends the response head and body to the client; returns the upstream
@@ -1646,25 +1645,24 @@ impl Conn<'_> {
 /// Evaluates the authorization policies for one request; counts the
 /// decision per policy. `Some(policy name)` when it is denied (the DENY
 /// policy that matched, or `"(no ALLOW policy matched)"`).
-fn authorize(
+fn authorize<R: RequestParts>(
     shard: &Shard,
     policies: &AuthzPolicies,
     ctx: &Context,
     dst: SocketAddr,
-    view: &RequestView<'_>,
+    req: &R,
 ) -> Option<std::sync::Arc<str>> {
-    let headers = view.headers();
     // Repeated fields are seen joined with "," (Envoy's header matcher);
     // joined copies are made only for names that repeat, which is rare.
     let mut repeated: Vec<(&[u8], String)> = Vec::new();
-    for (i, (name, _)) in headers.iter().enumerate() {
-        let seen_before = headers
-            .iter()
+    for (i, (name, _)) in req.header_fields().enumerate() {
+        let seen_before = req
+            .header_fields()
             .take(i)
             .any(|(n, _)| n.eq_ignore_ascii_case(name));
-        if !seen_before && headers.get_all(name).nth(1).is_some() {
-            let all: Vec<String> = headers
-                .get_all(name)
+        if !seen_before && req.header_values(name).nth(1).is_some() {
+            let all: Vec<String> = req
+                .header_values(name)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect();
             repeated.push((name, all.join(",")));
@@ -1677,12 +1675,15 @@ fn authorize(
         {
             return Some(v.as_str());
         }
-        std::str::from_utf8(headers.get(name.as_bytes())?).ok()
+        let (_, v) = req
+            .header_fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))?;
+        std::str::from_utf8(v).ok()
     };
     let http = HttpInput {
-        method: std::str::from_utf8(view.method()).unwrap_or(""),
-        path: std::str::from_utf8(view.path_and_query()).unwrap_or(""),
-        host: view.authority().and_then(|a| std::str::from_utf8(a).ok()),
+        method: std::str::from_utf8(req.method()).unwrap_or(""),
+        path: std::str::from_utf8(req.path_and_query()).unwrap_or(""),
+        host: req.authority().and_then(|a| std::str::from_utf8(a).ok()),
         headers: &lookup,
     };
     check_policies(
@@ -1695,9 +1696,6 @@ fn authorize(
     )
 }
 
-/// Evaluates the authorization policies for a connection (`http` None: the
-/// TCP view) or a request to `dst`, and counts the decision per policy.
-/// `Some(policy name)` when denied.
 pub(crate) fn check_policies<'a>(
     shard: &Shard,
     policies: &AuthzPolicies,
@@ -1742,6 +1740,47 @@ fn decided(shard: &Shard, verdict: &authz::Verdict<'_>) -> Option<std::sync::Arc
 
 /// Reads and drops what `s` receives until EOF, an error, or `count` reaches
 /// `max` (give or take one buffer).
+/// Reads from `up` until a final response head is in `upbuf` and parsed
+/// into `resp`; returns its length. Interim heads (1xx but 101) are handed
+/// to `interim` and dropped. On failure `upbuf` is released.
+pub(super) async fn read_response_head(
+    up: &mut Stream,
+    upbuf: &mut Option<Buf>,
+    method: Method,
+    resp: &mut ResponseHead,
+    mut interim: impl AsyncFnMut(u16, &[u8]),
+) -> Result<usize, Failure> {
+    let limits = Limits::default();
+    let fail = |upbuf: &mut Option<Buf>, f: Failure| {
+        if let Some(b) = upbuf.take() {
+            b.release();
+        }
+        Err(f)
+    };
+    loop {
+        if let Some(b) = upbuf.as_mut().filter(|b| !b.is_empty()) {
+            match parse_response_into(b.bytes(), &limits, method, resp) {
+                Ok(Some(len)) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    interim(resp.status, b.bytes().get(..len).unwrap_or_default()).await;
+                    b.consume(len);
+                    continue;
+                }
+                Ok(Some(len)) => return Ok(len),
+                Ok(None) => {}
+                Err(_) => return fail(upbuf, Failure::BadResponse),
+            }
+        }
+        let started = upbuf.as_ref().is_some_and(|b| !b.is_empty());
+        match read_into(up, upbuf, MAX_HEAD_BUF).await {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return fail(upbuf, Failure::BadResponse)
+            }
+            _ => return fail(upbuf, Failure::Reset { started }),
+        }
+    }
+}
+
 async fn discard(s: &mut Stream, count: &Cell<u64>, max: u64) {
     let mut slot: Option<Buf> = None;
     while count.get() < max {

@@ -245,6 +245,11 @@ mod tests {
                 .filter(move |(n, _)| n.as_bytes() == name)
                 .map(|(_, v)| v.as_bytes())
         }
+        fn header_fields<'s>(&'s self) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        }
     }
 
     fn req(authority: &'static str, path: &'static str) -> Parts {

@@ -75,6 +75,10 @@ pub enum Failure {
     BodyTimeout,
     /// A circuit breaker of the cluster is open (503 UO).
     Overflow,
+    /// The upstream did not process the request: an HTTP/2 stream refused
+    /// (REFUSED_STREAM) or above a GOAWAY's last stream id. Safe to send
+    /// again for any method (RFC 9113 §8.7).
+    Refused,
 }
 
 impl Failure {
@@ -82,6 +86,7 @@ impl Failure {
         match self {
             Failure::Connect
             | Failure::Reset { .. }
+            | Failure::Refused
             | Failure::PerTryTimeout
             | Failure::BadResponse => Side::Upstream,
             Failure::Downstream
@@ -95,7 +100,7 @@ impl Failure {
     /// How safe a resend is (see [`RetrySafety`]).
     pub fn retry_safety(self) -> RetrySafety {
         match self {
-            Failure::Connect => RetrySafety::Safe,
+            Failure::Connect | Failure::Refused => RetrySafety::Safe,
             Failure::Reset { started: false } => RetrySafety::ReusedOnly,
             Failure::Reset { started: true } | Failure::PerTryTimeout => {
                 RetrySafety::MayHaveReached
@@ -114,7 +119,7 @@ impl Failure {
     fn as_attempt(self) -> Option<AttemptFailure> {
         match self {
             Failure::Connect => Some(AttemptFailure::ConnectFailure),
-            Failure::Reset { .. } => Some(AttemptFailure::Reset),
+            Failure::Reset { .. } | Failure::Refused => Some(AttemptFailure::Reset),
             Failure::PerTryTimeout => Some(AttemptFailure::PerTryTimeout),
             _ => None,
         }
@@ -183,6 +188,9 @@ pub fn decide(
                     || grpc.is_some_and(|g| p.retriable(AttemptFailure::Grpc(g)))
             });
             (listed, true)
+        }
+        Outcome::Failed(Failure::Refused) if !state.fresh_used && attempt.replayable => {
+            return Verdict::AgainFresh;
         }
         Outcome::Failed(f) => {
             if attempt.reused
@@ -311,6 +319,11 @@ mod tests {
             (Some(&p), fresh, get, Failed(NoEndpoint), GiveUp { exhausted: false }),
             (Some(&p), spent, get, Failed(Connect), GiveUp { exhausted: true }),
             (Some(&p), fresh, get, Failed(PerTryTimeout), Retry),
+            // An HTTP/2 stream the upstream did not process: once more
+            // anywhere, whatever the method; not a streamed body.
+            (none, fresh, post, Failed(Refused), AgainFresh),
+            (none, used, post, Failed(Refused), GiveUp { exhausted: false }),
+            (none, fresh, streamed(get), Failed(Refused), GiveUp { exhausted: false }),
             // gRPC statuses in a trailers-only head, when the policy lists them.
             (Some(&pg), fresh, get, Response(200, Some(14)), Retry),
             (Some(&pg), fresh, get, Response(200, Some(5)), Deliver { exhausted: false }),

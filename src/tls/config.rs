@@ -89,6 +89,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct Contexts {
     identity: Arc<Identity>,
     server: Arc<ServerConfig>,
+    /// The same, negotiating an HTTP codec by ALPN (the HTTP chain).
+    server_http: Arc<ServerConfig>,
     shared: Arc<Shared>,
 }
 
@@ -184,9 +186,25 @@ impl Contexts {
         // values such as `istio-peer-exchange` that the data path reads from
         // the ClientHello itself (tls_inspector) rather than negotiates.
         server.alpn_protocols = Vec::new();
+        // The HTTP chain's config selects the codec: `h2` when the client
+        // offers it (Istio's inbound HTTP chain advertises h2, http/1.1),
+        // else HTTP/1; the Istio names are accepted too, so a client
+        // offering only those is not refused for want of a common protocol.
+        let mut server_http = server.clone();
+        server_http.alpn_protocols = [
+            &b"h2"[..],
+            b"http/1.1",
+            b"istio-h2",
+            b"istio-http/1.1",
+            b"istio-http/1.0",
+        ]
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
         Ok(Contexts {
             identity,
             server: Arc::new(server),
+            server_http: Arc::new(server_http),
             shared,
         })
     }
@@ -199,6 +217,12 @@ impl Contexts {
     /// a client certificate that chains to the roots.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server.clone()
+    }
+
+    /// The inbound config of the HTTP chain: as `server_config`, and
+    /// selects `h2` or `http/1.1` by ALPN.
+    pub fn server_config_http(&self) -> Arc<ServerConfig> {
+        self.server_http.clone()
     }
 
     /// The outbound mTLS config (Istio's ISTIO_MUTUAL): presents the

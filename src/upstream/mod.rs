@@ -75,6 +75,8 @@ pub struct Upstreams {
     clusters: RefCell<FnvMap<Box<str>, Tracked>>,
     /// Idle HTTP/1 connections, per endpoint, source and TLS profile.
     pub pool: RefCell<pool::Pool>,
+    /// Open HTTP/2 connections, per endpoint, source and TLS profile.
+    pub h2: crate::h2::client::Pool,
     /// How connections to TLS clusters and mesh destinations are secured.
     pub tls: tls::Originations,
     /// Counters per cluster endpoint (pruned to the config by [`Upstreams::prune`]).
@@ -117,6 +119,7 @@ impl Upstreams {
             own,
             clusters: RefCell::default(),
             pool: RefCell::default(),
+            h2: Default::default(),
             tls: tls::Originations::default(),
             endpoints: RefCell::default(),
             seed: Cell::new(seed),

@@ -1,0 +1,418 @@
+//! Heads between HTTP/1 and HTTP/2 (RFC 9113 §8.2): connection-specific
+//! fields dropped, `te` only as `trailers`, lowercase names, `:authority`
+//! for Host, cookies split or joined (§8.2.3); and the proxy's request
+//! rewrite (X-Forwarded-*, X-Request-Id, XFCC, route header operations) on
+//! an HTTP/2 header map, with the same rules `http::rewrite::write_request`
+//! applies to HTTP/1 bytes.
+
+use http::header::{COOKIE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::http::head::{BodyFraming, ResponseView};
+use crate::http::rewrite::{
+    is_hop_by_hop, named_in_connection, push_display, push_framing, push_header, HeaderOps,
+    RequestId, RequestRewrite,
+};
+use crate::http::RequestParts;
+
+/// An HTTP/2 request's head as routing and policy read it.
+pub struct H2Parts<'a>(pub &'a http::request::Parts);
+
+impl RequestParts for H2Parts<'_> {
+    fn method(&self) -> &[u8] {
+        self.0.method.as_str().as_bytes()
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        match self.0.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => self.0.headers.get(HOST).map(HeaderValue::as_bytes),
+        }
+    }
+    fn path_and_query(&self) -> &[u8] {
+        self.0
+            .uri
+            .path_and_query()
+            .map_or(&b"/"[..], |p| p.as_str().as_bytes())
+    }
+    fn header_values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
+        std::str::from_utf8(name)
+            .ok()
+            .into_iter()
+            .flat_map(move |n| self.0.headers.get_all(n).iter().map(HeaderValue::as_bytes))
+    }
+    fn header_fields<'s>(&'s self) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
+        self.0
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+}
+
+fn name(n: &[u8]) -> Option<HeaderName> {
+    HeaderName::from_bytes(n).ok()
+}
+
+/// Route header operations on a header map: remove, then set (replace),
+/// then add (append), as `HeaderOps` orders them.
+pub fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
+    for n in ops.remove.iter().chain(ops.set.iter().map(|f| &f.name)) {
+        if let Some(n) = name(n) {
+            h.remove(n);
+        }
+    }
+    for f in ops.set.iter().chain(&ops.add) {
+        if let (Some(n), Ok(v)) = (name(&f.name), HeaderValue::from_bytes(&f.value)) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// The proxy's changes to a request's fields (what `write_request` does
+/// for HTTP/1, less the request line and framing). Returns the request id
+/// generated, if one was.
+pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<RequestId> {
+    let ops = rw.ops.filter(|o| !o.is_empty());
+    if let Some(addr) = rw.client_addr {
+        // One comma-separated list, the nearest client last.
+        let mut v = Vec::new();
+        for prev in h.get_all("x-forwarded-for") {
+            if !prev.is_empty() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+        }
+        push_display(&mut v, addr);
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(proto) = rw.forwarded_proto {
+        if let Ok(v) = HeaderValue::from_str(proto) {
+            h.insert("x-forwarded-proto", v);
+        }
+    }
+    // XFCC: what the client sent is dropped unless this hop appends its
+    // verified element (Envoy's SANITIZE / APPEND_FORWARD).
+    let earlier: Vec<u8> = {
+        let mut v = Vec::new();
+        if rw.client_cert.is_some() {
+            for prev in h.get_all("x-forwarded-client-cert") {
+                if !prev.is_empty() {
+                    v.extend_from_slice(prev.as_bytes());
+                    v.push(b',');
+                }
+            }
+        }
+        v
+    };
+    h.remove("x-forwarded-client-cert");
+    if let Some(element) = rw.client_cert {
+        let mut v = earlier;
+        v.extend_from_slice(element.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            h.insert("x-forwarded-client-cert", v);
+        }
+    }
+    let mut generated = None;
+    if let Some(generator) = rw.request_id {
+        let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
+        if !set_by_route && !h.contains_key("x-request-id") {
+            let id = generator.next_id();
+            if let Ok(v) = HeaderValue::from_bytes(id.as_bytes()) {
+                h.insert("x-request-id", v);
+            }
+            generated = Some(id);
+        }
+    }
+    if let Some(ops) = ops {
+        apply_ops(h, ops);
+    }
+    generated
+}
+
+/// An HTTP/1.1 request head for an HTTP/2 request (already rewritten):
+/// the request line, Host from `:authority`, the fields (cookies joined
+/// into one with "; ", RFC 9113 §8.2.3; `te` dropped), and the framing the
+/// body goes with.
+pub fn write_h1_request(
+    method: &http::Method,
+    path: &[u8],
+    authority: Option<&[u8]>,
+    h: &HeaderMap,
+    framing: BodyFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = authority.or_else(|| h.get(HOST).map(HeaderValue::as_bytes));
+    push_header(out, b"host", host.unwrap_or_default());
+    let mut cookies = h.get_all(COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for c in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in h {
+        let n = n.as_str().as_bytes();
+        if n == b"host" || n == b"cookie" || n == b"content-length" || is_hop_by_hop(n) {
+            continue;
+        }
+        push_header(out, n, v.as_bytes());
+    }
+    push_framing(out, framing);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An HTTP/1 response head as HTTP/2 fields: connection-specific ones and
+/// those the Connection field names dropped, names lowercased, then the
+/// route's response operations.
+pub fn response_from_h1(view: &ResponseView<'_>, ops: Option<&HeaderOps>) -> http::Response<()> {
+    let headers = view.headers();
+    let mut r = http::Response::new(());
+    *r.status_mut() =
+        http::StatusCode::from_u16(view.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let check_connection = view.head.connection.other;
+    let h = r.headers_mut();
+    h.reserve(headers.len());
+    for (n, v) in headers.iter() {
+        if is_hop_by_hop(n)
+            || (check_connection && named_in_connection(headers.get_all(b"connection"), n))
+        {
+            continue;
+        }
+        if let (Some(n), Ok(v)) = (name(n), HeaderValue::from_bytes(v)) {
+            h.append(n, v);
+        }
+    }
+    if let Some(ops) = ops.filter(|o| !o.is_empty()) {
+        apply_ops(h, ops);
+    }
+    r
+}
+
+/// An HTTP/2 response head (status and fields) for an HTTP/1 client;
+/// `framing` is how the body will go. Cookies stay one line each
+/// (Set-Cookie cannot be joined).
+pub fn write_h1_response(
+    parts: &http::response::Parts,
+    framing: BodyFraming,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &parts.headers {
+        let n = n.as_str().as_bytes();
+        if n == b"content-length" || is_hop_by_hop(n) {
+            continue;
+        }
+        push_header(out, n, v.as_bytes());
+    }
+    push_framing(out, framing);
+    if !keep_alive {
+        push_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Chunked trailers (`name: value\r\n` lines, as the chunked decoder keeps
+/// them) as HTTP/2 trailers; forbidden and malformed fields dropped.
+pub fn trailers_from_h1(lines: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (n, v) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if is_hop_by_hop(n) {
+            continue;
+        }
+        if let (Some(n), Ok(v)) = (name(n), HeaderValue::from_bytes(v)) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
+/// HTTP/2 trailers as the lines of a chunked body's trailer section.
+pub fn write_h1_trailers(h: &HeaderMap, out: &mut Vec<u8>) {
+    for (n, v) in h {
+        push_header(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::{parse_request, parse_response, Limits, Method, Parsed};
+    use crate::http::rewrite::{write_request, HeaderField, RequestIdGenerator};
+
+    fn h2_request(fields: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri("http://svc.example:8080/a/b?x=1");
+        for (n, v) in fields {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    /// The same rewrite of the same request gives the same fields in HTTP/1
+    /// (`write_request`, bytes) and HTTP/2 (`rewrite_request`, a map).
+    #[test]
+    fn rewrite_agrees_with_the_http1_writer() {
+        let fields = [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-client-cert", "By=spoofed"),
+            ("x-drop", "1"),
+            ("x-keep", "k"),
+            ("content-type", "text/plain"),
+        ];
+        let ops = HeaderOps {
+            remove: vec![b"x-drop".to_vec().into()],
+            set: vec![HeaderField::new(b"x-set", b"s")],
+            add: vec![HeaderField::new(b"x-keep", b"k2")],
+        };
+        let rw = |gen| RequestRewrite {
+            path: None,
+            host: None,
+            client_addr: Some("192.0.2.7".parse().unwrap()),
+            forwarded_proto: Some("http"),
+            request_id: Some(gen),
+            client_cert: Some("By=spiffe://a;URI=spiffe://b"),
+            ops: Some(&ops),
+            framing: BodyFraming::Length(0),
+            upgrade: false,
+        };
+        let g1 = RequestIdGenerator::with_seed(7);
+        let g2 = RequestIdGenerator::with_seed(7);
+        // HTTP/1
+        let mut raw =
+            b"POST /a/b?x=1 HTTP/1.1\r\nhost: svc.example:8080\r\ncontent-length: 0\r\n".to_vec();
+        for (n, v) in fields {
+            raw.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let Ok(Parsed::Complete { head, .. }) = parse_request(&raw, &Limits::default()) else {
+            panic!("parse")
+        };
+        let mut out = Vec::new();
+        write_request(&head.view(&raw), &rw(&g1), &mut out);
+        let Ok(Parsed::Complete { head: up, .. }) = parse_request(&out, &Limits::default()) else {
+            panic!("reparse")
+        };
+        let mut h1: Vec<(String, String)> = up
+            .view(&out)
+            .headers()
+            .iter()
+            .filter(|(n, _)| !matches!(*n, b"host" | b"content-length"))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        // HTTP/2
+        let mut parts = h2_request(&fields);
+        rewrite_request(&mut parts.headers, &rw(&g2));
+        let mut h2: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        h1.sort();
+        h2.sort();
+        assert_eq!(h1, h2);
+        assert!(h2.contains(&("x-forwarded-for".into(), "10.0.0.1, 192.0.2.7".into())));
+        assert!(h2.contains(&(
+            "x-forwarded-client-cert".into(),
+            "By=spoofed,By=spiffe://a;URI=spiffe://b".into()
+        )));
+        assert_eq!(head.method, Method::Post);
+    }
+
+    #[test]
+    fn h2_to_h1_head() {
+        let mut parts = h2_request(&[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers")]);
+        parts
+            .headers
+            .insert("content-length", HeaderValue::from_static("3"));
+        let mut out = Vec::new();
+        write_h1_request(
+            &parts.method,
+            b"/a/b?x=1",
+            Some(b"svc.example:8080"),
+            &parts.headers,
+            BodyFraming::Length(3),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /a/b?x=1 HTTP/1.1\r\nhost: svc.example:8080\r\ncookie: a=1; b=2\r\ncontent-length: 3\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_h1_request(
+            &parts.method,
+            b"/",
+            None,
+            &HeaderMap::new(),
+            BodyFraming::Chunked,
+            &mut out,
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("transfer-encoding: chunked\r\n"));
+    }
+
+    #[test]
+    fn h1_response_to_h2_and_back() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-App: v\r\n\r\n";
+        let Ok(Parsed::Complete { head, .. }) =
+            parse_response(raw, &Limits::default(), Method::Get)
+        else {
+            panic!("parse")
+        };
+        let r = response_from_h1(&head.view(raw), None);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["set-cookie", "x-app"]);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        let (parts, ()) = r.into_parts();
+        let mut out = Vec::new();
+        write_h1_response(&parts, BodyFraming::Chunked, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nx-app: v\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn trailers_both_ways() {
+        let h = trailers_from_h1(
+            b"grpc-status: 0\r\ngrpc-message: ok\r\nbad line\r\ntransfer-encoding: x\r\n",
+        );
+        assert_eq!(h["grpc-status"], "0");
+        assert_eq!(h["grpc-message"], "ok");
+        assert_eq!(h.len(), 2);
+        let mut out = Vec::new();
+        write_h1_trailers(&h, &mut out);
+        assert_eq!(out, b"grpc-status: 0\r\ngrpc-message: ok\r\n");
+    }
+}

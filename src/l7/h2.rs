@@ -1,0 +1,1264 @@
+//! The L7 path for HTTP/2 clients (prior knowledge on a plaintext port, or
+//! ALPN `h2` on an mTLS one). Every stream is one request and goes through
+//! what an HTTP/1 request goes through: authorization, `plan::plan` (the
+//! same routes, with `:authority` as Host), the local rate limit, fault
+//! injection, body limits, the shared attempt loop (`attempt::run`: retries,
+//! breakers, outlier detection, TLS origination) and the access log, with
+//! `protocol` HTTP/2. The upstream speaks HTTP/2 (cluster `http2 = true`, or
+//! `"auto"`, and passthrough) on a multiplexed connection, or HTTP/1.1 on a
+//! pooled one, translated both ways (`h2::headers`).
+//!
+//! ```text
+//!  connection task: h2 handshake ─ accept streams ─ each stream a future in
+//!   │  one FuturesUnordered (dropped with the connection: nothing outlives it)
+//!   │  idle_timeout with no stream ─► GOAWAY; core draining ─► GOAWAY
+//!   │  premature resets ≥ max_premature_resets and half the streams
+//!   │      ─► GOAWAY ENHANCE_YOUR_CALM (rapid reset)
+//!   ▼
+//!  stream: authz ─ plan ─ rate limit ─ local reply / fault ─ body buffered
+//!   │  up to retry_buffer_limit (replayable) ─ grpc-timeout caps the route
+//!   │  timeout ─ attempts ─ response head ─ body relayed under both flow
+//!   │  controls (a reader stalled for stream_idle_timeout is reset) ─
+//!   │  trailers ─ log
+//!   └─ gRPC request answered locally: a trailers-only answer (HTTP 200,
+//!      grpc-status from the HTTP status, as Envoy sends it)
+//! ```
+//!
+//! Request and response bodies stream concurrently once the response head
+//! is in (gRPC's bidirectional calls); a body that fits the retry buffer is
+//! sent whole first, so that a retry can replay it.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tracing::debug;
+
+use crate::config::Snapshot;
+use crate::deadline::until;
+use crate::h2::client::{self, ClientSettings, InFlight};
+use crate::h2::headers::{self, H2Parts};
+use crate::h2::{grpc, Io};
+use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
+use crate::http::head::{BodyFraming, Method, ResponseHead};
+use crate::http::rewrite::{HeaderOps, RequestRewrite};
+use crate::http::RequestParts;
+use crate::net::buf::{read_into, Buf};
+use crate::net::Stream;
+use crate::shard::Shard;
+use crate::stats::CoreStats;
+use crate::upstream::pool;
+use crate::upstream::tls::AppProtocol;
+
+use super::attempt::{self, Answer, Tried, UpstreamRef};
+use super::plan::{self, Target};
+use super::retry::{Failure, Outcome};
+use super::{
+    authorize, decode_into, log_request, merge_ops, read_response_head, request_details_wanted,
+    with_rate_headers, Context, RequestLog, ResponseFlags, MAX_HEAD_BUF,
+};
+
+/// What the connection's streams share with it.
+struct Shared {
+    ctx: Context,
+    /// Streams accepted.
+    streams: Cell<u32>,
+    /// Streams the client reset before their answer was complete.
+    premature_resets: Cell<u32>,
+    max_premature_resets: u32,
+    /// Close with ENHANCE_YOUR_CALM.
+    calm: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Shared {
+    fn premature_reset(&self, shard: &Shard) {
+        CoreStats::inc(&shard.stats.http2_rx_reset);
+        let n = self.premature_resets.get() + 1;
+        self.premature_resets.set(n);
+        if n >= self.max_premature_resets && u64::from(n) * 2 >= u64::from(self.streams.get()) {
+            self.calm.set(true);
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A stream the codec accepted: its request and the way to answer it.
+type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
+
+enum Event {
+    /// Boxed: it is rare next to the wake-ups that carry nothing.
+    Accepted(Box<Accepted>),
+    Idle,
+    Drain,
+    Calm,
+}
+
+/// Serves an HTTP/2 connection whose preface (or ALPN `h2`) was seen;
+/// `read`: bytes already read from it (by the HTTP/1 reader that found the
+/// preface).
+pub async fn serve(
+    shard: &Rc<Shard>,
+    down: Stream,
+    read: Option<Buf>,
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+) {
+    CoreStats::inc(&shard.stats.downstream_cx_http2);
+    let config = &snapshot.config;
+    let s = &config.http2;
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .initial_window_size(s.initial_stream_window_size)
+        .initial_connection_window_size(s.initial_connection_window_size)
+        .max_header_list_size(s.max_header_list_size)
+        .handshake::<_, Bytes>(Io::new(down, read));
+    let deadline = Instant::now() + config.http.request_headers_timeout;
+    let mut conn = match until(Some(deadline), handshake).await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+            debug!(peer = ?ctx.peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        None => return,
+    };
+    let shared = Rc::new(Shared {
+        ctx,
+        streams: Cell::new(0),
+        premature_resets: Cell::new(0),
+        max_premature_resets: s.max_premature_resets,
+        calm: Cell::new(false),
+        waker: RefCell::new(None),
+    });
+    let idle_timeout = config.http.idle_timeout;
+    drop(snapshot);
+    let mut streams = FuturesUnordered::new();
+    let mut idle: Option<glommio::timer::Timer> = None;
+    let mut stopping = pin!(shard.stopping.acquire(1));
+    let mut closing = false;
+    loop {
+        if streams.is_empty() && idle.is_none() && !closing {
+            idle = Some(glommio::timer::Timer::new(idle_timeout));
+        }
+        let event = poll_fn(|cx| {
+            if shared.calm.get() && !closing {
+                return Poll::Ready(Event::Calm);
+            }
+            *shared.waker.borrow_mut() = Some(cx.waker().clone());
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if let Poll::Ready(a) = conn.poll_accept(cx) {
+                return Poll::Ready(Event::Accepted(Box::new(a)));
+            }
+            if streams.is_empty() {
+                if let Some(t) = idle.as_mut() {
+                    if std::pin::Pin::new(t).poll(cx).is_ready() {
+                        return Poll::Ready(Event::Idle);
+                    }
+                }
+            }
+            if !closing && stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Accepted(a) => match *a {
+                Some(Ok((req, respond))) => {
+                    idle = None;
+                    shared.streams.set(shared.streams.get() + 1);
+                    CoreStats::inc(&shard.stats.downstream_rq_http2);
+                    streams.push(Box::pin(stream(
+                        shard.clone(),
+                        shared.clone(),
+                        req,
+                        respond,
+                    )));
+                }
+                Some(Err(e)) => {
+                    if e.is_go_away() && e.reason() == Some(Reason::NO_ERROR) {
+                        break;
+                    }
+                    if !e.is_io() {
+                        CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+                    }
+                    debug!(peer = ?shared.ctx.peer, error = %e, "HTTP/2 connection closed");
+                    break;
+                }
+                None => break,
+            },
+            Event::Idle | Event::Drain => {
+                idle = None;
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            Event::Calm => {
+                closing = true;
+                CoreStats::inc(&shard.stats.http2_premature_reset_closed);
+                debug!(peer = ?shared.ctx.peer, "HTTP/2: too many premature resets; closing");
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            }
+        }
+    }
+}
+
+/// A request body from an HTTP/2 client.
+struct Body {
+    recv: RecvStream,
+    /// Data read before the first attempt (replayed by retries).
+    buffered: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// END_STREAM seen: everything is in `buffered` (unless streamed).
+    complete: bool,
+    /// Part of it went upstream without being kept: no replay.
+    streamed: bool,
+    received: u64,
+    /// max_request_body_bytes; 0 = none.
+    limit: u64,
+    idle: Duration,
+}
+
+impl Body {
+    fn replayable(&self) -> bool {
+        self.complete && !self.streamed
+    }
+
+    /// The next piece of data (capacity released once it is taken), None at
+    /// the end of the body (trailers read then).
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        let deadline = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
+        let got = until(deadline, self.recv.data())
+            .await
+            .ok_or(Failure::BodyTimeout)?;
+        match got {
+            Some(Ok(data)) => {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                self.received += data.len() as u64;
+                if self.limit > 0 && self.received > self.limit {
+                    return Err(Failure::TooLarge);
+                }
+                Ok(Some(data))
+            }
+            Some(Err(_)) => Err(Failure::Downstream),
+            None => {
+                let t = until(deadline, self.recv.trailers())
+                    .await
+                    .ok_or(Failure::BodyTimeout)?;
+                self.trailers = t.map_err(|_| Failure::Downstream)?;
+                self.complete = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the body until it ends or `max` bytes are kept.
+    async fn fill(&mut self, max: usize) -> Result<(), Failure> {
+        let mut kept = 0;
+        while !self.complete && kept < max {
+            if let Some(d) = self.next().await? {
+                kept += d.len();
+                self.buffered.push(d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends `data` on `tx` as the peer's window allows; a reader that opens
+/// no window for `idle` is given up on.
+async fn send_data(
+    tx: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    idle: Duration,
+) -> Result<(), ()> {
+    if data.is_empty() {
+        return tx.send_data(data, end).map_err(drop);
+    }
+    while !data.is_empty() {
+        tx.reserve_capacity(data.len());
+        let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+        let cap = match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
+            Some(Some(Ok(n))) => n,
+            _ => return Err(()),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let piece = data.split_to(cap.min(data.len()));
+        tx.send_data(piece, end && data.is_empty()).map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// One stream, from its head to the end of its answer.
+async fn stream(
+    shard: Rc<Shard>,
+    conn: Rc<Shared>,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
+    let mut s = H2Stream {
+        log: RequestLog::new(&conn.ctx),
+        started: Instant::now(),
+        shard,
+        conn,
+        respond,
+        rate_headers: None,
+        grpc: false,
+        finished: false,
+    };
+    s.log.protocol = "HTTP/2";
+    let (parts, body) = req.into_parts();
+    s.handle(parts, body).await;
+    if !s.finished {
+        s.conn.premature_reset(&s.shard);
+    }
+    s.log.duration = s.started.elapsed();
+    log_request(&s.shard, &s.log);
+}
+
+struct H2Stream {
+    shard: Rc<Shard>,
+    conn: Rc<Shared>,
+    respond: SendResponse<Bytes>,
+    log: RequestLog,
+    started: Instant,
+    rate_headers: Option<[(&'static str, String); 3]>,
+    /// A gRPC request: local replies are trailers-only answers.
+    grpc: bool,
+    /// The answer went out whole (or the stream failed on our side): not a
+    /// premature reset by the client.
+    finished: bool,
+}
+
+/// An HTTP/1 upstream's answer to an HTTP/2 request.
+struct H1Answer {
+    up: Stream,
+    upbuf: Option<Buf>,
+    head: ResponseHead,
+    head_len: usize,
+    key: pool::Key,
+    lease: pool::Lease,
+    max_uses: u32,
+}
+
+impl Answer for H1Answer {
+    fn outcome(&self) -> Outcome {
+        Outcome::Response(self.head.status, None)
+    }
+    fn discard(self) {
+        if let Some(b) = self.upbuf {
+            b.release();
+        }
+    }
+}
+
+/// An HTTP/2 upstream's answer.
+struct H2Answer {
+    response: Response<RecvStream>,
+    /// The request body's way to the upstream, while it is still streaming.
+    up_tx: Option<SendStream<Bytes>>,
+    _in_flight: InFlight,
+}
+
+impl Answer for H2Answer {
+    fn outcome(&self) -> Outcome {
+        let h = self.response.headers();
+        // A trailers-only answer carries grpc-status in its head.
+        let g = grpc::status(h).filter(|_| self.response.body().is_end_stream());
+        Outcome::Response(self.response.status().as_u16(), g)
+    }
+    fn discard(self) {}
+}
+
+impl H2Stream {
+    /// A reply made here: plain text, or for a gRPC request a trailers-only
+    /// answer carrying the matching grpc-status.
+    fn local(&mut self, status: u16, body: &str, location: Option<&[u8]>) {
+        let mut r = Response::new(());
+        let h = r.headers_mut();
+        if self.grpc {
+            grpc::local_reply_headers(status, body, h);
+        } else {
+            *r.status_mut() =
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            let h = r.headers_mut();
+            h.insert("content-type", HeaderValue::from_static("text/plain"));
+            h.insert("content-length", HeaderValue::from(body.len()));
+            if let Some(v) = location.and_then(|l| HeaderValue::from_bytes(l).ok()) {
+                h.insert("location", v);
+            }
+        }
+        for (n, v) in self.rate_headers.take().iter().flatten() {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                r.headers_mut().insert(*n, v);
+            }
+        }
+        self.log.status = status;
+        let end = self.grpc || body.is_empty();
+        match self.respond.send_response(r, end) {
+            Ok(mut tx) => {
+                if !end {
+                    let _ = tx.send_data(Bytes::copy_from_slice(body.as_bytes()), true);
+                    self.log.bytes_sent += body.len() as u64;
+                }
+                self.finished = true;
+            }
+            Err(_) => self.log.flags.insert(ResponseFlags::DC),
+        }
+    }
+
+    async fn handle(&mut self, mut parts: http::request::Parts, recv: RecvStream) {
+        let shard = self.shard.clone();
+        let snap = shard.config.current();
+        let config = &snap.config;
+        let http = &config.http;
+        let ctx = self.conn.ctx.clone();
+        self.grpc = grpc::is_grpc(&parts.headers);
+        let details = request_details_wanted(&shard);
+        let view = H2Parts(&parts);
+        if details {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            self.log.method = text(view.method());
+            self.log.path = text(view.path_and_query());
+            self.log.authority = text(view.authority().unwrap_or_default());
+            self.log.user_agent = view.header(b"user-agent").map(text);
+            self.log.forwarded_for = view.header(b"x-forwarded-for").map(text);
+        }
+
+        if let Some(dst) = ctx.inbound_dst {
+            let policies = &config.authorization;
+            if !policies.is_empty() {
+                if let Some(policy) = authorize(&shard, policies, &ctx, dst, &view) {
+                    self.log.flags.insert(ResponseFlags::RBAC);
+                    self.log.authz_policy = Some(policy);
+                    CoreStats::inc(&shard.stats.rq_rbac_denied);
+                    return self.local(403, "RBAC: access denied", None);
+                }
+            }
+        }
+
+        let planned = plan::plan(config, &view, ctx.fallback, shard.next_u64() as u32, "http");
+        let rate_limit = match &planned {
+            Ok(p) => p.rate_limit,
+            Err(reply) => reply.rate_limit,
+        };
+        if let Some(rl) = rate_limit {
+            let decision = shard.buckets.borrow_mut().requests.try_take(
+                rl.virtual_host,
+                rl.route,
+                &rl.limit.bucket,
+                shard.cores,
+                Instant::now(),
+            );
+            self.rate_headers = rl.limit.headers(&decision);
+            if !decision.allowed {
+                CoreStats::inc(&shard.stats.rq_rate_limited);
+                self.log.flags.insert(ResponseFlags::RL);
+                return self.local(429, "local_rate_limited", None);
+            }
+        }
+        let plan = match planned {
+            Ok(p) => p,
+            Err(reply) => {
+                if details {
+                    self.log.route_name = reply.route_name.map(str::to_string);
+                }
+                self.log.flags.insert(reply.flags);
+                return self.local(reply.status, &reply.body, reply.location.as_deref());
+            }
+        };
+        if details {
+            self.log.upstream_cluster = Some(plan.cluster_name.to_string());
+            self.log.route_name = plan.route.map(|(m, _)| m.route.name.to_string());
+        }
+        if let Some(fault) = plan.route.and_then(|(_, f)| f.fault.as_ref()) {
+            let decision = fault.decide(shard.next_u64(), shard.next_u64());
+            if let Some(delay) = decision.delay {
+                CoreStats::inc(&shard.stats.rq_fault_delay);
+                self.log.flags.insert(ResponseFlags::DI);
+                glommio::timer::sleep(delay).await;
+            }
+            if let Some(status) = decision.abort {
+                CoreStats::inc(&shard.stats.rq_fault_abort);
+                self.log.flags.insert(ResponseFlags::FI);
+                return self.local(status, "fault filter abort", None);
+            }
+        }
+        let declared = parts
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if plan.max_body > 0 && declared.is_some_and(|n| n > plan.max_body) {
+            CoreStats::inc(&shard.stats.downstream_rq_too_large);
+            self.log.flags.insert(ResponseFlags::RTL);
+            return self.local(413, "request body too large", None);
+        }
+
+        // The upstream head: rewritten fields, path and authority.
+        let mut response_ops = None;
+        let mut path_scratch = Vec::new();
+        let (path, host, ops) = match plan.route {
+            Some((m, f)) => {
+                response_ops =
+                    merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
+                (
+                    m.route
+                        .rewritten_path(&view, &mut path_scratch)
+                        .map(<[u8]>::to_vec),
+                    f.host_rewrite.as_deref(),
+                    merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
+                )
+            }
+            None => (None, None, None),
+        };
+        let hash = match plan.target {
+            Target::Cluster(i) => config
+                .clusters
+                .get(i)
+                .and_then(|c| plan::request_hash(c, &view, ctx.peer.map(|a| a.ip()))),
+            Target::Addr(..) => None,
+        };
+        let path = path.unwrap_or_else(|| view.path_and_query().to_vec());
+        let authority = host
+            .or(view.authority())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let generated = headers::rewrite_request(
+            &mut parts.headers,
+            &RequestRewrite {
+                path: None,
+                host: None,
+                client_addr: ctx.peer.map(|p| p.ip()),
+                forwarded_proto: Some("http"),
+                request_id: Some(&shard.request_ids),
+                client_cert: ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
+                ops: ops.as_deref(),
+                framing: BodyFraming::None,
+                upgrade: false,
+            },
+        );
+        if details {
+            self.log.request_id = generated.map(|id| id.as_str().to_string()).or_else(|| {
+                parts
+                    .headers
+                    .get("x-request-id")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            });
+        }
+        parts.headers.remove(http::header::HOST);
+        if let Some(h) = &self.rate_headers {
+            response_ops = Some(with_rate_headers(response_ops, h));
+        }
+
+        let mut body = Body {
+            complete: recv.is_end_stream(),
+            recv,
+            buffered: Vec::new(),
+            trailers: None,
+            streamed: false,
+            received: 0,
+            limit: plan.max_body,
+            idle: http.stream_idle_timeout,
+        };
+        if let Err(f) = body.fill(http.retry_buffer_limit).await {
+            self.log.bytes_received = body.received;
+            return self.body_failure(f);
+        }
+
+        let use_h2 = match plan.target {
+            Target::Cluster(i) => config.clusters.get(i).is_some_and(|c| c.http2.use_h2(true)),
+            Target::Addr(..) => true,
+        };
+        // grpc-timeout caps the route timeout (Envoy's grpc_timeout_header_max).
+        let timeout = match (
+            plan.timeout,
+            grpc::timeout(&parts.headers).filter(|_| self.grpc),
+        ) {
+            (Some(t), Some(g)) => Some(t.min(g)),
+            (t, g) => t.or(g),
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let req = attempt::Request {
+            config,
+            target: plan.target,
+            retry: plan.retry,
+            per_try: plan.retry.and_then(|r| r.per_try_timeout),
+            connect_timeout: plan.connect_timeout,
+            idempotent: Method::from_bytes(parts.method.as_str().as_bytes()).is_idempotent(),
+            hash,
+            inbound: ctx.inbound_dst.is_some(),
+            protocol: if use_h2 {
+                AppProtocol::Http2
+            } else {
+                AppProtocol::Http1
+            },
+        };
+        let mut tried = attempt::Attempts::default();
+        let ops = response_ops.as_deref();
+        if use_h2 {
+            let mut up_req = Request::new(());
+            *up_req.method_mut() = parts.method.clone();
+            *up_req.headers_mut() = std::mem::take(&mut parts.headers);
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(authority.as_slice())
+                .path_and_query(path.as_slice())
+                .build();
+            match uri {
+                Ok(u) => *up_req.uri_mut() = u,
+                Err(_) => {
+                    self.log.flags.insert(ResponseFlags::DPE);
+                    return self.local(400, "invalid :authority or :path", None);
+                }
+            }
+            let settings = client_settings(config);
+            let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
+                let result = until(
+                    per_try,
+                    try_h2(&shard, conn, fresh, &up_req, &mut body, settings),
+                )
+                .await
+                .unwrap_or(Err(Failure::PerTryTimeout));
+                Tried {
+                    result: result.map(|(a, _)| a),
+                    reused: !fresh,
+                    replayable: body.replayable(),
+                }
+            });
+            let r = self.until_or_reset(deadline, run).await;
+            self.merge(&tried);
+            if let Some((answer, _active)) = self.answered(r, &body) {
+                self.relay_h2(answer, &mut body, ops, deadline, http.stream_idle_timeout)
+                    .await;
+            }
+        } else {
+            let framing = match (body.complete, declared) {
+                (true, _) => {
+                    BodyFraming::Length(body.buffered.iter().map(|b| b.len() as u64).sum())
+                }
+                (false, Some(n)) => BodyFraming::Length(n),
+                (false, None) => BodyFraming::Chunked,
+            };
+            let framing = match (framing, body.trailers.is_some()) {
+                // Trailers need chunked.
+                (_, true) => BodyFraming::Chunked,
+                (BodyFraming::Length(0), false) if !body_expected(&parts.method) => {
+                    BodyFraming::None
+                }
+                (f, false) => f,
+            };
+            let mut head = Vec::new();
+            headers::write_h1_request(
+                &parts.method,
+                &path,
+                Some(&authority),
+                &parts.headers,
+                framing,
+                &mut head,
+            );
+            let method = Method::from_bytes(parts.method.as_str().as_bytes());
+            let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
+                let reused = Cell::new(false);
+                let result = until(
+                    per_try,
+                    try_h1(
+                        &shard, conn, fresh, &head, framing, &mut body, method, &reused,
+                    ),
+                )
+                .await
+                .unwrap_or(Err(Failure::PerTryTimeout));
+                Tried {
+                    result,
+                    reused: reused.get(),
+                    replayable: body.replayable(),
+                }
+            });
+            let r = self.until_or_reset(deadline, run).await;
+            self.merge(&tried);
+            if let Some((answer, _active)) = self.answered(r, &body) {
+                self.relay_h1(answer, ops, deadline, http.stream_idle_timeout)
+                    .await;
+            }
+        }
+        self.log.bytes_received = body.received;
+    }
+
+    /// Waits for `f` within the route deadline, or until the client resets
+    /// the stream; None on either (the reset counted, UT flagged).
+    async fn until_or_reset<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        f: impl Future<Output = T>,
+    ) -> Option<Result<T, ()>> {
+        let respond = &mut self.respond;
+        let reset = async {
+            let _ = poll_fn(|cx| respond.poll_reset(cx)).await;
+            Err(())
+        };
+        let r = until(deadline, future::or(async { Ok(f.await) }, reset)).await;
+        match r {
+            None => Some(Err(())),
+            Some(Ok(t)) => Some(Ok(t)),
+            Some(Err(())) => None,
+        }
+    }
+
+    fn merge(&mut self, tried: &attempt::Attempts) {
+        self.log.upstream_host = tried.upstream_host;
+        self.log.attempts += tried.count;
+        if tried.exhausted {
+            self.log.flags.insert(ResponseFlags::URX);
+        }
+    }
+
+    /// The attempts' result as an answer to relay, or the local reply for
+    /// their failure (None then).
+    fn answered<X>(&mut self, r: Option<Result<Result<X, Failure>, ()>>, body: &Body) -> Option<X> {
+        let f = match r {
+            // The client reset the stream: nobody to answer.
+            None => {
+                self.log.flags.insert(ResponseFlags::DC);
+                return None;
+            }
+            Some(Err(())) => {
+                self.log.flags.insert(ResponseFlags::UT);
+                self.local(504, "upstream request timeout", None);
+                return None;
+            }
+            Some(Ok(Ok(x))) => return Some(x),
+            Some(Ok(Err(f))) => f,
+        };
+        self.log.bytes_received = body.received;
+        let (flag, status, text) = match f {
+            Failure::Connect => (ResponseFlags::UF, 503, "upstream connect error"),
+            Failure::NoEndpoint => (ResponseFlags::UH, 503, "no healthy upstream"),
+            Failure::Overflow => (ResponseFlags::UO, 503, "upstream connection pool overflow"),
+            Failure::Reset { .. } | Failure::Refused => (
+                ResponseFlags::UC,
+                503,
+                "upstream connection reset before response",
+            ),
+            Failure::PerTryTimeout => (ResponseFlags::UT, 504, "upstream request timeout"),
+            Failure::BadResponse => (ResponseFlags::UPE, 502, "invalid upstream response"),
+            Failure::TooLarge
+            | Failure::BodyTimeout
+            | Failure::BadRequestBody
+            | Failure::Downstream => {
+                self.body_failure(f);
+                return None;
+            }
+        };
+        self.log.flags.insert(flag);
+        self.local(status, text, None);
+        None
+    }
+
+    fn body_failure(&mut self, f: Failure) {
+        match f {
+            Failure::TooLarge => {
+                CoreStats::inc(&self.shard.stats.downstream_rq_too_large);
+                self.log.flags.insert(ResponseFlags::RTL);
+                self.local(413, "request body too large", None);
+            }
+            Failure::BodyTimeout => {
+                CoreStats::inc(&self.shard.stats.downstream_rq_body_timeout);
+                CoreStats::inc(&self.shard.stats.http2_stream_idle_timeout);
+                self.log.flags.insert(ResponseFlags::SI);
+                self.local(408, "request body timeout", None);
+            }
+            _ => {
+                // The client reset its stream or went away.
+                self.log.flags.insert(ResponseFlags::DC);
+            }
+        }
+    }
+
+    /// Tells the client the answer is cut short.
+    fn reset(&mut self, tx: Option<&mut SendStream<Bytes>>, reason: Reason) {
+        CoreStats::inc(&self.shard.stats.http2_tx_reset);
+        match tx {
+            Some(tx) => tx.send_reset(reason),
+            None => self.respond.send_reset(reason),
+        }
+        self.finished = true;
+    }
+
+    /// Relays an HTTP/2 upstream's answer (and the rest of the request body
+    /// alongside it).
+    async fn relay_h2(
+        &mut self,
+        answer: H2Answer,
+        body: &mut Body,
+        ops: Option<&HeaderOps>,
+        deadline: Option<Instant>,
+        idle: Duration,
+    ) {
+        let H2Answer {
+            response,
+            up_tx,
+            _in_flight,
+        } = answer;
+        let (mut head, mut up_rx) = response.into_parts();
+        if let Some(ops) = ops.filter(|o| !o.is_empty()) {
+            headers::apply_ops(&mut head.headers, ops);
+        }
+        self.log.status = head.status.as_u16();
+        let end = up_rx.is_end_stream();
+        let mut tx = match self
+            .respond
+            .send_response(Response::from_parts(head, ()), end)
+        {
+            Ok(tx) => tx,
+            Err(_) => {
+                self.log.flags.insert(ResponseFlags::DC);
+                return;
+            }
+        };
+        if end {
+            self.finished = true;
+            return;
+        }
+        let log = &mut self.log;
+        let relay = async {
+            loop {
+                match up_rx.data().await {
+                    Some(Ok(d)) => {
+                        let n = d.len();
+                        if send_data(&mut tx, d, false, idle).await.is_err() {
+                            return Err(Reason::CANCEL);
+                        }
+                        log.bytes_sent += n as u64;
+                        let _ = up_rx.flow_control().release_capacity(n);
+                    }
+                    Some(Err(_)) => return Err(Reason::INTERNAL_ERROR),
+                    None => break,
+                }
+            }
+            match up_rx.trailers().await {
+                Ok(Some(t)) => tx.send_trailers(t).map_err(|_| Reason::CANCEL),
+                Ok(None) => tx.send_data(Bytes::new(), true).map_err(|_| Reason::CANCEL),
+                Err(_) => Err(Reason::INTERNAL_ERROR),
+            }
+        };
+        let pump = async {
+            if let Some(mut up_tx) = up_tx {
+                if pump_body(&mut up_tx, body, idle).await.is_err() {
+                    up_tx.send_reset(Reason::CANCEL);
+                    return Err(Reason::CANCEL);
+                }
+            }
+            future::pending().await
+        };
+        let r = until(deadline, future::or(relay, pump)).await;
+        match r {
+            Some(Ok(())) => self.finished = true,
+            Some(Err(reason)) => {
+                self.log.flags.insert(if reason == Reason::CANCEL {
+                    ResponseFlags::DC
+                } else {
+                    ResponseFlags::UC
+                });
+                if reason == Reason::CANCEL {
+                    CoreStats::inc(&self.shard.stats.http2_stream_idle_timeout);
+                }
+                self.reset(Some(&mut tx), reason);
+            }
+            None => {
+                self.log.flags.insert(ResponseFlags::UT);
+                self.reset(Some(&mut tx), Reason::CANCEL);
+            }
+        }
+    }
+
+    /// Relays an HTTP/1 upstream's answer: head translated, body decoded
+    /// and sent as DATA frames, chunked trailers as HTTP/2 trailers.
+    async fn relay_h1(
+        &mut self,
+        answer: H1Answer,
+        ops: Option<&HeaderOps>,
+        deadline: Option<Instant>,
+        idle: Duration,
+    ) {
+        let H1Answer {
+            mut up,
+            upbuf,
+            head,
+            head_len,
+            key,
+            lease,
+            max_uses,
+        } = answer;
+        let Some(mut upbuf) = upbuf else { return };
+        let view = head.view(upbuf.bytes());
+        let response = headers::response_from_h1(&view, ops);
+        upbuf.consume(head_len);
+        self.log.status = head.status;
+        let bodiless = head.framing == BodyFraming::None;
+        let mut tx = match self.respond.send_response(response, bodiless) {
+            Ok(tx) => tx,
+            Err(_) => {
+                self.log.flags.insert(ResponseFlags::DC);
+                upbuf.release();
+                return;
+            }
+        };
+        let shard = self.shard.clone();
+        let log = &mut self.log;
+        let relay = async {
+            if bodiless {
+                return Ok(true);
+            }
+            let mut dec = BodyDecoder::new(head.framing, ChunkedLimits::default());
+            let mut trailers = Vec::new();
+            let mut out = Vec::new();
+            let mut upbuf = Some(upbuf);
+            let r = loop {
+                let mut done = false;
+                if let Some(b) = upbuf.as_mut() {
+                    match decode_into(&mut dec, b.bytes(), &mut out, false, &mut trailers) {
+                        Ok(d) => {
+                            b.consume(d.consumed);
+                            done = d.done;
+                        }
+                        Err(_) => break Err(Reason::INTERNAL_ERROR),
+                    }
+                }
+                if !out.is_empty() {
+                    let n = out.len();
+                    let data = Bytes::copy_from_slice(&out);
+                    out.clear();
+                    if send_data(&mut tx, data, false, idle).await.is_err() {
+                        break Err(Reason::CANCEL);
+                    }
+                    log.bytes_sent += n as u64;
+                }
+                if done {
+                    break Ok(());
+                }
+                glommio::yield_if_needed().await;
+                crate::net::buf::release_if_empty(&mut upbuf);
+                match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
+                    Ok(0) if dec.on_eof().is_ok() => break Ok(()),
+                    Ok(0) | Err(_) => break Err(Reason::INTERNAL_ERROR),
+                    Ok(_) => {}
+                }
+            };
+            let leftover = upbuf.as_ref().is_some_and(|b| !b.is_empty());
+            if let Some(b) = upbuf {
+                b.release();
+            }
+            r?;
+            let end = if trailers.is_empty() {
+                tx.send_data(Bytes::new(), true)
+            } else {
+                tx.send_trailers(headers::trailers_from_h1(&trailers))
+            };
+            end.map_err(|_| Reason::CANCEL)?;
+            Ok(!leftover && !matches!(dec, BodyDecoder::CloseDelimited))
+        };
+        match until(deadline, relay).await {
+            Some(Ok(clean)) => {
+                self.finished = true;
+                let reusable = clean && head.keep_alive && (max_uses == 0 || lease.uses < max_uses);
+                if reusable {
+                    let http = &shard.config.current().config.http;
+                    let mut dropped = Vec::new();
+                    shard.upstreams.pool.borrow_mut().put(
+                        key,
+                        up,
+                        lease,
+                        http.pool_max_idle_per_endpoint,
+                        http.pool_idle_timeout,
+                        &mut dropped,
+                    );
+                }
+            }
+            Some(Err(reason)) => {
+                self.log.flags.insert(if reason == Reason::CANCEL {
+                    ResponseFlags::DC
+                } else {
+                    ResponseFlags::UC
+                });
+                self.reset(Some(&mut tx), reason);
+            }
+            None => {
+                self.log.flags.insert(ResponseFlags::UT);
+                self.reset(Some(&mut tx), Reason::CANCEL);
+            }
+        }
+    }
+}
+
+/// Methods whose requests carry a body by convention: an empty one is sent
+/// with `content-length: 0` to an HTTP/1 upstream.
+fn body_expected(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    )
+}
+
+fn client_settings(config: &crate::config::Config) -> ClientSettings {
+    let s = &config.http2;
+    ClientSettings {
+        initial_stream_window_size: s.initial_stream_window_size,
+        initial_connection_window_size: s.initial_connection_window_size,
+        max_header_list_size: s.max_header_list_size,
+    }
+}
+
+/// Sends the buffered body and then the rest as it arrives, then trailers.
+async fn pump_body(
+    up_tx: &mut SendStream<Bytes>,
+    body: &mut Body,
+    idle: Duration,
+) -> Result<(), Failure> {
+    loop {
+        let piece = match body.next().await? {
+            Some(d) => d,
+            None => break,
+        };
+        body.streamed = true;
+        send_data(up_tx, piece, false, idle)
+            .await
+            .map_err(|_| Failure::Reset { started: true })?;
+    }
+    match body.trailers.take() {
+        Some(t) => up_tx.send_trailers(t),
+        None => up_tx.send_data(Bytes::new(), true),
+    }
+    .map_err(|_| Failure::Reset { started: true })
+}
+
+/// One attempt on an HTTP/2 upstream: a stream on a pooled connection with
+/// room (unless `fresh`), or on a new one.
+async fn try_h2(
+    shard: &Rc<Shard>,
+    conn: &UpstreamRef<'_>,
+    fresh: bool,
+    req: &Request<()>,
+    body: &mut Body,
+    settings: ClientSettings,
+) -> Result<(H2Answer, bool), Failure> {
+    let http = &shard.config.current().config.http;
+    let pooled = if fresh {
+        None
+    } else {
+        shard
+            .upstreams
+            .h2
+            .get(conn.key, conn.max_uses(), http.pool_idle_timeout)
+    };
+    let reused = pooled.is_some();
+    let c = match pooled {
+        Some(c) => {
+            CoreStats::inc(&shard.stats.upstream_cx_reused);
+            c
+        }
+        None => {
+            let (stream, lease) = attempt::connect(shard, conn).await?;
+            let c = client::handshake(stream, lease, settings)
+                .await
+                .map_err(|_| Failure::Connect)?;
+            CoreStats::inc(&shard.stats.upstream_cx_http2_total);
+            shard.upstreams.h2.insert(conn.key, c.clone());
+            c
+        }
+    };
+    let in_flight = client::hold(&c);
+    let mut send = c.sender();
+    if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+        c.retire();
+        return Err(Failure::Refused);
+    }
+    let mut up_req = Request::new(());
+    *up_req.method_mut() = req.method().clone();
+    *up_req.uri_mut() = req.uri().clone();
+    *up_req.headers_mut() = req.headers().clone();
+    let replay: Vec<Bytes> = if body.replayable() {
+        body.buffered.clone()
+    } else {
+        std::mem::take(&mut body.buffered)
+    };
+    let no_body = body.complete && replay.iter().all(Bytes::is_empty) && body.trailers.is_none();
+    let (response, mut up_tx) = match send.send_request(up_req, no_body) {
+        Ok(r) => r,
+        Err(e) => {
+            c.retire();
+            return Err(h2_failure(&e, false));
+        }
+    };
+    let idle = http.stream_idle_timeout;
+    // The kept body first; the rest streams alongside the answer.
+    let mut response = pin!(response);
+    let mut up_tx_done = no_body;
+    if !no_body {
+        if !body.replayable() {
+            body.streamed = true;
+        }
+        let send_kept = async {
+            for piece in replay {
+                send_data(&mut up_tx, piece, false, idle)
+                    .await
+                    .map_err(|_| Failure::Reset { started: false })?;
+            }
+            if body.complete {
+                match body.trailers.clone() {
+                    Some(t) => up_tx.send_trailers(t),
+                    None => up_tx.send_data(Bytes::new(), true),
+                }
+                .map_err(|_| Failure::Reset { started: false })?;
+            }
+            Ok::<_, Failure>(None)
+        };
+        let early = async { Ok(Some(response.as_mut().await)) };
+        match future::or(send_kept, early).await? {
+            None => up_tx_done = body.complete,
+            Some(r) => {
+                // Answered before the kept body was all sent.
+                let r = r.map_err(|e| h2_failure(&e, false))?;
+                return Ok((
+                    H2Answer {
+                        response: r,
+                        up_tx: None,
+                        _in_flight: in_flight,
+                    },
+                    reused,
+                ));
+            }
+        }
+    }
+    let r = response.await.map_err(|e| h2_failure(&e, true))?;
+    Ok((
+        H2Answer {
+            response: r,
+            up_tx: (!up_tx_done).then_some(up_tx),
+            _in_flight: in_flight,
+        },
+        reused,
+    ))
+}
+
+/// The failure an HTTP/2 stream error stands for: a refused or unprocessed
+/// stream (REFUSED_STREAM, or above a GOAWAY's last stream id) is safe to
+/// send again anywhere.
+fn h2_failure(e: &h2::Error, sent: bool) -> Failure {
+    if e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
+        Failure::Refused
+    } else {
+        Failure::Reset {
+            started: sent && e.is_remote(),
+        }
+    }
+}
+
+/// One attempt on an HTTP/1 upstream for an HTTP/2 request: the head and
+/// the kept body on a pooled or new connection, then the rest of the body,
+/// then the response head.
+#[allow(clippy::too_many_arguments)]
+async fn try_h1(
+    shard: &Rc<Shard>,
+    conn: &UpstreamRef<'_>,
+    fresh: bool,
+    head: &[u8],
+    framing: BodyFraming,
+    body: &mut Body,
+    method: Method,
+    reused: &Cell<bool>,
+) -> Result<H1Answer, Failure> {
+    let http = &shard.config.current().config.http;
+    let pooled = if fresh {
+        None
+    } else {
+        let mut dropped = Vec::new();
+        let p =
+            shard
+                .upstreams
+                .pool
+                .borrow_mut()
+                .take(conn.key, http.pool_idle_timeout, &mut dropped);
+        p
+    };
+    reused.set(pooled.is_some());
+    let (mut up, mut lease) = match pooled {
+        Some(p) => {
+            CoreStats::inc(&shard.stats.upstream_cx_reused);
+            p
+        }
+        None => attempt::connect(shard, conn).await?,
+    };
+    lease.uses += 1;
+    let chunked = framing == BodyFraming::Chunked;
+    let mut out = Vec::with_capacity(head.len() + 256);
+    out.extend_from_slice(head);
+    let encode = |data: &[u8], out: &mut Vec<u8>| {
+        if chunked {
+            encode_chunk(data, out);
+        } else {
+            out.extend_from_slice(data);
+        }
+    };
+    let pieces: Vec<Bytes> = if body.replayable() {
+        body.buffered.clone()
+    } else {
+        body.streamed = true;
+        std::mem::take(&mut body.buffered)
+    };
+    for p in &pieces {
+        encode(p, &mut out);
+    }
+    let finish = |body: &Body, out: &mut Vec<u8>| {
+        if chunked {
+            let mut t = Vec::new();
+            if let Some(h) = &body.trailers {
+                headers::write_h1_trailers(h, &mut t);
+            }
+            encode_last_chunk(&t, out);
+        }
+    };
+    if body.complete {
+        finish(body, &mut out);
+    }
+    let sent = |_| Failure::Reset { started: false };
+    up.write_all(&out).await.map_err(sent)?;
+    while !body.complete {
+        out.clear();
+        if let Some(d) = body.next().await? {
+            body.streamed = true;
+            encode(&d, &mut out);
+        }
+        if body.complete {
+            finish(body, &mut out);
+        }
+        up.write_all(&out).await.map_err(sent)?;
+    }
+    let mut upbuf: Option<Buf> = None;
+    let mut head = ResponseHead::default();
+    // Interim answers are not passed on to an HTTP/2 client.
+    let len = read_response_head(&mut up, &mut upbuf, method, &mut head, async |_, _| {}).await?;
+    Ok(H1Answer {
+        up,
+        upbuf,
+        head,
+        head_len: len,
+        key: conn.key,
+        lease,
+        max_uses: conn.max_uses(),
+    })
+}
