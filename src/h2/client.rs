@@ -7,10 +7,16 @@
 //! task of its own on this core; it ends when the peer closes, after a
 //! GOAWAY once the streams it allowed have finished, or when the pool lets
 //! go of an idle connection. Cores never share connections.
+//!
+//! While a connection to an endpoint is being made, other requests for it
+//! wait for that one ([`Connecting`]) instead of each making its own: a
+//! burst of requests opens one connection, not one per request.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +45,11 @@ pub struct Conn {
 impl Conn {
     fn usable(&self) -> bool {
         !self.closed.get() && !self.unusable.get()
+    }
+
+    /// It can take one more stream now.
+    pub fn available(&self) -> bool {
+        self.usable() && self.has_room()
     }
 
     fn has_room(&self) -> bool {
@@ -122,10 +133,73 @@ pub async fn handshake(
     }))
 }
 
+/// A connection being made: requests for the same endpoint wait for it.
+#[derive(Default)]
+pub struct Connecting {
+    done: Cell<bool>,
+    conn: RefCell<Option<Rc<Conn>>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Connecting {
+    /// The connection once made (None: it failed or was given up).
+    pub async fn wait(&self) -> Option<Rc<Conn>> {
+        poll_fn(|cx| {
+            if self.done.get() {
+                Poll::Ready(self.conn.borrow().clone())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn finish(&self, conn: Option<Rc<Conn>>) {
+        if self.done.replace(true) {
+            return;
+        }
+        *self.conn.borrow_mut() = conn;
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The making of a connection, announced in the pool while it lasts;
+/// dropped unfinished (failed, or cancelled by a timeout), it lets the
+/// waiters go.
+pub struct Making<'p> {
+    pool: &'p Pool,
+    key: pool::Key,
+    connecting: Rc<Connecting>,
+}
+
+impl Making<'_> {
+    /// The connection is made: into the pool, and to the waiters.
+    pub fn done(self, conn: &Rc<Conn>) {
+        self.pool.insert(self.key, conn.clone());
+        self.connecting.finish(Some(conn.clone()));
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        self.connecting.finish(None);
+        let mut c = self.pool.connecting.borrow_mut();
+        if c.get(&self.key)
+            .is_some_and(|x| Rc::ptr_eq(x, &self.connecting))
+        {
+            c.remove(&self.key);
+        }
+    }
+}
+
 /// Open connections, per endpoint, source and TLS profile.
 #[derive(Default)]
 pub struct Pool {
     conns: RefCell<HashMap<pool::Key, Vec<Rc<Conn>>>>,
+    connecting: RefCell<HashMap<pool::Key, Rc<Connecting>>>,
 }
 
 impl Pool {
@@ -149,6 +223,22 @@ impl Pool {
             conns.remove(&key);
         }
         found
+    }
+
+    /// The connection being made to `key`, if one is.
+    pub fn connecting(&self, key: pool::Key) -> Option<Rc<Connecting>> {
+        self.connecting.borrow().get(&key).cloned()
+    }
+
+    /// Announces that a connection to `key` is being made.
+    pub fn making(&self, key: pool::Key) -> Making<'_> {
+        let connecting = Rc::new(Connecting::default());
+        self.connecting.borrow_mut().insert(key, connecting.clone());
+        Making {
+            pool: self,
+            key,
+            connecting,
+        }
     }
 
     pub fn insert(&self, key: pool::Key, conn: Rc<Conn>) {

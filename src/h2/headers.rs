@@ -8,7 +8,7 @@
 use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::http::head::{BodyFraming, ResponseView};
+use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
     is_hop_by_hop, named_in_connection, push_display, push_framing, push_header, HeaderOps,
     RequestId, RequestRewrite,
@@ -197,8 +197,9 @@ pub fn response_from_h1(view: &ResponseView<'_>, ops: Option<&HeaderOps>) -> htt
 }
 
 /// An HTTP/2 response head (status and fields) for an HTTP/1 client;
-/// `framing` is how the body will go. Cookies stay one line each
-/// (Set-Cookie cannot be joined).
+/// `framing` is how the body will go (`None` keeps the upstream's
+/// Content-Length, which for HEAD and 304 describes another body).
+/// Cookies stay one line each (Set-Cookie cannot be joined).
 pub fn write_h1_response(
     parts: &http::response::Parts,
     framing: BodyFraming,
@@ -218,7 +219,7 @@ pub fn write_h1_response(
     out.extend_from_slice(b"\r\n");
     for (n, v) in &parts.headers {
         let n = n.as_str().as_bytes();
-        if n == b"content-length" || is_hop_by_hop(n) {
+        if (n == b"content-length" && framing != BodyFraming::None) || is_hop_by_hop(n) {
             continue;
         }
         push_header(out, n, v.as_bytes());
@@ -228,6 +229,42 @@ pub fn write_h1_response(
         push_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// An HTTP/1.1 request head as `write_request` wrote it, restated as an
+/// HTTP/2 request: `:method`, `:scheme` http, `:authority` from Host,
+/// `:path`; connection-specific fields and the framing dropped. None if it
+/// does not parse or its authority or path is not valid in a URI.
+pub fn request_from_h1(head: &[u8]) -> Option<http::Request<()>> {
+    let Ok(Parsed::Complete { head: parsed, .. }) = parse_request(head, &Limits::default()) else {
+        return None;
+    };
+    let view = parsed.view(head);
+    let headers = view.headers();
+    let authority = headers.get(b"host").unwrap_or_default();
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(view.path_and_query())
+        .build()
+        .ok()?;
+    let mut r = http::Request::new(());
+    *r.method_mut() = http::Method::from_bytes(view.method()).ok()?;
+    *r.uri_mut() = uri;
+    let h = r.headers_mut();
+    h.reserve(headers.len());
+    for (n, v) in headers.iter() {
+        if n.eq_ignore_ascii_case(b"host")
+            || n.eq_ignore_ascii_case(b"content-length")
+            || is_hop_by_hop(n)
+        {
+            continue;
+        }
+        if let (Some(n), Ok(v)) = (name(n), HeaderValue::from_bytes(v)) {
+            h.append(n, v);
+        }
+    }
+    Some(r)
 }
 
 /// Chunked trailers (`name: value\r\n` lines, as the chunked decoder keeps
@@ -260,7 +297,7 @@ pub fn write_h1_trailers(h: &HeaderMap, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::head::{parse_request, parse_response, Limits, Method, Parsed};
+    use crate::http::head::{parse_response, Method};
     use crate::http::rewrite::{write_request, HeaderField, RequestIdGenerator};
 
     fn h2_request(fields: &[(&str, &str)]) -> http::request::Parts {

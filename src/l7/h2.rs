@@ -278,9 +278,54 @@ impl Body {
     }
 }
 
+/// A request body on its way to an HTTP/2 upstream, whatever brought it:
+/// an HTTP/2 client's DATA frames ([`Body`]) or an HTTP/1 client's decoded
+/// body (`l7::to_h2`).
+pub(super) trait BodySource {
+    /// The whole body is in and kept: it can be sent again.
+    fn replayable(&self) -> bool;
+    /// The end of the body has been read.
+    fn complete(&self) -> bool;
+    /// The data read so far, for an attempt: a copy while the body is
+    /// replayable, else taken (it goes out once).
+    fn kept(&mut self) -> Vec<Bytes>;
+    /// The body's trailers, once complete.
+    fn trailers(&self) -> Option<HeaderMap>;
+    /// Data went out without being kept: no replay from now on.
+    fn set_streamed(&mut self);
+    /// The next piece of data; None at the end (trailers read then).
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure>;
+}
+
+impl BodySource for Body {
+    fn replayable(&self) -> bool {
+        Body::replayable(self)
+    }
+    fn complete(&self) -> bool {
+        self.complete
+    }
+    fn kept(&mut self) -> Vec<Bytes> {
+        if self.replayable() {
+            self.buffered.clone()
+        } else {
+            self.streamed = true;
+            std::mem::take(&mut self.buffered)
+        }
+    }
+    fn trailers(&self) -> Option<HeaderMap> {
+        self.trailers.clone()
+    }
+    fn set_streamed(&mut self) {
+        self.streamed = true;
+    }
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        Body::next(self).await
+    }
+}
+
 /// Sends `data` on `tx` as the peer's window allows; a reader that opens
 /// no window for `idle` is given up on.
-async fn send_data(
+pub(super) async fn send_data(
     tx: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
@@ -369,11 +414,27 @@ impl Answer for H1Answer {
 }
 
 /// An HTTP/2 upstream's answer.
-struct H2Answer {
+pub(super) struct H2Answer {
     response: Response<RecvStream>,
     /// The request body's way to the upstream, while it is still streaming.
     up_tx: Option<SendStream<Bytes>>,
     _in_flight: InFlight,
+}
+
+impl H2Answer {
+    /// The head, the body, the request body's way if still open, and the
+    /// hold on the connection (to keep while the body is relayed).
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        http::response::Parts,
+        RecvStream,
+        Option<SendStream<Bytes>>,
+        InFlight,
+    ) {
+        let (head, body) = self.response.into_parts();
+        (head, body, self.up_tx, self._in_flight)
+    }
 }
 
 impl Answer for H2Answer {
@@ -629,15 +690,14 @@ impl H2Stream {
             }
             let settings = client_settings(config);
             let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
-                let result = until(
-                    per_try,
-                    try_h2(&shard, conn, fresh, &up_req, &mut body, settings),
-                )
-                .await
-                .unwrap_or(Err(Failure::PerTryTimeout));
+                let reused = Cell::new(false);
+                let attempt = try_h2(&shard, conn, fresh, &up_req, &mut body, settings, &reused);
+                let result = until(per_try, attempt)
+                    .await
+                    .unwrap_or(Err(Failure::PerTryTimeout));
                 Tried {
-                    result: result.map(|(a, _)| a),
-                    reused: !fresh,
+                    result,
+                    reused: reused.get(),
                     replayable: body.replayable(),
                 }
             });
@@ -1014,7 +1074,7 @@ fn body_expected(m: &http::Method) -> bool {
     )
 }
 
-fn client_settings(config: &crate::config::Config) -> ClientSettings {
+pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings {
     let s = &config.http2;
     ClientSettings {
         initial_stream_window_size: s.initial_stream_window_size,
@@ -1023,61 +1083,65 @@ fn client_settings(config: &crate::config::Config) -> ClientSettings {
     }
 }
 
-/// Sends the buffered body and then the rest as it arrives, then trailers.
-async fn pump_body(
+/// Sends the rest of the body as it arrives, then its trailers (or an
+/// empty END_STREAM).
+pub(super) async fn pump_body(
     up_tx: &mut SendStream<Bytes>,
-    body: &mut Body,
+    body: &mut impl BodySource,
     idle: Duration,
 ) -> Result<(), Failure> {
-    loop {
-        let piece = match body.next().await? {
-            Some(d) => d,
-            None => break,
-        };
-        body.streamed = true;
+    while let Some(piece) = body.next().await? {
+        body.set_streamed();
         send_data(up_tx, piece, false, idle)
             .await
             .map_err(|_| Failure::Reset { started: true })?;
     }
-    match body.trailers.take() {
+    match body.trailers() {
         Some(t) => up_tx.send_trailers(t),
         None => up_tx.send_data(Bytes::new(), true),
     }
     .map_err(|_| Failure::Reset { started: true })
 }
 
-/// One attempt on an HTTP/2 upstream: a stream on a pooled connection with
-/// room (unless `fresh`), or on a new one.
-async fn try_h2(
+/// One attempt on an HTTP/2 upstream: a stream on an open connection with
+/// room, or on one being made, or on a new one. A connection that failed a
+/// stream (refused it, went away, broke) is retired at once, so "fresh"
+/// (the attempt loop's once-more-elsewhere) needs nothing more here: the
+/// next attempt cannot land on it, and other open connections are fine.
+pub(super) async fn try_h2(
     shard: &Rc<Shard>,
     conn: &UpstreamRef<'_>,
-    fresh: bool,
+    _fresh: bool,
     req: &Request<()>,
-    body: &mut Body,
+    body: &mut impl BodySource,
     settings: ClientSettings,
-) -> Result<(H2Answer, bool), Failure> {
+    reused: &Cell<bool>,
+) -> Result<H2Answer, Failure> {
     let http = &shard.config.current().config.http;
-    let pooled = if fresh {
-        None
-    } else {
-        shard
-            .upstreams
-            .h2
-            .get(conn.key, conn.max_uses(), http.pool_idle_timeout)
+    let pool = &shard.upstreams.h2;
+    let pooled = pool.get(conn.key, conn.max_uses(), http.pool_idle_timeout);
+    reused.set(pooled.is_some());
+    // A connection on its way to this endpoint: wait for it.
+    let pooled = match pooled {
+        None => match pool.connecting(conn.key) {
+            Some(making) => making.wait().await.filter(|c| c.available()),
+            None => None,
+        },
+        p => p,
     };
-    let reused = pooled.is_some();
     let c = match pooled {
         Some(c) => {
             CoreStats::inc(&shard.stats.upstream_cx_reused);
             c
         }
         None => {
+            let making = pool.making(conn.key);
             let (stream, lease) = attempt::connect(shard, conn).await?;
             let c = client::handshake(stream, lease, settings)
                 .await
                 .map_err(|_| Failure::Connect)?;
             CoreStats::inc(&shard.stats.upstream_cx_http2_total);
-            shard.upstreams.h2.insert(conn.key, c.clone());
+            making.done(&c);
             c
         }
     };
@@ -1091,12 +1155,9 @@ async fn try_h2(
     *up_req.method_mut() = req.method().clone();
     *up_req.uri_mut() = req.uri().clone();
     *up_req.headers_mut() = req.headers().clone();
-    let replay: Vec<Bytes> = if body.replayable() {
-        body.buffered.clone()
-    } else {
-        std::mem::take(&mut body.buffered)
-    };
-    let no_body = body.complete && replay.iter().all(Bytes::is_empty) && body.trailers.is_none();
+    let replay = body.kept();
+    let no_body =
+        body.complete() && replay.iter().all(Bytes::is_empty) && body.trailers().is_none();
     let (response, mut up_tx) = match send.send_request(up_req, no_body) {
         Ok(r) => r,
         Err(e) => {
@@ -1109,17 +1170,14 @@ async fn try_h2(
     let mut response = pin!(response);
     let mut up_tx_done = no_body;
     if !no_body {
-        if !body.replayable() {
-            body.streamed = true;
-        }
         let send_kept = async {
             for piece in replay {
                 send_data(&mut up_tx, piece, false, idle)
                     .await
                     .map_err(|_| Failure::Reset { started: false })?;
             }
-            if body.complete {
-                match body.trailers.clone() {
+            if body.complete() {
+                match body.trailers() {
                     Some(t) => up_tx.send_trailers(t),
                     None => up_tx.send_data(Bytes::new(), true),
                 }
@@ -1129,30 +1187,33 @@ async fn try_h2(
         };
         let early = async { Ok(Some(response.as_mut().await)) };
         match future::or(send_kept, early).await? {
-            None => up_tx_done = body.complete,
+            None => up_tx_done = body.complete(),
             Some(r) => {
                 // Answered before the kept body was all sent.
-                let r = r.map_err(|e| h2_failure(&e, false))?;
-                return Ok((
-                    H2Answer {
-                        response: r,
-                        up_tx: None,
-                        _in_flight: in_flight,
-                    },
-                    reused,
-                ));
+                let r = r.map_err(|e| {
+                    c.retire();
+                    h2_failure(&e, false)
+                })?;
+                return Ok(H2Answer {
+                    response: r,
+                    up_tx: None,
+                    _in_flight: in_flight,
+                });
             }
         }
     }
-    let r = response.await.map_err(|e| h2_failure(&e, true))?;
-    Ok((
-        H2Answer {
-            response: r,
-            up_tx: (!up_tx_done).then_some(up_tx),
-            _in_flight: in_flight,
-        },
-        reused,
-    ))
+    let r = response.await.map_err(|e| {
+        if !e.is_reset() || e.reason() == Some(Reason::REFUSED_STREAM) {
+            // The connection failed, or is going away: no new streams on it.
+            c.retire();
+        }
+        h2_failure(&e, true)
+    })?;
+    Ok(H2Answer {
+        response: r,
+        up_tx: (!up_tx_done).then_some(up_tx),
+        _in_flight: in_flight,
+    })
 }
 
 /// The failure an HTTP/2 stream error stands for: a refused or unprocessed

@@ -68,6 +68,7 @@ pub mod h2;
 mod mirror;
 pub mod plan;
 pub mod retry;
+mod to_h2;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -433,6 +434,12 @@ impl ReqBody {
         }
         Ok(())
     }
+}
+
+/// What the attempts brought back, by the upstream's HTTP version.
+enum Answered {
+    H1(Exchange),
+    H2((h2::H2Answer, Option<ActiveRequest>)),
 }
 
 /// An upstream that answered with a final response head.
@@ -1019,9 +1026,13 @@ impl Conn<'_> {
             }
         }
         // Request body: accept it (100-continue), buffer what a retry may replay.
+        // An HTTP/2 cluster (`http2 = true`) takes the body decoded.
+        let to_h2 = !wants_upgrade
+            && matches!(plan.target, Target::Cluster(i)
+                if snap.config.clusters.get(i).is_some_and(|c| c.http2.use_h2(false)));
         let mut body = ReqBody {
             dec: BodyDecoder::new(framing, ChunkedLimits::default()),
-            chunked: framing == BodyFraming::Chunked,
+            chunked: framing == BodyFraming::Chunked && !to_h2,
             buffered: Vec::new(),
             trailers: Vec::new(),
             complete: false,
@@ -1085,21 +1096,36 @@ impl Conn<'_> {
         // the (buffered part of the) body is in.
         let deadline = timeout.map(|t| Instant::now() + t);
         let per_try = retry.and_then(|r| r.per_try_timeout);
-        let result = until(
-            deadline,
-            self.attempts(
-                &up_head,
-                &mut body,
-                target,
-                retry,
-                per_try,
-                connect_timeout,
-                method,
-                hash,
-                &snap.config,
-            ),
-        )
-        .await;
+        let attempts = async {
+            if to_h2 {
+                let r = self.attempts_h2(
+                    &up_head,
+                    &mut body,
+                    target,
+                    retry,
+                    per_try,
+                    connect_timeout,
+                    method,
+                    hash,
+                    &snap.config,
+                );
+                r.await.map(Answered::H2)
+            } else {
+                let r = self.attempts(
+                    &up_head,
+                    &mut body,
+                    target,
+                    retry,
+                    per_try,
+                    connect_timeout,
+                    method,
+                    hash,
+                    &snap.config,
+                );
+                r.await.map(Answered::H1)
+            }
+        };
+        let result = until(deadline, attempts).await;
         self.log.bytes_received = body.received;
         let x = match result {
             None => {
@@ -1108,7 +1134,17 @@ impl Conn<'_> {
                     .local(504, "upstream request timeout", &[], false)
                     .await;
             }
-            Some(Ok(x)) => x,
+            Some(Ok(Answered::H1(x))) => x,
+            Some(Ok(Answered::H2((answer, _active)))) => {
+                let ops = response_ops.as_deref();
+                let respond = self.respond_h2(
+                    answer, &mut body, keep_alive, version, method, ops, deadline,
+                );
+                let next = respond.await;
+                self.log.bytes_received = body.received;
+                self.finish();
+                return next;
+            }
             Some(Err(f)) => {
                 let keep = keep_alive && body.complete;
                 return match f {

@@ -1,0 +1,286 @@
+//! HTTP/1 clients to HTTP/2 upstreams (a cluster with `http2 = true`).
+//!
+//! The HTTP/1 path plans and rewrites the request as always; the head it
+//! wrote is restated as HTTP/2 fields (`h2::headers::request_from_h1`: RFC
+//! 9113 §8.2, Host as `:authority`, connection-specific fields gone), the
+//! body goes as DATA frames (decoded: the client's chunking is not the
+//! upstream's business; its trailers become HTTP/2 trailers), and the answer
+//! comes back as HTTP/1.1: its length kept, else chunked (trailers in the
+//! last chunk), or close-delimited for an HTTP/1.0 client. Attempts, retries
+//! and the multiplexed connections are those of HTTP/2 clients
+//! (`l7::h2::try_h2`).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use h2::RecvStream;
+use http::HeaderMap;
+
+use crate::config::Config;
+use crate::deadline::until;
+use crate::h2::headers;
+use crate::http::body::{encode_chunk, encode_last_chunk};
+use crate::http::head::{BodyFraming, Method, Version};
+use crate::http::rewrite::HeaderOps;
+use crate::http::route::RetryPolicy;
+use crate::net::Stream;
+use crate::upstream::cluster::ActiveRequest;
+use crate::upstream::tls::AppProtocol;
+
+use super::attempt::{self, Tried};
+use super::h2::{client_settings, pump_body, try_h2, BodySource, H2Answer};
+use super::plan::Target;
+use super::retry::Failure;
+use super::{decode_into, BodyWait, Conn, Next, ReqBody, ResponseFlags};
+
+/// An HTTP/1 client's request body, decoded, as an HTTP/2 upstream takes it.
+struct H1Source<'c, 's> {
+    conn: &'c mut Conn<'s>,
+    body: &'c mut ReqBody,
+}
+
+impl BodySource for H1Source<'_, '_> {
+    fn replayable(&self) -> bool {
+        self.body.replayable()
+    }
+    fn complete(&self) -> bool {
+        self.body.complete
+    }
+    fn kept(&mut self) -> Vec<Bytes> {
+        let kept = if self.body.replayable() {
+            Bytes::copy_from_slice(&self.body.buffered)
+        } else {
+            self.body.streamed = true;
+            Bytes::from(std::mem::take(&mut self.body.buffered))
+        };
+        vec![kept]
+    }
+    fn trailers(&self) -> Option<HeaderMap> {
+        (self.body.complete && !self.body.trailers.is_empty())
+            .then(|| headers::trailers_from_h1(&self.body.trailers))
+    }
+    fn set_streamed(&mut self) {
+        self.body.streamed = true;
+    }
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        let wait = BodyWait::of(&self.conn.snapshot.config.http);
+        let mut chunk = Vec::new();
+        loop {
+            if self.body.complete {
+                return Ok(None);
+            }
+            if let Some(b) = self.conn.inbuf.as_mut() {
+                let body = &mut *self.body;
+                let d = decode_into(
+                    &mut body.dec,
+                    b.bytes(),
+                    &mut chunk,
+                    false,
+                    &mut body.trailers,
+                )
+                .map_err(|_| Failure::BadRequestBody)?;
+                b.consume(d.consumed);
+                body.received += d.consumed as u64;
+                body.count(d.data)?;
+                body.complete = d.done;
+                self.conn.unread_body = !d.done;
+                if !chunk.is_empty() {
+                    return Ok(Some(Bytes::from(chunk)));
+                }
+                if d.done {
+                    return Ok(None);
+                }
+            }
+            glommio::yield_if_needed().await;
+            self.conn.read_body_bytes(wait).await?;
+        }
+    }
+}
+
+impl Conn<'_> {
+    /// The attempts of one HTTP/1 request toward an HTTP/2 cluster.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn attempts_h2(
+        &mut self,
+        up_head: &[u8],
+        body: &mut ReqBody,
+        target: Target,
+        retry: Option<&RetryPolicy>,
+        per_try: Option<Duration>,
+        connect_timeout: Duration,
+        method: Method,
+        hash: Option<u64>,
+        config: &Config,
+    ) -> Result<(H2Answer, Option<ActiveRequest>), Failure> {
+        let Some(up_req) = headers::request_from_h1(up_head) else {
+            return Err(Failure::BadRequestBody);
+        };
+        let req = attempt::Request {
+            config,
+            target,
+            retry,
+            per_try,
+            connect_timeout,
+            idempotent: method.is_idempotent(),
+            hash,
+            inbound: self.ctx.inbound_dst.is_some(),
+            protocol: AppProtocol::Http2,
+        };
+        let settings = client_settings(config);
+        let mut log = attempt::Attempts::default();
+        let shard = self.shard;
+        let mut src = H1Source { conn: self, body };
+        let r = attempt::run(shard, &req, &mut log, async |c, fresh, deadline| {
+            let reused = Cell::new(false);
+            let result = until(
+                deadline,
+                try_h2(shard, c, fresh, &up_req, &mut src, settings, &reused),
+            )
+            .await
+            .unwrap_or(Err(Failure::PerTryTimeout));
+            Tried {
+                result,
+                reused: reused.get(),
+                replayable: src.replayable(),
+            }
+        })
+        .await;
+        self.log.upstream_host = log.upstream_host.or(self.log.upstream_host);
+        self.log.attempts += log.count;
+        if log.exhausted {
+            self.log.flags.insert(ResponseFlags::URX);
+        }
+        r
+    }
+
+    /// Writes an HTTP/2 upstream's answer to the HTTP/1 client (streaming
+    /// the rest of the request body alongside, if it is still coming).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn respond_h2(
+        &mut self,
+        answer: H2Answer,
+        body: &mut ReqBody,
+        req_keep_alive: bool,
+        version: Version,
+        method: Method,
+        ops: Option<&HeaderOps>,
+        deadline: Option<Instant>,
+    ) -> Next {
+        let (mut head, mut up_rx, up_tx, _in_flight) = answer.into_parts();
+        if let Some(ops) = ops.filter(|o| !o.is_empty()) {
+            headers::apply_ops(&mut head.headers, ops);
+        }
+        for (n, v) in self.rate_headers.take().iter().flatten() {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                head.headers.insert(*n, v);
+            }
+        }
+        let status = head.status.as_u16();
+        self.log.status = status;
+        let length = head
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let framing = if method == Method::Head || matches!(status, 100..=199 | 204 | 304) {
+            BodyFraming::None
+        } else if let Some(n) = length {
+            BodyFraming::Length(n)
+        } else if version == Version::Http10 {
+            BodyFraming::CloseDelimited
+        } else {
+            BodyFraming::Chunked
+        };
+        let down_keep =
+            req_keep_alive && framing != BodyFraming::CloseDelimited && !self.shard.drain_close();
+        let mut out = Vec::new();
+        headers::write_h1_response(&head, framing, down_keep, &mut out);
+        let Ok(mut w) = self.down.writer() else {
+            return Next::Close;
+        };
+        let idle = self.snapshot.config.http.stream_idle_timeout;
+        let chunked = framing == BodyFraming::Chunked;
+        let mut sent = 0;
+        let relay = async {
+            w.write_all(&out).await.map_err(|_| ResponseFlags::DC)?;
+            sent += out.len() as u64;
+            if framing == BodyFraming::None {
+                return Ok(());
+            }
+            relay_body(&mut w, &mut up_rx, chunked, &mut sent).await
+        };
+        let mut src = H1Source { conn: self, body };
+        let pump = async {
+            if let Some(mut up_tx) = up_tx {
+                if pump_body(&mut up_tx, &mut src, idle).await.is_err() {
+                    up_tx.send_reset(h2::Reason::CANCEL);
+                    return Err(ResponseFlags::DC);
+                }
+            }
+            future::pending().await
+        };
+        let r = until(deadline, future::or(relay, pump)).await;
+        self.log.bytes_sent += sent;
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(flag)) => {
+                self.log.flags.insert(flag);
+                self.reset_down();
+                return Next::Close;
+            }
+            None => {
+                self.log.flags.insert(ResponseFlags::UT);
+                self.reset_down();
+                return Next::Close;
+            }
+        }
+        if framing == BodyFraming::CloseDelimited {
+            self.down.shutdown_write().await;
+            return Next::Close;
+        }
+        if down_keep && body.complete {
+            Next::Continue
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// The answer's DATA frames to an HTTP/1 client: chunked (trailers in the
+/// last chunk) or as they are (a known length).
+async fn relay_body(
+    w: &mut Stream,
+    up_rx: &mut RecvStream,
+    chunked: bool,
+    sent: &mut u64,
+) -> Result<(), ResponseFlags> {
+    let mut out = Vec::new();
+    while let Some(d) = up_rx.data().await {
+        let d = d.map_err(|_| ResponseFlags::UC)?;
+        let n = d.len();
+        out.clear();
+        let piece: &[u8] = if chunked {
+            encode_chunk(&d, &mut out);
+            &out
+        } else {
+            &d
+        };
+        w.write_all(piece).await.map_err(|_| ResponseFlags::DC)?;
+        *sent += piece.len() as u64;
+        let _ = up_rx.flow_control().release_capacity(n);
+    }
+    let trailers = up_rx.trailers().await.map_err(|_| ResponseFlags::UC)?;
+    if chunked {
+        let mut t = Vec::new();
+        if let Some(h) = &trailers {
+            headers::write_h1_trailers(h, &mut t);
+        }
+        out.clear();
+        encode_last_chunk(&t, &mut out);
+        w.write_all(&out).await.map_err(|_| ResponseFlags::DC)?;
+        *sent += out.len() as u64;
+    }
+    Ok(())
+}
