@@ -63,7 +63,7 @@ use crate::upstream::tls::AppProtocol;
 
 use super::attempt::{self, Answer, Tried, UpstreamRef};
 use super::plan::{self, Target};
-use super::retry::{Failure, Outcome};
+use super::retry::{self, Failure, Outcome};
 use super::{
     authorize, decode_into, log_request, merge_ops, read_response_head, request_details_wanted,
     with_rate_headers, Context, RequestLog, ResponseFlags, MAX_HEAD_BUF,
@@ -216,15 +216,18 @@ pub async fn serve(
     }
 }
 
-/// A request body from an HTTP/2 client.
+/// A request body from an HTTP/2 client. What is read of it is kept (for a
+/// retry to replay) while it stays within `http.retry_buffer_limit`.
 struct Body {
     recv: RecvStream,
-    /// Data read before the first attempt (replayed by retries).
+    /// Data read so far, while `streamed` is false.
     buffered: Vec<Bytes>,
+    kept_len: usize,
+    retry_limit: usize,
     trailers: Option<HeaderMap>,
-    /// END_STREAM seen: everything is in `buffered` (unless streamed).
+    /// END_STREAM seen.
     complete: bool,
-    /// Part of it went upstream without being kept: no replay.
+    /// It grew past the retry buffer: what went out is not kept, no replay.
     streamed: bool,
     received: u64,
     /// max_request_body_bytes; 0 = none.
@@ -233,13 +236,21 @@ struct Body {
 }
 
 impl Body {
+    /// Everything read so far is kept: another attempt can start over (and
+    /// read on from the client), as Envoy retries a body that still fits
+    /// its buffer.
     fn replayable(&self) -> bool {
-        self.complete && !self.streamed
+        !self.streamed
     }
 
-    /// The next piece of data (capacity released once it is taken), None at
-    /// the end of the body (trailers read then).
+    /// The next piece of data (capacity released once it is taken; a copy
+    /// kept while within the retry buffer), None at the end of the body
+    /// (trailers read then). Cancel-safe: nothing is taken before the
+    /// awaits end.
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.complete {
+            return Ok(None);
+        }
         let deadline = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
         let got = until(deadline, self.recv.data())
             .await
@@ -250,6 +261,15 @@ impl Body {
                 self.received += data.len() as u64;
                 if self.limit > 0 && self.received > self.limit {
                     return Err(Failure::TooLarge);
+                }
+                if !self.streamed {
+                    if self.kept_len + data.len() <= self.retry_limit {
+                        self.kept_len += data.len();
+                        self.buffered.push(data.clone());
+                    } else {
+                        self.streamed = true;
+                        self.buffered = Vec::new();
+                    }
                 }
                 Ok(Some(data))
             }
@@ -265,14 +285,11 @@ impl Body {
         }
     }
 
-    /// Reads the body until it ends or `max` bytes are kept.
-    async fn fill(&mut self, max: usize) -> Result<(), Failure> {
-        let mut kept = 0;
-        while !self.complete && kept < max {
-            if let Some(d) = self.next().await? {
-                kept += d.len();
-                self.buffered.push(d);
-            }
+    /// Reads the body until it ends or the retry buffer is full (for an
+    /// HTTP/1 upstream, which takes a whole request before answering).
+    async fn fill(&mut self) -> Result<(), Failure> {
+        while !self.complete && !self.streamed && self.kept_len < self.retry_limit {
+            self.next().await?;
         }
         Ok(())
     }
@@ -280,20 +297,21 @@ impl Body {
 
 /// A request body on its way to an HTTP/2 upstream, whatever brought it:
 /// an HTTP/2 client's DATA frames ([`Body`]) or an HTTP/1 client's decoded
-/// body (`l7::to_h2`).
+/// body (`l7::to_h2`). A source keeps what it reads while that fits the
+/// retry buffer.
 pub(super) trait BodySource {
-    /// The whole body is in and kept: it can be sent again.
+    /// All that was read of it is kept: another attempt can send it again
+    /// and read on.
     fn replayable(&self) -> bool;
     /// The end of the body has been read.
     fn complete(&self) -> bool;
-    /// The data read so far, for an attempt: a copy while the body is
-    /// replayable, else taken (it goes out once).
-    fn kept(&mut self) -> Vec<Bytes>;
+    /// What a new attempt starts with: the data kept so far (nothing once
+    /// the body outgrew the retry buffer: it is not sent twice).
+    fn kept(&self) -> Vec<Bytes>;
     /// The body's trailers, once complete.
     fn trailers(&self) -> Option<HeaderMap>;
-    /// Data went out without being kept: no replay from now on.
-    fn set_streamed(&mut self);
     /// The next piece of data; None at the end (trailers read then).
+    /// Cancel-safe.
     async fn next(&mut self) -> Result<Option<Bytes>, Failure>;
 }
 
@@ -304,22 +322,91 @@ impl BodySource for Body {
     fn complete(&self) -> bool {
         self.complete
     }
-    fn kept(&mut self) -> Vec<Bytes> {
-        if self.replayable() {
-            self.buffered.clone()
+    fn kept(&self) -> Vec<Bytes> {
+        if self.streamed {
+            Vec::new()
         } else {
-            self.streamed = true;
-            std::mem::take(&mut self.buffered)
+            self.buffered.clone()
         }
     }
     fn trailers(&self) -> Option<HeaderMap> {
         self.trailers.clone()
     }
-    fn set_streamed(&mut self) {
-        self.streamed = true;
-    }
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         Body::next(self).await
+    }
+}
+
+/// A request body's way to an HTTP/2 upstream: what an attempt starts with
+/// (the kept data), then what the source reads, then trailers or an empty
+/// END_STREAM. Its state lives here, not in a future, so the pump can be
+/// raced against the answer's head and resumed after it (bidirectional
+/// streams) without losing a byte.
+pub(super) struct Pump {
+    tx: SendStream<Bytes>,
+    queue: std::collections::VecDeque<Bytes>,
+    /// END_STREAM sent.
+    done: bool,
+}
+
+impl Pump {
+    fn new(tx: SendStream<Bytes>, kept: Vec<Bytes>, done: bool) -> Pump {
+        Pump {
+            tx,
+            queue: kept.into(),
+            done,
+        }
+    }
+
+    /// Sends until the body's end; a reader on the upstream side that opens
+    /// no window for `idle` fails it.
+    pub(super) async fn run(
+        &mut self,
+        body: &mut impl BodySource,
+        idle: Duration,
+    ) -> Result<(), Failure> {
+        let sent = |_| Failure::Reset { started: true };
+        while !self.done {
+            let Some(front) = self.queue.front_mut() else {
+                match body.next().await? {
+                    Some(d) => self.queue.push_back(d),
+                    None => {
+                        match body.trailers() {
+                            Some(t) => self.tx.send_trailers(t),
+                            None => self.tx.send_data(Bytes::new(), true),
+                        }
+                        .map_err(sent)?;
+                        self.done = true;
+                    }
+                }
+                continue;
+            };
+            if front.is_empty() {
+                self.queue.pop_front();
+                continue;
+            }
+            self.tx.reserve_capacity(front.len());
+            let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+            let cap = match until(deadline, poll_fn(|cx| self.tx.poll_capacity(cx))).await {
+                Some(Some(Ok(n))) => n,
+                Some(_) => return Err(Failure::Reset { started: true }),
+                None => return Err(Failure::PerTryTimeout),
+            };
+            let Some(front) = self.queue.front_mut() else {
+                continue;
+            };
+            let piece = front.split_to(cap.min(front.len()));
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+            self.tx.send_data(piece, false).map_err(sent)?;
+        }
+        Ok(())
+    }
+
+    /// Gives up on the upstream stream (the client went away, or timed out).
+    pub(super) fn cancel(&mut self) {
+        self.tx.send_reset(Reason::CANCEL);
     }
 }
 
@@ -417,23 +504,16 @@ impl Answer for H1Answer {
 pub(super) struct H2Answer {
     response: Response<RecvStream>,
     /// The request body's way to the upstream, while it is still streaming.
-    up_tx: Option<SendStream<Bytes>>,
+    pump: Option<Pump>,
     _in_flight: InFlight,
 }
 
 impl H2Answer {
     /// The head, the body, the request body's way if still open, and the
     /// hold on the connection (to keep while the body is relayed).
-    pub(super) fn into_parts(
-        self,
-    ) -> (
-        http::response::Parts,
-        RecvStream,
-        Option<SendStream<Bytes>>,
-        InFlight,
-    ) {
+    pub(super) fn into_parts(self) -> (http::response::Parts, RecvStream, Option<Pump>, InFlight) {
         let (head, body) = self.response.into_parts();
-        (head, body, self.up_tx, self._in_flight)
+        (head, body, self.pump, self._in_flight)
     }
 }
 
@@ -631,21 +711,27 @@ impl H2Stream {
             complete: recv.is_end_stream(),
             recv,
             buffered: Vec::new(),
+            kept_len: 0,
+            retry_limit: http.retry_buffer_limit,
             trailers: None,
             streamed: false,
             received: 0,
             limit: plan.max_body,
             idle: http.stream_idle_timeout,
         };
-        if let Err(f) = body.fill(http.retry_buffer_limit).await {
-            self.log.bytes_received = body.received;
-            return self.body_failure(f);
-        }
-
         let use_h2 = match plan.target {
             Target::Cluster(i) => config.clusters.get(i).is_some_and(|c| c.http2.use_h2(true)),
             Target::Addr(..) => true,
         };
+        // HTTP/2 upstream: the body streams from the first attempt on (kept
+        // for retries within the buffer). HTTP/1: buffered first, as the
+        // HTTP/1 path does.
+        if !use_h2 {
+            if let Err(f) = body.fill().await {
+                self.log.bytes_received = body.received;
+                return self.body_failure(f);
+            }
+        }
         // grpc-timeout caps the route timeout (Envoy's grpc_timeout_header_max).
         let timeout = match (
             plan.timeout,
@@ -871,7 +957,7 @@ impl H2Stream {
     ) {
         let H2Answer {
             response,
-            up_tx,
+            pump,
             _in_flight,
         } = answer;
         let (mut head, mut up_rx) = response.into_parts();
@@ -917,10 +1003,13 @@ impl H2Stream {
             }
         };
         let pump = async {
-            if let Some(mut up_tx) = up_tx {
-                if pump_body(&mut up_tx, body, idle).await.is_err() {
-                    up_tx.send_reset(Reason::CANCEL);
-                    return Err(Reason::CANCEL);
+            if let Some(mut pump) = pump {
+                if let Err(f) = pump.run(body, idle).await {
+                    if f.side() != retry::Side::Upstream {
+                        pump.cancel();
+                        return Err(Reason::CANCEL);
+                    }
+                    // The upstream stopped taking the body; its answer goes on.
                 }
             }
             future::pending().await
@@ -1083,26 +1172,6 @@ pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings 
     }
 }
 
-/// Sends the rest of the body as it arrives, then its trailers (or an
-/// empty END_STREAM).
-pub(super) async fn pump_body(
-    up_tx: &mut SendStream<Bytes>,
-    body: &mut impl BodySource,
-    idle: Duration,
-) -> Result<(), Failure> {
-    while let Some(piece) = body.next().await? {
-        body.set_streamed();
-        send_data(up_tx, piece, false, idle)
-            .await
-            .map_err(|_| Failure::Reset { started: true })?;
-    }
-    match body.trailers() {
-        Some(t) => up_tx.send_trailers(t),
-        None => up_tx.send_data(Bytes::new(), true),
-    }
-    .map_err(|_| Failure::Reset { started: true })
-}
-
 /// One attempt on an HTTP/2 upstream: a stream on an open connection with
 /// room, or on one being made, or on a new one. A connection that failed a
 /// stream (refused it, went away, broke) is retired at once, so "fresh"
@@ -1155,54 +1224,34 @@ pub(super) async fn try_h2(
     *up_req.method_mut() = req.method().clone();
     *up_req.uri_mut() = req.uri().clone();
     *up_req.headers_mut() = req.headers().clone();
-    let replay = body.kept();
-    let no_body =
-        body.complete() && replay.iter().all(Bytes::is_empty) && body.trailers().is_none();
-    let (response, mut up_tx) = match send.send_request(up_req, no_body) {
+    let kept = body.kept();
+    let no_body = body.complete() && kept.iter().all(Bytes::is_empty) && body.trailers().is_none();
+    let (response, up_tx) = match send.send_request(up_req, no_body) {
         Ok(r) => r,
         Err(e) => {
             c.retire();
             return Err(h2_failure(&e, false));
         }
     };
+    // The body goes while the answer is awaited; an answer may come first
+    // (an early reply, or a bidirectional stream), and the pump resumes
+    // alongside the answer's relay.
+    let mut pump = Pump::new(up_tx, kept, no_body);
     let idle = http.stream_idle_timeout;
-    // The kept body first; the rest streams alongside the answer.
     let mut response = pin!(response);
-    let mut up_tx_done = no_body;
-    if !no_body {
-        let send_kept = async {
-            for piece in replay {
-                send_data(&mut up_tx, piece, false, idle)
-                    .await
-                    .map_err(|_| Failure::Reset { started: false })?;
-            }
-            if body.complete() {
-                match body.trailers() {
-                    Some(t) => up_tx.send_trailers(t),
-                    None => up_tx.send_data(Bytes::new(), true),
-                }
-                .map_err(|_| Failure::Reset { started: false })?;
-            }
-            Ok::<_, Failure>(None)
-        };
-        let early = async { Ok(Some(response.as_mut().await)) };
-        match future::or(send_kept, early).await? {
-            None => up_tx_done = body.complete(),
-            Some(r) => {
-                // Answered before the kept body was all sent.
-                let r = r.map_err(|e| {
-                    c.retire();
-                    h2_failure(&e, false)
-                })?;
-                return Ok(H2Answer {
-                    response: r,
-                    up_tx: None,
-                    _in_flight: in_flight,
-                });
-            }
+    let sending = async { Err(pump.run(body, idle).await) };
+    let head = match future::or(sending, async { Ok(response.as_mut().await) }).await {
+        Ok(r) => r,
+        Err(Ok(())) => response.as_mut().await,
+        // The upstream stopped taking the body: it may have answered (an
+        // early reply, then RST_STREAM NO_ERROR), so look first.
+        Err(Err(Failure::Reset { .. } | Failure::PerTryTimeout)) => {
+            pump.done = true;
+            response.as_mut().await
         }
-    }
-    let r = response.await.map_err(|e| {
+        Err(Err(f)) => return Err(f),
+    };
+    let r = head.map_err(|e| {
         if !e.is_reset() || e.reason() == Some(Reason::REFUSED_STREAM) {
             // The connection failed, or is going away: no new streams on it.
             c.retire();
@@ -1211,7 +1260,7 @@ pub(super) async fn try_h2(
     })?;
     Ok(H2Answer {
         response: r,
-        up_tx: (!up_tx_done).then_some(up_tx),
+        pump: (!pump.done).then_some(pump),
         _in_flight: in_flight,
     })
 }

@@ -31,9 +31,9 @@ use crate::upstream::cluster::ActiveRequest;
 use crate::upstream::tls::AppProtocol;
 
 use super::attempt::{self, Tried};
-use super::h2::{client_settings, pump_body, try_h2, BodySource, H2Answer};
+use super::h2::{client_settings, try_h2, BodySource, H2Answer};
 use super::plan::Target;
-use super::retry::Failure;
+use super::retry::{self, Failure};
 use super::{decode_into, BodyWait, Conn, Next, ReqBody, ResponseFlags};
 
 /// An HTTP/1 client's request body, decoded, as an HTTP/2 upstream takes it.
@@ -44,26 +44,21 @@ struct H1Source<'c, 's> {
 
 impl BodySource for H1Source<'_, '_> {
     fn replayable(&self) -> bool {
-        self.body.replayable()
+        !self.body.streamed
     }
     fn complete(&self) -> bool {
         self.body.complete
     }
-    fn kept(&mut self) -> Vec<Bytes> {
-        let kept = if self.body.replayable() {
-            Bytes::copy_from_slice(&self.body.buffered)
+    fn kept(&self) -> Vec<Bytes> {
+        if self.body.streamed {
+            Vec::new()
         } else {
-            self.body.streamed = true;
-            Bytes::from(std::mem::take(&mut self.body.buffered))
-        };
-        vec![kept]
+            vec![Bytes::copy_from_slice(&self.body.buffered)]
+        }
     }
     fn trailers(&self) -> Option<HeaderMap> {
         (self.body.complete && !self.body.trailers.is_empty())
             .then(|| headers::trailers_from_h1(&self.body.trailers))
-    }
-    fn set_streamed(&mut self) {
-        self.body.streamed = true;
     }
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         let wait = BodyWait::of(&self.conn.snapshot.config.http);
@@ -88,6 +83,16 @@ impl BodySource for H1Source<'_, '_> {
                 body.complete = d.done;
                 self.conn.unread_body = !d.done;
                 if !chunk.is_empty() {
+                    // Kept for a retry while within the buffer.
+                    let limit = self.conn.snapshot.config.http.retry_buffer_limit;
+                    if !body.streamed {
+                        if body.buffered.len() + chunk.len() <= limit {
+                            body.buffered.extend_from_slice(&chunk);
+                        } else {
+                            body.streamed = true;
+                            body.buffered = Vec::new();
+                        }
+                    }
                     return Ok(Some(Bytes::from(chunk)));
                 }
                 if d.done {
@@ -169,7 +174,7 @@ impl Conn<'_> {
         ops: Option<&HeaderOps>,
         deadline: Option<Instant>,
     ) -> Next {
-        let (mut head, mut up_rx, up_tx, _in_flight) = answer.into_parts();
+        let (mut head, mut up_rx, pump, _in_flight) = answer.into_parts();
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             headers::apply_ops(&mut head.headers, ops);
         }
@@ -213,10 +218,13 @@ impl Conn<'_> {
         };
         let mut src = H1Source { conn: self, body };
         let pump = async {
-            if let Some(mut up_tx) = up_tx {
-                if pump_body(&mut up_tx, &mut src, idle).await.is_err() {
-                    up_tx.send_reset(h2::Reason::CANCEL);
-                    return Err(ResponseFlags::DC);
+            if let Some(mut pump) = pump {
+                if let Err(f) = pump.run(&mut src, idle).await {
+                    if f.side() != retry::Side::Upstream {
+                        pump.cancel();
+                        return Err(ResponseFlags::DC);
+                    }
+                    // The upstream stopped taking the body; its answer goes on.
                 }
             }
             future::pending().await
