@@ -15,20 +15,24 @@
 //!   │  premature resets ≥ max_premature_resets and half the streams
 //!   │      ─► GOAWAY ENHANCE_YOUR_CALM (rapid reset)
 //!   ▼
-//!  stream: authz ─ plan ─ rate limit ─ local reply / fault ─ body buffered
-//!   │  up to retry_buffer_limit (replayable) ─ grpc-timeout caps the route
-//!   │  timeout ─ attempts ─ response head ─ body relayed under both flow
+//!  stream: authz ─ plan ─ rate limit ─ local reply / fault ─ grpc-timeout
+//!   │  caps the route timeout ─ attempts (the request body streams as it
+//!   │  arrives, kept up to retry_buffer_limit for replay) ─ response
+//!   │  head ─ body relayed under both flow
 //!   │  controls (a reader stalled for stream_idle_timeout is reset) ─
 //!   │  trailers ─ log
 //!   └─ gRPC request answered locally: a trailers-only answer (HTTP 200,
 //!      grpc-status from the HTTP status, as Envoy sends it)
 //! ```
 //!
-//! Request and response bodies stream concurrently once the response head
-//! is in (gRPC's bidirectional calls); a body that fits the retry buffer is
-//! sent whole first, so that a retry can replay it.
+//! An attempt starts as soon as the request head is in: the request body
+//! goes upstream as it arrives, while the answer is awaited and then
+//! alongside it (gRPC's bidirectional calls, uploads larger than the
+//! windows). A body that fits the retry buffer is kept as it goes, so that
+//! a retry can replay it once it is complete.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::rc::Rc;
@@ -217,14 +221,32 @@ pub async fn serve(
 }
 
 /// A request body from an HTTP/2 client.
+///
+/// The first attempt starts as soon as the head is in, with whatever of
+/// the body has already arrived: waiting for more (or for the end) before
+/// sending anything would stall every call whose client waits for an
+/// answer before it sends the rest (gRPC's bidirectional calls), and one
+/// whose body exceeds the flow-control windows. Everything read is kept
+/// (`Bytes` clones, no copy) while it fits `retry_buffer_limit`, so that a
+/// retry can replay it once the body is complete.
 struct Body {
     recv: RecvStream,
-    /// Data read before the first attempt (replayed by retries).
+    /// All data read so far, while it fits `keep_max` (replayed by retries).
     buffered: Vec<Bytes>,
+    kept: usize,
+    /// retry_buffer_limit.
+    keep_max: usize,
+    /// What the current attempt has still to send, in order; the front
+    /// piece may be partly sent. Kept here, not in a future, so that an
+    /// attempt's sending can stop at any await (the answer came first) and
+    /// go on later (alongside the answer) without losing a byte.
+    out: VecDeque<Bytes>,
+    /// Attempts begun.
+    attempts: u32,
     trailers: Option<HeaderMap>,
     /// END_STREAM seen: everything is in `buffered` (unless streamed).
     complete: bool,
-    /// Part of it went upstream without being kept: no replay.
+    /// More arrived than `keep_max`: no replay.
     streamed: bool,
     received: u64,
     /// max_request_body_bytes; 0 = none.
@@ -237,8 +259,19 @@ impl Body {
         self.complete && !self.streamed
     }
 
-    /// The next piece of data (capacity released once it is taken), None at
-    /// the end of the body (trailers read then).
+    /// What an attempt sends first: for the first one, what arrived before
+    /// it (already in `out`); for a retry (whose body is complete and kept),
+    /// all of it again.
+    fn begin_attempt(&mut self) {
+        if self.attempts > 0 && !self.streamed {
+            self.out = self.buffered.iter().cloned().collect();
+        }
+        self.attempts += 1;
+    }
+
+    /// The next piece of data (capacity released once it is taken, and
+    /// kept for replay while it fits), None at the end of the body
+    /// (trailers read then).
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         let deadline = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
         let got = until(deadline, self.recv.data())
@@ -250,6 +283,15 @@ impl Body {
                 self.received += data.len() as u64;
                 if self.limit > 0 && self.received > self.limit {
                     return Err(Failure::TooLarge);
+                }
+                if !self.streamed {
+                    if self.kept + data.len() <= self.keep_max {
+                        self.kept += data.len();
+                        self.buffered.push(data.clone());
+                    } else {
+                        self.streamed = true;
+                        self.buffered = Vec::new();
+                    }
                 }
                 Ok(Some(data))
             }
@@ -265,13 +307,16 @@ impl Body {
         }
     }
 
-    /// Reads the body until it ends or `max` bytes are kept.
-    async fn fill(&mut self, max: usize) -> Result<(), Failure> {
-        let mut kept = 0;
-        while !self.complete && kept < max {
-            if let Some(d) = self.next().await? {
-                kept += d.len();
-                self.buffered.push(d);
+    /// Takes what has arrived already, without waiting, into `out`.
+    async fn take_arrived(&mut self) -> Result<(), Failure> {
+        while !self.complete {
+            match future::poll_once(self.next()).await {
+                Some(r) => {
+                    if let Some(d) = r? {
+                        self.out.push_back(d);
+                    }
+                }
+                None => break,
             }
         }
         Ok(())
@@ -570,13 +615,17 @@ impl H2Stream {
             complete: recv.is_end_stream(),
             recv,
             buffered: Vec::new(),
+            kept: 0,
+            keep_max: http.retry_buffer_limit,
+            out: VecDeque::new(),
+            attempts: 0,
             trailers: None,
             streamed: false,
             received: 0,
             limit: plan.max_body,
             idle: http.stream_idle_timeout,
         };
-        if let Err(f) = body.fill(http.retry_buffer_limit).await {
+        if let Err(f) = body.take_arrived().await {
             self.log.bytes_received = body.received;
             return self.body_failure(f);
         }
@@ -649,9 +698,8 @@ impl H2Stream {
             }
         } else {
             let framing = match (body.complete, declared) {
-                (true, _) => {
-                    BodyFraming::Length(body.buffered.iter().map(|b| b.len() as u64).sum())
-                }
+                // All arrived already (not necessarily all kept).
+                (true, _) => BodyFraming::Length(body.received),
                 (false, Some(n)) => BodyFraming::Length(n),
                 (false, None) => BodyFraming::Chunked,
             };
@@ -1023,27 +1071,53 @@ fn client_settings(config: &crate::config::Config) -> ClientSettings {
     }
 }
 
-/// Sends the buffered body and then the rest as it arrives, then trailers.
+/// Sends what the attempt has still to send (`body.out`), then the rest as
+/// it arrives, then the end (trailers or an empty END_STREAM). Every await
+/// may be abandoned and the call made again: the state is all in `body`.
 async fn pump_body(
     up_tx: &mut SendStream<Bytes>,
     body: &mut Body,
     idle: Duration,
 ) -> Result<(), Failure> {
+    let sent = |_| Failure::Reset { started: true };
     loop {
-        let piece = match body.next().await? {
-            Some(d) => d,
-            None => break,
+        let Some(front) = body.out.front_mut() else {
+            if body.complete {
+                break;
+            }
+            if let Some(d) = body.next().await? {
+                body.out.push_back(d);
+            }
+            continue;
         };
-        body.streamed = true;
-        send_data(up_tx, piece, false, idle)
-            .await
-            .map_err(|_| Failure::Reset { started: true })?;
+        if front.is_empty() {
+            body.out.pop_front();
+            continue;
+        }
+        up_tx.reserve_capacity(front.len());
+        let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+        let cap = match until(deadline, poll_fn(|cx| up_tx.poll_capacity(cx))).await {
+            Some(Some(Ok(n))) => n,
+            _ => return Err(Failure::Reset { started: true }),
+        };
+        // The piece is taken only now, with no await before it is sent.
+        let Some(front) = body.out.front_mut() else {
+            continue;
+        };
+        let piece = front.split_to(cap.min(front.len()));
+        if front.is_empty() {
+            body.out.pop_front();
+        }
+        if !piece.is_empty() {
+            up_tx.send_data(piece, false).map_err(sent)?;
+        }
     }
-    match body.trailers.take() {
+    // Trailers are cloned, not taken: a retry sends them again.
+    match body.trailers.clone() {
         Some(t) => up_tx.send_trailers(t),
         None => up_tx.send_data(Bytes::new(), true),
     }
-    .map_err(|_| Failure::Reset { started: true })
+    .map_err(sent)
 }
 
 /// One attempt on an HTTP/2 upstream: a stream on a pooled connection with
@@ -1091,12 +1165,8 @@ async fn try_h2(
     *up_req.method_mut() = req.method().clone();
     *up_req.uri_mut() = req.uri().clone();
     *up_req.headers_mut() = req.headers().clone();
-    let replay: Vec<Bytes> = if body.replayable() {
-        body.buffered.clone()
-    } else {
-        std::mem::take(&mut body.buffered)
-    };
-    let no_body = body.complete && replay.iter().all(Bytes::is_empty) && body.trailers.is_none();
+    body.begin_attempt();
+    let no_body = body.complete && body.out.iter().all(Bytes::is_empty) && body.trailers.is_none();
     let (response, mut up_tx) = match send.send_request(up_req, no_body) {
         Ok(r) => r,
         Err(e) => {
@@ -1105,38 +1175,23 @@ async fn try_h2(
         }
     };
     let idle = http.stream_idle_timeout;
-    // The kept body first; the rest streams alongside the answer.
+    // The body streams while the answer is awaited: the upstream may want
+    // all of it (or the next message of a call) before it answers. What is
+    // left when the answer's head comes first streams alongside the answer
+    // (relay_h2), from where this left off.
     let mut response = pin!(response);
     let mut up_tx_done = no_body;
     if !no_body {
-        if !body.replayable() {
-            body.streamed = true;
-        }
-        let send_kept = async {
-            for piece in replay {
-                send_data(&mut up_tx, piece, false, idle)
-                    .await
-                    .map_err(|_| Failure::Reset { started: false })?;
-            }
-            if body.complete {
-                match body.trailers.clone() {
-                    Some(t) => up_tx.send_trailers(t),
-                    None => up_tx.send_data(Bytes::new(), true),
-                }
-                .map_err(|_| Failure::Reset { started: false })?;
-            }
-            Ok::<_, Failure>(None)
-        };
-        let early = async { Ok(Some(response.as_mut().await)) };
-        match future::or(send_kept, early).await? {
-            None => up_tx_done = body.complete,
+        let pump = async { pump_body(&mut up_tx, body, idle).await.map(|()| None) };
+        let answer = async { Ok(Some(response.as_mut().await)) };
+        match future::or(pump, answer).await? {
+            None => up_tx_done = true,
             Some(r) => {
-                // Answered before the kept body was all sent.
-                let r = r.map_err(|e| h2_failure(&e, false))?;
+                let r = r.map_err(|e| h2_failure(&e, true))?;
                 return Ok((
                     H2Answer {
                         response: r,
-                        up_tx: None,
+                        up_tx: Some(up_tx),
                         _in_flight: in_flight,
                     },
                     reused,
@@ -1214,14 +1269,9 @@ async fn try_h1(
             out.extend_from_slice(data);
         }
     };
-    let pieces: Vec<Bytes> = if body.replayable() {
-        body.buffered.clone()
-    } else {
-        body.streamed = true;
-        std::mem::take(&mut body.buffered)
-    };
-    for p in &pieces {
-        encode(p, &mut out);
+    body.begin_attempt();
+    for p in body.out.drain(..) {
+        encode(&p, &mut out);
     }
     let finish = |body: &Body, out: &mut Vec<u8>| {
         if chunked {
@@ -1240,7 +1290,6 @@ async fn try_h1(
     while !body.complete {
         out.clear();
         if let Some(d) = body.next().await? {
-            body.streamed = true;
             encode(&d, &mut out);
         }
         if body.complete {
