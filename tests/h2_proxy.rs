@@ -483,10 +483,21 @@ fn http2_upstream_heads_and_multiplexed_load() {
     ng.file("small.txt", b"hello over h2\n");
     let dir = TempDir::new("h2-up");
     let port = free_port();
+    // `http2 = "auto"` (the client's protocol) behind /auto/.
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/auto/\" }\ncluster = \"ngauto\"\nprefix_rewrite = \"/\"\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"ng\"\n";
     let r = Remora::start(
-        &config(port, "auto", &[("ng", ng.addr, "true")], &catch_all("ng")),
+        &config(
+            port,
+            "auto",
+            &[("ng", ng.addr, "true"), ("ngauto", ng.addr, "\"auto\"")],
+            routes,
+        ),
         &["--cores", "1"],
     );
+    let got = curl(&dir, &url(port, "/auto/nginx/seen"), &[]);
+    assert_eq!(got.status, 200);
+    let seen = String::from_utf8_lossy(&got.body);
+    assert!(seen.starts_with("proto=HTTP/2.0 "), "{seen}");
     let got = curl(
         &dir,
         &url(port, "/nginx/seen"),
@@ -518,8 +529,8 @@ fn http2_upstream_heads_and_multiplexed_load() {
     assert_eq!((ok, bad, twos), (400, 0, 400));
     let (code, totals) = r.stop();
     assert_eq!(code, 0);
-    assert_eq!(totals.get("downstream_cx_http2"), 5);
-    assert_eq!(totals.get("downstream_rq_http2"), 401);
+    assert_eq!(totals.get("downstream_cx_http2"), 6);
+    assert_eq!(totals.get("downstream_rq_http2"), 402);
     // Multiplexed: far fewer upstream connections than streams.
     let up = totals.get("upstream_cx_http2_total");
     assert!((1..=20).contains(&up), "upstream_cx_http2_total {up}");
