@@ -246,8 +246,24 @@ impl Body {
     /// The next piece of data (capacity released once it is taken; a copy
     /// kept while within the retry buffer), None at the end of the body
     /// (trailers read then). Cancel-safe: nothing is taken before the
-    /// awaits end.
+    /// awaits end. Once the body outgrows the buffer, what was kept is let
+    /// go: the caller sends what it reads at once, so the kept part is out.
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        let data = self.read().await?;
+        if let Some(d) = data.as_ref().filter(|_| !self.streamed) {
+            if self.kept_len + d.len() <= self.retry_limit {
+                self.kept_len += d.len();
+                self.buffered.push(d.clone());
+            } else {
+                self.streamed = true;
+                self.buffered = Vec::new();
+            }
+        }
+        Ok(data)
+    }
+
+    /// The next piece of data, nothing kept.
+    async fn read(&mut self) -> Result<Option<Bytes>, Failure> {
         if self.complete {
             return Ok(None);
         }
@@ -261,15 +277,6 @@ impl Body {
                 self.received += data.len() as u64;
                 if self.limit > 0 && self.received > self.limit {
                     return Err(Failure::TooLarge);
-                }
-                if !self.streamed {
-                    if self.kept_len + data.len() <= self.retry_limit {
-                        self.kept_len += data.len();
-                        self.buffered.push(data.clone());
-                    } else {
-                        self.streamed = true;
-                        self.buffered = Vec::new();
-                    }
                 }
                 Ok(Some(data))
             }
@@ -288,9 +295,14 @@ impl Body {
     /// Reads the body until it ends or the retry buffer is full (for an
     /// HTTP/1 upstream, which takes a whole request before answering).
     async fn fill(&mut self) -> Result<(), Failure> {
-        while !self.complete && !self.streamed && self.kept_len < self.retry_limit {
-            self.next().await?;
+        while !self.complete && self.kept_len < self.retry_limit {
+            if let Some(d) = self.read().await? {
+                self.kept_len += d.len();
+                self.buffered.push(d);
+            }
         }
+        // Past the buffer: all of it goes out once, none of it twice.
+        self.streamed = self.kept_len > self.retry_limit;
         Ok(())
     }
 }
@@ -417,24 +429,35 @@ pub(super) async fn send_data(
     mut data: Bytes,
     end: bool,
     idle: Duration,
-) -> Result<(), ()> {
+) -> Result<(), Unsent> {
     if data.is_empty() {
-        return tx.send_data(data, end).map_err(drop);
+        return tx.send_data(data, end).map_err(|_| Unsent::Closed);
     }
     while !data.is_empty() {
         tx.reserve_capacity(data.len());
         let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
         let cap = match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
             Some(Some(Ok(n))) => n,
-            _ => return Err(()),
+            None => return Err(Unsent::Stalled),
+            Some(_) => return Err(Unsent::Closed),
         };
         if cap == 0 {
             continue;
         }
         let piece = data.split_to(cap.min(data.len()));
-        tx.send_data(piece, end && data.is_empty()).map_err(drop)?;
+        tx.send_data(piece, end && data.is_empty())
+            .map_err(|_| Unsent::Closed)?;
     }
     Ok(())
+}
+
+/// Why data could not be sent to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unsent {
+    /// The stream or connection is gone (reset, closed).
+    Closed,
+    /// The reader opened no window for stream_idle_timeout (zero-window stall).
+    Stalled,
 }
 
 /// One stream, from its head to the end of its answer.
@@ -980,13 +1003,17 @@ impl H2Stream {
             self.finished = true;
             return;
         }
+        let shard = self.shard.clone();
         let log = &mut self.log;
         let relay = async {
             loop {
                 match up_rx.data().await {
                     Some(Ok(d)) => {
                         let n = d.len();
-                        if send_data(&mut tx, d, false, idle).await.is_err() {
+                        if let Err(e) = send_data(&mut tx, d, false, idle).await {
+                            if e == Unsent::Stalled {
+                                CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
+                            }
                             return Err(Reason::CANCEL);
                         }
                         log.bytes_sent += n as u64;
@@ -1023,9 +1050,6 @@ impl H2Stream {
                 } else {
                     ResponseFlags::UC
                 });
-                if reason == Reason::CANCEL {
-                    CoreStats::inc(&self.shard.stats.http2_stream_idle_timeout);
-                }
                 self.reset(Some(&mut tx), reason);
             }
             None => {
@@ -1092,7 +1116,10 @@ impl H2Stream {
                     let n = out.len();
                     let data = Bytes::copy_from_slice(&out);
                     out.clear();
-                    if send_data(&mut tx, data, false, idle).await.is_err() {
+                    if let Err(e) = send_data(&mut tx, data, false, idle).await {
+                        if e == Unsent::Stalled {
+                            CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
+                        }
                         break Err(Reason::CANCEL);
                     }
                     log.bytes_sent += n as u64;

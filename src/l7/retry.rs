@@ -14,7 +14,8 @@
 //!    lists, while the budget lasts and the body can be replayed. A
 //!    non-idempotent request is retried only where it cannot have reached the
 //!    upstream (connect failure), unless the policy sets
-//!    `retry_non_idempotent`.
+//!    `retry_non_idempotent`, or the condition is a gRPC status the policy
+//!    lists (gRPC calls are all POSTs; the status is the server's word).
 //! 3. Running out of budget on a condition the policy lists is Envoy's `URX`.
 //!
 //! A 408 on a reused connection counts as rule 1's close: a server whose
@@ -176,6 +177,11 @@ pub fn decide(
     attempt: Attempt,
     outcome: Outcome,
 ) -> Verdict {
+    // A gRPC status the policy lists is the server's own word that the call
+    // may be sent again (gRPC's retry design, A6; Envoy's gRPC conditions
+    // ignore the method too): every gRPC call is a POST, so the rule for
+    // non-idempotent requests would otherwise make them dead letters.
+    let mut grpc_listed = false;
     let (listed, reached) = match outcome {
         Outcome::Response(408, _)
             if attempt.reused && !state.fresh_used && attempt.replayable && attempt.idempotent =>
@@ -183,10 +189,10 @@ pub fn decide(
             return Verdict::AgainFresh;
         }
         Outcome::Response(status, grpc) => {
-            let listed = policy.is_some_and(|p| {
-                p.retriable(AttemptFailure::Status(status))
-                    || grpc.is_some_and(|g| p.retriable(AttemptFailure::Grpc(g)))
-            });
+            grpc_listed =
+                policy.is_some_and(|p| grpc.is_some_and(|g| p.retriable(AttemptFailure::Grpc(g))));
+            let listed =
+                grpc_listed || policy.is_some_and(|p| p.retriable(AttemptFailure::Status(status)));
             (listed, true)
         }
         Outcome::Failed(Failure::Refused) if !state.fresh_used && attempt.replayable => {
@@ -215,7 +221,7 @@ pub fn decide(
     let Some(p) = policy.filter(|_| listed) else {
         return give(false);
     };
-    let safe = attempt.idempotent || !reached || p.retry_non_idempotent;
+    let safe = attempt.idempotent || !reached || p.retry_non_idempotent || grpc_listed;
     if !attempt.replayable || !safe {
         return give(false);
     }
@@ -328,6 +334,12 @@ mod tests {
             (Some(&pg), fresh, get, Response(200, Some(14)), Retry),
             (Some(&pg), fresh, get, Response(200, Some(5)), Deliver { exhausted: false }),
             (Some(&pg), fresh, get, Response(200, None), Deliver { exhausted: false }),
+            // ... for gRPC's POSTs too (a listed status is the server's
+            // word that the call may go again), but not a 503 to a POST.
+            (Some(&pg), fresh, post, Response(200, Some(14)), Retry),
+            (Some(&pg), fresh, post, Response(503, None), Deliver { exhausted: false }),
+            (Some(&pg), fresh, streamed(post), Response(200, Some(14)), Deliver { exhausted: false }),
+            (Some(&pg), spent, post, Response(200, Some(14)), Deliver { exhausted: true }),
             (Some(&p), fresh, get, Response(200, Some(14)), Deliver { exhausted: false }),
             (Some(&pg), spent, get, Response(200, Some(14)), Deliver { exhausted: true }),
         ];

@@ -11,11 +11,16 @@ requests with KEY are closed unanswered), /early... (answers 413 before reading
 the body, see EARLY_BODY: /early closes at once, so the unread body makes the
 kernel reset the connection; /early-drain says Connection: close, then reads
 and drops the body until EOF; /early-keep says nothing about the connection,
-then does the same), anything else: JSON.
+then does the same), /bytes/N (N random bytes with Content-Length, their
+SHA-256 in X-Body-Sha256), /bytes-chunked/N (the same, chunked, the SHA-256
+in a trailer X-Body-Sha256 too), /hop (a JSON answer carrying
+connection-specific fields: Connection naming X-Hop, Keep-Alive, X-Hop,
+Proxy-Connection), anything else: JSON.
 A request with Upgrade: websocket gets 101 and then a raw byte echo.
 """
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -118,6 +123,8 @@ class Handler(BaseHTTPRequestHandler):
                 conn.sendall(d)
             self.close_connection = True
             return
+        if path.startswith("/bytes/") or path.startswith("/bytes-chunked/"):
+            return self.random_bytes(path)
         if path.startswith("/echo"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -137,10 +144,46 @@ class Handler(BaseHTTPRequestHandler):
         }
         with LOCK:
             LAST = info
+        if path.startswith("/hop"):
+            body = json.dumps(info).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "keep-alive, X-Hop")
+            self.send_header("Keep-Alive", "timeout=30")
+            self.send_header("X-Hop", "1")
+            self.send_header("Proxy-Connection", "keep-alive")
+            self.send_header("X-End-To-End", "kept")
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.reply(200, json.dumps(info).encode())
         if path.startswith("/close"):
             # Keep-alive as far as the proxy can tell, then gone.
             self.close_connection = True
+
+    def random_bytes(self, path):
+        # Written in pieces, so the proxy streams it rather than getting it whole.
+        n = int(path.split("/")[2].split("?")[0])
+        data = os.urandom(n)
+        sha = hashlib.sha256(data).hexdigest()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("X-Body-Sha256", sha)
+        chunked = path.startswith("/bytes-chunked/")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Body-Sha256, X-Body-Len")
+        else:
+            self.send_header("Content-Length", str(n))
+        self.end_headers()
+        for i in range(0, n, 65536):
+            c = data[i : i + 65536]
+            self.wfile.write(b"%x\r\n" % len(c) + c + b"\r\n" if chunked else c)
+        if chunked:
+            self.wfile.write(
+                b"0\r\nX-Body-Sha256: %s\r\nX-Body-Len: %d\r\n\r\n" % (sha.encode(), n)
+            )
 
     def early(self, path):
         # Answer before reading the body, as a server refusing an upload does.
