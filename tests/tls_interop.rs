@@ -827,3 +827,96 @@ fn silent_client_is_closed_after_the_handshake_timeout() {
     assert_eq!(stat(b_admin, "listener.ssl.handshake"), 1);
     assert_eq!(app.count(), 1);
 }
+
+// ───────────────────── 4. HTTP/2 between the sidecars ─────────────────────
+
+/// HTTP/2 from an Istio-configured Envoy outbound (a `grpc`/`http2` service
+/// port: HTTP/2 to the cluster, ALPN istio-h2, istio, h2) to Remora's
+/// inbound: the HTTP chain negotiates h2 (Envoy would fail the stream if
+/// the server spoke HTTP/1), Remora serves the streams and forwards them to
+/// an HTTP/1 app with the client's identity in XFCC.
+#[test]
+fn envoy_outbound_http2_to_remora_inbound() {
+    let pods = Pods::new("er-h2");
+    let app = Backend::start("httpbin");
+    let (rin_port, rin_admin) = (free_port(), free_port());
+    let _remora = remora_inbound(
+        &pods.server_dir,
+        rin_port,
+        rin_admin,
+        app.addr,
+        "STRICT",
+        "",
+    );
+    let mut to_remora = Outbound::new(
+        free_port(),
+        format!("127.0.0.1:{rin_port}").parse().unwrap(),
+        SERVICE_PORT,
+        HOST,
+        &pods.client_dir,
+        &[&server_id()],
+        Protocol::Http2,
+    );
+    to_remora.access_log = true;
+    let out = Envoy::start("er-h2-outbound", &to_remora.config());
+    for i in 0..3 {
+        let (code, body) = curl(to_remora.listen_port, &format!("/h2/{i}"));
+        assert_eq!(code, 200, "{body}\nenvoy log:\n{}", out.log_tail(20));
+    }
+    let fields = xfcc_fields(&last_xfcc(&app));
+    assert_eq!(fields[0], ("By".into(), server_id()));
+    assert_eq!(fields[3], ("URI".into(), client_id()));
+    // One mTLS connection carrying every request as a stream.
+    assert_eq!(stat(rin_admin, "listener.ssl.handshake"), 1);
+    assert_eq!(stat(rin_admin, "downstream_cx_http2"), 1);
+    assert_eq!(stat(rin_admin, "downstream_rq_http2"), 3);
+    assert_eq!(
+        out.stat(&format!("{}.ssl.handshake", to_remora.stat_prefix())),
+        1
+    );
+    assert!(
+        out.stat(&format!(
+            "{}.upstream_cx_http2_total",
+            to_remora.stat_prefix()
+        )) >= 1
+    );
+}
+
+/// HTTP/2 from Remora's outbound (cluster `http2 = true`, ISTIO_MUTUAL:
+/// ALPN istio-h2, istio, h2) to an Istio-configured Envoy inbound, whose
+/// HTTP chain negotiates h2; HTTP/1 requests from the client are carried
+/// as HTTP/2 streams on one connection.
+#[test]
+fn remora_outbound_http2_to_envoy_inbound() {
+    let pods = Pods::new("ri-h2");
+    let app = Backend::start("httpbin");
+    let in_port = free_port();
+    let mut inbound = Inbound::new(in_port, app.addr, &pods.server_dir, MtlsMode::Strict);
+    inbound.access_log = true;
+    let envoy = Envoy::start("ri-h2-inbound", &inbound.config());
+    let (out_port, out_admin) = (free_port(), free_port());
+    let _remora = remora_outbound(
+        &pods.client_dir,
+        out_port,
+        out_admin,
+        in_port,
+        &server_id(),
+        "http",
+        "http2 = true",
+    );
+    let mut c = Client::new(out_port);
+    for i in 0..3 {
+        let r = c.request(&format!("GET /r/{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
+        assert_eq!(r.status, 200, "{r:?}\nenvoy log:\n{}", envoy.log_tail(20));
+    }
+    let fields = xfcc_fields(&last_xfcc(&app));
+    assert_eq!(fields[3], ("URI".into(), client_id()));
+    let log = envoy.wait_access_log(3);
+    for e in &log {
+        assert_eq!(e["filter_chain"], "mtls-http", "{e}");
+        assert_eq!(e["downstream_peer_uri_san"], client_id(), "{e}");
+        assert_eq!(e["response_code"], 200, "{e}");
+    }
+    assert_eq!(stat(out_admin, "upstream_cx_http2_total"), 1);
+    assert_eq!(stat(out_admin, "cluster.ssl.handshake"), 1);
+}

@@ -371,6 +371,8 @@ pub const ALPN_OUTBOUND_HTTP11: &[&str] = &["istio-http/1.1", "istio"];
 /// The outbound cluster's ALPN for in-mesh TCP (`util.ALPNInMeshWithMxc`,
 /// used while metadata exchange is on, Istio's default).
 pub const ALPN_OUTBOUND_TCP: &[&str] = &["istio-peer-exchange", "istio"];
+/// What Istio's `istio.alpn` filter sets for an HTTP/2 upstream request.
+pub const ALPN_OUTBOUND_H2: &[&str] = &["istio-h2", "istio", "h2"];
 /// The inbound TCP chain's ALPN match in PERMISSIVE mode (`mtlsTCPWithMxcALPNs`).
 pub const MTLS_TCP_ALPNS: &[&str] = &["istio-peer-exchange", "istio"];
 /// Plaintext HTTP as the http_inspector reports it (`plaintextHTTPALPNs`).
@@ -407,6 +409,9 @@ pub enum MtlsMode {
 pub enum Protocol {
     /// http_connection_manager + router (HTTP/1.1 to the cluster).
     Http,
+    /// The same with HTTP/2 to the cluster (a service port named `grpc` or
+    /// `http2`: Istio sets `http2_protocol_options` on its cluster).
+    Http2,
     /// tcp_proxy.
     Tcp,
 }
@@ -857,6 +862,7 @@ impl Outbound {
     ) -> Outbound {
         let alpn = match protocol {
             Protocol::Http => ALPN_OUTBOUND_HTTP11,
+            Protocol::Http2 => ALPN_OUTBOUND_H2,
             Protocol::Tcp => ALPN_OUTBOUND_TCP,
         };
         Outbound {
@@ -926,7 +932,7 @@ impl Outbound {
             String::new()
         };
         let filter = match self.protocol {
-            Protocol::Http => format!(
+            Protocol::Http | Protocol::Http2 => format!(
                 r#"        - name: envoy.filters.network.http_connection_manager
           typed_config:
             "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -955,6 +961,15 @@ impl Outbound {
             ),
         };
         let mut extra = self.upstream_tls();
+        if self.protocol == Protocol::Http2 {
+            extra.push_str(
+                r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"#,
+            );
+        }
         if let (Protocol::Http, Some(n)) = (self.protocol, self.max_requests_per_connection) {
             let _ = write!(
                 extra,
