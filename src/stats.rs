@@ -88,6 +88,9 @@ counters! {
     http2_stream_idle_timeout,
     /// Upstream HTTP/2 connections made.
     upstream_cx_http2_total,
+    /// Requests sent again because the upstream did not process them (an
+    /// HTTP/2 stream refused, or above a GOAWAY's last stream id).
+    upstream_rq_resent,
     /// HTTP requests answered (by an upstream or locally).
     rq_total,
     rq_1xx,

@@ -206,6 +206,11 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::start_with("")
+    }
+
+    /// With `server` directives added to its server block.
+    fn start_with(server: &str) -> Nginx {
         let dir = TempDir::new("nginx-h2");
         let port = free_port();
         std::fs::create_dir_all(dir.0.join("www")).unwrap();
@@ -222,6 +227,7 @@ http {{
   server {{
     listen 127.0.0.1:{port} http2;
     root {d}/www;
+    {server}
     location = /nginx/seen {{
       default_type text/plain;
       return 200 "proto=$server_protocol host=$host xff=$http_x_forwarded_for rid=$http_x_request_id cookie=$http_cookie";
@@ -713,4 +719,42 @@ fn auto_listener_serves_both_versions() {
     assert_eq!(totals.get("downstream_cx_http2"), 1);
     assert_eq!(totals.get("downstream_rq_http2"), 1);
     assert_eq!(totals.get("rq_2xx"), 3);
+}
+
+/// An HTTP/2 upstream that allows 4 streams per connection
+/// (SETTINGS_MAX_CONCURRENT_STREAMS) and 20 requests per connection, then
+/// sends GOAWAY: 300 requests, 12 at a time, all answered. A full
+/// connection makes Remora open another; the streams a GOAWAY leaves
+/// unprocessed are sent again (on another connection), whatever their method.
+#[test]
+fn upstream_stream_limit_and_goaway() {
+    let ng = Nginx::start_with("http2_max_concurrent_streams 4; keepalive_requests 20;");
+    ng.file("f", b"ok");
+    let port = free_port();
+    let r = Remora::start(
+        &config(port, "http", &[("ng", ng.addr, "true")], &catch_all("ng")),
+        &["--cores", "1"],
+    );
+    let url = format!("http://127.0.0.1:{port}/f");
+    let (ok, failed, ok_2xx) = h2load(&["-n", "200", "-c", "2", "-m", "6", &url]);
+    assert_eq!((ok, failed, ok_2xx), (200, 0, 200));
+    // POSTs too: unprocessed streams are safe to send again. (nginx answers
+    // a POST to a static file with 405: an answer, not a failure here.)
+    let (ok, failed, _) = h2load(&[
+        "-n",
+        "100",
+        "-c",
+        "2",
+        "-m",
+        "6",
+        "-d",
+        "/etc/hostname",
+        &url,
+    ]);
+    assert_eq!(ok + failed, 100);
+    let (code, totals) = r.stop();
+    assert_eq!(code, 0);
+    assert_eq!(totals.get("rq_5xx"), 0, "{totals:?}");
+    // At most 20 requests per connection: at least 15 connections for 300.
+    assert!(totals.get("upstream_cx_http2_total") >= 15, "{totals:?}");
 }

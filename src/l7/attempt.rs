@@ -257,6 +257,10 @@ pub(super) async fn run<X: Answer>(
                 log.exhausted |= exhausted;
                 return deliver(t.result);
             }
+            Verdict::Resend => {
+                state.refused += 1;
+                CoreStats::inc(&shard.stats.upstream_rq_resent);
+            }
             Verdict::AgainFresh => {
                 state.fresh_used = true;
                 force_fresh = true;

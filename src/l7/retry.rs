@@ -154,7 +154,15 @@ pub struct State {
     pub retries: u32,
     /// The once-more-on-a-fresh-connection resend was used.
     pub fresh_used: bool,
+    /// Resends of requests the upstream did not process.
+    pub refused: u32,
 }
+
+/// How many times a request the upstream did not process (an HTTP/2 stream
+/// refused, or left unprocessed by a GOAWAY) is sent again, outside any
+/// retry policy: it is always safe, and a server that cycles its
+/// connections (nginx's keepalive_requests) may refuse a few in a row.
+pub const MAX_REFUSED: u32 = 3;
 
 /// The decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +172,8 @@ pub enum Verdict {
     Deliver { exhausted: bool },
     /// Send the same request again on a fresh connection (no budget used).
     AgainFresh,
+    /// Send it again: the upstream did not process it (no budget used).
+    Resend,
     /// Retry under the policy (after its backoff).
     Retry,
     /// Answer locally for this failure; `exhausted` as for `Deliver`.
@@ -195,8 +205,8 @@ pub fn decide(
                 grpc_listed || policy.is_some_and(|p| p.retriable(AttemptFailure::Status(status)));
             (listed, true)
         }
-        Outcome::Failed(Failure::Refused) if !state.fresh_used && attempt.replayable => {
-            return Verdict::AgainFresh;
+        Outcome::Failed(Failure::Refused) if state.refused < MAX_REFUSED && attempt.replayable => {
+            return Verdict::Resend;
         }
         Outcome::Failed(f) => {
             if attempt.reused
@@ -277,12 +287,16 @@ mod tests {
         };
         let fresh = State::default();
         let used = State {
-            retries: 0,
             fresh_used: true,
+            ..State::default()
         };
         let spent = State {
             retries: 2,
-            fresh_used: false,
+            ..State::default()
+        };
+        let refused = State {
+            refused: MAX_REFUSED,
+            ..State::default()
         };
         let p = policy(false);
         let pn = policy(true);
@@ -327,8 +341,9 @@ mod tests {
             (Some(&p), fresh, get, Failed(PerTryTimeout), Retry),
             // An HTTP/2 stream the upstream did not process: once more
             // anywhere, whatever the method; not a streamed body.
-            (none, fresh, post, Failed(Refused), AgainFresh),
-            (none, used, post, Failed(Refused), GiveUp { exhausted: false }),
+            (none, fresh, post, Failed(Refused), Resend),
+            (none, used, post, Failed(Refused), Resend),
+            (none, refused, post, Failed(Refused), GiveUp { exhausted: false }),
             (none, fresh, streamed(get), Failed(Refused), GiveUp { exhausted: false }),
             // gRPC statuses in a trailers-only head, when the policy lists them.
             (Some(&pg), fresh, get, Response(200, Some(14)), Retry),
