@@ -490,9 +490,14 @@ class H2Pieces(unittest.TestCase):
             row("grpc-unary", "envoy-grpc", 9000, 60.0)]}
         md = harness.render_md(data)
         self.assertIn("Load: h2load -t1 -c10 -m10, HTTP/2 prior knowledge", md)
-        r = {(x["proxy"], x["metric"]): x for x in harness.ratios(data)}
-        self.assertEqual(r[("remora-grpc", "req/s")]["vs"], "haproxy-grpc")
-        self.assertAlmostEqual(r[("remora-grpc", "CPU/req")]["ratio"], 25.0 / 20.0)
+        r = {(x["proxy"], x["metric"], x["vs"]): x["ratio"] for x in harness.ratios(data)}
+        self.assertEqual(r, {("remora-grpc", "req/s", "haproxy-grpc"): 20000 / 18000,
+                             ("remora-grpc", "CPU/req", "haproxy-grpc"): 25.0 / 20.0,
+                             # and against Envoy's CPU, issue 12's yardstick
+                             ("remora-grpc", "CPU/req", "envoy-grpc"): 60.0 / 20.0})
+        self.assertIn("3.00× CPU/req (vs envoy-grpc)", md)
+        # Not in the older scenarios.
+        self.assertFalse(any(x["vs"].startswith("envoy") for x in harness.ratios(SAMPLE)))
 
     def test_flamegraph_keeps_to_wrk_scenarios(self):
         with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
