@@ -1205,7 +1205,7 @@ def run_h2load(rig: "Rig", port: int, sc: Scenario, seconds: int) -> dict:
         res.update({"logged": 0, "log_failed": 0})
     finally:
         log_file.unlink(missing_ok=True)
-    res["wrk"] = shlex.join(argv)
+    res["h2load"] = shlex.join(argv)
     return res
 
 
