@@ -1625,7 +1625,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         description="Remora vs nginx vs HAProxy vs Envoy (and direct), one pinned worker each. "
                     "See perf/README.md.")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run (< 1 min after the build): 1 round, 1 s per run, 500 idle "
+                    help="smoke run (~2 min after the build): 1 round, 1 s per run, 500 idle "
                          "connections; checks correctness, never timing; does not touch RESULTS.md")
     ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
     ap.add_argument("--rounds", type=int, help="rounds (default 5; --quick 1)")
