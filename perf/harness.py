@@ -1148,6 +1148,7 @@ def parse_h2load(out: str) -> dict:
                    "timeout": int(req.group(7))},
         "status_2xx": int(codes.group(1)),
         "non_2xx": sum(int(codes.group(i)) for i in (2, 3, 4)),
+        "status_codes": codes.group(0),
         "protocol": proto.group(1) if proto else None,
     }
 
@@ -1217,7 +1218,8 @@ def validate_h2load(res: dict, where: str) -> None:
     if res["requests"] == 0:
         raise HarnessError(f"{where}: h2load completed no request")
     if res["non_2xx"]:
-        raise HarnessError(f"{where}: {res['non_2xx']} non-2xx responses")
+        raise HarnessError(f"{where}: {res['non_2xx']} non-2xx responses (h2load: "
+                           f"{res.get('status_codes')})")
     bad = {k: v for k, v in res["errors"].items() if v}
     if bad or res.get("log_failed"):
         raise HarnessError(f"{where}: h2load {bad or ''} {res.get('log_failed', 0)} failed streams "

@@ -535,7 +535,8 @@ class H2Configs(unittest.TestCase):
         t = self.text
         self.assertIn("listen 127.0.0.1:4002 http2", t["backend"])
         self.assertIn("add_trailer grpc-status 0;", t["backend"])
-        self.assertIn("error_page 405 =200 $uri;", t["backend"])
+        self.assertIn("error_page 405 =200 /grpc-answer/Call;", t["backend"])
+        self.assertIn("mirror /grpc-drain;", t["backend"])  # reads the request first
         # h2-keepalive: HTTP/2 in, HTTP/1.1 keep-alive to the backend's HTTP/1 port.
         self.assertIn("listen 127.0.0.1:4100 http2", t["nginx-h2"])
         self.assertIn("server 127.0.0.1:4001;", t["nginx-h2"])
