@@ -1477,8 +1477,8 @@ def render_md(data: dict) -> str:
         *[f"- alternative Remora binary: {a}" for a in m.get("remora_alt", [])],
         "",
         "req/s and latency from wrk -t1 (h2load for the HTTP/2 scenarios); CPU µs/req = the "
-        "proxy's own utime+stime (all its processes and threads) over the run ÷ requests served; RSS = peak VmRSS sum during "
-        "the run. \"vs best\": Remora against the best competitor of the same layer, > 1 = Remora "
+        "proxy's own utime+stime (all its processes and threads) over the run ÷ requests "
+        "served; RSS = peak VmRSS sum during the run. \"vs best\": Remora against the best competitor of the same layer, > 1 = Remora "
         "better (req/s: Remora ÷ best; CPU/req and RSS: best ÷ Remora).",
         "",
     ]

@@ -470,8 +470,8 @@ class H2Pieces(unittest.TestCase):
         self.assertEqual(harness.nghttp_problems(h2, 2, False), [])
         self.assertEqual(len(harness.nghttp_problems(h2, 3, False)), 1)  # a status short
         # grpc-status in the head (before the DATA) is not a trailer.
-        head_only = grpc.replace("recv (stream_id=13) grpc-status: 0", "") \
-                        .replace("recv (stream_id=13) server:", "recv (stream_id=13) grpc-status: 0\n server:")
+        head_only = grpc.replace("recv (stream_id=13) grpc-status: 0", "").replace(
+            "recv (stream_id=13) server:", "recv (stream_id=13) grpc-status: 0\n server:")
         self.assertIn("no grpc-status trailer after the DATA",
                       harness.nghttp_problems(head_only, 1, True))
         self.assertIn("grpc-status 14", harness.nghttp_problems(
