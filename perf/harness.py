@@ -7,6 +7,9 @@ proxy under test sits between wrk (or the idle-connection client) and that backe
     wrk / idle client ──► proxy under test ──► nginx backend (612 B and 1 MiB files)
        CPU0                  CPU1                 CPU0
 
+The HTTP/2 scenarios (h2-keepalive, grpc-unary) load the proxy with h2load instead
+of wrk; the backend's second port speaks HTTP/2 and answers a canned gRPC method.
+
 Every proxy gets the same worker count (1), the same pinning (taskset), the same
 keep-alive policy and the same payloads. Proxies are started fresh for every
 measurement, alternated round by round, and the report gives medians over rounds.
