@@ -540,7 +540,7 @@ class H2Configs(unittest.TestCase):
         # h2-keepalive: HTTP/2 in, HTTP/1.1 keep-alive to the backend's HTTP/1 port.
         self.assertIn("listen 127.0.0.1:4100 http2", t["nginx-h2"])
         self.assertIn("server 127.0.0.1:4001;", t["nginx-h2"])
-        self.assertIn("keepalive 64;", t["nginx-h2"])
+        self.assertIn("keepalive 1024;", t["nginx-h2"])
         self.assertIn("proxy_http_version 1.1;", t["nginx-h2"])
         self.assertIn("bind 127.0.0.1:4100 proto h2", t["haproxy-h2"])
         self.assertIn("server backend 127.0.0.1:4001\n", t["haproxy-h2"])

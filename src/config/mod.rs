@@ -98,6 +98,13 @@ pub struct Http {
     pub lingering_max_bytes: u64,
 }
 
+/// Idle HTTP/1 upstream connections kept per endpoint and core: as many as
+/// Envoy's default `max_connections` breaker, i.e. in effect no cap below
+/// the breaker, as in Envoy. A smaller cap makes a multiplexed client (100
+/// HTTP/2 streams become up to 100 HTTP/1 requests in flight) close and
+/// reopen upstream connections all the time.
+const DEFAULT_POOL_MAX_IDLE: usize = 1024;
+
 /// Downstream HTTP/2 connections (Envoy's `http2_protocol_options`; the
 /// defaults are Envoy's, except where noted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -648,7 +655,7 @@ impl Validator<'_> {
             pool_max_idle_per_endpoint: raw
                 .pool_max_idle_per_endpoint
                 .and_then(|n| self.int_in(&n, 0, 65_536, "http.pool_max_idle_per_endpoint"))
-                .map_or(32, |n| n as usize),
+                .map_or(DEFAULT_POOL_MAX_IDLE, |n| n as usize),
             pool_idle_timeout: self.duration_or(raw.pool_idle_timeout, Duration::from_secs(60)),
             retry_buffer_limit: raw
                 .retry_buffer_limit
@@ -1268,7 +1275,7 @@ forwarding = "teleport"
         let d = Config::builtin();
         assert_eq!(d.capture.unwrap().protocol, Protocol::Auto);
         assert_eq!(d.http.request_headers_timeout, Duration::from_secs(60));
-        assert_eq!(d.http.pool_max_idle_per_endpoint, 32);
+        assert_eq!(d.http.pool_max_idle_per_endpoint, 1024);
     }
 
     #[test]
