@@ -161,14 +161,23 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
                     );
                     continue;
                 }
-                CoreStats::inc(&shard.stats.downstream_cx_active);
-                let shard = shard.clone();
+                shard.count_connection(true);
+                let s = shard.clone();
                 let (origin, ipv6) = (l.key.origin, l.key.addr.is_ipv6());
                 glommio::spawn_local(async move {
-                    crate::connection::serve(&shard, stream, origin, ipv6).await;
-                    CoreStats::dec(&shard.stats.downstream_cx_active);
+                    crate::connection::serve(&s, stream, origin, ipv6).await;
+                    s.count_connection(false);
                 })
                 .detach();
+                // Overloaded (stop_accepting_connections): accept nothing
+                // more until the manager says so; new connections wait in
+                // the listen backlog (Envoy's action of the same name).
+                // The check comes after an accept because the loop sleeps
+                // in accept(): the one connection that wakes it is served.
+                while shard.overload_actions.get().stop_accepting_connections {
+                    let resume = shard.resume.borrow().clone();
+                    let _ = resume.acquire(1).await;
+                }
             }
             Err(e) => {
                 let e: io::Error = e.into();

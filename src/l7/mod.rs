@@ -160,8 +160,10 @@ impl ResponseFlags {
     pub const SI: ResponseFlags = ResponseFlags(1 << 15);
     /// Denied by an authorization policy (Envoy's `RBAC`).
     pub const RBAC: ResponseFlags = ResponseFlags(1 << 16);
+    /// Refused by the overload manager (stop_accepting_requests; 503).
+    pub const OL: ResponseFlags = ResponseFlags(1 << 17);
 
-    const NAMES: [(ResponseFlags, &'static str); 17] = [
+    const NAMES: [(ResponseFlags, &'static str); 18] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -179,6 +181,7 @@ impl ResponseFlags {
         (Self::RL, "RL"),
         (Self::SI, "SI"),
         (Self::RBAC, "RBAC"),
+        (Self::OL, "OL"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -656,11 +659,22 @@ impl Conn<'_> {
                 // send its next request instead of finding the door shut; busy
                 // clients are sent away by `Shard::drain_close` instead.
                 let stopping = self.shard.stopping.acquire(1);
-                future::or(until(Some(deadline), read), async {
-                    let _ = stopping.await;
-                    glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+                // The overload manager sheds idle connections: nothing is
+                // in flight here, so closing loses nothing.
+                let shed = self.shard.shed.borrow().clone();
+                let shed = async {
+                    let _ = shed.acquire(1).await;
+                    CoreStats::inc(&self.shard.stats.downstream_cx_overload_shed);
                     None
-                })
+                };
+                future::or(
+                    until(Some(deadline), read),
+                    future::or(shed, async {
+                        let _ = stopping.await;
+                        glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+                        None
+                    }),
+                )
                 .await
             };
             match got {
@@ -840,6 +854,14 @@ impl Conn<'_> {
         let method = self.head.method;
         let wants_upgrade = self.head.upgrade.is_some() || view.is_connect();
         let expect_continue = self.head.expect_continue;
+
+        // Overloaded: refuse before any work (Envoy's stop_accepting_requests
+        // answers the same way). The body is not read: the close lingers.
+        if self.shard.overload_actions.get().stop_accepting_requests {
+            CoreStats::inc(&self.shard.stats.downstream_rq_overload_close);
+            self.log.flags.insert(ResponseFlags::OL);
+            return self.local(503, "envoy overloaded", &[], false).await;
+        }
 
         // Authorization (Istio's AuthorizationPolicy, inbound only), before
         // routing, as Envoy's RBAC filter sits before the router.
@@ -1687,7 +1709,8 @@ impl Conn<'_> {
         let down_keep = req_keep_alive
             && out_framing != BodyFraming::CloseDelimited
             && body.complete
-            && !self.shard.drain_close();
+            && !self.shard.drain_close()
+            && !self.shard.overload_actions.get().shed_idle_connections;
         self.out.clear();
         let view = self.resp.view(upbuf.bytes());
         write_response(
