@@ -679,7 +679,14 @@ impl Conn<'_> {
             };
             match got {
                 None if header_deadline.is_some() => return HeadRead::Timeout,
-                None => return HeadRead::Gone,
+                None => {
+                    // Idle too long (not shed, not stopping): counted as the
+                    // L4 path counts its idle timeouts.
+                    if Instant::now() >= deadline {
+                        CoreStats::inc(&self.shard.stats.cx_idle_timeout);
+                    }
+                    return HeadRead::Gone;
+                }
                 Some(Ok(0)) => return HeadRead::Gone,
                 Some(Ok(_)) => {}
                 Some(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
