@@ -72,6 +72,7 @@ impl AdminState {
                     .map_or(0, |d| d.as_secs() as i64);
                 (c.identity().not_after() - now).div_euclid(86_400)
             }),
+            overload: self.proxy.overload.current(),
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod l7;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod overload;
 pub mod policy;
 pub mod reload;
 pub mod runtime;

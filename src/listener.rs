@@ -85,22 +85,80 @@ pub fn start(shard: &Rc<Shard>, l: BoundListener) {
     .detach();
 }
 
-/// Closes this core's listeners that `keep` rejects.
-pub fn close(shard: &Shard, keep: impl Fn(&ListenKey) -> bool) {
+/// Closes this core's listeners that `keep` rejects. Connections already
+/// in a closing listener's accept queue are taken and served first: the
+/// kernel would reset them when the listener closes, and their clients,
+/// whose handshake had completed, would see a reset instead of the refused
+/// connect that says "not here" (found by tests/faults.rs restarting the
+/// sidecar under load).
+pub fn close(shard: &Rc<Shard>, keep: impl Fn(&ListenKey) -> bool) {
+    let mut queued = Vec::new();
     shard.listeners.borrow_mut().retain(|a| {
         if keep(&a.key) {
             true
         } else {
+            let from = queued.len();
+            take_queued(a.fd, &mut queued, &a.key);
             // Closing the fd is not enough: the in-flight ring ACCEPT holds a
             // reference and the kernel would keep completing handshakes.
             // shutdown() on a listening socket stops listening at once, before
             // this returns. SAFETY: the accept loop still owns the listener.
             unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
             a.stop.close();
-            info!(core = shard.id, addr = %a.key.addr, origin = ?a.key.origin, "listener closed");
+            info!(core = shard.id, addr = %a.key.addr, origin = ?a.key.origin,
+                queued = queued.len() - from, "listener closed");
             false
         }
     });
+    for (fd, key) in queued {
+        CoreStats::inc(&shard.stats.downstream_cx_total);
+        // SAFETY: accept4 returned this fd and nothing else owns it.
+        let stream =
+            unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        serve_accepted(shard, stream, &key);
+    }
+}
+
+/// Accepts whatever is queued on listening socket `fd`, which is made
+/// non-blocking first (it is about to be shut down; the ring's pending
+/// ACCEPT copes with EAGAIN), so an empty queue ends the loop instead of
+/// blocking the core.
+fn take_queued(
+    fd: std::os::fd::RawFd,
+    out: &mut Vec<(std::os::fd::RawFd, ListenKey)>,
+    key: &ListenKey,
+) {
+    if socket::set_nonblocking(fd).is_err() {
+        return;
+    }
+    loop {
+        // SAFETY: plain accept4 on a listening socket this core owns; no
+        // address is asked for.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            return;
+        }
+        out.push((c, key.clone()));
+    }
+}
+
+/// Starts serving one accepted connection on this core.
+fn serve_accepted(shard: &Rc<Shard>, stream: glommio::net::TcpStream, key: &ListenKey) {
+    shard.count_connection(true);
+    let s = shard.clone();
+    let (origin, ipv6) = (key.origin, key.addr.is_ipv6());
+    glommio::spawn_local(async move {
+        crate::connection::serve(&s, stream, origin, ipv6).await;
+        s.count_connection(false);
+    })
+    .detach();
 }
 
 /// Makes this core's listeners match the current snapshot. New addresses are
@@ -161,14 +219,16 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
                     );
                     continue;
                 }
-                CoreStats::inc(&shard.stats.downstream_cx_active);
-                let shard = shard.clone();
-                let (origin, ipv6) = (l.key.origin, l.key.addr.is_ipv6());
-                glommio::spawn_local(async move {
-                    crate::connection::serve(&shard, stream, origin, ipv6).await;
-                    CoreStats::dec(&shard.stats.downstream_cx_active);
-                })
-                .detach();
+                serve_accepted(&shard, stream, &l.key);
+                // Overloaded (stop_accepting_connections): accept nothing
+                // more until the manager says so; new connections wait in
+                // the listen backlog (Envoy's action of the same name).
+                // The check comes after an accept because the loop sleeps
+                // in accept(): the one connection that wakes it is served.
+                while shard.overload_actions.get().stop_accepting_connections {
+                    let resume = shard.resume.borrow().clone();
+                    let _ = resume.acquire(1).await;
+                }
             }
             Err(e) => {
                 let e: io::Error = e.into();

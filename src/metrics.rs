@@ -31,6 +31,8 @@ pub struct ServerInfo {
     pub tls_rotations_failed: u64,
     /// Days until the workload certificate expires (`[tls]` only).
     pub tls_days_until_expiry: Option<i64>,
+    /// The overload manager's last measurement and actions.
+    pub overload: crate::overload::OverloadState,
 }
 
 /// Prometheus histogram bucket bounds in milliseconds (Envoy's defaults).
@@ -104,6 +106,16 @@ pub fn stats_text(total: &CoreReport, info: &ServerInfo) -> String {
         "server.state: {}",
         if info.draining { "DRAINING" } else { "LIVE" }
     );
+    // Envoy's overload.<action>.active and overload.<monitor>.pressure
+    // (without its `envoy.` prefixes); pressure in percent.
+    for (action, on) in info.overload.actions.fields() {
+        let _ = writeln!(out, "overload.{action}.active: {}", u8::from(on));
+    }
+    for (name, u) in crate::overload::RESOURCES.iter().zip(&info.overload.usage) {
+        let _ = writeln!(out, "overload.{name}.pressure: {}", u.pressure());
+        let _ = writeln!(out, "overload.{name}.used: {}", u.used);
+        let _ = writeln!(out, "overload.{name}.limit: {}", u.limit);
+    }
     out
 }
 
@@ -280,6 +292,24 @@ pub fn prometheus(
         let family = name.strip_suffix("_total").unwrap_or(name);
         let _ = writeln!(out, "# TYPE remora_{family} {kind}");
         let _ = writeln!(out, "remora_{name} {v}");
+    }
+    let _ = writeln!(out, "# TYPE remora_overload_action_active gauge");
+    for (action, on) in info.overload.actions.fields() {
+        let _ = writeln!(
+            out,
+            "remora_overload_action_active{{action=\"{action}\"}} {}",
+            u8::from(on)
+        );
+    }
+    for (family, pick) in [("pressure", 0usize), ("used", 1), ("limit", 2)] {
+        let _ = writeln!(out, "# TYPE remora_overload_resource_{family} gauge");
+        for (name, u) in crate::overload::RESOURCES.iter().zip(&info.overload.usage) {
+            let v = [u64::from(u.pressure()), u.used, u.limit][pick];
+            let _ = writeln!(
+                out,
+                "remora_overload_resource_{family}{{resource=\"{name}\"}} {v}"
+            );
+        }
     }
     histogram(
         &mut out,

@@ -26,6 +26,7 @@ use crate::access_log::CoreLog;
 use crate::config::ConfigHandle;
 use crate::listener;
 use crate::net::socket;
+use crate::overload::OverloadHandle;
 use crate::shard::{BoundListener, Command, HostFacts, Shard, ShardSpec};
 use crate::stats::{CoreReport, StatsHub};
 use crate::upstream::control::UpstreamView;
@@ -72,6 +73,8 @@ pub struct Proxy {
     pub cpus: Vec<usize>,
     /// Time from `start` being called to every listener being bound.
     pub startup: Duration,
+    /// The overload manager's published state (for the admin's gauges).
+    pub overload: OverloadHandle,
 }
 
 impl Proxy {
@@ -183,6 +186,7 @@ pub fn start(
             .is_some_and(|c| c.ipv6 && socket::can_bind(c.inbound_source_v6.into())),
     };
     let hub = Arc::new(StatsHub::new(n));
+    let overload = OverloadHandle::new(n);
     let mut controls = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::with_capacity(n);
@@ -202,6 +206,7 @@ pub fn start(
             upstream: upstream.clone(),
             cores: n,
             tls: tls.clone(),
+            overload: overload.clone(),
         };
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| executor_error(id, e.to_string()))?;
@@ -255,6 +260,10 @@ pub fn start(
             }
         }
     }
+    // The overload monitor tells the cores through their control sockets,
+    // as a reload does.
+    let monitor_controls: Vec<StdUnixStream> =
+        controls.iter().filter_map(|c| c.try_clone().ok()).collect();
     let proxy = Proxy {
         controls,
         handles: Mutex::new(handles),
@@ -262,6 +271,7 @@ pub fn start(
         generation: AtomicU64::new(0),
         cpus,
         startup: began.elapsed(),
+        overload,
     };
     if failure.is_some() || ok < n {
         proxy.shutdown();
@@ -276,6 +286,17 @@ pub fn start(
             core: 0,
             detail: "executor exited during start-up".into(),
         }));
+    }
+    let frame = Command::Overload.encode();
+    let notify = move || {
+        let mut told = false;
+        for mut c in &monitor_controls {
+            told |= c.write_all(&frame).is_ok();
+        }
+        told
+    };
+    if let Err(e) = proxy.overload.start_monitor(config.clone(), notify) {
+        warn!(error = %e, "cannot start the overload monitor thread; [overload] is not enforced");
     }
     let (coop, plain) = crate::net::uring::ring_counts();
     info!(cores = n, cpus = ?proxy.cpus, coop_taskrun_rings = coop, plain_rings = plain, "shards listening");
@@ -337,6 +358,7 @@ pub async fn run_shard(
                 shard.start_drain();
                 listener::close(&shard, |_| false);
             }
+            Some(Command::Overload) => shard.apply_overload(),
             Some(Command::Stop) => break,
             None => warn!(core = shard.id, "unknown control frame ignored"),
         }

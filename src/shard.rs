@@ -20,6 +20,7 @@ use glommio::sync::Semaphore;
 use crate::access_log::CoreLog;
 use crate::config::{Config, ConfigHandle};
 use crate::http::rewrite::RequestIdGenerator;
+use crate::overload::{Actions, OverloadHandle};
 use crate::policy::ratelimit::CoreBuckets;
 use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
 use crate::upstream::control::UpstreamView;
@@ -96,6 +97,16 @@ pub struct Shard {
     /// survive reloads; pruned by `Shard::prune_buckets`. Borrowed only
     /// between awaits.
     pub buckets: RefCell<CoreBuckets>,
+    /// The overload manager's published state, and this core's connection
+    /// count slot (see `crate::overload`).
+    pub overload: OverloadHandle,
+    /// The overload actions this core applies now ([`Shard::apply_overload`]).
+    pub overload_actions: Cell<Actions>,
+    /// Closed (and replaced) when idle connections are to be shed: idle HTTP
+    /// connections wait on a clone of the current one.
+    pub(crate) shed: RefCell<Rc<Semaphore>>,
+    /// Closed (and replaced) when accepting resumes after an overload.
+    pub(crate) resume: RefCell<Rc<Semaphore>>,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -135,6 +146,8 @@ pub struct ShardSpec {
     pub cores: usize,
     /// The workload certificate's TLS contexts (empty without `[tls]`).
     pub tls: crate::tls::TlsHandle,
+    /// The overload manager's state (see `crate::overload`).
+    pub overload: OverloadHandle,
 }
 
 /// Commands to a shard, sent over its control socket as 9-byte frames
@@ -150,6 +163,8 @@ pub enum Command {
     DrainListeners,
     /// Stop accepting, drain open connections (up to drain_timeout), exit.
     Stop,
+    /// The overload manager's actions changed: apply the published ones.
+    Overload,
 }
 
 impl Command {
@@ -159,6 +174,7 @@ impl Command {
             Command::Reconcile => (b'c', 0),
             Command::DrainListeners => (b'd', 0),
             Command::Stop => (b's', 0),
+            Command::Overload => (b'o', 0),
         };
         let mut f = [0u8; 9];
         f[0] = c;
@@ -175,6 +191,7 @@ impl Command {
             b'c' => Some(Command::Reconcile),
             b'd' => Some(Command::DrainListeners),
             b's' => Some(Command::Stop),
+            b'o' => Some(Command::Overload),
             _ => None,
         }
     }
@@ -213,7 +230,40 @@ impl Shard {
             request_ids: RequestIdGenerator::new(),
             rng: Cell::new(seed | (1 + spec.id as u64)),
             buckets: RefCell::default(),
+            overload: spec.overload.clone(),
+            overload_actions: Cell::new(Actions::default()),
+            shed: RefCell::new(Rc::new(Semaphore::new(0))),
+            resume: RefCell::new(Rc::new(Semaphore::new(0))),
         }
+    }
+
+    /// Takes the overload manager's published actions: wakes idle
+    /// connections to close when shedding begins, and the accept loops when
+    /// accepting may resume.
+    pub(crate) fn apply_overload(&self) {
+        let new = self.overload.current().actions;
+        let old = self.overload_actions.replace(new);
+        if new.shed_idle_connections && !old.shed_idle_connections {
+            self.shed.replace(Rc::new(Semaphore::new(0))).close();
+        }
+        if old.stop_accepting_connections && !new.stop_accepting_connections {
+            self.resume.replace(Rc::new(Semaphore::new(0))).close();
+        }
+        if new != old {
+            tracing::info!(core = self.id, actions = ?new, "overload actions changed");
+        }
+    }
+
+    /// A connection opened or closed: the count, and this core's slot of it
+    /// for the overload manager.
+    pub(crate) fn count_connection(&self, opened: bool) {
+        if opened {
+            CoreStats::inc(&self.stats.downstream_cx_active);
+        } else {
+            CoreStats::dec(&self.stats.downstream_cx_active);
+        }
+        self.overload
+            .set_connections(self.id, self.stats.downstream_cx_active.get());
     }
 
     /// Drops the rate-limit buckets of limits that `config` no longer has

@@ -131,6 +131,12 @@ counters! {
     rq_mirror_failed,
     /// Connections closed (reset) at accept by a listener's connection_rate_limit.
     downstream_cx_rate_limited,
+    /// Requests answered 503 (flag OL) by the overload manager's
+    /// stop_accepting_requests (Envoy's name).
+    downstream_rq_overload_close,
+    /// Idle HTTP connections closed by the overload manager's
+    /// shed_idle_connections.
+    downstream_cx_overload_shed,
 }
 
 impl CoreStats {

@@ -33,9 +33,12 @@ use toml::Spanned;
 
 use crate::http::route::RouteTable;
 use crate::http::route_config::{validate_token_bucket, RawRouteConfig};
+use crate::overload::OverloadConfig;
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::ratelimit::TokenBucketConfig;
-use raw::{RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawHttp2, RawListener};
+use raw::{
+    RawAccessLog, RawAdmin, RawCapture, RawConfig, RawHttp, RawHttp2, RawListener, RawOverload,
+};
 
 /// The built-in default: Istio-style passthrough capture on 15001/15006.
 /// `config/remora.toml` is the documented, commented equivalent.
@@ -375,6 +378,8 @@ pub struct Config {
     pub authorization: AuthzPolicies,
     /// Passthrough destinations in the mesh, in file order.
     pub mesh_destinations: Vec<MeshDestination>,
+    /// Resource limits and the overload manager's thresholds.
+    pub overload: OverloadConfig,
 }
 
 impl Config {
@@ -627,6 +632,7 @@ impl Validator<'_> {
         let http = self.http(raw.http);
         let http2 = self.http2(raw.http2);
         let routes = self.routes(raw.virtual_hosts, &clusters);
+        let overload = self.overload(raw.overload);
         Config {
             runtime,
             log_level,
@@ -642,6 +648,46 @@ impl Validator<'_> {
             peer_authentication,
             authorization,
             mesh_destinations,
+            overload,
+        }
+    }
+
+    fn overload(&mut self, raw: RawOverload) -> OverloadConfig {
+        let d = OverloadConfig::default();
+        let mut limit = |v: Option<Spanned<i64>>, what: &str| {
+            v.and_then(|n| self.int_in(&n, 0, i64::MAX, what))
+                .map_or(0, |n| n as u64)
+        };
+        let max_heap_size_bytes = limit(raw.max_heap_size_bytes, "overload.max_heap_size_bytes");
+        let max_active_downstream_connections = limit(
+            raw.max_active_downstream_connections,
+            "overload.max_active_downstream_connections",
+        );
+        let max_open_fds = limit(raw.max_open_fds, "overload.max_open_fds");
+        let mut percent = |v: Option<Spanned<i64>>, default: u8, what: &str| {
+            v.and_then(|n| self.int_in(&n, 1, 100, what))
+                .map_or(default, |n| n as u8)
+        };
+        OverloadConfig {
+            max_heap_size_bytes,
+            max_active_downstream_connections,
+            max_open_fds,
+            shed_idle_connections_threshold: percent(
+                raw.shed_idle_connections_threshold,
+                d.shed_idle_connections_threshold,
+                "overload.shed_idle_connections_threshold",
+            ),
+            stop_accepting_requests_threshold: percent(
+                raw.stop_accepting_requests_threshold,
+                d.stop_accepting_requests_threshold,
+                "overload.stop_accepting_requests_threshold",
+            ),
+            stop_accepting_connections_threshold: percent(
+                raw.stop_accepting_connections_threshold,
+                d.stop_accepting_connections_threshold,
+                "overload.stop_accepting_connections_threshold",
+            ),
+            refresh_interval: self.duration_or(raw.refresh_interval, d.refresh_interval),
         }
     }
 
@@ -1302,6 +1348,27 @@ pool_max_idle_per_endpoint = -1
         let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
         assert_eq!(lines, vec![2, 3, 13, 16, 17], "{e}");
         assert!(e.errors[0].message.contains("udp"), "{e}");
+    }
+
+    #[test]
+    fn overload_defaults_values_and_errors() {
+        let d = Config::builtin().overload;
+        assert!(!d.enabled(), "nothing monitored by default");
+        assert_eq!(d.shed_idle_connections_threshold, 90);
+        let c = Config::from_toml(
+            "[overload]\nmax_heap_size_bytes = 1073741824\nstop_accepting_requests_threshold = 100\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.overload.enabled());
+        assert_eq!(c.overload.stop_accepting_requests_threshold, 100);
+        let text = "[overload]\nmax_open_fds = -1\nshed_idle_connections_threshold = 0\nrefresh_interval = \"0s\"\nmax_heap = 1\n";
+        let e = Config::from_toml(text, None).unwrap_err();
+        assert!(e.to_string().contains("max_heap"), "{e}");
+        let text = "[overload]\nmax_open_fds = -1\nshed_idle_connections_threshold = 0\nrefresh_interval = \"0s\"\n";
+        let e = Config::from_toml(text, None).unwrap_err();
+        let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![2, 3, 4], "{e}");
     }
 
     #[test]

@@ -46,6 +46,22 @@ pub struct RawConfig {
     /// Passthrough destinations that are in the mesh (originate ISTIO_MUTUAL).
     #[serde(default, rename = "mesh_destination")]
     pub mesh_destinations: Vec<Spanned<RawMeshDestination>>,
+    /// Resource limits and the overload manager's thresholds.
+    #[serde(default)]
+    pub overload: RawOverload,
+}
+
+/// `[overload]`: see `crate::overload`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverload {
+    pub refresh_interval: Option<Spanned<String>>,
+    pub max_heap_size_bytes: Option<Spanned<i64>>,
+    pub max_active_downstream_connections: Option<Spanned<i64>>,
+    pub max_open_fds: Option<Spanned<i64>>,
+    pub shed_idle_connections_threshold: Option<Spanned<i64>>,
+    pub stop_accepting_requests_threshold: Option<Spanned<i64>>,
+    pub stop_accepting_connections_threshold: Option<Spanned<i64>>,
 }
 
 /// Settings of the L7 (HTTP/1) path, shared by every listener that speaks HTTP.

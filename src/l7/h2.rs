@@ -104,6 +104,8 @@ enum Event {
     Accepted(Box<Accepted>),
     Idle,
     Drain,
+    /// The overload manager sheds idle connections.
+    Shed,
     Calm,
 }
 
@@ -149,10 +151,18 @@ pub async fn serve(
     let mut streams = FuturesUnordered::new();
     let mut idle: Option<glommio::timer::Timer> = None;
     let mut stopping = pin!(shard.stopping.acquire(1));
+    // The overload manager sheds idle connections: one without streams
+    // gets GOAWAY. (Its signal is looked up afresh each time the connection
+    // goes idle: a closed one is replaced once the pressure is gone.)
+    let mut shed: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>> = None;
     let mut closing = false;
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
+            let signal = shard.shed.borrow().clone();
+            shed = Some(Box::pin(async move {
+                let _ = signal.acquire(1).await;
+            }));
         }
         let event = poll_fn(|cx| {
             if shared.calm.get() && !closing {
@@ -173,6 +183,11 @@ pub async fn serve(
             if !closing && stopping.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
+            if let Some(f) = shed.as_mut().filter(|_| !closing && streams.is_empty()) {
+                if f.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shed);
+                }
+            }
             Poll::Pending
         })
         .await;
@@ -180,6 +195,7 @@ pub async fn serve(
             Event::Accepted(a) => match *a {
                 Some(Ok((req, respond))) => {
                     idle = None;
+                    shed = None;
                     shared.streams.set(shared.streams.get() + 1);
                     CoreStats::inc(&shard.stats.downstream_rq_http2);
                     streams.push(Box::pin(stream(
@@ -201,6 +217,11 @@ pub async fn serve(
                 }
                 None => break,
             },
+            Event::Shed => {
+                CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
+                closing = true;
+                conn.graceful_shutdown();
+            }
             Event::Idle | Event::Drain => {
                 idle = None;
                 closing = true;
@@ -594,6 +615,11 @@ impl H2Stream {
         let http = &config.http;
         let ctx = self.conn.ctx.clone();
         self.grpc = grpc::is_grpc(&parts.headers);
+        if shard.overload_actions.get().stop_accepting_requests {
+            CoreStats::inc(&shard.stats.downstream_rq_overload_close);
+            self.log.flags.insert(ResponseFlags::OL);
+            return self.local(503, "envoy overloaded", None);
+        }
         let details = request_details_wanted(&shard);
         let view = H2Parts(&parts);
         if details {

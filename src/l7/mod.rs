@@ -162,8 +162,10 @@ impl ResponseFlags {
     pub const SI: ResponseFlags = ResponseFlags(1 << 15);
     /// Denied by an authorization policy (Envoy's `RBAC`).
     pub const RBAC: ResponseFlags = ResponseFlags(1 << 16);
+    /// Refused by the overload manager (stop_accepting_requests; 503).
+    pub const OL: ResponseFlags = ResponseFlags(1 << 17);
 
-    const NAMES: [(ResponseFlags, &'static str); 17] = [
+    const NAMES: [(ResponseFlags, &'static str); 18] = [
         (Self::UF, "UF"),
         (Self::UT, "UT"),
         (Self::NR, "NR"),
@@ -181,6 +183,7 @@ impl ResponseFlags {
         (Self::RL, "RL"),
         (Self::SI, "SI"),
         (Self::RBAC, "RBAC"),
+        (Self::OL, "OL"),
     ];
 
     pub fn insert(&mut self, f: ResponseFlags) {
@@ -676,16 +679,34 @@ impl Conn<'_> {
                 // send its next request instead of finding the door shut; busy
                 // clients are sent away by `Shard::drain_close` instead.
                 let stopping = self.shard.stopping.acquire(1);
-                future::or(until(Some(deadline), read), async {
-                    let _ = stopping.await;
-                    glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+                // The overload manager sheds idle connections: nothing is
+                // in flight here, so closing loses nothing.
+                let shed = self.shard.shed.borrow().clone();
+                let shed = async {
+                    let _ = shed.acquire(1).await;
+                    CoreStats::inc(&self.shard.stats.downstream_cx_overload_shed);
                     None
-                })
+                };
+                future::or(
+                    until(Some(deadline), read),
+                    future::or(shed, async {
+                        let _ = stopping.await;
+                        glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+                        None
+                    }),
+                )
                 .await
             };
             match got {
                 None if header_deadline.is_some() => return HeadRead::Timeout,
-                None => return HeadRead::Gone,
+                None => {
+                    // Idle too long (not shed, not stopping): counted as the
+                    // L4 path counts its idle timeouts.
+                    if Instant::now() >= deadline {
+                        CoreStats::inc(&self.shard.stats.cx_idle_timeout);
+                    }
+                    return HeadRead::Gone;
+                }
                 Some(Ok(0)) => return HeadRead::Gone,
                 Some(Ok(_)) => {}
                 Some(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
@@ -861,6 +882,14 @@ impl Conn<'_> {
         let method = self.head.method;
         let wants_upgrade = self.head.upgrade.is_some() || view.is_connect();
         let expect_continue = self.head.expect_continue;
+
+        // Overloaded: refuse before any work (Envoy's stop_accepting_requests
+        // answers the same way). The body is not read: the close lingers.
+        if self.shard.overload_actions.get().stop_accepting_requests {
+            CoreStats::inc(&self.shard.stats.downstream_rq_overload_close);
+            self.log.flags.insert(ResponseFlags::OL);
+            return self.local(503, "envoy overloaded", &[], false).await;
+        }
 
         // Authorization (Istio's AuthorizationPolicy, inbound only), before
         // routing, as Envoy's RBAC filter sits before the router.
@@ -1520,7 +1549,8 @@ impl Conn<'_> {
         let down_keep = req_keep_alive
             && out_framing != BodyFraming::CloseDelimited
             && body.complete
-            && !self.shard.drain_close();
+            && !self.shard.drain_close()
+            && !self.shard.overload_actions.get().shed_idle_connections;
         self.out.clear();
         let view = self.resp.view(upbuf.bytes());
         write_response(
