@@ -188,3 +188,94 @@ fn memory_limit_refuses_requests_with_503_ol_and_recovers() {
     let (code, _) = r.stop();
     assert_eq!(code, 0);
 }
+
+/// An HTTP/2 client (Python `h2`): stream 1 is a slow request in flight;
+/// once the test writes a line, stream 3 is opened; then the connection is
+/// read until both answers and a GOAWAY have come (or it closes).
+const H2_CLIENT: &str = r#"
+import socket, sys
+import h2.config, h2.connection, h2.events, h2.exceptions
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(30)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+def get(sid, path):
+    c.send_headers(sid, [(":method", "GET"), (":path", path), (":authority", "h"), (":scheme", "http")], end_stream=True)
+    s.sendall(c.data_to_send())
+get(1, "/sleep/5000")
+print("sent", flush=True)
+sys.stdin.readline()
+get(3, "/")
+status, goaway = {}, False
+while len(status) < 2 or not goaway:
+    data = s.recv(65536)
+    if not data:
+        break
+    try:
+        events = c.receive_data(data)
+    except h2.exceptions.ProtocolError:
+        # The library's connection is CLOSED (it got a GOAWAY) and refuses
+        # what followed it in the same read (the server's PING).
+        goaway = True
+        break
+    for e in events:
+        if isinstance(e, h2.events.ResponseReceived):
+            status[e.stream_id] = dict(e.headers)[b":status"].decode()
+        if isinstance(e, h2.events.ConnectionTerminated):
+            goaway = True
+    if goaway and len(status) == 2:
+        break
+    s.sendall(c.data_to_send())
+print("s1=%s s3=%s goaway=%s" % (status.get(1), status.get(3), goaway), flush=True)
+"#;
+
+/// HTTP/2 under the overload manager: on a connection whose slow stream
+/// keeps it busy (not shed), a new stream opened while requests are refused
+/// gets 503 `OL`; the slow one is answered; the connection, idle then, is
+/// shed with GOAWAY.
+#[test]
+fn http2_streams_are_refused_and_idle_connections_shed_under_pressure() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let backend = Backend::start("a");
+    let (admin_port, port) = (free_port(), free_port());
+    let far = "max_active_downstream_connections = 1000";
+    let r = Remora::start(
+        &config(admin_port, port, backend.addr, far),
+        &["--cores", "1"],
+    );
+    let mut client = Command::new("python3")
+        .args(["-c", H2_CLIENT, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    wait_stat(admin_port, "downstream_rq_http2", 1);
+    std::fs::write(
+        r.config_path(),
+        config(
+            admin_port,
+            port,
+            backend.addr,
+            &format!("{far}\nmax_heap_size_bytes = 1048576"),
+        ),
+    )
+    .unwrap();
+    let body = admin(admin_port, "POST", "/reload");
+    assert!(body.contains("OK") || body.contains("ok"), "{body}");
+    wait_stat(admin_port, "overload.stop_accepting_requests.active", 1);
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "s1=200 s3=503 goaway=True");
+    assert!(client.wait().unwrap().success());
+    assert_eq!(stat(admin_port, "response_flags.OL"), 1);
+    assert!(stat(admin_port, "downstream_cx_overload_shed") >= 1);
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+}

@@ -106,6 +106,8 @@ enum Event {
     Drain,
     /// The overload manager sheds idle connections.
     Shed,
+    /// No stream is left: the idle timeout and shedding apply from now.
+    Quiet,
     Calm,
 }
 
@@ -159,9 +161,14 @@ pub async fn serve(
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
+            // Shedding under way already: an HTTP/1 answer would say
+            // `connection: close` now; this connection goes at once.
+            let now = shard.overload_actions.get().shed_idle_connections;
             let signal = shard.shed.borrow().clone();
             shed = Some(Box::pin(async move {
-                let _ = signal.acquire(1).await;
+                if !now {
+                    let _ = signal.acquire(1).await;
+                }
             }));
         }
         let event = poll_fn(|cx| {
@@ -172,6 +179,10 @@ pub async fn serve(
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
             if let Poll::Ready(a) = conn.poll_accept(cx) {
                 return Poll::Ready(Event::Accepted(Box::new(a)));
+            }
+            if streams.is_empty() && idle.is_none() && !closing {
+                // The last stream just ended: start the idle clock.
+                return Poll::Ready(Event::Quiet);
             }
             if streams.is_empty() {
                 if let Some(t) = idle.as_mut() {
@@ -217,6 +228,7 @@ pub async fn serve(
                 }
                 None => break,
             },
+            Event::Quiet => {}
             Event::Shed => {
                 CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
                 closing = true;
