@@ -278,6 +278,16 @@ impl Body {
     }
 }
 
+/// Why [`send_data`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendFail {
+    /// The reader opened no window (or did not read what was buffered) for
+    /// stream_idle_timeout.
+    Stalled,
+    /// The stream or the connection is gone.
+    Gone,
+}
+
 /// Sends `data` on `tx` as the peer's window allows; a reader that opens
 /// no window for `idle` is given up on.
 async fn send_data(
@@ -285,22 +295,24 @@ async fn send_data(
     mut data: Bytes,
     end: bool,
     idle: Duration,
-) -> Result<(), ()> {
+) -> Result<(), SendFail> {
     if data.is_empty() {
-        return tx.send_data(data, end).map_err(drop);
+        return tx.send_data(data, end).map_err(|_| SendFail::Gone);
     }
     while !data.is_empty() {
         tx.reserve_capacity(data.len());
         let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
         let cap = match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
             Some(Some(Ok(n))) => n,
-            _ => return Err(()),
+            None => return Err(SendFail::Stalled),
+            Some(_) => return Err(SendFail::Gone),
         };
         if cap == 0 {
             continue;
         }
         let piece = data.split_to(cap.min(data.len()));
-        tx.send_data(piece, end && data.is_empty()).map_err(drop)?;
+        tx.send_data(piece, end && data.is_empty())
+            .map_err(|_| SendFail::Gone)?;
     }
     Ok(())
 }
@@ -835,12 +847,14 @@ impl H2Stream {
             return;
         }
         let log = &mut self.log;
+        let stalled = Cell::new(false);
         let relay = async {
             loop {
                 match up_rx.data().await {
                     Some(Ok(d)) => {
                         let n = d.len();
-                        if send_data(&mut tx, d, false, idle).await.is_err() {
+                        if let Err(f) = send_data(&mut tx, d, false, idle).await {
+                            stalled.set(f == SendFail::Stalled);
                             return Err(Reason::CANCEL);
                         }
                         log.bytes_sent += n as u64;
@@ -874,7 +888,7 @@ impl H2Stream {
                 } else {
                     ResponseFlags::UC
                 });
-                if reason == Reason::CANCEL {
+                if stalled.get() {
                     CoreStats::inc(&self.shard.stats.http2_stream_idle_timeout);
                 }
                 self.reset(Some(&mut tx), reason);
@@ -920,6 +934,7 @@ impl H2Stream {
         };
         let shard = self.shard.clone();
         let log = &mut self.log;
+        let stalled = Cell::new(false);
         let relay = async {
             if bodiless {
                 return Ok(true);
@@ -943,7 +958,8 @@ impl H2Stream {
                     let n = out.len();
                     let data = Bytes::copy_from_slice(&out);
                     out.clear();
-                    if send_data(&mut tx, data, false, idle).await.is_err() {
+                    if let Err(f) = send_data(&mut tx, data, false, idle).await {
+                        stalled.set(f == SendFail::Stalled);
                         break Err(Reason::CANCEL);
                     }
                     log.bytes_sent += n as u64;
@@ -995,6 +1011,9 @@ impl H2Stream {
                 } else {
                     ResponseFlags::UC
                 });
+                if stalled.get() {
+                    CoreStats::inc(&self.shard.stats.http2_stream_idle_timeout);
+                }
                 self.reset(Some(&mut tx), reason);
             }
             None => {
