@@ -105,7 +105,18 @@ enum Event {
     Idle,
     Drain,
     Calm,
+    /// The close started CLOSE_GRACE ago and the client has not let it end.
+    Abandon,
 }
+
+/// How long a connection that is being closed (GOAWAY sent: idle, drain,
+/// ENHANCE_YOUR_CALM) may wait for its client once no stream is left to
+/// finish (after ENHANCE_YOUR_CALM: at all) before it is dropped.
+/// h2's graceful close waits for the client's PING acknowledgement and
+/// every close waits for its GOAWAY to be written, so a client that never
+/// reads or answers would otherwise hold the connection forever. Envoy's
+/// HTTP connection manager gives its drain sequence 5 s (`drain_timeout`).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves an HTTP/2 connection whose preface (or ALPN `h2`) was seen;
 /// `read`: bytes already read from it (by the HTTP/1 reader that found the
@@ -150,6 +161,8 @@ pub async fn serve(
     let mut idle: Option<glommio::timer::Timer> = None;
     let mut stopping = pin!(shard.stopping.acquire(1));
     let mut closing = false;
+    let mut abandon: Option<glommio::timer::Timer> = None;
+    let mut calm = false;
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
@@ -172,6 +185,16 @@ pub async fn serve(
             }
             if !closing && stopping.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
+            }
+            // The grace runs while nothing is left to finish: h2 has had
+            // CLOSE_GRACE to write out what the last stream queued.
+            if closing && (streams.is_empty() || calm) {
+                let t = abandon.get_or_insert_with(|| glommio::timer::Timer::new(CLOSE_GRACE));
+                if std::pin::Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(Event::Abandon);
+                }
+            } else {
+                abandon = None;
             }
             Poll::Pending
         })
@@ -206,8 +229,13 @@ pub async fn serve(
                 closing = true;
                 conn.graceful_shutdown();
             }
+            Event::Abandon => {
+                debug!(peer = ?shared.ctx.peer, "HTTP/2: the client did not let the close finish; dropped");
+                break;
+            }
             Event::Calm => {
                 closing = true;
+                calm = true;
                 CoreStats::inc(&shard.stats.http2_premature_reset_closed);
                 debug!(peer = ?shared.ctx.peer, "HTTP/2: too many premature resets; closing");
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
