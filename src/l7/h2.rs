@@ -130,6 +130,29 @@ pub async fn serve(
 ) {
     CoreStats::inc(&shard.stats.downstream_cx_http2);
     let config = &snapshot.config;
+    let (mut down, mut read) = (down, read);
+    let deadline = Instant::now() + config.http.request_headers_timeout;
+    match until(Some(deadline), first_frame(&mut down, &mut read)).await {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            // RFC 9113 §3.4: an invalid preface is a connection error
+            // PROTOCOL_ERROR. GOAWAY, last stream 0.
+            CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+            debug!(peer = ?ctx.peer, "HTTP/2: the preface's first frame is not SETTINGS");
+            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            let _ = until(Some(deadline), down.write_all(&goaway)).await;
+            if let Some(b) = read {
+                b.release();
+            }
+            return;
+        }
+        Some(Err(())) | None => {
+            if let Some(b) = read {
+                b.release();
+            }
+            return;
+        }
+    }
     let s = &config.http2;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(s.max_concurrent_streams)
@@ -137,7 +160,6 @@ pub async fn serve(
         .initial_connection_window_size(s.initial_connection_window_size)
         .max_header_list_size(s.max_header_list_size)
         .handshake::<_, Bytes>(Io::new(down, read));
-    let deadline = Instant::now() + config.http.request_headers_timeout;
     let mut conn = match until(Some(deadline), handshake).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
@@ -242,6 +264,35 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Reads until the preface and the head of the frame after it are in
+/// `read`: Ok(false) when that frame is not the SETTINGS frame the preface
+/// must end with (RFC 9113 §3.4; h2 does not check it), Err when the client
+/// went away first.
+async fn first_frame(down: &mut Stream, read: &mut Option<Buf>) -> Result<bool, ()> {
+    loop {
+        if let Some(v) = preface_verdict(read.as_ref().map_or(&[][..], |b| b.bytes())) {
+            return Ok(v);
+        }
+        match read_into(down, read, MAX_HEAD_BUF).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Whether `bytes` start with the client preface and a SETTINGS frame's
+/// head (None: not enough bytes yet).
+fn preface_verdict(bytes: &[u8]) -> Option<bool> {
+    let p = crate::h2::PREFACE;
+    let n = bytes.len().min(p.len());
+    if bytes[..n] != p[..n] {
+        return Some(false);
+    }
+    // A frame head is 9 bytes; its fourth is the type, 0x4 SETTINGS.
+    const SETTINGS: u8 = 0x4;
+    bytes.get(p.len() + 3).map(|&t| t == SETTINGS)
 }
 
 /// A request body from an HTTP/2 client.
@@ -1308,4 +1359,26 @@ async fn try_h1(
         lease,
         max_uses: conn.max_uses(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preface_verdict;
+    use crate::h2::PREFACE;
+
+    #[test]
+    fn the_preface_must_end_with_settings() {
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0];
+        let with = |f: &[u8]| [PREFACE, f].concat();
+        assert_eq!(preface_verdict(&with(&settings)), Some(true));
+        assert_eq!(preface_verdict(&with(&ping)), Some(false));
+        // Cut anywhere before the frame type: more is needed.
+        let whole = with(&settings);
+        for cut in 0..PREFACE.len() + 4 {
+            let want = (cut == PREFACE.len() + 4).then_some(true);
+            assert_eq!(preface_verdict(&whole[..cut]), want, "cut at {cut}");
+        }
+        assert_eq!(preface_verdict(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(false));
+    }
 }
