@@ -339,8 +339,13 @@ fn control_frame_floods_from_a_client_that_never_reads() {
     for r in [&settings, &ping, &window] {
         assert!(r["closed_later"] == true || r["gone"] == true, "{r}");
     }
-    // Empty DATA frames: h2's own limit.
-    assert_eq!(goaway(&empty), Some(ENHANCE_YOUR_CALM), "{empty}");
+    // Empty DATA frames: h2's own limit. (The GOAWAY may be lost to the
+    // reset the kernel sends when the proxy closes with frames unread: then
+    // the attacker's next write fails, and the counter below shows it.)
+    assert!(
+        goaway(&empty) == Some(ENHANCE_YOUR_CALM) || empty["gone"] == true,
+        "{empty}"
+    );
     assert_eq!(goaway(&overflow), Some(FLOW_CONTROL_ERROR), "{overflow}");
     let grown = v.rss_kib().saturating_sub(before);
     assert!(grown < 32 << 10, "RSS grew by {grown} KiB");
