@@ -109,7 +109,18 @@ enum Event {
     /// No stream is left: the idle timeout and shedding apply from now.
     Quiet,
     Calm,
+    /// The close started CLOSE_GRACE ago and the client has not let it end.
+    Abandon,
 }
+
+/// How long a connection that is being closed (GOAWAY sent: idle, drain,
+/// ENHANCE_YOUR_CALM) may wait for its client once no stream is left to
+/// finish (after ENHANCE_YOUR_CALM: at all) before it is dropped.
+/// h2's graceful close waits for the client's PING acknowledgement and
+/// every close waits for its GOAWAY to be written, so a client that never
+/// reads or answers would otherwise hold the connection forever. Envoy's
+/// HTTP connection manager gives its drain sequence 5 s (`drain_timeout`).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves an HTTP/2 connection whose preface (or ALPN `h2`) was seen;
 /// `read`: bytes already read from it (by the HTTP/1 reader that found the
@@ -123,6 +134,29 @@ pub async fn serve(
 ) {
     CoreStats::inc(&shard.stats.downstream_cx_http2);
     let config = &snapshot.config;
+    let (mut down, mut read) = (down, read);
+    let deadline = Instant::now() + config.http.request_headers_timeout;
+    match until(Some(deadline), first_frame(&mut down, &mut read)).await {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            // RFC 9113 §3.4: an invalid preface is a connection error
+            // PROTOCOL_ERROR. GOAWAY, last stream 0.
+            CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+            debug!(peer = ?ctx.peer, "HTTP/2: the preface's first frame is not SETTINGS");
+            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            let _ = until(Some(deadline), down.write_all(&goaway)).await;
+            if let Some(b) = read {
+                b.release();
+            }
+            return;
+        }
+        Some(Err(())) | None => {
+            if let Some(b) = read {
+                b.release();
+            }
+            return;
+        }
+    }
     let s = &config.http2;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(s.max_concurrent_streams)
@@ -130,7 +164,6 @@ pub async fn serve(
         .initial_connection_window_size(s.initial_connection_window_size)
         .max_header_list_size(s.max_header_list_size)
         .handshake::<_, Bytes>(Io::new(down, read));
-    let deadline = Instant::now() + config.http.request_headers_timeout;
     let mut conn = match until(Some(deadline), handshake).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
@@ -158,6 +191,8 @@ pub async fn serve(
     // goes idle: a closed one is replaced once the pressure is gone.)
     let mut shed: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>> = None;
     let mut closing = false;
+    let mut abandon: Option<glommio::timer::Timer> = None;
+    let mut calm = false;
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
@@ -199,6 +234,16 @@ pub async fn serve(
                     return Poll::Ready(Event::Shed);
                 }
             }
+            // The grace runs while nothing is left to finish: h2 has had
+            // CLOSE_GRACE to write out what the last stream queued.
+            if closing && (streams.is_empty() || calm) {
+                let t = abandon.get_or_insert_with(|| glommio::timer::Timer::new(CLOSE_GRACE));
+                if std::pin::Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(Event::Abandon);
+                }
+            } else {
+                abandon = None;
+            }
             Poll::Pending
         })
         .await;
@@ -239,14 +284,48 @@ pub async fn serve(
                 closing = true;
                 conn.graceful_shutdown();
             }
+            Event::Abandon => {
+                debug!(peer = ?shared.ctx.peer, "HTTP/2: the client did not let the close finish; dropped");
+                break;
+            }
             Event::Calm => {
                 closing = true;
+                calm = true;
                 CoreStats::inc(&shard.stats.http2_premature_reset_closed);
                 debug!(peer = ?shared.ctx.peer, "HTTP/2: too many premature resets; closing");
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
             }
         }
     }
+}
+
+/// Reads until the preface and the head of the frame after it are in
+/// `read`: Ok(false) when that frame is not the SETTINGS frame the preface
+/// must end with (RFC 9113 §3.4; h2 does not check it), Err when the client
+/// went away first.
+async fn first_frame(down: &mut Stream, read: &mut Option<Buf>) -> Result<bool, ()> {
+    loop {
+        if let Some(v) = preface_verdict(read.as_ref().map_or(&[][..], |b| b.bytes())) {
+            return Ok(v);
+        }
+        match read_into(down, read, MAX_HEAD_BUF).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Whether `bytes` start with the client preface and a SETTINGS frame's
+/// head (None: not enough bytes yet).
+fn preface_verdict(bytes: &[u8]) -> Option<bool> {
+    let p = crate::h2::PREFACE;
+    let n = bytes.len().min(p.len());
+    if bytes[..n] != p[..n] {
+        return Some(false);
+    }
+    // A frame head is 9 bytes; its fourth is the type, 0x4 SETTINGS.
+    const SETTINGS: u8 = 0x4;
+    bytes.get(p.len() + 3).map(|&t| t == SETTINGS)
 }
 
 /// A request body from an HTTP/2 client. What is read of it is kept (for a
@@ -1436,4 +1515,26 @@ async fn try_h1(
         lease,
         max_uses: conn.max_uses(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preface_verdict;
+    use crate::h2::PREFACE;
+
+    #[test]
+    fn the_preface_must_end_with_settings() {
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0];
+        let with = |f: &[u8]| [PREFACE, f].concat();
+        assert_eq!(preface_verdict(&with(&settings)), Some(true));
+        assert_eq!(preface_verdict(&with(&ping)), Some(false));
+        // Cut anywhere before the frame type: more is needed.
+        let whole = with(&settings);
+        for cut in 0..PREFACE.len() + 4 {
+            let want = (cut == PREFACE.len() + 4).then_some(true);
+            assert_eq!(preface_verdict(&whole[..cut]), want, "cut at {cut}");
+        }
+        assert_eq!(preface_verdict(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(false));
+    }
 }

@@ -5,7 +5,8 @@ Paths: /count (requests seen so far, not counted itself), /last (the JSON
 of the last request answered with JSON, "null" before any; not counted
 itself), /fail/N/KEY (503 for
 the first N requests with KEY), /sleep/MS, /echo (body back, chunked),
-/close... (answers, then closes without saying so), /drop... (the second
+/big/N (N bytes of body, written
+64 KiB at a time), /close... (answers, then closes without saying so), /drop... (the second
 request on a connection is closed unanswered), /reset/N/KEY (the first N
 requests with KEY are closed unanswered), /early... (answers 413 before reading
 the body, see EARLY_BODY: /early closes at once, so the unread body makes the
@@ -125,6 +126,19 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path.startswith("/bytes/") or path.startswith("/bytes-chunked/"):
             return self.random_bytes(path)
+        if path.startswith("/big/"):
+            n = int(path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            piece = b"b" * 65536
+            try:
+                while n > 0:
+                    self.wfile.write(piece[: min(n, len(piece))])
+                    n -= min(n, len(piece))
+            except OSError:
+                self.close_connection = True
+            return
         if path.startswith("/echo"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -203,6 +217,9 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
 
+# A deep backlog: the HTTP/2 tests open 100 upstream connections at once
+# (socketserver's default of 5 drops SYNs, and a retried SYN waits seconds).
+ThreadingHTTPServer.request_queue_size = 1024
 server = ThreadingHTTPServer((BIND, PORT), Handler)
 server.daemon_threads = True
 print("ready", flush=True)
