@@ -123,7 +123,8 @@ cluster = "a"
     let resp = c.request(&get("/x", "unknown"));
     assert_eq!(resp.status, 404);
     let resp = c.request(&get("/healthz", "known"));
-    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok\n"[..]));
+    // The configured body exactly: no newline added.
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok"[..]));
     let resp = c.request(&get("/old/page?x=1", "known"));
     assert_eq!(resp.status, 302);
     assert_eq!(
@@ -881,7 +882,7 @@ fn request_metrics_in_prometheus() {
         "remora_rq_total 4",
         "remora_rq_2xx_total 3",
         "remora_rq_5xx_total 1",
-        "remora_rq_time_ms_count 4",
+        "remora_rq_time_seconds_count 4",
         "remora_downstream_cx_http_total 1",
         "remora_upstream_rq_total 4",
     ] {
