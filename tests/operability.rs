@@ -538,7 +538,7 @@ fn access_log_counts_body_bytes_and_keeps_envoys_shape() {
             "[admin]\nenabled = false\n[capture]\nenabled = false\n\
              [access_log]\npath = \"{}\"\nformat = \"{format}\"\nfields = [{}]\n\
              [[cluster]]\nname = \"a\"\nendpoints = [\"{}\"]\n\
-             [[listener]]\nname = \"h\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n\
+             [[listener]]\nname = \"h\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\ncluster = \"a\"\n\
              [[virtual_host]]\nname = \"v\"\ndomains = [\"*\"]\n\
              [[virtual_host.route]]\nmatch = {{ prefix = \"/direct\" }}\ndirect_response = {{ status = 200, body = \"hi\" }}\n\
              [[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"a\"\n",
