@@ -514,9 +514,12 @@ fn auto_listener_detects_http_and_lets_server_first_protocols_through() {
     c.r.read_line(&mut line).unwrap();
     assert_eq!(line, "EHLO x\r\n");
     // The HTTP/2 preface is HTTP too: the proxy answers with its SETTINGS
-    // frame (type 4 on stream 0), not the banner server's bytes.
+    // frame (type 4 on stream 0), not the banner server's bytes. The client's
+    // preface is the magic and a SETTINGS frame (RFC 9113 §3.4), which the
+    // proxy now requires before it goes on.
     let mut c = Client::new(p_banner);
-    c.w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    c.w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
     let mut frame = [0u8; 9];
     c.r.read_exact(&mut frame).unwrap();
     assert_eq!(frame[3], 4, "a SETTINGS frame first: {frame:?}");
