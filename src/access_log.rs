@@ -1,11 +1,11 @@
 //! Access log: one line per L4 connection or L7 request, buffered per core.
 //!
 //! A core formats entries into its own buffer and writes it out when it passes
-//! 16 KiB, once a second, and at shutdown. Writes go through a file description
-//! of our own opened O_NONBLOCK, so a slow reader of stdout (a full pipe) can
-//! never block an executor: the buffer grows to a cap, then entries are dropped
-//! and counted (`access_log_dropped`). Formats: Envoy's default text format, or
-//! JSON with configurable fields.
+//! 16 KiB, once a second, and at shutdown. A write never blocks an executor: a
+//! slow reader of stdout (a full pipe) makes the buffer grow to a cap, then
+//! entries are dropped and counted (`access_log_dropped`). How stdout is
+//! written depends on what it is (see [`CoreLog::open`]). Formats: Envoy's
+//! default text format, or JSON with the configured fields in their order.
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogFormat, LogTarget};
@@ -61,6 +62,9 @@ pub struct Entry<'a> {
 /// One core's access-log writer.
 pub struct CoreLog {
     fd: RawFd,
+    /// A socket (journald's stdout): written with `send(MSG_DONTWAIT)`,
+    /// since its description is shared and stays blocking.
+    socket: bool,
     format: LogFormat,
     fields: Vec<String>,
     buf: RefCell<Vec<u8>>,
@@ -68,37 +72,37 @@ pub struct CoreLog {
 }
 
 impl CoreLog {
-    /// Opens this core's own file description for the configured target.
+    /// Opens this core's writer for the configured target.
+    ///
+    /// A file path gets a description of its own, O_APPEND | O_NONBLOCK.
+    /// Stdout depends on what it is:
+    /// - a regular file (`remora run > log 2>&1`): a `dup` of fd 1, sharing its
+    ///   description and so its offset with stderr. A description of our own
+    ///   (O_APPEND) would keep its own offset, and stderr, without O_APPEND
+    ///   under `>`, would then write over access-log lines. O_NONBLOCK means
+    ///   nothing for a regular file, so sharing costs no blocking.
+    /// - a socket (systemd's journal): a `dup`, written with
+    ///   `send(MSG_DONTWAIT)`, which never blocks yet leaves the shared
+    ///   description blocking for stderr.
+    /// - a pipe, FIFO or terminal: a new description of it (through
+    ///   `/proc/self/fd/1`) opened O_NONBLOCK, so the process's own stdout
+    ///   stays blocking. A pipe has no offset to share.
     pub fn open(cfg: &AccessLog) -> io::Result<CoreLog> {
-        let path = match &cfg.target {
-            // A new description of whatever stdout is (pipe, file, tty), so
-            // O_NONBLOCK here does not change the process's own stdout.
-            LogTarget::Stdout => "/proc/self/fd/1".into(),
-            LogTarget::File(p) => p.clone(),
+        let (fd, socket) = match &cfg.target {
+            // O_NONBLOCK matters if the path is a FIFO.
+            LogTarget::File(p) => (open_append(p, libc::O_NONBLOCK)?, false),
+            LogTarget::Stdout => match stdout_kind()? {
+                libc::S_IFREG => (dup_stdout()?, false),
+                libc::S_IFSOCK => (dup_stdout()?, true),
+                _ => (
+                    open_append(Path::new("/proc/self/fd/1"), libc::O_NONBLOCK)?,
+                    false,
+                ),
+            },
         };
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: valid C string; flags are plain.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_WRONLY
-                    | libc::O_APPEND
-                    | libc::O_CREAT
-                    | libc::O_NONBLOCK
-                    | libc::O_CLOEXEC,
-                0o644,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot open access log {}: {e}", path.display()),
-            ));
-        }
         Ok(CoreLog {
             fd,
+            socket,
             format: cfg.format,
             fields: cfg.fields.clone(),
             buf: RefCell::new(Vec::with_capacity(FLUSH_AT)),
@@ -131,8 +135,16 @@ impl CoreLog {
         let mut buf = self.buf.borrow_mut();
         let mut off = 0;
         while off < buf.len() {
+            let rest = &buf[off..];
             // SAFETY: the slice is valid for reads; fd is ours.
-            let n = unsafe { libc::write(self.fd, buf[off..].as_ptr().cast(), buf.len() - off) };
+            let n = unsafe {
+                if self.socket {
+                    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                    libc::send(self.fd, rest.as_ptr().cast(), rest.len(), flags)
+                } else {
+                    libc::write(self.fd, rest.as_ptr().cast(), rest.len())
+                }
+            };
             if n <= 0 {
                 break; // EAGAIN (reader is slow) or an error: keep the rest.
             }
@@ -148,6 +160,54 @@ impl Drop for CoreLog {
         // SAFETY: fd is owned by this value.
         unsafe { libc::close(self.fd) };
     }
+}
+
+/// `open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | extra)`.
+fn open_append(path: &Path, extra: libc::c_int) -> io::Result<RawFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC | extra;
+    // SAFETY: valid C string; flags are plain.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o644) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot open access log {}: {e}", path.display()),
+        ));
+    }
+    Ok(fd)
+}
+
+/// The file type bits (`S_IFREG`, `S_IFSOCK`, ...) of fd 1.
+fn stdout_kind() -> io::Result<libc::mode_t> {
+    // SAFETY: an all-zero `stat` is a valid value, which fstat overwrites;
+    // fd 1 is only inspected.
+    let (rc, st) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(1, &mut st), st)
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("access log to stdout: stdout is not usable: {e}"),
+        ));
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+fn dup_stdout() -> io::Result<RawFd> {
+    // SAFETY: duplicates fd 1 into a new close-on-exec fd we own.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("access log to stdout: cannot duplicate stdout: {e}"),
+        ));
+    }
+    Ok(fd)
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -181,11 +241,14 @@ pub fn text_line(e: &Entry<'_>) -> String {
     s
 }
 
-/// One JSON object per line with the configured fields.
+/// One JSON object per line with the configured fields, in the configured
+/// order (as Envoy's `json_format` writes its keys).
 pub fn json_line(e: &Entry<'_>, fields: &[String]) -> String {
-    let mut m = serde_json::Map::new();
+    use serde_json::Value;
+    let mut s = String::with_capacity(64 + 24 * fields.len());
+    s.push('{');
     for f in fields {
-        let v = match f.as_str() {
+        let v: Value = match f.as_str() {
             "start_time" => rfc3339(e.start_time.unwrap_or(UNIX_EPOCH)).into(),
             "protocol" => e.protocol.into(),
             "method" => e.method.into(),
@@ -210,10 +273,14 @@ pub fn json_line(e: &Entry<'_>, fields: &[String]) -> String {
             "authz_policy" => e.authz_policy.into(),
             _ => continue,
         };
-        m.insert(f.clone(), v);
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str(&Value::from(f.as_str()).to_string());
+        s.push(':');
+        s.push_str(&v.to_string());
     }
-    let mut s = serde_json::Value::Object(m).to_string();
-    s.push('\n');
+    s.push_str("}\n");
     s
 }
 
@@ -284,5 +351,8 @@ mod tests {
         };
         let line = json_line(&e, &["method".into(), "response_code".into()]);
         assert_eq!(line, "{\"method\":\"GET\",\"response_code\":200}\n");
+        // Keys in the configured order, not sorted.
+        let line = json_line(&e, &["response_code".into(), "method".into()]);
+        assert_eq!(line, "{\"response_code\":200,\"method\":\"GET\"}\n");
     }
 }

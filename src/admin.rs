@@ -66,12 +66,11 @@ impl AdminState {
             draining: self.draining.load(Ordering::Relaxed),
             tls_rotations_ok: tls.as_ref().map_or(0, |t| t.rotations_ok),
             tls_rotations_failed: tls.as_ref().map_or(0, |t| t.rotations_failed),
-            tls_days_until_expiry: self.tls.as_ref().and_then(|t| t.current()).map(|c| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                (c.identity().not_after() - now).div_euclid(86_400)
-            }),
+            tls_cert_not_after: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.current())
+                .map(|c| c.identity().not_after()),
             overload: self.proxy.overload.current(),
         }
     }
@@ -85,12 +84,30 @@ pub enum Role {
     Readiness,
 }
 
+impl Role {
+    /// The setting that chooses its address.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Role::Admin => "admin.address",
+            Role::Prometheus => "admin.prometheus_address",
+            Role::Readiness => "admin.readiness_address",
+        }
+    }
+}
+
 /// Binds `addr` and serves `role` on a background thread.
 pub fn serve(addr: SocketAddr, role: Role, state: Arc<AdminState>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on {addr} for the {role:?} endpoint: {e} (change or disable it in [admin])"),
+            format!(
+                "cannot listen on {addr} ({}): {e}; another process holds it? change it, or {}",
+                role.setting(),
+                match role {
+                    Role::Admin => "turn the admin API off with admin.enabled = false",
+                    _ => "set it to \"\" (off)",
+                }
+            ),
         )
     })?;
     let local = listener.local_addr()?;

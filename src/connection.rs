@@ -52,6 +52,9 @@ pub enum Target {
     Addr(SocketAddr),
     /// A configured cluster, by index: endpoints are tried round-robin.
     Cluster(usize),
+    /// An `http` listener without a cluster: each request goes where the
+    /// routes say, and there is no L4 target.
+    Routes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,10 +83,14 @@ pub fn decide(
             let Some(l) = config.listeners.iter().find(|l| l.address == addr) else {
                 return Decision::Refuse(Refusal::NoListener(addr));
             };
+            let (target, connect_timeout) = match l.cluster {
+                Some(i) => (Target::Cluster(i), config.clusters[i].connect_timeout),
+                None => (Target::Routes, Duration::ZERO),
+            };
             return Decision::Forward(Forward {
-                target: Target::Cluster(l.cluster),
+                target,
                 source: None,
-                connect_timeout: config.clusters[l.cluster].connect_timeout,
+                connect_timeout,
                 idle_timeout: l.idle_timeout,
                 forwarding: l.forwarding,
             });
@@ -371,7 +378,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                 source: plan.source,
                 connect_timeout: plan.connect_timeout,
             },
-            Target::Cluster(_) => crate::l7::Fallback::NotFound,
+            Target::Cluster(_) | Target::Routes => crate::l7::Fallback::NotFound,
         };
         let ctx = crate::l7::Context {
             listener: Rc::from(&*listener),
@@ -741,6 +748,9 @@ async fn connect(
         NoUpstream { flag }
     };
     match &plan.target {
+        // Only an `http` listener has no L4 target, and its connections take
+        // the L7 path; a config cannot make one reach here.
+        Target::Routes => Err(NoUpstream { flag: "NR" }),
         Target::Addr(a) => shard
             .upstreams
             .connect(&shard.stats, *a, plan.source, plan.connect_timeout, false)

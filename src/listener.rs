@@ -49,6 +49,32 @@ pub fn listen_keys(config: &Config) -> Vec<ListenKey> {
     v
 }
 
+/// Logs each address the config listens on, once at start (Envoy logs every
+/// listener it adds), so an operator sees what is open before any traffic.
+pub fn log_added(config: &Config) {
+    for key in listen_keys(config) {
+        let listener = match key.origin {
+            Origin::Listener(addr) => config.listeners.iter().find(|l| l.address == addr),
+            _ => None,
+        };
+        match listener {
+            Some(l) => info!(
+                name = %l.name,
+                addr = %key.addr,
+                protocol = l.protocol.as_str(),
+                direction = l.direction.as_str(),
+                "listener added"
+            ),
+            None => info!(
+                name = key.origin.name(),
+                addr = %key.addr,
+                transparent = key.transparent,
+                "listener added"
+            ),
+        }
+    }
+}
+
 /// Binds one listener. Called on the executor thread that will accept on it.
 pub fn bind(key: &ListenKey) -> io::Result<BoundListener> {
     let (listener, fd) = socket::listen(key.addr, key.transparent)?;

@@ -1,5 +1,6 @@
 //! The `remora` command: a thin shell over the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, reload, EnvFilter};
 
@@ -97,9 +98,13 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| config.log_level.clone());
     let (filter, filter_handle) = reload::Layer::new(EnvFilter::new(&initial_filter));
+    // Colour only on a terminal: a file or a pipe (a pod's log) gets plain
+    // text. NO_COLOR (https://no-color.org) turns it off on a terminal too.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt::layer().with_writer(std::io::stderr))
+        .with(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
         .init();
 
     // Block the signals before any other thread exists, so they all inherit the
@@ -143,7 +148,8 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
     let proxy = match runtime::start(handle.clone(), upstream.view(), tls_handle, cores) {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            error!("{e}");
+            // Printed, not logged: a fatal error must show even with
+            // --log-level off, and once.
             eprintln!("remora: {e}");
             return ExitCode::from(1);
         }
@@ -173,6 +179,7 @@ fn run(path: Option<PathBuf>, cores: Option<usize>, log_level: Option<String>) -
         handle.clone(),
         proxy.clone(),
         upstream.clone(),
+        cores,
     ));
     let mut admin_state = None;
     if let Some(admin) = &admin_config {

@@ -29,13 +29,25 @@ pub struct ServerInfo {
     /// Workload certificate rotations taken and rejected (`[tls]` only).
     pub tls_rotations_ok: u64,
     pub tls_rotations_failed: u64,
-    /// Days until the workload certificate expires (`[tls]` only).
-    pub tls_days_until_expiry: Option<i64>,
+    /// When the workload certificate expires, Unix seconds (`[tls]` only).
+    pub tls_cert_not_after: Option<i64>,
     /// The overload manager's last measurement and actions.
     pub overload: crate::overload::OverloadState,
 }
 
-/// Prometheus histogram bucket bounds in milliseconds (Envoy's defaults).
+impl ServerInfo {
+    /// Envoy's `server.days_until_first_cert_expiring`: whole days, floored.
+    pub fn days_until_cert_expiry(&self) -> Option<i64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.tls_cert_not_after
+            .map(|t| (t - now).div_euclid(86_400))
+    }
+}
+
+/// Histogram bucket bounds in milliseconds (Envoy's defaults; Prometheus
+/// shows them in seconds).
 const BUCKETS_MS: &[f64] = &[
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
@@ -92,7 +104,7 @@ pub fn stats_text(total: &CoreReport, info: &ServerInfo) -> String {
     let _ = writeln!(out, "server.concurrency: {}", info.cores);
     let _ = writeln!(out, "server.uptime: {}", info.uptime_s);
     let _ = writeln!(out, "server.startup_ms: {:.3}", info.startup_ms);
-    if let Some(days) = info.tls_days_until_expiry {
+    if let Some(days) = info.days_until_cert_expiry() {
         let _ = writeln!(out, "server.days_until_first_cert_expiring: {days}");
         let _ = writeln!(out, "server.tls_rotations_ok: {}", info.tls_rotations_ok);
         let _ = writeln!(
@@ -236,7 +248,16 @@ pub fn clusters_text(total: &CoreReport, config: &Config, upstream: &UpstreamVie
     out
 }
 
-/// Prometheus text exposition format (version 0.0.4).
+/// `# HELP` and `# TYPE` for one family. In the text format (0.0.4) a
+/// counter's family name is its sample name, `_total` included, as
+/// client_golang writes it; `promtool check metrics` holds the output to it.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help = help.trim().replace('\\', "\\\\").replace('\n', " ");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Prometheus text exposition format (version 0.0.4). Times are in seconds,
+/// Prometheus' base unit (the `/stats` text keeps Envoy's milliseconds).
 pub fn prometheus(
     total: &CoreReport,
     info: &ServerInfo,
@@ -244,56 +265,97 @@ pub fn prometheus(
     upstream: &UpstreamView,
 ) -> String {
     let mut out = String::new();
-    for (name, v) in total.counters.fields() {
+    let help = crate::stats::Counters::help();
+    for ((name, v), (_, doc)) in total.counters.fields().into_iter().zip(help) {
         // Gauges are the ones that go down; counters carry the `_total` suffix
         // Prometheus' conventions (and its parsers) expect.
-        if name.ends_with("_active") {
-            let _ = writeln!(out, "# TYPE remora_{name} gauge\nremora_{name} {v}");
+        let (sample, kind) = if name.ends_with("_active") {
+            (format!("remora_{name}"), "gauge")
         } else {
-            let family = name.strip_suffix("_total").unwrap_or(name);
-            let _ = writeln!(
-                out,
-                "# TYPE remora_{family} counter\nremora_{family}_total {v}"
-            );
-        }
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            (format!("remora_{base}_total"), "counter")
+        };
+        family(&mut out, &sample, kind, doc);
+        let _ = writeln!(out, "{sample} {v}");
     }
-    for (name, v, kind) in [
-        ("server_config_version", info.config_version as f64, "gauge"),
-        ("server_reloads_ok_total", info.reloads_ok as f64, "counter"),
+    for (name, v, kind, doc) in [
+        (
+            "server_config_version",
+            info.config_version as f64,
+            "gauge",
+            "Version of the active config (1 at start, +1 per published reload).",
+        ),
+        (
+            "server_reloads_ok_total",
+            info.reloads_ok as f64,
+            "counter",
+            "Reloads that published a new config.",
+        ),
         (
             "server_reloads_failed_total",
             info.reloads_failed as f64,
             "counter",
+            "Reloads refused (bad file, port in use); the running config kept serving.",
         ),
-        ("server_concurrency", info.cores as f64, "gauge"),
-        ("server_uptime_seconds", info.uptime_s as f64, "gauge"),
-        ("server_startup_ms", info.startup_ms, "gauge"),
+        (
+            "server_concurrency",
+            info.cores as f64,
+            "gauge",
+            "Cores (executors) serving traffic.",
+        ),
+        (
+            "server_uptime_seconds",
+            info.uptime_s as f64,
+            "gauge",
+            "Seconds since the process started.",
+        ),
+        (
+            "server_startup_seconds",
+            info.startup_ms / 1000.0,
+            "gauge",
+            "Seconds from exec to every core listening.",
+        ),
         (
             "server_tls_rotations_ok_total",
             info.tls_rotations_ok as f64,
             "counter",
+            "Workload certificate rotations taken.",
         ),
         (
             "server_tls_rotations_failed_total",
             info.tls_rotations_failed as f64,
             "counter",
-        ),
-        (
-            "server_days_until_first_cert_expiring",
-            info.tls_days_until_expiry.unwrap_or(0) as f64,
-            "gauge",
+            "Workload certificate rotations refused (the old certificate kept serving).",
         ),
         (
             "server_draining",
             if info.draining { 1.0 } else { 0.0 },
             "gauge",
+            "1 while draining (listeners closed, readiness 503).",
         ),
     ] {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        let _ = writeln!(out, "# TYPE remora_{family} {kind}");
-        let _ = writeln!(out, "remora_{name} {v}");
+        let name = format!("remora_{name}");
+        family(&mut out, &name, kind, doc);
+        let _ = writeln!(out, "{name} {v}");
     }
-    let _ = writeln!(out, "# TYPE remora_overload_action_active gauge");
+    // A timestamp rather than Envoy's days-until: Prometheus' base unit, and
+    // alerts compare it with time(). No sample without a certificate.
+    let expiry = "remora_server_first_cert_expiry_timestamp_seconds";
+    family(
+        &mut out,
+        expiry,
+        "gauge",
+        "When the workload certificate expires, Unix time (only with [tls] cert_dir).",
+    );
+    if let Some(t) = info.tls_cert_not_after {
+        let _ = writeln!(out, "{expiry} {t}");
+    }
+    family(
+        &mut out,
+        "remora_overload_action_active",
+        "gauge",
+        "1 while an overload action is in force ([overload]).",
+    );
     for (action, on) in info.overload.actions.fields() {
         let _ = writeln!(
             out,
@@ -301,34 +363,72 @@ pub fn prometheus(
             u8::from(on)
         );
     }
-    for (family, pick) in [("pressure", 0usize), ("used", 1), ("limit", 2)] {
-        let _ = writeln!(out, "# TYPE remora_overload_resource_{family} gauge");
-        for (name, u) in crate::overload::RESOURCES.iter().zip(&info.overload.usage) {
+    for (name, pick, doc) in [
+        (
+            "pressure",
+            0usize,
+            "Use of a resource the overload manager watches, in percent of its limit.",
+        ),
+        ("used", 1, "Use of a resource the overload manager watches."),
+        (
+            "limit",
+            2,
+            "The limit of a resource the overload manager watches.",
+        ),
+    ] {
+        family(
+            &mut out,
+            &format!("remora_overload_resource_{name}"),
+            "gauge",
+            doc,
+        );
+        for (resource, u) in crate::overload::RESOURCES.iter().zip(&info.overload.usage) {
             let v = [u64::from(u.pressure()), u.used, u.limit][pick];
             let _ = writeln!(
                 out,
-                "remora_overload_resource_{family}{{resource=\"{name}\"}} {v}"
+                "remora_overload_resource_{name}{{resource=\"{resource}\"}} {v}"
             );
         }
     }
     histogram(
         &mut out,
-        "remora_downstream_cx_length_ms",
+        "remora_downstream_cx_length_seconds",
+        "Downstream connection lifetimes.",
         &total.histograms.downstream_cx_length_us,
     );
-    histogram(&mut out, "remora_rq_time_ms", &total.histograms.rq_time_us);
-    let _ = writeln!(out, "# TYPE remora_response_flags counter");
+    histogram(
+        &mut out,
+        "remora_rq_time_seconds",
+        "HTTP request durations, first byte of the head to the last byte answered.",
+        &total.histograms.rq_time_us,
+    );
+    family(
+        &mut out,
+        "remora_response_flags_total",
+        "counter",
+        "Connections and requests by Envoy response flag (UF, UH, NR, RL, ...).",
+    );
     for (flag, n) in &total.response_flags {
         let _ = writeln!(out, "remora_response_flags_total{{flag=\"{flag}\"}} {n}");
     }
-    let _ = writeln!(out, "# TYPE remora_tls_events counter");
+    family(
+        &mut out,
+        "remora_tls_events_total",
+        "counter",
+        "TLS handshakes, versions, ciphers and failures, terminated (downstream) and originated (upstream).",
+    );
     for ((side, kind, value), n) in &total.tls {
         let _ = writeln!(
             out,
             "remora_tls_events_total{{side=\"{side}\",kind=\"{kind}\",value=\"{value}\"}} {n}"
         );
     }
-    let _ = writeln!(out, "# TYPE remora_rbac_decisions counter");
+    family(
+        &mut out,
+        "remora_rbac_decisions_total",
+        "counter",
+        "Authorization policy decisions, by policy and result (allowed, denied, audited).",
+    );
     for ((policy, result), n) in &total.rbac {
         let _ = writeln!(
             out,
@@ -337,24 +437,47 @@ pub fn prometheus(
         );
     }
     let views = cluster_endpoints(total, config, upstream);
-    let mut families: Vec<(&str, &str, String)> = vec![
-        ("remora_cluster_upstream_cx_total", "counter", String::new()),
-        ("remora_cluster_upstream_cx_active", "gauge", String::new()),
+    let mut families: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "remora_cluster_upstream_cx_total",
+            "counter",
+            "Connections made to a cluster endpoint.",
+            String::new(),
+        ),
+        (
+            "remora_cluster_upstream_cx_active",
+            "gauge",
+            "Connections open to a cluster endpoint.",
+            String::new(),
+        ),
         (
             "remora_cluster_upstream_cx_connect_fail_total",
             "counter",
+            "Failed connects to a cluster endpoint.",
             String::new(),
         ),
-        ("remora_cluster_upstream_rq_active", "gauge", String::new()),
-        ("remora_cluster_endpoint_healthy", "gauge", String::new()),
+        (
+            "remora_cluster_upstream_rq_active",
+            "gauge",
+            "Requests in flight to a cluster endpoint.",
+            String::new(),
+        ),
+        (
+            "remora_cluster_endpoint_healthy",
+            "gauge",
+            "1 when discovery and active health checking both count the endpoint healthy.",
+            String::new(),
+        ),
         (
             "remora_cluster_endpoint_ejected_cores",
             "gauge",
+            "Cores that have ejected the endpoint (outlier detection).",
             String::new(),
         ),
         (
             "remora_cluster_endpoint_lb_picks_total",
             "counter",
+            "Times the load balancer chose the endpoint.",
             String::new(),
         ),
     ];
@@ -374,73 +497,80 @@ pub fn prometheus(
             .into_iter()
             .enumerate()
             {
-                let (family, _, lines) = &mut families[i];
+                let (family, _, _, lines) = &mut families[i];
                 let _ = writeln!(lines, "{family}{{{labels}}} {v}");
             }
         }
     }
-    let per_cluster: [(&str, &str, ClusterSeries); 5] = [
-        ("remora_cluster_outlier_ejections_total", "counter", |r| {
-            vec![(String::new(), r.ejections)]
-        }),
+    let per_cluster: [(&str, &str, &str, ClusterSeries); 5] = [
+        (
+            "remora_cluster_outlier_ejections_total",
+            "counter",
+            "Endpoints ejected by outlier detection (summed over cores).",
+            |r| vec![(String::new(), r.ejections)],
+        ),
         (
             "remora_cluster_outlier_ejections_overflow_total",
             "counter",
+            "Ejections skipped because max_ejection_percent was reached.",
             |r| vec![(String::new(), r.ejections_overflow)],
         ),
-        ("remora_cluster_lb_no_healthy_total", "counter", |r| {
-            vec![(String::new(), r.no_healthy)]
-        }),
-        ("remora_cluster_lb_panic_total", "counter", |r| {
-            vec![(String::new(), r.panic)]
-        }),
-        ("remora_cluster_circuit_breaker_open", "gauge", |r| {
-            RESOURCES
-                .iter()
-                .zip(r.breaker_open)
-                .map(|(n, v)| (format!(",resource=\"{n}\""), v))
-                .collect()
-        }),
+        (
+            "remora_cluster_lb_no_healthy_total",
+            "counter",
+            "Picks that found no usable endpoint (503 UH).",
+            |r| vec![(String::new(), r.no_healthy)],
+        ),
+        (
+            "remora_cluster_lb_panic_total",
+            "counter",
+            "Picks made in panic mode (below healthy_panic_threshold: every endpoint used).",
+            |r| vec![(String::new(), r.panic)],
+        ),
+        (
+            "remora_cluster_circuit_breaker_open",
+            "gauge",
+            "Resources of a circuit breaker held now, by resource.",
+            |r| {
+                RESOURCES
+                    .iter()
+                    .zip(r.breaker_open)
+                    .map(|(n, v)| (format!(",resource=\"{n}\""), v))
+                    .collect()
+            },
+        ),
     ];
-    let mut overflow = String::new();
-    for (family, kind, f) in per_cluster {
-        let _ = writeln!(
-            out,
-            "# TYPE {} {kind}",
-            family.strip_suffix("_total").unwrap_or(family)
-        );
-        for (name, _) in &views {
-            let r = total.clusters.get(name).cloned().unwrap_or_default();
+    for (name, kind, doc, f) in per_cluster {
+        family(&mut out, name, kind, doc);
+        for (cluster, _) in &views {
+            let r = total.clusters.get(cluster).cloned().unwrap_or_default();
             for (extra, v) in f(&r) {
                 let _ = writeln!(
                     out,
-                    "{family}{{cluster_name=\"{}\"{extra}}} {v}",
-                    escape(name)
+                    "{name}{{cluster_name=\"{}\"{extra}}} {v}",
+                    escape(cluster)
                 );
             }
         }
     }
+    family(
+        &mut out,
+        "remora_cluster_circuit_breaker_overflow_total",
+        "counter",
+        "Requests or connections refused by a circuit breaker (503 UO), by resource.",
+    );
     for (name, _) in &views {
         let r = total.clusters.get(name).cloned().unwrap_or_default();
         for (n, v) in RESOURCES.iter().zip(r.breaker_overflow) {
             let _ = writeln!(
-                overflow,
+                out,
                 "remora_cluster_circuit_breaker_overflow_total{{cluster_name=\"{}\",resource=\"{n}\"}} {v}",
                 escape(name)
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# TYPE remora_cluster_circuit_breaker_overflow counter"
-    );
-    out += &overflow;
-    for (family, kind, lines) in families {
-        let _ = writeln!(
-            out,
-            "# TYPE {} {kind}",
-            family.strip_suffix("_total").unwrap_or(family)
-        );
+    for (name, kind, doc, lines) in families {
+        family(&mut out, name, kind, doc);
         out += &lines;
     }
     out
@@ -452,26 +582,26 @@ type ClusterSeries = fn(&ClusterReport) -> Vec<(String, u64)>;
 /// Breaker resources in `ClusterReport` order, as labels.
 const RESOURCES: [&str; 4] = ["connections", "pending_requests", "requests", "retries"];
 
-/// One Prometheus histogram from an hdrhistogram of microseconds.
-fn histogram(out: &mut String, name: &str, h: &Histogram<u64>) {
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for &le in BUCKETS_MS {
-        let upper_us = (le * 1000.0) as u64;
+/// One Prometheus histogram, in seconds, from an hdrhistogram of microseconds.
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    family(out, name, "histogram", help);
+    for &le_ms in BUCKETS_MS {
+        let upper_us = (le_ms * 1000.0) as u64;
         let count = if h.is_empty() {
             0
         } else {
             h.count_between(0, upper_us)
         };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", le_ms / 1000.0);
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
     // hdrhistogram keeps no exact sum; mean × count is exact to its precision.
-    let sum_ms = if h.is_empty() {
+    let sum_s = if h.is_empty() {
         0.0
     } else {
-        h.mean() * h.len() as f64 / 1000.0
+        h.mean() * h.len() as f64 / 1e6
     };
-    let _ = writeln!(out, "{name}_sum {sum_ms}");
+    let _ = writeln!(out, "{name}_sum {sum_s}");
     let _ = writeln!(out, "{name}_count {}", h.len());
 }
 

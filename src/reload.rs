@@ -40,6 +40,8 @@ pub struct Reloader {
     proxy: Arc<Proxy>,
     /// Discovery and health checks follow the clusters of each new config.
     upstream: Arc<UpstreamControl>,
+    /// `--cores`, when given: it decides over `runtime.cores` in any file.
+    cores_flag: Option<usize>,
     /// Serialises reloads: two triggers at once must not interleave.
     lock: Mutex<()>,
     pub ok: AtomicU64,
@@ -53,12 +55,14 @@ impl Reloader {
         handle: Arc<ConfigHandle>,
         proxy: Arc<Proxy>,
         upstream: Arc<UpstreamControl>,
+        cores_flag: Option<usize>,
     ) -> Reloader {
         Reloader {
             path,
             handle,
             proxy,
             upstream,
+            cores_flag,
             lock: Mutex::new(()),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -76,29 +80,19 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err("running on the built-in default: there is no config file to reload (start with --config FILE)".into());
         };
-        // An empty file is a valid config (all defaults) at start-up, but on a
-        // reload it is almost always a write caught half-way (truncate, then
-        // write): never publish it.
-        let empty = std::fs::metadata(path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(false);
-        let result = if empty {
-            Err(format!(
-                "{}: file is empty (caught mid-write?); not reloading. Write config files atomically (write a temporary file, then rename it)",
-                path.display()
-            ))
-        } else {
-            Config::load(path).map_err(|e| e.to_string())
-        };
-        let result = result.and_then(|next| {
-            let current = self.handle.current();
-            check_new_listeners(&current.config, &next)?;
-            warn_restart_only(&current.config, &next);
-            if next == current.config {
-                return Ok(None);
-            }
-            Ok(Some(next))
-        });
+        // An empty file (a write caught half-way, usually) is refused by
+        // `Config::load`, as at start-up.
+        let result = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|next| {
+                let current = self.handle.current();
+                check_new_listeners(&current.config, &next)?;
+                warn_restart_only(&current.config, &next, self.cores_flag);
+                if next == current.config {
+                    return Ok(None);
+                }
+                Ok(Some(next))
+            });
         match result {
             Ok(None) => {
                 let v = self.handle.current().version;
@@ -163,9 +157,16 @@ fn check_new_listeners(current: &Config, next: &Config) -> Result<(), String> {
 }
 
 /// Settings fixed at start-up: a change is accepted but only takes effect on restart.
-fn warn_restart_only(current: &Config, next: &Config) {
+fn warn_restart_only(current: &Config, next: &Config, cores_flag: Option<usize>) {
     if current.runtime.cores != next.runtime.cores {
-        warn!("runtime.cores changed: takes effect at the next restart");
+        match cores_flag {
+            // The file's value has no effect now or after a restart with the
+            // same command line: say so instead of promising a change.
+            Some(n) => {
+                info!("runtime.cores changed in the file; --cores {n} on the command line decides")
+            }
+            None => warn!("runtime.cores changed: takes effect at the next restart"),
+        }
     }
     if current.admin != next.admin {
         warn!("[admin] changed: takes effect at the next restart");

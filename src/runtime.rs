@@ -300,6 +300,7 @@ pub fn start(
     }
     let (coop, plain) = crate::net::uring::ring_counts();
     info!(cores = n, cpus = ?proxy.cpus, coop_taskrun_rings = coop, plain_rings = plain, "shards listening");
+    listener::log_added(&snapshot.config);
     Ok(proxy)
 }
 

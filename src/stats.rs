@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// A copy of one core's (or the sum of all cores') counters.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct Counters { $( $(#[$doc])* pub $name: u64, )* }
+        pub struct Counters { $( $(#[doc = $doc])* pub $name: u64, )* }
 
         impl Counters {
             /// Field-wise sum.
@@ -22,6 +22,12 @@ macro_rules! counters {
             /// `(name, value)` pairs, in declaration order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($name), self.$name), )*]
+            }
+            /// `(name, doc comment)` pairs, in declaration order: the
+            /// Prometheus HELP text (a counter without a doc comment would
+            /// fail `promtool check metrics`, which tests/operability.rs runs).
+            pub fn help() -> Vec<(&'static str, &'static str)> {
+                vec![$( (stringify!($name), concat!($($doc, )* "")), )*]
             }
         }
 
@@ -93,10 +99,15 @@ counters! {
     upstream_rq_resent,
     /// HTTP requests answered (by an upstream or locally).
     rq_total,
+    /// HTTP responses with a 1xx status (from an upstream or local).
     rq_1xx,
+    /// HTTP responses with a 2xx status (from an upstream or local).
     rq_2xx,
+    /// HTTP responses with a 3xx status (from an upstream or local).
     rq_3xx,
+    /// HTTP responses with a 4xx status (from an upstream or local).
     rq_4xx,
+    /// HTTP responses with a 5xx status (from an upstream or local).
     rq_5xx,
     /// Upstream request attempts after the first (route retry policy).
     rq_retry,

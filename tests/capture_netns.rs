@@ -1,4 +1,5 @@
-//! Root only: the capture ports work behind real iptables REDIRECT rules in
+//! Root only (`#[ignore]`d; tests/run runs it as root with `--ignored`): the
+//! capture ports work behind real iptables REDIRECT rules in
 //! real network namespaces, IPv4 and IPv6, with Remora running as uid 1337.
 //!
 //! Pod A (client + sidecar, outbound capture) ── veth ── pod B (app + sidecar,
@@ -135,11 +136,9 @@ serve(socket.AF_INET6, "::")
 "#;
 
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn outbound_and_inbound_capture_through_real_redirect_rules() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-        return;
-    }
+    common::netns::require_root(&[]);
     let pods = Pods::new();
     let (a, b) = (pods.a.clone(), pods.b.clone());
     // Pod A: capture the client's outbound TCP to pod B, except the sidecar's
@@ -210,11 +209,9 @@ fn outbound_and_inbound_capture_through_real_redirect_rules() {
 /// sidecar detects HTTP/1, forwards to the original destination (passthrough
 /// route) and applies L7 treatment (X-Request-Id, X-Forwarded-*, keep-alive).
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn http_through_capture_takes_the_l7_passthrough_path() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-        return;
-    }
+    common::netns::require_root(&[]);
     let pods = Pods::new();
     let (a, b) = (pods.a.clone(), pods.b.clone());
     capture_rules(&pods);

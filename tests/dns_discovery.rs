@@ -1,7 +1,7 @@
 //! DNS discovery against a real DNS server: dnsmasq (Debian's `dnsmasq-base`),
 //! started per test on 127.0.0.1 and a free high port, answering from an
 //! `--addn-hosts` file that the test rewrites (SIGHUP makes dnsmasq re-read
-//! it). Needs no root. Without dnsmasq the tests say so and pass as skipped.
+//! it). Needs no root. Without dnsmasq the tests fail, saying what to install.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -58,12 +58,11 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// `None` (with a message) when dnsmasq is not installed.
-    fn start(dir: &Path, hosts: &str) -> Option<Dnsmasq> {
-        let Some(bin) = dnsmasq_binary() else {
-            eprintln!("SKIPPED: dnsmasq not found; install Debian's dnsmasq-base (tests/run does)");
-            return None;
-        };
+    /// Fails the test when dnsmasq is not installed: a skip would pass
+    /// having checked nothing (tests/run installs it).
+    fn start(dir: &Path, hosts: &str) -> Dnsmasq {
+        let bin = dnsmasq_binary()
+            .expect("dnsmasq not found: install Debian's dnsmasq-base (tests/run does)");
         let hosts_path = dir.join("hosts");
         std::fs::write(&hosts_path, hosts).unwrap();
         // A port free for both UDP and TCP; dnsmasq may still lose a race
@@ -77,7 +76,7 @@ impl Dnsmasq {
                 child: None,
             };
             if d.run() {
-                return Some(d);
+                return d;
             }
         }
         panic!("dnsmasq did not start on any of 5 free ports");
@@ -185,9 +184,7 @@ fn lookups_against_dnsmasq() {
     for i in 1..=100 {
         big.push_str(&format!("10.1.0.{i} big.test\n"));
     }
-    let Some(d) = Dnsmasq::start(&dir.0, &big) else {
-        return;
-    };
+    let d = Dnsmasq::start(&dir.0, &big);
     let r = resolver(&[d.addr], &[], 1);
 
     // Several A records and an AAAA: all of them (STRICT_DNS).
@@ -247,9 +244,7 @@ fn wait_for(what: impl Fn() -> bool) {
 #[test]
 fn refresher_follows_dnsmasq_and_keeps_the_last_good_set() {
     let dir = TempDir::new("refresh");
-    let Some(mut d) = Dnsmasq::start(&dir.0, HOSTS) else {
-        return;
-    };
+    let mut d = Dnsmasq::start(&dir.0, HOSTS);
     let resolver: Arc<dyn HostResolver> = Arc::new(resolver(&[d.addr], &[], 1));
     let (tx, rx): (_, Updates) = mpsc::channel();
     let tx = Mutex::new(tx);

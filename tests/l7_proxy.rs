@@ -123,7 +123,8 @@ cluster = "a"
     let resp = c.request(&get("/x", "unknown"));
     assert_eq!(resp.status, 404);
     let resp = c.request(&get("/healthz", "known"));
-    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok\n"[..]));
+    // The configured body exactly: no newline added.
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok"[..]));
     let resp = c.request(&get("/old/page?x=1", "known"));
     assert_eq!(resp.status, 302);
     assert_eq!(
@@ -513,9 +514,12 @@ fn auto_listener_detects_http_and_lets_server_first_protocols_through() {
     c.r.read_line(&mut line).unwrap();
     assert_eq!(line, "EHLO x\r\n");
     // The HTTP/2 preface is HTTP too: the proxy answers with its SETTINGS
-    // frame (type 4 on stream 0), not the banner server's bytes.
+    // frame (type 4 on stream 0), not the banner server's bytes. The client's
+    // preface is the magic and a SETTINGS frame (RFC 9113 §3.4), which the
+    // proxy now requires before it goes on.
     let mut c = Client::new(p_banner);
-    c.w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    c.w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
     let mut frame = [0u8; 9];
     c.r.read_exact(&mut frame).unwrap();
     assert_eq!(frame[3], 4, "a SETTINGS frame first: {frame:?}");
@@ -881,7 +885,7 @@ fn request_metrics_in_prometheus() {
         "remora_rq_total 4",
         "remora_rq_2xx_total 3",
         "remora_rq_5xx_total 1",
-        "remora_rq_time_ms_count 4",
+        "remora_rq_time_seconds_count 4",
         "remora_downstream_cx_http_total 1",
         "remora_upstream_rq_total 4",
     ] {

@@ -20,9 +20,9 @@
 //! and the app black-holed by a DROP rule in its pod (connects time out,
 //! requests on pooled connections go unanswered). The client is a
 //! keep-alive loop; its request start times share CLOCK_MONOTONIC with this
-//! test, which places them relative to the fault. Without root the tests say
-//! why and skip (like the other namespace tests); as root, a missing tool
-//! fails them.
+//! test, which places them relative to the fault. Root only, like the other
+//! namespace tests: `#[ignore]`d, run by tests/run as root with `--ignored`,
+//! where a missing tool fails them.
 
 mod common;
 
@@ -30,7 +30,7 @@ use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::netns::{can_run, python, sh, sidecar, Ns, Proc};
+use common::netns::{python, require_root, sh, sidecar, Ns, Proc};
 use common::BIN;
 
 const VIP: &str = "10.96.0.10";
@@ -505,15 +505,15 @@ fn scenario(fault: Fault) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn killed_pod_is_ejected_retries_hide_it_and_it_returns_after_restart() {
-    if can_run(&[]) {
-        scenario(Fault::Kill);
-    }
+    require_root(&[]);
+    scenario(Fault::Kill);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn black_holed_pod_fails_health_checks_retries_hide_it_and_it_returns() {
-    if can_run(&[]) {
-        scenario(Fault::BlackHole);
-    }
+    require_root(&[]);
+    scenario(Fault::BlackHole);
 }

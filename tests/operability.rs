@@ -143,8 +143,8 @@ assert get("remora_downstream_cx_total") == 4, get("remora_downstream_cx_total")
 assert get("remora_bytes_upstream_total") == 12
 assert get("remora_downstream_cx_active") == 0
 assert get("remora_server_config_version") == 1
-assert get("remora_downstream_cx_length_ms_count") == 4
-assert get("remora_downstream_cx_length_ms_bucket", le="+Inf") == 4
+assert get("remora_downstream_cx_length_seconds_count") == 4
+assert get("remora_downstream_cx_length_seconds_bucket", le="+Inf") == 4
 assert get("remora_cluster_upstream_cx_total", cluster_name="backend", endpoint="{echo}") == 4
 print("ok")
 "#,
@@ -365,6 +365,262 @@ fn drain_listeners_and_quitquitquit() {
     assert_eq!(http(p.admin, "POST", "/quitquitquit").0, 200);
     let status = r.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// `promtool check metrics` (Debian's prometheus package; tests/run installs
+/// it) finds nothing to say: every `# TYPE` names its samples, every family
+/// has help, units are Prometheus' base units. And the README lists every
+/// family, so an operator can find what a metric means.
+#[test]
+fn prometheus_passes_promtool_and_the_readme_lists_every_family() {
+    let echo = echo_server();
+    let p = ports();
+    let r = Remora::start(&config(&p, echo, ""), &["--cores", "2"]);
+    let mut s = connect(p.listener);
+    s.write_all(b"abc").unwrap();
+    let mut b = [0u8; 3];
+    s.read_exact(&mut b).unwrap();
+    drop(s);
+    let (code, text) = http(p.prom, "GET", "/stats/prometheus");
+    assert_eq!(code, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; tests/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool:\n{said}\n{text}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 40, "{text}");
+    let missing: Vec<&&str> = families
+        .iter()
+        .filter(|f| !readme.contains(&format!("`{f}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    r.stop();
+}
+
+/// A reload refuses an empty file as start-up and `validate` do; with
+/// `--cores` given, a changed `runtime.cores` is not promised for a restart.
+#[test]
+fn reload_refuses_an_empty_file_and_cores_flag_decides() {
+    let echo = echo_server();
+    let p = ports();
+    let mut r = Remora::start(&config(&p, echo, ""), &["--cores", "1"]);
+    let cfg = r.config_path();
+    // `extra` lands in [runtime].
+    std::fs::write(&cfg, config(&p, echo, "cores = 2")).unwrap();
+    let (code, body) = http(p.admin, "POST", "/reload");
+    assert_eq!(code, 200, "{body}");
+    r.wait_for_log("config reloaded");
+    let said = r.wait_for_log("runtime.cores");
+    assert!(
+        said.contains("--cores 1 on the command line decides"),
+        "{said}"
+    );
+    assert!(!said.contains("next restart"), "{said}");
+    std::fs::write(&cfg, "").unwrap();
+    let (code, body) = http(p.admin, "POST", "/reload");
+    assert_eq!(code, 400);
+    assert!(
+        body.contains(&format!("{}: file is empty", cfg.display())),
+        "{body}"
+    );
+    r.stop();
+}
+
+/// `remora run > log 2>&1` with `access_log.path = "stdout"`: the access log
+/// shares stdout's file offset with stderr, so neither writes over the other.
+#[test]
+fn access_log_and_stderr_in_one_file_lose_no_line() {
+    let dir = TempDir::new("one-file");
+    let port = free_port();
+    let cfg = dir.file(
+        "c.toml",
+        &format!(
+            "[admin]\nenabled = false\n[capture]\nenabled = false\n[access_log]\npath = \"stdout\"\n\
+             [[listener]]\nname = \"h\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n\
+             [[virtual_host]]\nname = \"v\"\ndomains = [\"*\"]\n[[virtual_host.route]]\n\
+             match = {{ prefix = \"/\" }}\ndirect_response = {{ status = 200, body = \"ok\" }}\n"
+        ),
+    );
+    let log = dir.0.join("all.log");
+    // The shell's `>`: no O_APPEND, so stderr writes at its own offset.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {BIN} run --config {} --cores 1 --log-level remora=debug > {} 2>&1",
+            cfg.display(),
+            log.display()
+        ))
+        .spawn()
+        .unwrap();
+    let mut c = common::http::Client::new(port);
+    const N: usize = 40;
+    for i in 0..N {
+        let resp = c.request(&common::http::get(&format!("/r{i}"), "x"));
+        assert_eq!(resp.status, 200);
+        // Let the one-second flush of the access log fall between requests.
+        if i == N / 2 {
+            thread::sleep(Duration::from_millis(1200));
+        }
+    }
+    drop(c);
+    // SAFETY: plain kill(2) on our child (sh exec'd remora).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let access: Vec<&str> = text.lines().filter(|l| l.starts_with("[20")).collect();
+    assert_eq!(access.len(), N, "access-log lines lost:\n{text}");
+    for (i, l) in access.iter().enumerate() {
+        assert!(
+            l.contains(&format!("\"GET /r{i} HTTP/1.1\" 200 - 0 2 ")),
+            "{l}"
+        );
+    }
+    // Every line is whole: an access-log line or a log line with its level.
+    for l in text.lines() {
+        assert!(
+            l.starts_with("[20") || (l.starts_with("20") && l.contains("Z ")),
+            "a line written over:\n{l}\n---\n{text}"
+        );
+    }
+    assert!(text.contains(" ready "), "{text}");
+    assert!(text.contains("stopped totals="), "{text}");
+}
+
+/// The access log against Envoy's: body bytes only (no head, no chunk
+/// framing), "-" (JSON null) for what a rejected request does not have, JSON
+/// keys in the configured order, every field filled that the request
+/// carries, and a direct_response body sent exactly as configured.
+#[test]
+fn access_log_counts_body_bytes_and_keeps_envoys_shape() {
+    let backend = common::http::Backend::start("a");
+    let fields = [
+        "path",
+        "method",
+        "response_code",
+        "bytes_received",
+        "bytes_sent",
+        "authority",
+        "user_agent",
+        "x_forwarded_for",
+        "protocol",
+    ];
+    for format in ["text", "json"] {
+        let dir = TempDir::new("alog-shape");
+        let path = dir.0.join("access.log");
+        let port = free_port();
+        let list: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
+        let text = format!(
+            "[admin]\nenabled = false\n[capture]\nenabled = false\n\
+             [access_log]\npath = \"{}\"\nformat = \"{format}\"\nfields = [{}]\n\
+             [[cluster]]\nname = \"a\"\nendpoints = [\"{}\"]\n\
+             [[listener]]\nname = \"h\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\ncluster = \"a\"\n\
+             [[virtual_host]]\nname = \"v\"\ndomains = [\"*\"]\n\
+             [[virtual_host.route]]\nmatch = {{ prefix = \"/direct\" }}\ndirect_response = {{ status = 200, body = \"hi\" }}\n\
+             [[virtual_host.route]]\nmatch = {{ prefix = \"/\" }}\ncluster = \"a\"\n",
+            path.display(),
+            list.join(", "),
+            backend.addr
+        );
+        let r = Remora::start(&text, &["--cores", "1"]);
+        let mut c = common::http::Client::new(port);
+        // 11 body bytes each way, chunked both ways (the backend echoes).
+        let resp = c.request(
+            "POST /echo HTTP/1.1\r\nHost: svc\r\nUser-Agent: ua/1\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        );
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"hello world"[..]));
+        let resp = c.request(&common::http::get("/direct", "svc"));
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"hi"[..]), "{format}");
+        drop(c);
+        let mut bad = connect(port);
+        bad.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = bad.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let (code, _) = r.stop();
+        assert_eq!(code, 0);
+        let log = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        let bad_body = answer.split_once("\r\n\r\n").unwrap().1.len();
+        if format == "text" {
+            assert!(
+                lines[0].contains("\"POST /echo HTTP/1.1\" 200 - 11 11 ")
+                    && lines[0].contains("\"10.1.2.3\" \"ua/1\" ")
+                    && lines[0].contains(" \"svc\" "),
+                "{}",
+                lines[0]
+            );
+            assert!(
+                lines[1].contains("\"GET /direct HTTP/1.1\" 200 - 0 2 "),
+                "{}",
+                lines[1]
+            );
+            assert!(
+                lines[2].contains(&format!("\"- - HTTP/1.1\" 400 DPE 0 {bad_body} "))
+                    && lines[2].ends_with("\"-\" \"-\" \"-\" \"-\" \"-\""),
+                "{}",
+                lines[2]
+            );
+            continue;
+        }
+        for l in &lines {
+            // The configured order, not sorted.
+            let at: Vec<usize> = fields
+                .iter()
+                .map(|f| {
+                    l.find(&format!("\"{f}\":"))
+                        .unwrap_or_else(|| panic!("{f} in {l}"))
+                })
+                .collect();
+            assert!(at.windows(2).all(|w| w[0] < w[1]), "keys out of order: {l}");
+        }
+        let e: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            e[0],
+            serde_json::json!({"path": "/echo", "method": "POST", "response_code": 200,
+                "bytes_received": 11, "bytes_sent": 11, "authority": "svc",
+                "user_agent": "ua/1", "x_forwarded_for": "10.1.2.3", "protocol": "HTTP/1.1"})
+        );
+        assert_eq!(
+            (&e[1]["path"], &e[1]["bytes_sent"]),
+            (&"/direct".into(), &2.into())
+        );
+        assert_eq!(
+            e[2],
+            serde_json::json!({"path": null, "method": null, "response_code": 400,
+                "bytes_received": 0, "bytes_sent": bad_body, "authority": null,
+                "user_agent": null, "x_forwarded_for": null, "protocol": "HTTP/1.1"})
+        );
+    }
 }
 
 /// One access-log line per connection, in Envoy's text format or as JSON,

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! What is asserted is behaviour (what the app and the clients see, and the
-//! sidecars' counters), never timing. Without root the tests say why and
-//! skip, like the other namespace tests; as root, a missing tool fails them.
+//! sidecars' counters), never timing. Root only, like the other namespace
+//! tests: `#[ignore]`d, run by tests/run as root with `--ignored`, where a
+//! missing tool fails them.
 
 mod common;
 
@@ -25,7 +26,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::certs::{spiffe, LeafOptions, Pki};
-use common::netns::{can_run, python, sidecar, Ns, Proc, AS_PROXY_USER};
+use common::netns::{python, require_root, sidecar, Ns, Proc, AS_PROXY_USER};
 use common::{payload, Remora, TempDir, BIN};
 
 const A_IP: &str = "10.206.0.1";
@@ -310,10 +311,9 @@ fn curl(lab: &Lab, path: &str, headers: &[&str], as_proxy: bool) -> Curl {
 /// both count the handshake, the app sees the verified client identity in
 /// X-Forwarded-Client-Cert, never the one the client forged.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn http_between_pods_is_mtls_and_the_app_sees_the_client_identity() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("http");
     let _app = lab.http_app();
     let _b = lab.sidecar_b("STRICT", "");
@@ -344,10 +344,9 @@ fn http_between_pods_is_mtls_and_the_app_sees_the_client_identity() {
 /// mTLS, both directions, and the client's half-close reaches the app while
 /// the app's answer still comes back.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn raw_tcp_is_echoed_intact_through_mtls_with_half_close() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("tcp");
     let app = lab.echo_app();
     let _b = lab.sidecar_b("STRICT", "");
@@ -373,10 +372,9 @@ fn raw_tcp_is_echoed_intact_through_mtls_with_half_close() {
 /// while the mesh client is served. PERMISSIVE: the same plaintext is served
 /// (without any XFCC).
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn strict_refuses_plaintext_from_outside_the_mesh_and_permissive_serves_it() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("strict");
     let _app = lab.http_app();
     let _a = lab.sidecar_a(Some(MESH_PORTS));
@@ -420,10 +418,9 @@ fn strict_refuses_plaintext_from_outside_the_mesh_and_permissive_serves_it() {
 /// (the echo app sends the ClientHello back) and fails, counted by A; A
 /// without a mesh destination then talks plaintext to B, raw and HTTP.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn disable_does_not_terminate_so_mesh_mtls_fails_and_plaintext_works() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("disable");
     let _echo = lab.echo_app();
     let _app = lab.http_app();
@@ -461,10 +458,9 @@ fn disable_does_not_terminate_so_mesh_mtls_fails_and_plaintext_works() {
 /// plaintext there, still refuses it on the echo port, and still takes mTLS
 /// on the echo port.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn port_level_disable_on_a_strict_workload() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("portlevel");
     let echo = lab.echo_app();
     let _app = lab.http_app();
@@ -489,10 +485,9 @@ fn port_level_disable_on_a_strict_workload() {
 /// it is outside the mesh (uid 1337) or captured by A, which has no mesh
 /// destination for that port.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn an_apps_own_tls_passes_through_permissive_untouched() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("apptls");
     let app_pki = Pki::new("app");
     let leaf = app_pki.leaf_with(&LeafOptions {
@@ -561,10 +556,9 @@ fn an_apps_own_tls_passes_through_permissive_untouched() {
 /// app, Remora does not panic, and a mesh client is served right after
 /// each (by the same core).
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn broken_client_hellos_are_closed_and_the_core_keeps_serving() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("garbage");
     let _app = lab.http_app();
     let mut b = lab.sidecar_b("STRICT", "");
@@ -624,10 +618,9 @@ fn broken_client_hellos_are_closed_and_the_core_keeps_serving() {
 /// sees nothing; another port is allowed by namespace; plaintext from
 /// outside the mesh (no principal, no namespace) matches no ALLOW.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn l4_authorization_denies_by_principal_and_port_and_allows_by_namespace() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("authz");
     let echo = lab.echo_app();
     let policies = format!(
@@ -731,10 +724,9 @@ print("bidi=" + ",".join(got))
 /// sidecars, h2 to the app), a unary call and a ping-pong bidirectional
 /// stream, the app seeing the client's verified identity.
 #[test]
+#[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn grpc_between_pods_is_http2_over_mtls() {
-    if !can_run(TOOLS) {
-        return;
-    }
+    require_root(TOOLS);
     let lab = Lab::new("grpc");
     let app = Proc::spawn(&lab.b, &[python(), "-c", GRPC_APP]);
     wait_ready(&app, "gRPC app", "ready");

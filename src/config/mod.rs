@@ -8,6 +8,7 @@
 //! through [`ConfigHandle`]; cores read it lock-free for each new connection.
 
 mod cluster;
+mod parse;
 mod raw;
 mod security;
 
@@ -44,6 +45,11 @@ use raw::{
 /// `config/remora.toml` is the documented, commented equivalent.
 pub const DEFAULT_TOML: &str = "";
 
+/// Why an empty config file is refused (see [`Config::load`]).
+pub const EMPTY_FILE: &str = "file is empty (caught mid-write?); an empty config file is refused. \
+Write config files atomically (a temporary file, then rename). For the built-in default, run \
+without --config, or use a file with only comments, such as config/remora.toml";
+
 /// How an L4 connection moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +72,17 @@ pub enum Protocol {
     /// Peek at the first bytes: an HTTP/1 request line takes the L7 path,
     /// anything else (or silence for `detect_timeout`) the L4 path.
     Auto,
+}
+
+impl Protocol {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Auto => "auto",
+        }
+    }
 }
 
 /// Settings of the L7 (HTTP/1) path.
@@ -264,8 +281,10 @@ impl Capture {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
-    /// Index into [`Config::clusters`].
-    pub cluster: usize,
+    /// Index into [`Config::clusters`]: where TCP goes (`tcp`, and `auto`
+    /// when the bytes are not HTTP). None only for an `http` listener, whose
+    /// requests go where the `[[virtual_host]]` routes say.
+    pub cluster: Option<usize>,
     pub forwarding: Forwarding,
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
@@ -291,6 +310,16 @@ pub struct Listener {
 pub enum Direction {
     Outbound,
     Inbound,
+}
+
+impl Direction {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
 }
 
 /// The operator-facing HTTP endpoints (Envoy's and Istio's ports by default).
@@ -389,15 +418,25 @@ impl Config {
     }
 
     /// Reads and validates a file.
+    ///
+    /// An empty file is refused, the same way at start, by `validate` and on
+    /// a reload: there it is nearly always a write caught half-way (truncate,
+    /// then write), and one behaviour for all three is easier to trust. A file
+    /// with only comments (such as `config/remora.toml`) is the built-in default.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |message: String| ConfigError {
             file: Some(path.to_path_buf()),
             errors: vec![Diagnostic {
                 line: 0,
                 column: 0,
-                message: format!("cannot read file: {e}"),
+                message,
             }],
-        })?;
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read file: {e}")))?;
+        if text.is_empty() {
+            return Err(fail(EMPTY_FILE.into()));
+        }
         Config::from_toml(&text, Some(path))
     }
 
@@ -407,10 +446,12 @@ impl Config {
             text,
             errors: Vec::new(),
         };
-        let raw: RawConfig = match toml::from_str(text) {
+        let raw: RawConfig = match parse::raw(text) {
             Ok(raw) => raw,
-            Err(e) => {
-                v.error(e.span(), e.message().to_string());
+            Err(errors) => {
+                for e in errors {
+                    v.error(e.span, e.message);
+                }
                 return Err(v.finish(file));
             }
         };
@@ -603,6 +644,15 @@ impl Validator<'_> {
                 );
             }
         }
+        let capture_spans = [
+            raw.capture.outbound_port.as_ref().map(|p| p.span()),
+            raw.capture.inbound_port.as_ref().map(|p| p.span()),
+        ];
+        let admin_spans = [
+            raw.admin.address.as_ref().map(|a| a.span()),
+            raw.admin.prometheus_address.as_ref().map(|a| a.span()),
+            raw.admin.readiness_address.as_ref().map(|a| a.span()),
+        ];
         let capture = self.capture(raw.capture);
         let mut listeners: Vec<Listener> = Vec::new();
         let mut address_spans: Vec<Range<usize>> = Vec::new();
@@ -628,6 +678,17 @@ impl Validator<'_> {
             }
         }
         let admin = self.admin(raw.admin);
+        if let Some(admin) = &admin {
+            let listeners = listeners.iter().zip(&address_spans);
+            let sockets = sockets(
+                admin,
+                &admin_spans,
+                capture.as_ref(),
+                &capture_spans,
+                listeners,
+            );
+            self.port_clashes(&sockets);
+        }
         let access_log = self.access_log(raw.access_log);
         let http = self.http(raw.http);
         let http2 = self.http2(raw.http2);
@@ -688,6 +749,38 @@ impl Validator<'_> {
                 "overload.stop_accepting_connections_threshold",
             ),
             refresh_interval: self.duration_or(raw.refresh_interval, d.refresh_interval),
+        }
+    }
+
+    /// Two sockets that `run` could not both bind: an admin endpoint (a plain
+    /// bind, no SO_REUSEPORT) against anything else on an overlapping
+    /// address. The error names both settings and sits on the one the file
+    /// set (the other may be a default).
+    fn port_clashes(&mut self, sockets: &[Socket]) {
+        for (i, b) in sockets.iter().enumerate() {
+            for a in &sockets[..i] {
+                if !(a.admin || b.admin) || !a.overlaps(b) {
+                    continue;
+                }
+                let show = |s: &Socket| {
+                    let default = if s.span.is_none() {
+                        ", the default"
+                    } else {
+                        ""
+                    };
+                    format!("{} ({}{default})", s.what, s.addr)
+                };
+                let span = b.span.clone().or_else(|| a.span.clone());
+                self.error(
+                    span,
+                    format!(
+                        "{} and {} both listen on port {}; change one of them",
+                        show(a),
+                        show(b),
+                        b.addr.port()
+                    ),
+                );
+            }
         }
     }
 
@@ -833,21 +926,44 @@ impl Validator<'_> {
         })
     }
 
+    /// Format and fields are checked even while the log is off, so a file
+    /// that validates keeps validating when the log is turned on.
     fn access_log(&mut self, raw: RawAccessLog) -> Option<AccessLog> {
-        let target = match raw.path {
-            None => return None,
-            Some(p) => match p.get_ref().as_str() {
-                "off" | "" => return None,
-                "stdout" | "/dev/stdout" => LogTarget::Stdout,
-                path if path.starts_with('/') => LogTarget::File(PathBuf::from(path)),
-                other => {
+        let target = match raw.path.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "off" | "")) => None,
+            Some((_, "stdout" | "/dev/stdout")) => Some(LogTarget::Stdout),
+            Some((p, path)) if path.starts_with('/') => {
+                // What `run` would trip over when it opens the file (without
+                // creating it here).
+                let path = PathBuf::from(path);
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                if path.is_dir() {
                     self.error(
                         Some(p.span()),
-                        format!("access_log.path `{other}` must be \"stdout\", \"off\" or an absolute file path"),
+                        format!(
+                            "access_log.path `{}` is a directory; name a file in it",
+                            path.display()
+                        ),
                     );
-                    return None;
+                } else if !dir.is_dir() {
+                    self.error(
+                        Some(p.span()),
+                        format!(
+                            "access_log.path `{}`: directory `{}` does not exist",
+                            path.display(),
+                            dir.display()
+                        ),
+                    );
                 }
-            },
+                Some(LogTarget::File(path))
+            }
+            Some((p, other)) => {
+                self.error(
+                    Some(p.span()),
+                    format!("access_log.path `{other}` must be \"stdout\", \"off\" or an absolute file path"),
+                );
+                None
+            }
         };
         let format = match raw.format {
             None => LogFormat::Text,
@@ -885,7 +1001,7 @@ impl Validator<'_> {
             }
         };
         Some(AccessLog {
-            target,
+            target: target?,
             format,
             fields,
         })
@@ -1018,27 +1134,34 @@ impl Validator<'_> {
                 ),
             );
         }
-        let cluster = match clusters
-            .iter()
-            .position(|c| &c.name == raw.cluster.get_ref())
-        {
-            Some(i) => i,
+        let protocol = self.protocol(raw.protocol, Protocol::Tcp);
+        let cluster = match &raw.cluster {
+            None if protocol == Protocol::Http => None,
             None => {
-                let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
                 self.error(
-                    Some(raw.cluster.span()),
+                    Some(raw.name.span()),
                     format!(
-                        "listener `{name}`: no cluster named `{}` (defined: {})",
-                        raw.cluster.get_ref(),
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
+                        "listener `{name}`: protocol \"{}\" needs a `cluster` to forward TCP to (an \"http\" listener needs none: it routes by [[virtual_host]])",
+                        protocol.as_str()
                     ),
                 );
                 return None;
             }
+            Some(want) => match clusters.iter().position(|c| &c.name == want.get_ref()) {
+                Some(i) => Some(i),
+                None => {
+                    let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                    self.error(
+                        Some(want.span()),
+                        format!(
+                            "listener `{name}`: no cluster named `{}` (defined: {})",
+                            want.get_ref(),
+                            crate::http::route_config::list_names(&known)
+                        ),
+                    );
+                    return None;
+                }
+            },
         };
         let connection_rate_limit = raw.connection_rate_limit.and_then(|b| {
             let b = b.get_ref();
@@ -1076,7 +1199,7 @@ impl Validator<'_> {
             cluster,
             forwarding: self.forwarding(raw.forwarding),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
-            protocol: self.protocol(raw.protocol, Protocol::Tcp),
+            protocol,
             connection_rate_limit,
             direction,
         })
@@ -1158,6 +1281,98 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+}
+
+/// Every socket the config asks for, with the setting that asks and its
+/// span, for the port clash check.
+fn sockets<'l>(
+    admin: &Admin,
+    admin_spans: &[Option<Range<usize>>; 3],
+    capture: Option<&Capture>,
+    capture_spans: &[Option<Range<usize>>; 2],
+    listeners: impl Iterator<Item = (&'l Listener, &'l Range<usize>)>,
+) -> Vec<Socket> {
+    let mut sockets = Vec::new();
+    if let Some(c) = capture {
+        for (what, port, span) in [
+            ("capture.outbound_port", c.outbound_port, &capture_spans[0]),
+            ("capture.inbound_port", c.inbound_port, &capture_spans[1]),
+        ] {
+            let wildcards = [
+                (c.ipv4, IpAddr::from(Ipv4Addr::UNSPECIFIED)),
+                (c.ipv6, IpAddr::from(Ipv6Addr::UNSPECIFIED)),
+            ];
+            for ip in wildcards
+                .into_iter()
+                .filter_map(|(on, ip)| on.then_some(ip))
+            {
+                sockets.push(Socket {
+                    what: what.to_string(),
+                    addr: SocketAddr::new(ip, port),
+                    span: span.clone(),
+                    v6only: true,
+                    admin: false,
+                });
+            }
+        }
+    }
+    for (l, span) in listeners {
+        sockets.push(Socket {
+            what: format!("listener `{}` address", l.name),
+            addr: l.address,
+            span: Some(span.clone()),
+            v6only: true,
+            admin: false,
+        });
+    }
+    for (what, addr, span) in [
+        ("admin.address", Some(admin.address), &admin_spans[0]),
+        (
+            "admin.prometheus_address",
+            admin.prometheus_address,
+            &admin_spans[1],
+        ),
+        (
+            "admin.readiness_address",
+            admin.readiness_address,
+            &admin_spans[2],
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        sockets.push(Socket {
+            what: what.to_string(),
+            addr,
+            span: span.clone(),
+            v6only: false,
+            admin: true,
+        });
+    }
+    sockets
+}
+
+/// A socket the config asks for, in the port clash check.
+struct Socket {
+    /// The setting, as the file names it.
+    what: String,
+    addr: SocketAddr,
+    span: Option<Range<usize>>,
+    /// `[::]` here does not take IPv4 too (capture listeners are v6-only; an
+    /// admin endpoint on `[::]` is dual-stack).
+    v6only: bool,
+    admin: bool,
+}
+
+impl Socket {
+    fn overlaps(&self, o: &Socket) -> bool {
+        self.addr.port() == o.addr.port()
+            && (self.addr.ip() == o.addr.ip() || self.covers(o) || o.covers(self))
+    }
+
+    /// A wildcard address that takes `o`'s address too.
+    fn covers(&self, o: &Socket) -> bool {
+        self.addr.ip().is_unspecified()
+            && (self.addr.is_ipv4() == o.addr.is_ipv4() || (self.addr.is_ipv6() && !self.v6only))
     }
 }
 

@@ -133,7 +133,8 @@ pub struct RawCapture {
 pub struct RawListener {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
-    pub cluster: Spanned<String>,
+    /// Needed by "tcp" and "auto"; an "http" listener routes by `[[virtual_host]]`.
+    pub cluster: Option<Spanned<String>>,
     pub forwarding: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     /// "tcp" (default), "http" or "auto".

@@ -340,6 +340,13 @@ pub fn list_names(names: &[&str]) -> String {
     if names.is_empty() {
         return "none".to_string();
     }
+    // A name defined twice (itself an error) is listed once.
+    let names: Vec<&str> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !names[..*i].contains(n))
+        .map(|(_, n)| *n)
+        .collect();
     let mut s = names[..names.len().min(SHOWN)].join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
@@ -356,7 +363,8 @@ impl RawRouteConfig {
             clusters,
         };
         let mut vhost_names: HashMap<String, ()> = HashMap::new();
-        let mut domains_seen: HashMap<String, ()> = HashMap::new();
+        // Domain (lower case) -> the virtual host that has it.
+        let mut domains_seen: HashMap<String, String> = HashMap::new();
         let mut vhosts = Vec::new();
         for raw in self.virtual_hosts {
             let raw = raw.into_inner();
@@ -390,7 +398,7 @@ impl Validator<'_> {
         &mut self,
         raw: RawVirtualHost,
         names: &mut HashMap<String, ()>,
-        domains_seen: &mut HashMap<String, ()>,
+        domains_seen: &mut HashMap<String, String>,
     ) -> Option<VirtualHost> {
         let name = raw.name.get_ref().clone();
         if name.is_empty() {
@@ -412,14 +420,21 @@ impl Validator<'_> {
             match DomainPattern::parse(d.get_ref()) {
                 Ok(p) => {
                     let key = d.get_ref().to_ascii_lowercase();
-                    if domains_seen.insert(key, ()).is_some() {
+                    if let Some(first) = domains_seen.get(&key).cloned() {
+                        let by = if first == name {
+                            "this virtual host".to_string()
+                        } else {
+                            format!("virtual host `{first}`")
+                        };
                         self.error(
                             d.span(),
                             format!(
-                                "domain `{}` is already used by another virtual host",
+                                "domain `{}` is already used by {by}; a host must match one virtual host",
                                 d.get_ref()
                             ),
                         );
+                    } else {
+                        domains_seen.insert(key, name.clone());
                     }
                     domains.push(p);
                 }
@@ -1133,14 +1148,32 @@ impl Validator<'_> {
     }
 
     fn regex(&mut self, v: &Spanned<String>) -> Option<Regex> {
+        let pattern = v.get_ref();
         // Anchored: the whole path / value must match, as in Envoy's safe_regex.
-        match RegexBuilder::new(&format!("^(?:{})$", v.get_ref()))
+        // A syntax error is reported against the user's own pattern (checked
+        // alone first), not the anchored wrapper, in one line.
+        let built = RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
-        {
+            .and_then(|_| {
+                RegexBuilder::new(&format!("^(?:{pattern})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+            });
+        match built {
             Ok(r) => Some(r),
             Err(e) => {
-                self.error(v.span(), format!("invalid regex: {e}"));
+                let why = match &e {
+                    // "regex parse error:\n    PATTERN\n    ^\nerror: WHY"
+                    regex::Error::Syntax(text) => text
+                        .lines()
+                        .rev()
+                        .find_map(|l| l.strip_prefix("error: "))
+                        .unwrap_or(text)
+                        .to_string(),
+                    other => other.to_string(),
+                };
+                self.error(v.span(), format!("invalid regex `{pattern}`: {why}"));
                 None
             }
         }

@@ -243,9 +243,10 @@ pub struct RequestLog {
     /// Status sent to the client; 0 if none was (client gone, or reset).
     pub status: u16,
     pub flags: ResponseFlags,
-    /// Body bytes read from the client.
+    /// Body bytes (decoded: no chunk framing) read from the client, as
+    /// Envoy's %BYTES_RECEIVED%.
     pub bytes_received: u64,
-    /// Bytes (head and body) written to the client.
+    /// Body bytes (decoded) written to the client, as Envoy's %BYTES_SENT%.
     pub bytes_sent: u64,
     pub duration: Duration,
     pub upstream_host: Option<SocketAddr>,
@@ -416,8 +417,6 @@ struct ReqBody {
     complete: bool,
     /// Part of the body went upstream without being buffered: no replay.
     streamed: bool,
-    /// Encoded bytes read from the client.
-    received: u64,
     /// Decoded body bytes so far, checked against `limit`.
     decoded: u64,
     /// max_request_body_bytes for this request; 0 = none.
@@ -725,6 +724,24 @@ impl Conn<'_> {
         extra: &[(&[u8], &[u8])],
         keep_alive: bool,
     ) -> Next {
+        let body = if body.is_empty() {
+            String::new()
+        } else {
+            format!("{body}\n")
+        };
+        self.local_exact(status, body.as_bytes(), extra, keep_alive)
+            .await
+    }
+
+    /// A local reply whose body is sent exactly as given (a route's
+    /// `direct_response`, which must not gain a newline).
+    async fn local_exact(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        extra: &[(&[u8], &[u8])],
+        keep_alive: bool,
+    ) -> Next {
         self.out.clear();
         let rate = self.rate_headers.take();
         let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"text/plain")];
@@ -732,16 +749,12 @@ impl Conn<'_> {
         for (n, v) in rate.iter().flatten() {
             headers.push((n.as_bytes(), v.as_bytes()));
         }
-        let body = if body.is_empty() {
-            Vec::new()
-        } else {
-            format!("{body}\n").into_bytes()
-        };
-        write_local_response(status, &headers, &body, keep_alive, &mut self.out);
+        write_local_response(status, &headers, body, keep_alive, &mut self.out);
         self.log.status = status;
         let ok = self.down.write_all(&self.out).await.is_ok();
         if ok {
-            self.log.bytes_sent += self.out.len() as u64;
+            // Body bytes only, as Envoy's %BYTES_SENT%.
+            self.log.bytes_sent += body.len() as u64;
         } else {
             self.log.flags.insert(ResponseFlags::DC);
         }
@@ -1024,7 +1037,14 @@ impl Conn<'_> {
                 } else {
                     vec![(b"location", &loc)]
                 };
-                return self.local(reply.status, &reply.body, &extra, keep).await;
+                // What a route configured (direct_response) goes exactly as
+                // written; Remora's own 404 ends in a newline like its others.
+                if reply.route_name.is_none() {
+                    return self.local(reply.status, &reply.body, &extra, keep).await;
+                }
+                return self
+                    .local_exact(reply.status, reply.body.as_bytes(), &extra, keep)
+                    .await;
             }
         };
 
@@ -1066,17 +1086,17 @@ impl Conn<'_> {
             trailers: Vec::new(),
             complete: false,
             streamed: false,
-            received: 0,
             decoded: 0,
             limit: plan.max_body,
         };
-        if expect_continue && framing != BodyFraming::None {
-            if self.down.write_all(CONTINUE_100).await.is_err() {
-                self.log.flags.insert(ResponseFlags::DC);
-                self.finish();
-                return Next::Close;
-            }
-            self.log.bytes_sent += CONTINUE_100.len() as u64;
+        // The 100 is not counted in bytes_sent: no body byte (Envoy's too).
+        if expect_continue
+            && framing != BodyFraming::None
+            && self.down.write_all(CONTINUE_100).await.is_err()
+        {
+            self.log.flags.insert(ResponseFlags::DC);
+            self.finish();
+            return Next::Close;
         }
         match self.fill_body(&mut body, http).await {
             Ok(()) => {}
@@ -1086,11 +1106,11 @@ impl Conn<'_> {
             }
             Err(Failure::TooLarge) => {
                 // Still buffering (nothing went upstream): a plain 413.
-                self.log.bytes_received = body.received;
+                self.log.bytes_received = body.decoded;
                 return self.too_large().await;
             }
             Err(Failure::BodyTimeout) => {
-                self.log.bytes_received = body.received;
+                self.log.bytes_received = body.decoded;
                 return self.body_timeout().await;
             }
             Err(_) => {
@@ -1155,7 +1175,7 @@ impl Conn<'_> {
             }
         };
         let result = until(deadline, attempts).await;
-        self.log.bytes_received = body.received;
+        self.log.bytes_received = body.decoded;
         let x = match result {
             None => {
                 self.log.flags.insert(ResponseFlags::UT);
@@ -1170,7 +1190,7 @@ impl Conn<'_> {
                     answer, &mut body, keep_alive, version, method, ops, deadline,
                 );
                 let next = respond.await;
-                self.log.bytes_received = body.received;
+                self.log.bytes_received = body.decoded;
                 self.finish();
                 return next;
             }
@@ -1288,7 +1308,6 @@ impl Conn<'_> {
                 )
                 .map_err(|_| Failure::BadRequestBody)?;
                 b.consume(d.consumed);
-                body.received += d.consumed as u64;
                 body.count(d.data)?;
                 if d.done {
                     body.complete = true;
@@ -1341,7 +1360,6 @@ impl Conn<'_> {
                 )
                 .map_err(|_| Failure::BadRequestBody)?;
                 b.consume(d.consumed);
-                body.received += d.consumed as u64;
                 // Checked before the bytes go out: the upstream gets no byte
                 // past the limit (and, reset, never a complete request).
                 body.count(d.data)?;
@@ -1574,7 +1592,6 @@ impl Conn<'_> {
                 upbuf.release();
                 return Next::Close;
             }
-            self.log.bytes_sent += self.out.len() as u64;
             return Next::Tunnel(up, Some(upbuf));
         }
         let mut dec = BodyDecoder::new(self.resp.framing, ChunkedLimits::default());
@@ -1589,19 +1606,23 @@ impl Conn<'_> {
         let mut head_waiting = self.out.len();
         let complete = loop {
             let mut done = false;
+            // Body bytes (decoded) in `out`: the log counts those, not the
+            // head or chunk framing (Envoy's %BYTES_SENT%).
+            let mut data = 0;
             if let Some(b) = upbuf.as_mut() {
                 match decode_into(&mut dec, b.bytes(), &mut self.out, rechunk, &mut trailers) {
                     Ok(d) => {
                         b.consume(d.consumed);
                         done = d.done;
+                        data = d.data;
                     }
                     Err(_) => {
                         self.log.flags.insert(ResponseFlags::UPE);
                         // As before the head waited: it goes, then the reset
                         // below cuts the body.
                         self.out.truncate(head_waiting);
-                        if head_waiting > 0 && self.down.write_all(&self.out).await.is_ok() {
-                            self.log.bytes_sent += self.out.len() as u64;
+                        if head_waiting > 0 {
+                            let _ = self.down.write_all(&self.out).await;
                         }
                         break false;
                     }
@@ -1612,7 +1633,7 @@ impl Conn<'_> {
                     self.log.flags.insert(ResponseFlags::DC);
                     break false;
                 }
-                self.log.bytes_sent += self.out.len() as u64;
+                self.log.bytes_sent += data;
             }
             self.out.clear();
             head_waiting = 0;
@@ -1914,8 +1935,10 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
         al.record(&access_log::Entry {
             start_time: Some(log.start_time),
             protocol: log.protocol,
-            method: Some(&log.method),
-            path: Some(&log.path),
+            // A request rejected before its head was parsed has none of
+            // these: logged as absent ("-", JSON null), as Envoy does.
+            method: non_empty(&log.method),
+            path: non_empty(&log.path),
             response_code: log.status,
             response_flags: &flags,
             bytes_received: log.bytes_received,
@@ -1926,7 +1949,7 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
             downstream_local: log.downstream_local_address,
             listener: &log.listener,
             request_id: log.request_id.as_deref(),
-            authority: Some(&log.authority),
+            authority: non_empty(&log.authority),
             user_agent: log.user_agent.as_deref(),
             forwarded_for: log.forwarded_for.as_deref(),
             peer_uri_san: log.tls.as_ref().and_then(|t| t.peer_uri.as_deref()),
@@ -1936,6 +1959,10 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
             authz_policy: log.authz_policy.as_deref(),
         });
     }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 #[cfg(test)]

@@ -78,7 +78,6 @@ impl BodySource for H1Source<'_, '_> {
                 )
                 .map_err(|_| Failure::BadRequestBody)?;
                 b.consume(d.consumed);
-                body.received += d.consumed as u64;
                 body.count(d.data)?;
                 body.complete = d.done;
                 self.conn.unread_body = !d.done;
@@ -210,7 +209,6 @@ impl Conn<'_> {
         let mut sent = 0;
         let relay = async {
             w.write_all(&out).await.map_err(|_| ResponseFlags::DC)?;
-            sent += out.len() as u64;
             if framing == BodyFraming::None {
                 return Ok(());
             }
@@ -276,7 +274,8 @@ async fn relay_body(
             &d
         };
         w.write_all(piece).await.map_err(|_| ResponseFlags::DC)?;
-        *sent += piece.len() as u64;
+        // Body bytes, not chunk framing (Envoy's %BYTES_SENT%).
+        *sent += n as u64;
         let _ = up_rx.flow_control().release_capacity(n);
     }
     let trailers = up_rx.trailers().await.map_err(|_| ResponseFlags::UC)?;
@@ -288,7 +287,6 @@ async fn relay_body(
         out.clear();
         encode_last_chunk(&t, &mut out);
         w.write_all(&out).await.map_err(|_| ResponseFlags::DC)?;
-        *sent += out.len() as u64;
     }
     Ok(())
 }

@@ -76,11 +76,15 @@ impl Remora {
         r
     }
 
+    /// Runs `cmd` with stderr collected. NO_COLOR is set unless `cmd` sets
+    /// or removes it itself (a test of the default).
     pub fn spawn(mut cmd: Command, dir: TempDir) -> Remora {
+        if !cmd.get_envs().any(|(k, _)| k == "NO_COLOR") {
+            cmd.env("NO_COLOR", "1");
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
         let mut child = cmd.spawn().expect("spawn remora");
         let stderr = child.stderr.take().unwrap();

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use super::{is_root, Remora, TempDir, BIN};
 
-/// Whether a namespace test can run here. Not root: no (said on stderr).
-/// Root but a tool missing (the base set, `extra`, or python3): a failure,
-/// since CI runs the suite as root.
-pub fn can_run(extra: &[&str]) -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, iptables)");
-        return false;
-    }
+/// Fails the test unless it can run here: as root, with the base tools,
+/// `extra` and python3. These tests are `#[ignore]`d, so `cargo test` lists
+/// them as ignored; `tests/run` (as root) runs them with `--ignored`. Asked
+/// for without root, they fail rather than pass having done nothing.
+pub fn require_root(extra: &[&str]) {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, veth, iptables): run it as root, e.g. sudo tests/run"
+    );
     let base = [
         "ip",
         "iptables",
@@ -40,7 +41,6 @@ pub fn can_run(extra: &[&str]) -> bool {
         );
     }
     python();
-    true
 }
 
 /// The real Python interpreter (not a pyenv shim, which would add its own
