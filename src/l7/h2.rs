@@ -915,9 +915,9 @@ impl H2Stream {
                 }
             }
             let settings = client_settings(config);
-            let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
+            let run = attempt::run(&shard, &req, &mut tried, async |conn, _fresh, per_try| {
                 let reused = Cell::new(false);
-                let attempt = try_h2(&shard, conn, fresh, &up_req, &mut body, settings, &reused);
+                let attempt = try_h2(&shard, conn, &up_req, &mut body, settings, &reused, http);
                 let result = until(per_try, attempt)
                     .await
                     .unwrap_or(Err(Failure::PerTryTimeout));
@@ -964,7 +964,7 @@ impl H2Stream {
                 let result = until(
                     per_try,
                     try_h1(
-                        &shard, conn, fresh, &head, framing, &mut body, method, &reused,
+                        &shard, conn, fresh, &head, framing, &mut body, method, &reused, http,
                     ),
                 )
                 .await
@@ -1324,13 +1324,12 @@ pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings 
 pub(super) async fn try_h2(
     shard: &Rc<Shard>,
     conn: &UpstreamRef<'_>,
-    _fresh: bool,
     req: &Request<()>,
     body: &mut impl BodySource,
     settings: ClientSettings,
     reused: &Cell<bool>,
+    http: &crate::config::Http,
 ) -> Result<H2Answer, Failure> {
-    let http = &shard.config.current().config.http;
     let pool = &shard.upstreams.h2;
     let pooled = pool.get(conn.key, conn.max_uses(), http.pool_idle_timeout);
     reused.set(pooled.is_some());
@@ -1435,8 +1434,8 @@ async fn try_h1(
     body: &mut Body,
     method: Method,
     reused: &Cell<bool>,
+    http: &crate::config::Http,
 ) -> Result<H1Answer, Failure> {
-    let http = &shard.config.current().config.http;
     let pooled = if fresh {
         None
     } else {

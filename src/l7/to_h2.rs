@@ -137,11 +137,11 @@ impl Conn<'_> {
         let mut log = attempt::Attempts::default();
         let shard = self.shard;
         let mut src = H1Source { conn: self, body };
-        let r = attempt::run(shard, &req, &mut log, async |c, fresh, deadline| {
+        let r = attempt::run(shard, &req, &mut log, async |c, _fresh, deadline| {
             let reused = Cell::new(false);
             let result = until(
                 deadline,
-                try_h2(shard, c, fresh, &up_req, &mut src, settings, &reused),
+                try_h2(shard, c, &up_req, &mut src, settings, &reused, &config.http),
             )
             .await
             .unwrap_or(Err(Failure::PerTryTimeout));
