@@ -643,24 +643,32 @@ max_request_body_bytes = 1000
         (got.status, &got.body[..]),
         (429, &b"local_rate_limited"[..])
     );
-    let big = dir.file("big", &"x".repeat(5000));
-    let at = format!("@{}", big.display());
-    let got = curl(
-        &dir,
-        &url(port, "/up"),
-        &["-H", "host: svc", "--data-binary", &at],
-    );
-    assert_eq!(got.status, 413);
-    let streamed = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cat {} | curl -sS --http2-prior-knowledge --max-time 60 -o /dev/null -w '%{{http_code}}' -H 'host: svc' -T - {}",
-            big.display(),
-            url(port, "/up2")
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&streamed.stdout), "413");
+    // Over the body limit, declared (content-length) and streamed (none):
+    // 413 while the client is still sending, then RST_STREAM NO_ERROR ends
+    // its upload (RFC 9113 §8.1). A raw client, since curl 7.88 takes that
+    // reset, when it beats the end of its upload, for an empty reply.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_attack.py");
+    for (path, declared) in [("/up", &["declared"][..]), ("/up2", &[])] {
+        let out = Command::new("python3")
+            .args([script, &port.to_string(), "early_response", path, "svc"])
+            .arg((1 << 20).to_string())
+            .args(declared)
+            .output()
+            .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let early: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(early["status"]["1"], 413, "{path}: {early}");
+        assert_eq!(
+            early["resets"]["1"], 0,
+            "{path}: RST_STREAM NO_ERROR: {early}"
+        );
+        assert!(early["sent"].as_u64().unwrap() < 1 << 20, "{path}: {early}");
+    }
     let (code, totals) = r.stop();
     assert_eq!(code, 0);
     assert_eq!(totals.get("downstream_rq_too_large"), 2);

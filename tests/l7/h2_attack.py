@@ -436,6 +436,29 @@ def max_streams(port, n):
     return c.result(ok=ok, extra=extra)
 
 
+def early_response(port, path, authority, total, declared):
+    """Not an attack: uploads up to `total` bytes (with a content-length if
+    `declared`, else without),
+    1,000 bytes every 20 ms, and stops once the proxy has answered. A proxy
+    that answers early (413 over a body limit) must end the request side
+    with RST_STREAM NO_ERROR (RFC 9113 §8.1), not leave it open or CANCEL
+    it. (curl 7.88 reports such an answer as an empty reply when the reset
+    beats the end of its upload, so the tests use this client for it.)"""
+    c = Conn(port)
+    c.server_settings.wait(30)
+    fields = [(":method", "PUT"), (":scheme", "http"), (":authority", authority),
+              (":path", path)] + ([("content-length", str(total))] if declared else [])
+    c.send(c.headers(1, fields, end_stream=False))
+    sent = 0
+    while sent < total and 1 not in c.ended and not c.closed:
+        if not c.try_send(frame(DATA, 0, 1, b"x" * 1000)):
+            break
+        sent += 1000
+        time.sleep(0.02)
+    c.wait(lambda: (1 in c.ended and 1 in c.resets) or c.closed, 30)
+    return c.result(sent=sent)
+
+
 def main():
     port = int(sys.argv[1])
     scenario = sys.argv[2]
@@ -456,6 +479,8 @@ def main():
         r = zero_window(port, int(args[0]), args[1], float(args[2]) if len(args) > 2 else 5)
     elif scenario == "invalid":
         r = invalid(port, args[0])
+    elif scenario == "early_response":
+        r = early_response(port, args[0], args[1], int(args[2]), args[3:] == ["declared"])
     elif scenario == "max_streams":
         r = max_streams(port, int(args[0]))
     else:
