@@ -80,8 +80,7 @@ fn client(port: u16, args: &[&str]) -> Value {
 /// An outbound HTTP listener (`port`) and an inbound one (`inbound`, with a
 /// DENY policy for paths under /denied/) to the gRPC server (`http2 =
 /// true`); a cluster nobody listens for; routes as below.
-fn config(port: u16, inbound: u16, server: u16) -> String {
-    let dead = free_port();
+fn config(port: u16, inbound: u16, server: u16, dead: u16) -> String {
     format!(
         r#"[runtime]
 drain_timeout = "2s"
@@ -155,6 +154,7 @@ cluster = "grpc"
 
 struct Setup {
     server: Server,
+    _dead: socket2::Socket,
     remora: Remora,
     port: u16,
     inbound: u16,
@@ -163,9 +163,12 @@ struct Setup {
 fn setup() -> Setup {
     let server = Server::start();
     let (port, inbound) = (free_port(), free_port());
-    let remora = Remora::start(&config(port, inbound, server.port), &["--cores", "1"]);
+    let (dead, _dead) = refusing_addr();
+    let cfg = config(port, inbound, server.port, dead.port());
+    let remora = Remora::start(&cfg, &["--cores", "1"]);
     Setup {
         server,
+        _dead,
         remora,
         port,
         inbound,

@@ -133,11 +133,7 @@ fn back_pressure_keeps_bytes_in_order_both_modes() {
 
 #[test]
 fn upstream_refused_resets_downstream_and_is_counted() {
-    // Bind then drop: nothing listens there.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (dead, _hold) = refusing_addr();
     let p = free_port();
     let r = Remora::start(&l4_config(dead, &[("c", p, "copy")], ""), &["--cores", "1"]);
     let mut s = connect(p);

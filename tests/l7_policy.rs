@@ -323,7 +323,7 @@ fn mirror_copies_to_the_shadow_and_answers_from_the_primary() {
 #[test]
 fn dead_mirror_changes_nothing_for_the_client() {
     let a = Backend::start("a");
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (dead, _hold) = refusing_addr();
     let (port, prom) = (free_port(), free_port());
     let cfg = with_prometheus(
         l7_config(

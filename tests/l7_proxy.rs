@@ -197,7 +197,7 @@ fn retries_on_503_then_succeeds_and_gives_up_after_budget() {
 #[test]
 fn route_timeout_is_504_and_connect_failure_is_503() {
     let a = Backend::start("a");
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (dead, _hold) = refusing_addr();
     let port = free_port();
     let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/dead\" }\ncluster = \"dead\"\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\ntimeout = \"200ms\"\n";
     let r = Remora::start(
@@ -561,7 +561,7 @@ fn curl_through_the_proxy() {
 #[test]
 fn connect_failure_retried_on_the_next_endpoint_and_per_try_timeout() {
     let a = Backend::start("a");
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (dead, _hold) = refusing_addr();
     let port = free_port();
     let cfg = format!(
         r#"[admin]

@@ -201,13 +201,6 @@ fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// An address nothing listens on (connections are refused).
-fn closed_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Two listeners on the same port, one on 127.0.0.1 and one on 127.0.0.2.
 fn pair_on_one_port() -> (TcpListener, TcpListener) {
     for _ in 0..20 {
@@ -1190,7 +1183,7 @@ fn endpoints_file_swap_moves_traffic_without_failures() {
 #[test]
 fn connect_failure_retry_goes_to_another_host() {
     let live = Backend::start("live");
-    let dead = closed_addr();
+    let (dead, _hold) = refusing_addr();
     let eps = [ep(dead), ep(live.addr)];
     let clusters = cluster("random", &eps, "lb_policy = \"random\"")
         + &cluster(

@@ -25,6 +25,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An address that refuses connections (RST) for as long as the returned
+/// socket lives: bound, never listening. A port only bound and closed again,
+/// as `free_port` gives, can be taken by a test running in parallel, which
+/// would then answer for the "dead" endpoint.
+#[allow(dead_code)]
+pub fn refusing_addr() -> (SocketAddr, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (addr, s)
+}
+
 /// A temp directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
