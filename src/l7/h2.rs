@@ -509,21 +509,26 @@ impl Pump {
                 self.queue.pop_front();
                 continue;
             }
-            self.tx.reserve_capacity(front.len());
-            let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
-            let cap = match until(deadline, poll_fn(|cx| self.tx.poll_capacity(cx))).await {
-                Some(Some(Ok(n))) => n,
-                Some(_) => return Err(Failure::Reset { started: true }),
-                None => return Err(Failure::PerTryTimeout),
+            let cap = match window(&mut self.tx, front.len(), idle).await {
+                Ok(n) => n,
+                Err(Unsent::Closed) => return Err(Failure::Reset { started: true }),
+                Err(Unsent::Stalled) => return Err(Failure::PerTryTimeout),
             };
             let Some(front) = self.queue.front_mut() else {
                 continue;
             };
+            if cap == 0 {
+                continue;
+            }
             let piece = front.split_to(cap.min(front.len()));
             if front.is_empty() {
                 self.queue.pop_front();
             }
-            self.tx.send_data(piece, false).map_err(sent)?;
+            // The body's last piece carries END_STREAM itself unless
+            // trailers follow.
+            let last = self.queue.is_empty() && body.complete() && body.trailers().is_none();
+            self.tx.send_data(piece, last).map_err(sent)?;
+            self.done = last;
         }
         Ok(())
     }
@@ -546,13 +551,7 @@ pub(super) async fn send_data(
         return tx.send_data(data, end).map_err(|_| Unsent::Closed);
     }
     while !data.is_empty() {
-        tx.reserve_capacity(data.len());
-        let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
-        let cap = match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
-            Some(Some(Ok(n))) => n,
-            None => return Err(Unsent::Stalled),
-            Some(_) => return Err(Unsent::Closed),
-        };
+        let cap = window(tx, data.len(), idle).await?;
         if cap == 0 {
             continue;
         }
@@ -561,6 +560,24 @@ pub(super) async fn send_data(
             .map_err(|_| Unsent::Closed)?;
     }
     Ok(())
+}
+
+/// Room to send up to `want` bytes on `tx` (0: none yet, ask again), waiting
+/// at most `idle` for the peer to open its window. The windows usually have
+/// room, which h2 assigns at once: then no timer is armed.
+async fn window(tx: &mut SendStream<Bytes>, want: usize, idle: Duration) -> Result<usize, Unsent> {
+    tx.reserve_capacity(want);
+    match tx.capacity() {
+        0 => {
+            let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+            match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
+                Some(Some(Ok(n))) => Ok(n),
+                None => Err(Unsent::Stalled),
+                Some(_) => Err(Unsent::Closed),
+            }
+        }
+        n => Ok(n),
+    }
 }
 
 /// Why data could not be sent to a peer.
@@ -978,8 +995,7 @@ impl H2Stream {
             let r = self.until_or_reset(deadline, run).await;
             self.merge(&tried);
             if let Some((answer, _active)) = self.answered(r, &body) {
-                self.relay_h1(answer, ops, deadline, http.stream_idle_timeout)
-                    .await;
+                self.relay_h1(answer, ops, deadline, http).await;
             }
         }
         self.log.bytes_received = body.received;
@@ -1183,8 +1199,9 @@ impl H2Stream {
         answer: H1Answer,
         ops: Option<&HeaderOps>,
         deadline: Option<Instant>,
-        idle: Duration,
+        http: &crate::config::Http,
     ) {
+        let idle = http.stream_idle_timeout;
         let H1Answer {
             mut up,
             upbuf,
@@ -1217,6 +1234,7 @@ impl H2Stream {
             let mut dec = BodyDecoder::new(head.framing, ChunkedLimits::default());
             let mut trailers = Vec::new();
             let mut out = Vec::new();
+            let mut ended = false;
             let mut upbuf = Some(upbuf);
             let r = loop {
                 let mut done = false;
@@ -1229,17 +1247,21 @@ impl H2Stream {
                         Err(_) => break Err(Reason::INTERNAL_ERROR),
                     }
                 }
+                // The last piece carries END_STREAM itself unless trailers
+                // follow (one frame less per answer for the client to read).
+                let last = done && trailers.is_empty();
                 if !out.is_empty() {
                     let n = out.len();
                     let data = Bytes::copy_from_slice(&out);
                     out.clear();
-                    if let Err(e) = send_data(&mut tx, data, false, idle).await {
+                    if let Err(e) = send_data(&mut tx, data, last, idle).await {
                         if e == Unsent::Stalled {
                             CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
                         }
                         break Err(Reason::CANCEL);
                     }
                     log.bytes_sent += n as u64;
+                    ended = last;
                 }
                 if done {
                     break Ok(());
@@ -1257,12 +1279,14 @@ impl H2Stream {
                 b.release();
             }
             r?;
-            let end = if trailers.is_empty() {
-                tx.send_data(Bytes::new(), true)
-            } else {
-                tx.send_trailers(headers::trailers_from_h1(&trailers))
-            };
-            end.map_err(|_| Reason::CANCEL)?;
+            if !ended {
+                let end = if trailers.is_empty() {
+                    tx.send_data(Bytes::new(), true)
+                } else {
+                    tx.send_trailers(headers::trailers_from_h1(&trailers))
+                };
+                end.map_err(|_| Reason::CANCEL)?;
+            }
             Ok(!leftover && !matches!(dec, BodyDecoder::CloseDelimited))
         };
         match until(deadline, relay).await {
@@ -1270,7 +1294,6 @@ impl H2Stream {
                 self.finished = true;
                 let reusable = clean && head.keep_alive && (max_uses == 0 || lease.uses < max_uses);
                 if reusable {
-                    let http = &shard.config.current().config.http;
                     let mut dropped = Vec::new();
                     shard.upstreams.pool.borrow_mut().put(
                         key,
