@@ -1822,10 +1822,10 @@ def compare_main(argv: list[str] | None = None) -> int:
 def flamegraph_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/flamegraph",
-        description="Records Remora (pinned, under wrk load) with perf -e cpu-clock and "
-                    "renders a flame graph SVG with inferno.")
+        description="Records Remora (pinned, under the scenario's wrk or h2load load) with "
+                    "perf -e cpu-clock and renders a flame graph SVG with inferno.")
     ap.add_argument("--scenario", default="l4-keepalive",
-                    choices=[s.name for s in SCENARIOS if s.kind == "load" and s.load == "wrk"])
+                    choices=[s.name for s in SCENARIOS if s.kind == "load"])
     ap.add_argument("--forwarding", default="copy", choices=["copy", "splice"],
                     help="Remora L4 forwarding mode (l4 scenarios)")
     ap.add_argument("--duration", type=int, default=10, help="seconds recorded")
@@ -1838,13 +1838,15 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (perf.data)")
     args = ap.parse_args(argv)
     sc = next(s for s in SCENARIOS if s.name == args.scenario)
-    proxy = {"l7": "remora-l7", "mtls": "remora-mtls"}.get(sc.layer, f"remora-{args.forwarding}")
+    proxy = flamegraph_proxy(sc, args.forwarding)
     out = args.out or RESULTS_DIR / f"flame-{sc.name}-{proxy.removeprefix('remora-')}.svg"
 
     rig = None
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        ensure_tools(extra_apt=["linux-perf"], extra_bins=["perf"])
+        h2 = sc.load == "h2load"
+        ensure_tools(extra_apt=["linux-perf", *(["nghttp2-client"] if h2 else [])],
+                     extra_bins=["perf", *(["h2load", "nghttp"] if h2 else [])])
         ensure_inferno()
         check_memlock()
         build_remora(args.no_build)
@@ -1857,14 +1859,21 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         if sc.layer == "l7" and not rig.probe_remora_l7():
             raise SetupError(f"Remora has no L7 mode yet: {rig.remora_l7_probe['answer'][:200]}")
         inst = rig.start(proxy, sc)
-        rig.check_http(inst.port, close=sc.close)
+        rig.check(inst.port, sc)
         # A sidecar pair (mtls scenarios): both processes in one recording.
         pids = ",".join(str(p.pid) for p in [inst.proc, *inst.also])
-        wrk_argv = ["wrk", "-t1", f"-c{sc.connections}", f"-d{args.duration + 3}s"]
-        if sc.close:
-            wrk_argv += ["-H", "Connection: close"]
-        wrk_argv.append(f"http://127.0.0.1:{inst.port}{sc.path}")
-        wrk = rig.procs.start(wrk_argv, rig.dir / "wrk.log", load_cpu)
+        if sc.load == "h2load":
+            (rig.dir / "tmp").mkdir(exist_ok=True)
+            # h2load_argv pins it to the load CPU itself.
+            load_argv = h2load_argv(rig, inst.port, sc, args.duration + 3,
+                                    rig.dir / "tmp" / "h2load.log")
+            wrk = rig.procs.start(load_argv, rig.dir / "wrk.log", None)
+        else:
+            wrk_argv = ["wrk", "-t1", f"-c{sc.connections}", f"-d{args.duration + 3}s"]
+            if sc.close:
+                wrk_argv += ["-H", "Connection: close"]
+            wrk_argv.append(f"http://127.0.0.1:{inst.port}{sc.path}")
+            wrk = rig.procs.start(wrk_argv, rig.dir / "wrk.log", load_cpu)
         time.sleep(1)
         data = rig.dir / "perf.data"
         cg = ["-g"] if args.call_graph == "fp" else ["--call-graph", "dwarf,16384"]
@@ -1904,6 +1913,12 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         if rig is not None:
             rig.close()
     return 0
+
+
+def flamegraph_proxy(sc: Scenario, forwarding: str) -> str:
+    """The Remora contender perf/flamegraph records for a scenario."""
+    return {"l7": "remora-l7", "mtls": "remora-mtls", "h2": "remora-h2",
+            "grpc": "remora-grpc"}.get(sc.layer, f"remora-{forwarding}")
 
 
 def ensure_inferno() -> None:

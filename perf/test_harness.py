@@ -499,9 +499,16 @@ class H2Pieces(unittest.TestCase):
         # Not in the older scenarios.
         self.assertFalse(any(x["vs"].startswith("envoy") for x in harness.ratios(SAMPLE)))
 
-    def test_flamegraph_keeps_to_wrk_scenarios(self):
+    def test_flamegraph_records_load_scenarios_only(self):
+        # The idle scenario has no load to record: refused before anything starts.
         with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
-            harness.flamegraph_main(["--scenario", "grpc-unary"])
+            harness.flamegraph_main(["--scenario", "idle-10k"])
+        by_name = {s.name: s for s in harness.SCENARIOS}
+        self.assertEqual(harness.flamegraph_proxy(by_name["h2-keepalive"], "copy"), "remora-h2")
+        self.assertEqual(harness.flamegraph_proxy(by_name["grpc-unary"], "copy"), "remora-grpc")
+        self.assertEqual(harness.flamegraph_proxy(by_name["l7-close"], "copy"), "remora-l7")
+        self.assertEqual(harness.flamegraph_proxy(by_name["large-1mib"], "splice"),
+                         "remora-splice")
 
 
 def render_h2_configs(rig):

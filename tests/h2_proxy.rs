@@ -215,10 +215,12 @@ impl Nginx {
         let port = free_port();
         std::fs::create_dir_all(dir.0.join("www")).unwrap();
         let d = dir.0.display();
+        // One process (master_process off): the kill in Drop leaves no
+        // orphaned worker behind.
         let conf = dir.file(
             "nginx.conf",
             &format!(
-                r#"worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+                r#"master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;

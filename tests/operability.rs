@@ -239,10 +239,12 @@ fn hundred_reloads_under_load_drop_nothing() {
     let backend_port = free_port();
     let body = "x".repeat(612);
     dir.file("index.html", &body);
+    // One process (master_process off): the kill on drop leaves no orphaned
+    // worker behind.
     let conf = dir.file(
         "nginx.conf",
         &format!(
-            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend_port}; root {d}; }} }}\n",
+            "master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend_port}; root {d}; }} }}\n",
             d = dir.0.display()
         ),
     );
