@@ -768,3 +768,67 @@ fn upstream_stream_limit_and_goaway() {
     // At most 20 requests per connection: at least 15 connections for 300.
     assert!(totals.get("upstream_cx_http2_total") >= 15, "{totals:?}");
 }
+
+/// The HTTP/2 side of a discarded upload: DATA the codec received for a
+/// stream answered locally before its body was read (a fault delay holds the
+/// answer until the client's DATA is in, then the abort answers) counts in
+/// the access log's `bytes_received`, though the stream is reset (NO_ERROR)
+/// and the data dropped unread.
+#[test]
+fn unread_request_data_counts_in_the_access_log() {
+    let a = Backend::start("a");
+    let dir = TempDir::new("h2-unread");
+    let log = dir.0.join("access.log");
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\n\
+        fault = { delay = \"300ms\", delay_percent = 100.0, abort_status = 503, abort_percent = 100.0 }\n";
+    let cfg = config(port, "http", &[("a", a.addr, "")], routes)
+        + &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"json\"\nfields = [\"response_code\", \"bytes_received\"]\n",
+            log.display()
+        );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    // The request head and three DATA frames of 10,000 bytes (within the
+    // initial windows), in one write, no END_STREAM.
+    let script = format!(
+        r#"
+import socket, h2.connection, h2.events
+s = socket.create_connection(("127.0.0.1", {port}))
+c = h2.connection.H2Connection()
+c.initiate_connection()
+c.send_headers(1, [(":method", "POST"), (":path", "/up"), (":scheme", "http"), (":authority", "svc")])
+for _ in range(3):
+    c.send_data(1, b"x" * 10000)
+s.sendall(c.data_to_send())
+status = None
+while status is None:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            status = dict(e.headers)[b":status"].decode()
+    s.sendall(c.data_to_send())
+print(status)
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "503",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let got: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"response_code": 503, "bytes_received": 30000}),
+        "{text}"
+    );
+}

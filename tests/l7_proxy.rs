@@ -1267,6 +1267,100 @@ fn early_answer_reaches_a_client_still_uploading() {
     assert_eq!(totals.get("downstream_cx_lingering_close"), 3);
 }
 
+/// Upload bytes that are read and dropped after an early answer still count
+/// in the access log's `bytes_received` (Envoy counts every body byte the
+/// client sent): an upstream answering mid-upload (dropped while the answer
+/// goes out, then by the lingering close), a route's direct_response and an
+/// RBAC denial (the whole body dropped by the lingering close), and a
+/// chunked body after a local reply (counted with its framing: dropped
+/// undecoded). The entry of a lingering close is written when it ends.
+#[test]
+fn discarded_upload_bytes_count_in_the_access_log() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let dir = TempDir::new("discard-log");
+    let log = dir.0.join("access.log");
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n\
+        [[virtual_host.route]]\nmatch = { prefix = \"/direct\" }\ndirect_response = { status = 200, body = \"hi\" }\n\
+        [[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\ntimeout = \"10s\"\n";
+    let cfg = l7_config(port, "http", &[("a", a.addr)], routes)
+        + &format!(
+            "[http]\nlingering_time = \"1m\"\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\
+             fields = [\"path\", \"response_code\", \"bytes_received\"]\n",
+            log.display()
+        );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    const LEN: usize = 4 * 1024 * 1024;
+    let upload = payload(LEN, 13);
+    // Early upstream answers: 100 KiB (past the retry buffer: streaming),
+    // the answer, then the rest.
+    for path in ["/early", "/early-drain", "/early-keep"] {
+        let mut c = Client::new(port);
+        c.w.write_all(
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        c.w.write_all(&upload[..100 * 1024]).unwrap();
+        assert_eq!(c.response().status, 413, "{path}");
+        c.w.write_all(&upload[100 * 1024..]).unwrap();
+        let mut rest = Vec::new();
+        c.r.read_to_end(&mut rest).unwrap();
+    }
+    // Local replies before any of the body was read: the whole upload is
+    // sent at once, then the answer read.
+    let mut c = Client::new(port);
+    c.w.write_all(
+        format!("POST /direct HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let writer = thread::spawn({
+        let mut w = c.w.try_clone().unwrap();
+        let upload = upload.clone();
+        move || w.write_all(&upload)
+    });
+    assert_eq!(c.response().status, 200);
+    writer
+        .join()
+        .unwrap()
+        .expect("the upload is taken, not refused");
+    let mut rest = Vec::new();
+    c.r.read_to_end(&mut rest).unwrap();
+    drop(c);
+    // Chunked after a local reply: 3 chunks of 1000 bytes, framing included.
+    let body = chunked(&[1000, 1000, 1000]);
+    let mut c = Client::new(port);
+    c.w.write_all(
+        format!("POST /direct HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.response().status, 200);
+    c.w.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.r.read_to_end(&mut rest).unwrap();
+    drop(c);
+    let (code, totals) = r.stop();
+    assert_eq!(code, 0);
+    assert_eq!(totals.get("downstream_cx_lingering_close"), 5);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let got: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = |path: &str, code: u16, n: usize| serde_json::json!({"path": path, "response_code": code, "bytes_received": n});
+    assert_eq!(
+        got,
+        vec![
+            want("/early", 413, LEN),
+            want("/early-drain", 413, LEN),
+            want("/early-keep", 413, LEN),
+            want("/direct", 200, LEN),
+            want("/direct", 200, body.len()),
+        ],
+        "{text}"
+    );
+}
+
 /// A client that writes its whole upload before it reads anything (many
 /// simple clients do) still gets the early answer: the proxy reads and drops
 /// the upload while answering, instead of leaving the client stuck in a write

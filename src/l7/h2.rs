@@ -328,10 +328,42 @@ fn preface_verdict(bytes: &[u8]) -> Option<bool> {
     bytes.get(p.len() + 3).map(|&t| t == SETTINGS)
 }
 
+/// A client's request body as the codec hands it over, which notes on its
+/// way out the DATA received for it that nobody read (the answer came
+/// first): dropped, h2 resets the stream with NO_ERROR (RFC 9113 §8.1) and
+/// lets those bytes go, but the client sent them, and the access log counts
+/// them in `bytes_received` as the HTTP/1 path counts a discarded upload.
+struct Recv {
+    recv: RecvStream,
+    unread: Rc<Cell<u64>>,
+}
+
+impl Drop for Recv {
+    fn drop(&mut self) {
+        // The stream's received-but-unreleased data: `Body::read` releases
+        // what it takes at once, so this is exactly what was never read.
+        let n = self.recv.flow_control().used_capacity();
+        self.unread.set(n as u64);
+    }
+}
+
+impl std::ops::Deref for Recv {
+    type Target = RecvStream;
+    fn deref(&self) -> &RecvStream {
+        &self.recv
+    }
+}
+
+impl std::ops::DerefMut for Recv {
+    fn deref_mut(&mut self) -> &mut RecvStream {
+        &mut self.recv
+    }
+}
+
 /// A request body from an HTTP/2 client. What is read of it is kept (for a
 /// retry to replay) while it stays within `http.retry_buffer_limit`.
 struct Body {
-    recv: RecvStream,
+    recv: Recv,
     /// Data read so far, while `streamed` is false.
     buffered: Vec<Bytes>,
     kept_len: usize,
@@ -607,8 +639,14 @@ async fn stream(
         finished: false,
     };
     s.log.protocol = "HTTP/2";
-    let (parts, body) = req.into_parts();
-    s.handle(parts, body).await;
+    let (parts, recv) = req.into_parts();
+    let unread = Rc::new(Cell::new(0));
+    let recv = Recv {
+        recv,
+        unread: unread.clone(),
+    };
+    s.handle(parts, recv).await;
+    s.log.bytes_received += unread.get();
     if !s.finished {
         s.conn.premature_reset(&s.shard);
     }
@@ -716,7 +754,7 @@ impl H2Stream {
         }
     }
 
-    async fn handle(&mut self, mut parts: http::request::Parts, recv: RecvStream) {
+    async fn handle(&mut self, mut parts: http::request::Parts, recv: Recv) {
         let shard = self.shard.clone();
         let snap = shard.config.current();
         let config = &snap.config;

@@ -243,8 +243,10 @@ pub struct RequestLog {
     /// Status sent to the client; 0 if none was (client gone, or reset).
     pub status: u16,
     pub flags: ResponseFlags,
-    /// Body bytes (decoded: no chunk framing) read from the client, as
-    /// Envoy's %BYTES_RECEIVED%.
+    /// Body bytes read from the client, as Envoy's %BYTES_RECEIVED%:
+    /// decoded (no chunk framing) where they were used, and those read and
+    /// dropped after an early answer as they came (a chunked rest with its
+    /// framing).
     pub bytes_received: u64,
     /// Body bytes (decoded) written to the client, as Envoy's %BYTES_SENT%.
     pub bytes_sent: u64,
@@ -344,6 +346,8 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
         started: Instant::now(),
         unread_body: false,
         discarded: 0,
+        in_body: false,
+        lingering_log: LingeringLog(shard, None),
         rate_headers: None,
         first: true,
     };
@@ -357,18 +361,21 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
             conn.out = Vec::new();
         }
         match next {
-            Next::Continue => {}
+            Next::Continue => conn.log_lingering(0),
             Next::Close => {
                 if conn.unread_body {
                     conn.linger().await;
                 }
+                conn.log_lingering(0);
                 break;
             }
             Next::Tunnel(up, upbuf) => {
+                conn.log_lingering(0);
                 Box::pin(conn.tunnel(up, upbuf)).await;
                 break;
             }
             Next::Http2 => {
+                conn.log_lingering(0);
                 let Conn {
                     down,
                     inbuf,
@@ -620,6 +627,16 @@ struct Conn<'s> {
     /// Body bytes read and dropped after an early answer, while it was sent;
     /// the lingering close may drop `lingering_max_bytes` minus these.
     discarded: u64,
+    /// The current request's head was parsed: what the client sends after
+    /// it is its body (a lingering close after a bad head drops head bytes,
+    /// which are not counted).
+    in_body: bool,
+    /// The access-log entry of a request whose close lingers, written once
+    /// the lingering close ends: what it reads and drops is the request's
+    /// body too, and counts in `bytes_received` (Envoy counts every body
+    /// byte the client sent, whether or not anything used it). Counters and
+    /// the latency histogram do not wait for it.
+    lingering_log: LingeringLog<'s>,
     /// The current request's `x-ratelimit-*` headers (its rate limit has
     /// `response_headers` on): added to whatever answers it, forwarded or
     /// local, as Envoy's filter adds them in its encode path. Cleared by
@@ -627,6 +644,19 @@ struct Conn<'s> {
     rate_headers: Option<[(&'static str, String); 3]>,
     /// No request has been read yet (the HTTP/2 preface is looked for).
     first: bool,
+}
+
+/// An access-log entry held while a lingering close runs ([`Conn`]'s
+/// `lingering_log`); written when dropped, should the connection's task be
+/// dropped before the close ends (a core that stops).
+struct LingeringLog<'s>(&'s Shard, Option<RequestLog>);
+
+impl Drop for LingeringLog<'_> {
+    fn drop(&mut self) {
+        if let Some(log) = self.1.take() {
+            access_log_request(self.0, &log);
+        }
+    }
 }
 
 /// How long a keep-alive connection may sit idle once its core is stopping.
@@ -641,6 +671,7 @@ impl Conn<'_> {
                 if header_deadline.is_none() {
                     self.started = Instant::now();
                     self.log = RequestLog::new(&self.ctx);
+                    self.in_body = false;
                     header_deadline = Some(self.started + http.request_headers_timeout);
                 }
                 // A connection's first bytes may be HTTP/2's preface (prior
@@ -799,28 +830,66 @@ impl Conn<'_> {
     /// response (RFC 9112 §9.6 describes the same staged close for servers).
     async fn linger(&mut self) {
         self.unread_body = false;
+        // Read already, never to be used: body bytes received all the same.
+        let mut dropped = 0;
         if let Some(b) = self.inbuf.take() {
+            dropped = b.len() as u64;
             b.release();
         }
         let http = &self.snapshot.config.http;
         let (time, max) = (http.lingering_time, http.lingering_max_bytes);
-        if time.is_zero() {
-            return;
+        if !time.is_zero() {
+            CoreStats::inc(&self.shard.stats.downstream_cx_lingering_close);
+            self.down.shutdown_write().await;
+            let count = Cell::new(self.discarded);
+            // A stopping core ends it after the grace an idle connection
+            // gets: the answer went out before, and the drain would
+            // otherwise wait the whole lingering_time for it.
+            let stopping = self.shard.stopping.acquire(1);
+            future::or(
+                async {
+                    let discarding = discard(&mut self.down, &count, max);
+                    let _ = until(Some(Instant::now() + time), discarding).await;
+                },
+                async {
+                    let _ = stopping.await;
+                    glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+                },
+            )
+            .await;
+            dropped += count.get() - self.discarded;
         }
-        CoreStats::inc(&self.shard.stats.downstream_cx_lingering_close);
-        self.down.shutdown_write().await;
-        let count = Cell::new(self.discarded);
-        let _ = until(
-            Some(Instant::now() + time),
-            discard(&mut self.down, &count, max),
-        )
-        .await;
+        self.log_lingering(dropped);
+    }
+
+    /// Drops the request's head (`len` bytes) from `inbuf`: what follows
+    /// is its body.
+    fn consume_head(&mut self, len: usize) {
+        if let Some(b) = self.inbuf.as_mut() {
+            b.consume(len);
+        }
+        self.in_body = true;
+    }
+
+    /// Writes the access-log entry held for a lingering close, with the
+    /// `dropped` body bytes that close read.
+    fn log_lingering(&mut self, dropped: u64) {
+        if let Some(mut log) = self.lingering_log.1.take() {
+            log.bytes_received += dropped;
+            access_log_request(self.shard, &log);
+        }
     }
 
     fn finish(&mut self) {
         self.rate_headers = None;
         self.log.duration = self.started.elapsed();
-        log_request(self.shard, &self.log);
+        if self.unread_body && self.in_body && self.shard.access_log.is_some() {
+            count_request(self.shard, &self.log);
+            let log = std::mem::replace(&mut self.log, RequestLog::new(&self.ctx));
+            self.lingering_log.1 = Some(log);
+        } else {
+            log_request(self.shard, &self.log);
+        }
     }
 
     /// One request, from its head to the end of its response.
@@ -901,6 +970,7 @@ impl Conn<'_> {
         if self.shard.overload_actions.get().stop_accepting_requests {
             CoreStats::inc(&self.shard.stats.downstream_rq_overload_close);
             self.log.flags.insert(ResponseFlags::OL);
+            self.consume_head(len);
             return self.local(503, "envoy overloaded", &[], false).await;
         }
 
@@ -914,6 +984,7 @@ impl Conn<'_> {
                     self.log.flags.insert(ResponseFlags::RBAC);
                     self.log.authz_policy = Some(policy);
                     CoreStats::inc(&self.shard.stats.rq_rbac_denied);
+                    self.consume_head(len);
                     // The body (if any) was not read: the connection cannot be reused.
                     let keep = keep_alive && framing == BodyFraming::None;
                     return self.local(403, "RBAC: access denied", &[], keep).await;
@@ -991,9 +1062,7 @@ impl Conn<'_> {
                 }
             }
         }
-        if let Some(b) = self.inbuf.as_mut() {
-            b.consume(len);
-        }
+        self.consume_head(len);
 
         // Local rate limit (route, else virtual host), before anything else
         // is done for the request: its body is not read, no fault delays it.
@@ -1290,6 +1359,10 @@ impl Conn<'_> {
             }
         };
         self.discarded = discarded.get();
+        // Dropped, but received from the client: body bytes as much as the
+        // ones forwarded (for a chunked body, with its framing: the rest is
+        // dropped undecoded).
+        self.log.bytes_received += self.discarded;
         self.finish();
         next
     }
@@ -1895,8 +1968,14 @@ pub fn request_details_wanted(shard: &Shard) -> bool {
 }
 
 /// The one sink for finished HTTP requests: per-core counters, the latency
-/// histogram and a debug line. (The access log plugs in here.)
+/// histogram, a debug line and the access log.
 pub fn log_request(shard: &Shard, log: &RequestLog) {
+    count_request(shard, log);
+    access_log_request(shard, log);
+}
+
+/// [`log_request`] without the access log: counters, histogram, debug line.
+fn count_request(shard: &Shard, log: &RequestLog) {
     let s = &shard.stats;
     CoreStats::inc(&s.rq_total);
     s.upstream_rq_total
@@ -1930,6 +2009,10 @@ pub fn log_request(shard: &Shard, log: &RequestLog) {
         request_id = log.request_id.as_deref().unwrap_or("-"),
         "request"
     );
+}
+
+/// The access-log entry of a finished request, when the access log is on.
+fn access_log_request(shard: &Shard, log: &RequestLog) {
     if let Some(al) = &shard.access_log {
         let flags = log.flags.to_string();
         al.record(&access_log::Entry {
