@@ -681,6 +681,18 @@ class Rig:
             if starter is None:
                 raise SetupError(f"{name}: {MTLS_NA}")
             return starter(self, name, sc or next(s for s in SCENARIOS if s.name == "mtls"))
+        argv, port, logp = self.command(name)
+        p = self.procs.start(argv, logp, self.proxy_cpu)
+        wait_port(port, p, logp)
+        inst = Instance(name, port, p, p.pid, logp)
+        if family == "remora":
+            inst.notes = remora_ready_notes(logp)
+        return inst
+
+    def command(self, name: str) -> tuple[list[str], int, Path]:
+        """(argv, port, log path) of a single-process proxy on a free port, its
+        config rendered into the work directory."""
+        family, _, template, extra = PROXIES[name]
         self.counter += 1
         tag = f"{name}-{self.counter}"
         port = free_port()
@@ -701,12 +713,7 @@ class Rig:
             argv = self.envoy_argv(conf)
         else:
             raise ValueError(name)
-        p = self.procs.start(argv, logp, self.proxy_cpu)
-        wait_port(port, p, logp)
-        inst = Instance(name, port, p, p.pid, logp)
-        if family == "remora":
-            inst.notes = remora_ready_notes(logp)
-        return inst
+        return argv, port, logp
 
     def envoy_argv(self, conf: Path) -> list[str]:
         """One worker, no hot restart (no shared memory), a base id of its own so that
@@ -1814,6 +1821,210 @@ def compare_main(argv: list[str] | None = None) -> int:
             log(f"  {f}")
         return 1
     return 0
+
+
+# ───────────────────────────── perf/startup ─────────────────────────────
+
+STARTUP_PROXIES = ["remora-l7", "remora-copy", "nginx-http", "nginx-stream",
+                   "haproxy-http", "haproxy-tcp", "envoy-http", "envoy-tcp"]
+
+
+def first_response(port: int, small: bytes, started: float, proc: subprocess.Popen,
+                   timeout: float = 10.0, pause: float = 0.0002) -> tuple[float, float]:
+    """Polls 127.0.0.1:`port` from `started` (time.monotonic() just before the exec)
+    until a proxied `GET /small` comes back 200 with the right bytes. Returns
+    (seconds to the first accepted TCP connect, i.e. the listener is bound; seconds
+    to that first full proxied response). A refused connect is retried after
+    `pause`; an answer other than 200 + `small`, a reset or an early close on a
+    connected socket is retried on a new connection (a proxy may accept before its
+    upstream side is ready)."""
+    request = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    bound = None
+    deadline = started + timeout
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            raise HarnessError(f"no proxied 200 on 127.0.0.1:{port} within {timeout}s "
+                               f"(bound: {'yes' if bound is not None else 'no'})")
+        if proc.poll() is not None:
+            raise ProxyDied(f"{shlex.join(getattr(proc, 'argv', proc.args))} exited with "
+                            f"{proc.returncode} before its first proxied response")
+        s = socket.socket()
+        s.settimeout(max(0.05, deadline - now))
+        try:
+            s.connect(("127.0.0.1", port))
+        except (ConnectionRefusedError, socket.timeout):
+            s.close()
+            time.sleep(pause)
+            continue
+        if bound is None:
+            bound = time.monotonic() - started
+        try:
+            s.sendall(request)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep and len(body) >= content_length(head):
+                    break
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")) and body == small:
+                return bound, time.monotonic() - started
+        except OSError:
+            pass
+        finally:
+            s.close()
+        time.sleep(pause)
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return 1 << 62  # unknown: read to the close
+
+
+def measure_startup(rig: Rig, name: str) -> dict:
+    """One cold start of `name`: exec (pinned to the proxy CPU by the child itself
+    before the exec, so no taskset exec is counted), then first_response."""
+    argv, port, logp = rig.command(name)
+    cpu = rig.proxy_cpu
+
+    def child() -> None:
+        _die_with_parent()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    out = open(logp, "ab")
+    started = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         preexec_fn=child, cwd=str(REPO))
+    out.close()
+    p.argv = argv  # type: ignore[attr-defined]
+    rig.procs.live.append(p)
+    try:
+        bound, first = first_response(port, rig.small, started, p)
+    finally:
+        rig.procs.stop(p)
+    return {"bind_ms": round(bound * 1000, 2), "first_ms": round(first * 1000, 2)}
+
+
+def summarise_startup(name: str, samples: list[dict]) -> dict:
+    binds = [s["bind_ms"] for s in samples]
+    firsts = [s["first_ms"] for s in samples]
+    gaps = [s["first_ms"] - s["bind_ms"] for s in samples]
+    return {"proxy": name, "runs": len(samples),
+            "bind_ms": round(median(binds), 2), "first_ms": round(median(firsts), 2),
+            "gap_ms": round(median(gaps), 2),
+            "first_min_ms": min(firsts), "first_max_ms": max(firsts)}
+
+
+def render_startup_md(data: dict) -> str:
+    m = data["meta"]
+    lines = [f"# Start-up: exec to first proxied response ({m['date']})", "",
+             f"- command: `{m['command']}`",
+             f"- {m['runs']} cold starts per proxy, alternated; medians; {m['pinning']}",
+             f"- load average before {m['loadavg_start']}, after {m['loadavg_end']}",
+             "- bind: first accepted TCP connect; first: first `GET /small` answered 200 "
+             "with the right bytes through the proxy (the backend already running)", "",
+             "| proxy | bind ms | first response ms | first - bind ms | first min-max ms |",
+             "|---|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['proxy']} | {r['bind_ms']:.1f} | {r['first_ms']:.1f} | "
+                     f"{r['gap_ms']:.1f} | {r['first_min_ms']:.1f}-{r['first_max_ms']:.1f} |")
+    for f in data.get("failures", []):
+        lines.append(f"\nFAILED: {f}")
+    return "\n".join(lines) + "\n"
+
+
+def startup_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="perf/startup",
+        description="Cold start of each proxy: ms from exec to its listener bound and to "
+                    "its first proxied response (median of N). See perf/README.md.")
+    ap.add_argument("--runs", type=int, default=11, help="cold starts per proxy (default 11)")
+    ap.add_argument("--proxies", default=",".join(STARTUP_PROXIES),
+                    help=f"comma-separated subset of {','.join(STARTUP_PROXIES)}")
+    ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
+    ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora")
+    ap.add_argument("--load-cpu", type=int)
+    ap.add_argument("--proxy-cpu", type=int)
+    ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
+                    help="also start another Remora binary, as remora-l7@LABEL and "
+                         "remora-copy@LABEL (before/after of a change; repeatable)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    wanted = [p for p in args.proxies.split(",") if p]
+    for alt in args.remora_alt:
+        label, sep, path = alt.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            ap.error(f"--remora-alt {alt}: expected LABEL=PATH to an existing binary")
+        for base in ("remora-l7", "remora-copy"):
+            family, layer, template, extra = PROXIES[base]
+            PROXIES[f"{base}@{label}"] = (family, layer, template,
+                                          extra | {"BIN": str(Path(path).resolve())})
+            wanted.append(f"{base}@{label}")
+    bad = [p for p in wanted if p not in PROXIES or PROXIES[p][0] in ("direct", "pair")]
+    if bad:
+        ap.error(f"unknown proxy: {', '.join(bad)}")
+    rig = None
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        ensure_tools()
+        check_memlock()
+        envoy = ensure_envoy() if any(p.startswith("envoy") for p in wanted) else None
+        build_remora(args.no_build)
+        _, hard = raise_nofile()
+        load_cpu, proxy_cpu, pinned = pick_cpus(args)
+        if load_cpu is not None:
+            os.sched_setaffinity(0, {load_cpu})
+        rig = Rig(args.remora_bin.resolve(), load_cpu, proxy_cpu, hard)
+        rig.envoy = envoy
+        rig.start_backend()
+        meta = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": shlex.join(["perf/startup", *(argv if argv is not None else sys.argv[1:])]),
+            "runs": args.runs, "loadavg_start": loadavg(), "versions": versions(args.remora_bin),
+            "pinning": (f"proxy on CPU{proxy_cpu}, prober and backend on CPU{load_cpu}"
+                        if pinned else "not pinned"),
+        }
+        samples: dict[str, list[dict]] = {n: [] for n in wanted}
+        failures = []
+        for rnd in range(args.runs):
+            k = rnd % len(wanted)
+            for name in wanted[k:] + wanted[:k]:
+                if name in {f.split(":")[0] for f in failures}:
+                    continue
+                try:
+                    samples[name].append(measure_startup(rig, name))
+                except HarnessError as e:
+                    failures.append(f"{name}: {e}")
+                    log(f"FAILED {name}: {e}")
+        meta["loadavg_end"] = loadavg()
+        rows = [summarise_startup(n, s) for n, s in samples.items() if s]
+        data = {"meta": meta, "rows": rows, "failures": failures}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "startup.json").write_text(json.dumps(data, indent=2) + "\n")
+        md = render_startup_md(data)
+        (args.out / "startup.md").write_text(md)
+        print(md)
+        return 1 if failures else 0
+    except SetupError as e:
+        log(f"setup: {e}")
+        return 2
+    except HarnessError as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if rig is not None:
+            rig.close()
 
 
 # ───────────────────────────── perf/flamegraph ─────────────────────────────

@@ -115,6 +115,104 @@ class Render(unittest.TestCase):
         self.assertIn("1.06×", svg)
 
 
+class FakeHttpServer:
+    """A keep-alive HTTP/1.1 server on a thread: answers every request with
+    `body`; `delay` seconds before it listens at all, and its first `refuse`
+    requests get 503 (a proxy whose upstream side is not ready yet)."""
+
+    def __init__(self, body: bytes, delay: float = 0.0, refuse: int = 0) -> None:
+        import socket
+        import threading
+        self.body, self.refuse, self.requests = body, refuse, 0
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.ready = threading.Event()
+        self.stop = False
+        threading.Thread(target=self._run, args=(delay,), daemon=True).start()
+
+    def _run(self, delay: float) -> None:
+        import socket
+        import threading
+        import time
+        time.sleep(delay)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(1024)
+        self.listener = s
+        self.ready.set()
+        while not self.stop:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = c.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                c.close()
+                return
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests += 1
+                if self.requests <= self.refuse:
+                    c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+                              + self.body)
+
+    def close(self) -> None:
+        self.stop = True
+        if self.ready.is_set():
+            self.listener.close()
+
+
+class Startup(unittest.TestCase):
+    def test_polls_through_refusals_and_non_200s(self):
+        import time
+        body = b"z" * 612
+        srv = FakeHttpServer(body, delay=0.2, refuse=2)
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            started = time.monotonic()
+            bound, first = harness.first_response(srv.port, body, started, proc, timeout=10)
+            self.assertGreaterEqual(bound, 0.2)
+            self.assertGreaterEqual(first, bound)
+            self.assertEqual(srv.requests, 3)  # two 503s, then the 200
+        finally:
+            proc.kill()
+            proc.wait()
+            srv.close()
+
+    def test_a_proxy_that_exits_fails(self):
+        import time
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        with self.assertRaises(harness.ProxyDied):
+            harness.first_response(1, b"", time.monotonic(), proc, timeout=5)
+
+    def test_summary_and_markdown(self):
+        rows = [harness.summarise_startup("remora-l7", [
+            {"bind_ms": 5.0, "first_ms": 6.0}, {"bind_ms": 4.0, "first_ms": 9.0},
+            {"bind_ms": 6.0, "first_ms": 7.0}])]
+        self.assertEqual((rows[0]["bind_ms"], rows[0]["first_ms"], rows[0]["gap_ms"]),
+                         (5.0, 7.0, 1.0))
+        md = harness.render_startup_md({
+            "meta": {"date": "d", "command": "perf/startup", "runs": 3, "pinning": "p",
+                     "loadavg_start": "0", "loadavg_end": "0"},
+            "rows": rows, "failures": []})
+        self.assertIn("| remora-l7 | 5.0 | 7.0 | 1.0 | 6.0-9.0 |", md)
+
+
 FAKE_REMORA = textwrap.dedent("""\
     #!/usr/bin/env python3
     # A fake `remora` that listens where its config says and answers with wrong bytes.
