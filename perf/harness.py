@@ -105,6 +105,9 @@ class Scenario:
     load: str = "wrk"
     streams: int = 1
     grpc: bool = False
+    # idle scenarios: each held connection first sends one keep-alive request and
+    # reads its answer (an idle HTTP keep-alive connection), instead of none (L4).
+    idle_http: bool = False
 
 
 SCENARIOS = [
@@ -118,6 +121,9 @@ SCENARIOS = [
              "1 MiB responses, 10 persistent connections, L4 proxies"),
     Scenario("idle-10k", "l4", "idle", SMALL_PATH, 10000, False,
              "RSS with 10,000 idle connections held through the proxy, L4 proxies"),
+    Scenario("idle-http", "l7", "idle", SMALL_PATH, 10000, False,
+             "RSS with 10,000 idle HTTP keep-alive connections held through the proxy, each "
+             "after one request answered, L7 proxies", idle_http=True),
     # wrk -> sidecar A (outbound, plaintext in) -> mTLS -> sidecar B (inbound) -> backend;
     # both sidecars pinned on the proxy CPU, their CPU summed.
     Scenario("mtls", "mtls", "load", SMALL_PATH, 50, False,
@@ -1256,7 +1262,28 @@ def established_to(port: int) -> int:
     return n
 
 
-async def _open_many(port: int, n: int, concurrency: int = 256) -> tuple[list[socket.socket], int]:
+IDLE_HTTP_REQUEST = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+async def _read_response(loop, s: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read whole; b"" if the
+    connection closed first."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep and len(body) >= content_length(head):
+            return data
+        chunk = await loop.sock_recv(s, 65536)
+        if not chunk:
+            return b""
+        data += chunk
+
+
+async def _open_many(port: int, n: int, concurrency: int = 256,
+                     http_body: bytes | None = None) -> tuple[list[socket.socket], int]:
+    """Opens `n` connections (`concurrency` at a time). With `http_body`, each
+    also sends one keep-alive `GET /small` and must get 200 with those bytes,
+    then stays open: an idle HTTP keep-alive connection."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(concurrency)
     socks: list[socket.socket] = []
@@ -1269,6 +1296,12 @@ async def _open_many(port: int, n: int, concurrency: int = 256) -> tuple[list[so
         try:
             async with sem:
                 await asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), 20)
+                if http_body is not None:
+                    await loop.sock_sendall(s, IDLE_HTTP_REQUEST)
+                    data = await asyncio.wait_for(_read_response(loop, s), 20)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200") or body != http_body:
+                        raise OSError(f"bad answer: {head[:40]!r}")
             socks.append(s)
         except (OSError, asyncio.TimeoutError):
             failed += 1
@@ -1301,7 +1334,7 @@ def probe_held(socks: list[socket.socket], small: bytes, count: int = 20) -> int
     return ok
 
 
-def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
+def measure_idle(rig: Rig, inst: Instance, n: int, http: bool = False) -> dict:
     pids = inst.pids()
     # Connections of the previous measurement may still be closing at the backend.
     deadline = time.monotonic() + 15
@@ -1311,11 +1344,13 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
     rss_start = rss_kib(pids)
     base = established_to(rig.backend.port)
     t0 = cpu_ticks(pids)
-    socks, failed = asyncio.run(_open_many(inst.port, n))
+    socks, failed = asyncio.run(_open_many(inst.port, n, http_body=rig.small if http else None))
     try:
         deadline = time.monotonic() + 30
         up = established_to(rig.backend.port) - base
-        while up < len(socks) and time.monotonic() < deadline:
+        # L4: one upstream connection per client connection, wait for them all.
+        # HTTP: the answered requests went through the proxy's upstream pool.
+        while not http and up < len(socks) and time.monotonic() < deadline:
             time.sleep(0.25)
             up = established_to(rig.backend.port) - base
         time.sleep(1.0)  # let the proxy settle before reading its RSS
@@ -1328,6 +1363,9 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
     cpu_us = (cpu_ticks(pids) - t0) / CLK_TCK * 1e6
     if answered < probed:
         raise HarnessError(f"{inst.name}: only {answered}/{probed} held connections answered a request")
+    if failed > n // 100:
+        raise HarnessError(f"{inst.name}: {failed} of {n} connections failed to open"
+                           f"{' or to get their first answer' if http else ''}")
     return {
         "idle_conns": len(socks),
         "connect_failed": failed,
@@ -1349,7 +1387,7 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
     try:
         rig.check(inst.port, sc)
         if sc.kind == "idle":
-            sample = measure_idle(rig, inst, idle_n)
+            sample = measure_idle(rig, inst, idle_n, http=sc.idle_http)
         else:
             if warmup:
                 res = load(rig, inst.port, sc, warmup)
@@ -1447,7 +1485,7 @@ def ratios(data: dict) -> list[dict]:
         by_sc.setdefault(r["name"], []).append(r)
     for sc_name, rows in by_sc.items():
         idle = any(r.get("idle_conns") is not None for r in rows)
-        metrics = ([("rss_kib", False, "RSS")] if idle else
+        metrics = ([("rss_per_conn_bytes", False, "bytes/conn")] if idle else
                    [("rps", True, "req/s"), ("cpu_us_per_req", False, "CPU/req")])
         for r in rows:
             if not is_remora(r["proxy"]) or r.get("status") != "ok":
