@@ -105,6 +105,9 @@ class Scenario:
     load: str = "wrk"
     streams: int = 1
     grpc: bool = False
+    # idle scenarios: each held connection first sends one keep-alive request and
+    # reads its answer (an idle HTTP keep-alive connection), instead of none (L4).
+    idle_http: bool = False
 
 
 SCENARIOS = [
@@ -118,6 +121,9 @@ SCENARIOS = [
              "1 MiB responses, 10 persistent connections, L4 proxies"),
     Scenario("idle-10k", "l4", "idle", SMALL_PATH, 10000, False,
              "RSS with 10,000 idle connections held through the proxy, L4 proxies"),
+    Scenario("idle-http", "l7", "idle", SMALL_PATH, 10000, False,
+             "RSS with 10,000 idle HTTP keep-alive connections held through the proxy, each "
+             "after one request answered, L7 proxies", idle_http=True),
     # wrk -> sidecar A (outbound, plaintext in) -> mTLS -> sidecar B (inbound) -> backend;
     # both sidecars pinned on the proxy CPU, their CPU summed.
     Scenario("mtls", "mtls", "load", SMALL_PATH, 50, False,
@@ -681,6 +687,18 @@ class Rig:
             if starter is None:
                 raise SetupError(f"{name}: {MTLS_NA}")
             return starter(self, name, sc or next(s for s in SCENARIOS if s.name == "mtls"))
+        argv, port, logp = self.command(name)
+        p = self.procs.start(argv, logp, self.proxy_cpu)
+        wait_port(port, p, logp)
+        inst = Instance(name, port, p, p.pid, logp)
+        if family == "remora":
+            inst.notes = remora_ready_notes(logp)
+        return inst
+
+    def command(self, name: str) -> tuple[list[str], int, Path]:
+        """(argv, port, log path) of a single-process proxy on a free port, its
+        config rendered into the work directory."""
+        family, _, template, extra = PROXIES[name]
         self.counter += 1
         tag = f"{name}-{self.counter}"
         port = free_port()
@@ -701,12 +719,7 @@ class Rig:
             argv = self.envoy_argv(conf)
         else:
             raise ValueError(name)
-        p = self.procs.start(argv, logp, self.proxy_cpu)
-        wait_port(port, p, logp)
-        inst = Instance(name, port, p, p.pid, logp)
-        if family == "remora":
-            inst.notes = remora_ready_notes(logp)
-        return inst
+        return argv, port, logp
 
     def envoy_argv(self, conf: Path) -> list[str]:
         """One worker, no hot restart (no shared memory), a base id of its own so that
@@ -1249,7 +1262,28 @@ def established_to(port: int) -> int:
     return n
 
 
-async def _open_many(port: int, n: int, concurrency: int = 256) -> tuple[list[socket.socket], int]:
+IDLE_HTTP_REQUEST = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+async def _read_response(loop, s: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read whole; b"" if the
+    connection closed first."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep and len(body) >= content_length(head):
+            return data
+        chunk = await loop.sock_recv(s, 65536)
+        if not chunk:
+            return b""
+        data += chunk
+
+
+async def _open_many(port: int, n: int, concurrency: int = 256,
+                     http_body: bytes | None = None) -> tuple[list[socket.socket], int]:
+    """Opens `n` connections (`concurrency` at a time). With `http_body`, each
+    also sends one keep-alive `GET /small` and must get 200 with those bytes,
+    then stays open: an idle HTTP keep-alive connection."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(concurrency)
     socks: list[socket.socket] = []
@@ -1262,6 +1296,12 @@ async def _open_many(port: int, n: int, concurrency: int = 256) -> tuple[list[so
         try:
             async with sem:
                 await asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), 20)
+                if http_body is not None:
+                    await loop.sock_sendall(s, IDLE_HTTP_REQUEST)
+                    data = await asyncio.wait_for(_read_response(loop, s), 20)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200") or body != http_body:
+                        raise OSError(f"bad answer: {head[:40]!r}")
             socks.append(s)
         except (OSError, asyncio.TimeoutError):
             failed += 1
@@ -1294,7 +1334,7 @@ def probe_held(socks: list[socket.socket], small: bytes, count: int = 20) -> int
     return ok
 
 
-def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
+def measure_idle(rig: Rig, inst: Instance, n: int, http: bool = False) -> dict:
     pids = inst.pids()
     # Connections of the previous measurement may still be closing at the backend.
     deadline = time.monotonic() + 15
@@ -1304,11 +1344,13 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
     rss_start = rss_kib(pids)
     base = established_to(rig.backend.port)
     t0 = cpu_ticks(pids)
-    socks, failed = asyncio.run(_open_many(inst.port, n))
+    socks, failed = asyncio.run(_open_many(inst.port, n, http_body=rig.small if http else None))
     try:
         deadline = time.monotonic() + 30
         up = established_to(rig.backend.port) - base
-        while up < len(socks) and time.monotonic() < deadline:
+        # L4: one upstream connection per client connection, wait for them all.
+        # HTTP: the answered requests went through the proxy's upstream pool.
+        while not http and up < len(socks) and time.monotonic() < deadline:
             time.sleep(0.25)
             up = established_to(rig.backend.port) - base
         time.sleep(1.0)  # let the proxy settle before reading its RSS
@@ -1321,6 +1363,9 @@ def measure_idle(rig: Rig, inst: Instance, n: int) -> dict:
     cpu_us = (cpu_ticks(pids) - t0) / CLK_TCK * 1e6
     if answered < probed:
         raise HarnessError(f"{inst.name}: only {answered}/{probed} held connections answered a request")
+    if failed > n // 100:
+        raise HarnessError(f"{inst.name}: {failed} of {n} connections failed to open"
+                           f"{' or to get their first answer' if http else ''}")
     return {
         "idle_conns": len(socks),
         "connect_failed": failed,
@@ -1342,7 +1387,7 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
     try:
         rig.check(inst.port, sc)
         if sc.kind == "idle":
-            sample = measure_idle(rig, inst, idle_n)
+            sample = measure_idle(rig, inst, idle_n, http=sc.idle_http)
         else:
             if warmup:
                 res = load(rig, inst.port, sc, warmup)
@@ -1440,7 +1485,7 @@ def ratios(data: dict) -> list[dict]:
         by_sc.setdefault(r["name"], []).append(r)
     for sc_name, rows in by_sc.items():
         idle = any(r.get("idle_conns") is not None for r in rows)
-        metrics = ([("rss_kib", False, "RSS")] if idle else
+        metrics = ([("rss_per_conn_bytes", False, "bytes/conn")] if idle else
                    [("rps", True, "req/s"), ("cpu_us_per_req", False, "CPU/req")])
         for r in rows:
             if not is_remora(r["proxy"]) or r.get("status") != "ok":
@@ -1814,6 +1859,210 @@ def compare_main(argv: list[str] | None = None) -> int:
             log(f"  {f}")
         return 1
     return 0
+
+
+# ───────────────────────────── perf/startup ─────────────────────────────
+
+STARTUP_PROXIES = ["remora-l7", "remora-copy", "nginx-http", "nginx-stream",
+                   "haproxy-http", "haproxy-tcp", "envoy-http", "envoy-tcp"]
+
+
+def first_response(port: int, small: bytes, started: float, proc: subprocess.Popen,
+                   timeout: float = 10.0, pause: float = 0.0002) -> tuple[float, float]:
+    """Polls 127.0.0.1:`port` from `started` (time.monotonic() just before the exec)
+    until a proxied `GET /small` comes back 200 with the right bytes. Returns
+    (seconds to the first accepted TCP connect, i.e. the listener is bound; seconds
+    to that first full proxied response). A refused connect is retried after
+    `pause`; an answer other than 200 + `small`, a reset or an early close on a
+    connected socket is retried on a new connection (a proxy may accept before its
+    upstream side is ready)."""
+    request = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    bound = None
+    deadline = started + timeout
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            raise HarnessError(f"no proxied 200 on 127.0.0.1:{port} within {timeout}s "
+                               f"(bound: {'yes' if bound is not None else 'no'})")
+        if proc.poll() is not None:
+            raise ProxyDied(f"{shlex.join(getattr(proc, 'argv', proc.args))} exited with "
+                            f"{proc.returncode} before its first proxied response")
+        s = socket.socket()
+        s.settimeout(max(0.05, deadline - now))
+        try:
+            s.connect(("127.0.0.1", port))
+        except (ConnectionRefusedError, socket.timeout):
+            s.close()
+            time.sleep(pause)
+            continue
+        if bound is None:
+            bound = time.monotonic() - started
+        try:
+            s.sendall(request)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep and len(body) >= content_length(head):
+                    break
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")) and body == small:
+                return bound, time.monotonic() - started
+        except OSError:
+            pass
+        finally:
+            s.close()
+        time.sleep(pause)
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return 1 << 62  # unknown: read to the close
+
+
+def measure_startup(rig: Rig, name: str) -> dict:
+    """One cold start of `name`: exec (pinned to the proxy CPU by the child itself
+    before the exec, so no taskset exec is counted), then first_response."""
+    argv, port, logp = rig.command(name)
+    cpu = rig.proxy_cpu
+
+    def child() -> None:
+        _die_with_parent()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    out = open(logp, "ab")
+    started = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         preexec_fn=child, cwd=str(REPO))
+    out.close()
+    p.argv = argv  # type: ignore[attr-defined]
+    rig.procs.live.append(p)
+    try:
+        bound, first = first_response(port, rig.small, started, p)
+    finally:
+        rig.procs.stop(p)
+    return {"bind_ms": round(bound * 1000, 2), "first_ms": round(first * 1000, 2)}
+
+
+def summarise_startup(name: str, samples: list[dict]) -> dict:
+    binds = [s["bind_ms"] for s in samples]
+    firsts = [s["first_ms"] for s in samples]
+    gaps = [s["first_ms"] - s["bind_ms"] for s in samples]
+    return {"proxy": name, "runs": len(samples),
+            "bind_ms": round(median(binds), 2), "first_ms": round(median(firsts), 2),
+            "gap_ms": round(median(gaps), 2),
+            "first_min_ms": min(firsts), "first_max_ms": max(firsts)}
+
+
+def render_startup_md(data: dict) -> str:
+    m = data["meta"]
+    lines = [f"# Start-up: exec to first proxied response ({m['date']})", "",
+             f"- command: `{m['command']}`",
+             f"- {m['runs']} cold starts per proxy, alternated; medians; {m['pinning']}",
+             f"- load average before {m['loadavg_start']}, after {m['loadavg_end']}",
+             "- bind: first accepted TCP connect; first: first `GET /small` answered 200 "
+             "with the right bytes through the proxy (the backend already running)", "",
+             "| proxy | bind ms | first response ms | first - bind ms | first min-max ms |",
+             "|---|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['proxy']} | {r['bind_ms']:.1f} | {r['first_ms']:.1f} | "
+                     f"{r['gap_ms']:.1f} | {r['first_min_ms']:.1f}-{r['first_max_ms']:.1f} |")
+    for f in data.get("failures", []):
+        lines.append(f"\nFAILED: {f}")
+    return "\n".join(lines) + "\n"
+
+
+def startup_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="perf/startup",
+        description="Cold start of each proxy: ms from exec to its listener bound and to "
+                    "its first proxied response (median of N). See perf/README.md.")
+    ap.add_argument("--runs", type=int, default=11, help="cold starts per proxy (default 11)")
+    ap.add_argument("--proxies", default=",".join(STARTUP_PROXIES),
+                    help=f"comma-separated subset of {','.join(STARTUP_PROXIES)}")
+    ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
+    ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora")
+    ap.add_argument("--load-cpu", type=int)
+    ap.add_argument("--proxy-cpu", type=int)
+    ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
+                    help="also start another Remora binary, as remora-l7@LABEL and "
+                         "remora-copy@LABEL (before/after of a change; repeatable)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    wanted = [p for p in args.proxies.split(",") if p]
+    for alt in args.remora_alt:
+        label, sep, path = alt.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            ap.error(f"--remora-alt {alt}: expected LABEL=PATH to an existing binary")
+        for base in ("remora-l7", "remora-copy"):
+            family, layer, template, extra = PROXIES[base]
+            PROXIES[f"{base}@{label}"] = (family, layer, template,
+                                          extra | {"BIN": str(Path(path).resolve())})
+            wanted.append(f"{base}@{label}")
+    bad = [p for p in wanted if p not in PROXIES or PROXIES[p][0] in ("direct", "pair")]
+    if bad:
+        ap.error(f"unknown proxy: {', '.join(bad)}")
+    rig = None
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        ensure_tools()
+        check_memlock()
+        envoy = ensure_envoy() if any(p.startswith("envoy") for p in wanted) else None
+        build_remora(args.no_build)
+        _, hard = raise_nofile()
+        load_cpu, proxy_cpu, pinned = pick_cpus(args)
+        if load_cpu is not None:
+            os.sched_setaffinity(0, {load_cpu})
+        rig = Rig(args.remora_bin.resolve(), load_cpu, proxy_cpu, hard)
+        rig.envoy = envoy
+        rig.start_backend()
+        meta = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": shlex.join(["perf/startup", *(argv if argv is not None else sys.argv[1:])]),
+            "runs": args.runs, "loadavg_start": loadavg(), "versions": versions(args.remora_bin),
+            "pinning": (f"proxy on CPU{proxy_cpu}, prober and backend on CPU{load_cpu}"
+                        if pinned else "not pinned"),
+        }
+        samples: dict[str, list[dict]] = {n: [] for n in wanted}
+        failures = []
+        for rnd in range(args.runs):
+            k = rnd % len(wanted)
+            for name in wanted[k:] + wanted[:k]:
+                if name in {f.split(":")[0] for f in failures}:
+                    continue
+                try:
+                    samples[name].append(measure_startup(rig, name))
+                except HarnessError as e:
+                    failures.append(f"{name}: {e}")
+                    log(f"FAILED {name}: {e}")
+        meta["loadavg_end"] = loadavg()
+        rows = [summarise_startup(n, s) for n, s in samples.items() if s]
+        data = {"meta": meta, "rows": rows, "failures": failures}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "startup.json").write_text(json.dumps(data, indent=2) + "\n")
+        md = render_startup_md(data)
+        (args.out / "startup.md").write_text(md)
+        print(md)
+        return 1 if failures else 0
+    except SetupError as e:
+        log(f"setup: {e}")
+        return 2
+    except HarnessError as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if rig is not None:
+            rig.close()
 
 
 # ───────────────────────────── perf/flamegraph ─────────────────────────────

@@ -103,7 +103,7 @@ class Render(unittest.TestCase):
         self.assertAlmostEqual(rps["ratio"], 90000 / 85000)
         cpu = r[("l4-keepalive", "remora-copy", "CPU/req")]
         self.assertAlmostEqual(cpu["ratio"], 11.0 / 10.0)
-        self.assertAlmostEqual(r[("idle-10k", "remora-copy", "RSS")]["ratio"], 40000 / 50000)
+        self.assertAlmostEqual(r[("idle-10k", "remora-copy", "bytes/conn")]["ratio"], 2600 / 4700)
         self.assertNotIn(("l7-keepalive", "remora-l7", "req/s"), r)
 
     def test_markdown_and_svg(self):
@@ -113,6 +113,142 @@ class Render(unittest.TestCase):
         svg = harness.render_svg(SAMPLE)
         self.assertTrue(svg.startswith("<svg") and svg.rstrip().endswith("</svg>"))
         self.assertIn("1.06×", svg)
+
+
+class FakeHttpServer:
+    """A keep-alive HTTP/1.1 server on a thread: answers every request with
+    `body`; `delay` seconds before it listens at all, and its first `refuse`
+    requests get 503 (a proxy whose upstream side is not ready yet)."""
+
+    def __init__(self, body: bytes, delay: float = 0.0, refuse: int = 0) -> None:
+        import socket
+        import threading
+        self.body, self.refuse, self.requests = body, refuse, 0
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.ready = threading.Event()
+        self.stop = False
+        threading.Thread(target=self._run, args=(delay,), daemon=True).start()
+
+    def _run(self, delay: float) -> None:
+        import socket
+        import threading
+        import time
+        time.sleep(delay)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(1024)
+        self.listener = s
+        self.ready.set()
+        while not self.stop:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = c.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                c.close()
+                return
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests += 1
+                if self.requests <= self.refuse:
+                    c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+                              + self.body)
+
+    def close(self) -> None:
+        self.stop = True
+        if self.ready.is_set():
+            self.listener.close()
+
+
+class IdleHttp(unittest.TestCase):
+    def test_scenario_takes_the_l7_proxies(self):
+        sc = next(s for s in harness.SCENARIOS if s.name == "idle-http")
+        self.assertTrue(sc.idle_http)
+        self.assertEqual(sc.kind, "idle")
+        names = harness.proxies_for(sc, list(harness.PROXIES))
+        for p in ("remora-l7", "nginx-http", "haproxy-http", "envoy-http"):
+            self.assertIn(p, names)
+        self.assertNotIn("direct", names)
+        self.assertNotIn("remora-copy", names)
+
+    def test_connections_are_held_after_one_answer(self):
+        import asyncio
+        srv = FakeHttpServer(b"x" * 612)
+        srv.ready.wait(5)
+        try:
+            socks, failed = asyncio.run(harness._open_many(srv.port, 30, concurrency=8,
+                                                           http_body=b"x" * 612))
+            self.assertEqual((len(socks), failed), (30, 0))
+            self.assertEqual(srv.requests, 30)
+            for s in socks:
+                s.close()
+        finally:
+            srv.close()
+
+    def test_a_wrong_answer_counts_as_failed(self):
+        import asyncio
+        srv = FakeHttpServer(b"y" * 612, refuse=3)
+        srv.ready.wait(5)
+        try:
+            socks, failed = asyncio.run(harness._open_many(srv.port, 10, concurrency=1,
+                                                           http_body=b"y" * 612))
+            self.assertEqual((len(socks), failed), (7, 3))
+            for s in socks:
+                s.close()
+        finally:
+            srv.close()
+
+
+class Startup(unittest.TestCase):
+    def test_polls_through_refusals_and_non_200s(self):
+        import time
+        body = b"z" * 612
+        srv = FakeHttpServer(body, delay=0.2, refuse=2)
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            started = time.monotonic()
+            bound, first = harness.first_response(srv.port, body, started, proc, timeout=10)
+            self.assertGreaterEqual(first, bound)
+            self.assertEqual(srv.requests, 3)  # two 503s, then the 200
+        finally:
+            proc.kill()
+            proc.wait()
+            srv.close()
+
+    def test_a_proxy_that_exits_fails(self):
+        import time
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        with self.assertRaises(harness.ProxyDied):
+            harness.first_response(1, b"", time.monotonic(), proc, timeout=5)
+
+    def test_summary_and_markdown(self):
+        rows = [harness.summarise_startup("remora-l7", [
+            {"bind_ms": 5.0, "first_ms": 6.0}, {"bind_ms": 4.0, "first_ms": 9.0},
+            {"bind_ms": 6.0, "first_ms": 7.0}])]
+        self.assertEqual((rows[0]["bind_ms"], rows[0]["first_ms"], rows[0]["gap_ms"]),
+                         (5.0, 7.0, 1.0))
+        md = harness.render_startup_md({
+            "meta": {"date": "d", "command": "perf/startup", "runs": 3, "pinning": "p",
+                     "loadavg_start": "0", "loadavg_end": "0"},
+            "rows": rows, "failures": []})
+        self.assertIn("| remora-l7 | 5.0 | 7.0 | 1.0 | 6.0-9.0 |", md)
 
 
 FAKE_REMORA = textwrap.dedent("""\

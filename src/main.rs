@@ -55,6 +55,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: see the function's doc (start-up time).
+    remora::runtime::register_membarrier_early();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => match Config::load(&file) {

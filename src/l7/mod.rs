@@ -282,6 +282,19 @@ fn logged_request_id(written: &Written, view: &RequestView<'_>) -> Option<String
 }
 
 impl RequestLog {
+    /// Frees the last request's strings (the connection is going idle).
+    fn release_strings(&mut self) {
+        self.method = String::new();
+        self.path = String::new();
+        self.authority = String::new();
+        self.upstream_cluster = None;
+        self.route_name = None;
+        self.request_id = None;
+        self.user_agent = None;
+        self.forwarded_for = None;
+        self.authz_policy = None;
+    }
+
     fn new(ctx: &Context) -> RequestLog {
         RequestLog {
             start_time: SystemTime::now(),
@@ -355,13 +368,21 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
         let next = conn.one().await;
         conn.first = false;
         release_if_empty(&mut conn.inbuf);
-        // Between requests the connection keeps only small things: the
-        // header index of the last heads and a response-head-sized `out`.
-        if conn.out.capacity() > 1024 {
-            conn.out = Vec::new();
-        }
         match next {
-            Next::Continue => conn.log_lingering(0),
+            Next::Continue => {
+                conn.log_lingering(0);
+                // Idle between requests: keep no heap memory of the last
+                // request (its header indexes, its log's strings, the bytes
+                // that went out). An idle keep-alive connection is then its
+                // task, its socket and one pending poll; the next request
+                // pays a few small allocations (perf/README.md, idle-http).
+                if conn.inbuf.is_none() {
+                    conn.out = Vec::new();
+                    conn.head.release_storage();
+                    conn.resp.release_storage();
+                    conn.log.release_strings();
+                }
+            }
             Next::Close => {
                 if conn.unread_body {
                     conn.linger().await;
