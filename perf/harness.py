@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fairness
+
 PERF_DIR = Path(__file__).resolve().parent
 REPO = PERF_DIR.parent
 CONFIGS = PERF_DIR / "configs"
@@ -90,7 +92,7 @@ def log(msg: str) -> None:
 class Scenario:
     name: str
     layer: str  # "l4" or "l7": which proxies take part
-    kind: str  # "load" (wrk) or "idle" (held connections)
+    kind: str  # "load" (wrk), "idle" (held connections) or "fairness" (perf/fairness.py)
     path: str = SMALL_PATH
     connections: int = 50
     close: bool = False  # wrk sends `Connection: close`: one connection per request
@@ -148,6 +150,14 @@ SCENARIOS = [
              "unary gRPC calls (107-byte request and response messages, grpc-status in "
              "trailers), h2load -c10 -m10, HTTP/2 on both sides of the proxy",
              load="h2load", streams=10, grpc=True),
+    # perf/fairness.py: an endless download and small round trips on a second
+    # connection, through the same proxy core; the backend is its stream server.
+    Scenario("fairness", "l4", "fairness", fairness.SMALL_PATH, 2, False,
+             "round trips (64-byte GET /small, back to back, one connection) while a second "
+             "connection downloads an endless body (sendfile backend) through the same proxy "
+             "core, L4 proxies"),
+    Scenario("fairness-l7", "l7", "fairness", fairness.SMALL_PATH, 2, False,
+             "as fairness, through the L7 proxies (HTTP/1.1 on both connections)"),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 H2LOAD_SCENARIOS = {s.name for s in SCENARIOS if s.load == "h2load"}
@@ -602,6 +612,8 @@ class Rig:
         # The backend's HTTP/2 port (prior knowledge): the gRPC backend, and the
         # `direct` ceiling of the h2load scenarios. Same nginx process.
         self.backend_h2: Instance | None = None
+        # The fairness scenarios' backend (perf/fairness.py), started when needed.
+        self.stream_backend: Instance | None = None
         self.counter = 0
         self.remora_l7_probe: dict = {}
         self.remora_h2_probe: dict = {}
@@ -644,6 +656,25 @@ class Rig:
         self.backend_h2 = Instance("direct", h2_port, p, p.pid, logp)
         self.check_http(port, close=False)
 
+    def backend_for(self, sc: Scenario | None) -> dict[str, str]:
+        """Template values that point a proxy at the scenario's backend: the
+        fairness scenarios' stream backend instead of nginx."""
+        if sc is not None and sc.kind == "fairness":
+            return {"BACKEND_PORT": str(self.start_stream_backend().port)}
+        return {}
+
+    def start_stream_backend(self) -> Instance:
+        """perf/fairness.py's backend, on the load CPU like nginx's (once per run)."""
+        if self.stream_backend is None:
+            port = free_port()
+            logp = self.dir / "stream-backend.log"
+            p = self.procs.start([sys.executable, str(PERF_DIR / "fairness.py"), "backend",
+                                  "--port", str(port)], logp, self.load_cpu)
+            wait_port(port, p, logp)
+            self.stream_backend = Instance("direct", port, p, p.pid, logp)
+            self.check_fairness(port, proxied=False)
+        return self.stream_backend
+
     def _probe_remora(self, template: str, extra: dict[str, str]) -> dict:
         conf = render_template(template, self.values("probe", 1) | extra, self.dir / "probe.toml")
         try:
@@ -670,6 +701,8 @@ class Rig:
         """Starts a proxy on a free port; retries on a fresh port if it dies at start
         (another process may grab a port between our probe and the proxy's bind)."""
         if name == "direct":
+            if sc is not None and sc.kind == "fairness":
+                return self.start_stream_backend()
             return self.backend_h2 if sc is not None and sc.load == "h2load" else self.backend
         for attempt in range(3):
             try:
@@ -687,7 +720,7 @@ class Rig:
             if starter is None:
                 raise SetupError(f"{name}: {MTLS_NA}")
             return starter(self, name, sc or next(s for s in SCENARIOS if s.name == "mtls"))
-        argv, port, logp = self.command(name)
+        argv, port, logp = self.command(name, sc)
         p = self.procs.start(argv, logp, self.proxy_cpu)
         wait_port(port, p, logp)
         inst = Instance(name, port, p, p.pid, logp)
@@ -695,14 +728,14 @@ class Rig:
             inst.notes = remora_ready_notes(logp)
         return inst
 
-    def command(self, name: str) -> tuple[list[str], int, Path]:
+    def command(self, name: str, sc: Scenario | None = None) -> tuple[list[str], int, Path]:
         """(argv, port, log path) of a single-process proxy on a free port, its
         config rendered into the work directory."""
         family, _, template, extra = PROXIES[name]
         self.counter += 1
         tag = f"{name}-{self.counter}"
         port = free_port()
-        vals = self.values(tag, port) | extra
+        vals = self.values(tag, port) | extra | self.backend_for(sc)
         logp = self.dir / f"{tag}.log"
         if family == "remora":
             conf = render_template(template, vals, self.dir / f"{tag}.toml")
@@ -736,7 +769,8 @@ class Rig:
         return self._mtls_certs
 
     def stop(self, inst: Instance) -> None:
-        if inst.proc is not None and inst.proc is not (self.backend and self.backend.proc):
+        backends = [b.proc for b in (self.backend, self.stream_backend) if b is not None]
+        if inst.proc is not None and not any(inst.proc is b for b in backends):
             for p in inst.also:
                 self.procs.stop(p)
             self.procs.stop(inst.proc)
@@ -754,7 +788,9 @@ class Rig:
 
     def check(self, port: int, sc: Scenario) -> None:
         """The byte-exact check before and after a measurement, in the scenario's protocol."""
-        if sc.load == "h2load":
+        if sc.kind == "fairness":
+            self.check_fairness(port, proxied=port != self.start_stream_backend().port)
+        elif sc.load == "h2load":
             self.check_h2(port, sc)
         else:
             self.check_http(port, close=sc.close)
@@ -801,6 +837,42 @@ class Rig:
                     f"\n{r.stderr.decode(errors='replace')[-600:]}")
         if sc.grpc:
             grpc_client_check(port, self.grpc_request, self.grpc_response)
+
+    def check_fairness(self, port: int, proxied: bool) -> None:
+        """The fairness backend through `port`: two small round trips on one
+        connection, byte-exact, and the first 2 MiB of the endless download. The
+        backend names the client port it saw (x-peer-port): through a proxy it is
+        not ours, so a contender that is not in the path fails here."""
+        where = f"127.0.0.1:{port}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                ours = s.getsockname()[1]
+                rest = b""
+                for _ in range(2):
+                    s.sendall(fairness.request(fairness.SMALL_PATH))
+                    body, headers, rest = fairness.read_small(s, rest)
+                    if body != fairness.SMALL_BODY:
+                        raise HarnessError(f"{where} GET {fairness.SMALL_PATH}: wrong body "
+                                           f"{body[:80]!r}")
+                    seen = headers.get("x-peer-port")
+                    if seen is None or (seen == str(ours)) == proxied:
+                        raise HarnessError(
+                            f"{where}: the backend saw client port {seen}, ours is {ours}: "
+                            + ("not proxied" if proxied else "expected a direct connection"))
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                s.sendall(fairness.request(fairness.BULK_PATH))
+                status, headers, got = fairness.read_head(s)
+                want = fairness.bulk_unit() * 2
+                while status == 200 and len(got) < len(want):
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    got += chunk
+                if status != 200 or got[:len(want)] != want:
+                    raise HarnessError(f"{where} GET {fairness.BULK_PATH}: status {status}, "
+                                       f"{len(got)} bytes, not the backend's first 2 MiB")
+        except (OSError, fairness.ParseError) as e:
+            raise HarnessError(f"{where}: {type(e).__name__}: {e}") from e
 
     def check_http(self, port: int, close: bool) -> None:
         """GETs both files (twice on one connection when keep-alive) and compares bytes."""
@@ -1388,6 +1460,9 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
         rig.check(inst.port, sc)
         if sc.kind == "idle":
             sample = measure_idle(rig, inst, idle_n, http=sc.idle_http)
+        elif sc.kind == "fairness":
+            sample = measure_fairness(rig, inst, seconds, warmup)
+            rig.check(inst.port, sc)
         else:
             if warmup:
                 res = load(rig, inst.port, sc, warmup)
@@ -1422,6 +1497,78 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
         rig.stop(inst)
 
 
+def last_json(path: Path) -> dict:
+    """The last line of a perf/fairness.py client's output that parses as JSON."""
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise HarnessError(f"{path.name}: no result\n{tail(path)}")
+
+
+def measure_fairness(rig: Rig, inst: Instance, seconds: int, warmup: int) -> dict:
+    """The bulk download starts, gets `warmup` seconds (at least 1) to reach its
+    steady state, then the round-trip client runs for `seconds` beside it. Both
+    clients run on the load CPU. Bulk MB/s is over the round trips' window only."""
+    warm = max(1, warmup)
+    rig.counter += 1
+    bulk_out = rig.dir / f"bulk-{rig.counter}.out"
+    rtt_out = rig.dir / f"rtt-{rig.counter}.out"
+    me = [sys.executable, str(PERF_DIR / "fairness.py")]
+    pids = inst.pids()
+    bulk = rig.procs.start([*me, "bulk", "--port", str(inst.port), "--seconds",
+                            str(warm + seconds + 1)], bulk_out, rig.load_cpu)
+    try:
+        time.sleep(warm)
+        if bulk.poll() is not None:
+            raise HarnessError(f"the bulk download ended early\n{tail(bulk_out)}")
+        t0 = cpu_ticks(pids)
+        w0 = time.monotonic()
+        rtt = rig.procs.start([*me, "rtt", "--port", str(inst.port), "--seconds", str(seconds)],
+                              rtt_out, rig.load_cpu)
+        try:
+            code = rtt.wait(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"round trips still unanswered after {seconds + 60} s") from None
+        finally:
+            rig.procs.stop(rtt)
+        ticks = cpu_ticks(pids) - t0
+        wall = time.monotonic() - w0
+        if code != 0:
+            raise HarnessError(f"the round-trip client failed (exit {code})\n{tail(rtt_out)}")
+        try:
+            code = bulk.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise HarnessError("the bulk download stalled (no bytes for 30 s)") from None
+        if code != 0:
+            raise HarnessError(f"the bulk download failed (exit {code})\n{tail(bulk_out)}")
+    finally:
+        rig.procs.stop(bulk)
+    r, b = last_json(rtt_out), last_json(bulk_out)
+    return fairness_sample(r, b, ticks / CLK_TCK, wall)
+
+
+def fairness_sample(rtt: dict, bulk: dict, cpu_s: float, wall_s: float) -> dict:
+    """One fairness measurement from the two clients' JSON and the proxy's CPU."""
+    stats = fairness.summarise_rtts(rtt["rtts_us"])
+    span = rtt["t1"] - rtt["t0"]
+    mbps, slowest = fairness.bulk_rate(bulk["samples"], rtt["t0"], rtt["t1"])
+    if not stats["round_trips"]:
+        raise HarnessError("no round trip completed")
+    if not mbps:
+        raise HarnessError("the bulk download did not move during the round trips")
+    return {
+        "rps": stats["round_trips"] / span if span > 0 else None,
+        "requests": stats["round_trips"],
+        "p50_us": stats["p50_us"], "p99_us": stats["p99_us"], "p999_us": stats["p999_us"],
+        "max_us": stats["max_us"], "bulk_mbps": mbps, "bulk_min_mbps": slowest,
+        "cpu_util": cpu_s / wall_s if wall_s > 0 else None, "cpu_us_per_req": None,
+        "rss_kib": None, "priority": rtt.get("priority"),
+    }
+
+
 def handshake_figures(before: tuple[int, int], after: tuple[int, int], requests: int,
                       seconds: float) -> dict:
     """Handshakes the client sidecar made during the run: per second, per request,
@@ -1445,6 +1592,8 @@ def summarise(sc: Scenario, name: str, samples: list[dict]) -> dict:
     keys = ["rps", "p50_us", "p99_us", "cpu_us_per_req", "rss_kib"]
     if sc.kind == "idle":
         keys += ["rss_start_kib", "idle_conns", "upstream_conns", "rss_per_conn_bytes"]
+    elif sc.kind == "fairness":
+        keys += ["p999_us", "max_us", "bulk_mbps", "bulk_min_mbps", "cpu_util"]
     else:
         keys += ["cpu_util", "handshakes_per_s", "handshakes_per_req", "resumed_share"]
     for k in keys:
@@ -1485,7 +1634,9 @@ def ratios(data: dict) -> list[dict]:
         by_sc.setdefault(r["name"], []).append(r)
     for sc_name, rows in by_sc.items():
         idle = any(r.get("idle_conns") is not None for r in rows)
+        fair = any(r.get("bulk_mbps") is not None for r in rows)
         metrics = ([("rss_per_conn_bytes", False, "bytes/conn")] if idle else
+                   [("p99_us", False, "RTT p99")] if fair else
                    [("rps", True, "req/s"), ("cpu_us_per_req", False, "CPU/req")])
         for r in rows:
             if not is_remora(r["proxy"]) or r.get("status") != "ok":
@@ -1543,6 +1694,9 @@ def render_md(data: dict) -> str:
                       "own HTTP/2 port.", ""]
         idle = any(r.get("idle_conns") is not None for r in rows)
         mtls = any(s.layer == "mtls" for s in SCENARIOS if s.name == sc_name)
+        if scd is not None and scd.kind == "fairness":
+            lines += fairness_table(rows, [x for x in rat if x["scenario"] == sc_name]) + [""]
+            continue
         if mtls:
             lines += ["CPU and RSS are both sidecars' together. Handshakes: made by the "
                       "client sidecar during the run (per second, per request, share resumed).",
@@ -1592,6 +1746,26 @@ def render_md(data: dict) -> str:
     return "\n".join(lines)
 
 
+def fairness_table(rows: list[dict], rat: list[dict]) -> list[str]:
+    lines = ["Round trips: perf/fairness.py's rtt client (real-time priority when allowed); "
+             "bulk MB/s over the round trips' window, and its slowest second; CPU util = the "
+             "proxy's. `direct` = no proxy: the rig's own floor.", "",
+             "| proxy | round trips/s | p50 µs | p99 µs | p99.9 µs | max µs | bulk MB/s | "
+             "slowest s MB/s | CPU util | vs best |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['proxy']} | {r.get('note', r.get('status'))} |" + " |" * 8 + " |")
+            continue
+        vs = ", ".join(f"{x['ratio']:.2f}× {x['metric']} (vs {x['vs']})" for x in rat
+                       if x["proxy"] == r["proxy"])
+        util = f"{r['cpu_util'] * 100:.0f}%" if r.get("cpu_util") is not None else "–"
+        lines.append(f"| {r['proxy']} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+                     f"{fmt(r.get('p999_us'))} | {fmt(r.get('max_us'))} | {fmt(r.get('bulk_mbps'))} | "
+                     f"{fmt(r.get('bulk_min_mbps'))} | {util} | {vs} |")
+    return lines
+
+
 def render_svg(data: dict) -> str:
     """Horizontal bars: Remora / best competitor per scenario and metric (> 1 = better)."""
     rat = ratios(data)
@@ -1605,9 +1779,10 @@ def render_svg(data: dict) -> str:
     na = [r for r in data["scenarios"] if r.get("status") != "ok"]
     H = top + len(rat) * (bar_h + gap) + (80 if na else 60)
     X = lambda v: left + plot_w * v / vmax  # noqa: E731
-    colours = {"req/s": "#3b7dd8", "CPU/req": "#e08a1e", "RSS": "#4a9a5b"}
+    colours = {"req/s": "#3b7dd8", "CPU/req": "#e08a1e", "RSS": "#4a9a5b",
+               "RTT p99": "#9b4fc0"}
     legend = {"req/s": "req/s: Remora ÷ best", "CPU/req": "CPU µs/req: best ÷ Remora",
-              "RSS": "RSS: best ÷ Remora"}
+              "RSS": "RSS: best ÷ Remora", "RTT p99": "round-trip p99: best ÷ Remora"}
     m = data["meta"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
            f'font-family="sans-serif" font-size="12">',
@@ -1820,6 +1995,11 @@ def compare_main(argv: list[str] | None = None) -> int:
                     if sc.kind == "idle":
                         log(f"  {s['idle_conns']} conns, {s['upstream_conns']} upstream, "
                             f"RSS {s['rss_start_kib']} -> {s['rss_kib']} KiB")
+                    elif sc.kind == "fairness":
+                        log(f"  {s['requests']} round trips p50 {s['p50_us']:.0f}us "
+                            f"p99 {s['p99_us']:.0f}us max {s['max_us']:.0f}us, bulk "
+                            f"{s['bulk_mbps']:.0f} MB/s (slowest second "
+                            f"{fmt(s['bulk_min_mbps'])})")
                     else:
                         log(f"  {s['rps']:,.0f} req/s p50 {s['p50_us']}us p99 {s['p99_us']}us "
                             f"cpu {s['cpu_us_per_req']:.2f}us/req rss {s['rss_kib']} KiB")

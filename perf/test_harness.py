@@ -10,16 +10,19 @@ development VM and trimmed (perf/testdata/).
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from unittest import mock
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import breakdown  # noqa: E402
+import fairness  # noqa: E402
 import harness  # noqa: E402
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
@@ -1030,6 +1033,168 @@ class BreakdownRefusals(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
         self.assertIn("tracepoints", r.stderr)
+
+
+class FairnessPieces(unittest.TestCase):
+    """perf/fairness.py's parsers and arithmetic, and the harness's use of them."""
+
+    def test_head_parsing(self):
+        head = fairness.response_head(64, 4242) + fairness.SMALL_BODY + b"HTTP/1.1"
+        status, headers, rest = fairness.split_head(head)
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-length"], "64")
+        self.assertEqual(headers["x-peer-port"], "4242")
+        self.assertEqual(rest, fairness.SMALL_BODY + b"HTTP/1.1")
+        self.assertIsNone(fairness.split_head(head[:20]))
+        with self.assertRaises(fairness.ParseError):
+            fairness.split_head(b"SSH-2.0-OpenSSH\r\n\r\n")
+        with self.assertRaises(fairness.ParseError):
+            fairness.split_head(b"x" * 20000)
+
+    def test_percentiles(self):
+        vals = sorted(float(v) for v in range(1, 101))
+        self.assertEqual(fairness.percentile(vals, 50), 50.0)
+        self.assertEqual(fairness.percentile(vals, 99), 99.0)
+        self.assertEqual(fairness.percentile(vals, 100), 100.0)
+        self.assertIsNone(fairness.percentile([], 50))
+        s = fairness.summarise_rtts([5.0, 1.0, 3.0])
+        self.assertEqual((s["round_trips"], s["p50_us"], s["max_us"]), (3, 3.0, 5.0))
+
+    def test_bulk_rate_and_a_stall(self):
+        steady = [[t / 10, t * 100e6 / 10] for t in range(0, 51)]  # 100 MB/s for 5 s
+        mean, slowest = fairness.bulk_rate(steady, 1.0, 4.0)
+        self.assertAlmostEqual(mean, 100.0, places=3)
+        self.assertAlmostEqual(slowest, 100.0, places=3)
+        stalled = [[t, b if t < 2.0 else steady[20][1]] for t, b in steady]
+        mean, slowest = fairness.bulk_rate(stalled, 1.0, 4.0)
+        self.assertAlmostEqual(slowest, 0.0, places=3)
+        self.assertEqual(fairness.bulk_rate(steady, 9.0, 10.0), (None, None))
+
+    def test_sample_and_its_refusals(self):
+        bulk = {"samples": [[10.0, 0], [11.0, 1e9], [12.0, 2e9]]}
+        rtt = {"t0": 10.0, "t1": 12.0, "priority": "fifo", "rtts_us": [100.0, 200.0, 5000.0]}
+        s = harness.fairness_sample(rtt, bulk, cpu_s=1.0, wall_s=2.0)
+        self.assertEqual(s["requests"], 3)
+        self.assertEqual(s["p50_us"], 200.0)
+        self.assertAlmostEqual(s["bulk_mbps"], 1000.0)
+        self.assertAlmostEqual(s["cpu_util"], 0.5)
+        with self.assertRaises(harness.HarnessError):
+            harness.fairness_sample(rtt | {"rtts_us": []}, bulk, 1.0, 2.0)
+        with self.assertRaises(harness.HarnessError):
+            harness.fairness_sample(rtt, {"samples": [[10.0, 5], [12.0, 5]]}, 1.0, 2.0)
+
+    def test_scenarios_and_their_proxies(self):
+        l4 = next(s for s in harness.SCENARIOS if s.name == "fairness")
+        l7 = next(s for s in harness.SCENARIOS if s.name == "fairness-l7")
+        everyone = list(harness.PROXIES)
+        self.assertEqual(harness.proxies_for(l4, everyone),
+                         ["direct", "remora-copy", "remora-splice", "nginx-stream",
+                          "haproxy-tcp", "envoy-tcp"])
+        self.assertIn("remora-l7", harness.proxies_for(l7, everyone))
+        self.assertIn("envoy-http", harness.proxies_for(l7, everyone))
+
+    def test_proxies_are_pointed_at_the_stream_backend(self):
+        rig = harness.Rig.__new__(harness.Rig)
+        rig.stream_backend = harness.Instance("direct", 4321, None, 0, Path("/dev/null"))
+        fair = next(s for s in harness.SCENARIOS if s.name == "fairness")
+        other = next(s for s in harness.SCENARIOS if s.name == "l4-keepalive")
+        self.assertEqual(rig.backend_for(fair), {"BACKEND_PORT": "4321"})
+        self.assertEqual(rig.backend_for(other), {})
+        self.assertEqual(rig.backend_for(None), {})
+
+    def test_render(self):
+        row = {"name": "fairness", "proxy": "remora-copy", "status": "ok", "rps": 2000.0,
+               "p50_us": 300.0, "p99_us": 900.0, "p999_us": 1500.0, "max_us": 2000.0,
+               "bulk_mbps": 1500.0, "bulk_min_mbps": 1200.0, "cpu_util": 1.0,
+               "cpu_us_per_req": None, "rss_kib": None}
+        peer = row | {"proxy": "envoy-tcp", "p99_us": 1800.0}
+        data = {"meta": {"date": "d", "command": "c", "rounds": 1, "duration_s": 5,
+                         "pinning": "p", "cpu": "x", "cpus_online": 2, "kernel": "k",
+                         "loadavg_start": "1", "loadavg_end": "1", "nofile": 1,
+                         "idle_conns": 0, "versions": {}},
+                "scenarios": [row, peer], "failures": []}
+        rat = harness.ratios(data)
+        self.assertEqual([(r["metric"], r["vs"]) for r in rat], [("RTT p99", "envoy-tcp")])
+        self.assertAlmostEqual(rat[0]["ratio"], 2.0)
+        md = harness.render_md(data)
+        self.assertIn("| remora-copy | 2,000 | 300 | 900 | 1,500 | 2,000 | 1,500 | 1,200 | 100% |", md)
+        self.assertIn("round-trip p99", harness.render_svg(data))
+
+
+class FairnessEndToEnd(unittest.TestCase):
+    """The backend for real, and the check that tells a proxy from no proxy."""
+
+    def setUp(self):
+        self.procs = []
+        self.port = harness.free_port()
+        self.start([sys.executable, str(Path(harness.PERF_DIR) / "fairness.py"), "backend",
+                    "--port", str(self.port)])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.rig = harness.Rig.__new__(harness.Rig)
+
+    def start(self, argv):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def tearDown(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+    def forwarder(self) -> int:
+        """A tiny TCP forwarder (threads, blocking sockets) in front of the backend."""
+        port = harness.free_port()
+        code = textwrap.dedent(f"""
+            import socket, threading
+            ls = socket.create_server(("127.0.0.1", {port}))
+            def pipe(a, b):
+                try:
+                    while (d := a.recv(1 << 20)):
+                        b.sendall(d)
+                except OSError:
+                    pass
+            while True:
+                c, _ = ls.accept()
+                u = socket.create_connection(("127.0.0.1", {self.port}))
+                for a, b in ((c, u), (u, c)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+        """)
+        self.start([sys.executable, "-c", code])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def test_direct_is_not_a_proxy_and_a_forwarder_is(self):
+        self.rig.check_fairness(self.port, proxied=False)
+        with self.assertRaisesRegex(harness.HarnessError, "not proxied"):
+            self.rig.check_fairness(self.port, proxied=True)
+        self.rig.check_fairness(self.forwarder(), proxied=True)
+
+    def test_clients_report_json(self):
+        me = [sys.executable, str(Path(harness.PERF_DIR) / "fairness.py")]
+        r = subprocess.run([*me, "rtt", "--port", str(self.port), "--seconds", "0.2"],
+                           capture_output=True, text=True, timeout=30)
+        out = json.loads(r.stdout)
+        self.assertGreater(len(out["rtts_us"]), 10)
+        r = subprocess.run([*me, "bulk", "--port", str(self.port), "--seconds", "0.3"],
+                           capture_output=True, text=True, timeout=30)
+        samples = json.loads(r.stdout)["samples"]
+        self.assertGreater(samples[-1][1], 1 << 20)
 
 
 if __name__ == "__main__":

@@ -55,4 +55,5 @@ pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod tls;
+pub mod turn;
 pub mod upstream;

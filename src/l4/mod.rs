@@ -21,14 +21,14 @@
 //! syscalls per small request/response like copy mode (it made 12 when every
 //! event spliced), and ~16 per 1 MiB response (it made ~46).
 //!
-//! Fairness: one readiness event moves at most [`BUDGET`] bytes, and between
-//! events the pump calls `glommio::yield_if_needed`, which yields when the
-//! executor's preemption timer has fired. Without the two, a fast sender and a
-//! fast receiver on loopback kept one connection's loop running for a whole
-//! multi-GiB transfer without ever returning to the executor, and every other
-//! connection on the core (and its control channel, drain and timers) waited.
-//! Other work on the core now waits at most about one preemption period
-//! (glommio's default is 100 ms) per turn.
+//! Fairness: one readiness event moves at most [`BUDGET`] bytes, and a pump
+//! that has moved that much without waiting gives the core back through the
+//! reactor ([`crate::turn`]): the executor then polls the ring and runs the
+//! core's other connections before the pump goes on. Without it, a fast sender
+//! and a fast receiver on loopback kept one connection's loop running for a
+//! whole multi-GiB transfer; with glommio's `yield_if_needed`, others waited a
+//! preemption period (100 ms) per hop. Now they wait about one budget's work
+//! (~0.2-0.4 ms) per hop.
 //!
 //! Memory: an idle connection owns no buffer and no pipe. glommio's read path
 //! tries `recv` and, on EAGAIN, arms a POLL_ADD through the ring and returns
@@ -61,6 +61,7 @@ use glommio::net::TcpStream;
 use crate::config::Forwarding;
 use crate::net::socket::{self, Pipe, Xfer};
 use crate::net::Stream;
+use crate::turn::Turn;
 
 mod relay;
 
@@ -70,12 +71,11 @@ pub const CHUNK: usize = 64 * 1024;
 /// no copy, so fewer, larger calls are cheaper (4 pairs per MiB instead of 16).
 /// The pipe holds four steps (1 MiB, the unprivileged limit by default).
 const SPLICE_STEP: usize = 256 * 1024;
-/// Most bytes one readiness event moves before the pump lets the executor
-/// decide whether other tasks are owed a turn (see the module doc). 512 KiB is
-/// ~0.2 ms of work at loopback speeds, so the preemption check runs hundreds
-/// of times per preemption period; budgets from 64 KiB to unbounded made no
-/// difference beyond the noise with 1 MiB responses (perf/README.md).
-pub const BUDGET: usize = 512 * 1024;
+/// Most bytes one readiness event moves; also the most a pump moves without
+/// waiting before it gives the core back ([`crate::turn::BUDGET`]). Budgets
+/// from 64 KiB to unbounded made no difference beyond the noise with 1 MiB
+/// responses (perf/README.md).
+pub const BUDGET: usize = crate::turn::BUDGET;
 /// Pipes a core keeps for reuse; more are created on demand and closed after
 /// use. A pipe is borrowed only within one synchronous event, so a core uses
 /// one at a time: a few are plenty.
@@ -274,6 +274,7 @@ async fn pump(
 ) -> Result<(), PumpError> {
     let sfd = src.as_raw_fd();
     let mut next = Start::Read;
+    let mut turn = Turn::new();
     loop {
         let step = match next {
             Start::Read => {
@@ -283,11 +284,18 @@ async fn pump(
                 // one reads straight into the core's scratch buffer. The code
                 // below runs in the same poll as the read completes, before
                 // any other task can touch the scratch buffer.
+                let mut waited = false;
                 let n = future::poll_fn(|cx| {
-                    SCRATCH.with(|b| Pin::new(&mut *src).poll_read(cx, &mut b.borrow_mut()[..]))
+                    let r = SCRATCH
+                        .with(|b| Pin::new(&mut *src).poll_read(cx, &mut b.borrow_mut()[..]));
+                    waited |= r.is_pending();
+                    r
                 })
                 .await
                 .map_err(PumpError::Read)?;
+                if waited {
+                    turn.waited();
+                }
                 if n == 0 {
                     socket::shutdown_write(dfd);
                     return Ok(());
@@ -313,23 +321,17 @@ async fn pump(
                 .await
                 .map_err(PumpError::Write)?;
             total.set(total.get() + len);
+            // The destination pushed back: this pump waited for it.
+            turn.waited();
         }
         if step.eof {
             socket::shutdown_write(dfd);
             return Ok(());
         }
-        // Give the core back if its preemption timer says others are owed a
-        // turn (two loads and a compare otherwise). Without this, a source
-        // that always has data keeps this loop going without an await that
-        // ever returns Pending.
-        if glommio::executor().need_preempt() {
-            // The executor now polls the ring and queues the tasks whose
-            // sockets became ready, but behind this one, which re-queued
-            // itself first: step behind them too, or each of them waits a
-            // second preemption period.
-            glommio::yield_if_needed().await;
-            future::yield_now().await;
-        }
+        // A source that always has data and a destination that always has
+        // room never make this loop wait: give the core back every BUDGET
+        // bytes (crate::turn).
+        turn.moved(step.moved).await;
     }
 }
 

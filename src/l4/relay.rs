@@ -17,14 +17,15 @@ use crate::net::buf::{read_into, Buf, BUF_SIZE};
 use crate::net::Stream;
 
 /// `src` → `dst` until EOF (then a half-close of `dst`: close_notify and FIN
-/// on TLS) or an error. Yields to the executor between chunks when the
-/// preemption timer has fired, as the plain pump does.
+/// on TLS) or an error. Gives the core back every [`crate::turn::BUDGET`]
+/// bytes moved without waiting, as the plain pump does.
 pub(super) async fn copy(
     src: &mut Stream,
     dst: &mut Stream,
     total: &Cell<u64>,
 ) -> Result<(), PumpError> {
     let mut slot: Option<Buf> = None;
+    let mut turn = crate::turn::Turn::new();
     let result = loop {
         match read_into(src, &mut slot, BUF_SIZE).await {
             Ok(0) => {
@@ -42,7 +43,7 @@ pub(super) async fn copy(
             break Err(PumpError::Write(e));
         }
         total.set(total.get() + n as u64);
-        glommio::yield_if_needed().await;
+        turn.moved(n).await;
     };
     if let Some(b) = slot {
         b.release();

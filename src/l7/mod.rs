@@ -1442,6 +1442,7 @@ impl Conn<'_> {
     async fn stream_rest(&mut self, up: &mut Stream, body: &mut ReqBody) -> Result<(), Failure> {
         let mut chunk = Vec::new();
         let wait = BodyWait::of(&self.snapshot.config.http);
+        let mut turn = crate::turn::Turn::new();
         while !body.complete {
             chunk.clear();
             if let Some(b) = self.inbuf.as_mut() {
@@ -1470,8 +1471,8 @@ impl Conn<'_> {
                 break;
             }
             // When both sockets are always ready nothing below waits, and the
-            // upload would hold the core until its end.
-            glommio::yield_if_needed().await;
+            // upload would hold the core until its end (crate::turn).
+            turn.moved(chunk.len().max(1)).await;
             self.read_body_bytes(wait).await?;
         }
         Ok(())
@@ -1698,6 +1699,7 @@ impl Conn<'_> {
         // decoder copies it there), so this costs no copy, and the piece is
         // what the head's read brought along, at most MAX_HEAD_BUF bytes.
         let mut head_waiting = self.out.len();
+        let mut turn = crate::turn::Turn::new();
         let complete = loop {
             let mut done = false;
             // Body bytes (decoded) in `out`: the log counts those, not the
@@ -1735,8 +1737,9 @@ impl Conn<'_> {
                 break true;
             }
             // A fast upstream and client keep both sockets ready, and then
-            // nothing here waits: let the core's other connections run.
-            glommio::yield_if_needed().await;
+            // nothing here waits: let the core's other connections run
+            // (crate::turn; the preemption timer alone made them wait 100 ms).
+            turn.moved(data.max(1) as usize).await;
             release_if_empty(&mut upbuf);
             match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
                 Ok(0) => {
