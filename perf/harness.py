@@ -1302,8 +1302,8 @@ def sidecar_argv(rig: "Rig", name: str, direction: str, tag: str) -> list[str]:
     """The command line of one sidecar (`direction` "inbound" in pod B or
     "outbound" in pod A), its config written to the work directory."""
     family = SIDECARS[name]
-    if family == "remora":
-        return [str(rig.remora_bin), "run", "--cores", "1"]
+    if family == "remora":  # another binary for --remora-alt
+        return [PROXIES[name][3].get("BIN", str(rig.remora_bin)), "run", "--cores", "1"]
     if family == "envoy":
         conf = render_template(f"envoy-sidecar-{direction}.yaml", {}, rig.dir / f"{tag}.yaml")
         return rig.envoy_argv(conf)
@@ -2012,7 +2012,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora",
                     help="Remora binary (default target/release/remora)")
     ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
-                    help="also measure another Remora binary, as proxies remora-l7@LABEL (plain cluster) and "
+                    help="also measure another Remora binary, as proxies remora-l7@LABEL (plain cluster), remora-sidecar@LABEL and "
                          "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
                          "(A/B of a change; repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default perf/results)")
@@ -2040,6 +2040,12 @@ def compare_main(argv: list[str] | None = None) -> int:
         PROXIES[name] = ("remora", "l7", "remora-l7.toml",
                          {"CLUSTER_POLICY": "", "BIN": str(Path(path).resolve())})
         if default_proxies or "remora-l7" in args.proxies.split(","):
+            args.proxies += f",{name}"
+        # The sidecar scenarios: the other binary as both sidecars.
+        name = f"remora-sidecar@{label}"
+        PROXIES[name] = ("sidecar", "sidecar", None, {"BIN": str(Path(path).resolve())})
+        SIDECARS[name] = "remora"
+        if default_proxies or "remora-sidecar" in args.proxies.split(","):
             args.proxies += f",{name}"
         # HTTP/2: h2-keepalive and grpc-unary.
         for base in ("remora-h2", "remora-grpc"):
