@@ -1197,5 +1197,155 @@ class FairnessEndToEnd(unittest.TestCase):
         self.assertGreater(samples[-1][1], 1 << 20)
 
 
+SS_OUTPUT = """\
+0      0          10.211.0.2:15006     10.211.0.1:40312 users:(("remora",pid=4242,fd=17))
+0      0          127.0.0.6:38086      10.211.0.2:8080  users:(("remora",pid=4242,fd=18))
+0      0          10.211.0.2:8080      127.0.0.6:38086  users:(("nginx",pid=77,fd=5))
+0      0     [fd00::2]:8080   [::6]:51000
+"""
+
+
+class SidecarPieces(unittest.TestCase):
+    """The sidecar scenarios: scenarios and contenders, config generation, the
+    `ss` parser and the capture check built on it, the table."""
+
+    def test_scenarios_and_contenders(self):
+        sc = {s.name: s for s in harness.SCENARIOS}
+        self.assertEqual(sc["sidecar-inbound"].sidecars, ("inbound",))
+        self.assertEqual(sc["sidecar-both"].sidecars, ("outbound", "inbound"))
+        self.assertEqual(harness.proxies_for(sc["sidecar-both"], list(harness.PROXIES)),
+                         ["direct", "remora-sidecar", "envoy-sidecar", "haproxy-sidecar-tcp",
+                          "haproxy-sidecar-http"])
+        # The sidecar contenders take part in no other scenario.
+        for s in harness.SCENARIOS:
+            if s.layer != "sidecar":
+                self.assertFalse(set(harness.proxies_for(s, list(harness.PROXIES))) &
+                                 set(harness.SIDECARS))
+
+    def test_parse_ss(self):
+        socks = harness.parse_ss(SS_OUTPUT)
+        self.assertEqual(len(socks), 4)
+        self.assertEqual(socks[0], {"local": "10.211.0.2:15006", "peer": "10.211.0.1:40312",
+                                    "local_port": 15006, "peer_ip": "10.211.0.1", "pids": [4242]})
+        self.assertEqual(socks[2]["peer_ip"], "127.0.0.6")
+        self.assertEqual((socks[3]["peer_ip"], socks[3]["pids"]), ("::6", []))
+
+    def test_capture_check(self):
+        b = harness.parse_ss(SS_OUTPUT)
+        a = harness.parse_ss("0 0 10.211.0.1:15001 10.211.0.1:5555 users:((\"x\",pid=9,fd=3))\n")
+        self.assertEqual(harness.capture_problems([], b, {"inbound": 4242}), [])
+        self.assertEqual(harness.capture_problems(a, b, {"outbound": 9, "inbound": 4242}), [])
+        # Another process holds the capture port's connection: not this sidecar.
+        self.assertIn("not captured", harness.capture_problems([], b, {"inbound": 5})[0])
+        self.assertIn("not captured", harness.capture_problems(a, b, {"outbound": 1, "inbound": 4242})[0])
+        # The app's client is pod A itself: the sidecar did not forward.
+        direct = harness.parse_ss("0 0 10.211.0.2:8080 10.211.0.1:40000\n")
+        self.assertEqual(harness.capture_problems([], direct, {}), [])
+        p = harness.capture_problems([], direct + b[:1], {"inbound": 4242})
+        self.assertEqual(len(p), 1)
+        self.assertIn("127.0.0.6", p[0])
+        self.assertIn("no client 10.211.0.1", harness.capture_problems([], b, {})[0])
+
+    def test_wrk_runs_in_pod_a(self):
+        rig = harness.Rig(Path("/bin/true"), 0, 1, 4096)
+        try:
+            sc = next(s for s in harness.SCENARIOS if s.name == "sidecar-inbound")
+            argv = harness.wrk_argv(rig, 8080, sc, 3, harness.POD_B_IP, "pod-a")
+            self.assertEqual(argv[:7], ["taskset", "-c", "0", "ip", "netns", "exec", "pod-a"])
+            self.assertEqual(argv[-1], f"http://{harness.POD_B_IP}:8080/small")
+        finally:
+            rig.close()
+
+    def test_configs(self):
+        """Every contender's sidecar command and config, per side; each config
+        accepted by its proxy's own checker."""
+        rig = harness.Rig(Path("/bin/true"), None, None, 4096)
+        rig.envoy = harness.envoy_bin() or Path("/bin/false")
+        try:
+            for name in harness.SIDECARS:
+                for side in ("inbound", "outbound"):
+                    argv = harness.sidecar_argv(rig, name, side, f"{name}-{side}")
+                    if name == "remora-sidecar":  # the built-in default: no config file
+                        self.assertEqual(argv, ["/bin/true", "run", "--cores", "1"])
+                        continue
+                    conf = Path(argv[argv.index("-f" if "haproxy" in name else "-c") + 1])
+                    text = conf.read_text()
+                    port = harness.INBOUND_PORT if side == "inbound" else harness.OUTBOUND_PORT
+                    self.assertIn(str(port), text)
+                    bind = "source 127.0.0.6" if "haproxy" in name else "address: 127.0.0.6"
+                    self.assertEqual(bind in text, side == "inbound", f"{name} {side}")
+                    if "haproxy" in name:
+                        self.assertIn(f"mode {name.rpartition('-')[2]}", text)
+                        self.assertIn("server original_dst 0.0.0.0\n", text)
+                        if shutil.which("haproxy"):
+                            r = subprocess.run(["haproxy", "-c", "-q", "-f", str(conf)],
+                                               capture_output=True, text=True, timeout=30)
+                            self.assertEqual(r.returncode, 0, f"{conf}:\n{r.stdout}{r.stderr}")
+                    else:
+                        for piece in ("original_dst", "http_inspector", "ORIGINAL_DST",
+                                      "http_connection_manager", "tcp_proxy"):
+                            self.assertIn(piece, text)
+                        if harness.envoy_bin():
+                            EnvoyConfigs.validate(self, conf)
+        finally:
+            rig.close()
+
+    def test_render_sidecar_table(self):
+        def row(proxy, cpu, out=None, inb=None):
+            return {"name": "sidecar-both", "proxy": proxy, "rps": 30000.0, "p50_us": 800.0,
+                    "p99_us": 5000.0, "cpu_us_per_req": cpu, "cpu_util": 0.7, "rss_kib": 9000,
+                    "cpu_us_per_req_outbound": out, "cpu_us_per_req_inbound": inb,
+                    "status": "ok"}
+        data = {"meta": {"date": "d", "command": "c", "quick": False, "rounds": 1,
+                         "duration_s": 1, "pinning": "p", "cpu": "x", "cpus_online": 2,
+                         "kernel": "k", "loadavg_start": "1", "loadavg_end": "1", "nofile": 1,
+                         "idle_conns": 1, "versions": {}},
+                "scenarios": [row("direct", 5.0), row("remora-sidecar", 20.0, 10.0, 10.0),
+                              row("envoy-sidecar", 80.0, 40.0, 40.0),
+                              row("haproxy-sidecar-tcp", 16.0, 8.0, 8.0),
+                              row("haproxy-sidecar-http", 24.0, 12.0, 12.0)],
+                "failures": []}
+        md = harness.render_md(data)
+        self.assertIn("| remora-sidecar | 30,000 | 800 | 5,000 | 20.00 | 10.00 | 10.00 | 70% |", md)
+        # Against the best (HAProxy tcp) and the two peers of the bar.
+        rat = {(r["proxy"], r["vs"]): r["ratio"] for r in harness.ratios(data)
+               if r["metric"] == "CPU/req"}
+        self.assertAlmostEqual(rat[("remora-sidecar", "haproxy-sidecar-tcp")], 0.8)
+        self.assertAlmostEqual(rat[("remora-sidecar", "haproxy-sidecar-http")], 1.2)
+        self.assertAlmostEqual(rat[("remora-sidecar", "envoy-sidecar")], 4.0)
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("iptables") and shutil.which("haproxy")
+                     and REMORA_BIN.exists(), "needs root, iptables, haproxy and a built remora")
+class SidecarPods(unittest.TestCase):
+    """Real pods: HAProxy as both sidecars passes the path check (captured on
+    both sides, the app's client is 127.0.0.6); without capture rules the same
+    check fails."""
+
+    def test_captured_path_and_a_missing_capture(self):
+        rig = harness.Rig(REMORA_BIN.resolve(), None, None, 4096)
+        try:
+            sc = next(s for s in harness.SCENARIOS if s.name == "sidecar-both")
+            inst = rig.start("haproxy-sidecar-http", sc)
+            try:
+                self.assertEqual(set(inst.parts), {"inbound", "outbound"})
+                rig.check_instance(inst, sc)
+            finally:
+                rig.stop(inst)
+            direct = rig.start("direct", sc)
+            try:
+                rig.check_instance(direct, sc)  # no sidecar expected, none there
+                direct.parts = {"inbound": direct.pids_of}  # claims a sidecar: fails
+                with self.assertRaisesRegex(harness.HarnessError, "not captured"):
+                    rig.check_instance(direct, sc)
+            finally:
+                rig.stop(direct)
+            self.assertNotIn(f"rmrperf-{os.getpid()}-a",
+                             subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                            text=True).stdout)
+        finally:
+            rig.close()
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -953,9 +953,10 @@ impl Conn<'_> {
     /// Routes, forwards and answers one request whose head is `len` bytes at
     /// the start of `inbuf`.
     async fn handle(&mut self, len: usize) -> Next {
-        // The current config for every request (an atomic load), taken once its
-        // head is in: a reload reaches keep-alive connections opened before it.
-        self.snapshot = self.shard.config.current();
+        // The current config for every request, taken once its head is in: a
+        // reload reaches keep-alive connections opened before it. The one the
+        // connection holds stays when no newer version was published.
+        self.shard.config.refresh(&mut self.snapshot);
         let snap = self.snapshot.clone();
         let http = &snap.config.http;
 

@@ -79,19 +79,17 @@ impl Pool {
         dropped: &mut Vec<Stream>,
     ) {
         let list = self.idle.entry(key).or_default();
-        let mut i = 0;
-        while i < list.len() {
-            if list[i].since.elapsed() >= max_age {
-                dropped.push(list.remove(i).stream);
-            } else {
-                i += 1;
-            }
-        }
+        // One clock read per put: it was one per idle entry (`elapsed()`), 50
+        // reads per request with 50 idle connections to the endpoint, 2% of a
+        // sidecar's CPU in perf/SIDECAR.md's profile.
+        let now = Instant::now();
+        let expired = expired_prefix(list, |c| c.since, now, max_age);
+        dropped.extend(list.drain(..expired).map(|c| c.stream));
         if list.len() < max_idle {
             list.push(Idle {
                 stream,
                 lease,
-                since: Instant::now(),
+                since: now,
             });
         } else {
             dropped.push(stream);
@@ -101,6 +99,19 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.idle.values().map(Vec::len).sum()
     }
+}
+
+/// How many entries at the front of `list` are at least `max_age` old. The
+/// list is in the order the entries were put back, so oldest first (`since`
+/// never decreases along it): the expired ones are a prefix, found by
+/// bisection without reading every entry.
+fn expired_prefix<T>(
+    list: &[T],
+    since: impl Fn(&T) -> Instant,
+    now: Instant,
+    max_age: Duration,
+) -> usize {
+    list.partition_point(|c| now.saturating_duration_since(since(c)) >= max_age)
 }
 
 /// Whether a pooled connection may carry another request: only if reading it
@@ -143,4 +154,28 @@ impl Pool {
 /// update) leaves it usable (`net::stream`).
 fn quiet(stream: &Stream) -> bool {
     stream.quiet()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_entries_are_the_oldest_prefix() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let age = Duration::from_secs(60);
+        // (put-back times, oldest first; expired count)
+        let cases: [(&[Instant], usize); 6] = [
+            (&[], 0),
+            (&[ago(5)], 0),
+            (&[ago(60)], 1), // exactly max_age: expired, as before
+            (&[ago(90), ago(61), ago(59), ago(1)], 2),
+            (&[ago(90), ago(80)], 2),
+            (&[ago(10), ago(5), ago(0)], 0),
+        ];
+        for (list, want) in cases {
+            assert_eq!(expired_prefix(list, |t| *t, now, age), want, "{list:?}");
+        }
+    }
 }
