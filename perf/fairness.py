@@ -154,8 +154,14 @@ def summarise_rtts(rtts_us: list[float]) -> dict:
 
 def bulk_rate(samples: list[list[float]], t0: float, t1: float) -> tuple[float | None, float | None]:
     """From the bulk client's (time, bytes so far) samples: MB/s over [t0, t1], and
-    the slowest whole second within it (a stalled transfer shows as ~0)."""
-    inside = [(t, b) for t, b in samples if t0 <= t <= t1]
+    the slowest whole second within it (a stalled transfer shows as ~0). The span
+    runs from the last sample before t0 to the first after t1: a bulk client that
+    got no CPU during the window (`direct`, where the real-time round trips and
+    the backend share the load CPU with it) records nothing inside it, but what
+    it received meanwhile shows in its next sample."""
+    before = [(t, b) for t, b in samples if t < t0][-1:]
+    after = [(t, b) for t, b in samples if t > t1][:1]
+    inside = before + [(t, b) for t, b in samples if t0 <= t <= t1] + after
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
         return None, None
     mean = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) / 1e6

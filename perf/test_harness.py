@@ -1069,6 +1069,12 @@ class FairnessPieces(unittest.TestCase):
         mean, slowest = fairness.bulk_rate(stalled, 1.0, 4.0)
         self.assertAlmostEqual(slowest, 0.0, places=3)
         self.assertEqual(fairness.bulk_rate(steady, 9.0, 10.0), (None, None))
+        # A client starved during the window: no sample inside it, the bytes
+        # show in the samples around it.
+        starved = [[0.0, 0.0], [0.95, 95e6], [4.2, 420e6]]
+        mean, _ = fairness.bulk_rate(starved, 1.0, 4.0)
+        self.assertAlmostEqual(mean, 100.0, places=3)
+        self.assertEqual(fairness.bulk_rate([[0.95, 5.0], [4.2, 5.0]], 1.0, 4.0)[0], 0.0)
 
     def test_sample_and_its_refusals(self):
         bulk = {"samples": [[10.0, 0], [11.0, 1e9], [12.0, 2e9]]}
