@@ -20,12 +20,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::netns::{require_root, stat_in, Ns, Proc, AS_PROXY_USER};
-use common::{Remora, TempDir, BIN};
+use common::netns::{require_root, sidecar, stat_in, Ns, Proc};
+use common::BIN;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 const A4: &str = "10.204.0.1";
@@ -122,20 +121,6 @@ fn pods() -> (Ns, Ns) {
         ns.exec(&[BIN, "iptables"]);
     }
     (a, b)
-}
-
-/// Remora as the proxy user, one core.
-fn sidecar(ns: &Ns, config: &str) -> Remora {
-    let dir = TempDir::new("scale-sidecar");
-    let cfg = dir.file("remora.toml", config);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name])
-        .args(AS_PROXY_USER)
-        .args([BIN, "run", "--cores", "1", "--config"])
-        .arg(&cfg);
-    let mut r = Remora::spawn(cmd, dir);
-    r.wait_for_log("ready");
-    r
 }
 
 /// Open file descriptors of process `pid`.
