@@ -9,6 +9,8 @@ proxy under test sits between wrk (or the idle-connection client) and that backe
 
 The HTTP/2 scenarios (h2-keepalive, grpc-unary) load the proxy with h2load instead
 of wrk; the backend's second port speaks HTTP/2 and answers a canned gRPC method.
+The `rate` scenario loads it with perf/pacer (a crate of its own under perf/pacer/):
+open-loop, a fixed request rate, latency counted from each request's due time.
 
 Every proxy gets the same worker count (1), the same pinning (taskset), the same
 keep-alive policy and the same payloads. Proxies are started fresh for every
@@ -113,6 +115,9 @@ class Scenario:
     # sidecar scenarios: the sidecars on the path ("outbound" in pod A, "inbound"
     # in pod B); wrk runs in pod A against the app's address in pod B.
     sidecars: tuple[str, ...] = ()
+    # rate scenario: offered loads as fractions of the direct ceiling (wrk against
+    # the backend, measured once at the start of the run), paced by perf/pacer.
+    rate_fractions: tuple[float, ...] = ()
 
 
 SCENARIOS = [
@@ -171,6 +176,12 @@ SCENARIOS = [
              "as sidecar-inbound, through pod A's outbound sidecar as well (two sidecars on "
              "the path, both on the proxy CPU)",
              sidecars=("outbound", "inbound")),
+    # perf/pacer -> proxy -> backend at a fixed offered rate (open loop): the tail
+    # latency below saturation, coordinated-omission corrected (perf/TAIL.md).
+    Scenario("rate", "rate", "rate", SMALL_PATH, 50, False,
+             "612-byte responses, 50 persistent connections, a constant offered rate (50% and "
+             "80% of the direct ceiling measured in the same run), open loop; L4 and L7 proxies",
+             rate_fractions=(0.5, 0.8)),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 H2LOAD_SCENARIOS = {s.name for s in SCENARIOS if s.load == "h2load"}
@@ -225,12 +236,21 @@ MTLS_CLIENT_SAN = "spiffe://cluster.local/ns/default/sa/client"
 MTLS_SERVER_SAN = "spiffe://cluster.local/ns/default/sa/backend"
 
 
+# The rate scenario's contenders (and their --remora-alt twins, NAME@LABEL): one
+# L7 and one L4 configuration of each proxy, the definitions the other scenarios use.
+RATE_PROXIES = ("remora-l7", "remora-copy", "nginx-http", "nginx-stream", "haproxy-http",
+                "haproxy-tcp", "envoy-http", "envoy-tcp")
+
+
 def proxies_for(sc: Scenario, wanted: list[str]) -> list[str]:
     names = []
     for name, (family, layer, _, _) in PROXIES.items():
         if name not in wanted:
             continue
-        if family == "direct":
+        if sc.layer == "rate":
+            if family == "direct" or name.split("@")[0] in RATE_PROXIES:
+                names.append(name)
+        elif family == "direct":
             if sc.kind == "idle":
                 continue  # no proxy, no proxy RSS to measure
             names.append(name)
@@ -1644,6 +1664,172 @@ def validate_h2load(res: dict, where: str) -> None:
                            f"for {res['requests']} requests")
 
 
+# ───────────────────────────── perf/pacer (the rate scenario) ─────────────────────────────
+
+PACER_DIR = PERF_DIR / "pacer"
+PACER_BIN = PACER_DIR / "target" / "release" / "pacer"
+# A row whose achieved rate is below this share of the offered one is saturated:
+# the proxy (or the rig) could not keep the rate, and its latencies measure a queue.
+SATURATED_BELOW = 0.97
+PACER_KEYS = ("offered_rps", "achieved_rps", "duration_s", "connections", "due", "sent",
+              "completed_in_window", "latencies", "unsent", "unanswered", "p50_us", "p99_us",
+              "p999_us", "max_us", "errors")
+
+
+def build_pacer(no_build: bool = False) -> Path:
+    """perf/pacer's release binary, built offline from the registry cache (its only
+    dependency is libc, which the main crate already locks). `no_build` keeps an
+    existing binary as it is."""
+    if no_build and PACER_BIN.exists():
+        return PACER_BIN
+    argv = ["cargo", "build", "--release", "--offline", "--quiet", "--manifest-path",
+            str(PACER_DIR / "Cargo.toml")]
+    log(shlex.join(argv))
+    r = subprocess.run(argv, cwd=PACER_DIR)
+    if r.returncode != 0 or not PACER_BIN.exists():
+        raise SetupError(f"building perf/pacer failed: {shlex.join(argv)}")
+    return PACER_BIN
+
+
+def pacer_argv(rig: "Rig", port: int, path: str, rate: float, seconds: float, warmup: float,
+               connections: int, host: str = "127.0.0.1") -> list[str]:
+    argv = [str(PACER_BIN), "--rate", f"{rate:.0f}", "--connections", str(connections),
+            "--duration", str(seconds), "--warmup", str(warmup), f"http://{host}:{port}{path}"]
+    if rig.load_cpu is not None:
+        argv = ["taskset", "-c", str(rig.load_cpu), *argv]
+    return argv
+
+
+def parse_pacer(out: str) -> dict:
+    """perf/pacer's result: its last stdout line that is a JSON object with every
+    field the harness reads."""
+    for line in reversed(out.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            res = json.loads(line)
+        except ValueError:
+            break
+        missing = [k for k in PACER_KEYS if k not in res]
+        if missing:
+            raise HarnessError(f"perf/pacer output lacks {', '.join(missing)}: {line[:300]}")
+        return res
+    raise HarnessError(f"cannot parse perf/pacer output:\n{out[-2000:]}")
+
+
+def validate_pacer(res: dict, where: str) -> None:
+    """Correctness, never timing: answers came, every one 2xx, and connection, read,
+    write or framing errors on at most 1% of the requests due."""
+    if not res["completed_in_window"] or not res["latencies"]:
+        raise HarnessError(f"{where}: perf/pacer completed no request in its window")
+    errs = res["errors"]
+    if errs.get("status"):
+        raise HarnessError(f"{where}: {errs['status']} non-2xx responses")
+    hard = sum(v for k, v in errs.items() if k != "status")
+    if hard > 0.01 * max(1, res["due"]):
+        raise HarnessError(f"{where}: perf/pacer errors {errs} for {res['due']} requests due")
+
+
+def run_pacer(rig: "Rig", port: int, path: str, rate: float, seconds: float, warmup: float,
+              connections: int, host: str = "127.0.0.1") -> dict:
+    argv = pacer_argv(rig, port, path, rate, seconds, warmup, connections, host)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=warmup + seconds + 60)
+    if r.returncode != 0:
+        raise HarnessError(f"{shlex.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    res = parse_pacer(r.stdout)
+    res["pacer"] = shlex.join(argv)
+    return res
+
+
+def rate_saturated(offered: float | None, achieved: float | None) -> bool:
+    """The achieved rate fell below SATURATED_BELOW of the offered one."""
+    if not offered or achieved is None:
+        return False
+    return achieved < SATURATED_BELOW * offered
+
+
+def rate_targets(ceiling_rps: float, fractions: tuple[float, ...]) -> list[tuple[float, int]]:
+    """(fraction, offered req/s) per fraction of the direct ceiling, whole req/s."""
+    return [(f, int(round(ceiling_rps * f))) for f in fractions]
+
+
+def rate_label(fraction: float) -> str:
+    return f"{fraction * 100:.0f}%"
+
+
+def measure_ceiling(rig: "Rig", sc: Scenario, seconds: int, warmup: int) -> dict:
+    """The direct ceiling: wrk, closed loop, the scenario's connections, against the
+    backend itself with the same pinning as every other run."""
+    if warmup:
+        run_wrk(rig, rig.backend.port, sc, warmup)
+    res = run_wrk(rig, rig.backend.port, sc, seconds)
+    validate_wrk(res, f"{sc.name}/ceiling")
+    return {"rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+            "wrk": res["wrk"]}
+
+
+def rate_sample(fraction: float, res: dict, cpu_s: float, wall_s: float) -> dict:
+    """One paced run's figures; CPU per request over every request sent (warm-up included,
+    as the CPU was measured over the whole run)."""
+    return {
+        "fraction": fraction, "offered_rps": res["offered_rps"], "rps": res["achieved_rps"],
+        "requests": res["completed_in_window"],
+        "p50_us": res["p50_us"], "p99_us": res["p99_us"], "p999_us": res["p999_us"],
+        "max_us": res["max_us"], "unsent": res["unsent"], "errors": res["errors"],
+        "cpu_us_per_req": cpu_s * 1e6 / res["sent"] if res["sent"] else None,
+        "cpu_util": cpu_s / wall_s if wall_s > 0 else None,
+        "saturated": rate_saturated(res["offered_rps"], res["achieved_rps"]),
+        "pacer": res.get("pacer"),
+    }
+
+
+def measure_rate(rig: "Rig", sc: Scenario, name: str, ceiling_rps: float, seconds: int,
+                 warmup: int, fractions: tuple[float, ...]) -> list[dict]:
+    """One proxy instance, checked byte-exact before and after, paced at each offered
+    rate in turn (each run with its own warm-up)."""
+    inst = rig.start(name, sc)
+    try:
+        rig.check_instance(inst, sc)
+        pids = inst.pids()
+        out = []
+        for fraction, rate in rate_targets(ceiling_rps, fractions):
+            t0, w0 = cpu_ticks(pids), time.monotonic()
+            res = run_pacer(rig, inst.port, sc.path, rate, seconds, warmup, sc.connections,
+                            inst.host)
+            ticks, wall = cpu_ticks(pids) - t0, time.monotonic() - w0
+            validate_pacer(res, f"{sc.name}/{name} at {rate_label(fraction)}")
+            out.append(rate_sample(fraction, res, ticks / CLK_TCK, wall))
+        rig.check_instance(inst, sc)
+        if inst.notes:
+            for smp in out:
+                smp["notes"] = inst.notes
+        return out
+    finally:
+        rig.stop(inst)
+
+
+def summarise_rate(sc: Scenario, name: str, samples: list[dict]) -> list[dict]:
+    """One row per offered load: medians over rounds; saturated when the median
+    achieved rate is below SATURATED_BELOW of the offered one."""
+    rows = []
+    for fraction in sorted({s["fraction"] for s in samples}):
+        mine = [s for s in samples if s["fraction"] == fraction]
+        row: dict = {"name": sc.name, "proxy": name, "fraction": fraction}
+        for k in ["offered_rps", "rps", "p50_us", "p99_us", "p999_us", "max_us",
+                  "cpu_us_per_req", "cpu_util", "unsent"]:
+            m = median([s.get(k) for s in mine])
+            row[k] = round(m, 2) if isinstance(m, float) else m
+        row["rss_kib"] = None
+        row["saturated"] = rate_saturated(row["offered_rps"], row["rps"])
+        row["status"] = "ok"
+        row["samples"] = mine
+        if name == "direct":
+            row["note"] = "no proxy; CPU is the backend's"
+        rows.append(row)
+    return rows
+
+
 # ───────────────────────────── idle connections ─────────────────────────────
 
 
@@ -1973,8 +2159,11 @@ def ratios(data: dict) -> list[dict]:
     out = []
     by_sc: dict[str, list[dict]] = {}
     for r in data["scenarios"]:
-        by_sc.setdefault(r["name"], []).append(r)
+        by_sc.setdefault(rate_group(r), []).append(r)
     for sc_name, rows in by_sc.items():
+        if any(r.get("fraction") is not None for r in rows):
+            out += rate_ratios(sc_name, rows)
+            continue
         idle = any(r.get("idle_conns") is not None for r in rows)
         fair = any(r.get("bulk_mbps") is not None for r in rows)
         metrics = ([("rss_per_conn_bytes", False, "bytes/conn")] if idle else
@@ -2006,6 +2195,62 @@ def ratios(data: dict) -> list[dict]:
                         out.append({"scenario": sc_name, "proxy": r["proxy"], "metric": label,
                                     "ratio": peer[key] / r[key], "vs": peer["proxy"]})
     return out
+
+
+def rate_group(r: dict) -> str:
+    """A row's group for comparisons: its scenario, and for the rate scenario its
+    offered load too (`rate@50%`)."""
+    return f"{r['name']}@{rate_label(r['fraction'])}" if r.get("fraction") is not None else r["name"]
+
+
+def rate_ratios(group: str, rows: list[dict]) -> list[dict]:
+    """Remora's p99 against the best competitor's at the same offered load, among the
+    rows that kept the rate (a saturated row's latency measures its queue); > 1 =
+    Remora lower. A saturated Remora row gets no ratio (the table says saturated)."""
+    out = []
+    kept = [r for r in rows if r.get("status") == "ok" and not r.get("saturated")]
+    for r in kept:
+        if not is_remora(r["proxy"]) or not r.get("p99_us"):
+            continue
+        best = best_competitor(kept, "p99_us", False)
+        if best is None or not best.get("p99_us"):
+            continue
+        out.append({"scenario": group, "proxy": r["proxy"], "metric": "p99",
+                    "ratio": best["p99_us"] / r["p99_us"], "vs": best["proxy"]})
+    return out
+
+
+def rate_table(rows: list[dict], rat: list[dict], meta: dict) -> list[str]:
+    ceiling = (meta.get("rate_ceiling") or {}).get(rows[0]["name"]) if rows else None
+    lines = []
+    if ceiling:
+        lines += [f"Direct ceiling: {fmt(ceiling['rps'])} req/s (`{ceiling['wrk']}`). "
+                  "perf/pacer offers a constant rate on 50 keep-alive connections (one request "
+                  "in flight each); latency counts from each request's due time, so a stall "
+                  "counts for every request due during it (coordinated omission corrected). "
+                  f"**saturated**: achieved below {SATURATED_BELOW:.0%} of offered (its "
+                  "latencies measure a queue; no ratio). CPU µs/req and util are the proxy's "
+                  "(the backend's for direct). \"vs best\": best competitor's p99 ÷ Remora's "
+                  "at the same load, among unsaturated rows.", ""]
+    lines += ["| proxy | load | offered req/s | achieved req/s | p50 µs | p99 µs | p99.9 µs | "
+              "max µs | CPU µs/req | CPU util | vs best |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    order = sorted(rows, key=lambda r: (r.get("fraction") or 0))
+    for r in order:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['proxy']} | {r.get('note', r.get('status'))} |" + " |" * 9 + " |")
+            continue
+        grp = rate_group(r)
+        vs = ", ".join(f"{x['ratio']:.2f}× {x['metric']} (vs {x['vs']})" for x in rat
+                       if x["scenario"] == grp and x["proxy"] == r["proxy"])
+        if r.get("saturated"):
+            vs = "**saturated**" + (f"; {vs}" if vs else "")
+        util = f"{r['cpu_util'] * 100:.0f}%" if r.get("cpu_util") is not None else "–"
+        lines.append(f"| {r['proxy']} | {rate_label(r['fraction'])} | {fmt(r['offered_rps'])} | "
+                     f"{fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+                     f"{fmt(r.get('p999_us'))} | {fmt(r.get('max_us'))} | "
+                     f"{fmt(r.get('cpu_us_per_req'), 2)} | {util} | {vs} |")
+    return lines
 
 
 def render_md(data: dict) -> str:
@@ -2045,6 +2290,9 @@ def render_md(data: dict) -> str:
         mtls = any(s.layer == "mtls" for s in SCENARIOS if s.name == sc_name)
         if scd is not None and scd.kind == "fairness":
             lines += fairness_table(rows, [x for x in rat if x["scenario"] == sc_name]) + [""]
+            continue
+        if scd is not None and scd.kind == "rate":
+            lines += rate_table(rows, rat, m) + [""]
             continue
         sidecar = scd is not None and scd.layer == "sidecar"
         if sidecar:
@@ -2144,12 +2392,13 @@ def render_svg(data: dict) -> str:
     vmax = max(2.0, max(x["ratio"] for x in rat) * 1.1)
     plot_w = W - left - right
     na = [r for r in data["scenarios"] if r.get("status") != "ok"]
-    H = top + len(rat) * (bar_h + gap) + (80 if na else 60)
+    H = top + len(rat) * (bar_h + gap) + (100 if na else 80)
     X = lambda v: left + plot_w * v / vmax  # noqa: E731
     colours = {"req/s": "#3b7dd8", "CPU/req": "#e08a1e", "RSS": "#4a9a5b",
-               "RTT p99": "#9b4fc0"}
+               "RTT p99": "#9b4fc0", "p99": "#c0392b"}
     legend = {"req/s": "req/s: Remora ÷ best", "CPU/req": "CPU µs/req: best ÷ Remora",
-              "RSS": "RSS: best ÷ Remora", "RTT p99": "round-trip p99: best ÷ Remora"}
+              "RSS": "RSS: best ÷ Remora", "RTT p99": "round-trip p99: best ÷ Remora",
+              "p99": "p99 at a fixed rate: best ÷ Remora"}
     m = data["meta"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
            f'font-family="sans-serif" font-size="12">',
@@ -2181,6 +2430,8 @@ def render_svg(data: dict) -> str:
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{c}"/>')
         out.append(f'<text x="{lx + 16}" y="{ly}">{html.escape(legend[name])}</text>')
         lx += 230
+        if lx + 230 > W:  # wrap the legend onto a second line
+            lx, ly = 40, ly + 20
     if na:
         out.append(f'<text x="40" y="{ly + 22}" fill="#555">not shown: ' +
                    html.escape(", ".join(f'{r["name"]}/{r["proxy"]} {r.get("note", "")}' for r in na)) +
@@ -2307,6 +2558,8 @@ def compare_main(argv: list[str] | None = None) -> int:
         needs_envoy = any(n.startswith("envoy") for sc in scenarios for n in proxies_for(sc, wanted))
         envoy = ensure_envoy() if needs_envoy else None
         build_remora(args.no_build)
+        if any(sc.kind == "rate" for sc in scenarios):
+            build_pacer(args.no_build)
         if not args.remora_bin.exists():
             raise SetupError(f"{args.remora_bin} does not exist (build it or drop --no-build)")
         _, hard = raise_nofile()
@@ -2352,14 +2605,48 @@ def compare_main(argv: list[str] | None = None) -> int:
                 else:
                     samples[(sc.name, name)] = []
         broken: set[tuple[str, str]] = set()
+        ceilings: dict[str, float] = {}  # the rate scenario's direct ceiling, once per run
         for rnd in range(rounds):
             for sc in scenarios:
                 names = [n for n in proxies_for(sc, wanted) if (sc.name, n) in samples]
+                if sc.kind == "rate" and sc.name not in ceilings:
+                    log(f"{sc.name}: the direct ceiling (wrk -t1 -c{sc.connections}, {seconds} s)")
+                    try:
+                        c = measure_ceiling(rig, sc, seconds, warmup)
+                    except HarnessError as e:
+                        failures.append(f"{sc.name}/ceiling: {e}")
+                        broken.update((sc.name, n) for n in names)
+                        ceilings[sc.name] = 0.0
+                        log(f"FAILED {sc.name}/ceiling: {e}")
+                        continue
+                    ceilings[sc.name] = c["rps"]
+                    meta.setdefault("rate_ceiling", {})[sc.name] = c | {
+                        "offered": {rate_label(f): r for f, r in rate_targets(c["rps"], sc.rate_fractions)}}
+                    log(f"  ceiling {c['rps']:,.0f} req/s: offered " + ", ".join(
+                        f"{rate_label(f)} = {r:,} req/s" for f, r in rate_targets(c["rps"], sc.rate_fractions)))
                 k = rnd % max(1, len(names))
                 for name in names[k:] + names[:k]:  # rotate: no proxy always goes first
                     if (sc.name, name) in broken:
                         continue
                     log(f"round {rnd + 1}/{rounds} {sc.name} {name}")
+                    if sc.kind == "rate":
+                        # Both loads on one instance; which goes first alternates by round.
+                        order = sc.rate_fractions[::-1] if rnd % 2 else sc.rate_fractions
+                        try:
+                            got = measure_rate(rig, sc, name, ceilings[sc.name], seconds, warmup,
+                                               order)
+                        except HarnessError as e:
+                            failures.append(f"{sc.name}/{name}: {e}")
+                            broken.add((sc.name, name))
+                            log(f"FAILED {sc.name}/{name}: {e}")
+                            continue
+                        samples[(sc.name, name)].extend(got)
+                        for x in got:
+                            log(f"  {rate_label(x['fraction'])}: offered {x['offered_rps']:,.0f} "
+                                f"achieved {x['rps']:,.0f} req/s p50 {x['p50_us']}us p99 "
+                                f"{x['p99_us']}us p99.9 {x['p999_us']}us max {x['max_us']}us"
+                                f"{' SATURATED' if x['saturated'] else ''}")
+                        continue
                     try:
                         s = measure(rig, sc, name, seconds, warmup, idle_n)
                     except HarnessError as e:
@@ -2391,6 +2678,8 @@ def compare_main(argv: list[str] | None = None) -> int:
                     rows.append({"name": sc.name, "proxy": name, "rps": None, "p50_us": None,
                                  "p99_us": None, "cpu_us_per_req": None, "rss_kib": None,
                                  "status": "failed", "note": "failed (see failures)"})
+                elif samples.get(key) and sc.kind == "rate":
+                    rows.extend(summarise_rate(sc, name, samples[key]))
                 elif samples.get(key):
                     rows.append(summarise(sc, name, samples[key]))
         meta["loadavg_end"] = loadavg()

@@ -1353,5 +1353,242 @@ class SidecarPods(unittest.TestCase):
             rig.close()
 
 
+
+# ───────────────────────────── perf/pacer and the rate scenario ─────────────────────────────
+
+PACER_LINE = ('{"offered_rps": 75000.0, "achieved_rps": 74990.2, "duration_s": 10, "warmup_s": 2, '
+              '"connections": 50, "due": 900000, "sent": 900000, "completed_in_window": 749902, '
+              '"latencies": 750000, "unsent": 0, "unanswered": 0, "p50_us": 81.5, "p90_us": 120.0, '
+              '"p99_us": 410.2, "p999_us": 2050.0, "max_us": 9100.3, "mean_us": 95.1, '
+              '"errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "parse": 0}}')
+
+
+def rate_row(proxy, fraction, offered, achieved, p99, **kw):
+    return {"name": "rate", "proxy": proxy, "fraction": fraction, "offered_rps": offered,
+            "rps": achieved, "p50_us": 80.0, "p99_us": p99, "p999_us": p99 * 3,
+            "max_us": p99 * 10, "cpu_us_per_req": 10.0, "cpu_util": 0.5, "rss_kib": None,
+            "saturated": harness.rate_saturated(offered, achieved), "status": "ok", **kw}
+
+
+class PacerPieces(unittest.TestCase):
+    def test_parse_pacer(self):
+        r = harness.parse_pacer("pacer: a warning on stdout\n" + PACER_LINE + "\n")
+        self.assertEqual((r["offered_rps"], r["achieved_rps"]), (75000.0, 74990.2))
+        self.assertEqual((r["p99_us"], r["p999_us"], r["max_us"]), (410.2, 2050.0, 9100.3))
+        self.assertEqual(r["errors"]["parse"], 0)
+        harness.validate_pacer(r, "x")
+
+    def test_parse_pacer_refusals(self):
+        with self.assertRaises(harness.HarnessError):
+            harness.parse_pacer("pacer: cannot connect to 127.0.0.1:1")
+        with self.assertRaises(harness.HarnessError):  # a field missing
+            harness.parse_pacer('{"offered_rps": 1}')
+        with self.assertRaises(harness.HarnessError):
+            harness.parse_pacer('{"offered_rps": ')
+
+    def test_validate_pacer(self):
+        base = json.loads(PACER_LINE)
+        with self.assertRaises(harness.HarnessError):  # any non-2xx fails
+            harness.validate_pacer(base | {"errors": base["errors"] | {"status": 1}}, "x")
+        with self.assertRaises(harness.HarnessError):  # > 1% hard errors
+            harness.validate_pacer(base | {"errors": base["errors"] | {"read": 9001}}, "x")
+        harness.validate_pacer(base | {"errors": base["errors"] | {"read": 9000}}, "x")
+        with self.assertRaises(harness.HarnessError):
+            harness.validate_pacer(base | {"completed_in_window": 0, "latencies": 0}, "x")
+
+    def test_offered_rates_and_the_saturation_flag(self):
+        self.assertEqual(harness.rate_targets(150001.0, (0.5, 0.8)), [(0.5, 75000), (0.8, 120001)])
+        self.assertFalse(harness.rate_saturated(1000, 970))
+        self.assertTrue(harness.rate_saturated(1000, 969.9))
+        self.assertFalse(harness.rate_saturated(None, 10))
+        sc = next(s for s in harness.SCENARIOS if s.name == "rate")
+        res = json.loads(PACER_LINE)
+        samples = [harness.rate_sample(0.5, res | {"achieved_rps": a}, 1.0, 12.0)
+                   for a in (74000.0, 70000.0, 72000.0)]  # median 72000 < 97% of 75000
+        samples.append(harness.rate_sample(0.8, res | {"offered_rps": 120000.0,
+                                                       "achieved_rps": 119990.0}, 1.0, 12.0))
+        rows = harness.summarise_rate(sc, "remora-l7", samples)
+        self.assertEqual([(r["fraction"], r["rps"], r["saturated"]) for r in rows],
+                         [(0.5, 72000.0, True), (0.8, 119990.0, False)])
+        self.assertTrue(samples[0]["saturated"] is False and samples[1]["saturated"] is True)
+        self.assertAlmostEqual(samples[0]["cpu_us_per_req"], 1e6 / 900000)
+
+    def test_scenario_and_its_contenders(self):
+        sc = next(s for s in harness.SCENARIOS if s.name == "rate")
+        self.assertEqual((sc.kind, sc.rate_fractions, sc.connections), ("rate", (0.5, 0.8), 50))
+        names = harness.proxies_for(sc, list(harness.PROXIES))
+        self.assertEqual(sorted(names), sorted(["direct", *harness.RATE_PROXIES]))
+        harness.PROXIES["remora-l7@alt"] = harness.PROXIES["remora-l7"]
+        try:
+            self.assertIn("remora-l7@alt", harness.proxies_for(sc, [*harness.PROXIES]))
+        finally:
+            del harness.PROXIES["remora-l7@alt"]
+
+    def test_pacer_runs_pinned_on_the_load_cpu(self):
+        rig = mock.Mock(load_cpu=0)
+        argv = harness.pacer_argv(rig, 8080, "/small", 75000.4, 10, 2, 50)
+        self.assertEqual(argv[:3], ["taskset", "-c", "0"])
+        self.assertIn("75000", argv)
+        self.assertEqual(argv[-1], "http://127.0.0.1:8080/small")
+
+    def test_render_rate_table(self):
+        rows = [rate_row("direct", 0.5, 75000, 74990, 300.0),
+                rate_row("remora-l7", 0.5, 75000, 74990, 400.0),
+                rate_row("nginx-http", 0.5, 75000, 74990, 500.0),
+                rate_row("haproxy-http", 0.5, 75000, 50000, 100.0),  # saturated: not a peer
+                rate_row("remora-l7", 0.8, 120000, 100000, 900.0),   # saturated: no ratio
+                rate_row("nginx-http", 0.8, 120000, 119990, 600.0)]
+        data = {**SAMPLE, "meta": SAMPLE["meta"] | {"rate_ceiling": {"rate": {
+            "rps": 150000.0, "wrk": "wrk -t1 -c50 -d10s http://127.0.0.1:1/small"}}},
+            "scenarios": rows}
+        rat = harness.ratios(data)
+        self.assertEqual([(x["scenario"], x["proxy"], x["vs"]) for x in rat],
+                         [("rate@50%", "remora-l7", "nginx-http")])
+        self.assertAlmostEqual(rat[0]["ratio"], 500.0 / 400.0)
+        md = harness.render_md(data)
+        self.assertIn("## rate", md)
+        self.assertIn("Direct ceiling: 150,000 req/s", md)
+        self.assertIn("| remora-l7 | 50% | 75,000 | 74,990 | 80 | 400 | 1,200 | 4,000 |", md)
+        self.assertIn("1.25× p99 (vs nginx-http)", md)
+        self.assertIn("| remora-l7 | 80% | 120,000 | 100,000 |", md)
+        self.assertEqual(md.count("**saturated**"), 2 + 1)  # two rows and the legend
+        self.assertIn("rate@50%", harness.render_svg(data))
+
+
+class PacedServer:
+    """A single-threaded keep-alive HTTP/1.1 server (selectors) for perf/pacer:
+    answers every request with a 64-byte body. `stall` seconds once, `stall_after`
+    seconds after its first request, it answers nobody (one thread: every
+    connection waits, as behind a proxy core that stalls); `per_request` seconds
+    of sleep before each answer make it slower than the offered rate."""
+
+    BODY = b"p" * 64
+
+    def __init__(self, stall: float = 0.0, stall_after: float = 0.5,
+                 per_request: float = 0.0) -> None:
+        import threading
+        self.stall, self.stall_after, self.per_request = stall, stall_after, per_request
+        self.requests, self.stalls, self.first = 0, 0, None
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = self.listener.getsockname()[1]
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ, None)
+        answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.BODY)) + self.BODY
+        while not self.stop:
+            for key, _ in sel.select(0.1):
+                if key.data is None:
+                    c, _ = self.listener.accept()
+                    sel.register(c, selectors.EVENT_READ, [b""])
+                    continue
+                c = key.fileobj
+                try:
+                    chunk = c.recv(65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(c)
+                    c.close()
+                    continue
+                key.data[0] += chunk
+                while b"\r\n\r\n" in key.data[0]:
+                    _, _, key.data[0] = key.data[0].partition(b"\r\n\r\n")
+                    self.requests += 1
+                    now = time.monotonic()
+                    self.first = self.first or now
+                    if self.stall and not self.stalls and now - self.first >= self.stall_after:
+                        self.stalls += 1
+                        time.sleep(self.stall)
+                    if self.per_request:
+                        time.sleep(self.per_request)
+                    c.sendall(answer)
+        for key in list(sel.get_map().values()):
+            if key.data is not None:
+                key.fileobj.close()
+        sel.close()
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(5)
+        self.listener.close()
+
+
+@unittest.skipUnless(shutil.which("cargo"), "needs cargo to build perf/pacer")
+class PacerEndToEnd(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pacer = str(harness.build_pacer())
+
+    def pace(self, port: int, rate: int, conns: int, seconds: float) -> dict:
+        r = subprocess.run([self.pacer, "--rate", str(rate), "--connections", str(conns),
+                            "--duration", str(seconds), "--warmup", "0",
+                            f"http://127.0.0.1:{port}/small"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return harness.parse_pacer(r.stdout)
+
+    def test_its_own_unit_tests(self):
+        r = subprocess.run(["cargo", "test", "--offline", "--quiet", "--release", "--manifest-path",
+                            str(harness.PACER_DIR / "Cargo.toml")],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+
+    def test_schedule_arithmetic(self):
+        rate, conns = 3000, 7
+        r = subprocess.run([self.pacer, "--rate", str(rate), "--connections", str(conns),
+                            "--print-schedule", "50", "http://127.0.0.1:1/"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sched = json.loads(r.stdout)["schedule"]
+        self.assertEqual(len(sched), 50)
+        for i, (c, k, ns) in enumerate(sched):
+            # request k of connection c is due at (k*C + c) / R, in due order
+            self.assertEqual((c, k), (i % conns, i // conns))
+            self.assertAlmostEqual(ns, (k * conns + c) * 1e9 / rate, delta=1)
+
+    def test_a_stall_counts_for_every_request_due_during_it(self):
+        """Coordinated omission: the server answers nobody for 50 ms once. 1,000 req/s
+        on 10 connections: about 50 requests fall due during the stall, 2.5% of the
+        run, with latencies from ~0 to ~50 ms counted from their due times. A closed-loop
+        count (from the send) would see only the 10 in flight (0.5%): p99 would miss it."""
+        srv = PacedServer(stall=0.05, stall_after=0.5)
+        try:
+            res = self.pace(srv.port, 1000, 10, 2)
+        finally:
+            srv.close()
+        self.assertEqual(srv.stalls, 1)
+        harness.validate_pacer(res, "stall")
+        self.assertEqual(sum(res["errors"].values()), 0)
+        self.assertGreater(res["latencies"], 1500)
+        self.assertGreaterEqual(res["max_us"], 30_000)
+        self.assertGreaterEqual(res["p99_us"], 10_000)
+
+    def test_a_server_slower_than_the_rate_is_saturated(self):
+        """5 ms per answer on one thread: at most ~200 answers/s against 1,000 offered."""
+        srv = PacedServer(per_request=0.005)
+        try:
+            res = self.pace(srv.port, 1000, 4, 1)
+        finally:
+            srv.close()
+        self.assertTrue(harness.rate_saturated(res["offered_rps"], res["achieved_rps"]), res)
+        self.assertGreater(res["unsent"], 0)
+
+    def test_refused_connection_is_an_error_exit(self):
+        port = harness.free_port()
+        r = subprocess.run([self.pacer, "--rate", "100", f"http://127.0.0.1:{port}/"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("cannot connect", r.stderr)
+        with self.assertRaises(harness.HarnessError):
+            harness.parse_pacer(r.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()
