@@ -1777,6 +1777,7 @@ def rate_sample(fraction: float, res: dict, cpu_s: float, wall_s: float) -> dict
         "requests": res["completed_in_window"],
         "p50_us": res["p50_us"], "p99_us": res["p99_us"], "p999_us": res["p999_us"],
         "max_us": res["max_us"], "unsent": res["unsent"], "errors": res["errors"],
+        "max_oversleep_us": res.get("max_oversleep_us"),
         "cpu_us_per_req": cpu_s * 1e6 / res["sent"] if res["sent"] else None,
         "cpu_util": cpu_s / wall_s if wall_s > 0 else None,
         "saturated": rate_saturated(res["offered_rps"], res["achieved_rps"]),
@@ -1817,7 +1818,7 @@ def summarise_rate(sc: Scenario, name: str, samples: list[dict]) -> list[dict]:
         mine = [s for s in samples if s["fraction"] == fraction]
         row: dict = {"name": sc.name, "proxy": name, "fraction": fraction}
         for k in ["offered_rps", "rps", "p50_us", "p99_us", "p999_us", "max_us",
-                  "cpu_us_per_req", "cpu_util", "unsent"]:
+                  "cpu_us_per_req", "cpu_util", "unsent", "max_oversleep_us"]:
             m = median([s.get(k) for s in mine])
             row[k] = round(m, 2) if isinstance(m, float) else m
         row["rss_kib"] = None

@@ -23,7 +23,8 @@
 //! latencies count; requests due but never sent are reported as `unsent`). Output:
 //! one JSON line on stdout with the offered and achieved rate (responses completed
 //! inside the measured window / its length), nearest-rank p50/p99/p99.9/max in µs
-//! over the requests due inside the window, and error counts.
+//! over the requests due inside the window, error counts, and `max_oversleep_us`:
+//! the latest the generator itself woke up past a due time (the rig's own share).
 //!
 //! `--print-schedule N` prints the first N requests' [connection, k, due offset
 //! in ns] instead (the harness's
@@ -610,6 +611,7 @@ fn run(args: &Args) -> Result<String, String> {
     let end_index = sched.first_at_or_after(end_ns);
     let drain_end = r.win_end + (args.drain * 1e9) as u64;
     let mut next_i: u64 = 0;
+    let mut max_oversleep: u64 = 0;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -653,6 +655,12 @@ fn run(args: &Args) -> Result<String, String> {
                 std::ptr::null(),
             )
         };
+        if n == 0 && wait > 0 && next_i < end_index {
+            // The generator's own lateness: how far past a due time it woke up.
+            // Every request counts it anyway (latency is from the due time); this
+            // tells the rig's share from the server's.
+            max_oversleep = max_oversleep.max(now_ns().saturating_sub(wake));
+        }
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -696,7 +704,7 @@ fn run(args: &Args) -> Result<String, String> {
         "{{\"offered_rps\": {:.1}, \"achieved_rps\": {:.1}, \"duration_s\": {}, \"warmup_s\": {}, \
 \"connections\": {}, \"due\": {}, \"sent\": {}, \"completed_in_window\": {}, \"latencies\": {}, \
 \"unsent\": {}, \"unanswered\": {}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \
-\"p999_us\": {}, \"max_us\": {}, \"mean_us\": {}, \"errors\": {{\"connect\": {}, \"read\": {}, \
+\"p999_us\": {}, \"max_us\": {}, \"mean_us\": {}, \"max_oversleep_us\": {:.1}, \"errors\": {{\"connect\": {}, \"read\": {}, \
 \"write\": {}, \"status\": {}, \"parse\": {}}}}}",
         args.rate,
         r.completed_in_window as f64 / args.duration,
@@ -715,6 +723,7 @@ fn run(args: &Args) -> Result<String, String> {
         us(percentile(&lat, 99.9)),
         us(lat.last().copied()),
         us(mean),
+        max_oversleep as f64 / 1e3,
         r.errors.connect,
         r.errors.read,
         r.errors.write,
