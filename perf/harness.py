@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import dataclasses
 import datetime
 import hashlib
 import html
@@ -118,6 +119,11 @@ class Scenario:
     # rate scenario: offered loads as fractions of the direct ceiling (wrk against
     # the backend, measured once at the start of the run), paced by perf/pacer.
     rate_fractions: tuple[float, ...] = ()
+    # ...and the connections perf/pacer spreads that rate over (0: `connections`,
+    # as wrk's ceiling). One request is in flight per connection, so each must turn
+    # a round trip in C / R seconds (640 µs at 50 and 78k req/s). Tried at 200
+    # (perf/TAIL.md): the 80% rows saturated all the same, on the load CPU.
+    rate_connections: int = 0
 
 
 SCENARIOS = [
@@ -1671,6 +1677,9 @@ PACER_BIN = PACER_DIR / "target" / "release" / "pacer"
 # A row whose achieved rate is below this share of the offered one is saturated:
 # the proxy (or the rig) could not keep the rate, and its latencies measure a queue.
 SATURATED_BELOW = 0.97
+# ...or whose backlog at the end (requests due, never sent) is above this share of
+# the requests due: a queue that grows by 2% of the rate still completes 98%.
+BACKLOG_ABOVE = 0.01
 PACER_KEYS = ("offered_rps", "achieved_rps", "duration_s", "connections", "due", "sent",
               "completed_in_window", "latencies", "unsent", "unanswered", "p50_us", "p99_us",
               "p999_us", "max_us", "errors")
@@ -1742,11 +1751,13 @@ def run_pacer(rig: "Rig", port: int, path: str, rate: float, seconds: float, war
     return res
 
 
-def rate_saturated(offered: float | None, achieved: float | None) -> bool:
-    """The achieved rate fell below SATURATED_BELOW of the offered one."""
-    if not offered or achieved is None:
-        return False
-    return achieved < SATURATED_BELOW * offered
+def rate_saturated(offered: float | None, achieved: float | None, unsent: float | None = None,
+                   due: float | None = None) -> bool:
+    """The achieved rate fell below SATURATED_BELOW of the offered one, or the backlog
+    left at the end is above BACKLOG_ABOVE of the requests due."""
+    if offered and achieved is not None and achieved < SATURATED_BELOW * offered:
+        return True
+    return bool(unsent and due and unsent > BACKLOG_ABOVE * due)
 
 
 def rate_targets(ceiling_rps: float, fractions: tuple[float, ...]) -> list[tuple[float, int]]:
@@ -1776,11 +1787,13 @@ def rate_sample(fraction: float, res: dict, cpu_s: float, wall_s: float) -> dict
         "fraction": fraction, "offered_rps": res["offered_rps"], "rps": res["achieved_rps"],
         "requests": res["completed_in_window"],
         "p50_us": res["p50_us"], "p99_us": res["p99_us"], "p999_us": res["p999_us"],
-        "max_us": res["max_us"], "unsent": res["unsent"], "errors": res["errors"],
+        "max_us": res["max_us"], "unsent": res["unsent"], "due": res["due"],
+        "errors": res["errors"],
         "max_oversleep_us": res.get("max_oversleep_us"),
         "cpu_us_per_req": cpu_s * 1e6 / res["sent"] if res["sent"] else None,
         "cpu_util": cpu_s / wall_s if wall_s > 0 else None,
-        "saturated": rate_saturated(res["offered_rps"], res["achieved_rps"]),
+        "saturated": rate_saturated(res["offered_rps"], res["achieved_rps"], res["unsent"],
+                                    res["due"]),
         "pacer": res.get("pacer"),
     }
 
@@ -1796,7 +1809,8 @@ def measure_rate(rig: "Rig", sc: Scenario, name: str, ceiling_rps: float, second
         out = []
         for fraction, rate in rate_targets(ceiling_rps, fractions):
             t0, w0 = cpu_ticks(pids), time.monotonic()
-            res = run_pacer(rig, inst.port, sc.path, rate, seconds, warmup, sc.connections,
+            res = run_pacer(rig, inst.port, sc.path, rate, seconds, warmup,
+                            sc.rate_connections or sc.connections,
                             inst.host)
             ticks, wall = cpu_ticks(pids) - t0, time.monotonic() - w0
             validate_pacer(res, f"{sc.name}/{name} at {rate_label(fraction)}")
@@ -1818,11 +1832,11 @@ def summarise_rate(sc: Scenario, name: str, samples: list[dict]) -> list[dict]:
         mine = [s for s in samples if s["fraction"] == fraction]
         row: dict = {"name": sc.name, "proxy": name, "fraction": fraction}
         for k in ["offered_rps", "rps", "p50_us", "p99_us", "p999_us", "max_us",
-                  "cpu_us_per_req", "cpu_util", "unsent", "max_oversleep_us"]:
+                  "cpu_us_per_req", "cpu_util", "unsent", "due", "max_oversleep_us"]:
             m = median([s.get(k) for s in mine])
             row[k] = round(m, 2) if isinstance(m, float) else m
         row["rss_kib"] = None
-        row["saturated"] = rate_saturated(row["offered_rps"], row["rps"])
+        row["saturated"] = rate_saturated(row["offered_rps"], row["rps"], row["unsent"], row["due"])
         row["status"] = "ok"
         row["samples"] = mine
         if name == "direct":
@@ -2226,10 +2240,12 @@ def rate_table(rows: list[dict], rat: list[dict], meta: dict) -> list[str]:
     lines = []
     if ceiling:
         lines += [f"Direct ceiling: {fmt(ceiling['rps'])} req/s (`{ceiling['wrk']}`). "
-                  "perf/pacer offers a constant rate on 50 keep-alive connections (one request "
+                  "perf/pacer offers a constant rate on "
+                  f"{ceiling.get('pacer_connections', 50)} keep-alive connections (one request "
                   "in flight each); latency counts from each request's due time, so a stall "
                   "counts for every request due during it (coordinated omission corrected). "
-                  f"**saturated**: achieved below {SATURATED_BELOW:.0%} of offered (its "
+                  f"**saturated**: achieved below {SATURATED_BELOW:.0%} of offered, or more than "
+                  f"{BACKLOG_ABOVE:.0%} of the requests due still unsent at the end (its "
                   "latencies measure a queue; no ratio). CPU µs/req and util are the proxy's "
                   "(the backend's for direct). \"vs best\": best competitor's p99 ÷ Remora's "
                   "at the same load, among unsaturated rows.", ""]
@@ -2487,6 +2503,9 @@ def compare_main(argv: list[str] | None = None) -> int:
                     help="also measure another Remora binary, as proxies remora-l7@LABEL (plain cluster), remora-sidecar@LABEL and "
                          "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
                          "(A/B of a change; repeatable)")
+    ap.add_argument("--rate-connections", type=int, metavar="N",
+                    help="connections perf/pacer spreads the rate scenario's load over "
+                         "(default: the scenario's)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default perf/results)")
     ap.add_argument("--no-results-md", action="store_true", help="do not write perf/RESULTS.md")
     ap.add_argument("--load-cpu", type=int, help="CPU for wrk and the backend (default: first allowed)")
@@ -2533,6 +2552,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         return 0
 
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    if args.rate_connections:
+        scenarios = [dataclasses.replace(s, rate_connections=args.rate_connections)
+                     if s.kind == "rate" else s for s in scenarios]
     wanted = [p for p in args.proxies.split(",") if p]
     unknown = [p for p in wanted if p not in PROXIES] + \
               [s for s in args.scenarios.split(",") if s not in SCENARIO_NAMES]
@@ -2622,6 +2644,7 @@ def compare_main(argv: list[str] | None = None) -> int:
                         continue
                     ceilings[sc.name] = c["rps"]
                     meta.setdefault("rate_ceiling", {})[sc.name] = c | {
+                        "pacer_connections": sc.rate_connections or sc.connections,
                         "offered": {rate_label(f): r for f, r in rate_targets(c["rps"], sc.rate_fractions)}}
                     log(f"  ceiling {c['rps']:,.0f} req/s: offered " + ", ".join(
                         f"{rate_label(f)} = {r:,} req/s" for f, r in rate_targets(c["rps"], sc.rate_fractions)))

@@ -1401,6 +1401,9 @@ class PacerPieces(unittest.TestCase):
         self.assertFalse(harness.rate_saturated(1000, 970))
         self.assertTrue(harness.rate_saturated(1000, 969.9))
         self.assertFalse(harness.rate_saturated(None, 10))
+        # 98% achieved, but a backlog of 2% of the requests due: a growing queue
+        self.assertTrue(harness.rate_saturated(1000, 980, unsent=200, due=10000))
+        self.assertFalse(harness.rate_saturated(1000, 980, unsent=100, due=10000))
         sc = next(s for s in harness.SCENARIOS if s.name == "rate")
         res = json.loads(PACER_LINE)
         samples = [harness.rate_sample(0.5, res | {"achieved_rps": a}, 1.0, 12.0)
