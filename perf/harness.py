@@ -2219,15 +2219,21 @@ def rate_group(r: dict) -> str:
 
 
 def rate_ratios(group: str, rows: list[dict]) -> list[dict]:
-    """Remora's p99 against the best competitor's at the same offered load, among the
-    rows that kept the rate (a saturated row's latency measures its queue); > 1 =
-    Remora lower. A saturated Remora row gets no ratio (the table says saturated)."""
+    """Remora's p99 against the best competitor's of the same layer (remora-copy
+    against the L4 proxies, remora-l7 against the L7 ones) at the same offered load,
+    among the rows that kept the rate (a saturated row's latency measures its queue);
+    > 1 = Remora lower. A saturated Remora row gets no ratio (the table says so)."""
     out = []
     kept = [r for r in rows if r.get("status") == "ok" and not r.get("saturated")]
+
+    def layer(name: str) -> str | None:
+        return PROXIES.get(name, (None, None))[1]
+
     for r in kept:
         if not is_remora(r["proxy"]) or not r.get("p99_us"):
             continue
-        best = best_competitor(kept, "p99_us", False)
+        best = best_competitor([x for x in kept if layer(x["proxy"]) == layer(r["proxy"])],
+                               "p99_us", False)
         if best is None or not best.get("p99_us"):
             continue
         out.append({"scenario": group, "proxy": r["proxy"], "metric": "p99",
@@ -2247,8 +2253,9 @@ def rate_table(rows: list[dict], rat: list[dict], meta: dict) -> list[str]:
                   f"**saturated**: achieved below {SATURATED_BELOW:.0%} of offered, or more than "
                   f"{BACKLOG_ABOVE:.0%} of the requests due still unsent at the end (its "
                   "latencies measure a queue; no ratio). CPU µs/req and util are the proxy's "
-                  "(the backend's for direct). \"vs best\": best competitor's p99 ÷ Remora's "
-                  "at the same load, among unsaturated rows.", ""]
+                  "(the backend's for direct). \"vs best\": the best competitor's p99 ÷ Remora's "
+                  "at the same load and layer (L4: remora-copy; L7: remora-l7), among "
+                  "unsaturated rows.", ""]
     lines += ["| proxy | load | offered req/s | achieved req/s | p50 µs | p99 µs | p99.9 µs | "
               "max µs | CPU µs/req | CPU util | vs best |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

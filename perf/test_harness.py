@@ -1438,6 +1438,8 @@ class PacerPieces(unittest.TestCase):
         rows = [rate_row("direct", 0.5, 75000, 74990, 300.0),
                 rate_row("remora-l7", 0.5, 75000, 74990, 400.0),
                 rate_row("nginx-http", 0.5, 75000, 74990, 500.0),
+                rate_row("remora-copy", 0.5, 75000, 74990, 300.0),
+                rate_row("nginx-stream", 0.5, 75000, 74990, 600.0),  # L4: remora-copy's peer
                 rate_row("haproxy-http", 0.5, 75000, 50000, 100.0),  # saturated: not a peer
                 rate_row("remora-l7", 0.8, 120000, 100000, 900.0),   # saturated: no ratio
                 rate_row("nginx-http", 0.8, 120000, 119990, 600.0)]
@@ -1446,8 +1448,10 @@ class PacerPieces(unittest.TestCase):
             "scenarios": rows}
         rat = harness.ratios(data)
         self.assertEqual([(x["scenario"], x["proxy"], x["vs"]) for x in rat],
-                         [("rate@50%", "remora-l7", "nginx-http")])
+                         [("rate@50%", "remora-l7", "nginx-http"),
+                          ("rate@50%", "remora-copy", "nginx-stream")])
         self.assertAlmostEqual(rat[0]["ratio"], 500.0 / 400.0)
+        self.assertAlmostEqual(rat[1]["ratio"], 600.0 / 300.0)
         md = harness.render_md(data)
         self.assertIn("## rate", md)
         self.assertIn("Direct ceiling: 150,000 req/s", md)
