@@ -2961,10 +2961,16 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora")
     ap.add_argument("--out", type=Path, help="SVG path (default perf/results/flame-SCENARIO-MODE.svg)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (perf.data)")
+    ap.add_argument("--rate", type=float, metavar="REQ_PER_S",
+                    help="load with perf/pacer at this constant rate (the rate scenario's "
+                         "offered load) instead of wrk's closed loop; wrk scenarios only")
     args = ap.parse_args(argv)
     sc = next(s for s in SCENARIOS if s.name == args.scenario)
+    if args.rate is not None and (sc.load != "wrk" or sc.layer == "sidecar" or args.rate <= 0):
+        ap.error("--rate: a positive rate, with a loopback wrk scenario (l4-keepalive, l7-keepalive, ...)")
     proxy = flamegraph_proxy(sc, args.forwarding)
-    out = args.out or RESULTS_DIR / f"flame-{sc.name}-{proxy.removeprefix('remora-')}.svg"
+    out = args.out or RESULTS_DIR / (f"flame-{sc.name}-{proxy.removeprefix('remora-')}"
+                                     f"{f'-rate{args.rate:.0f}' if args.rate else ''}.svg")
 
     rig = None
     signal.signal(signal.SIGTERM, _sigterm)
@@ -2980,6 +2986,8 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         ensure_inferno()
         check_memlock()
         build_remora(args.no_build)
+        if args.rate is not None:
+            build_pacer(args.no_build)
         _, hard = raise_nofile()
         load_cpu, proxy_cpu, _ = pick_cpus(argparse.Namespace(load_cpu=None, proxy_cpu=None))
         if load_cpu is not None:
@@ -2997,6 +3005,10 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
             # h2load_argv pins it to the load CPU itself.
             load_argv = h2load_argv(rig, inst.port, sc, args.duration + 3,
                                     rig.dir / "tmp" / "h2load.log")
+        elif args.rate is not None:
+            # 1 s of pacer's own warm-up, then the recording starts inside its window.
+            load_argv = pacer_argv(rig, inst.port, sc.path, args.rate, args.duration + 2, 1,
+                                   sc.connections, inst.host)
         else:
             load_argv = wrk_argv(rig, inst.port, sc, args.duration + 3, inst.host,
                                  inst.netns, latency=False)
@@ -3018,7 +3030,8 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
             subprocess.run(["inferno-collapse-perf"], stdin=script.stdout, stdout=f, check=True)
             script.wait()
         out.parent.mkdir(parents=True, exist_ok=True)
-        title = f"remora {proxy} {sc.name} (perf -e cpu-clock, {args.call_graph})"
+        rate = f" at {args.rate:,.0f} req/s (perf/pacer)" if args.rate is not None else ""
+        title = f"remora {proxy} {sc.name}{rate} (perf -e cpu-clock, {args.call_graph})"
         with open(folded) as fin, open(out, "w") as fout:
             subprocess.run(["inferno-flamegraph", "--title", title], stdin=fin, stdout=fout, check=True)
         shutil.copy(folded, out.with_suffix(".folded"))

@@ -642,6 +642,8 @@ class H2Pieces(unittest.TestCase):
         # The idle scenario has no load to record: refused before anything starts.
         with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
             harness.flamegraph_main(["--scenario", "idle-10k"])
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):  # pacer speaks HTTP/1 only
+            harness.flamegraph_main(["--scenario", "h2-keepalive", "--rate", "1000"])
         by_name = {s.name: s for s in harness.SCENARIOS}
         self.assertEqual(harness.flamegraph_proxy(by_name["h2-keepalive"], "copy"), "remora-h2")
         self.assertEqual(harness.flamegraph_proxy(by_name["grpc-unary"], "copy"), "remora-grpc")
