@@ -49,6 +49,7 @@ pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod overload;
+pub mod pass;
 pub mod policy;
 pub mod reload;
 pub mod runtime;

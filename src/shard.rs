@@ -107,6 +107,8 @@ pub struct Shard {
     pub(crate) shed: RefCell<Rc<Semaphore>>,
     /// Closed (and replaced) when accepting resumes after an overload.
     pub(crate) resume: RefCell<Rc<Semaphore>>,
+    /// Upstream writes wait here for the work of the pass (`crate::pass`).
+    pub pass: crate::pass::Pass,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -234,6 +236,7 @@ impl Shard {
             overload_actions: Cell::new(Actions::default()),
             shed: RefCell::new(Rc::new(Semaphore::new(0))),
             resume: RefCell::new(Rc::new(Semaphore::new(0))),
+            pass: crate::pass::Pass::new(),
         }
     }
 

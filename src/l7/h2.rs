@@ -96,12 +96,10 @@ impl Shared {
     }
 }
 
-/// A stream the codec accepted: its request and the way to answer it.
-type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
-
 enum Event {
-    /// Boxed: it is rare next to the wake-ups that carry nothing.
-    Accepted(Box<Accepted>),
+    /// The codec accepts no more streams: the client closed, went away, or
+    /// broke the protocol (the error).
+    Ended(Option<h2::Error>),
     Idle,
     Drain,
     /// The overload manager sheds idle connections.
@@ -211,10 +209,30 @@ pub async fn serve(
                 return Poll::Ready(Event::Calm);
             }
             *shared.waker.borrow_mut() = Some(cx.waker().clone());
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            if let Poll::Ready(a) = conn.poll_accept(cx) {
-                return Poll::Ready(Event::Accepted(Box::new(a)));
+            // Every stream whose head is in is accepted before any stream
+            // runs, so that the requests of one read go upstream together
+            // (see `try_h1`'s yield).
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        idle = None;
+                        shed = None;
+                        shared.streams.set(shared.streams.get() + 1);
+                        CoreStats::inc(&shard.stats.downstream_rq_http2);
+                        streams.push(Box::pin(stream(
+                            shard.clone(),
+                            shared.clone(),
+                            req,
+                            respond,
+                        )));
+                    }
+                    Poll::Ready(end) => {
+                        return Poll::Ready(Event::Ended(end.and_then(|r| r.err())))
+                    }
+                    Poll::Pending => break,
+                }
             }
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
             if streams.is_empty() && idle.is_none() && !closing {
                 // The last stream just ended: start the idle clock.
                 return Poll::Ready(Event::Quiet);
@@ -248,31 +266,17 @@ pub async fn serve(
         })
         .await;
         match event {
-            Event::Accepted(a) => match *a {
-                Some(Ok((req, respond))) => {
-                    idle = None;
-                    shed = None;
-                    shared.streams.set(shared.streams.get() + 1);
-                    CoreStats::inc(&shard.stats.downstream_rq_http2);
-                    streams.push(Box::pin(stream(
-                        shard.clone(),
-                        shared.clone(),
-                        req,
-                        respond,
-                    )));
-                }
-                Some(Err(e)) => {
-                    if e.is_go_away() && e.reason() == Some(Reason::NO_ERROR) {
-                        break;
-                    }
-                    if !e.is_io() {
-                        CoreStats::inc(&shard.stats.http2_rx_messaging_error);
-                    }
-                    debug!(peer = ?shared.ctx.peer, error = %e, "HTTP/2 connection closed");
+            Event::Ended(Some(e)) => {
+                if e.is_go_away() && e.reason() == Some(Reason::NO_ERROR) {
                     break;
                 }
-                None => break,
-            },
+                if !e.is_io() {
+                    CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+                }
+                debug!(peer = ?shared.ctx.peer, error = %e, "HTTP/2 connection closed");
+                break;
+            }
+            Event::Ended(None) => break,
             Event::Quiet => {}
             Event::Shed => {
                 CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
@@ -1550,6 +1554,8 @@ async fn try_h1(
         finish(body, &mut out);
     }
     let sent = |_| Failure::Reset { started: false };
+    // The requests of one pass leave together (crate::pass).
+    shard.pass.after_runnable().await;
     up.write_all(&out).await.map_err(sent)?;
     while !body.complete {
         out.clear();

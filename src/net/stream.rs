@@ -477,11 +477,29 @@ impl Stream {
     }
 
     /// Whether an idle (pooled) connection may carry another request: the
-    /// peer sent nothing since the last response (plain: one `MSG_PEEK`;
-    /// TLS: nothing that decrypts to application bytes or a close).
-    pub fn quiet(&self) -> bool {
+    /// peer sent nothing since the last response (TLS: nothing that
+    /// decrypts to application bytes or a close).
+    ///
+    /// Plain: one read attempt, which costs no syscall on a healthy pooled
+    /// connection. glommio arms a readiness poll (`POLL_ADD` on the ring)
+    /// whenever a read returns less than it asked for, which the last read
+    /// of a response does: the socket was drained then. While that poll is
+    /// pending, nothing (no byte, FIN or reset) has reached the socket since,
+    /// and glommio's read answers `Pending` without a syscall. If the poll
+    /// completed, or none is armed (the last read filled its buffer), the
+    /// read is a real non-blocking `recv`: EAGAIN (it arms the poll) means
+    /// quiet; a byte, EOF or an error means not (the byte is consumed: the
+    /// connection is dropped anyway). What arrived since the executor last
+    /// reaped its ring (within the current pass) is not seen yet, the same
+    /// window an epoll-driven pool (nginx, Envoy) has; the MSG_PEEK this
+    /// replaced had its own (bytes arriving just after it).
+    pub fn quiet(&mut self) -> bool {
         match self {
-            Stream::Plain(s) => peek_would_block(s.as_raw_fd()),
+            Stream::Plain(s) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut b = [0u8; 1];
+                matches!(Pin::new(s).poll_read(&mut cx, &mut b), Poll::Pending)
+            }
             Stream::Tls(t) => t.quiet(),
         }
     }
@@ -671,6 +689,59 @@ mod tests {
             let r = Stream::accept_tls(tcp, server_cfg, Duration::from_millis(100)).await;
             assert!(matches!(r, Err((HandshakeError::Timeout(_), _))));
             drop(silent);
+        });
+    }
+
+    /// The pool's check on a plain connection, through the states it meets:
+    /// quiet after a drained response (and again: checking changes
+    /// nothing); not quiet once the peer sent a stray byte, even if the
+    /// check ran before it came; not quiet once the peer closed.
+    #[test]
+    fn plain_quiet_check_sees_stray_bytes_and_close() {
+        run(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (to_server, from_client) = glommio::channels::local_channel::new_bounded(1);
+            let server = glommio::spawn_local(async move {
+                for step in [&b"response"[..], b"stray"] {
+                    let mut s = listener.accept().await.unwrap();
+                    s.write_all(step).await.unwrap();
+                    if step == b"stray" {
+                        s.write_all(b"x").await.unwrap();
+                    }
+                    // Wait for the client's word, then send or close.
+                    let what: u8 = from_client.recv().await.unwrap();
+                    match what {
+                        b's' => s.write_all(b"late").await.unwrap(),
+                        _ => drop(s),
+                    }
+                    let _ = from_client.recv().await;
+                }
+            });
+            let settle = || glommio::timer::sleep(Duration::from_millis(50));
+            // A response read whole, then the server sends bytes nobody asked for.
+            let mut c = Stream::Plain(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let mut buf = [0u8; 64];
+            let n = c.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"response");
+            assert!(c.quiet());
+            assert!(c.quiet(), "a second check agrees");
+            to_server.send(b's').await.unwrap();
+            settle().await;
+            assert!(!c.quiet(), "stray bytes after a checked-quiet state");
+            to_server.send(b'-').await.unwrap();
+            // Second connection: bytes that were there before any check, then a close.
+            let mut c = Stream::Plain(glommio::net::TcpStream::connect(addr).await.unwrap());
+            settle().await;
+            let n = c.read(&mut buf[..5]).await.unwrap();
+            assert_eq!(&buf[..n], b"stray");
+            assert!(!c.quiet(), "a byte was left unread");
+            let mut c2 = c;
+            to_server.send(b'c').await.unwrap();
+            settle().await;
+            assert!(!c2.quiet(), "the peer closed");
+            to_server.send(b'-').await.unwrap();
+            server.await;
         });
     }
 }

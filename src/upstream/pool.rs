@@ -1,8 +1,8 @@
 //! Per-core keep-alive pool of upstream connections, per endpoint.
 //!
-//! No background task: an entry is checked when it is taken (its age, and a
-//! non-blocking `MSG_PEEK` that sees a FIN, a reset or stray bytes; see
-//! [`quiet`]) and expired entries are dropped when new ones are put back.
+//! No background task: an entry is checked when it is taken (its age, and
+//! whether the socket got a FIN, a reset or stray bytes since its last
+//! response; see [`quiet`]) and expired entries are dropped when new ones are put back.
 //! Cores never share connections.
 
 use std::collections::HashMap;
@@ -57,9 +57,9 @@ impl Pool {
     ) -> Option<(Stream, Lease)> {
         let list = self.idle.get_mut(&key)?;
         let now = Instant::now();
-        while let Some(c) = list.pop() {
+        while let Some(mut c) = list.pop() {
             let idle = now.saturating_duration_since(c.since);
-            if idle < max_age && quiet(&c.stream) {
+            if idle < max_age && quiet(&mut c.stream) {
                 return Some((c.stream, c.lease));
             }
             dropped.push(c.stream);
@@ -117,42 +117,40 @@ fn expired_prefix<T>(
 /// Whether a pooled connection may carry another request: only if reading it
 /// would block. [`Pool::take`] asks this on every reuse.
 ///
-/// The check is a one-byte non-blocking `MSG_PEEK` (a `recvfrom` that returns
-/// EAGAIN on a healthy connection). Reading would block only if the server
-/// sent nothing since its last response; anything else disqualifies it:
-/// EOF (it closed), an error (it reset), or **bytes nobody asked for**. Such
-/// bytes are the dangerous case: a body after a response to HEAD, a second
-/// response, a 408 sent before an idle close. Taken as the answer to the next
-/// request, which may be another client's, they would hand one client's
-/// response to another (a buggy or hostile upstream could answer requests of
-/// its choosing). So the peek runs on every reuse, with no fast path: an
-/// earlier version skipped it for connections back in the pool under 1 s,
-/// which is every reuse under load, and that was exactly the window in
-/// which stray bytes of the previous response arrive. Bytes that came with
-/// the response itself are caught earlier (`l7::Conn::respond` never pools
-/// a connection with unread bytes in its buffer).
+/// Reading would block only if the server sent nothing since its last
+/// response; anything else disqualifies it: EOF (it closed), an error (it
+/// reset), or **bytes nobody asked for**. Such bytes are the dangerous case:
+/// a body after a response to HEAD, a second response, a 408 sent before an
+/// idle close. Taken as the answer to the next request, which may be another
+/// client's, they would hand one client's response to another (a buggy or
+/// hostile upstream could answer requests of its choosing). So the check runs
+/// on every reuse, with no fast path by age: an earlier version skipped it
+/// for connections back in the pool under 1 s, which is every reuse under
+/// load, and that was exactly the window in which stray bytes of the
+/// previous response arrive. Bytes that came with the response itself are
+/// caught earlier (`l7::Conn::respond` never pools a connection with unread
+/// bytes in its buffer).
 ///
-/// The peek cannot make reuse safe against a close racing the send; what
+/// The check is free on a healthy plain connection: the readiness poll
+/// glommio armed when the response's last read drained the socket is still
+/// pending, so nothing arrived since (`Stream::quiet`); only a connection
+/// that did get something, or whose poll was not armed, costs a `recv`.
+/// That is how nginx's keepalive module (a read handler on each cached
+/// connection), Envoy and pingora watch idle connections; until 2026-11-30
+/// Remora paid a `MSG_PEEK` per reuse instead (one syscall per request on the
+/// sidecar path, perf/SIDECAR.md).
+///
+/// The check cannot make reuse safe against a close racing the send; what
 /// does is in `l7::Conn::attempts`: a reused connection that fails before
 /// any response byte arrives sends the request once more on a fresh
-/// connection. The peek saves that round trip when the server closed the
+/// connection. The check saves that round trip when the server closed the
 /// connection while it sat idle (after its keep-alive timeout: nginx 75 s,
 /// Apache httpd and Node.js 5 s, gunicorn 2 s by default).
 ///
-/// The others: nginx's keepalive module gives each cached connection a read
-/// handler, so any readability (FIN, reset, stray bytes) closes it at once;
-/// that costs nothing with epoll, where the descriptor is registered anyway.
-/// Envoy reads idle pooled connections too and drops one on a remote close
-/// or unexpected data; pingora's pool watches idle connections the same way.
-/// With glommio's io_uring, watching an idle connection would take an armed
-/// recv per put and a cancel per take, more ring traffic than the one
-/// syscall it saves, so Remora checks when it takes, at the cost of one
-/// `recvfrom` per reused upstream connection.
-///
-/// A TLS session gets the same peek; when bytes did arrive they are read
-/// and decrypted, and only TLS housekeeping (a session ticket, a key
-/// update) leaves it usable (`net::stream`).
-fn quiet(stream: &Stream) -> bool {
+/// A TLS session gets a `MSG_PEEK`; when bytes did arrive they are read and
+/// decrypted, and only TLS housekeeping (a session ticket, a key update)
+/// leaves it usable (`net::stream`).
+fn quiet(stream: &mut Stream) -> bool {
     stream.quiet()
 }
 
