@@ -1483,3 +1483,18 @@ fn a_slow_client_on_a_permissive_http_port_is_still_mtls() {
     assert_eq!((r.status, r.body.trim_end()), (403, DENIED_BODY), "{r:?}");
     assert_eq!(ib.stat("rbac.policy.web-only.allowed"), 1);
 }
+
+/// The test helper tells a sidecar that could not start from a ready one:
+/// its "port … is already in use" error contains the word "ready", and
+/// waiting for that word let such a sidecar pass for started (seen under
+/// load: a port from `free_port` taken by a parallel test before the bind;
+/// the test then failed later with a refused connect, or with a 400 from
+/// whichever process held the port).
+#[test]
+#[should_panic(expected = "already in use")]
+fn a_sidecar_whose_port_is_taken_does_not_pass_for_ready() {
+    let taken = listener();
+    let port = taken.local_addr().unwrap().port();
+    let backend = common::echo_server();
+    let _r = Remora::start(&common::l4_config(backend, &[("l", port, "copy")], ""), &[]);
+}

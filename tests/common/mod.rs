@@ -16,13 +16,34 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
 
-/// A port that was free a moment ago (bind :0, read, close).
+/// A port that was free a moment ago, for a config file (Remora binds its
+/// listeners itself, one SO_REUSEPORT socket per core, so tests cannot hand
+/// it a bound port 0).
+///
+/// Taken from below the kernel's ephemeral range (32768-60999 here), from
+/// a per-process counter that starts at an offset drawn from the pid. A port
+/// from `bind :0` (as before) is an ephemeral one: under the full suite's
+/// load the same port went to a parallel test's outgoing connection or to
+/// another test's `bind :0` before the sidecar bound it, and because
+/// Remora's listeners are SO_REUSEPORT, two sidecars of two tests could even
+/// share it, each getting the other's connections (seen: a 400 from the
+/// wrong proxy, a certificate of another test's mesh, a config with the same
+/// port twice). The counter never repeats a port inside one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        // Without SO_REUSEADDR/SO_REUSEPORT: fails if anything has it bound.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768 on 127.0.0.1");
 }
 
 /// An address that refuses connections (RST) for as long as the returned
@@ -99,8 +120,18 @@ impl Remora {
         let mut cmd = Command::new(BIN);
         cmd.arg("run").arg("--config").arg(&cfg).args(args);
         let mut r = Self::spawn(f(cmd), dir);
-        r.wait_for_log("ready");
+        r.wait_ready();
         r
+    }
+
+    /// Waits for the line Remora logs once every listener is bound; panics
+    /// with the log if it exits first. Not `wait_for_log("ready")`: that
+    /// also matches "port … is already in use", and a proxy that failed to
+    /// start (a port taken by a parallel test between `free_port` and the
+    /// bind) passed for ready, its test failing seconds later with a refused
+    /// connect or another process's answer.
+    pub fn wait_ready(&mut self) {
+        self.wait_for_log(" ready startup_ms=");
     }
 
     /// Runs `cmd` with stderr collected. NO_COLOR is set unless `cmd` sets
