@@ -275,6 +275,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                 dst.port(),
                 &down,
                 detect_timeout,
+                protocol,
             ))
             .await
         }
@@ -562,6 +563,7 @@ async fn inbound_chain(
     port: u16,
     down: &TcpStream,
     detect_timeout: Duration,
+    protocol: Protocol,
 ) -> Chain {
     let mode = config.peer_authentication.mode_for_port(port);
     if mode == MtlsMode::Disable {
@@ -576,10 +578,15 @@ async fn inbound_chain(
         };
     };
     // A TLS client speaks first, so STRICT may wait as long as a handshake
-    // may take; PERMISSIVE waits only the detection window, so that the
-    // banner of a server-first protocol still flows.
-    let window = match mode {
-        MtlsMode::Strict => config.tls.handshake_timeout,
+    // may take. So may PERMISSIVE on an HTTP port: its plaintext clients
+    // speak first too, and a window shorter than a descheduled client's
+    // pause between connect and ClientHello sent its mTLS to the plaintext
+    // chain (Envoy's tls_inspector under Istio's default
+    // protocolDetectionTimeout of 0s waits for the first bytes without a
+    // limit). Elsewhere PERMISSIVE waits only the detection window, so
+    // that the banner of a server-first protocol still flows.
+    let window = match (mode, protocol) {
+        (MtlsMode::Strict, _) | (_, Protocol::Http) => config.tls.handshake_timeout,
         _ => detect_timeout,
     };
     // The window passing is not plaintext: a client that says nothing (or

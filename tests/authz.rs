@@ -206,13 +206,36 @@ enum Conn {
 
 impl Conn {
     fn open(port: u16, who: Who<'_>, alpn: &[&[u8]]) -> Conn {
-        let tcp = common::connect(port);
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        match who {
-            Who::Plain => Conn::Plain(tcp),
+        Self::open_after(port, who, alpn, Duration::ZERO)
+    }
+
+    /// Like `open`, with `pause` between the TCP connect and the first byte
+    /// (the ClientHello for mTLS): a slow or descheduled client.
+    ///
+    /// The TLS client and its hello are built before connecting and the
+    /// hello is sent right after: a client that spends a loaded machine's
+    /// milliseconds building its config after connecting is a slow client
+    /// whether the test means it or not.
+    fn open_after(port: u16, who: Who<'_>, alpn: &[&[u8]], pause: Duration) -> Conn {
+        let tls = match who {
+            Who::Plain => None,
             Who::Mtls(id) => {
                 let name = ServerName::try_from("server.default.svc").unwrap();
-                let conn = ClientConnection::new(id.tls_config(alpn), name).unwrap();
+                Some(ClientConnection::new(id.tls_config(alpn), name).unwrap())
+            }
+        };
+        let mut tcp = common::connect(port);
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::thread::sleep(pause);
+        match tls {
+            None => Conn::Plain(tcp),
+            Some(mut conn) => {
+                // The ClientHello, now; a failure shows at the first read.
+                while conn.wants_write() {
+                    if conn.write_tls(&mut tcp).is_err() {
+                        break;
+                    }
+                }
                 Conn::Tls(Box::new(StreamOwned::new(conn, tcp)))
             }
         }
@@ -255,7 +278,12 @@ struct Resp {
 /// Sends one request on a new connection and reads the response
 /// (Content-Length framed: the app's JSON and Remora's local replies).
 fn http(port: u16, who: Who<'_>, raw: &str) -> Resp {
-    let mut c = Conn::open(port, who, &[ALPN_HTTP]);
+    http_after(port, who, raw, Duration::ZERO)
+}
+
+/// `http` from a client that pauses `pause` after connecting.
+fn http_after(port: u16, who: Who<'_>, raw: &str, pause: Duration) -> Resp {
+    let mut c = Conn::open_after(port, who, &[ALPN_HTTP], pause);
     c.write_all(raw.as_bytes()).unwrap();
     c.flush().unwrap();
     let mut buf = Vec::new();
@@ -1423,4 +1451,50 @@ fields = ["protocol", "method", "path", "response_code", "response_flags", "list
     );
     assert!(certs["certificates"][0]["ca_cert"][0]["serial_number"].is_string());
     let _ = &m.pki;
+}
+
+/// A client that pauses after connecting for longer than the detection
+/// window (100 ms) on a PERMISSIVE HTTP port: its mTLS is still terminated
+/// (an HTTP port's clients all speak first, so the sidecar waits for the
+/// hello as long as on STRICT) and a slow plaintext client is still served
+/// as HTTP. Before, the window ran out, the hello went to the plaintext
+/// chain and the client's handshake met a 400 and EOF: a descheduled test
+/// thread did it by accident in a full-suite run
+/// (access_log_stats_prometheus_and_certs).
+#[test]
+fn a_slow_client_on_a_permissive_http_port_is_still_mtls() {
+    let m = Mesh::new("authz-slow");
+    let rules = format!(
+        r#"[{{ from = [{{ source = {{ principals = ["{}"] }} }}] }}]"#,
+        principal(&m.web)
+    );
+    let ib = Inbound::start(
+        &m,
+        Ports::new(),
+        "PERMISSIVE",
+        &policy("web-only", "ALLOW", &rules),
+    );
+    let pause = Duration::from_millis(300);
+    let before = ib.app.count();
+    let r = http_after(ib.p.http, Who::Mtls(&m.web), &get("/slow-mtls"), pause);
+    assert_eq!((r.status, ib.app.count() - before), (200, 1), "{r:?}");
+    // Plaintext has no principal: denied, but as HTTP (a 403, not a reset).
+    let r = http_after(ib.p.http, Who::Plain, &get("/slow-plain"), pause);
+    assert_eq!((r.status, r.body.trim_end()), (403, DENIED_BODY), "{r:?}");
+    assert_eq!(ib.stat("rbac.policy.web-only.allowed"), 1);
+}
+
+/// The test helper tells a sidecar that could not start from a ready one:
+/// its "port … is already in use" error contains the word "ready", and
+/// waiting for that word let such a sidecar pass for started (seen under
+/// load: a port from `free_port` taken by a parallel test before the bind;
+/// the test then failed later with a refused connect, or with a 400 from
+/// whichever process held the port).
+#[test]
+#[should_panic(expected = "already in use")]
+fn a_sidecar_whose_port_is_taken_does_not_pass_for_ready() {
+    let taken = listener();
+    let port = taken.local_addr().unwrap().port();
+    let backend = common::echo_server();
+    let _r = Remora::start(&common::l4_config(backend, &[("l", port, "copy")], ""), &[]);
 }

@@ -16,13 +16,34 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
 
-/// A port that was free a moment ago (bind :0, read, close).
+/// A port that was free a moment ago, for a config file (Remora binds its
+/// listeners itself, one SO_REUSEPORT socket per core, so tests cannot hand
+/// it a bound port 0).
+///
+/// Taken from below the kernel's ephemeral range (32768-60999 here), from
+/// a per-process counter that starts at an offset drawn from the pid. A port
+/// from `bind :0` (as before) is an ephemeral one: under the full suite's
+/// load the same port went to a parallel test's outgoing connection or to
+/// another test's `bind :0` before the sidecar bound it, and because
+/// Remora's listeners are SO_REUSEPORT, two sidecars of two tests could even
+/// share it, each getting the other's connections (seen: a 400 from the
+/// wrong proxy, a certificate of another test's mesh, a config with the same
+/// port twice). The counter never repeats a port inside one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        // Without SO_REUSEADDR/SO_REUSEPORT: fails if anything has it bound.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768 on 127.0.0.1");
 }
 
 /// An address that refuses connections (RST) for as long as the returned
@@ -64,12 +85,26 @@ impl Drop for TempDir {
     }
 }
 
-/// A running proxy process. Its stderr is collected line by line.
+/// A running proxy process. Its stderr is collected line by line and
+/// printed if the test fails while this guard is alive (a panic drops it).
+///
+/// Dropping it kills the process and then waits until the process's
+/// listening sockets are gone. They can outlive the process: an in-flight
+/// io_uring ACCEPT holds a reference to its listener, and the kernel tears
+/// a dead process's rings down asynchronously, so for a few milliseconds
+/// (longer on a loaded machine) the listener still completes handshakes
+/// nobody will accept. A sidecar started again on the same port in that
+/// window joins the dead one's SO_REUSEPORT group, and the connections hashed
+/// to the orphan are reset when it finally closes (seen in
+/// tls_netns::disable_does_not_terminate_so_mesh_mtls_fails_and_plaintext_works).
 pub struct Remora {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub log: Vec<String>,
     dir: TempDir,
+    /// The process's listening sockets and its network namespace, taken
+    /// before it is signalled (its /proc entry goes when it is reaped).
+    listening: Option<Listening>,
 }
 
 impl Remora {
@@ -85,20 +120,38 @@ impl Remora {
         let mut cmd = Command::new(BIN);
         cmd.arg("run").arg("--config").arg(&cfg).args(args);
         let mut r = Self::spawn(f(cmd), dir);
-        r.wait_for_log("ready");
+        r.wait_ready();
         r
     }
 
+    /// Waits for the line Remora logs once every listener is bound; panics
+    /// with the log if it exits first. Not `wait_for_log("ready")`: that
+    /// also matches "port … is already in use", and a proxy that failed to
+    /// start (a port taken by a parallel test between `free_port` and the
+    /// bind) passed for ready, its test failing seconds later with a refused
+    /// connect or another process's answer.
+    pub fn wait_ready(&mut self) {
+        self.wait_for_log(" ready startup_ms=");
+    }
+
     /// Runs `cmd` with stderr collected. NO_COLOR is set unless `cmd` sets
-    /// or removes it itself (a test of the default).
+    /// or removes it itself (a test of the default). RUST_LOG is removed
+    /// (the config's level applies) unless `cmd` sets it, or
+    /// REMORA_TEST_LOG is set: `REMORA_TEST_LOG=debug cargo test ...` runs
+    /// every proxy at that level, to reproduce a failure with its story.
     pub fn spawn(mut cmd: Command, dir: TempDir) -> Remora {
         if !cmd.get_envs().any(|(k, _)| k == "NO_COLOR") {
             cmd.env("NO_COLOR", "1");
         }
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            match std::env::var("REMORA_TEST_LOG") {
+                Ok(level) => cmd.env("RUST_LOG", level),
+                Err(_) => cmd.env_remove("RUST_LOG"),
+            };
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn remora");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -114,6 +167,7 @@ impl Remora {
             lines: rx,
             log: Vec::new(),
             dir,
+            listening: None,
         }
     }
 
@@ -144,6 +198,7 @@ impl Remora {
 
     /// SIGTERM, wait for exit, return (exit code, final totals line).
     pub fn stop(mut self) -> (i32, Counters) {
+        self.listening = Listening::of(self.child.id());
         self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
         // Drain the rest of stderr.
@@ -178,9 +233,133 @@ impl Remora {
 
 impl Drop for Remora {
     fn drop(&mut self) {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        if !exited && self.listening.is_none() {
+            self.listening = Listening::of(self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if thread::panicking() {
+            self.dump_log();
+        }
+        if let Some(l) = self.listening.take() {
+            l.wait_gone(Duration::from_secs(10));
+        }
     }
+}
+
+impl Remora {
+    /// Prints the whole stderr of the (dead) process to the test's output.
+    fn dump_log(&mut self) {
+        // The process is gone: its stderr ends, then the reader thread hangs up.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.log.push(l);
+        }
+        eprintln!(
+            "──── remora (pid {}, config {}) stderr, kept because the test failed ────\n{}\n──── end of remora's stderr ({} lines; REMORA_TEST_LOG=debug for more) ────",
+            self.child.id(),
+            self.config_path().display(),
+            self.log.join("\n"),
+            self.log.len()
+        );
+    }
+}
+
+/// A process's listening TCP sockets (by inode) and a handle on its network
+/// namespace, to wait for the sockets to be gone once it has been killed.
+struct Listening {
+    netns: std::fs::File,
+    inodes: Vec<u64>,
+}
+
+impl Listening {
+    /// What `pid` listens on now; None if it cannot be read (already gone).
+    fn of(pid: u32) -> Option<Listening> {
+        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+        let mut inodes = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+                inodes.extend(n.parse::<u64>().ok());
+            }
+        }
+        // Only the ones in LISTEN state (the fds include connections).
+        let listening = listening_inodes(&format!("/proc/{pid}/net"));
+        inodes.retain(|i| listening.contains(i));
+        Some(Listening { netns, inodes })
+    }
+
+    /// Waits (at most `within`) until none of the sockets listens any more
+    /// in the namespace; says so on stderr if one still does.
+    fn wait_gone(self, within: Duration) {
+        if self.inodes.is_empty() {
+            return;
+        }
+        let Listening { netns, inodes } = self;
+        let left = thread::spawn(move || {
+            // Enter the process's namespace (a pod's) unless it is ours:
+            // /proc/thread-self/net then lists that namespace's sockets.
+            use std::os::unix::fs::MetadataExt;
+            let ours = std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino());
+            let theirs = netns.metadata().map(|m| m.ino());
+            if ours.ok() != theirs.ok() {
+                use std::os::fd::AsFd;
+                if nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                    return Vec::new();
+                }
+            }
+            let deadline = Instant::now() + within;
+            loop {
+                let now = listening_inodes("/proc/thread-self/net");
+                let left: Vec<u64> = inodes.iter().copied().filter(|i| now.contains(i)).collect();
+                if left.is_empty() || Instant::now() >= deadline {
+                    return left;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .join()
+        .unwrap_or_default();
+        if !left.is_empty() {
+            eprintln!(
+                "remora's listening sockets {left:?} still listen {within:?} after it was killed"
+            );
+        }
+    }
+}
+
+/// The inodes of the TCP sockets in LISTEN state in `net` (a /proc/…/net dir).
+fn listening_inodes(net: &str) -> Vec<u64> {
+    listening_sockets(net).into_iter().map(|(_, i)| i).collect()
+}
+
+/// (port, inode) of every TCP socket in LISTEN state in `net`, a /proc/…/net
+/// directory (`/proc/thread-self/net`: the calling thread's namespace).
+pub fn listening_sockets(net: &str) -> Vec<(u16, u64)> {
+    const LISTEN: &str = "0A";
+    let mut v = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("{net}/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() <= 9 || f[3] != LISTEN {
+                continue;
+            }
+            let port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
+                v.push((port, inode));
+            }
+        }
+    }
+    v
 }
 
 /// The `key=value` totals remora logs when it stops.

@@ -236,6 +236,6 @@ pub fn sidecar(ns: &Ns, config: &str) -> Remora {
         .args([BIN, "run", "--cores", "1", "--config"])
         .arg(&cfg);
     let mut r = Remora::spawn(cmd, dir);
-    r.wait_for_log("ready");
+    r.wait_ready();
     r
 }
