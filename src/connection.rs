@@ -899,3 +899,48 @@ mod tests {
         assert_eq!(f.connect_timeout, Duration::from_secs(1));
     }
 }
+
+/// What an idle connection's futures weigh (`size_of` of each future type;
+/// perf/README.md, "Memory per idle connection"). Printed with
+/// `cargo test --lib idle_sizes -- --nocapture`.
+#[cfg(test)]
+mod idle_sizes {
+    use super::*;
+    use crate::config::Snapshot;
+    use std::future::Future;
+    use std::sync::Arc;
+
+    fn serve_size<'a, F: Future>(
+        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn l7_size<'a, F: Future>(
+        _: impl FnOnce(&'a Rc<Shard>, Stream, Arc<Snapshot>, crate::l7::Context) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn l4_size<'a, F: Future>(
+        _: impl FnOnce(&'a mut Stream, &'a mut Stream, Forwarding, Duration) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn idle_sizes() {
+        let serve = serve_size(serve);
+        let l7 = l7_size(crate::l7::serve);
+        let l4 = l4_size(l4::forward_streams);
+        eprintln!("connection::serve future: {serve} B");
+        eprintln!("l7::serve future (boxed): {l7} B");
+        eprintln!("l4::forward_streams future (inline): {l4} B");
+        eprintln!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
+        eprintln!("Stream: {} B", std::mem::size_of::<Stream>());
+        eprintln!(
+            "glommio Timer: {} B",
+            std::mem::size_of::<glommio::timer::Timer>()
+        );
+    }
+}

@@ -2078,6 +2078,32 @@ mod tests {
     use super::*;
     use crate::http::head::BodyFraming;
 
+    /// Sizes on an idle keep-alive connection's path (printed with
+    /// `cargo test --lib idle_conn_sizes -- --nocapture`; perf/README.md).
+    #[test]
+    fn idle_conn_sizes() {
+        fn one_size<'a, 's: 'a, F: std::future::Future>(
+            _: impl FnOnce(&'a mut Conn<'s>) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn read_head_size<'a, 's: 'a, F: std::future::Future>(
+            _: impl FnOnce(&'a mut Conn<'s>, &'a Http, &'a Limits) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("Conn: {} B", std::mem::size_of::<Conn<'_>>());
+        eprintln!("  RequestLog: {} B", std::mem::size_of::<RequestLog>());
+        eprintln!("  RequestHead: {} B", std::mem::size_of::<RequestHead>());
+        eprintln!("  ResponseHead: {} B", std::mem::size_of::<ResponseHead>());
+        eprintln!("  Context: {} B", std::mem::size_of::<Context>());
+        eprintln!("Conn::one future: {} B", one_size(Conn::one));
+        eprintln!(
+            "Conn::read_head future: {} B",
+            read_head_size(Conn::read_head)
+        );
+    }
+
     #[test]
     fn flags_display() {
         let mut f = ResponseFlags::default();
