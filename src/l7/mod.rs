@@ -46,7 +46,9 @@
 //!
 //! Memory: the client connection borrows a buffer from a per-core pool only
 //! while a request is in flight or partly read; an idle keep-alive connection
-//! holds none (its wait costs a pending poll). Upstream connections live in a
+//! holds none, and no per-request state either: only its socket, config and
+//! context (`Idle`) and the wait for its next bytes; the rest is boxed per
+//! busy stretch (`busy`; perf/README.md, "Memory per idle connection"). Upstream connections live in a
 //! per-core pool ([`pool`]); nothing here is shared between cores.
 //!
 //! A body larger than the retry buffer is streamed while the upstream is
