@@ -413,102 +413,108 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             .saturating_record(micros.max(1));
         return;
     }
-    let mut down = down;
-    let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
-        log_l4(flags, up, rx, tx, tls.as_deref(), None)
-    };
-    // Authorization on an L4 connection: the policies' TCP view (HTTP-only
-    // fields handled as Istio does), once, before connecting.
-    if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
-        let tls = tls.as_deref();
-        let denied = crate::l7::check_policies(shard, &config.authorization, tls, peer, dst, None);
-        if let Some(policy) = denied {
-            CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
-            debug!(?peer, %policy, "connection denied by an authorization policy");
-            log_l4("RBAC", None, 0, 0, tls, Some(&policy));
-            return;
-        }
-    }
-    let (up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
-        Ok(up) => up,
-        Err(e) => {
-            // Tell the client the way a closed port would: a reset.
-            socket::set_linger_zero(fd);
-            log(e.flag, None, 0, 0);
-            return;
-        }
-    };
-    let upstream_addr = up.peer_addr().ok();
-    // TLS toward a cluster with `tls`, or an outbound mesh destination.
-    let secure = match (&plan.target, origin) {
-        (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
-            c.tls.as_ref().map(|t| {
-                let o =
-                    shard
-                        .upstreams
-                        .tls
-                        .for_cluster(&c.name, t, &shard.tls, tls::AppProtocol::Tcp);
-                (o, tls::is_mesh(t), Some(c.name.as_str()))
-            })
-        }),
-        (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
-            let o = shard
-                .upstreams
-                .tls
-                .for_mesh(d, &shard.tls, tls::AppProtocol::Tcp);
-            (o, true, None)
-        }),
-        _ => None,
-    };
-    let mut up = match secure {
-        None => Stream::Plain(up),
-        Some((o, mesh, host)) => {
-            let r = match o {
-                Ok(o) => {
-                    let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let timeout = config.tls.handshake_timeout;
-                    Box::pin(tls::originate(up, &o, mesh, host, addr, timeout)).await
-                }
-                Err(e) => Err(e),
-            };
-            match shard.upstream_handshake(r) {
-                Some(s) => s,
-                None => {
-                    socket::set_linger_zero(fd);
-                    log("UF", upstream_addr, 0, 0);
-                    return;
-                }
+    // Boxed: the L4 path's state (connect, TLS origination, the two pumps)
+    // would otherwise size every connection's task, the L7 ones that wait
+    // idle in the boxed future above included (perf/README.md, idle).
+    Box::pin(async {
+        let mut down = down;
+        let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
+            log_l4(flags, up, rx, tx, tls.as_deref(), None)
+        };
+        // Authorization on an L4 connection: the policies' TCP view (HTTP-only
+        // fields handled as Istio does), once, before connecting.
+        if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
+            let tls = tls.as_deref();
+            let denied = crate::l7::check_policies(shard, &config.authorization, tls, peer, dst, None);
+            if let Some(policy) = denied {
+                CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
+                debug!(?peer, %policy, "connection denied by an authorization policy");
+                log_l4("RBAC", None, 0, 0, tls, Some(&policy));
+                return;
             }
         }
-    };
-    let report = l4::forward_streams(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
-    let s = &shard.stats;
-    s.bytes_upstream
-        .set(s.bytes_upstream.get() + report.bytes_up);
-    s.bytes_downstream
-        .set(s.bytes_downstream.get() + report.bytes_down);
-    match report.ending {
-        Ending::Closed => {}
-        Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
-        Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
-    }
-    if let Some(ep) = endpoint {
-        shard.upstreams.released(ep);
-    }
-    let micros = started.elapsed().as_micros() as u64;
-    shard
-        .histograms
-        .borrow_mut()
-        .downstream_cx_length_us
-        .saturating_record(micros.max(1));
-    let flags = match report.ending {
-        Ending::Closed => "-",
-        Ending::Reset(l4::Side::Downstream) => "DC",
-        Ending::Reset(l4::Side::Upstream) => "UC",
-        Ending::IdleTimeout => "SI",
-    };
-    log(flags, upstream_addr, report.bytes_up, report.bytes_down);
-    debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+        let (up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
+            Ok(up) => up,
+            Err(e) => {
+                // Tell the client the way a closed port would: a reset.
+                socket::set_linger_zero(fd);
+                log(e.flag, None, 0, 0);
+                return;
+            }
+        };
+        let upstream_addr = up.peer_addr().ok();
+        // TLS toward a cluster with `tls`, or an outbound mesh destination.
+        let secure = match (&plan.target, origin) {
+            (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
+                c.tls.as_ref().map(|t| {
+                    let o =
+                        shard
+                            .upstreams
+                            .tls
+                            .for_cluster(&c.name, t, &shard.tls, tls::AppProtocol::Tcp);
+                    (o, tls::is_mesh(t), Some(c.name.as_str()))
+                })
+            }),
+            (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
+                let o = shard
+                    .upstreams
+                    .tls
+                    .for_mesh(d, &shard.tls, tls::AppProtocol::Tcp);
+                (o, true, None)
+            }),
+            _ => None,
+        };
+        let mut up = match secure {
+            None => Stream::Plain(up),
+            Some((o, mesh, host)) => {
+                let r = match o {
+                    Ok(o) => {
+                        let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                        let timeout = config.tls.handshake_timeout;
+                        Box::pin(tls::originate(up, &o, mesh, host, addr, timeout)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match shard.upstream_handshake(r) {
+                    Some(s) => s,
+                    None => {
+                        socket::set_linger_zero(fd);
+                        log("UF", upstream_addr, 0, 0);
+                        return;
+                    }
+                }
+            }
+        };
+        let report = l4::forward_streams(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
+        let s = &shard.stats;
+        s.bytes_upstream
+            .set(s.bytes_upstream.get() + report.bytes_up);
+        s.bytes_downstream
+            .set(s.bytes_downstream.get() + report.bytes_down);
+        match report.ending {
+            Ending::Closed => {}
+            Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
+            Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
+        }
+        if let Some(ep) = endpoint {
+            shard.upstreams.released(ep);
+        }
+        let micros = started.elapsed().as_micros() as u64;
+        shard
+            .histograms
+            .borrow_mut()
+            .downstream_cx_length_us
+            .saturating_record(micros.max(1));
+        let flags = match report.ending {
+            Ending::Closed => "-",
+            Ending::Reset(l4::Side::Downstream) => "DC",
+            Ending::Reset(l4::Side::Upstream) => "UC",
+            Ending::IdleTimeout => "SI",
+        };
+        log(flags, upstream_addr, report.bytes_up, report.bytes_down);
+        debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+    })
+    .await;
 }
 
 /// ALPN values that send a terminated connection down the HTTP/1 path:
@@ -904,5 +910,50 @@ mod tests {
         assert_eq!(f.target, Target::Cluster(0));
         assert_eq!(f.forwarding, Forwarding::Splice);
         assert_eq!(f.connect_timeout, Duration::from_secs(1));
+    }
+}
+
+/// What an idle connection's futures weigh (`size_of` of each future type;
+/// perf/README.md, "Memory per idle connection"). Printed with
+/// `cargo test --lib idle_sizes -- --nocapture`.
+#[cfg(test)]
+mod idle_sizes {
+    use super::*;
+    use crate::config::Snapshot;
+    use std::future::Future;
+    use std::sync::Arc;
+
+    fn serve_size<'a, F: Future>(
+        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn l7_size<'a, F: Future>(
+        _: impl FnOnce(&'a Rc<Shard>, Stream, Arc<Snapshot>, crate::l7::Context) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn l4_size<'a, F: Future>(
+        _: impl FnOnce(&'a mut Stream, &'a mut Stream, Forwarding, Duration) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn idle_sizes() {
+        let serve = serve_size(serve);
+        let l7 = l7_size(crate::l7::serve);
+        let l4 = l4_size(l4::forward_streams);
+        eprintln!("connection::serve future: {serve} B");
+        eprintln!("l7::serve future (boxed): {l7} B");
+        eprintln!("l4::forward_streams future (inline): {l4} B");
+        eprintln!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
+        eprintln!("Stream: {} B", std::mem::size_of::<Stream>());
+        eprintln!(
+            "glommio Timer: {} B",
+            std::mem::size_of::<glommio::timer::Timer>()
+        );
     }
 }

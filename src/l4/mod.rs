@@ -39,7 +39,8 @@
 //! destination cannot take everything at once (its send buffer is full), the
 //! remainder moves into a buffer owned by the connection until the destination
 //! drains it: only connections under back-pressure hold memory. Measured:
-//! ~3.3 KiB of RSS per idle connection.
+//! ~4.2 KiB of RSS per idle connection (perf/README.md, "Memory per idle
+//! connection"), glommio's two pending polls included.
 //!
 //! Half-close: EOF from one side becomes `shutdown(SHUT_WR)` on the other and the
 //! opposite direction keeps flowing. A reset on either side becomes a reset on
@@ -50,7 +51,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -129,14 +130,19 @@ pub async fn forward(
     let down_bytes = Cell::new(0u64);
     let a = pump(down, up_fd, mode, &up_bytes);
     let b = pump(up, down_fd, mode, &down_bytes);
-    join(
+    let ending = join(
         a,
         b,
         (down_fd, up_fd),
         (&up_bytes, &down_bytes),
         idle_timeout,
     )
-    .await
+    .await;
+    Report {
+        bytes_up: up_bytes.get(),
+        bytes_down: down_bytes.get(),
+        ending,
+    }
 }
 
 /// [`forward`] for connections where either side may be TLS: splice and
@@ -169,65 +175,43 @@ async fn forward_tls(down: &mut Stream, up: &mut Stream, idle_timeout: Duration)
     let down_bytes = Cell::new(0u64);
     let a = relay::copy(down, &mut up_w, &up_bytes);
     let b = relay::copy(up, &mut down_w, &down_bytes);
-    join(
+    let ending = join(
         a,
         b,
         (down_fd, up_fd),
         (&up_bytes, &down_bytes),
         idle_timeout,
     )
-    .await
+    .await;
+    Report {
+        bytes_up: up_bytes.get(),
+        bytes_down: down_bytes.get(),
+        ending,
+    }
 }
 
 /// Runs both directions (`a`: down → up, `b`: up → down) until both are
 /// done, one fails, or nothing moved for `idle_timeout`.
-async fn join(
-    a: impl Future<Output = Result<(), PumpError>>,
-    b: impl Future<Output = Result<(), PumpError>>,
-    (down_fd, up_fd): (RawFd, RawFd),
-    (up_bytes, down_bytes): (&Cell<u64>, &Cell<u64>),
+///
+/// A plain function that composes futures rather than an `async fn`: an
+/// async fn keeps its arguments `a` and `b` for its whole life beside the
+/// pinned copies it polls, so every idle L4 connection carried both pumps
+/// twice (perf/README.md, "Memory per idle connection").
+fn join<'c, A, B>(
+    a: A,
+    b: B,
+    fds: (RawFd, RawFd),
+    (up_bytes, down_bytes): (&'c Cell<u64>, &'c Cell<u64>),
     idle_timeout: Duration,
-) -> Report {
-    let pumps = async {
-        let mut a = pin!(a);
-        let mut b = pin!(b);
-        let (mut ra, mut rb) = (None, None);
-        // Run both directions; stop at the first error, or when both are done.
-        future::poll_fn(|cx| {
-            if ra.is_none() {
-                if let Poll::Ready(r) = a.as_mut().poll(cx) {
-                    ra = Some(r);
-                }
-            }
-            if rb.is_none() {
-                if let Poll::Ready(r) = b.as_mut().poll(cx) {
-                    rb = Some(r);
-                }
-            }
-            match (&ra, &rb) {
-                (Some(Err(_)), _) | (_, Some(Err(_))) | (Some(_), Some(_)) => Poll::Ready(()),
-                _ => Poll::Pending,
-            }
-        })
-        .await;
-        let ending = match (ra, rb) {
-            (Some(Err(PumpError::Read(_))), _) => Ending::Reset(Side::Downstream),
-            (Some(Err(PumpError::Write(_))), _) => Ending::Reset(Side::Upstream),
-            (_, Some(Err(PumpError::Read(_)))) => Ending::Reset(Side::Upstream),
-            (_, Some(Err(PumpError::Write(_)))) => Ending::Reset(Side::Downstream),
-            _ => Ending::Closed,
-        };
-        if ending != Ending::Closed {
-            // Pass the reset on: close both with RST rather than FIN.
-            socket::set_linger_zero(up_fd);
-            socket::set_linger_zero(down_fd);
-        }
-        ending
-    };
+) -> impl Future<Output = Ending> + 'c
+where
+    A: Future<Output = Result<(), PumpError>> + 'c,
+    B: Future<Output = Result<(), PumpError>> + 'c,
+{
     // Idle detection without reading the clock on the data path: a watchdog
     // wakes four times per idle period and compares the byte counters. The
     // connection closes after between 1 and 1.25 idle periods of silence.
-    let idle = async {
+    let idle = async move {
         let tick = (idle_timeout / 4).max(Duration::from_millis(1));
         let mut seen = up_bytes.get() + down_bytes.get();
         let mut quiet = Duration::ZERO;
@@ -245,11 +229,65 @@ async fn join(
             }
         }
     };
-    let ending = future::or(pumps, idle).await;
-    Report {
-        bytes_up: up_bytes.get(),
-        bytes_down: down_bytes.get(),
-        ending,
+    let pumps = Pumps {
+        a,
+        b,
+        ra: None,
+        rb: None,
+        fds,
+    };
+    future::or(pumps, idle)
+}
+
+pin_project_lite::pin_project! {
+    /// Both directions of one connection, polled in place ([`join`]).
+    struct Pumps<A, B> {
+        #[pin]
+        a: A,
+        #[pin]
+        b: B,
+        ra: Option<Result<(), PumpError>>,
+        rb: Option<Result<(), PumpError>>,
+        // (down, up)
+        fds: (RawFd, RawFd),
+    }
+}
+
+impl<A, B> Future for Pumps<A, B>
+where
+    A: Future<Output = Result<(), PumpError>>,
+    B: Future<Output = Result<(), PumpError>>,
+{
+    type Output = Ending;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Ending> {
+        let this = self.project();
+        // Run both directions; stop at the first error, or when both are done.
+        if this.ra.is_none() {
+            if let Poll::Ready(r) = this.a.poll(cx) {
+                *this.ra = Some(r);
+            }
+        }
+        if this.rb.is_none() {
+            if let Poll::Ready(r) = this.b.poll(cx) {
+                *this.rb = Some(r);
+            }
+        }
+        let ending = match (&*this.ra, &*this.rb) {
+            (Some(Err(PumpError::Read(_))), _) => Ending::Reset(Side::Downstream),
+            (Some(Err(PumpError::Write(_))), _) => Ending::Reset(Side::Upstream),
+            (_, Some(Err(PumpError::Read(_)))) => Ending::Reset(Side::Upstream),
+            (_, Some(Err(PumpError::Write(_)))) => Ending::Reset(Side::Downstream),
+            (Some(_), Some(_)) => Ending::Closed,
+            _ => return Poll::Pending,
+        };
+        if ending != Ending::Closed {
+            // Pass the reset on: close both with RST rather than FIN.
+            let (down_fd, up_fd) = *this.fds;
+            socket::set_linger_zero(up_fd);
+            socket::set_linger_zero(down_fd);
+        }
+        Poll::Ready(ending)
     }
 }
 
@@ -317,7 +355,9 @@ async fn pump(
         }
         if let Some(rest) = step.backlog {
             let len = rest.len() as u64;
-            write_all_when_writable(dfd, rest)
+            // Boxed: back-pressure is the rare case, and inline its stream
+            // and write future would sit in every idle connection's pumps.
+            Box::pin(write_all_when_writable(dfd, rest))
                 .await
                 .map_err(PumpError::Write)?;
             total.set(total.get() + len);
@@ -533,4 +573,28 @@ async fn write_all_when_writable(fd: RawFd, data: Vec<u8>) -> io::Result<()> {
     }
     let mut stream = unsafe { TcpStream::from_raw_fd(dup) };
     stream.write_all(&data).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle L4 connection's pumps weigh (printed with `cargo test
+    /// --lib idle_ -- --nocapture`; perf/README.md, "Memory per idle
+    /// connection").
+    #[test]
+    fn idle_pump_sizes() {
+        fn pump_size<'a, F: Future>(
+            _: impl FnOnce(&'a mut TcpStream, RawFd, Forwarding, &'a Cell<u64>) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn forward_size<'a, F: Future>(
+            _: impl FnOnce(&'a mut TcpStream, &'a mut TcpStream, Forwarding, Duration) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("l4 pump future: {} B", pump_size(pump));
+        eprintln!("l4::forward future: {} B", forward_size(forward));
+    }
 }

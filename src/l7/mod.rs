@@ -46,7 +46,9 @@
 //!
 //! Memory: the client connection borrows a buffer from a per-core pool only
 //! while a request is in flight or partly read; an idle keep-alive connection
-//! holds none (its wait costs a pending poll). Upstream connections live in a
+//! holds none, and no per-request state either: only its socket, config and
+//! context (`Idle`) and the wait for its next bytes; the rest is boxed per
+//! busy stretch (`busy`; perf/README.md, "Memory per idle connection"). Upstream connections live in a
 //! per-core pool ([`pool`]); nothing here is shared between cores.
 //!
 //! A body larger than the retry buffer is streamed while the upstream is
@@ -282,19 +284,6 @@ fn logged_request_id(written: &Written, view: &RequestView<'_>) -> Option<String
 }
 
 impl RequestLog {
-    /// Frees the last request's strings (the connection is going idle).
-    fn release_strings(&mut self) {
-        self.method = String::new();
-        self.path = String::new();
-        self.authority = String::new();
-        self.upstream_cluster = None;
-        self.route_name = None;
-        self.request_id = None;
-        self.user_agent = None;
-        self.forwarded_for = None;
-        self.authz_policy = None;
-    }
-
     fn new(ctx: &Context) -> RequestLog {
         RequestLog {
             start_time: SystemTime::now(),
@@ -343,15 +332,98 @@ pub struct Context {
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
 /// be non-blocking.
+///
+/// Between requests a keep-alive connection is only an [`Idle`] and the wait
+/// for its next bytes ([`wait_for_request`]): the per-request state (`Conn`,
+/// its log, heads and buffers, the request's futures) lives in a box made
+/// when the first bytes of a request arrive and dropped when the connection
+/// goes idle again, so thousands of idle connections do not each keep it
+/// (perf/README.md, "Memory per idle connection").
 pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx: Context) {
     CoreStats::inc(&shard.stats.downstream_cx_http);
+    let mut idle = Idle {
+        down,
+        snapshot,
+        ctx,
+    };
+    let mut first = true;
+    loop {
+        let Some(inbuf) = wait_for_request(shard, &mut idle).await else {
+            return;
+        };
+        match Box::pin(busy(shard, idle, inbuf, first)).await {
+            Some(back) => idle = back,
+            None => return,
+        }
+        first = false;
+    }
+}
+
+/// What a keep-alive connection keeps between requests.
+struct Idle {
+    down: Stream,
+    /// The config of its last request (the next one refreshes it).
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+}
+
+/// Waits, holding no buffer, for the first bytes of the connection's next
+/// request: `None` when it closes, fails or idles out (`idle_timeout`), when
+/// the overload manager sheds idle connections, or when the core stops (after
+/// a short grace, so that a busy client that just got a keep-alive answer can
+/// send its next request instead of finding the door shut; busy clients are
+/// sent away by `Shard::drain_close` instead). Nothing is in flight while
+/// idle, so closing loses nothing.
+async fn wait_for_request(shard: &Shard, idle: &mut Idle) -> Option<Buf> {
+    let deadline = Instant::now() + idle.snapshot.config.http.idle_timeout;
+    let mut inbuf = None;
+    let read = read_into(&mut idle.down, &mut inbuf, MAX_HEAD_BUF);
+    let stopping = shard.stopping.acquire(1);
+    let shed = shard.shed.borrow().clone();
+    let shed = async {
+        let _ = shed.acquire(1).await;
+        CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
+        None
+    };
+    let got = future::or(
+        until(Some(deadline), read),
+        future::or(shed, async {
+            let _ = stopping.await;
+            glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
+            None
+        }),
+    )
+    .await;
+    match got {
+        Some(Ok(n)) if n > 0 => inbuf,
+        None => {
+            // Idle too long (not shed, not stopping): counted as the L4
+            // path counts its idle timeouts.
+            if Instant::now() >= deadline {
+                CoreStats::inc(&shard.stats.cx_idle_timeout);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Requests from the first bytes of one (in `inbuf`) until the connection
+/// goes idle (`Some`: what waits for the next) or ends (`None`). Pipelined
+/// requests are served here without going idle in between.
+async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<Idle> {
+    let Idle {
+        down,
+        snapshot,
+        ctx,
+    } = idle;
     let log = RequestLog::new(&ctx);
     let mut conn = Conn {
         shard,
         snapshot,
         ctx,
         down,
-        inbuf: None,
+        inbuf: Some(inbuf),
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         out: Vec::new(),
@@ -362,7 +434,7 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
         in_body: false,
         lingering_log: LingeringLog(shard, None),
         rate_headers: None,
-        first: true,
+        first,
     };
     loop {
         let next = conn.one().await;
@@ -371,16 +443,22 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
         match next {
             Next::Continue => {
                 conn.log_lingering(0);
-                // Idle between requests: keep no heap memory of the last
-                // request (its header indexes, its log's strings, the bytes
-                // that went out). An idle keep-alive connection is then its
-                // task, its socket and one pending poll; the next request
-                // pays a few small allocations (perf/README.md, idle-http).
+                // No bytes of a next request yet: idle. What the last
+                // request allocated (header indexes, log strings, the bytes
+                // that went out) goes with `conn`; the next request pays a
+                // few small allocations and this box again.
                 if conn.inbuf.is_none() {
-                    conn.out = Vec::new();
-                    conn.head.release_storage();
-                    conn.resp.release_storage();
-                    conn.log.release_strings();
+                    let Conn {
+                        down,
+                        snapshot,
+                        ctx,
+                        ..
+                    } = conn;
+                    return Some(Idle {
+                        down,
+                        snapshot,
+                        ctx,
+                    });
                 }
             }
             Next::Close => {
@@ -404,13 +482,15 @@ pub async fn serve(shard: &Rc<Shard>, down: Stream, snapshot: Arc<Snapshot>, ctx
                     ctx,
                     ..
                 } = conn;
-                return Box::pin(h2::serve(shard, down, inbuf, snapshot, ctx)).await;
+                Box::pin(h2::serve(shard, down, inbuf, snapshot, ctx)).await;
+                return None;
             }
         }
     }
     if let Some(b) = conn.inbuf.take() {
         b.release();
     }
+    None
 }
 
 enum Next {
@@ -719,35 +799,13 @@ impl Conn<'_> {
                     Err(e) => return HeadRead::Bad(e),
                 }
             }
+            // `serve` waits for a request's first bytes (wait_for_request),
+            // so a head is read here from its first byte on: under the
+            // request_headers_timeout. `idle_timeout` only bounds a call
+            // with nothing read, which `busy` does not make.
             let deadline = header_deadline.unwrap_or(idle_deadline);
             let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
-            let got = if header_deadline.is_some() {
-                until(Some(deadline), read).await
-            } else {
-                // Idle between requests: a stopping core closes the connection
-                // (nothing is in flight, so nothing is lost) after a short
-                // grace, so a busy client that just got a keep-alive answer can
-                // send its next request instead of finding the door shut; busy
-                // clients are sent away by `Shard::drain_close` instead.
-                let stopping = self.shard.stopping.acquire(1);
-                // The overload manager sheds idle connections: nothing is
-                // in flight here, so closing loses nothing.
-                let shed = self.shard.shed.borrow().clone();
-                let shed = async {
-                    let _ = shed.acquire(1).await;
-                    CoreStats::inc(&self.shard.stats.downstream_cx_overload_shed);
-                    None
-                };
-                future::or(
-                    until(Some(deadline), read),
-                    future::or(shed, async {
-                        let _ = stopping.await;
-                        glommio::timer::sleep(DRAIN_IDLE_GRACE).await;
-                        None
-                    }),
-                )
-                .await
-            };
+            let got = until(Some(deadline), read).await;
             match got {
                 None if header_deadline.is_some() => return HeadRead::Timeout,
                 None => {
@@ -2077,6 +2135,48 @@ fn non_empty(s: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::http::head::BodyFraming;
+
+    /// Sizes on an idle keep-alive connection's path (printed with
+    /// `cargo test --lib idle_conn_sizes -- --nocapture`; perf/README.md).
+    #[test]
+    fn idle_conn_sizes() {
+        fn one_size<'a, 's: 'a, F: std::future::Future>(
+            _: impl FnOnce(&'a mut Conn<'s>) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn read_head_size<'a, 's: 'a, F: std::future::Future>(
+            _: impl FnOnce(&'a mut Conn<'s>, &'a Http, &'a Limits) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("Conn: {} B", std::mem::size_of::<Conn<'_>>());
+        eprintln!("  RequestLog: {} B", std::mem::size_of::<RequestLog>());
+        eprintln!("  RequestHead: {} B", std::mem::size_of::<RequestHead>());
+        eprintln!("  ResponseHead: {} B", std::mem::size_of::<ResponseHead>());
+        eprintln!("  Context: {} B", std::mem::size_of::<Context>());
+        fn wait_size<'a, F: std::future::Future>(
+            _: impl FnOnce(&'a Shard, &'a mut Idle) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn busy_size<'a, F: std::future::Future>(
+            _: impl FnOnce(&'a Rc<Shard>, Idle, Buf, bool) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("Idle: {} B", std::mem::size_of::<Idle>());
+        eprintln!("wait_for_request future: {} B", wait_size(wait_for_request));
+        eprintln!(
+            "busy future (boxed per busy stretch): {} B",
+            busy_size(busy)
+        );
+        eprintln!("Conn::one future: {} B", one_size(Conn::one));
+        eprintln!(
+            "Conn::read_head future: {} B",
+            read_head_size(Conn::read_head)
+        );
+    }
 
     #[test]
     fn flags_display() {
