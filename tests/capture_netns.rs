@@ -102,7 +102,7 @@ fn sidecar(ns: &str, cfg: &std::path::Path) -> Remora {
         .args([BIN, "run", "--cores", "1", "--config"])
         .arg(cfg);
     let mut r = Remora::spawn(cmd, TempDir::new("netns-sidecar"));
-    r.wait_for_log("ready");
+    r.wait_ready();
     r
 }
 

@@ -285,7 +285,7 @@ fn plain_logs_name_every_listener_at_start() {
         .args(["--cores", "1"])
         .env_remove("NO_COLOR");
     let mut r = Remora::spawn(cmd, TempDir::new("once2"));
-    r.wait_for_log("ready");
+    r.wait_ready();
     let log = r.log.join("\n");
     let (code, _) = r.stop();
     assert_eq!(code, 0);

@@ -298,7 +298,8 @@ pub struct ConnectionTokens {
 
 /// Header spans stored once per message. Reused across messages via the
 /// `parse_*_into` functions, so a busy connection allocates only for its first
-/// head (an idle one frees it: `release_storage`).
+/// head (an idle connection drops its heads with the rest of its per-request
+/// state: `l7::serve`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct HeaderList(Vec<HeaderSpan>);
 
@@ -343,21 +344,6 @@ pub struct ResponseHead {
     /// The Upgrade header's value on a 101 response.
     pub upgrade: Option<Span>,
     pub head_len: usize,
-}
-
-impl RequestHead {
-    /// Frees the header index (the connection is going idle); the next
-    /// parse allocates it again, at the size it needs.
-    pub fn release_storage(&mut self) {
-        self.headers = HeaderList::default();
-    }
-}
-
-impl ResponseHead {
-    /// Frees the header index, as [`RequestHead::release_storage`].
-    pub fn release_storage(&mut self) {
-        self.headers = HeaderList::default();
-    }
 }
 
 impl Default for RequestHead {
