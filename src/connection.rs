@@ -247,10 +247,11 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         (_, Some(c), Target::Addr(dst)) => c.protocol_for(orig_dst.unwrap_or(*dst).port()),
         _ => Protocol::Tcp,
     };
-    let detect_timeout = config
-        .capture
-        .as_ref()
-        .map_or(Duration::from_millis(100), |c| c.detect_timeout);
+    let detect_timeout = match (origin, configured, &config.capture) {
+        (Origin::Listener(_), Some(l), _) => l.detect_timeout,
+        (_, _, Some(c)) => c.detect_timeout,
+        _ => crate::config::DEFAULT_DETECT_TIMEOUT,
+    };
     // Inbound mTLS (Istio's virtualInbound filter chains): the ClientHello,
     // peeked like Envoy's tls_inspector, picks the chain before anything is
     // read. Peeks go through the ring, which waits only on a blocking-mode

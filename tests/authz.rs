@@ -461,6 +461,10 @@ address = "127.0.0.1:{tcp}"
 cluster = "echo"
 protocol = "tcp"
 direction = "inbound"
+# The echo app's clients speak first: PERMISSIVE may wait for a ClientHello
+# as long as a descheduled test thread needs (the default 100 ms could send
+# a late mTLS hello the plaintext way).
+detect_timeout = "10s"
 [[virtual_host]]
 name = "app"
 domains = ["*"]

@@ -530,6 +530,32 @@ fn auto_listener_detects_http_and_lets_server_first_protocols_through() {
     assert_eq!(totals.get("downstream_cx_http2"), 1);
 }
 
+/// `[[listener]] detect_timeout` (Istio's protocolDetectionTimeout): a
+/// client that pauses 400 ms before its request is still detected as HTTP
+/// on a listener that waits 3 s, and goes the TCP way on one that waits
+/// 50 ms (its request reaches the backend untouched: no X-Request-Id).
+#[test]
+fn listener_detect_timeout_sets_how_long_detection_waits() {
+    let a = Backend::start("a");
+    let (patient, hasty) = (free_port(), free_port());
+    let cfg = format!(
+        "[admin]\nenabled = false\n[capture]\nenabled = false\n[[cluster]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[listener]]\nname = \"patient\"\naddress = \"127.0.0.1:{patient}\"\ncluster = \"a\"\nprotocol = \"auto\"\ndetect_timeout = \"3s\"\n[[listener]]\nname = \"hasty\"\naddress = \"127.0.0.1:{hasty}\"\ncluster = \"a\"\nprotocol = \"auto\"\ndetect_timeout = \"50ms\"\n{CATCH_ALL}",
+        a.addr
+    );
+    let r = Remora::start(&cfg, &["--cores", "1"]);
+    let slow_get = |port| {
+        let mut c = Client::new(port);
+        thread::sleep(std::time::Duration::from_millis(400));
+        c.request(&get("/d", "x")).json()
+    };
+    let j = slow_get(patient);
+    assert!(j["headers"]["x-request-id"].is_string(), "L7 expected: {j}");
+    let j = slow_get(hasty);
+    assert!(j["headers"]["x-request-id"].is_null(), "L4 expected: {j}");
+    let (_, totals) = r.stop();
+    assert_eq!(totals.get("downstream_cx_http"), 1);
+}
+
 #[test]
 fn curl_through_the_proxy() {
     let a = Backend::start("a");

@@ -234,6 +234,11 @@ pub struct Runtime {
     pub locality: String,
 }
 
+/// How long protocol detection waits for a client's first bytes unless
+/// configured (`[capture]` / `[[listener]] detect_timeout`): Istio's
+/// `protocolDetectionTimeout` default before 1.12.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Istio-style transparent capture (iptables REDIRECT or TPROXY sends traffic here).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Capture {
@@ -292,6 +297,13 @@ pub struct Listener {
     /// `tcp` (default): forward to `cluster`. `http`: route each request by the
     /// `[[virtual_host]]` table (404 when nothing matches). `auto`: detect.
     pub protocol: Protocol,
+    /// How long detection waits for the client's first bytes before the
+    /// connection goes the TCP way (an `auto` listener; the ClientHello
+    /// window of an inbound PERMISSIVE one): Istio's
+    /// `protocolDetectionTimeout`, `[capture] detect_timeout` on the capture
+    /// ports. Default: the capture's, else 100 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub detect_timeout: Duration,
     /// Every accepted connection takes a token; with none left it is closed at
     /// once (Envoy's network `local_ratelimit`). Each core enforces its share
     /// (`policy::ratelimit::TokenBucket::for_core`).
@@ -672,11 +684,14 @@ impl Validator<'_> {
             raw.admin.readiness_address.as_ref().map(|a| a.span()),
         ];
         let capture = self.capture(raw.capture);
+        let detect_default = capture
+            .as_ref()
+            .map_or(DEFAULT_DETECT_TIMEOUT, |c| c.detect_timeout);
         let mut listeners: Vec<Listener> = Vec::new();
         let mut address_spans: Vec<Range<usize>> = Vec::new();
         for l in raw.listeners {
             let span = l.address.span();
-            if let Some(l) = self.listener(l, &clusters, &listeners) {
+            if let Some(l) = self.listener(l, &clusters, &listeners, detect_default) {
                 listeners.push(l);
                 address_spans.push(span);
             }
@@ -1108,7 +1123,7 @@ impl Validator<'_> {
             connect_timeout: self.duration_or(raw.connect_timeout, Duration::from_secs(10)),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
             protocol: self.protocol(raw.protocol, Protocol::Auto),
-            detect_timeout: self.duration_or(raw.detect_timeout, Duration::from_millis(100)),
+            detect_timeout: self.duration_or(raw.detect_timeout, DEFAULT_DETECT_TIMEOUT),
             http_ports: self.ports(raw.http_ports, "capture.http_ports"),
             opaque_ports: self.ports(raw.opaque_ports, "capture.opaque_ports"),
         })
@@ -1119,6 +1134,7 @@ impl Validator<'_> {
         raw: RawListener,
         clusters: &[Cluster],
         earlier: &[Listener],
+        detect_default: Duration,
     ) -> Option<Listener> {
         let name = raw.name.get_ref().clone();
         if name.is_empty() {
@@ -1218,6 +1234,7 @@ impl Validator<'_> {
             forwarding: self.forwarding(raw.forwarding),
             idle_timeout: self.duration_or(raw.idle_timeout, Duration::from_secs(3600)),
             protocol,
+            detect_timeout: self.duration_or(raw.detect_timeout, detect_default),
             connection_rate_limit,
             direction,
         })
@@ -1726,6 +1743,36 @@ bogus = 1
         assert_eq!(e.errors.len(), 1, "{e}");
         assert_eq!((e.errors[0].line, e.errors[0].column), (11, 11), "{e}");
         assert!(e.errors[0].message.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn listener_detect_timeout_defaults_to_the_captures() {
+        let text = |capture: &str, key: &str| {
+            format!(
+                "{capture}[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:80\"]\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:10000\"\ncluster = \"b\"\nprotocol = \"auto\"\n{key}"
+            )
+        };
+        let no_capture = "[capture]\nenabled = false\n";
+        let l = |t: String| Config::from_toml(&t, None).unwrap().listeners[0].detect_timeout;
+        assert_eq!(l(text(no_capture, "")), DEFAULT_DETECT_TIMEOUT);
+        assert_eq!(
+            l(text("[capture]\ndetect_timeout = \"2s\"\n", "")),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            l(text(no_capture, "detect_timeout = \"750ms\"\n")),
+            Duration::from_millis(750)
+        );
+        let e =
+            Config::from_toml(&text(no_capture, "detect_timeout = \"soon\"\n"), None).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert!(
+            e.errors[0]
+                .message
+                .contains("`soon` is not a positive duration"),
+            "{e}"
+        );
+        assert_eq!((e.errors[0].line, e.errors[0].column), (11, 18), "{e}");
     }
 
     #[test]

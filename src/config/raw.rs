@@ -139,6 +139,9 @@ pub struct RawListener {
     pub idle_timeout: Option<Spanned<String>>,
     /// "tcp" (default), "http" or "auto".
     pub protocol: Option<Spanned<String>>,
+    /// How long an `auto` listener (and an inbound PERMISSIVE one) waits for
+    /// the first bytes (Istio's `protocolDetectionTimeout`).
+    pub detect_timeout: Option<Spanned<String>>,
     /// Accepted connections per fill interval (Envoy's network `local_ratelimit`).
     pub connection_rate_limit: Option<Spanned<RawTokenBucket>>,
     /// "outbound" (default) or "inbound" (Envoy's `traffic_direction`).
