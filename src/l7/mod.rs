@@ -48,8 +48,9 @@
 //! while a request is in flight or partly read; an idle keep-alive connection
 //! holds none, and no per-request state either: only its socket, config and
 //! context (`Idle`) and the wait for its next bytes; the rest is boxed per
-//! busy stretch (`busy`; perf/README.md, "Memory per idle connection"). Upstream connections live in a
-//! per-core pool ([`pool`]); nothing here is shared between cores.
+//! busy stretch (`busy`; perf/README.md, "Memory per idle connection").
+//! Upstream connections live in a per-core pool ([`pool`]); nothing here is
+//! shared between cores.
 //!
 //! A body larger than the retry buffer is streamed while the upstream is
 //! watched: an early answer (413 or 401 before the upload is read) ends the
