@@ -406,12 +406,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         } else {
             Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
         }
-        let micros = started.elapsed().as_micros() as u64;
-        shard
-            .histograms
-            .borrow_mut()
-            .downstream_cx_length_us
-            .saturating_record(micros.max(1));
+        record_cx_length(shard, started);
         return;
     }
     // Boxed: the L4 path's state (connect, TLS origination, the two pumps)
@@ -500,12 +495,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         if let Some(ep) = endpoint {
             shard.upstreams.released(ep);
         }
-        let micros = started.elapsed().as_micros() as u64;
-        shard
-            .histograms
-            .borrow_mut()
-            .downstream_cx_length_us
-            .saturating_record(micros.max(1));
+        record_cx_length(shard, started);
         let flags = match report.ending {
             Ending::Closed => "-",
             Ending::Reset(l4::Side::Downstream) => "DC",
@@ -798,6 +788,16 @@ async fn connect(
                 .map_err(failed)
         }
     }
+}
+
+/// Records a downstream connection's length (the `downstream_cx_length` histogram).
+fn record_cx_length(shard: &Shard, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    shard
+        .histograms
+        .borrow_mut()
+        .downstream_cx_length_us
+        .saturating_record(micros.max(1));
 }
 
 #[cfg(test)]

@@ -121,16 +121,19 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
+    fn executor() -> glommio::LocalExecutor {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .expect("executor")
+    }
+
     /// Three tasks each do some "work" (a mark) and then wait for their turn
     /// before "writing": every work mark comes before every write mark, and
     /// a second batch after the first works the same way.
     #[test]
     fn the_work_of_a_pass_comes_before_its_writes() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .make()
-            .expect("executor");
-        ex.run(async {
+        executor().run(async {
             let pass = Pass::new();
             for _batch in 0..2 {
                 let log = Rc::new(RefCell::new(Vec::new()));
@@ -160,11 +163,7 @@ mod tests {
     /// other task or timer.
     #[test]
     fn a_lone_writer_goes_at_once() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .make()
-            .expect("executor");
-        ex.run(async {
+        executor().run(async {
             let pass = Pass::new();
             let n = Cell::new(0);
             for _ in 0..1000 {
