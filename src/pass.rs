@@ -65,10 +65,10 @@ pub struct AfterRunnable {
 
 impl Future for AfterRunnable {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let pass = self.pass.clone();
-        let mut st = pass.0.borrow_mut();
-        match self.generation {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut st = this.pass.0.borrow_mut();
+        match this.generation {
             Some(g) if st.generation != g => return Poll::Ready(()),
             Some(_) => {
                 // Polled again before the flusher ran (another event of the
@@ -78,14 +78,14 @@ impl Future for AfterRunnable {
             }
             None => {}
         }
-        self.generation = Some(st.generation);
+        this.generation = Some(st.generation);
         st.parked.push(cx.waker().clone());
         if let Some(f) = st.flusher.take() {
             f.wake();
         } else if !st.spawned {
             st.spawned = true;
             drop(st);
-            glommio::spawn_local(flusher(pass)).detach();
+            glommio::spawn_local(flusher(this.pass.clone())).detach();
         }
         Poll::Pending
     }
