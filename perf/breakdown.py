@@ -646,6 +646,7 @@ def write_outputs(data: dict, out_dir: Path, write_md: bool) -> None:
 # ───────────────────────────── main ─────────────────────────────
 
 
+@harness.exit_codes()
 def breakdown_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/breakdown",
@@ -771,15 +772,6 @@ def breakdown_main(argv: list[str] | None = None) -> int:
             for p in problems:
                 log(f"insane number: {p}")
             return 1
-    except SetupError as e:
-        log(f"setup: {e}")
-        return 2
-    except HarnessError as e:
-        log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
     finally:
         if rig is not None:
             rig.close()

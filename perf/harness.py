@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import dataclasses
 import datetime
+import functools
 import hashlib
 import html
 import http.client
@@ -86,6 +87,28 @@ class SetupError(Exception):
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def exit_codes(*failures: type[BaseException]):
+    """Decorates a tool's main: a SetupError exits 2, a HarnessError (or one
+    of `failures`) 1, Ctrl-C 130, each logged in one line. The main closes
+    its own rig in a `finally`."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except SetupError as e:
+                log(f"setup: {e}")
+                return 2
+            except (HarnessError, *failures) as e:
+                log(f"FAILED: {e}")
+                return 1
+            except KeyboardInterrupt:
+                log("interrupted")
+                return 130
+        return run
+    return wrap
 
 
 # ───────────────────────────── scenarios and proxies ─────────────────────────────
@@ -2486,6 +2509,7 @@ def _sigterm(*_) -> None:
     raise KeyboardInterrupt
 
 
+@exit_codes()
 def compare_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/compare",
@@ -2717,15 +2741,6 @@ def compare_main(argv: list[str] | None = None) -> int:
         data = {"meta": meta, "scenarios": rows, "failures": failures}
         write_outputs(data, args.out, results_md=write_results_md and not failures)
         print(render_md(data))
-    except SetupError as e:
-        log(f"setup: {e}")
-        return 2
-    except HarnessError as e:
-        log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
     finally:
         if rig is not None:
             rig.close()
@@ -2855,6 +2870,7 @@ def render_startup_md(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exit_codes()
 def startup_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/startup",
@@ -2927,15 +2943,6 @@ def startup_main(argv: list[str] | None = None) -> int:
         (args.out / "startup.md").write_text(md)
         print(md)
         return 1 if failures else 0
-    except SetupError as e:
-        log(f"setup: {e}")
-        return 2
-    except HarnessError as e:
-        log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
     finally:
         if rig is not None:
             rig.close()
@@ -2944,6 +2951,7 @@ def startup_main(argv: list[str] | None = None) -> int:
 # ───────────────────────────── perf/flamegraph ─────────────────────────────
 
 
+@exit_codes(subprocess.CalledProcessError)
 def flamegraph_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="perf/flamegraph",
@@ -3040,15 +3048,6 @@ def flamegraph_main(argv: list[str] | None = None) -> int:
         print(top)
         log(f"wrote {out}, {out.with_suffix('.txt')} (top frames) and "
             f"{out.with_suffix('.folded')} (for inferno-diff-folded)")
-    except SetupError as e:
-        log(f"setup: {e}")
-        return 2
-    except (HarnessError, subprocess.CalledProcessError) as e:
-        log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
     finally:
         if rig is not None:
             rig.close()
