@@ -130,43 +130,99 @@ pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<Req
     generated
 }
 
-/// An HTTP/1.1 request head for an HTTP/2 request (already rewritten):
-/// the request line, Host from `:authority`, the fields (cookies joined
-/// into one with "; ", RFC 9113 §8.2.3; `te` dropped), and the framing the
-/// body goes with.
+/// An HTTP/1.1 request head for an HTTP/2 request, with the proxy's
+/// rewrite applied as it is written (the same fields `rewrite_request`
+/// would put in the map, without building them there): the request line
+/// with `rw.path`, Host from `rw.host` (the `:authority`), the fields
+/// (cookies joined into one with "; ", RFC 9113 §8.2.3; connection-specific
+/// ones and `te` dropped), X-Forwarded-*, XFCC, X-Request-Id, the route's
+/// operations and the framing the body goes with (`rw.framing`). Returns the
+/// request id generated, if one was.
 pub fn write_h1_request(
     method: &http::Method,
-    path: &[u8],
-    authority: Option<&[u8]>,
     h: &HeaderMap,
-    framing: BodyFraming,
+    rw: &RequestRewrite<'_>,
     out: &mut Vec<u8>,
-) {
+) -> Option<RequestId> {
+    let ops = rw.ops.filter(|o| !o.is_empty());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path);
+    out.extend_from_slice(rw.path.unwrap_or(b"/"));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = authority.or_else(|| h.get(HOST).map(HeaderValue::as_bytes));
+    let host = rw.host.or_else(|| h.get(HOST).map(HeaderValue::as_bytes));
     push_header(out, b"host", host.unwrap_or_default());
-    let mut cookies = h.get_all(COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
-        for c in cookies {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(c.as_bytes());
+    if !ops.is_some_and(|o| o.drops(b"cookie")) {
+        let mut cookies = h.get_all(COOKIE).iter();
+        if let Some(first) = cookies.next() {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(first.as_bytes());
+            for c in cookies {
+                out.extend_from_slice(b"; ");
+                out.extend_from_slice(c.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
     }
+    let mut had_request_id = false;
     for (n, v) in h {
         let n = n.as_str().as_bytes();
-        if n == b"host" || n == b"cookie" || n == b"content-length" || is_hop_by_hop(n) {
+        // Names in a map are lowercase already.
+        if matches!(
+            n,
+            b"host" | b"cookie" | b"content-length" | b"x-forwarded-client-cert"
+        ) || is_hop_by_hop(n)
+            || (rw.client_addr.is_some() && n == b"x-forwarded-for")
+            || (rw.forwarded_proto.is_some() && n == b"x-forwarded-proto")
+            || ops.is_some_and(|o| o.drops(n))
+        {
             continue;
         }
+        had_request_id |= n == b"x-request-id";
         push_header(out, n, v.as_bytes());
     }
-    push_framing(out, framing);
+    if let Some(addr) = rw.client_addr {
+        // One comma-separated list, the nearest client last.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for prev in h.get_all("x-forwarded-for") {
+            if !prev.is_empty() {
+                out.extend_from_slice(prev.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        push_display(out, addr);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(proto) = rw.forwarded_proto {
+        push_header(out, b"x-forwarded-proto", proto.as_bytes());
+    }
+    // XFCC: what the client sent is dropped unless this hop appends its
+    // verified element (Envoy's SANITIZE / APPEND_FORWARD).
+    if let Some(element) = rw.client_cert {
+        out.extend_from_slice(b"x-forwarded-client-cert: ");
+        for prev in h.get_all("x-forwarded-client-cert") {
+            if !prev.is_empty() {
+                out.extend_from_slice(prev.as_bytes());
+                out.push(b',');
+            }
+        }
+        out.extend_from_slice(element.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut generated = None;
+    if let Some(generator) = rw.request_id {
+        let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
+        if !set_by_route && !had_request_id {
+            let id = generator.next_id();
+            push_header(out, b"x-request-id", id.as_bytes());
+            generated = Some(id);
+        }
+    }
+    if let Some(ops) = ops {
+        ops.write_new(out);
+    }
+    push_framing(out, rw.framing);
     out.extend_from_slice(b"\r\n");
+    generated
 }
 
 /// An HTTP/1 response head as HTTP/2 fields: connection-specific ones and
@@ -339,6 +395,7 @@ mod tests {
         };
         let g1 = RequestIdGenerator::with_seed(7);
         let g2 = RequestIdGenerator::with_seed(7);
+        let g3 = RequestIdGenerator::with_seed(7);
         // HTTP/1
         let mut raw =
             b"POST /a/b?x=1 HTTP/1.1\r\nhost: svc.example:8080\r\ncontent-length: 0\r\n".to_vec();
@@ -374,9 +431,31 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
             .collect();
+        // HTTP/2 to an HTTP/1 upstream: written as it is rewritten.
+        let parts = h2_request(&fields);
+        let mut out = Vec::new();
+        let id = write_h1_request(&parts.method, &parts.headers, &rw(&g3), &mut out);
+        assert!(id.is_some());
+        let Ok(Parsed::Complete { head: up, .. }) = parse_request(&out, &Limits::default()) else {
+            panic!("reparse the translated head")
+        };
+        let mut h3: Vec<(String, String)> = up
+            .view(&out)
+            .headers()
+            .iter()
+            .filter(|(n, _)| !matches!(*n, b"host" | b"content-length"))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
         h1.sort();
         h2.sort();
+        h3.sort();
         assert_eq!(h1, h2);
+        assert_eq!(h1, h3);
         assert!(h2.contains(&("x-forwarded-for".into(), "10.0.0.1, 192.0.2.7".into())));
         assert!(h2.contains(&(
             "x-forwarded-client-cert".into(),
@@ -391,32 +470,47 @@ mod tests {
         parts
             .headers
             .insert("content-length", HeaderValue::from_static("3"));
+        let plain = |path, host, framing| RequestRewrite {
+            path,
+            host,
+            client_addr: None,
+            forwarded_proto: None,
+            request_id: None,
+            client_cert: None,
+            ops: None,
+            framing,
+            upgrade: false,
+        };
         let mut out = Vec::new();
-        write_h1_request(
-            &parts.method,
-            b"/a/b?x=1",
-            Some(b"svc.example:8080"),
-            &parts.headers,
+        let rw = plain(
+            Some(&b"/a/b?x=1"[..]),
+            Some(&b"svc.example:8080"[..]),
             BodyFraming::Length(3),
-            &mut out,
         );
+        assert!(write_h1_request(&parts.method, &parts.headers, &rw, &mut out).is_none());
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "POST /a/b?x=1 HTTP/1.1\r\nhost: svc.example:8080\r\ncookie: a=1; b=2\r\ncontent-length: 3\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_h1_request(
-            &parts.method,
-            b"/",
-            None,
-            &HeaderMap::new(),
-            BodyFraming::Chunked,
-            &mut out,
-        );
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .contains("transfer-encoding: chunked\r\n"));
+        let rw = plain(None, None, BodyFraming::Chunked);
+        write_h1_request(&parts.method, &HeaderMap::new(), &rw, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST / HTTP/1.1\r\nhost: \r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        // A route that removes the cookies removes them all.
+        let ops = HeaderOps {
+            remove: vec![b"cookie".to_vec().into()],
+            ..HeaderOps::default()
+        };
+        let rw = RequestRewrite {
+            ops: Some(&ops),
+            ..plain(None, None, BodyFraming::None)
+        };
+        let mut out = Vec::new();
+        write_h1_request(&parts.method, &parts.headers, &rw, &mut out);
+        assert!(!String::from_utf8(out).unwrap().contains("cookie"));
     }
 
     #[test]

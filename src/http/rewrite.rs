@@ -79,12 +79,12 @@ impl HeaderOps {
     }
 
     /// Whether an incoming field of this name is dropped (removed or replaced).
-    fn drops(&self, name: &[u8]) -> bool {
+    pub(crate) fn drops(&self, name: &[u8]) -> bool {
         self.remove.iter().any(|n| n.eq_ignore_ascii_case(name))
             || self.set.iter().any(|f| f.name.eq_ignore_ascii_case(name))
     }
 
-    fn write_new(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_new(&self, out: &mut Vec<u8>) {
         for f in self.set.iter().chain(&self.add) {
             push_header(out, &f.name, &f.value);
         }

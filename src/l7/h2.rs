@@ -30,7 +30,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
+use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -52,7 +53,7 @@ use crate::h2::headers::{self, H2Parts};
 use crate::h2::{grpc, Io};
 use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
 use crate::http::head::{BodyFraming, Method, ResponseHead};
-use crate::http::rewrite::{HeaderOps, RequestRewrite};
+use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
 use crate::net::buf::{read_into, Buf};
 use crate::net::Stream;
@@ -672,6 +673,30 @@ struct H2Stream {
     finished: bool,
 }
 
+pin_project_lite::pin_project! {
+    /// `f`, or the client's reset of the stream (`Err`), whichever is first.
+    struct OrReset<'r, F> {
+        #[pin]
+        f: F,
+        respond: &'r mut SendResponse<Bytes>,
+    }
+}
+
+impl<F: Future> Future for OrReset<'_, F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.f.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match this.respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(Err(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// An HTTP/1 upstream's answer to an HTTP/2 request.
 struct H1Answer {
     up: Stream,
@@ -879,29 +904,19 @@ impl H2Stream {
             .or(view.authority())
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        let generated = headers::rewrite_request(
-            &mut parts.headers,
-            &RequestRewrite {
-                path: None,
-                host: None,
-                client_addr: ctx.peer.map(|p| p.ip()),
-                forwarded_proto: Some("http"),
-                request_id: Some(&shard.request_ids),
-                client_cert: ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
-                ops: ops.as_deref(),
-                framing: BodyFraming::None,
-                upgrade: false,
-            },
-        );
-        if details {
-            self.log.request_id = generated.map(|id| id.as_str().to_string()).or_else(|| {
-                parts
-                    .headers
-                    .get("x-request-id")
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            });
-        }
-        parts.headers.remove(http::header::HOST);
+        // The proxy's rewrite: applied to the map for an HTTP/2 upstream,
+        // written with the head for an HTTP/1 one.
+        let rewrite = RequestRewrite {
+            path: Some(&path),
+            host: Some(&authority),
+            client_addr: ctx.peer.map(|p| p.ip()),
+            forwarded_proto: Some("http"),
+            request_id: Some(&shard.request_ids),
+            client_cert: ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
+            ops: ops.as_deref(),
+            framing: BodyFraming::None,
+            upgrade: false,
+        };
         if let Some(h) = &self.rate_headers {
             response_ops = Some(with_rate_headers(response_ops, h));
         }
@@ -928,6 +943,10 @@ impl H2Stream {
         if !use_h2 {
             if let Err(f) = body.fill().await {
                 self.log.bytes_received = body.received;
+                // Never sent: the id is the log's alone.
+                let id = (details && !parts.headers.contains_key("x-request-id"))
+                    .then(|| shard.request_ids.next_id());
+                self.log_request_id(details, id, &parts.headers);
                 return self.body_failure(f);
             }
         }
@@ -958,6 +977,9 @@ impl H2Stream {
         let mut tried = attempt::Attempts::default();
         let ops = response_ops.as_deref();
         if use_h2 {
+            let generated = headers::rewrite_request(&mut parts.headers, &rewrite);
+            self.log_request_id(details, generated, &parts.headers);
+            parts.headers.remove(http::header::HOST);
             let mut up_req = Request::new(());
             *up_req.method_mut() = parts.method.clone();
             *up_req.headers_mut() = std::mem::take(&mut parts.headers);
@@ -1008,15 +1030,11 @@ impl H2Stream {
                 }
                 (f, false) => f,
             };
-            let mut head = Vec::new();
-            headers::write_h1_request(
-                &parts.method,
-                &path,
-                Some(&authority),
-                &parts.headers,
-                framing,
-                &mut head,
-            );
+            let mut head = Vec::with_capacity(512);
+            let rewrite = RequestRewrite { framing, ..rewrite };
+            let generated =
+                headers::write_h1_request(&parts.method, &parts.headers, &rewrite, &mut head);
+            self.log_request_id(details, generated, &parts.headers);
             let method = Method::from_bytes(parts.method.as_str().as_bytes());
             let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
                 let reused = Cell::new(false);
@@ -1045,21 +1063,34 @@ impl H2Stream {
 
     /// Waits for `f` within the route deadline, or until the client resets
     /// the stream; None on either (the reset counted, UT flagged).
-    async fn until_or_reset<T>(
-        &mut self,
+    ///
+    /// Plain combinators, not an `async fn`: that would keep `f` (a
+    /// request's attempts, KiBs) twice in the stream's future, once as the
+    /// argument and once as the awaited copy.
+    fn until_or_reset<'s, T>(
+        &'s mut self,
         deadline: Option<Instant>,
-        f: impl Future<Output = T>,
-    ) -> Option<Result<T, ()>> {
-        let respond = &mut self.respond;
-        let reset = async {
-            let _ = poll_fn(|cx| respond.poll_reset(cx)).await;
-            Err(())
+        f: impl Future<Output = T> + 's,
+    ) -> impl Future<Output = Option<Result<T, ()>>> + 's {
+        let or_reset = OrReset {
+            f,
+            respond: &mut self.respond,
         };
-        let r = until(deadline, future::or(async { Ok(f.await) }, reset)).await;
-        match r {
+        until(deadline, or_reset).map(|r| match r {
             None => Some(Err(())),
             Some(Ok(t)) => Some(Ok(t)),
             Some(Err(())) => None,
+        })
+    }
+
+    /// The request id for the access log: the one generated here, else the
+    /// client's.
+    fn log_request_id(&mut self, details: bool, generated: Option<RequestId>, h: &HeaderMap) {
+        if details {
+            self.log.request_id = generated.map(|id| id.as_str().to_string()).or_else(|| {
+                h.get("x-request-id")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            });
         }
     }
 
@@ -1602,5 +1633,85 @@ mod tests {
             assert_eq!(preface_verdict(&whole[..cut]), want, "cut at {cut}");
         }
         assert_eq!(preface_verdict(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(false));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn h2_stream_sizes() {
+        fn size4<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn handle_size<'a, F: Future>(
+            _: impl FnOnce(&'a mut H2Stream, http::request::Parts, Recv) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("stream future: {} B", size4(stream));
+        eprintln!("H2Stream: {} B", std::mem::size_of::<H2Stream>());
+        eprintln!("RequestLog: {} B", std::mem::size_of::<RequestLog>());
+        eprintln!("handle future: {} B", handle_size(H2Stream::handle));
+        eprintln!("Body: {} B", std::mem::size_of::<Body>());
+        eprintln!("Parts: {} B", std::mem::size_of::<http::request::Parts>());
+        fn s9<'a, F: Future>(
+            _: impl FnOnce(
+                &'a Rc<Shard>,
+                &'a UpstreamRef<'a>,
+                bool,
+                &'a [u8],
+                BodyFraming,
+                &'a mut Body,
+                Method,
+                &'a Cell<bool>,
+                &'a crate::config::Http,
+            ) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("try_h1: {} B", s9(try_h1));
+        fn s7<'a, F: Future>(
+            _: impl FnOnce(
+                &'a Rc<Shard>,
+                &'a UpstreamRef<'a>,
+                &'a Request<()>,
+                &'a mut Body,
+                ClientSettings,
+                &'a Cell<bool>,
+                &'a crate::config::Http,
+            ) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("try_h2: {} B", s7(try_h2));
+        fn r1<'a, F: Future>(
+            _: impl FnOnce(
+                &'a mut H2Stream,
+                H1Answer,
+                Option<&'a HeaderOps>,
+                Option<Instant>,
+                &'a crate::config::Http,
+            ) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("relay_h1: {} B", r1(H2Stream::relay_h1));
+        fn r2<'a, F: Future>(
+            _: impl FnOnce(
+                &'a mut H2Stream,
+                H2Answer,
+                &'a mut Body,
+                Option<&'a HeaderOps>,
+                Option<Instant>,
+                Duration,
+            ) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("relay_h2: {} B", r2(H2Stream::relay_h2));
+        eprintln!("H1Answer: {} B", std::mem::size_of::<H1Answer>());
+        eprintln!("H2Answer: {} B", std::mem::size_of::<H2Answer>());
     }
 }
