@@ -5,6 +5,7 @@
 //! an HTTP/2 header map, with the same rules `http::rewrite::write_request`
 //! applies to HTTP/1 bytes.
 
+use bytes::Bytes;
 use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -234,15 +235,26 @@ pub fn response_from_h1(view: &ResponseView<'_>, ops: Option<&HeaderOps>) -> htt
     *r.status_mut() =
         http::StatusCode::from_u16(view.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     let check_connection = view.head.connection.other;
+    // One copy of the fields for all the values to share (a slice each)
+    // rather than an allocation per value.
+    let spans = headers.spans();
+    let end = spans.last().map_or(0, |s| s.value.end as usize);
+    let raw = Bytes::copy_from_slice(view.buf.get(..end).unwrap_or_default());
     let h = r.headers_mut();
-    h.reserve(headers.len());
-    for (n, v) in headers.iter() {
+    h.reserve(spans.len());
+    for s in spans {
+        let n = s.name.get(view.buf);
         if is_hop_by_hop(n)
             || (check_connection && named_in_connection(headers.get_all(b"connection"), n))
         {
             continue;
         }
-        if let (Some(n), Ok(v)) = (name(n), HeaderValue::from_bytes(v)) {
+        let (start, stop) = (s.value.start as usize, s.value.end as usize);
+        if start > stop || stop > raw.len() {
+            continue;
+        }
+        let v = HeaderValue::from_maybe_shared(raw.slice(start..stop));
+        if let (Some(n), Ok(v)) = (name(n), v) {
             h.append(n, v);
         }
     }

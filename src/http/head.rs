@@ -895,6 +895,11 @@ pub struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
+    /// Where each field's name and value lie in the buffer.
+    pub fn spans(&self) -> &'a [HeaderSpan] {
+        self.spans
+    }
+
     pub fn len(&self) -> usize {
         self.spans.len()
     }
