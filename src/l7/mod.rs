@@ -77,7 +77,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -329,6 +329,20 @@ pub struct Context {
     /// The original destination of an inbound (captured) connection: the
     /// workload's own address, where authorization policies apply.
     pub inbound_dst: Option<SocketAddr>,
+    /// Append the peer to X-Forwarded-For (Envoy's `use_remote_address`).
+    pub use_remote_address: bool,
+}
+
+impl Context {
+    /// The address appended to X-Forwarded-For: the peer's, when the
+    /// listener says `use_remote_address`; else none, and the field goes
+    /// upstream as the client sent it (Envoy's transparent mode, Istio's
+    /// sidecars).
+    pub fn forwarded_for(&self) -> Option<IpAddr> {
+        self.peer
+            .filter(|_| self.use_remote_address)
+            .map(|p| p.ip())
+    }
 }
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
@@ -1111,7 +1125,7 @@ impl Conn<'_> {
                 &RequestRewrite {
                     path,
                     host,
-                    client_addr: self.ctx.peer.map(|p| p.ip()),
+                    client_addr: self.ctx.forwarded_for(),
                     forwarded_proto: Some("http"),
                     request_id: Some(&self.shard.request_ids),
                     client_cert: self.ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
