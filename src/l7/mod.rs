@@ -450,6 +450,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         lingering_log: LingeringLog(shard, None),
         rate_headers: None,
         first,
+        started_fresh: true,
     };
     loop {
         let next = conn.one().await;
@@ -760,6 +761,10 @@ struct Conn<'s> {
     rate_headers: Option<[(&'static str, String); 3]>,
     /// No request has been read yet (the HTTP/2 preface is looked for).
     first: bool,
+    /// `started` and `log` were just set for the request whose first bytes
+    /// `busy` was handed: `read_head` takes them as they are instead of
+    /// reading both clocks again for the same moment.
+    started_fresh: bool,
 }
 
 /// An access-log entry held while a lingering close runs ([`Conn`]'s
@@ -780,13 +785,18 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 impl Conn<'_> {
     async fn read_head(&mut self, http: &Http, limits: &Limits) -> HeadRead {
-        let idle_deadline = Instant::now() + http.idle_timeout;
+        // Clock reads are a visible share of a keep-alive request (the
+        // sidecar profile, perf/SIDECAR.md): the idle deadline is taken only
+        // for a wait with nothing read, which `busy` does not make.
+        let mut idle_deadline = None;
         let mut header_deadline = None;
         loop {
             if let Some(b) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
                 if header_deadline.is_none() {
-                    self.started = Instant::now();
-                    self.log = RequestLog::new(&self.ctx);
+                    if !std::mem::take(&mut self.started_fresh) {
+                        self.started = Instant::now();
+                        self.log = RequestLog::new(&self.ctx);
+                    }
                     self.in_body = false;
                     header_deadline = Some(self.started + http.request_headers_timeout);
                 }
@@ -818,7 +828,9 @@ impl Conn<'_> {
             // so a head is read here from its first byte on: under the
             // request_headers_timeout. `idle_timeout` only bounds a call
             // with nothing read, which `busy` does not make.
-            let deadline = header_deadline.unwrap_or(idle_deadline);
+            let deadline = header_deadline.unwrap_or_else(|| {
+                *idle_deadline.get_or_insert_with(|| Instant::now() + http.idle_timeout)
+            });
             let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
             let got = until(Some(deadline), read).await;
             match got {
