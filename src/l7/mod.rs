@@ -1751,6 +1751,11 @@ impl Conn<'_> {
             && !self.shard.drain_close()
             && !self.shard.overload_actions.get().shed_idle_connections;
         self.out.clear();
+        // The head and the body bytes its read brought along go out together
+        // from `out` (below): sized for both at once, not grown by the body.
+        // `out` is new with each busy stretch (`busy`), so on a keep-alive
+        // connection this is the request's one allocation for it.
+        self.out.reserve(upbuf.bytes().len() + 128);
         let view = self.resp.view(upbuf.bytes());
         write_response(
             &view,
