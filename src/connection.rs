@@ -44,6 +44,9 @@ pub struct Forward {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub forwarding: Forwarding,
+    /// Append the client's address to X-Forwarded-For on the L7 path
+    /// (Envoy's `use_remote_address`).
+    pub use_remote_address: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,7 @@ pub fn decide(
                 connect_timeout,
                 idle_timeout: l.idle_timeout,
                 forwarding: l.forwarding,
+                use_remote_address: l.use_remote_address,
             });
         }
         Origin::Outbound | Origin::Inbound => match &config.capture {
@@ -132,6 +136,7 @@ pub fn decide(
         connect_timeout: capture.connect_timeout,
         idle_timeout: capture.idle_timeout,
         forwarding: capture.forwarding,
+        use_remote_address: capture.use_remote_address,
     })
 }
 
@@ -391,6 +396,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             tunnel_idle_timeout: plan.idle_timeout,
             tls,
             inbound_dst,
+            use_remote_address: plan.use_remote_address,
         };
         // Boxed: the L7 state machine is large, and inlined it would make every
         // connection's task (L4 ones too) that large.
@@ -881,6 +887,38 @@ mod tests {
             decide(Origin::Outbound, None, l15001, &c, FACTS),
             Decision::Refuse(Refusal::NoOriginalDst)
         );
+    }
+
+    /// X-Forwarded-For (Envoy's `use_remote_address`): off on the capture
+    /// ports as Istio configures its sidecars, on for an explicit listener
+    /// as before the key existed; both configurable.
+    #[test]
+    fn use_remote_address_defaults() {
+        let listener = "[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:9\"]\n\
+                        [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:7000\"\ncluster = \"b\"\n";
+        let l7000: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let l15006: SocketAddr = "10.0.0.5:15006".parse().unwrap();
+        let app: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.9:80".parse().unwrap();
+        let l15001: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        for (text, capture, explicit) in [
+            (listener.to_string(), false, true),
+            (
+                format!(
+                    "[capture]\nuse_remote_address = true\n{listener}use_remote_address = false\n"
+                ),
+                true,
+                false,
+            ),
+        ] {
+            let c = cfg(&text);
+            let inbound = fwd(decide(Origin::Inbound, Some(app), l15006, &c, FACTS));
+            let outbound = fwd(decide(Origin::Outbound, Some(remote), l15001, &c, FACTS));
+            let listed = fwd(decide(Origin::Listener(l7000), None, l7000, &c, FACTS));
+            assert_eq!(inbound.use_remote_address, capture, "{text}");
+            assert_eq!(outbound.use_remote_address, capture, "{text}");
+            assert_eq!(listed.use_remote_address, explicit, "{text}");
+        }
     }
 
     #[test]

@@ -207,7 +207,9 @@ fn outbound_and_inbound_capture_through_real_redirect_rules() {
 
 /// HTTP through both capture ports with the default `protocol = "auto"`: each
 /// sidecar detects HTTP/1, forwards to the original destination (passthrough
-/// route) and applies L7 treatment (X-Request-Id, X-Forwarded-*, keep-alive).
+/// route) and applies L7 treatment (X-Request-Id, X-Forwarded-Proto,
+/// keep-alive). X-Forwarded-For goes as the client sent it: Istio's sidecars
+/// run Envoy with `use_remote_address: false`, and so do the capture ports.
 #[test]
 #[ignore = "needs root (network namespaces, iptables): sudo tests/run runs it"]
 fn http_through_capture_takes_the_l7_passthrough_path() {
@@ -232,6 +234,7 @@ fn http_through_capture_takes_the_l7_passthrough_path() {
 
     let out = Command::new("ip")
         .args(["netns", "exec", &a, "curl", "-sS", "--max-time", "10"])
+        .args(["-H", "X-Forwarded-For: 192.0.2.7"])
         .args(["http://10.77.0.2:8080/one", "http://10.77.0.2:8080/two"])
         .output()
         .unwrap();
@@ -249,8 +252,8 @@ fn http_through_capture_takes_the_l7_passthrough_path() {
         assert_eq!(j["path"], path);
         let h = &j["headers"];
         assert_eq!(h["x-request-id"].as_str().map(str::len), Some(36), "{h}");
-        // Appended by both sidecars: the client, then sidecar A (same pod address).
-        assert_eq!(h["x-forwarded-for"], "10.77.0.1, 10.77.0.1", "{h}");
+        // Untouched by both sidecars (`use_remote_address` off).
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7", "{h}");
         assert_eq!(h["x-forwarded-proto"], "http");
     }
     let (code_a, ta) = sa.stop();

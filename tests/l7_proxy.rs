@@ -27,6 +27,34 @@ fn l7_config(port: u16, protocol: &str, clusters: &[(&str, SocketAddr)], routes:
 
 const CATCH_ALL: &str = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"a\"\n";
 
+/// `use_remote_address = false` on a listener (Istio's sidecars; the capture
+/// ports' default): X-Forwarded-For goes upstream as the client sent it, or
+/// not at all; X-Forwarded-Proto is still set.
+#[test]
+fn listener_without_use_remote_address_leaves_x_forwarded_for_alone() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let config = l7_config(port, "http", &[("a", a.addr)], CATCH_ALL).replace(
+        "protocol = \"http\"\n",
+        "protocol = \"http\"\nuse_remote_address = false\n",
+    );
+    let r = Remora::start(&config, &["--cores", "1"]);
+    let mut c = Client::new(port);
+    let j = c
+        .request("GET /z HTTP/1.1\r\nHost: o\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n")
+        .json();
+    assert_eq!(j["headers"]["x-forwarded-for"], "10.1.2.3");
+    let j = c.request(&get("/z", "o")).json();
+    assert!(
+        j["headers"].get("x-forwarded-for").is_none(),
+        "{}",
+        j["headers"]
+    );
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    drop(c);
+    r.stop();
+}
+
 #[test]
 fn host_path_and_header_routing_with_forwarding_headers() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));

@@ -267,6 +267,11 @@ pub struct Capture {
     pub http_ports: Vec<u16>,
     /// Original-destination ports always treated as opaque TCP (no detection).
     pub opaque_ports: Vec<u16>,
+    /// Envoy's `use_remote_address`: append the peer's address to
+    /// X-Forwarded-For. Default false, as Istio configures both sidecar sides:
+    /// a sidecar is no edge, and Envoy then leaves X-Forwarded-For as the
+    /// client sent it (its "transparent mode").
+    pub use_remote_address: bool,
 }
 
 impl Capture {
@@ -315,6 +320,11 @@ pub struct Listener {
     /// X-Forwarded-Client-Cert apply as on the inbound capture port.
     /// `outbound` (default): none of them.
     pub direction: Direction,
+    /// Envoy's `use_remote_address`: append the peer's address to
+    /// X-Forwarded-For. Default true on a listener (Remora's behaviour before
+    /// the key existed: an explicit listener is often a front door); the
+    /// capture ports default to Istio's false.
+    pub use_remote_address: bool,
 }
 
 /// Which side of the workload a listener serves.
@@ -1126,6 +1136,7 @@ impl Validator<'_> {
             detect_timeout: self.duration_or(raw.detect_timeout, DEFAULT_DETECT_TIMEOUT),
             http_ports: self.ports(raw.http_ports, "capture.http_ports"),
             opaque_ports: self.ports(raw.opaque_ports, "capture.opaque_ports"),
+            use_remote_address: raw.use_remote_address.unwrap_or(false),
         })
     }
 
@@ -1237,6 +1248,7 @@ impl Validator<'_> {
             detect_timeout: self.duration_or(raw.detect_timeout, detect_default),
             connection_rate_limit,
             direction,
+            use_remote_address: raw.use_remote_address.unwrap_or(true),
         })
     }
 

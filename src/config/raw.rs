@@ -126,6 +126,8 @@ pub struct RawCapture {
     pub detect_timeout: Option<Spanned<String>>,
     pub http_ports: Option<Vec<Spanned<i64>>>,
     pub opaque_ports: Option<Vec<Spanned<i64>>>,
+    /// Envoy's `use_remote_address`: append the peer to X-Forwarded-For.
+    pub use_remote_address: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +148,8 @@ pub struct RawListener {
     pub connection_rate_limit: Option<Spanned<RawTokenBucket>>,
     /// "outbound" (default) or "inbound" (Envoy's `traffic_direction`).
     pub direction: Option<Spanned<String>>,
+    /// Envoy's `use_remote_address`: append the peer to X-Forwarded-For.
+    pub use_remote_address: Option<bool>,
 }
 
 /// Envoy's `TokenBucket` (`max_tokens` named `tokens`), validated by

@@ -909,7 +909,7 @@ impl H2Stream {
         let rewrite = RequestRewrite {
             path: Some(&path),
             host: Some(&authority),
-            client_addr: ctx.peer.map(|p| p.ip()),
+            client_addr: ctx.forwarded_for(),
             forwarded_proto: Some("http"),
             request_id: Some(&shard.request_ids),
             client_cert: ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),

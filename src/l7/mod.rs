@@ -77,7 +77,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -329,6 +329,20 @@ pub struct Context {
     /// The original destination of an inbound (captured) connection: the
     /// workload's own address, where authorization policies apply.
     pub inbound_dst: Option<SocketAddr>,
+    /// Append the peer to X-Forwarded-For (Envoy's `use_remote_address`).
+    pub use_remote_address: bool,
+}
+
+impl Context {
+    /// The address appended to X-Forwarded-For: the peer's, when the
+    /// listener says `use_remote_address`; else none, and the field goes
+    /// upstream as the client sent it (Envoy's transparent mode, Istio's
+    /// sidecars).
+    pub fn forwarded_for(&self) -> Option<IpAddr> {
+        self.peer
+            .filter(|_| self.use_remote_address)
+            .map(|p| p.ip())
+    }
 }
 
 /// Serves HTTP/1 requests on `down` until either side closes. The socket must
@@ -436,6 +450,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         lingering_log: LingeringLog(shard, None),
         rate_headers: None,
         first,
+        started_fresh: true,
     };
     loop {
         let next = conn.one().await;
@@ -746,6 +761,10 @@ struct Conn<'s> {
     rate_headers: Option<[(&'static str, String); 3]>,
     /// No request has been read yet (the HTTP/2 preface is looked for).
     first: bool,
+    /// `started` and `log` were just set for the request whose first bytes
+    /// `busy` was handed: `read_head` takes them as they are instead of
+    /// reading both clocks again for the same moment.
+    started_fresh: bool,
 }
 
 /// An access-log entry held while a lingering close runs ([`Conn`]'s
@@ -766,13 +785,18 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 impl Conn<'_> {
     async fn read_head(&mut self, http: &Http, limits: &Limits) -> HeadRead {
-        let idle_deadline = Instant::now() + http.idle_timeout;
+        // Clock reads are a visible share of a keep-alive request (the
+        // sidecar profile, perf/SIDECAR.md): the idle deadline is taken only
+        // for a wait with nothing read, which `busy` does not make.
+        let mut idle_deadline = None;
         let mut header_deadline = None;
         loop {
             if let Some(b) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
                 if header_deadline.is_none() {
-                    self.started = Instant::now();
-                    self.log = RequestLog::new(&self.ctx);
+                    if !std::mem::take(&mut self.started_fresh) {
+                        self.started = Instant::now();
+                        self.log = RequestLog::new(&self.ctx);
+                    }
                     self.in_body = false;
                     header_deadline = Some(self.started + http.request_headers_timeout);
                 }
@@ -804,7 +828,9 @@ impl Conn<'_> {
             // so a head is read here from its first byte on: under the
             // request_headers_timeout. `idle_timeout` only bounds a call
             // with nothing read, which `busy` does not make.
-            let deadline = header_deadline.unwrap_or(idle_deadline);
+            let deadline = header_deadline.unwrap_or_else(|| {
+                *idle_deadline.get_or_insert_with(|| Instant::now() + http.idle_timeout)
+            });
             let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
             let got = until(Some(deadline), read).await;
             match got {
@@ -1111,7 +1137,7 @@ impl Conn<'_> {
                 &RequestRewrite {
                     path,
                     host,
-                    client_addr: self.ctx.peer.map(|p| p.ip()),
+                    client_addr: self.ctx.forwarded_for(),
                     forwarded_proto: Some("http"),
                     request_id: Some(&self.shard.request_ids),
                     client_cert: self.ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
@@ -1725,6 +1751,11 @@ impl Conn<'_> {
             && !self.shard.drain_close()
             && !self.shard.overload_actions.get().shed_idle_connections;
         self.out.clear();
+        // The head and the body bytes its read brought along go out together
+        // from `out` (below): sized for both at once, not grown by the body.
+        // `out` is new with each busy stretch (`busy`), so on a keep-alive
+        // connection this is the request's one allocation for it.
+        self.out.reserve(upbuf.bytes().len() + 128);
         let view = self.resp.view(upbuf.bytes());
         write_response(
             &view,
