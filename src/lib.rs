@@ -42,6 +42,7 @@ pub mod deadline;
 pub mod duration;
 pub mod h2;
 pub mod http;
+pub mod idle;
 pub mod intercept;
 pub mod l4;
 pub mod l7;
