@@ -142,10 +142,10 @@ pub fn decide(
 /// connection. Owns a clone of the core's `Rc` so the L7 path can hand it to
 /// tasks that outlive the connection (request mirrors).
 ///
-/// Two boxes, one after the other: [`setup`] (the decision, detection, the
+/// Two boxes, one after the other: `setup` (the decision, detection, the
 /// TLS handshake) lives only until the connection's path is known and then
 /// hands over a boxed future that owns all the path needs (`l7::serve`, or
-/// [`forward_l4`]). A task is as large as its largest await point, so with
+/// `forward_l4`). A task is as large as its largest await point, so with
 /// the setup inline every connection's task, idle ones included, kept its
 /// ~1 KiB frame for its whole life; this one keeps two pointers, the start
 /// time and the shard (perf/README.md, "Memory per idle connection").

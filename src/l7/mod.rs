@@ -47,7 +47,8 @@
 //! Memory: the client connection borrows a buffer from a per-core pool only
 //! while a request is in flight or partly read; an idle keep-alive connection
 //! holds none, and no per-request state either: only its socket, config and
-//! context (`Idle`) and the wait for its next bytes; the rest is boxed per
+//! context (`Idle`) and the wait for its next bytes, whose idle deadline is
+//! a slot in the core's [`crate::idle::IdleSet`]; the rest is boxed per
 //! busy stretch (`busy`; perf/README.md, "Memory per idle connection").
 //! Upstream connections live in a per-core pool ([`pool`]); nothing here is
 //! shared between cores.
