@@ -4,9 +4,12 @@
 //! (`l7::serve`), or a refusal.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
@@ -14,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::access_log;
 use crate::config::MtlsMode;
-use crate::config::{Config, Direction, Forwarding, HashPolicy, Listener, Protocol};
+use crate::config::{Config, Direction, Forwarding, HashPolicy, Listener, Protocol, Snapshot};
 use crate::l4::{self, Ending};
 use crate::l7::detect::Detected;
 use crate::net::stream::HandshakeError;
@@ -140,19 +143,58 @@ pub fn decide(
     })
 }
 
-/// One accepted connection, start to finish. Takes the core's `Rc` so the L7
-/// path can hand it to tasks that outlive the connection (request mirrors).
-pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: bool) {
+/// One accepted connection, start to finish: the task spawned per accepted
+/// connection. Owns a clone of the core's `Rc` so the L7 path can hand it to
+/// tasks that outlive the connection (request mirrors).
+///
+/// Two boxes, one after the other: `setup` (the decision, detection, the
+/// TLS handshake) lives only until the connection's path is known and then
+/// hands over a boxed future that owns all the path needs (`l7::serve`, or
+/// `forward_l4`). A task is as large as its largest await point, so with
+/// the setup inline every connection's task, idle ones included, kept its
+/// ~1 KiB frame for its whole life; this one keeps two pointers, the start
+/// time and the shard (perf/README.md, "Memory per idle connection").
+/// A plain `fn`: an `async fn` would keep its arguments (the socket) in the
+/// task beside the box they moved into.
+pub fn serve(
+    shard: Rc<Shard>,
+    down: TcpStream,
+    origin: Origin,
+    ipv6: bool,
+) -> impl Future<Output = ()> {
     let started = Instant::now();
+    let setup = Box::pin(setup(shard.clone(), down, origin, ipv6, started));
+    async move {
+        let path = setup.await;
+        if let Some(path) = path {
+            path.await;
+            record_cx_length(&shard, started);
+        }
+        shard.count_connection(false);
+    }
+}
+
+/// A connection's path once [`setup`] has chosen it: it owns the socket.
+type Path = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Everything before the bytes flow: the rate limit, the original
+/// destination, [`decide`], the inbound chain, protocol detection, the TLS
+/// handshake. `None` when the connection was refused or failed here (logged
+/// and counted).
+async fn setup(
+    shard: Rc<Shard>,
+    down: TcpStream,
+    origin: Origin,
+    ipv6: bool,
+    started: Instant,
+) -> Option<Path> {
+    let shard = &shard;
     let snapshot = shard.config.current();
     let config = &snapshot.config;
     let fd = down.as_raw_fd();
     // The [[listener]] that accepted it, looked up once (None for the
     // capture ports, or a listener a reload removed).
-    let configured = match origin {
-        Origin::Listener(addr) => config.listeners.iter().find(|l| l.address == addr),
-        _ => None,
-    };
+    let configured = configured_listener(config, origin);
     // Before anything else (even the address lookups): a refused connection
     // should cost as little as possible, which is the point of the limit.
     if !connection_allowed(shard, origin, configured) {
@@ -174,9 +216,11 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             });
         }
         debug!(?origin, "connection rate limit: closing new connection");
-        return;
+        return None;
     }
-    let Ok(local) = down.local_addr() else { return };
+    let Ok(local) = down.local_addr() else {
+        return None;
+    };
     let peer = down.peer_addr().ok();
     // REDIRECTed connections (always the case for outbound, also in Istio's
     // TPROXY mode) carry their original destination in conntrack. Without a NAT
@@ -187,50 +231,16 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
         Origin::Listener(_) => None,
         _ => Some(net::original_dst(fd, ipv6).unwrap_or(local)),
     };
-    // The listener's name for logs, L4 and L7 alike: Istio's names for the
-    // capture ports, the configured name for a [[listener]]. Borrowed: only
-    // the L7 path keeps a copy.
-    let listener: Cow<'_, str> = match (origin, configured) {
-        (_, Some(l)) => Cow::Borrowed(l.name.as_str()),
-        (Origin::Listener(addr), None) => Cow::Owned(addr.to_string()),
-        _ => Cow::Borrowed(origin.name()),
-    };
-    // One L4 access-log line. `tls` and `policy` exist only once the
-    // handshake and the authorization check have run: without them an mTLS
-    // connection, and a denied one, would be logged without the caller's
-    // identity or the denying policy (which the L7 path logs).
-    let log_l4 = |flags: &'static str,
-                  up: Option<SocketAddr>,
-                  rx: u64,
-                  tx: u64,
-                  tls: Option<&DownstreamTls>,
-                  policy: Option<&str>| {
-        if flags != "-" {
-            shard.count_flag(flags);
-        }
-        if let Some(l) = &shard.access_log {
-            l.record(&access_log::Entry {
-                start_time: Some(std::time::SystemTime::now() - started.elapsed()),
-                protocol: "TCP",
-                response_flags: flags,
-                bytes_received: rx,
-                bytes_sent: tx,
-                duration: started.elapsed(),
-                upstream_host: up,
-                downstream_remote: peer,
-                downstream_local: Some(local),
-                listener: &listener,
-                peer_uri_san: tls.and_then(|t| t.peer_uri.as_deref()),
-                tls_version: tls.map(|t| t.info.version),
-                tls_cipher: tls.map(|t| t.info.cipher),
-                requested_server_name: tls.and_then(|t| t.sni.as_deref()),
-                authz_policy: policy,
-                ..Default::default()
-            });
-        }
+    let listener = listener_name(origin, configured);
+    let tcp = TcpLog {
+        shard,
+        started,
+        peer,
+        local,
+        listener: &listener,
     };
     let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
-        log_l4(flags, up, rx, tx, None, None)
+        tcp.log(flags, up, rx, tx, None, None)
     };
     let plan = match decide(origin, orig_dst, local, config, shard.host) {
         Decision::Forward(f) => f,
@@ -238,13 +248,13 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             CoreStats::inc(&shard.stats.downstream_cx_loop_refused);
             warn!(?peer, %local, %dst, "refusing connection: its destination is Remora itself (not redirected, or a loop)");
             log("NR", None, 0, 0);
-            return;
+            return None;
         }
         Decision::Refuse(why) => {
             CoreStats::inc(&shard.stats.downstream_cx_no_route);
             debug!(?peer, %local, ?why, "refusing connection: no route");
             log("NR", None, 0, 0);
-            return;
+            return None;
         }
     };
     let protocol = match (origin, &config.capture, &plan.target) {
@@ -313,7 +323,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                 ?peer,
                 "STRICT mTLS: no whole ClientHello within the handshake timeout; closing"
             );
-            return;
+            return None;
         }
         Chain::Refuse(why) => {
             shard.count_tls("downstream", "plaintext_refused", "");
@@ -323,7 +333,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             );
             socket::set_linger_zero(fd);
             log("NR", None, 0, 0);
-            return;
+            return None;
         }
         Chain::Terminate { contexts, hello } => {
             // The HTTP chain: the codec is the one ALPN settles on.
@@ -340,7 +350,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
     };
     if let Err(e) = socket::set_nonblocking(fd) {
         warn!(error = %e, "cannot make downstream socket non-blocking");
-        return;
+        return None;
     }
     let _ = down.set_nodelay(true);
     let (down, tls) = match terminate {
@@ -373,7 +383,7 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
                     };
                     shard.count_tls("downstream", "failure", reason);
                     debug!(?peer, error = %e, reason, "inbound mTLS handshake failed");
-                    return;
+                    return None;
                 }
             }
         }
@@ -398,96 +408,99 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             inbound_dst,
             use_remote_address: plan.use_remote_address,
         };
-        // Boxed: the L7 state machine is large, and inlined it would make every
-        // connection's task (L4 ones too) that large.
-        if http == L7::Http2 {
-            Box::pin(crate::l7::h2::serve(
-                shard,
-                down,
-                None,
-                snapshot.clone(),
-                ctx,
-            ))
-            .await;
+        // The L7 state machine is large: boxed on its own, owning the
+        // socket, so that this setup's frame is freed while it runs.
+        let path: Path = if http == L7::Http2 {
+            let shard = shard.clone();
+            Box::pin(async move {
+                crate::l7::h2::serve(&shard, down, None, snapshot, ctx).await;
+            })
         } else {
-            Box::pin(crate::l7::serve(shard, down, snapshot.clone(), ctx)).await;
-        }
-        record_cx_length(shard, started);
-        return;
+            Box::pin(crate::l7::serve(shard.clone(), down, snapshot, ctx))
+        };
+        return Some(path);
     }
-    // Boxed: the L4 path's state (connect, TLS origination, the two pumps)
-    // would otherwise size every connection's task, the L7 ones that wait
-    // idle in the boxed future above included (perf/README.md, idle).
-    Box::pin(async {
-        let mut down = down;
-        let log = |flags: &'static str, up: Option<SocketAddr>, rx: u64, tx: u64| {
-            log_l4(flags, up, rx, tx, tls.as_deref(), None)
+    // The L4 path's state (connect, TLS origination, the two pumps) in its
+    // own box (perf/README.md, idle).
+    let l4 = L4Conn {
+        plan,
+        origin,
+        peer,
+        local,
+        started,
+        inbound_dst,
+    };
+    Some(Box::pin(forward_l4(shard.clone(), snapshot, down, tls, l4)))
+}
+
+/// The facts [`forward_l4`] needs from [`setup`] besides the socket.
+struct L4Conn {
+    plan: Forward,
+    origin: Origin,
+    peer: Option<SocketAddr>,
+    local: SocketAddr,
+    started: Instant,
+    inbound_dst: Option<SocketAddr>,
+}
+
+/// An upstream connection [`open_upstream`] made for an L4 connection.
+struct Upstream {
+    stream: Stream,
+    addr: Option<SocketAddr>,
+    /// The cluster endpoint, for [`crate::upstream::Upstreams::released`].
+    endpoint: Option<SocketAddr>,
+    /// The cluster's `max_connections` share, held for the connection's life.
+    _permit: Option<Permit>,
+}
+
+/// An L4 connection from the authorization check to its close: the
+/// upstream ([`open_upstream`]), then the bytes both ways until either side
+/// closes or it idles out.
+///
+/// A plain `fn` around an `async move` block that uses its captures in
+/// place, and the opening boxed apart: this future is what an idle L4
+/// connection keeps, so it holds only the sockets, the pumps and what the
+/// closing log line needs. (An `async fn` keeps its arguments beside the
+/// locals they move into; the connect and TLS futures inline would size it
+/// for their largest state: 1,896 B against 1,304 B now, perf/README.md.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn forward_l4(
+    shard: Rc<Shard>,
+    snapshot: Arc<Snapshot>,
+    mut down: Stream,
+    tls: Option<Rc<DownstreamTls>>,
+    conn: L4Conn,
+) -> impl Future<Output = ()> {
+    async move {
+        let shard = &shard;
+        let config = &snapshot.config;
+        let listener = listener_name(conn.origin, configured_listener(config, conn.origin));
+        let tcp = TcpLog {
+            shard,
+            started: conn.started,
+            peer: conn.peer,
+            local: conn.local,
+            listener: &listener,
         };
-        // Authorization on an L4 connection: the policies' TCP view (HTTP-only
-        // fields handled as Istio does), once, before connecting.
-        if let Some(dst) = inbound_dst.filter(|_| !config.authorization.is_empty()) {
-            let tls = tls.as_deref();
-            let denied = crate::l7::check_policies(shard, &config.authorization, tls, peer, dst, None);
-            if let Some(policy) = denied {
-                CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
-                debug!(?peer, %policy, "connection denied by an authorization policy");
-                log_l4("RBAC", None, 0, 0, tls, Some(&policy));
-                return;
-            }
-        }
-        let (up, endpoint, _permit) = match connect(shard, &snapshot.config, &plan, peer).await {
-            Ok(up) => up,
-            Err(e) => {
-                // Tell the client the way a closed port would: a reset.
-                socket::set_linger_zero(fd);
-                log(e.flag, None, 0, 0);
-                return;
-            }
+        let opened = Box::pin(open_upstream(
+            shard,
+            config,
+            &conn,
+            &down,
+            tls.as_deref(),
+            &tcp,
+        ));
+        let Some(mut up) = opened.await else {
+            return;
         };
-        let upstream_addr = up.peer_addr().ok();
-        // TLS toward a cluster with `tls`, or an outbound mesh destination.
-        let secure = match (&plan.target, origin) {
-            (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
-                c.tls.as_ref().map(|t| {
-                    let o =
-                        shard
-                            .upstreams
-                            .tls
-                            .for_cluster(&c.name, t, &shard.tls, tls::AppProtocol::Tcp);
-                    (o, tls::is_mesh(t), Some(c.name.as_str()))
-                })
-            }),
-            (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
-                let o = shard
-                    .upstreams
-                    .tls
-                    .for_mesh(d, &shard.tls, tls::AppProtocol::Tcp);
-                (o, true, None)
-            }),
-            _ => None,
-        };
-        let mut up = match secure {
-            None => Stream::Plain(up),
-            Some((o, mesh, host)) => {
-                let r = match o {
-                    Ok(o) => {
-                        let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                        let timeout = config.tls.handshake_timeout;
-                        Box::pin(tls::originate(up, &o, mesh, host, addr, timeout)).await
-                    }
-                    Err(e) => Err(e),
-                };
-                match shard.upstream_handshake(r) {
-                    Some(s) => s,
-                    None => {
-                        socket::set_linger_zero(fd);
-                        log("UF", upstream_addr, 0, 0);
-                        return;
-                    }
-                }
-            }
-        };
-        let report = l4::forward_streams(&mut down, &mut up, plan.forwarding, plan.idle_timeout).await;
+        let plan = &conn.plan;
+        let report = l4::forward_streams(
+            &mut down,
+            &mut up.stream,
+            plan.forwarding,
+            plan.idle_timeout,
+        )
+        .await;
         let s = &shard.stats;
         s.bytes_upstream
             .set(s.bytes_upstream.get() + report.bytes_up);
@@ -498,20 +511,177 @@ pub async fn serve(shard: &Rc<Shard>, down: TcpStream, origin: Origin, ipv6: boo
             Ending::Reset(_) => CoreStats::inc(&s.cx_reset),
             Ending::IdleTimeout => CoreStats::inc(&s.cx_idle_timeout),
         }
-        if let Some(ep) = endpoint {
+        if let Some(ep) = up.endpoint {
             shard.upstreams.released(ep);
         }
-        record_cx_length(shard, started);
         let flags = match report.ending {
             Ending::Closed => "-",
             Ending::Reset(l4::Side::Downstream) => "DC",
             Ending::Reset(l4::Side::Upstream) => "UC",
             Ending::IdleTimeout => "SI",
         };
-        log(flags, upstream_addr, report.bytes_up, report.bytes_down);
-        debug!(?peer, ?origin, up = report.bytes_up, down = report.bytes_down, ending = ?report.ending, "connection closed");
+        let (rx, tx) = (report.bytes_up, report.bytes_down);
+        tcp.log(flags, up.addr, rx, tx, tls.as_deref(), None);
+        debug!(peer = ?conn.peer, origin = ?conn.origin, up = rx, down = tx, ending = ?report.ending, "connection closed");
+    }
+}
+
+/// The upstream side of an L4 connection: the authorization check (the
+/// policies' TCP view, HTTP-only fields handled as Istio does), connecting
+/// through the upstream layer, and TLS toward a cluster with `tls` or an
+/// outbound mesh destination. `None` when any of them refused or failed
+/// (logged, and the client reset where a closed port would have been).
+async fn open_upstream(
+    shard: &Shard,
+    config: &Config,
+    conn: &L4Conn,
+    down: &Stream,
+    tls: Option<&DownstreamTls>,
+    tcp: &TcpLog<'_>,
+) -> Option<Upstream> {
+    let (plan, peer) = (&conn.plan, conn.peer);
+    let fd = down.as_raw_fd();
+    let log = |flags: &'static str, up: Option<SocketAddr>| tcp.log(flags, up, 0, 0, tls, None);
+    if let Some(dst) = conn
+        .inbound_dst
+        .filter(|_| !config.authorization.is_empty())
+    {
+        let denied = crate::l7::check_policies(shard, &config.authorization, tls, peer, dst, None);
+        if let Some(policy) = denied {
+            CoreStats::inc(&shard.stats.downstream_cx_rbac_denied);
+            debug!(?peer, %policy, "connection denied by an authorization policy");
+            tcp.log("RBAC", None, 0, 0, tls, Some(&policy));
+            return None;
+        }
+    }
+    let (up, endpoint, permit) = match connect(shard, config, plan, peer).await {
+        Ok(up) => up,
+        Err(e) => {
+            // Tell the client the way a closed port would: a reset.
+            socket::set_linger_zero(fd);
+            log(e.flag, None);
+            return None;
+        }
+    };
+    let upstream_addr = up.peer_addr().ok();
+    let secure = match (&plan.target, conn.origin) {
+        (Target::Cluster(i), _) => config.clusters.get(*i).and_then(|c| {
+            c.tls.as_ref().map(|t| {
+                let o =
+                    shard
+                        .upstreams
+                        .tls
+                        .for_cluster(&c.name, t, &shard.tls, tls::AppProtocol::Tcp);
+                (o, tls::is_mesh(t), Some(c.name.as_str()))
+            })
+        }),
+        (Target::Addr(a), Origin::Outbound) => config.mesh_destination_for(*a).map(|d| {
+            let o = shard
+                .upstreams
+                .tls
+                .for_mesh(d, &shard.tls, tls::AppProtocol::Tcp);
+            (o, true, None)
+        }),
+        _ => None,
+    };
+    let stream = match secure {
+        None => Stream::Plain(up),
+        Some((o, mesh, host)) => {
+            let r = match o {
+                Ok(o) => {
+                    let addr = upstream_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let timeout = config.tls.handshake_timeout;
+                    Box::pin(tls::originate(up, &o, mesh, host, addr, timeout)).await
+                }
+                Err(e) => Err(e),
+            };
+            match shard.upstream_handshake(r) {
+                Some(s) => s,
+                None => {
+                    socket::set_linger_zero(fd);
+                    log("UF", upstream_addr);
+                    return None;
+                }
+            }
+        }
+    };
+    Some(Upstream {
+        stream,
+        addr: upstream_addr,
+        endpoint,
+        _permit: permit,
     })
-    .await;
+}
+
+/// The [[listener]] that accepted a connection from `origin`: None for the
+/// capture ports, or a listener a reload removed.
+fn configured_listener(config: &Config, origin: Origin) -> Option<&Listener> {
+    match origin {
+        Origin::Listener(addr) => config.listeners.iter().find(|l| l.address == addr),
+        _ => None,
+    }
+}
+
+/// The listener's name for logs, L4 and L7 alike: Istio's names for the
+/// capture ports, the configured name for a [[listener]]. Borrowed: only the
+/// L7 path keeps a copy.
+fn listener_name(origin: Origin, configured: Option<&Listener>) -> Cow<'_, str> {
+    match (origin, configured) {
+        (_, Some(l)) => Cow::Borrowed(l.name.as_str()),
+        (Origin::Listener(addr), None) => Cow::Owned(addr.to_string()),
+        _ => Cow::Borrowed(origin.name()),
+    }
+}
+
+/// What an L4 access-log line says about the connection besides its outcome.
+struct TcpLog<'a> {
+    shard: &'a Shard,
+    started: Instant,
+    peer: Option<SocketAddr>,
+    local: SocketAddr,
+    listener: &'a str,
+}
+
+impl TcpLog<'_> {
+    /// One L4 access-log line (and the flag's counter). `tls` and `policy`
+    /// exist only once the handshake and the authorization check have run:
+    /// without them an mTLS connection, and a denied one, would be logged
+    /// without the caller's identity or the denying policy (which the L7
+    /// path logs).
+    fn log(
+        &self,
+        flags: &'static str,
+        up: Option<SocketAddr>,
+        rx: u64,
+        tx: u64,
+        tls: Option<&DownstreamTls>,
+        policy: Option<&str>,
+    ) {
+        let shard = self.shard;
+        if flags != "-" {
+            shard.count_flag(flags);
+        }
+        if let Some(l) = &shard.access_log {
+            l.record(&access_log::Entry {
+                start_time: Some(std::time::SystemTime::now() - self.started.elapsed()),
+                protocol: "TCP",
+                response_flags: flags,
+                bytes_received: rx,
+                bytes_sent: tx,
+                duration: self.started.elapsed(),
+                upstream_host: up,
+                downstream_remote: self.peer,
+                downstream_local: Some(self.local),
+                listener: self.listener,
+                peer_uri_san: tls.and_then(|t| t.peer_uri.as_deref()),
+                tls_version: tls.map(|t| t.info.version),
+                tls_cipher: tls.map(|t| t.info.cipher),
+                requested_server_name: tls.and_then(|t| t.sni.as_deref()),
+                authz_policy: policy,
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// ALPN values that send a terminated connection down the HTTP/1 path:
@@ -958,18 +1128,26 @@ mod tests {
 #[cfg(test)]
 mod idle_sizes {
     use super::*;
-    use crate::config::Snapshot;
-    use std::future::Future;
-    use std::sync::Arc;
 
-    fn serve_size<'a, F: Future>(
-        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool) -> F,
+    fn serve_size<F: Future>(_: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn setup_size<F: Future>(
+        _: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool, Instant) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
 
-    fn l7_size<'a, F: Future>(
-        _: impl FnOnce(&'a Rc<Shard>, Stream, Arc<Snapshot>, crate::l7::Context) -> F,
+    fn l7_size<F: Future>(
+        _: impl FnOnce(Rc<Shard>, Stream, Arc<Snapshot>, crate::l7::Context) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn forward_l4_size<F: Future>(
+        _: fn(Rc<Shard>, Arc<Snapshot>, Stream, Option<Rc<DownstreamTls>>, L4Conn) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
@@ -983,10 +1161,14 @@ mod idle_sizes {
     #[test]
     fn idle_sizes() {
         let serve = serve_size(serve);
+        let setup = setup_size(setup);
         let l7 = l7_size(crate::l7::serve);
+        let forward = forward_l4_size(forward_l4);
         let l4 = l4_size(l4::forward_streams);
-        eprintln!("connection::serve future: {serve} B");
-        eprintln!("l7::serve future (boxed): {l7} B");
+        eprintln!("connection::serve future (the task): {serve} B");
+        eprintln!("connection::setup future (boxed, until the path is chosen): {setup} B");
+        eprintln!("l7::serve future (boxed path): {l7} B");
+        eprintln!("connection::forward_l4 future (boxed path): {forward} B");
         eprintln!("l4::forward_streams future (inline): {l4} B");
         eprintln!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
         eprintln!("Stream: {} B", std::mem::size_of::<Stream>());

@@ -20,6 +20,8 @@
 //!                                                   │      attempts: upstream (pick, pool, connect)
 //!                                                   │      ─ l7::retry::decide ─ l7::log_request
 //!                                                   └─ Refuse: self-loop / no destination
+//!   idle HTTP/1 keep-alive connections: a slot each in the core's idle set (idle),
+//!     one sweeper task per core for their idle deadlines; shedding and stop wake them
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop
 //!
@@ -42,6 +44,7 @@ pub mod deadline;
 pub mod duration;
 pub mod h2;
 pub mod http;
+pub mod idle;
 pub mod intercept;
 pub mod l4;
 pub mod l7;

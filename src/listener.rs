@@ -178,12 +178,16 @@ fn take_queued(
 /// Starts serving one accepted connection on this core.
 fn serve_accepted(shard: &Rc<Shard>, stream: glommio::net::TcpStream, key: &ListenKey) {
     shard.count_connection(true);
-    let s = shard.clone();
     let (origin, ipv6) = (key.origin, key.addr.is_ipv6());
-    glommio::spawn_local(async move {
-        crate::connection::serve(&s, stream, origin, ipv6).await;
-        s.count_connection(false);
-    })
+    // The connection's own future, spawned as it is (it counts the
+    // connection's end itself): a wrapping block would keep its captures
+    // (the socket) in the task for the connection's life.
+    glommio::spawn_local(crate::connection::serve(
+        shard.clone(),
+        stream,
+        origin,
+        ipv6,
+    ))
     .detach();
 }
 

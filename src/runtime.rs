@@ -393,6 +393,7 @@ pub async fn run_shard(
     shard.start_drain();
     listener::close(&shard, |_| false);
     shard.stopping.close();
+    shard.idle.stop();
     // Listeners are closed now: drain what is open, up to the deadline.
     let drain = shard.config.current().config.runtime.drain_timeout;
     let deadline = Instant::now() + drain;

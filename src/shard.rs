@@ -105,6 +105,10 @@ pub struct Shard {
     /// Closed (and replaced) when idle connections are to be shed: idle HTTP
     /// connections wait on a clone of the current one.
     pub(crate) shed: RefCell<Rc<Semaphore>>,
+    /// Idle HTTP/1 keep-alive connections: their idle deadlines (one
+    /// sweeper per core instead of a timer each), woken also when shedding
+    /// begins or the core stops (they check both through it).
+    pub(crate) idle: Rc<crate::idle::IdleSet>,
     /// Closed (and replaced) when accepting resumes after an overload.
     pub(crate) resume: RefCell<Rc<Semaphore>>,
     /// Upstream writes wait here for the work of the pass (`crate::pass`).
@@ -235,6 +239,7 @@ impl Shard {
             overload: spec.overload.clone(),
             overload_actions: Cell::new(Actions::default()),
             shed: RefCell::new(Rc::new(Semaphore::new(0))),
+            idle: Default::default(),
             resume: RefCell::new(Rc::new(Semaphore::new(0))),
             pass: crate::pass::Pass::new(),
         }
@@ -248,6 +253,7 @@ impl Shard {
         let old = self.overload_actions.replace(new);
         if new.shed_idle_connections && !old.shed_idle_connections {
             self.shed.replace(Rc::new(Semaphore::new(0))).close();
+            self.idle.shed();
         }
         if old.stop_accepting_connections && !new.stop_accepting_connections {
             self.resume.replace(Rc::new(Semaphore::new(0))).close();

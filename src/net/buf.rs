@@ -113,6 +113,30 @@ pub fn release_if_empty(slot: &mut Option<Buf>) {
     }
 }
 
+/// Polls one read on a connection that holds no buffer (it was idle):
+/// `Ok(None)` is EOF. glommio's read returns Pending without keeping the
+/// caller's buffer, so waiting costs no buffer; the bytes land in the
+/// per-core scratch, borrowed only inside one poll, and are copied into a
+/// pooled buffer in the same poll.
+pub fn poll_read_fresh(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<Option<Buf>>> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut s[..]) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(n)) => {
+                let mut b = Buf::take();
+                b.extend(&s[..n]);
+                Poll::Ready(Ok(Some(b)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
 /// Reads once from `stream` into `slot`'s buffer (taking one from the pool
 /// when the slot is empty, only once bytes have arrived). `Ok(0)` is EOF; a
 /// buffer already holding `max` bytes reads nothing and returns an error of
@@ -131,24 +155,7 @@ pub async fn read_into(
         buf.end += n;
         return Ok(n);
     }
-    // glommio's read returns Pending without keeping the caller's buffer, so
-    // waiting costs no buffer; the scratch is borrowed only inside one poll.
-    let got = future::poll_fn(|cx| {
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            match Pin::new(&mut *stream).poll_read(cx, &mut s[..]) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
-                Poll::Ready(Ok(n)) => {
-                    let mut b = Buf::take();
-                    b.extend(&s[..n]);
-                    Poll::Ready(Ok(Some(b)))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-    })
-    .await?;
+    let got = future::poll_fn(|cx| poll_read_fresh(stream, cx)).await?;
     match got {
         None => Ok(0),
         Some(b) => {
