@@ -220,12 +220,9 @@ pub async fn serve(
                         shed = None;
                         shared.streams.set(shared.streams.get() + 1);
                         CoreStats::inc(&shard.stats.downstream_rq_http2);
-                        streams.push(Box::pin(stream(
-                            shard.clone(),
-                            shared.clone(),
-                            req,
-                            respond,
-                        )));
+                        // In the set's own task allocation, not boxed
+                        // apart: one allocation per stream.
+                        streams.push(stream(shard.clone(), shared.clone(), req, respond));
                     }
                     Poll::Ready(end) => {
                         return Poll::Ready(Event::Ended(end.and_then(|r| r.err())))
