@@ -3,9 +3,10 @@
 //! (`config::Http2`'s defaults, as `l7::h2::serve` builds it), over an
 //! in-memory duplex. Every accepted request is answered (its body read and
 //! released first, as the proxy does) and translated to the HTTP/1.1 head
-//! Remora would send upstream (`h2::headers::write_h1_request`), which must
-//! parse back as exactly one head of the same length: no field h2 accepts
-//! may smuggle a second request or leave the head open. No panic anywhere.
+//! Remora would send upstream, its rewrite included
+//! (`h2::headers::write_h1_request`), which must parse back as exactly one
+//! head of the same length: no field h2 accepts may smuggle a second request
+//! or leave the head open. No panic anywhere.
 #![no_main]
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use remora::config::Http2;
 use remora::h2::headers::{write_h1_request, H2Parts};
 use remora::h2::PREFACE;
 use remora::http::head::{parse_request, BodyFraming, Limits, Parsed};
+use remora::http::rewrite::{RequestIdGenerator, RequestRewrite};
 use remora::http::RequestParts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,14 +41,19 @@ async fn answer(req: http::Request<h2::RecvStream>, mut respond: h2::server::Sen
     let (parts, mut body) = req.into_parts();
     let view = H2Parts(&parts);
     let mut head = Vec::new();
-    write_h1_request(
-        &parts.method,
-        view.path_and_query(),
-        view.authority(),
-        &parts.headers,
-        BodyFraming::Chunked,
-        &mut head,
-    );
+    let ids = RequestIdGenerator::with_seed(1);
+    let rewrite = RequestRewrite {
+        path: Some(view.path_and_query()),
+        host: view.authority(),
+        client_addr: Some("192.0.2.1".parse().unwrap()),
+        forwarded_proto: Some("http"),
+        request_id: Some(&ids),
+        client_cert: None,
+        ops: None,
+        framing: BodyFraming::Chunked,
+        upgrade: false,
+    };
+    write_h1_request(&parts.method, &parts.headers, &rewrite, &mut head);
     let limits = Limits {
         max_head_bytes: usize::MAX,
         ..Limits::default()
