@@ -13,13 +13,23 @@
 //! leaves the sweeper's timer where it was: when it fires, the sweeper
 //! expires what is due, finds the earliest of the rest and re-arms. With
 //! deadlines of seconds and requests of milliseconds, that is about one
-//! sweep per shortest timeout, each a scan of the deadlines pending.
+//! sweep per shortest timeout, each a scan of the deadlines pending. Sweeps
+//! are at least [`MIN_SWEEP`] apart, so deadlines that fall due one after
+//! another (thousands of idle connections timing out) cost one scan per
+//! millisecond at most, not one each; a deadline fires up to that late.
+//!
+//! Idle HTTP/1 keep-alive waits register here too, marked idle
+//! ([`Slot::idle`]): [`wake_idle`] wakes them all when the core sheds idle
+//! connections or stops (`crate::idle`), so they need nothing else.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The sweeper's finest step: how late a deadline may fire.
+pub const MIN_SWEEP: Duration = Duration::from_millis(1);
 
 /// Runs `f` until `deadline` (if any): `None` when the deadline came first.
 ///
@@ -59,7 +69,7 @@ impl<F: Future> Future for Until<F> {
         };
         match this.slot {
             None => {
-                *this.slot = Some(Slot::register(deadline, cx.waker()));
+                *this.slot = Some(Slot::register(deadline, cx.waker(), false));
                 Poll::Pending
             }
             Some(slot) if slot.expired(cx.waker()) => Poll::Ready(None),
@@ -76,7 +86,12 @@ pub struct Slot {
 
 enum Entry {
     Free,
-    Pending { at: Instant, waker: Waker },
+    Pending {
+        at: Instant,
+        waker: Waker,
+        /// An idle connection's wait: woken also by [`wake_idle`].
+        idle: bool,
+    },
     Expired,
 }
 
@@ -99,7 +114,13 @@ thread_local! {
 }
 
 impl Slot {
-    fn register(at: Instant, waker: &Waker) -> Slot {
+    /// An idle connection's wait for `at`: wakes `waker` then, or when
+    /// [`wake_idle`] is called (its owner looks at why).
+    pub fn idle(at: Instant, waker: &Waker) -> Slot {
+        Slot::register(at, waker, true)
+    }
+
+    fn register(at: Instant, waker: &Waker, idle: bool) -> Slot {
         let id = glommio::executor().id();
         // Wakers are dropped only after the borrow ends: dropping the last
         // one of a task drops its future, which may hold slots.
@@ -119,6 +140,7 @@ impl Slot {
             let entry = Entry::Pending {
                 at,
                 waker: waker.clone(),
+                idle,
             };
             let index = match r.free.pop() {
                 Some(i) => {
@@ -149,7 +171,7 @@ impl Slot {
     }
 
     /// The deadline has passed; else `waker` is the one to wake when it does.
-    fn expired(&self, waker: &Waker) -> bool {
+    pub fn expired(&self, waker: &Waker) -> bool {
         let mut old = None;
         let expired =
             REGISTRY.with(
@@ -191,6 +213,26 @@ impl Drop for Slot {
     }
 }
 
+/// Wakes every idle wait registered on this core ([`Slot::idle`]); their
+/// deadlines stay as they are.
+pub fn wake_idle() {
+    let wakers: Vec<Waker> = REGISTRY.with(|r| {
+        r.borrow()
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Pending {
+                    waker, idle: true, ..
+                } => Some(waker.clone()),
+                _ => None,
+            })
+            .collect()
+    });
+    for w in wakers {
+        w.wake();
+    }
+}
+
 /// The core's one timer for every deadline: sleeps until the earliest,
 /// expires what is due (waking its task), finds the next and sleeps again.
 async fn sweeper(executor: usize) {
@@ -214,11 +256,14 @@ async fn sweeper(executor: usize) {
     let _running = Running(executor);
     let mut armed: Option<(Instant, glommio::timer::Timer)> = None;
     let mut due: Vec<Waker> = Vec::new();
+    let mut swept: Option<Instant> = None;
     poll_fn::<(), _>(|cx| loop {
         let now = Instant::now();
         let next = REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
-            if r.earliest.is_some_and(|e| e <= now) {
+            let may_sweep = swept.is_none_or(|s| now >= s + MIN_SWEEP);
+            if may_sweep && r.earliest.is_some_and(|e| e <= now) {
+                swept = Some(now);
                 let mut earliest: Option<Instant> = None;
                 for e in r.entries.iter_mut() {
                     if let Entry::Pending { at, .. } = e {
@@ -245,6 +290,7 @@ async fn sweeper(executor: usize) {
             armed = None;
             return Poll::Pending;
         };
+        let at = swept.map_or(at, |s| at.max(s + MIN_SWEEP));
         if armed.as_ref().is_none_or(|(a, _)| *a != at) {
             let timer = glommio::timer::Timer::new(at.saturating_duration_since(now));
             armed = Some((at, timer));
@@ -262,7 +308,6 @@ async fn sweeper(executor: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn executor() -> glommio::LocalExecutor {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -336,6 +381,41 @@ mod tests {
                     .count()
             });
             assert_eq!(live, 1, "only the 30 s deadline is left");
+        });
+    }
+
+    /// `wake_idle` wakes the idle waits and leaves other deadlines alone;
+    /// neither expires.
+    #[test]
+    fn wake_idle_wakes_only_idle_waits() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        executor().run(async {
+            let (idle, other) = (
+                Arc::new(Count(AtomicUsize::new(0))),
+                Arc::new(Count(AtomicUsize::new(0))),
+            );
+            let (wi, wo) = (Waker::from(idle.clone()), Waker::from(other.clone()));
+            let later = Instant::now() + Duration::from_secs(60);
+            let i = Slot::idle(later, &wi);
+            let o = Slot::register(later, &wo, false);
+            wake_idle();
+            assert_eq!(idle.0.load(Ordering::Relaxed), 1);
+            assert_eq!(other.0.load(Ordering::Relaxed), 0);
+            assert!(!i.expired(&wi) && !o.expired(&wo));
+            drop(i);
+            wake_idle();
+            assert_eq!(
+                idle.0.load(Ordering::Relaxed),
+                1,
+                "a cancelled wait is not woken"
+            );
         });
     }
 

@@ -20,8 +20,8 @@
 //!                                                   │      attempts: upstream (pick, pool, connect)
 //!                                                   │      ─ l7::retry::decide ─ l7::log_request
 //!                                                   └─ Refuse: self-loop / no destination
-//!   idle HTTP/1 keep-alive connections: a slot each in the core's idle set (idle),
-//!     one sweeper task per core for their idle deadlines; shedding and stop wake them
+//!   idle HTTP/1 keep-alive connections: an idle deadline each in the core's deadline
+//!     registry (deadline: one sweeper timer per core); shedding and stop wake them (idle)
 //!   counters per core (stats), summed on read; access log buffered per core
 //!   control socket per core: report / reconcile listeners / drain / stop
 //!

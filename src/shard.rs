@@ -105,9 +105,9 @@ pub struct Shard {
     /// Closed (and replaced) when idle connections are to be shed: idle HTTP
     /// connections wait on a clone of the current one.
     pub(crate) shed: RefCell<Rc<Semaphore>>,
-    /// Idle HTTP/1 keep-alive connections: their idle deadlines (one
-    /// sweeper per core instead of a timer each), woken also when shedding
-    /// begins or the core stops (they check both through it).
+    /// Why idle HTTP/1 keep-alive connections stop waiting: shedding
+    /// began, or the core stops (both wake them through the deadline
+    /// registry, where their idle deadlines are).
     pub(crate) idle: Rc<crate::idle::IdleSet>,
     /// Closed (and replaced) when accepting resumes after an overload.
     pub(crate) resume: RefCell<Rc<Semaphore>>,

@@ -48,7 +48,7 @@
 //! while a request is in flight or partly read; an idle keep-alive connection
 //! holds none, and no per-request state either: only its socket, config and
 //! context (`Idle`) and the wait for its next bytes, whose idle deadline is
-//! a slot in the core's [`crate::idle::IdleSet`]; the rest is boxed per
+//! a slot in the core's deadline registry ([`crate::deadline`]); the rest is boxed per
 //! busy stretch (`busy`; perf/README.md, "Memory per idle connection").
 //! Upstream connections live in a per-core pool ([`pool`]); nothing here is
 //! shared between cores.
@@ -412,9 +412,10 @@ struct Idle {
 /// A hand-written future: the `async fn` it replaces composed the read, the
 /// deadline and two semaphore waits (shedding, stopping) with `future::or`,
 /// 464 B in every idle connection's box, plus a glommio timer. This one
-/// keeps the deadline and a slot in the core's [`crate::idle::IdleSet`],
-/// whose sweeper wakes it at the deadline and which the overload manager's
-/// shedding and the stop wake; a timer only for the stopping grace.
+/// keeps its idle deadline as a slot in the core's deadline registry
+/// ([`crate::deadline::Slot::idle`]), whose sweeper wakes it at the
+/// deadline and which the overload manager's shedding and the stop wake
+/// ([`crate::idle::IdleSet`]); a timer only for the stopping grace.
 fn wait_for_request<'a>(shard: &'a Shard, idle: &'a mut Idle) -> WaitForRequest<'a> {
     WaitForRequest {
         deadline: Instant::now() + idle.snapshot.config.http.idle_timeout,
@@ -436,7 +437,9 @@ struct WaitForRequest<'a> {
     shed_epoch: u64,
     /// The stopping grace, once the core's stop is seen.
     grace: Option<glommio::timer::Timer>,
-    slot: Option<usize>,
+    /// The idle deadline in the core's registry; shedding and the stop
+    /// wake it too.
+    slot: Option<crate::deadline::Slot>,
 }
 
 impl Future for WaitForRequest<'_> {
@@ -454,10 +457,14 @@ impl Future for WaitForRequest<'_> {
             CoreStats::inc(&this.shard.stats.downstream_cx_overload_shed);
             return Poll::Ready(None);
         }
-        if Instant::now() >= this.deadline {
+        match &this.slot {
             // Idle too long: counted as the L4 path counts its idle timeouts.
-            CoreStats::inc(&this.shard.stats.cx_idle_timeout);
-            return Poll::Ready(None);
+            Some(slot) if slot.expired(cx.waker()) => {
+                CoreStats::inc(&this.shard.stats.cx_idle_timeout);
+                return Poll::Ready(None);
+            }
+            Some(_) => {}
+            None => this.slot = Some(crate::deadline::Slot::idle(this.deadline, cx.waker())),
         }
         if set.stopping() {
             let grace = this
@@ -467,18 +474,7 @@ impl Future for WaitForRequest<'_> {
                 return Poll::Ready(None);
             }
         }
-        if set.register(&mut this.slot, cx.waker(), this.deadline) == crate::idle::Sweeper::Start {
-            glommio::spawn_local(crate::idle::sweep(set.clone())).detach();
-        }
         Poll::Pending
-    }
-}
-
-impl Drop for WaitForRequest<'_> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            self.shard.idle.remove(slot);
-        }
     }
 }
 
