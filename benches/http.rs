@@ -104,6 +104,7 @@ fn bench_heads(c: &mut Criterion) {
             let rw = RequestRewrite {
                 client_addr: Some("10.1.2.3".parse().unwrap()),
                 forwarded_proto: Some("http"),
+                forwarded_proto_if_absent: false,
                 request_id: Some(&ids),
                 ..RequestRewrite::passthrough(&view)
             };

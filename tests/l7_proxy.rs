@@ -29,7 +29,7 @@ const CATCH_ALL: &str = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[
 
 /// `use_remote_address = false` on a listener (Istio's sidecars; the capture
 /// ports' default): X-Forwarded-For goes upstream as the client sent it, or
-/// not at all; X-Forwarded-Proto is still set.
+/// not at all; X-Forwarded-Proto is set where the client sent none.
 #[test]
 fn listener_without_use_remote_address_leaves_x_forwarded_for_alone() {
     let a = Backend::start("a");
@@ -51,6 +51,12 @@ fn listener_without_use_remote_address_leaves_x_forwarded_for_alone() {
         j["headers"]
     );
     assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    // A client's X-Forwarded-Proto goes on as sent (Envoy sets it only
+    // when absent without use_remote_address).
+    let j = c
+        .request("GET /z HTTP/1.1\r\nHost: o\r\nX-Forwarded-Proto: https\r\n\r\n")
+        .json();
+    assert_eq!(j["headers"]["x-forwarded-proto"], "https");
     drop(c);
     r.stop();
 }
@@ -100,11 +106,13 @@ cluster = "a"
         .json();
     assert_eq!(j["backend"], "b");
     let j = c
-        .request("GET /z HTTP/1.1\r\nHost: other\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\n\r\n")
+        .request("GET /z HTTP/1.1\r\nHost: other\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\n\r\n")
         .json();
     assert_eq!(j["backend"], "a");
     let h = &j["headers"];
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    // use_remote_address (an explicit listener's default): this hop's
+    // X-Forwarded-Proto replaces what the client claimed.
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(
         h.get("x-secret").is_none(),

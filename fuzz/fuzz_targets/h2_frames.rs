@@ -47,6 +47,7 @@ async fn answer(req: http::Request<h2::RecvStream>, mut respond: h2::server::Sen
         host: view.authority(),
         client_addr: Some("192.0.2.1".parse().unwrap()),
         forwarded_proto: Some("http"),
+        forwarded_proto_if_absent: true,
         request_id: Some(&ids),
         client_cert: None,
         ops: None,

@@ -88,7 +88,8 @@ pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<Req
         }
     }
     if let Some(proto) = rw.forwarded_proto {
-        if let Ok(v) = HeaderValue::from_str(proto) {
+        let kept = rw.forwarded_proto_if_absent && h.contains_key("x-forwarded-proto");
+        if let Some(v) = HeaderValue::from_str(proto).ok().filter(|_| !kept) {
             h.insert("x-forwarded-proto", v);
         }
     }
@@ -165,6 +166,8 @@ pub fn write_h1_request(
         }
     }
     let mut had_request_id = false;
+    let replaces_proto = rw.forwarded_proto.is_some()
+        && !(rw.forwarded_proto_if_absent && h.contains_key("x-forwarded-proto"));
     for (n, v) in h {
         let n = n.as_str().as_bytes();
         // Names in a map are lowercase already.
@@ -173,7 +176,7 @@ pub fn write_h1_request(
             b"host" | b"cookie" | b"content-length" | b"x-forwarded-client-cert"
         ) || is_hop_by_hop(n)
             || (rw.client_addr.is_some() && n == b"x-forwarded-for")
-            || (rw.forwarded_proto.is_some() && n == b"x-forwarded-proto")
+            || (replaces_proto && n == b"x-forwarded-proto")
             || ops.is_some_and(|o| o.drops(n))
         {
             continue;
@@ -193,7 +196,7 @@ pub fn write_h1_request(
         push_display(out, addr);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(proto) = rw.forwarded_proto {
+    if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
         push_header(out, b"x-forwarded-proto", proto.as_bytes());
     }
     // XFCC: what the client sent is dropped unless this hop appends its
@@ -399,6 +402,7 @@ mod tests {
             host: None,
             client_addr: Some("192.0.2.7".parse().unwrap()),
             forwarded_proto: Some("http"),
+            forwarded_proto_if_absent: false,
             request_id: Some(gen),
             client_cert: Some("By=spiffe://a;URI=spiffe://b"),
             ops: Some(&ops),
@@ -476,6 +480,42 @@ mod tests {
         assert_eq!(head.method, Method::Post);
     }
 
+    /// Without use_remote_address a client's X-Forwarded-Proto goes on as
+    /// sent, both to an HTTP/2 upstream (the map) and an HTTP/1 one (the
+    /// head); one is added where the client sent none.
+    #[test]
+    fn a_clients_forwarded_proto_is_kept_in_transparent_mode() {
+        let rw = |path| RequestRewrite {
+            path,
+            host: None,
+            client_addr: None,
+            forwarded_proto: Some("http"),
+            forwarded_proto_if_absent: true,
+            request_id: None,
+            client_cert: None,
+            ops: None,
+            framing: BodyFraming::None,
+            upgrade: false,
+        };
+        let mut parts = h2_request(&[("x-forwarded-proto", "https")]);
+        let mut out = Vec::new();
+        write_h1_request(&parts.method, &parts.headers, &rw(None), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("x-forwarded-proto: https\r\n"), "{text}");
+        assert_eq!(text.matches("x-forwarded-proto").count(), 1, "{text}");
+        rewrite_request(&mut parts.headers, &rw(None));
+        let v: Vec<_> = parts.headers.get_all("x-forwarded-proto").iter().collect();
+        assert_eq!(v, ["https"]);
+        let mut parts = h2_request(&[]);
+        let mut out = Vec::new();
+        write_h1_request(&parts.method, &parts.headers, &rw(None), &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("x-forwarded-proto: http\r\n"));
+        rewrite_request(&mut parts.headers, &rw(None));
+        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+    }
+
     #[test]
     fn h2_to_h1_head() {
         let mut parts = h2_request(&[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers")]);
@@ -487,6 +527,7 @@ mod tests {
             host,
             client_addr: None,
             forwarded_proto: None,
+            forwarded_proto_if_absent: false,
             request_id: None,
             client_cert: None,
             ops: None,

@@ -104,6 +104,10 @@ pub struct RequestRewrite<'a> {
     pub client_addr: Option<IpAddr>,
     /// Sets X-Forwarded-Proto ("http" / "https").
     pub forwarded_proto: Option<&'a str>,
+    /// ...only when the client sent none: a client's X-Forwarded-Proto is
+    /// kept, as Envoy keeps it without `use_remote_address` (Istio's
+    /// sidecars); with it, ours replaces the client's.
+    pub forwarded_proto_if_absent: bool,
     /// Generates X-Request-Id when the request has none.
     pub request_id: Option<&'a RequestIdGenerator>,
     /// X-Forwarded-Client-Cert: `None` drops what the client sent (Envoy's
@@ -127,6 +131,7 @@ impl<'a> RequestRewrite<'a> {
             host: None,
             client_addr: None,
             forwarded_proto: None,
+            forwarded_proto_if_absent: false,
             request_id: None,
             client_cert: None,
             ops: None,
@@ -176,12 +181,14 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     let check_connection = head.connection.other;
     let ops = rw.ops.filter(|o| !o.is_empty());
     let mut had_request_id = false;
+    let replaces_proto = rw.forwarded_proto.is_some()
+        && !(rw.forwarded_proto_if_absent && headers.contains(b"x-forwarded-proto"));
     for (name, value) in headers.iter() {
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
             || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
             || (rw.client_addr.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-for"))
-            || (rw.forwarded_proto.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+            || (replaces_proto && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
             || name.eq_ignore_ascii_case(b"x-forwarded-client-cert")
             || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
             || ops.is_some_and(|o| o.drops(name))
@@ -205,7 +212,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
         push_display(out, addr);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(proto) = rw.forwarded_proto {
+    if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
         push_header(out, b"x-forwarded-proto", proto.as_bytes());
     }
     if let Some(element) = rw.client_cert {
@@ -602,6 +609,7 @@ mod tests {
             host: Some(b"backend"),
             client_addr: Some("10.0.0.9".parse().unwrap()),
             forwarded_proto: Some("http"),
+            forwarded_proto_if_absent: false,
             request_id: Some(&ids),
             ops: Some(&ops),
             ..RequestRewrite::passthrough(&view)
@@ -616,6 +624,33 @@ mod tests {
             id.as_str()
         );
         assert_eq!(text(&out), expected);
+
+        // Without use_remote_address (Envoy's transparent mode): the
+        // client's X-Forwarded-Proto stays, ours only fills its absence.
+        let rw = RequestRewrite {
+            forwarded_proto_if_absent: true,
+            ..rw
+        };
+        let mut out = Vec::new();
+        write_request(&view, &rw, &mut out);
+        let kept = parse_req(&out);
+        let kept: Vec<&[u8]> = kept
+            .view(&out)
+            .headers()
+            .get_all(b"x-forwarded-proto")
+            .collect();
+        assert_eq!(kept, [&b"https"[..]]);
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let head = parse_req(input);
+        let view = head.view(input);
+        let rw = RequestRewrite {
+            forwarded_proto: Some("http"),
+            forwarded_proto_if_absent: true,
+            ..RequestRewrite::passthrough(&view)
+        };
+        let mut out = Vec::new();
+        write_request(&view, &rw, &mut out);
+        assert!(text(&out).contains("x-forwarded-proto: http\r\n"));
 
         // An existing id is kept and none is generated.
         let input = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc\r\n\r\n";

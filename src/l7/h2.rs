@@ -908,6 +908,7 @@ impl H2Stream {
             host: Some(&authority),
             client_addr: ctx.forwarded_for(),
             forwarded_proto: Some("http"),
+            forwarded_proto_if_absent: !ctx.use_remote_address,
             request_id: Some(&shard.request_ids),
             client_cert: ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
             ops: ops.as_deref(),

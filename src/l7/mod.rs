@@ -1201,6 +1201,7 @@ impl Conn<'_> {
                     host,
                     client_addr: self.ctx.forwarded_for(),
                     forwarded_proto: Some("http"),
+                    forwarded_proto_if_absent: !self.ctx.use_remote_address,
                     request_id: Some(&self.shard.request_ids),
                     client_cert: self.ctx.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
                     ops: strip_expect(ops, expect_continue).as_deref(),
