@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
-    is_hop_by_hop, named_in_connection, push_display, push_framing, push_header, HeaderOps,
-    RequestId, RequestRewrite,
+    is_hop_by_hop, named_in_connection, push_display, push_forwarded, push_framing, push_header,
+    HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
 
@@ -184,34 +184,11 @@ pub fn write_h1_request(
         had_request_id |= n == b"x-request-id";
         push_header(out, n, v.as_bytes());
     }
-    if let Some(addr) = rw.client_addr {
-        // One comma-separated list, the nearest client last.
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for prev in h.get_all("x-forwarded-for") {
-            if !prev.is_empty() {
-                out.extend_from_slice(prev.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-        }
-        push_display(out, addr);
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
-        push_header(out, b"x-forwarded-proto", proto.as_bytes());
-    }
     // XFCC: what the client sent is dropped unless this hop appends its
     // verified element (Envoy's SANITIZE / APPEND_FORWARD).
-    if let Some(element) = rw.client_cert {
-        out.extend_from_slice(b"x-forwarded-client-cert: ");
-        for prev in h.get_all("x-forwarded-client-cert") {
-            if !prev.is_empty() {
-                out.extend_from_slice(prev.as_bytes());
-                out.push(b',');
-            }
-        }
-        out.extend_from_slice(element.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_forwarded(out, rw, replaces_proto, |n| {
+        h.get_all(n).iter().map(HeaderValue::as_bytes)
+    });
     let mut generated = None;
     if let Some(generator) = rw.request_id {
         let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
@@ -381,6 +358,24 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    /// An HTTP/1 request head's fields but Host and Content-Length.
+    fn fields_but_host_and_length(head: &[u8]) -> Vec<(String, String)> {
+        let Ok(Parsed::Complete { head: up, .. }) = parse_request(head, &Limits::default()) else {
+            panic!("reparse {:?}", String::from_utf8_lossy(head))
+        };
+        up.view(head)
+            .headers()
+            .iter()
+            .filter(|(n, _)| !matches!(*n, b"host" | b"content-length"))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// The same rewrite of the same request gives the same fields in HTTP/1
     /// (`write_request`, bytes) and HTTP/2 (`rewrite_request`, a map).
     #[test]
@@ -424,21 +419,7 @@ mod tests {
         };
         let mut out = Vec::new();
         write_request(&head.view(&raw), &rw(&g1), &mut out);
-        let Ok(Parsed::Complete { head: up, .. }) = parse_request(&out, &Limits::default()) else {
-            panic!("reparse")
-        };
-        let mut h1: Vec<(String, String)> = up
-            .view(&out)
-            .headers()
-            .iter()
-            .filter(|(n, _)| !matches!(*n, b"host" | b"content-length"))
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
+        let mut h1 = fields_but_host_and_length(&out);
         // HTTP/2
         let mut parts = h2_request(&fields);
         rewrite_request(&mut parts.headers, &rw(&g2));
@@ -452,21 +433,7 @@ mod tests {
         let mut out = Vec::new();
         let id = write_h1_request(&parts.method, &parts.headers, &rw(&g3), &mut out);
         assert!(id.is_some());
-        let Ok(Parsed::Complete { head: up, .. }) = parse_request(&out, &Limits::default()) else {
-            panic!("reparse the translated head")
-        };
-        let mut h3: Vec<(String, String)> = up
-            .view(&out)
-            .headers()
-            .iter()
-            .filter(|(n, _)| !matches!(*n, b"host" | b"content-length"))
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
+        let mut h3 = fields_but_host_and_length(&out);
         h1.sort();
         h2.sort();
         h3.sort();

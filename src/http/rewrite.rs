@@ -199,34 +199,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
         push_header(out, name, value);
     }
 
-    if let Some(addr) = rw.client_addr {
-        // RFC 7239 §5.2's de-facto predecessor: one comma-separated list, the
-        // nearest client last.
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for v in headers.get_all(b"x-forwarded-for") {
-            if !v.is_empty() {
-                out.extend_from_slice(v);
-                out.extend_from_slice(b", ");
-            }
-        }
-        push_display(out, addr);
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
-        push_header(out, b"x-forwarded-proto", proto.as_bytes());
-    }
-    if let Some(element) = rw.client_cert {
-        // One comma-separated list, earlier hops first (Envoy's XFCC).
-        out.extend_from_slice(b"x-forwarded-client-cert: ");
-        for v in headers.get_all(b"x-forwarded-client-cert") {
-            if !v.is_empty() {
-                out.extend_from_slice(v);
-                out.push(b',');
-            }
-        }
-        out.extend_from_slice(element.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_forwarded(out, rw, replaces_proto, |n| headers.get_all(n.as_bytes()));
     let mut generated_request_id = None;
     if let Some(generator) = rw.request_id {
         if !had_request_id
@@ -250,6 +223,41 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     out.extend_from_slice(b"\r\n");
     Written {
         generated_request_id,
+    }
+}
+
+/// The fields this hop adds after the client's (HTTP/1 bytes; the HTTP/2
+/// writers share it): X-Forwarded-For, one comma-separated list with the
+/// nearest client last (RFC 7239 §5.2's de-facto predecessor);
+/// X-Forwarded-Proto where `replaces_proto`; X-Forwarded-Client-Cert, one
+/// list with earlier hops first (Envoy's XFCC). `prev(name)` gives the
+/// client's values of a field, which the caller did not copy.
+pub(crate) fn push_forwarded<'v, I: Iterator<Item = &'v [u8]>>(
+    out: &mut Vec<u8>,
+    rw: &RequestRewrite<'_>,
+    replaces_proto: bool,
+    prev: impl Fn(&'static str) -> I,
+) {
+    if let Some(addr) = rw.client_addr {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for v in prev("x-forwarded-for").filter(|v| !v.is_empty()) {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+        push_display(out, addr);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
+        push_header(out, b"x-forwarded-proto", proto.as_bytes());
+    }
+    if let Some(element) = rw.client_cert {
+        out.extend_from_slice(b"x-forwarded-client-cert: ");
+        for v in prev("x-forwarded-client-cert").filter(|v| !v.is_empty()) {
+            out.extend_from_slice(v);
+            out.push(b',');
+        }
+        out.extend_from_slice(element.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
