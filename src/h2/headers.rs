@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
     is_hop_by_hop, named_in_connection, push_display, push_forwarded, push_framing, push_header,
-    HeaderOps, RequestId, RequestRewrite,
+    push_request_id_and_ops, HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
 
@@ -189,18 +189,7 @@ pub fn write_h1_request(
     push_forwarded(out, rw, replaces_proto, |n| {
         h.get_all(n).iter().map(HeaderValue::as_bytes)
     });
-    let mut generated = None;
-    if let Some(generator) = rw.request_id {
-        let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
-        if !set_by_route && !had_request_id {
-            let id = generator.next_id();
-            push_header(out, b"x-request-id", id.as_bytes());
-            generated = Some(id);
-        }
-    }
-    if let Some(ops) = ops {
-        ops.write_new(out);
-    }
+    let generated = push_request_id_and_ops(out, rw, ops, had_request_id);
     push_framing(out, rw.framing);
     out.extend_from_slice(b"\r\n");
     generated

@@ -200,19 +200,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     }
 
     push_forwarded(out, rw, replaces_proto, |n| headers.get_all(n.as_bytes()));
-    let mut generated_request_id = None;
-    if let Some(generator) = rw.request_id {
-        if !had_request_id
-            && !ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"))
-        {
-            let id = generator.next_id();
-            push_header(out, b"x-request-id", id.as_bytes());
-            generated_request_id = Some(id);
-        }
-    }
-    if let Some(ops) = ops {
-        ops.write_new(out);
-    }
+    let generated_request_id = push_request_id_and_ops(out, rw, ops, had_request_id);
     push_framing(out, rw.framing);
     if rw.upgrade {
         if let Some(upgrade) = req.upgrade() {
@@ -259,6 +247,31 @@ pub(crate) fn push_forwarded<'v, I: Iterator<Item = &'v [u8]>>(
         out.extend_from_slice(element.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// X-Request-Id when the client sent none (`had_request_id`) and the
+/// route does not set one, then the route's set and add fields (`ops`, the
+/// non-empty operations); returns the id generated. Shared with the
+/// HTTP/2-to-HTTP/1 writer.
+pub(crate) fn push_request_id_and_ops(
+    out: &mut Vec<u8>,
+    rw: &RequestRewrite<'_>,
+    ops: Option<&HeaderOps>,
+    had_request_id: bool,
+) -> Option<RequestId> {
+    let mut generated = None;
+    if let Some(generator) = rw.request_id {
+        let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
+        if !had_request_id && !set_by_route {
+            let id = generator.next_id();
+            push_header(out, b"x-request-id", id.as_bytes());
+            generated = Some(id);
+        }
+    }
+    if let Some(ops) = ops {
+        ops.write_new(out);
+    }
+    generated
 }
 
 /// The head of a mirrored copy of a request: `head` as [`write_request`]
