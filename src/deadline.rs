@@ -120,6 +120,12 @@ impl Slot {
         Slot::register(at, waker, true)
     }
 
+    /// A deadline at `at` that wakes `waker` when it passes (see
+    /// [`Slot::expired`]); for futures that poll their deadline themselves.
+    pub fn at(at: Instant, waker: &Waker) -> Slot {
+        Slot::register(at, waker, false)
+    }
+
     fn register(at: Instant, waker: &Waker, idle: bool) -> Slot {
         let id = glommio::executor().id();
         // Wakers are dropped only after the borrow ends: dropping the last
