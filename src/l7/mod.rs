@@ -2260,8 +2260,14 @@ mod tests {
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        eprintln!("Idle: {} B", std::mem::size_of::<Idle>());
-        eprintln!("wait_for_request future: {} B", wait_size(wait_for_request));
+        let (idle, wait) = (std::mem::size_of::<Idle>(), wait_size(wait_for_request));
+        eprintln!("Idle: {idle} B");
+        eprintln!("wait_for_request future: {wait} B");
+        // An idle connection keeps these (and the context once, shared):
+        // perf/README.md, "Memory per idle connection".
+        assert!(idle <= 136, "Idle grew to {idle} B");
+        assert!(wait <= 56, "the idle wait grew to {wait} B");
+        assert!(std::mem::size_of::<Context>() <= 216, "Context grew");
         eprintln!(
             "busy future (boxed per busy stretch): {} B",
             busy_size(busy)
