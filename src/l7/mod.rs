@@ -359,8 +359,8 @@ impl Context {
 /// goes idle again, so thousands of idle connections do not each keep it
 /// (perf/README.md, "Memory per idle connection").
 ///
-/// Takes the core's `Rc` by value so that the boxed future owns all it needs
-/// ([`crate::connection::serve`] hands it over and frees its own frame). A
+/// Takes the core's `Rc` by value so that the future owns all it needs
+/// ([`crate::connection::serve`] runs it as a task of its own and ends). A
 /// plain `fn` around an `async move` block that works on its captured `Idle`
 /// in place: an `async fn` keeps its arguments beside the locals they move
 /// into (the socket and the context twice, ~350 B per idle connection).
