@@ -170,8 +170,12 @@ async fn decay() {
             // returned on free); this gives their whole pages back. It walks
             // every arena's free lists once, taking each arena's lock: a
             // fraction of a millisecond, at most once per tick after a burst.
+            // (glibc only: other allocators return pages their own way.)
             // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0)
+            };
         }
         if done {
             return;
