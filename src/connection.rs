@@ -147,15 +147,15 @@ pub fn decide(
 /// connection. Owns a clone of the core's `Rc` so the L7 path can hand it to
 /// tasks that outlive the connection (request mirrors).
 ///
-/// Two boxes, one after the other: `setup` (the decision, detection, the
-/// TLS handshake) lives only until the connection's path is known and then
-/// hands over a boxed future that owns all the path needs (`l7::serve`, or
-/// `forward_l4`). A task is as large as its largest await point, so with
-/// the setup inline every connection's task, idle ones included, kept its
-/// ~1 KiB frame for its whole life; this one keeps two pointers, the start
-/// time and the shard (perf/README.md, "Memory per idle connection").
-/// A plain `fn`: an `async fn` would keep its arguments (the socket) in the
-/// task beside the box they moved into.
+/// Two tasks, one after the other: this one runs `setup` (the decision,
+/// detection, the TLS handshake, a ~1 KiB frame) and ends once the
+/// connection's path is known; the path (`l7::serve`, `h2::serve`, or
+/// `forward_l4`) runs in a task of its own that owns all it needs
+/// ([`start_path`]). A task is as large as its largest await point, so with
+/// the setup in the same task every connection, idle ones included, kept
+/// its frame for its whole life; a boxed path beside a small task cost an
+/// allocation and a task frame more per idle connection than a second task
+/// does (perf/README.md, "Memory per idle connection").
 pub fn serve(
     shard: Rc<Shard>,
     down: TcpStream,
@@ -163,32 +163,68 @@ pub fn serve(
     ipv6: bool,
 ) -> impl Future<Output = ()> {
     let started = Instant::now();
-    let setup = Box::pin(setup(shard.clone(), down, origin, ipv6, started));
     async move {
-        let path = setup.await;
-        if let Some(path) = path {
-            path.await;
-            record_cx_length(&shard, started);
+        if setup(&shard, down, origin, ipv6, started).await.is_none() {
+            shard.count_connection(false);
         }
-        shard.count_connection(false);
     }
 }
 
-/// A connection's path once [`setup`] has chosen it: it owns the socket.
-type Path = Pin<Box<dyn Future<Output = ()>>>;
+/// Proof that [`setup`] started the connection's path in its own task
+/// (which counts the connection's end).
+struct PathStarted;
+
+/// Runs a connection's path in a task of its own, the future inline in the
+/// task (no box), and counts the connection's end and length after it.
+fn start_path<F: Future<Output = ()> + 'static>(
+    shard: &Rc<Shard>,
+    started: Instant,
+    path: F,
+) -> PathStarted {
+    glommio::spawn_local(Counted {
+        path,
+        shard: shard.clone(),
+        started,
+    })
+    .detach();
+    PathStarted
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's path, then its end counted: hand-written, because an
+    /// `async move` block awaiting a captured future keeps it twice (the
+    /// capture and the awaited copy).
+    struct Counted<F> {
+        #[pin]
+        path: F,
+        shard: Rc<Shard>,
+        started: Instant,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Counted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let this = self.project();
+        std::task::ready!(this.path.poll(cx));
+        record_cx_length(this.shard, *this.started);
+        this.shard.count_connection(false);
+        std::task::Poll::Ready(())
+    }
+}
 
 /// Everything before the bytes flow: the rate limit, the original
 /// destination, [`decide`], the inbound chain, protocol detection, the TLS
 /// handshake. `None` when the connection was refused or failed here (logged
 /// and counted).
 async fn setup(
-    shard: Rc<Shard>,
+    shard: &Rc<Shard>,
     down: TcpStream,
     origin: Origin,
     ipv6: bool,
     started: Instant,
-) -> Option<Path> {
-    let shard = &shard;
+) -> Option<PathStarted> {
     let snapshot = shard.config.current();
     let config = &snapshot.config;
     let fd = down.as_raw_fd();
@@ -408,20 +444,21 @@ async fn setup(
             inbound_dst,
             use_remote_address: plan.use_remote_address,
         };
-        // The L7 state machine is large: boxed on its own, owning the
-        // socket, so that this setup's frame is freed while it runs.
-        let path: Path = if http == L7::Http2 {
-            let shard = shard.clone();
-            Box::pin(async move {
-                crate::l7::h2::serve(&shard, down, None, snapshot, ctx).await;
-            })
+        // The L7 state machine in its own task, owning the socket, so that
+        // this setup's frame is freed while it runs.
+        return Some(if http == L7::Http2 {
+            let core = shard.clone();
+            let h2 = async move {
+                crate::l7::h2::serve(&core, down, None, snapshot, ctx).await;
+            };
+            start_path(shard, started, h2)
         } else {
-            Box::pin(crate::l7::serve(shard.clone(), down, snapshot, ctx))
-        };
-        return Some(path);
+            let l7 = crate::l7::serve(shard.clone(), down, snapshot, ctx);
+            start_path(shard, started, l7)
+        });
     }
     // The L4 path's state (connect, TLS origination, the two pumps) in its
-    // own box (perf/README.md, idle).
+    // own task (perf/README.md, idle).
     let l4 = L4Conn {
         plan,
         origin,
@@ -430,7 +467,8 @@ async fn setup(
         started,
         inbound_dst,
     };
-    Some(Box::pin(forward_l4(shard.clone(), snapshot, down, tls, l4)))
+    let l4 = forward_l4(shard.clone(), snapshot, down, tls, l4);
+    Some(start_path(shard, started, l4))
 }
 
 /// The facts [`forward_l4`] needs from [`setup`] besides the socket.
@@ -1133,23 +1171,24 @@ mod idle_sizes {
         std::mem::size_of::<F>()
     }
 
-    fn setup_size<F: Future>(
-        _: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool, Instant) -> F,
+    fn setup_size<'a, F: Future>(
+        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool, Instant) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
 
-    fn l7_size<F: Future>(
+    /// The HTTP/1 path's task future: `l7::serve`'s with the end counted.
+    fn l7_task_size<F: Future>(
         _: impl FnOnce(Rc<Shard>, Stream, Arc<Snapshot>, crate::l7::Context) -> F,
     ) -> usize {
-        std::mem::size_of::<F>()
+        std::mem::size_of::<Counted<F>>()
     }
 
     #[allow(clippy::type_complexity)]
     fn forward_l4_size<F: Future>(
         _: fn(Rc<Shard>, Arc<Snapshot>, Stream, Option<Rc<DownstreamTls>>, L4Conn) -> F,
     ) -> usize {
-        std::mem::size_of::<F>()
+        std::mem::size_of::<Counted<F>>()
     }
 
     fn l4_size<'a, F: Future>(
@@ -1162,13 +1201,13 @@ mod idle_sizes {
     fn idle_sizes() {
         let serve = serve_size(serve);
         let setup = setup_size(setup);
-        let l7 = l7_size(crate::l7::serve);
+        let l7 = l7_task_size(crate::l7::serve);
         let forward = forward_l4_size(forward_l4);
         let l4 = l4_size(l4::forward_streams);
-        eprintln!("connection::serve future (the task): {serve} B");
-        eprintln!("connection::setup future (boxed, until the path is chosen): {setup} B");
-        eprintln!("l7::serve future (boxed path): {l7} B");
-        eprintln!("connection::forward_l4 future (boxed path): {forward} B");
+        eprintln!("connection::serve future (the setup task, until the path starts): {serve} B");
+        eprintln!("connection::setup future (in it): {setup} B");
+        eprintln!("l7::serve path task future (counted): {l7} B");
+        eprintln!("connection::forward_l4 path task future (counted): {forward} B");
         eprintln!("l4::forward_streams future (inline): {l4} B");
         eprintln!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
         eprintln!("Stream: {} B", std::mem::size_of::<Stream>());
@@ -1176,5 +1215,14 @@ mod idle_sizes {
             "glommio Timer: {} B",
             std::mem::size_of::<glommio::timer::Timer>()
         );
+        // What an idle connection keeps, as measured when these were last cut
+        // (perf/README.md, "Memory per idle connection", third pass): a layout
+        // change that grows them should be a decision, not an accident.
+        assert!(l7 <= 232, "the HTTP/1 path's task future grew to {l7} B");
+        assert!(
+            forward <= 1328,
+            "the L4 path's task future grew to {forward} B"
+        );
+        assert!(l4 <= 584, "l4::forward_streams grew to {l4} B");
     }
 }

@@ -179,9 +179,9 @@ fn take_queued(
 fn serve_accepted(shard: &Rc<Shard>, stream: glommio::net::TcpStream, key: &ListenKey) {
     shard.count_connection(true);
     let (origin, ipv6) = (key.origin, key.addr.is_ipv6());
-    // The connection's own future, spawned as it is (it counts the
-    // connection's end itself): a wrapping block would keep its captures
-    // (the socket) in the task for the connection's life.
+    // The connection's own future, spawned as it is (it, or the path's task
+    // it starts, counts the connection's end): a wrapping block would keep
+    // its captures (the socket) in the task.
     glommio::spawn_local(crate::connection::serve(
         shard.clone(),
         stream,

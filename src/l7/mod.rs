@@ -359,8 +359,8 @@ impl Context {
 /// goes idle again, so thousands of idle connections do not each keep it
 /// (perf/README.md, "Memory per idle connection").
 ///
-/// Takes the core's `Rc` by value so that the boxed future owns all it needs
-/// ([`crate::connection::serve`] hands it over and frees its own frame). A
+/// Takes the core's `Rc` by value so that the future owns all it needs
+/// ([`crate::connection::serve`] runs it as a task of its own and ends). A
 /// plain `fn` around an `async move` block that works on its captured `Idle`
 /// in place: an `async fn` keeps its arguments beside the locals they move
 /// into (the socket and the context twice, ~350 B per idle connection).
@@ -2260,8 +2260,14 @@ mod tests {
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        eprintln!("Idle: {} B", std::mem::size_of::<Idle>());
-        eprintln!("wait_for_request future: {} B", wait_size(wait_for_request));
+        let (idle, wait) = (std::mem::size_of::<Idle>(), wait_size(wait_for_request));
+        eprintln!("Idle: {idle} B");
+        eprintln!("wait_for_request future: {wait} B");
+        // An idle connection keeps these (and the context once, shared):
+        // perf/README.md, "Memory per idle connection".
+        assert!(idle <= 136, "Idle grew to {idle} B");
+        assert!(wait <= 56, "the idle wait grew to {wait} B");
+        assert!(std::mem::size_of::<Context>() <= 216, "Context grew");
         eprintln!(
             "busy future (boxed per busy stretch): {} B",
             busy_size(busy)

@@ -1,11 +1,20 @@
 //! Per-connection byte buffers, borrowed from a per-core pool only while a
 //! message is in flight (an idle keep-alive connection holds none), and the
 //! reads and writes that use them.
+//!
+//! The pool decays: a burst of concurrent requests leaves up to [`POOL_MAX`]
+//! buffers (4 MiB) in it, which an idle sidecar would otherwise keep mapped
+//! for good. Every [`DECAY_TICK`] while the pool holds more than
+//! [`POOL_FLOOR`], the buffers that stayed in it for the whole tick (its
+//! low-water mark) go back to malloc, and `malloc_trim` returns their pages
+//! to the kernel (glibc keeps freed chunks mapped otherwise). A pool at its
+//! floor has no task and no timer: an idle core costs no wake-ups.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use std::os::fd::AsRawFd;
 
@@ -17,10 +26,32 @@ use futures_lite::io::{AsyncRead, AsyncWriteExt};
 pub const BUF_SIZE: usize = 16 * 1024;
 /// Buffers a core keeps for reuse.
 const POOL_MAX: usize = 256;
+/// Buffers a core keeps however long they go unused (128 KiB).
+const POOL_FLOOR: usize = 8;
+/// How long a pooled buffer above the floor may go unused before it is freed.
+/// Short enough that the memory of a burst is gone about half a second after
+/// it (perf/README.md, "Memory per idle connection", third pass); a buffer
+/// freed too early costs a malloc and four page faults when it is needed again.
+const DECAY_TICK: Duration = Duration::from_millis(200);
+
+/// A core's spare buffers, each of exactly `BUF_SIZE` bytes.
+struct Pool {
+    bufs: Vec<Vec<u8>>,
+    /// The fewest buffers the pool held since the last decay tick: that many
+    /// went unused for the whole tick.
+    low: usize,
+    /// A decay task is running (the pool was above its floor).
+    decaying: bool,
+}
 
 thread_local! {
-    /// Pooled buffers of exactly `BUF_SIZE` bytes.
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            bufs: Vec::new(),
+            low: 0,
+            decaying: false,
+        })
+    };
     /// Where a read lands when the connection has no buffer (it was idle): the
     /// bytes are copied into a pooled buffer in the same poll.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
@@ -36,7 +67,12 @@ pub struct Buf {
 impl Buf {
     pub fn take() -> Buf {
         let data = POOL
-            .with(|p| p.borrow_mut().pop())
+            .with(|p| {
+                let mut p = p.borrow_mut();
+                let b = p.bufs.pop();
+                p.low = p.low.min(p.bufs.len());
+                b
+            })
             .unwrap_or_else(|| vec![0u8; BUF_SIZE]);
         Buf {
             data,
@@ -48,12 +84,21 @@ impl Buf {
     /// Returns the memory to the pool (grown buffers are freed instead).
     pub fn release(self) {
         if self.data.len() == BUF_SIZE {
-            POOL.with(|p| {
+            let start_decay = POOL.with(|p| {
                 let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX {
-                    p.push(self.data);
+                if p.bufs.len() < POOL_MAX {
+                    p.bufs.push(self.data);
                 }
+                if p.bufs.len() > POOL_FLOOR && !p.decaying {
+                    p.decaying = true;
+                    p.low = p.bufs.len();
+                    return true;
+                }
+                false
             });
+            if start_decay {
+                glommio::spawn_local(decay()).detach();
+            }
         }
     }
 
@@ -100,6 +145,40 @@ impl Buf {
             spare[..n].copy_from_slice(&bytes[done..done + n]);
             self.end += n;
             done += n;
+        }
+    }
+}
+
+/// Frees, once per [`DECAY_TICK`], the pooled buffers above the floor that
+/// went unused for the whole tick; ends when the pool is back at its floor.
+async fn decay() {
+    loop {
+        glommio::timer::sleep(DECAY_TICK).await;
+        let (freed, done) = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let unused = p.low.min(p.bufs.len().saturating_sub(POOL_FLOOR));
+            let keep = p.bufs.len() - unused;
+            let freed = p.bufs.split_off(keep);
+            p.low = p.bufs.len();
+            let done = p.bufs.len() <= POOL_FLOOR;
+            p.decaying = !done;
+            (freed, done)
+        });
+        if !freed.is_empty() {
+            drop(freed);
+            // glibc keeps freed chunks mapped (only the top of a heap is
+            // returned on free); this gives their whole pages back. It walks
+            // every arena's free lists once, taking each arena's lock: a
+            // fraction of a millisecond, at most once per tick after a burst.
+            // (glibc only: other allocators return pages their own way.)
+            // SAFETY: malloc_trim has no preconditions.
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0)
+            };
+        }
+        if done {
+            return;
         }
     }
 }
@@ -259,6 +338,40 @@ mod tests {
         let mut slot = Some(b);
         release_if_empty(&mut slot);
         assert!(slot.is_none());
+    }
+
+    /// A burst's buffers go back to malloc once unused for a tick or two, down
+    /// to the floor, and then the decay task ends; buffers lent out every
+    /// tick stay pooled meanwhile.
+    #[test]
+    fn pool_decays_to_its_floor() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let pooled = || POOL.with(|p| (p.borrow().bufs.len(), p.borrow().decaying));
+            let burst: Vec<Buf> = (0..40).map(|_| Buf::take()).collect();
+            burst.into_iter().for_each(Buf::release);
+            assert_eq!(pooled(), (40, true));
+            for _ in 0..200 {
+                if pooled().0 <= POOL_FLOOR {
+                    break;
+                }
+                // Two buffers in use now and then: the decay keeps them.
+                let busy = [Buf::take(), Buf::take()];
+                glommio::timer::sleep(DECAY_TICK / 4).await;
+                busy.into_iter().for_each(Buf::release);
+            }
+            // The decay ends at the floor (a later tick sees nothing to do).
+            for _ in 0..200 {
+                if !pooled().1 {
+                    break;
+                }
+                glommio::timer::sleep(DECAY_TICK / 4).await;
+            }
+            assert_eq!(pooled(), (POOL_FLOOR, false));
+        });
     }
 
     /// Both halves arrive whole and in order, whether the socket takes them
