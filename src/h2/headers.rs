@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
-    is_hop_by_hop, named_in_connection, push_display, push_forwarded, push_framing, push_header,
+    is_hop_by_hop, named_in_connection, push_forwarded, push_framing, push_header, push_ip,
     push_request_id_and_ops, HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
@@ -82,7 +82,7 @@ pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<Req
                 v.extend_from_slice(b", ");
             }
         }
-        push_display(&mut v, addr);
+        push_ip(&mut v, addr);
         if let Ok(v) = HeaderValue::from_bytes(&v) {
             h.insert("x-forwarded-for", v);
         }

@@ -232,7 +232,7 @@ pub(crate) fn push_forwarded<'v, I: Iterator<Item = &'v [u8]>>(
             out.extend_from_slice(v);
             out.extend_from_slice(b", ");
         }
-        push_display(out, addr);
+        push_ip(out, addr);
         out.extend_from_slice(b"\r\n");
     }
     if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
@@ -465,10 +465,33 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-pub(crate) fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
-    use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{v}");
+/// Appends `ip` in its text form (IPv4 dotted decimal, IPv6 as RFC 5952,
+/// which `Display` writes). IPv4 is written by hand: `Display` for an
+/// address goes through the formatter's padding machinery, ~1,000
+/// instructions per X-Forwarded-For in an instruction profile, ~1/50th of
+/// an HTTP/2 request's whole user-space cost.
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// A request id in UUID text form (8-4-4-4-12 lowercase hex, version 4 layout).
@@ -559,17 +582,20 @@ fn mix62(mut x: u64) -> u64 {
 
 fn format_uuid(hi: u64, lo: u64) -> RequestId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'-'; 36];
-    let value = (u128::from(hi) << 64) | u128::from(lo);
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        let shift = 124 - 4 * nibble;
-        *slot = HEX[((value >> shift) & 0xf) as usize];
-        nibble += 1;
+    // The 32 digits of hi and lo, then the dashes of 8-4-4-4-12 put in by
+    // copying the groups (u64 shifts: the u128 ones cost ~10 instructions
+    // a digit).
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        let (half, at) = if i < 16 { (hi, i) } else { (lo, i - 16) };
+        *d = HEX[((half >> (60 - 4 * at)) & 0xf) as usize];
     }
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&digits[..8]);
+    out[9..13].copy_from_slice(&digits[8..12]);
+    out[14..18].copy_from_slice(&digits[12..16]);
+    out[19..23].copy_from_slice(&digits[16..20]);
+    out[24..].copy_from_slice(&digits[20..]);
     RequestId(out)
 }
 
@@ -579,6 +605,31 @@ mod tests {
     use crate::http::head::{
         parse_request, parse_response, Limits, Parsed, RequestHead, ResponseHead,
     };
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut cases: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "::1",
+            "fe80::1:2",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Every octet value in every position, through a cheap permutation.
+        for i in 0..=255u32 {
+            let o = |k: u32| ((i * (2 * k + 1) + 7 * k) % 256) as u8;
+            cases.push(IpAddr::from([o(0), o(1), o(2), o(3)]));
+        }
+        for ip in cases {
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(std::str::from_utf8(&out[1..]).unwrap(), ip.to_string());
+        }
+    }
 
     fn parse_req(input: &[u8]) -> RequestHead {
         match parse_request(input, &Limits::default()) {
@@ -888,6 +939,12 @@ mod tests {
             None
         );
         assert_eq!(shadow_request_head(b"GET / HTTP/1.1"), None);
+    }
+
+    #[test]
+    fn uuid_text_is_the_digits_of_both_halves_in_8_4_4_4_12() {
+        let id = format_uuid(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+        assert_eq!(id.as_str(), "01234567-89ab-cdef-fedc-ba9876543210");
     }
 
     #[test]

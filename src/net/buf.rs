@@ -216,6 +216,31 @@ pub fn poll_read_fresh(
     })
 }
 
+/// Polls one read of at most `max` bytes into the per-core scratch and hands
+/// what came to `sink` in the same poll. For a caller whose destination is
+/// not initialised memory (tokio's `ReadBuf`, which `h2` reads through):
+/// copying the few bytes a read returns costs less than zeroing the whole
+/// destination before every read, which a safe `&mut [u8]` would need
+/// (`ReadBuf::initialize_unfilled`: 8-16 KiB of memset per read).
+pub fn poll_read_via_scratch(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+    max: usize,
+    sink: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let n = max.min(s.len());
+        match Pin::new(&mut *stream).poll_read(cx, &mut s[..n]) {
+            Poll::Ready(Ok(n)) => {
+                sink(&s[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+}
+
 /// Reads once from `stream` into `slot`'s buffer (taking one from the pool
 /// when the slot is empty, only once bytes have arrived). `Ok(0)` is EOF; a
 /// buffer already holding `max` bytes reads nothing and returns an error of

@@ -16,11 +16,29 @@ use super::breaker::Permit;
 /// What makes a pooled connection reusable for a request: where it goes,
 /// from which source address, and how it is secured (0: plaintext; else the
 /// TLS profile of `upstream::tls::Origination`: config, SANs, SNI, ALPN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub endpoint: SocketAddr,
     pub source: Option<IpAddr>,
     pub tls: u64,
+}
+
+/// Two writes into the map's (SipHash, DoS-resistant: original-destination
+/// endpoints are chosen by the traffic) hasher instead of the derived
+/// impl's one per field and enum tag: a take and a put per request hashed
+/// the key ~10 times. Keys that are equal write the same bytes.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        fn bits(ip: IpAddr) -> u128 {
+            match ip {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)) | 1 << 127,
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        }
+        let source = self.source.map_or(0, bits);
+        h.write_u128(bits(self.endpoint.ip()) ^ source.rotate_left(64));
+        h.write_u64(self.tls ^ u64::from(self.endpoint.port()).rotate_right(16));
+    }
 }
 
 /// What travels with an upstream connection besides its socket: its place
