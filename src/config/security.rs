@@ -1102,15 +1102,32 @@ mod tests {
 
     const HEAD: &str = "[capture]\nenabled = false\n";
 
+    /// A temporary directory, removed when the test is done with it (every
+    /// run of the suite left eight behind in /tmp before).
+    struct TestDir(PathBuf);
+
+    impl std::ops::Deref for TestDir {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A directory with Istio's three certificate files and a cluster's
     /// CA, certificate and key (contents are the TLS layer's concern).
-    fn cert_dir() -> PathBuf {
+    fn cert_dir() -> TestDir {
         cert_dir_for("cluster.local")
     }
 
     /// Istio's files (and a CA, client cert and key for cluster TLS) for a
     /// workload of trust domain `td`.
-    fn cert_dir_for(td: &str) -> PathBuf {
+    fn cert_dir_for(td: &str) -> TestDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "remora-security-test-{}-{}",
@@ -1141,7 +1158,7 @@ mod tests {
         ] {
             std::fs::write(dir.join(f), pem).unwrap();
         }
-        dir
+        TestDir(dir)
     }
 
     fn parse(body: &str) -> Result<Config, Vec<String>> {
