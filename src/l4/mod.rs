@@ -39,7 +39,7 @@
 //! destination cannot take everything at once (its send buffer is full), the
 //! remainder moves into a buffer owned by the connection until the destination
 //! drains it: only connections under back-pressure hold memory. Measured:
-//! ~4.2 KiB of RSS per idle connection (perf/README.md, "Memory per idle
+//! ~2.7 KiB of RSS per idle connection (perf/README.md, "Memory per idle
 //! connection"), glommio's two pending polls included.
 //!
 //! Half-close: EOF from one side becomes `shutdown(SHUT_WR)` on the other and the
