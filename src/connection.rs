@@ -1217,14 +1217,12 @@ mod idle_sizes {
         );
         // What an idle connection keeps, as measured when these were last cut
         // (perf/README.md, "Memory per idle connection", third pass): a layout
-        // change that grows them should be a decision, not an accident. (The
-        // L4 pumps' per-direction wakers took 16 B of the pumps' future, a
-        // decision: perf/README.md, "L4 keep-alive against nginx stream".)
+        // change that grows them should be a decision, not an accident.
         assert!(l7 <= 232, "the HTTP/1 path's task future grew to {l7} B");
         assert!(
-            forward <= 1344,
+            forward <= 1296,
             "the L4 path's task future grew to {forward} B"
         );
-        assert!(l4 <= 600, "l4::forward_streams grew to {l4} B");
+        assert!(l4 <= 552, "l4::forward_streams grew to {l4} B");
     }
 }

@@ -52,9 +52,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -225,7 +223,6 @@ where
         ra: None,
         rb: None,
         fds,
-        wakers: None,
     };
     future::or(pumps, idle)
 }
@@ -295,71 +292,7 @@ pin_project_lite::pin_project! {
         rb: Option<Result<(), PumpError>>,
         // (down, up)
         fds: (RawFd, RawFd),
-        // Made at the first poll; see PumpWakers.
-        wakers: Option<PumpWakers>,
     }
-}
-
-/// One waker per direction, so that a wake-up polls only the direction it
-/// was for.
-///
-/// Both directions run in one task, and a task has one waker: with it, every
-/// readiness event of one socket polled both pumps, and the other pump's
-/// poll went through glommio's read path only to find its poll still
-/// pending and register the same waker again (a third of the `poll_read`
-/// calls per request on l4-keepalive, ~8% of the proxy's user-space
-/// instructions per request; perf/README.md, "L4 keep-alive against nginx
-/// stream"). Each pump is polled with its own waker, which marks the pump
-/// woken and wakes the task; the task then polls the pumps that are marked.
-///
-/// The flags are atomics only because `Waker` demands `Send + Sync`; the
-/// executor wakes them on the core's own thread. Costs two 48-byte
-/// allocations per connection.
-struct PumpWakers {
-    a: Arc<PumpWoken>,
-    b: Arc<PumpWoken>,
-    wake_a: Waker,
-    wake_b: Waker,
-}
-
-struct PumpWoken {
-    woken: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for PumpWoken {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Relaxed);
-        self.task.wake_by_ref();
-    }
-}
-
-impl PumpWakers {
-    /// Both marked woken: a pump's first poll (or its first with a new task
-    /// waker) must run.
-    fn new(task: &Waker) -> PumpWakers {
-        let flag = || {
-            Arc::new(PumpWoken {
-                woken: AtomicBool::new(true),
-                task: task.clone(),
-            })
-        };
-        let (a, b) = (flag(), flag());
-        PumpWakers {
-            wake_a: Waker::from(a.clone()),
-            wake_b: Waker::from(b.clone()),
-            a,
-            b,
-        }
-    }
-}
-
-fn take_woken(flag: &PumpWoken) -> bool {
-    flag.woken.swap(false, Ordering::Relaxed)
 }
 
 impl<A, B> Future for Pumps<A, B>
@@ -371,21 +304,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Ending> {
         let this = self.project();
-        let wakers = match this.wakers {
-            Some(w) if w.a.task.will_wake(cx.waker()) => w,
-            w => w.insert(PumpWakers::new(cx.waker())),
-        };
-        // Run the directions that were woken; stop at the first error, or
-        // when both are done.
-        if this.ra.is_none() && take_woken(&wakers.a) {
-            let mut cx = Context::from_waker(&wakers.wake_a);
-            if let Poll::Ready(r) = this.a.poll(&mut cx) {
+        // Run both directions; stop at the first error, or when both are done.
+        if this.ra.is_none() {
+            if let Poll::Ready(r) = this.a.poll(cx) {
                 *this.ra = Some(r);
             }
         }
-        if this.rb.is_none() && take_woken(&wakers.b) {
-            let mut cx = Context::from_waker(&wakers.wake_b);
-            if let Poll::Ready(r) = this.b.poll(&mut cx) {
+        if this.rb.is_none() {
+            if let Poll::Ready(r) = this.b.poll(cx) {
                 *this.rb = Some(r);
             }
         }
