@@ -69,7 +69,7 @@ impl<F: Future> Future for Until<F> {
         };
         match this.slot {
             None => {
-                *this.slot = Some(Slot::register(deadline, cx.waker(), false));
+                *this.slot = Some(Slot::at(deadline, cx.waker()));
                 Poll::Pending
             }
             Some(slot) if slot.expired(cx.waker()) => Poll::Ready(None),

@@ -88,8 +88,8 @@ pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<Req
         }
     }
     if let Some(proto) = rw.forwarded_proto {
-        let kept = rw.forwarded_proto_if_absent && h.contains_key("x-forwarded-proto");
-        if let Some(v) = HeaderValue::from_str(proto).ok().filter(|_| !kept) {
+        let replaces = rw.replaces_proto(|| h.contains_key("x-forwarded-proto"));
+        if let Some(v) = HeaderValue::from_str(proto).ok().filter(|_| replaces) {
             h.insert("x-forwarded-proto", v);
         }
     }
@@ -166,8 +166,7 @@ pub fn write_h1_request(
         }
     }
     let mut had_request_id = false;
-    let replaces_proto = rw.forwarded_proto.is_some()
-        && !(rw.forwarded_proto_if_absent && h.contains_key("x-forwarded-proto"));
+    let replaces_proto = rw.replaces_proto(|| h.contains_key("x-forwarded-proto"));
     for (n, v) in h {
         let n = n.as_str().as_bytes();
         // Names in a map are lowercase already.

@@ -123,6 +123,15 @@ pub struct RequestRewrite<'a> {
     pub upgrade: bool,
 }
 
+impl RequestRewrite<'_> {
+    /// Whether this hop's X-Forwarded-Proto replaces the client's:
+    /// always when it sets one, unless `forwarded_proto_if_absent` and the
+    /// client sent one (`client_sent` is asked only then).
+    pub(crate) fn replaces_proto(&self, client_sent: impl FnOnce() -> bool) -> bool {
+        self.forwarded_proto.is_some() && !(self.forwarded_proto_if_absent && client_sent())
+    }
+}
+
 impl<'a> RequestRewrite<'a> {
     /// Forwards the request as is, framing kept, upgrade kept if requested.
     pub fn passthrough(req: &RequestView<'a>) -> RequestRewrite<'a> {
@@ -181,8 +190,7 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     let check_connection = head.connection.other;
     let ops = rw.ops.filter(|o| !o.is_empty());
     let mut had_request_id = false;
-    let replaces_proto = rw.forwarded_proto.is_some()
-        && !(rw.forwarded_proto_if_absent && headers.contains(b"x-forwarded-proto"));
+    let replaces_proto = rw.replaces_proto(|| headers.contains(b"x-forwarded-proto"));
     for (name, value) in headers.iter() {
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
@@ -477,13 +485,7 @@ pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
+                push_u64(out, octet.into());
             }
         }
         IpAddr::V6(v6) => {

@@ -201,19 +201,15 @@ pub fn poll_read_fresh(
     stream: &mut Stream,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<io::Result<Option<Buf>>> {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(cx, &mut s[..]) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
-            Poll::Ready(Ok(n)) => {
-                let mut b = Buf::take();
-                b.extend(&s[..n]);
-                Poll::Ready(Ok(Some(b)))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+    let mut got = None;
+    poll_read_via_scratch(stream, cx, BUF_SIZE, |bytes| {
+        if !bytes.is_empty() {
+            let mut b = Buf::take();
+            b.extend(bytes);
+            got = Some(b);
         }
     })
+    .map_ok(|_| got)
 }
 
 /// Polls one read of at most `max` bytes into the per-core scratch and hands
