@@ -1325,6 +1325,28 @@ class SidecarPieces(unittest.TestCase):
 
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("iptables") and shutil.which("haproxy")
                      and REMORA_BIN.exists(), "needs root, iptables, haproxy and a built remora")
+class SidecarBreakdown(unittest.TestCase):
+    """perf/sidecar-breakdown's arithmetic: a sidecar's CPU per request shared out by
+    its profile's category weights (the rig itself is exercised by SidecarPods)."""
+
+    def load(self):
+        import importlib.machinery
+        import importlib.util
+        path = str(Path(__file__).resolve().parent / "sidecar-breakdown")
+        loader = importlib.machinery.SourceFileLoader("sidecar_breakdown", path)
+        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        loader.exec_module(mod)
+        return mod
+
+    def test_split(self):
+        mod = self.load()
+        got = mod.split(16.0, {"send": 8, "recv": 2, "loop": 2, "user": 4, "probe": 0}, 16)
+        self.assertEqual(got["send"], 8.0)
+        self.assertEqual(got["other_kernel"], 0.0)
+        self.assertAlmostEqual(sum(got.values()), 16.0)
+        self.assertEqual(mod.split(16.0, {}, 0), {})
+
+
 class SidecarPods(unittest.TestCase):
     """Real pods: HAProxy as both sidecars passes the path check (captured on
     both sides, the app's client is 127.0.0.6); without capture rules the same
