@@ -20,7 +20,9 @@
 //! Remora behind HAProxy on `h2-keepalive`. A server codec of Remora's own
 //! is being built beside it, bottom up, each layer complete and tested
 //! before the next: [`frame`] (frame heads and payloads, checked as RFC
-//! 9113 requires of a receiver) first; HPACK, then the sans-I/O connection
+//! 9113 requires of a receiver) and [`request`] (a request head as spans
+//! in one buffer, checked as §8.2-8.3 require) first; HPACK, then the
+//! sans-I/O connection
 //! (stream states, flow control, the abuse limits) and the switch of
 //! `l7::h2` to it follow. Until that switch `h2` serves every connection,
 //! and it stays the upstream (client) codec either way.
@@ -29,6 +31,7 @@ pub mod client;
 pub mod frame;
 pub mod grpc;
 pub mod headers;
+pub mod request;
 
 use std::io;
 use std::pin::Pin;
