@@ -10,6 +10,7 @@
 //! SETTINGS_MAX_HEADER_LIST_SIZE is decoded to its end (HPACK's table must
 //! stay in step with the peer's) and answered 431, as h2 and Envoy do.
 
+use crate::http::head::{has_port, valid_authority};
 use crate::http::RequestParts;
 
 /// A field's place in the buffer.
@@ -168,11 +169,20 @@ impl HeadBuilder {
         let Some(method) = h.method else {
             return Err(Malformed::Protocol("no :method"));
         };
-        if method.get(&h.buf) == b"CONNECT" {
-            // §8.5: :authority only.
-            if h.scheme.is_some() || h.path.is_some() || h.authority.is_none() {
+        // §8.3.1: no userinfo; the same characters an HTTP/1 Host may have
+        // (what goes upstream as Host must mean the same there).
+        if h.authority.is_some_and(|a| !valid_authority(a.get(&h.buf))) {
+            return Err(Malformed::Protocol(":authority is not a valid authority"));
+        }
+        let method = method.get(&h.buf);
+        if method == b"CONNECT" {
+            // §8.5: :authority (host and port) only.
+            if h.scheme.is_some()
+                || h.path.is_some()
+                || h.authority.is_none_or(|a| !has_port(a.get(&h.buf)))
+            {
                 return Err(Malformed::Protocol(
-                    "CONNECT with :scheme or :path, or without :authority",
+                    "CONNECT with :scheme or :path, or without host:port",
                 ));
             }
         } else {
@@ -180,11 +190,20 @@ impl HeadBuilder {
                 return Err(Malformed::Protocol("no :scheme"));
             }
             // §8.3.1: :path is not empty; it starts with "/" or is "*"
-            // (OPTIONS) for http and https.
+            // (OPTIONS). As an HTTP/1 request-target it must be visible
+            // ASCII without a fragment (what `http::head` demands of one).
             match h.path.map(|p| p.get(&h.buf)) {
                 None | Some(b"") => return Err(Malformed::Protocol("no :path")),
-                Some(p) if p[0] != b'/' && p != b"*" => {
-                    return Err(Malformed::Protocol(":path neither origin form nor *"))
+                Some(b"*") if method == b"OPTIONS" => {}
+                Some(p) if p[0] != b'/' => {
+                    return Err(Malformed::Protocol(
+                        ":path neither origin form nor * (OPTIONS)",
+                    ))
+                }
+                Some(p) if p.iter().any(|&b| !b.is_ascii_graphic() || b == b'#') => {
+                    return Err(Malformed::Protocol(
+                        ":path with a space, a control byte, non-ASCII or #",
+                    ))
                 }
                 Some(_) => {}
             }
@@ -344,8 +363,21 @@ mod tests {
         );
         assert_eq!(
             refused(&[GET[0], GET[1], GET[2], (":path", "a")]),
-            ":path neither origin form nor *"
+            ":path neither origin form nor * (OPTIONS)"
         );
+        assert!(head(&[GET[0], GET[1], GET[2], (":path", "*")]).is_err());
+        for p in ["/a b", "/a#f", "/\x7f", "/caf\u{e9}"] {
+            assert!(
+                head(&[GET[0], GET[1], GET[2], (":path", p)]).is_err(),
+                "{p:?}"
+            );
+        }
+        for a in ["user@host", "a b", "h/x", ""] {
+            assert_eq!(
+                refused(&[GET[0], GET[1], (":authority", a), GET[3]]),
+                ":authority is not a valid authority"
+            );
+        }
         assert!(head(&[(":method", "OPTIONS"), GET[1], GET[2], (":path", "*")]).is_ok());
         assert_eq!(
             refused(&[(":method", "G T"), GET[1], GET[2], GET[3]]),
@@ -353,6 +385,7 @@ mod tests {
         );
         // CONNECT: :authority only.
         assert!(head(&[(":method", "CONNECT"), (":authority", "h:443")]).is_ok());
+        assert!(head(&[(":method", "CONNECT"), (":authority", "h")]).is_err());
         assert!(head(&[(":method", "CONNECT"), (":authority", "h:443"), GET[3]]).is_err());
         assert!(head(&[(":method", "CONNECT")]).is_err());
     }
