@@ -17,6 +17,7 @@
 pub mod client;
 pub mod grpc;
 pub mod headers;
+pub mod hpack;
 
 use std::io;
 use std::pin::Pin;
