@@ -19,18 +19,20 @@
 //! of the user-space CPU of a proxied HTTP/2 request, enough to keep
 //! Remora behind HAProxy on `h2-keepalive`. A server codec of Remora's own
 //! is being built beside it, bottom up, each layer complete and tested
-//! before the next: [`frame`] (frame heads and payloads, checked as RFC
-//! 9113 requires of a receiver) and [`request`] (a request head as spans
-//! in one buffer, checked as §8.2-8.3 require) first; HPACK, then the
-//! sans-I/O connection
-//! (stream states, flow control, the abuse limits) and the switch of
-//! `l7::h2` to it follow. Until that switch `h2` serves every connection,
-//! and it stays the upstream (client) codec either way.
+//! before the next, none on the request path yet: [`frame`] (frame heads
+//! and payloads, checked as RFC 9113 requires of a receiver), [`hpack`]
+//! (RFC 7541 with no `h2` or `http` types: fields decoded as borrowed
+//! slices, encoded straight from bytes) and [`request`] (a request head as
+//! spans in one buffer, checked as §8.2-8.3 require). The sans-I/O
+//! connection (stream states, flow control, the abuse limits) and the
+//! switch of `l7::h2` to it follow. Until that switch `h2` serves every
+//! connection, and it stays the upstream (client) codec either way.
 
 pub mod client;
 pub mod frame;
 pub mod grpc;
 pub mod headers;
+pub mod hpack;
 pub mod request;
 
 use std::io;
