@@ -23,12 +23,14 @@
 //! and payloads, checked as RFC 9113 requires of a receiver), [`hpack`]
 //! (RFC 7541 with no `h2` or `http` types: fields decoded as borrowed
 //! slices, encoded straight from bytes) and [`request`] (a request head as
-//! spans in one buffer, checked as §8.2-8.3 require). The sans-I/O
-//! connection (stream states, flow control, the abuse limits) and the
-//! switch of `l7::h2` to it follow. Until that switch `h2` serves every
+//! spans in one buffer, checked as §8.2-8.3 require), and [`conn`], the
+//! connection without I/O (stream states, both flow controls, SETTINGS,
+//! GOAWAY, the abuse limits). Its glommio driver and the switch of `l7::h2`
+//! to it follow. Until that switch `h2` serves every
 //! connection, and it stays the upstream (client) codec either way.
 
 pub mod client;
+pub mod conn;
 pub mod frame;
 pub mod grpc;
 pub mod headers;
