@@ -30,11 +30,16 @@ const NOT_INDEXED: [&[u8]; 9] = [
     b"x-request-id",
 ];
 
-/// The hash indexes of the dynamic table: per slot, the insertion number
-/// (`DynamicTable::inserted`) of the newest entry whose field (resp. name)
-/// hashed there. A slot is a hint, checked against the entry's bytes: it
-/// may name an evicted entry, or one with another field of the same hash,
-/// and then the lookup misses, which costs compression, never correctness.
+/// The hash indexes of the dynamic table: per slot, 1 + the insertion
+/// number (`DynamicTable::inserted`) of an entry whose field (resp. name)
+/// hashed there, 0 for none. A key has two candidate slots (two bytes of
+/// its hash) and an insertion takes the one holding the older entry, so
+/// two live fields that share one slot do not evict each other from the
+/// index (with one slot, a browser request's 24 fields had two such pairs,
+/// re-inserted on every request). A slot is a hint, checked against the
+/// entry's bytes: it may name an evicted entry, or one with another field
+/// of the same hash, and then the lookup misses, which costs compression,
+/// never correctness.
 struct Index {
     fields: [u32; SLOTS],
     names: [u32; SLOTS],
@@ -171,15 +176,19 @@ impl Encoder {
         let name_hash = hash(0, name);
         let field_hash = hash(name_hash, value);
         if !sensitive {
-            if let Some(i) = self.find(self.index.fields[slot(field_hash)], name, Some(value)) {
+            let found = slots(field_hash)
+                .into_iter()
+                .find_map(|s| self.find(self.index.fields[s], name, Some(value)));
+            if let Some(i) = found {
                 write_integer(FIRST_DYNAMIC + i, 7, 0x80, out);
                 return;
             }
         }
         let name_idx = match known {
             StaticMatch::Name(i) | StaticMatch::Field(i) => i as usize,
-            StaticMatch::None => self
-                .find(self.index.names[slot(name_hash)], name, None)
+            StaticMatch::None => slots(name_hash)
+                .into_iter()
+                .find_map(|s| self.find(self.index.names[s], name, None))
                 .map_or(0, |i| FIRST_DYNAMIC + i),
         };
         if sensitive {
@@ -187,9 +196,11 @@ impl Encoder {
         } else if self.worth_indexing(name, value) {
             self.literal(0x40, 6, name_idx, name, value, out);
             if self.table.insert(name, value) {
-                let n = self.table.inserted().wrapping_sub(1);
-                self.index.fields[slot(field_hash)] = n;
-                self.index.names[slot(name_hash)] = n;
+                let v = self.table.inserted();
+                let s = self.older_slot(&self.index.fields, field_hash);
+                self.index.fields[s] = v;
+                let s = self.older_slot(&self.index.names, name_hash);
+                self.index.names[s] = v;
             }
         } else {
             self.literal(0x00, 4, name_idx, name, value, out);
@@ -204,11 +215,30 @@ impl Encoder {
             && !NOT_INDEXED.contains(&name)
     }
 
-    /// The dynamic table position (0 = newest) of entry number `n` if it is
-    /// still there and has this name (and value).
+    /// Of the two slots for `hash`, the one to overwrite: empty, or holding
+    /// the older entry (an evicted one is older than any live one).
+    fn older_slot(&self, index: &[u32; SLOTS], hash: u64) -> usize {
+        let age = |v: u32| match v {
+            0 => u32::MAX,
+            v => self.table.inserted().wrapping_sub(v),
+        };
+        let [a, b] = slots(hash);
+        if age(index[b]) > age(index[a]) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// The dynamic table position (0 = newest) of the entry a slot holds
+    /// (`v`: 1 + its insertion number), if it is still there and has this
+    /// name (and value).
     #[inline]
-    fn find(&self, n: u32, name: &[u8], value: Option<&[u8]>) -> Option<usize> {
-        let i = self.table.inserted().wrapping_sub(n).wrapping_sub(1) as usize;
+    fn find(&self, v: u32, name: &[u8], value: Option<&[u8]>) -> Option<usize> {
+        if v == 0 {
+            return None;
+        }
+        let i = self.table.inserted().wrapping_sub(v) as usize;
         let (en, ev) = self.table.get(i)?;
         (en == name && value.is_none_or(|v| v == ev)).then_some(i)
     }
@@ -313,7 +343,8 @@ fn small(b: &[u8]) -> u64 {
     }
 }
 
+/// The two candidate slots of a hash: its top two bytes.
 #[inline]
-fn slot(h: u64) -> usize {
-    (h >> 56) as usize % SLOTS
+fn slots(h: u64) -> [usize; 2] {
+    [(h >> 56) as usize % SLOTS, (h >> 48) as usize % SLOTS]
 }

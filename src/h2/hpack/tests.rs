@@ -554,3 +554,19 @@ fn hash_collisions_cost_only_compression() {
         assert_eq!(decode(&mut d, &out).unwrap(), fields(&[("x-v", v)]));
     }
 }
+
+/// Forty fields that all fit in the table repeat as one byte each: the
+/// two-slot hash index keeps every one of them findable.
+#[test]
+fn a_repeated_list_is_all_indexed() {
+    let owned: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("x-field-{i}"), format!("value number {i}")))
+        .collect();
+    let list: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(4096);
+    decode(&mut d, &encode(&mut e, &list)).unwrap();
+    let again = encode(&mut e, &list);
+    assert_eq!(again.len(), 40, "{again:02x?}");
+    assert_eq!(decode(&mut d, &again).unwrap(), fields(&list));
+}
