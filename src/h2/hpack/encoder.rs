@@ -30,11 +30,16 @@ const NOT_INDEXED: [&[u8]; 9] = [
     b"x-request-id",
 ];
 
-/// The hash indexes of the dynamic table: per slot, the insertion number
-/// (`DynamicTable::inserted`) of the newest entry whose field (resp. name)
-/// hashed there. A slot is a hint, checked against the entry's bytes: it
-/// may name an evicted entry, or one with another field of the same hash,
-/// and then the lookup misses, which costs compression, never correctness.
+/// The hash indexes of the dynamic table: per slot, 1 + the insertion
+/// number (`DynamicTable::inserted`) of an entry whose field (resp. name)
+/// hashed there, 0 for none. A key has two candidate slots (two bytes of
+/// its hash) and an insertion takes the one holding the older entry, so
+/// two live fields that share one slot do not evict each other from the
+/// index (with one slot, a browser request's 24 fields had two such pairs,
+/// re-inserted on every request). A slot is a hint, checked against the
+/// entry's bytes: it may name an evicted entry, or one with another field
+/// of the same hash, and then the lookup misses, which costs compression,
+/// never correctness.
 struct Index {
     fields: [u32; SLOTS],
     names: [u32; SLOTS],
@@ -171,15 +176,19 @@ impl Encoder {
         let name_hash = hash(0, name);
         let field_hash = hash(name_hash, value);
         if !sensitive {
-            if let Some(i) = self.find(self.index.fields[slot(field_hash)], name, Some(value)) {
+            let found = slots(field_hash)
+                .into_iter()
+                .find_map(|s| self.find(self.index.fields[s], name, Some(value)));
+            if let Some(i) = found {
                 write_integer(FIRST_DYNAMIC + i, 7, 0x80, out);
                 return;
             }
         }
         let name_idx = match known {
             StaticMatch::Name(i) | StaticMatch::Field(i) => i as usize,
-            StaticMatch::None => self
-                .find(self.index.names[slot(name_hash)], name, None)
+            StaticMatch::None => slots(name_hash)
+                .into_iter()
+                .find_map(|s| self.find(self.index.names[s], name, None))
                 .map_or(0, |i| FIRST_DYNAMIC + i),
         };
         if sensitive {
@@ -187,9 +196,11 @@ impl Encoder {
         } else if self.worth_indexing(name, value) {
             self.literal(0x40, 6, name_idx, name, value, out);
             if self.table.insert(name, value) {
-                let n = self.table.inserted().wrapping_sub(1);
-                self.index.fields[slot(field_hash)] = n;
-                self.index.names[slot(name_hash)] = n;
+                let v = self.table.inserted();
+                let s = self.older_slot(&self.index.fields, field_hash);
+                self.index.fields[s] = v;
+                let s = self.older_slot(&self.index.names, name_hash);
+                self.index.names[s] = v;
             }
         } else {
             self.literal(0x00, 4, name_idx, name, value, out);
@@ -204,11 +215,30 @@ impl Encoder {
             && !NOT_INDEXED.contains(&name)
     }
 
-    /// The dynamic table position (0 = newest) of entry number `n` if it is
-    /// still there and has this name (and value).
+    /// Of the two slots for `hash`, the one to overwrite: empty, or holding
+    /// the older entry (an evicted one is older than any live one).
+    fn older_slot(&self, index: &[u32; SLOTS], hash: u64) -> usize {
+        let age = |v: u32| match v {
+            0 => u32::MAX,
+            v => self.table.inserted().wrapping_sub(v),
+        };
+        let [a, b] = slots(hash);
+        if age(index[b]) > age(index[a]) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// The dynamic table position (0 = newest) of the entry a slot holds
+    /// (`v`: 1 + its insertion number), if it is still there and has this
+    /// name (and value).
     #[inline]
-    fn find(&self, n: u32, name: &[u8], value: Option<&[u8]>) -> Option<usize> {
-        let i = self.table.inserted().wrapping_sub(n).wrapping_sub(1) as usize;
+    fn find(&self, v: u32, name: &[u8], value: Option<&[u8]>) -> Option<usize> {
+        if v == 0 {
+            return None;
+        }
+        let i = self.table.inserted().wrapping_sub(v) as usize;
         let (en, ev) = self.table.get(i)?;
         (en == name && value.is_none_or(|v| v == ev)).then_some(i)
     }
@@ -265,29 +295,56 @@ pub(super) fn write_integer(value: usize, n: u32, flags: u8, out: &mut Vec<u8>) 
     out.push(v as u8);
 }
 
-/// A multiplicative hash over 8-byte words (FxHash's step): names and
-/// values are short, and the index only needs spread, not resistance to
-/// chosen collisions (a collision costs a literal, not time).
+/// A multiplicative hash (FxHash's step) over the length and at most four
+/// 8-byte words: all of a string of up to 16 bytes (overlapping loads),
+/// the first and last 16 of a longer one. The index only needs spread, not
+/// resistance to chosen collisions (a collision costs a literal, not
+/// time); hashing every word of long values was a chain of dependent
+/// multiplies that took half of the encoder's time on a browser-like
+/// request. A value that differs from another of the same length only in
+/// its middle shares its slot.
 #[inline]
 fn hash(seed: u64, bytes: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = (seed ^ bytes.len() as u64).wrapping_mul(K);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let n = bytes.len();
+    let h = step(seed, n as u64);
+    if n <= 8 {
+        step(h, small(bytes))
+    } else if n <= 16 {
+        step(step(h, word(&bytes[..8])), word(&bytes[n - 8..]))
+    } else {
+        let h = step(step(h, word(&bytes[..8])), word(&bytes[8..16]));
+        step(step(h, word(&bytes[n - 16..n - 8])), word(&bytes[n - 8..]))
     }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        let mut b = [0u8; 8];
-        b[..tail.len()].copy_from_slice(tail);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
-    }
-    h
 }
 
+/// The first 8 bytes of `b` (at least 8) as one load.
 #[inline]
-fn slot(h: u64) -> usize {
-    (h >> 56) as usize % SLOTS
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// Up to 8 bytes as a word, by two overlapping 4-byte loads or three byte
+/// loads (every byte counted, no loop).
+#[inline]
+fn small(b: &[u8]) -> u64 {
+    let n = b.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | u64::from(hi) << 32
+    } else if n > 0 {
+        u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16
+    } else {
+        0
+    }
+}
+
+/// The two candidate slots of a hash: its top two bytes.
+#[inline]
+fn slots(h: u64) -> [usize; 2] {
+    [(h >> 56) as usize % SLOTS, (h >> 48) as usize % SLOTS]
 }

@@ -538,3 +538,35 @@ fn mutations_never_panic() {
     // Both paths exercised.
     assert!(ok > 10_000 && failed > 10_000, "ok {ok}, failed {failed}");
 }
+
+/// Values that share length, first and last 16 bytes share a hash slot:
+/// the index is a hint checked against the entry, so alternating them
+/// costs literals, never a wrong field.
+#[test]
+fn hash_collisions_cost_only_compression() {
+    let a = format!("{}{}{}", "p".repeat(16), "a".repeat(10), "s".repeat(16));
+    let b = format!("{}{}{}", "p".repeat(16), "b".repeat(10), "s".repeat(16));
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(4096);
+    for i in 0..6 {
+        let v = if i % 2 == 0 { &a } else { &b };
+        let out = encode(&mut e, &[("x-v", v)]);
+        assert_eq!(decode(&mut d, &out).unwrap(), fields(&[("x-v", v)]));
+    }
+}
+
+/// Forty fields that all fit in the table repeat as one byte each: the
+/// two-slot hash index keeps every one of them findable.
+#[test]
+fn a_repeated_list_is_all_indexed() {
+    let owned: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("x-field-{i}"), format!("value number {i}")))
+        .collect();
+    let list: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(4096);
+    decode(&mut d, &encode(&mut e, &list)).unwrap();
+    let again = encode(&mut e, &list);
+    assert_eq!(again.len(), 40, "{again:02x?}");
+    assert_eq!(decode(&mut d, &again).unwrap(), fields(&list));
+}
