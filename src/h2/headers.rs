@@ -232,6 +232,57 @@ pub fn response_from_h1(view: &ResponseView<'_>, ops: Option<&HeaderOps>) -> htt
     r
 }
 
+/// An HTTP/1 response head as an HTTP/2 header block, for the codec of our
+/// own: the fields `response_from_h1` keeps (connection-specific ones and
+/// those the Connection field names dropped, the route's operations
+/// applied), encoded straight from the head's bytes with no header map.
+pub fn encode_h1_response(
+    view: &ResponseView<'_>,
+    ops: Option<&HeaderOps>,
+    enc: &mut crate::h2::hpack::Encoder,
+    out: &mut Vec<u8>,
+) {
+    let headers = view.headers();
+    let check_connection = view.head.connection.other;
+    let ops = ops.filter(|o| !o.is_empty());
+    enc.status(view.head.status, out);
+    for s in headers.spans() {
+        let n = s.name.get(view.buf);
+        if is_hop_by_hop(n)
+            || (check_connection && named_in_connection(headers.get_all(b"connection"), n))
+            || ops.is_some_and(|o| o.drops(n))
+        {
+            continue;
+        }
+        let v = view
+            .buf
+            .get(s.value.start as usize..s.value.end as usize)
+            .unwrap_or_default();
+        lowercase(n, |n| enc.field(n, v, out));
+    }
+    for f in ops.iter().flat_map(|o| o.set.iter().chain(&o.add)) {
+        lowercase(&f.name, |n| enc.field(n, &f.value, out));
+    }
+}
+
+/// `f` of `name` in lowercase (RFC 9113 §8.2.1), without an allocation for
+/// names up to 64 bytes.
+fn lowercase<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    if !name.iter().any(u8::is_ascii_uppercase) {
+        return f(name);
+    }
+    let mut small = [0u8; 64];
+    match small.get_mut(..name.len()) {
+        Some(buf) => {
+            for (d, s) in buf.iter_mut().zip(name) {
+                *d = s.to_ascii_lowercase();
+            }
+            f(buf)
+        }
+        None => f(&name.to_ascii_lowercase()),
+    }
+}
+
 /// An HTTP/2 response head (status and fields) for an HTTP/1 client;
 /// `framing` is how the body will go (`None` keeps the upstream's
 /// Content-Length, which for HEAD and 304 describes another body).
@@ -540,6 +591,63 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nx-app: v\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    /// The codec of our own's encoding keeps exactly the fields the header
+    /// map path keeps, in order, names lowercased, route operations applied.
+    #[test]
+    fn encoded_h1_response_matches_the_header_map() {
+        use crate::h2::hpack::{Decoder, Encoder};
+        let raw = b"HTTP/1.1 201 Created\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nServer: nginx\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Drop: 1\r\nX-Set: old\r\nX-A-Very-Long-Header-Name-That-Is-Longer-Than-Sixty-Four-Bytes-Ok: v\r\n\r\n";
+        let Ok(Parsed::Complete { head, .. }) =
+            parse_response(raw, &Limits::default(), Method::Get)
+        else {
+            panic!("parse")
+        };
+        let field = |n: &str, v: &str| HeaderField {
+            name: n.as_bytes().into(),
+            value: v.as_bytes().into(),
+        };
+        let ops = HeaderOps {
+            remove: vec![b"x-drop".to_vec().into_boxed_slice()],
+            set: vec![field("X-Set", "new")],
+            add: vec![field("x-added", "1")],
+        };
+        for ops in [None, Some(&ops)] {
+            let view = head.view(raw);
+            let map = response_from_h1(&view, ops);
+            let mut want = vec![(b":status".to_vec(), b"201".to_vec())];
+            want.extend(
+                map.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
+            );
+            let mut enc = Encoder::new();
+            let mut block = Vec::new();
+            enc.begin(&mut block);
+            encode_h1_response(&view, ops, &mut enc, &mut block);
+            let mut got = Vec::new();
+            Decoder::new(4096)
+                .decode(&block, |n, v| {
+                    got.push((n.to_vec(), v.to_vec()));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            // The map groups a name's values together; compare as multisets
+            // of fields, and the order of each name's values.
+            let sorted = |v: &mut Vec<(Vec<u8>, Vec<u8>)>| v.sort();
+            let (mut g, mut w) = (got.clone(), want.clone());
+            sorted(&mut g);
+            sorted(&mut w);
+            assert_eq!(g, w);
+            let cookies = |v: &[(Vec<u8>, Vec<u8>)]| {
+                v.iter()
+                    .filter(|(n, _)| n == b"set-cookie")
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(cookies(&got), cookies(&want));
+        }
     }
 
     #[test]

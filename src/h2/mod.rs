@@ -13,10 +13,29 @@
 //! had their CVEs; `h2` is fuzzed, maintained, and carries fixes for rapid
 //! reset and CONTINUATION floods. It needs no tokio runtime, only tokio's
 //! I/O traits, which [`Io`] provides over `net::Stream`.
+//!
+//! That choice has a measured price on the downstream side (perf/H2.md,
+//! "Session 9" and "Session 10"): `h2` and `http`'s header maps are a third
+//! of the user-space CPU of a proxied HTTP/2 request, enough to keep
+//! Remora behind HAProxy on `h2-keepalive`. A server codec of Remora's own
+//! is being built beside it, bottom up, each layer complete and tested
+//! before the next, none on the request path yet: [`frame`] (frame heads
+//! and payloads, checked as RFC 9113 requires of a receiver), [`hpack`]
+//! (RFC 7541 with no `h2` or `http` types: fields decoded as borrowed
+//! slices, encoded straight from bytes) and [`request`] (a request head as
+//! spans in one buffer, checked as §8.2-8.3 require), and [`conn`], the
+//! connection without I/O (stream states, both flow controls, SETTINGS,
+//! GOAWAY, the abuse limits). Its glommio driver and the switch of `l7::h2`
+//! to it follow. Until that switch `h2` serves every
+//! connection, and it stays the upstream (client) codec either way.
 
 pub mod client;
+pub mod conn;
+pub mod frame;
 pub mod grpc;
 pub mod headers;
+pub mod hpack;
+pub mod request;
 
 use std::io;
 use std::pin::Pin;

@@ -839,7 +839,7 @@ fn absolute_form_authority(target: &[u8]) -> Option<(usize, usize)> {
 
 /// Whether an authority ends in ":" and a port 1-65535 after a non-empty
 /// host (an IPv6 literal's own colons are inside its brackets).
-fn has_port(a: &[u8]) -> bool {
+pub(crate) fn has_port(a: &[u8]) -> bool {
     let Some(colon) = a.iter().rposition(|&b| b == b':') else {
         return false;
     };
@@ -860,7 +860,7 @@ fn has_port(a: &[u8]) -> bool {
 /// uri-host [":" port] with the characters RFC 3986 allows in a reg-name, an
 /// IP literal or a port. Rejects userinfo ("@"), whitespace, "/" and commas, so
 /// what routes the request is exactly what the upstream will see.
-fn valid_authority(a: &[u8]) -> bool {
+pub(crate) fn valid_authority(a: &[u8]) -> bool {
     !a.is_empty()
         && a.iter().all(|&b| {
             b.is_ascii_alphanumeric()
