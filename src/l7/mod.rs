@@ -89,6 +89,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 
+use crate::net::park;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
 use crate::shard::RbacResult;
@@ -372,7 +373,7 @@ pub fn serve(
 ) -> impl Future<Output = ()> {
     CoreStats::inc(&shard.stats.downstream_cx_http);
     let mut idle = Idle {
-        down,
+        down: Down::Live(down),
         snapshot,
         ctx: Rc::new(ctx),
     };
@@ -393,12 +394,47 @@ pub fn serve(
 
 /// What a keep-alive connection keeps between requests.
 struct Idle {
-    down: Stream,
+    down: Down,
     /// The config of its last request (the next one refreshes it).
     snapshot: Arc<Snapshot>,
     /// Shared, not copied, with each request's `Conn`: 8 bytes here
     /// instead of the whole context.
     ctx: Rc<Context>,
+}
+
+/// The downstream socket of an idle connection.
+enum Down {
+    Live(Stream),
+    /// Idle for longer than [`park::PARK_AFTER`]: no glommio stream (and so
+    /// no pending glommio poll) until bytes come ([`crate::net::park`]).
+    Parked(park::Parked),
+    /// Only while one becomes the other.
+    Moving,
+}
+
+impl Down {
+    /// Parks a plain stream (TLS ones stay live: their session is more
+    /// than the socket). Stays live when parking is not possible.
+    fn park(&mut self, waker: &std::task::Waker) {
+        if let Down::Live(Stream::Plain(_)) = self {
+            let Down::Live(Stream::Plain(tcp)) = std::mem::replace(self, Down::Moving) else {
+                return;
+            };
+            *self = match park::park(tcp, waker) {
+                Ok(parked) => Down::Parked(parked),
+                Err(tcp) => Down::Live(Stream::Plain(tcp)),
+            };
+        }
+    }
+
+    /// The live stream again, for the busy stretch.
+    fn into_live(self) -> Option<Stream> {
+        match self {
+            Down::Live(s) => Some(s),
+            Down::Parked(p) => Some(Stream::Plain(p.resume())),
+            Down::Moving => None,
+        }
+    }
 }
 
 /// Waits, holding no buffer, for the first bytes of the connection's next
@@ -416,9 +452,16 @@ struct Idle {
 /// ([`crate::deadline::Slot::idle`]), whose sweeper wakes it at the
 /// deadline and which the overload manager's shedding and the stop wake
 /// ([`crate::idle::IdleSet`]); a timer only for the stopping grace.
+///
+/// A plain connection still idle after [`park::PARK_AFTER`] parks: its
+/// first deadline is the park, its second the idle timeout.
 fn wait_for_request<'a>(shard: &'a Shard, idle: &'a mut Idle) -> WaitForRequest<'a> {
+    let now = Instant::now();
+    let deadline = now + idle.snapshot.config.http.idle_timeout;
+    let parks = matches!(idle.down, Down::Live(Stream::Plain(_)));
     WaitForRequest {
-        deadline: Instant::now() + idle.snapshot.config.http.idle_timeout,
+        deadline,
+        parks: parks && now + park::PARK_AFTER < deadline,
         shed_epoch: shard.idle.shed_epoch(),
         shard,
         idle,
@@ -433,6 +476,9 @@ struct WaitForRequest<'a> {
     idle: &'a mut Idle,
     /// The idle timeout.
     deadline: Instant,
+    /// Its registered deadline is the park ([`park::PARK_AFTER`] after the
+    /// wait began), not yet the idle timeout.
+    parks: bool,
     /// The shedding epoch this wait began in.
     shed_epoch: u64,
     /// The stopping grace, once the core's stop is seen.
@@ -447,7 +493,12 @@ impl Future for WaitForRequest<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Buf>> {
         let this = &mut *self;
-        match crate::net::buf::poll_read_fresh(&mut this.idle.down, cx) {
+        let read = match &mut this.idle.down {
+            Down::Live(s) => crate::net::buf::poll_read_fresh(s, cx),
+            Down::Parked(p) => p.poll_read(cx),
+            Down::Moving => Poll::Ready(Ok(None)),
+        };
+        match read {
             Poll::Ready(Ok(got)) => return Poll::Ready(got),
             Poll::Ready(Err(_)) => return Poll::Ready(None),
             Poll::Pending => {}
@@ -458,13 +509,29 @@ impl Future for WaitForRequest<'_> {
             return Poll::Ready(None);
         }
         match &this.slot {
+            // Idle for a while: park, and wait for the idle timeout.
+            Some(slot) if this.parks && slot.expired(cx.waker()) => {
+                this.parks = false;
+                this.slot = Some(crate::deadline::Slot::idle(this.deadline, cx.waker()));
+                this.idle.down.park(cx.waker());
+                if matches!(this.idle.down, Down::Parked(_)) {
+                    CoreStats::inc(&this.shard.stats.downstream_cx_idle_parked);
+                }
+            }
             // Idle too long: counted as the L4 path counts its idle timeouts.
             Some(slot) if slot.expired(cx.waker()) => {
                 CoreStats::inc(&this.shard.stats.cx_idle_timeout);
                 return Poll::Ready(None);
             }
             Some(_) => {}
-            None => this.slot = Some(crate::deadline::Slot::idle(this.deadline, cx.waker())),
+            None => {
+                let at = if this.parks {
+                    Instant::now() + park::PARK_AFTER
+                } else {
+                    this.deadline
+                };
+                this.slot = Some(crate::deadline::Slot::idle(at, cx.waker()));
+            }
         }
         if set.stopping() {
             let grace = this
@@ -487,6 +554,10 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         snapshot,
         ctx,
     } = idle;
+    let Some(down) = down.into_live() else {
+        inbuf.release();
+        return None;
+    };
     let log = RequestLog::new(&ctx);
     let mut conn = Conn {
         shard,
@@ -526,7 +597,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
                         ..
                     } = conn;
                     return Some(Idle {
-                        down,
+                        down: Down::Live(down),
                         snapshot,
                         ctx,
                     });
@@ -2264,9 +2335,10 @@ mod tests {
         eprintln!("Idle: {idle} B");
         eprintln!("wait_for_request future: {wait} B");
         // An idle connection keeps these (and the context once, shared):
-        // perf/README.md, "Memory per idle connection".
-        assert!(idle <= 136, "Idle grew to {idle} B");
-        assert!(wait <= 56, "the idle wait grew to {wait} B");
+        // perf/README.md, "Memory per idle connection" (fourth pass: +8 B
+        // each for the parked socket's tag and the wait's `parks` flag).
+        assert!(idle <= 144, "Idle grew to {idle} B");
+        assert!(wait <= 64, "the idle wait grew to {wait} B");
         assert!(std::mem::size_of::<Context>() <= 216, "Context grew");
         eprintln!(
             "busy future (boxed per busy stretch): {} B",
