@@ -443,6 +443,7 @@ async fn setup(
             tls,
             inbound_dst,
             use_remote_address: plan.use_remote_address,
+            park_shift: std::cell::Cell::new(0),
         };
         // The L7 state machine in its own task, owning the socket, so that
         // this setup's frame is freed while it runs.

@@ -336,6 +336,11 @@ pub struct Context {
     pub inbound_dst: Option<SocketAddr>,
     /// Append the peer to X-Forwarded-For (Envoy's `use_remote_address`).
     pub use_remote_address: bool,
+    /// How much longer than [`park::PARK_AFTER`] this connection waits
+    /// before it parks (a power of two): raised when a parked connection
+    /// is woken soon after parking, so that a client with a steady request
+    /// interval stops paying a park per request ([`park_backoff`]).
+    pub park_shift: std::cell::Cell<u8>,
 }
 
 impl Context {
@@ -402,6 +407,31 @@ struct Idle {
     ctx: Rc<Context>,
 }
 
+/// The most [`Context::park_shift`] grows to: a connection waits at most
+/// `PARK_AFTER << 7` (12.8 s) before it parks.
+const PARK_SHIFT_MAX: u8 = 7;
+
+/// How long this connection waits the ordinary way before it parks.
+fn park_after(ctx: &Context) -> Duration {
+    park::PARK_AFTER * (1u32 << ctx.park_shift.get().min(PARK_SHIFT_MAX))
+}
+
+/// A parked connection got bytes after waiting `idle` in all: woken within
+/// eight times its park delay, it waits twice as long before parking next
+/// time (a client with a steady interval I stops parking once the delay
+/// passes I); parked for over sixteen times its delay, half as long.
+/// A park and its resume cost about 40 µs of CPU (perf/README.md, fourth
+/// pass), so a client with a steady interval just above the delay would
+/// otherwise pay it on every request.
+fn park_backoff(ctx: &Context, idle: Option<Duration>) {
+    let (shift, after) = (ctx.park_shift.get(), park_after(ctx));
+    match idle {
+        Some(t) if t < after * 8 => ctx.park_shift.set((shift + 1).min(PARK_SHIFT_MAX)),
+        Some(t) if t > after * 16 => ctx.park_shift.set(shift.saturating_sub(1)),
+        _ => {}
+    }
+}
+
 /// The downstream socket of an idle connection.
 enum Down {
     Live(Stream),
@@ -461,7 +491,7 @@ fn wait_for_request<'a>(shard: &'a Shard, idle: &'a mut Idle) -> WaitForRequest<
     let parks = matches!(idle.down, Down::Live(Stream::Plain(_)));
     WaitForRequest {
         deadline,
-        parks: parks && now + park::PARK_AFTER < deadline,
+        parks: parks && now + park_after(&idle.ctx) < deadline,
         shed_epoch: shard.idle.shed_epoch(),
         shard,
         idle,
@@ -495,7 +525,15 @@ impl Future for WaitForRequest<'_> {
         let this = &mut *self;
         let read = match &mut this.idle.down {
             Down::Live(s) => crate::net::buf::poll_read_fresh(s, cx),
-            Down::Parked(p) => p.poll_read(cx),
+            Down::Parked(p) => {
+                let read = p.poll_read(cx);
+                if let Poll::Ready(Ok(Some(_))) = read {
+                    let http = &this.idle.snapshot.config.http;
+                    let began = this.deadline.checked_sub(http.idle_timeout);
+                    park_backoff(&this.idle.ctx, began.map(|b| b.elapsed()));
+                }
+                read
+            }
             Down::Moving => Poll::Ready(Ok(None)),
         };
         match read {
@@ -526,7 +564,7 @@ impl Future for WaitForRequest<'_> {
             Some(_) => {}
             None => {
                 let at = if this.parks {
-                    Instant::now() + park::PARK_AFTER
+                    Instant::now() + park_after(&this.idle.ctx)
                 } else {
                     this.deadline
                 };
