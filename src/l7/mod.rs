@@ -424,11 +424,17 @@ fn park_after(ctx: &Context) -> Duration {
 /// pass), so a client with a steady interval just above the delay would
 /// otherwise pay it on every request.
 fn park_backoff(ctx: &Context, idle: Option<Duration>) {
-    let (shift, after) = (ctx.park_shift.get(), park_after(ctx));
+    ctx.park_shift
+        .set(next_park_shift(ctx.park_shift.get(), idle));
+}
+
+/// [`park_backoff`]'s rule, on the shift alone.
+fn next_park_shift(shift: u8, idle: Option<Duration>) -> u8 {
+    let after = park::PARK_AFTER * (1u32 << shift.min(PARK_SHIFT_MAX));
     match idle {
-        Some(t) if t < after * 8 => ctx.park_shift.set((shift + 1).min(PARK_SHIFT_MAX)),
-        Some(t) if t > after * 16 => ctx.park_shift.set(shift.saturating_sub(1)),
-        _ => {}
+        Some(t) if t < after * 8 => (shift + 1).min(PARK_SHIFT_MAX),
+        Some(t) if t > after * 16 => shift.saturating_sub(1),
+        _ => shift,
     }
 }
 
@@ -2339,6 +2345,36 @@ fn non_empty(s: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::http::head::BodyFraming;
+
+    /// A steady client stops parking once its delay passes its interval; a
+    /// connection that stays parked long comes back down; the delay is capped.
+    #[test]
+    fn park_backoff_table() {
+        let ms = |n| Some(Duration::from_millis(n));
+        // (shift, idle in all when woken from a park, next shift)
+        for (shift, idle, next) in [
+            (0, ms(250), 1),     // woken 150 ms after parking at 100 ms
+            (1, ms(250), 2),     // delay 200 ms: still parked, doubled again
+            (0, ms(900), 0),     // 0.9 s: neither soon nor long
+            (0, ms(5_000), 0),   // long idle at the floor stays there
+            (3, ms(20_000), 2),  // delay 800 ms, parked 20 s: halved
+            (7, ms(1_000), 7),   // capped at 12.8 s
+            (7, ms(300_000), 6), // a long wait after the cap
+            (2, None, 2),
+        ] {
+            assert_eq!(next_park_shift(shift, idle), next, "{shift} {idle:?}");
+        }
+        // Steady 250 ms: parks twice, then its 400 ms delay is never reached.
+        let mut shift = 0;
+        let mut parks = 0;
+        for _ in 0..10 {
+            if park::PARK_AFTER * (1 << shift) < Duration::from_millis(250) {
+                parks += 1;
+                shift = next_park_shift(shift, ms(250));
+            }
+        }
+        assert_eq!((parks, shift), (2, 2));
+    }
 
     /// Sizes on an idle keep-alive connection's path (printed with
     /// `cargo test --lib idle_conn_sizes -- --nocapture`; perf/README.md).
