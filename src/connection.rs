@@ -443,6 +443,7 @@ async fn setup(
             tls,
             inbound_dst,
             use_remote_address: plan.use_remote_address,
+            park_shift: std::cell::Cell::new(0),
         };
         // The L7 state machine in its own task, owning the socket, so that
         // this setup's frame is freed while it runs.
@@ -1217,8 +1218,11 @@ mod idle_sizes {
         );
         // What an idle connection keeps, as measured when these were last cut
         // (perf/README.md, "Memory per idle connection", third pass): a layout
-        // change that grows them should be a decision, not an accident.
-        assert!(l7 <= 232, "the HTTP/1 path's task future grew to {l7} B");
+        // change that grows them should be a decision, not an accident. The
+        // HTTP/1 one grew from 232 to 248 B with parking (the `Down` tag and
+        // the wait's `parks` flag), which saves a glommio poll of ~435 B
+        // (fourth pass).
+        assert!(l7 <= 248, "the HTTP/1 path's task future grew to {l7} B");
         assert!(
             forward <= 1296,
             "the L4 path's task future grew to {forward} B"

@@ -6,6 +6,7 @@
 
 pub mod buf;
 pub mod orig_dst;
+pub mod park;
 pub mod socket;
 pub mod stream;
 pub mod uring;
