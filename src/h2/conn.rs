@@ -958,6 +958,14 @@ mod tests {
         Conn::new(Settings::default())
     }
 
+    /// The code of the connection error `bytes` cause.
+    fn conn_error(c: &mut Conn, bytes: &[u8]) -> ErrorCode {
+        match c.recv(bytes) {
+            Err(e) => e.code,
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
     #[test]
     fn a_request_in_pieces_and_its_answer() {
         let mut c = conn();
@@ -1022,17 +1030,11 @@ mod tests {
         let mut c = conn();
         let mut cl = Client::new();
         cl.get(3, "/", true).get(1, "/", true);
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::STREAM_CLOSED
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::STREAM_CLOSED);
         let mut c = conn();
         let mut cl = Client::new();
         cl.get(2, "/", true);
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::PROTOCOL_ERROR
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::PROTOCOL_ERROR);
     }
 
     #[test]
@@ -1049,10 +1051,7 @@ mod tests {
             b"\x82",
         );
         frame::write_ping(&mut cl.bytes, [0; 8], false);
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::PROTOCOL_ERROR
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::PROTOCOL_ERROR);
         // A flood of CONTINUATION frames never ending the block.
         let mut c = conn();
         let mut cl = Client::new();
@@ -1077,10 +1076,7 @@ mod tests {
                 &piece,
             );
         }
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::ENHANCE_YOUR_CALM
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::ENHANCE_YOUR_CALM);
     }
 
     #[test]
@@ -1238,20 +1234,14 @@ mod tests {
         for _ in 0..1_100 {
             frame::write_ping(&mut cl.bytes, [1; 8], false);
         }
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::ENHANCE_YOUR_CALM
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::ENHANCE_YOUR_CALM);
         // Empty DATA frames.
         let mut c = conn();
         let mut cl = Client::new();
         cl.get(1, "/", false)
             .data(1, b"", false)
             .data(1, b"", false);
-        assert_eq!(
-            c.recv(&cl.bytes).unwrap_err().code,
-            ErrorCode::ENHANCE_YOUR_CALM
-        );
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::ENHANCE_YOUR_CALM);
     }
 
     #[test]
