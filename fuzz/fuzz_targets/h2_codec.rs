@@ -57,7 +57,7 @@ fn frames(mut rest: &[u8]) {
 fn request(data: &[u8]) {
     let mut b = HeadBuilder::new(16 * 1024);
     let mut rest = data;
-    let mut take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+    let take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
         let (&n, r) = rest.split_first()?;
         let n = usize::from(n).min(r.len());
         let (s, r) = r.split_at(n);
