@@ -923,6 +923,16 @@ mod tests {
         }
     }
 
+    /// The head of a one-byte HEADERS frame that leaves its block open.
+    fn unended_headers(stream: u32) -> Head {
+        Head {
+            len: 1,
+            kind: frame::kind::HEADERS,
+            flags: 0,
+            stream,
+        }
+    }
+
     /// The frames in `out` (heads and payloads).
     fn frames(out: &[u8]) -> Vec<(Head, Vec<u8>)> {
         let mut v = Vec::new();
@@ -1041,29 +1051,13 @@ mod tests {
     fn continuation_must_follow_and_is_capped() {
         let mut c = conn();
         let mut cl = Client::new();
-        cl.raw(
-            Head {
-                len: 1,
-                kind: frame::kind::HEADERS,
-                flags: 0,
-                stream: 1,
-            },
-            b"\x82",
-        );
+        cl.raw(unended_headers(1), b"\x82");
         frame::write_ping(&mut cl.bytes, [0; 8], false);
         assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::PROTOCOL_ERROR);
         // A flood of CONTINUATION frames never ending the block.
         let mut c = conn();
         let mut cl = Client::new();
-        cl.raw(
-            Head {
-                len: 1,
-                kind: frame::kind::HEADERS,
-                flags: 0,
-                stream: 1,
-            },
-            b"\x82",
-        );
+        cl.raw(unended_headers(1), b"\x82");
         let piece = vec![0x40u8; 16_384];
         for _ in 0..5 {
             cl.raw(

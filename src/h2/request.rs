@@ -11,6 +11,7 @@
 //! stay in step with the peer's) and answered 431, as h2 and Envoy do.
 
 use crate::http::head::{has_port, valid_authority};
+use crate::http::rewrite::is_valid_header_name;
 use crate::http::RequestParts;
 
 /// A field's place in the buffer.
@@ -112,7 +113,7 @@ impl HeadBuilder {
                     if h.method.is_some() || value.is_empty() {
                         return self.fail(Malformed::Protocol("duplicate or empty :method"));
                     }
-                    if !value.iter().all(|&b| is_tchar(b)) {
+                    if !is_valid_header_name(value) {
                         return self.fail(Malformed::Protocol(":method is not a token"));
                     }
                     h.method = Some(if keep {
@@ -138,7 +139,7 @@ impl HeadBuilder {
             return;
         }
         self.regular_seen = true;
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b) && !b.is_ascii_uppercase()) {
+        if !lowercase_token(name) {
             return self.fail(Malformed::Protocol("field name not a lowercase token"));
         }
         // §8.2.2: connection-specific fields make a request malformed; `te`
@@ -214,10 +215,7 @@ impl HeadBuilder {
 
 /// A trailer block: regular fields only (§8.1).
 pub fn trailers_ok(name: &[u8], value: &[u8]) -> bool {
-    !name.starts_with(b":")
-        && !name.is_empty()
-        && name.iter().all(|&b| is_tchar(b) && !b.is_ascii_uppercase())
-        && valid_value(value)
+    !name.starts_with(b":") && lowercase_token(name) && valid_value(value)
 }
 
 fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
@@ -229,9 +227,10 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
     }
 }
 
-/// RFC 9110 §5.6.2 tchar.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// A field name as HTTP/2 carries it: a token (RFC 9110 §5.6.2), in
+/// lowercase (RFC 9113 §8.2.1).
+fn lowercase_token(name: &[u8]) -> bool {
+    is_valid_header_name(name) && !name.iter().any(u8::is_ascii_uppercase)
 }
 
 /// RFC 9113 §8.2.1: no NUL, CR or LF, and no whitespace at either end.
