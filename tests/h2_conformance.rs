@@ -389,6 +389,10 @@ fn connection_errors_end_in_goaway_with_the_rfc_code() {
         ("headers_pad_too_long", proto),
         // §8.4: a client cannot push.
         ("client_push_promise", proto),
+        // §4.2: a field block in a frame over the maximum frame size.
+        ("headers_too_large", |r| {
+            connection_error(r, FRAME_SIZE_ERROR)
+        }),
     ];
     let names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
     let r = v.cases(&names);
@@ -483,6 +487,10 @@ fn frames_to_ignore_do_not_disturb_requests() {
     let v = victim();
     let r = v.run(&["ignored"]);
     assert_eq!(goaway(&r), None, "{r}");
+    // §3.4: the server's preface is SETTINGS; both client SETTINGS frames
+    // (the second with unknown identifiers only) acknowledged (§6.5.3).
+    assert_eq!(r["first_frame"], serde_json::json!([4, 0]), "{r}");
+    assert_eq!(r["settings_acks"], 2, "{r}");
     for s in ["1", "3", "5"] {
         assert_eq!(r["status"][s], 200, "stream {s}: {r}");
     }

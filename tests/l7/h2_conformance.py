@@ -120,6 +120,9 @@ class Peer(Conn):
         r["goaway_last"] = self.goaway_last
         r["ended"] = sorted(self.ended)
         r["decode_errors"] = self.decode_errors
+        # §3.4: the server's preface is a SETTINGS frame (not an ACK).
+        r["first_frame"] = list(self.frames[0][:2]) if self.frames else None
+        r["settings_acks"] = self.settings_acks
         return r
 
 
@@ -329,6 +332,11 @@ CASES = {
     "headers_pad_too_long": conn_case(
         lambda c: frame(HEADERS, END_HEADERS | END_STREAM | PADDED, 1,
                         bytes([200]) + c.enc.encode(request("/m")))),
+    # §4.2: a frame carrying a field block over SETTINGS_MAX_FRAME_SIZE
+    # (16,384 by default) is a connection error FRAME_SIZE_ERROR.
+    "headers_too_large": conn_case(
+        lambda c: frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                        c.enc.encode(request("/m", extra=[("x-big", "v" * 20000)])))),
     "client_push_promise": conn_case(
         lambda c: post(c, 1) + frame(PUSH_PROMISE, END_HEADERS, 1,
                                      struct.pack(">I", 2) + c.enc.encode(request("/p")))),
