@@ -1,6 +1,6 @@
 //! RFC 9113 conformance of the downstream HTTP/2 server, written to guard a
-//! change of server codec (the `h2` crate today, Remora's own `src/h2`
-//! next): scripted raw-frame peers (tests/l7/h2_conformance.py) against
+//! change of server codec (the `h2` crate until session 11, Remora's own `src/h2`
+//! since): scripted raw-frame peers (tests/l7/h2_conformance.py) against
 //! `remora run --cores 1` with an HTTP/1 backend. tests/h2_abuse.rs covers
 //! floods, limits and a first set of invalid frames; this file covers what
 //! a server codec must get right otherwise: malformed requests, stream
@@ -12,9 +12,14 @@
 //! stream error may be a connection error (§5.4.1: "an endpoint MAY choose
 //! to treat a stream error as a connection error"), a malformed request may
 //! be answered before it is reset (§8.1.1), GOAWAY's last-stream-id is not
-//! checked. Cases the `h2` crate gets wrong are kept in `#[ignore]`d tests
-//! that say why, so that the codec switch shows them turning green
-//! (`cargo test --test h2_conformance -- --ignored`).
+//! checked. Five tests failed on the `h2` crate, which served downstream
+//! HTTP/2 until session 11 (frames of the wrong length got PROTOCOL_ERROR
+//! instead of FRAME_SIZE_ERROR, DATA on a half-closed stream PROTOCOL_ERROR
+//! instead of STREAM_CLOSED, SETTINGS_INITIAL_WINDOW_SIZE 2^31 PROTOCOL_ERROR
+//! instead of FLOW_CONTROL_ERROR, trailers with a pseudo-header and values
+//! with leading whitespace were forwarded, and more than 5 CONTINUATION
+//! frames per block were refused); they ran `#[ignore]`d until the codec
+//! of our own replaced it, and pass on it.
 //!
 //! h2spec (the usual conformance suite) is not installable here: it is in
 //! neither Debian's archive nor PyPI nor npm, and the Go module proxy is
@@ -243,8 +248,8 @@ fn malformed(r: &Value) -> Option<String> {
     stream_error(r, PROTOCOL_ERROR)
 }
 
-/// Malformed requests the `h2` crate rejects (all of them as stream errors
-/// but the field-syntax ones, which it makes connection errors).
+/// Malformed requests every codec must reject (the `h2` crate made the
+/// field-syntax ones connection errors, which §5.4.1 allows).
 const MALFORMED: &[&str] = &[
     // content-length against the DATA received (§8.1.1).
     "cl_short",
@@ -291,9 +296,6 @@ fn malformed_requests_are_stream_errors_and_never_reach_the_backend() {
 }
 
 #[test]
-#[ignore = "fails on the h2 crate: it forwards a trailer section carrying a pseudo-header \
-            field (§8.1) and a field value with leading whitespace (§8.2.1) instead of \
-            treating the request as malformed"]
 fn malformed_requests_the_h2_crate_lets_through() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim();
@@ -343,8 +345,6 @@ fn stream_state_and_priority_errors() {
 }
 
 #[test]
-#[ignore = "fails on the h2 crate: DATA on a half-closed (remote) stream gets GOAWAY \
-            PROTOCOL_ERROR, RFC 9113 §5.1 asks for STREAM_CLOSED"]
 fn data_on_a_half_closed_remote_stream_is_stream_closed() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim();
@@ -401,8 +401,6 @@ fn connection_errors_end_in_goaway_with_the_rfc_code() {
 }
 
 #[test]
-#[ignore = "fails on the h2 crate: frames of the wrong length get GOAWAY PROTOCOL_ERROR \
-            where RFC 9113 §6.3, §6.4, §6.5, §6.7 and §6.9 ask for FRAME_SIZE_ERROR"]
 fn frames_of_the_wrong_length_are_frame_size_errors() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim();
@@ -466,8 +464,6 @@ fn flow_control_errors() {
 }
 
 #[test]
-#[ignore = "fails on the h2 crate: SETTINGS_INITIAL_WINDOW_SIZE 2^31 gets GOAWAY \
-            PROTOCOL_ERROR, RFC 9113 §6.5.2 asks for FLOW_CONTROL_ERROR"]
 fn initial_window_size_above_the_maximum_is_a_flow_control_error() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim();
@@ -574,10 +570,6 @@ fn pipelined_requests_and_header_blocks_in_pieces() {
 }
 
 #[test]
-#[ignore = "fails on the h2 crate: it allows 5 CONTINUATION frames per header block \
-            (max_header_list_size / max_frame_size, at least 5) and answers a 60-byte \
-            block in 1-byte pieces with GOAWAY ENHANCE_YOUR_CALM; RFC 9113 §4.3 sets no \
-            count, and a limit on the block's size stops the CONTINUATION flood"]
 fn a_small_header_block_in_one_byte_pieces_is_served() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim();

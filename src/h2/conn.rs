@@ -1,5 +1,5 @@
-//! The server side of an HTTP/2 connection, without I/O (work in progress:
-//! not on the request path; src/h2/mod.rs says the plan).
+//! The server side of an HTTP/2 connection, without I/O (`h2::server`
+//! drives it on a socket).
 //!
 //! Bytes go in through [`Conn::recv`], bytes to send accumulate in
 //! [`Conn::out`]; streams are numbers the caller gets from
@@ -101,6 +101,9 @@ struct Stream {
 struct Block {
     stream: u32,
     end_stream: bool,
+    /// HEADERS made the stream depend on itself (§5.3.1): reset once
+    /// decoded.
+    self_dependent: bool,
     buf: Vec<u8>,
     /// A trailer block (the stream's head came earlier).
     trailers: bool,
@@ -132,7 +135,22 @@ pub struct Conn {
     empty_frames: u32,
     /// Streams the client reset before the caller accepted them.
     pub resets_before_accept: u32,
+    /// Streams something happened to since the caller last asked (data,
+    /// the end of the body, a reset, a window opened): their readers and
+    /// writers may go on. Duplicates are possible.
+    touched: Vec<u32>,
+    /// The connection's send window opened (WINDOW_UPDATE on stream 0, or
+    /// a larger SETTINGS_INITIAL_WINDOW_SIZE): every writer may go on.
+    window_opened: bool,
+    /// The last streams we reset and no longer keep: frames the client
+    /// sent before it saw the RST_STREAM are ignored, not answered with
+    /// STREAM_CLOSED (§5.4.2). Bounded, like h2's and Envoy's memory of
+    /// reset streams.
+    reset_by_us: VecDeque<u32>,
 }
+
+/// How many reset streams `reset_by_us` remembers.
+const REMEMBERED_RESETS: usize = 64;
 
 /// The client may send this much on a new stream before any WINDOW_UPDATE.
 const INITIAL: u32 = frame::DEFAULT_WINDOW;
@@ -177,6 +195,9 @@ impl Conn {
             queued_control: 0,
             empty_frames: 0,
             resets_before_accept: 0,
+            touched: Vec::new(),
+            window_opened: false,
+            reset_by_us: VecDeque::new(),
             cfg,
         }
     }
@@ -254,6 +275,7 @@ impl Conn {
         frame::write_rst_stream(&mut self.out, id, code);
         let mut unread = 0;
         if let Some(s) = self.streams.get_mut(&id) {
+            self.touched.push(id);
             if s.reset.is_none() {
                 s.reset = Some(code);
                 if !(s.recv_end && s.send_end) {
@@ -348,6 +370,7 @@ impl Conn {
                         "connection window over 2^31-1",
                     ));
                 }
+                self.window_opened = true;
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {
@@ -358,6 +381,7 @@ impl Conn {
                 if s.send_window > i64::from(frame::MAX_WINDOW) {
                     return self.reset_stream(stream, ErrorCode::FLOW_CONTROL_ERROR);
                 }
+                self.touched.push(stream);
                 Ok(())
             }
             Frame::RstStream { stream, code } => {
@@ -375,6 +399,7 @@ impl Conn {
                 }
                 let unread = s.body.len() as u32;
                 s.body = Vec::new();
+                self.touched.push(stream);
                 self.credit_connection(unread);
                 Ok(())
             }
@@ -391,8 +416,11 @@ impl Conn {
                 fragment,
                 end_stream,
                 end_headers,
-                ..
-            } => self.headers(stream, fragment, end_stream, end_headers),
+                priority,
+            } => {
+                let self_dependent = priority.is_some_and(|p| p.depends_on == stream);
+                self.headers(stream, fragment, end_stream, end_headers, self_dependent)
+            }
             Frame::Continuation {
                 fragment,
                 end_headers,
@@ -409,7 +437,13 @@ impl Conn {
                 b.buf.extend_from_slice(fragment);
                 if end_headers {
                     let b = self.block.take().expect("checked above");
-                    return self.block_done(b.stream, &b.buf, b.end_stream, b.trailers);
+                    return self.block_done(
+                        b.stream,
+                        &b.buf,
+                        b.end_stream,
+                        b.trailers,
+                        b.self_dependent,
+                    );
                 }
                 Ok(())
             }
@@ -440,6 +474,7 @@ impl Conn {
                     // §6.9.2: every stream's send window moves by the change.
                     let delta = i64::from(value) - i64::from(self.peer_initial_window);
                     self.peer_initial_window = value;
+                    self.window_opened |= delta > 0;
                     for s in self.streams.values_mut() {
                         s.send_window += delta;
                         if s.send_window > i64::from(frame::MAX_WINDOW) {
@@ -464,6 +499,7 @@ impl Conn {
         fragment: &[u8],
         end_stream: bool,
         end_headers: bool,
+        self_dependent: bool,
     ) -> Result<(), ConnError> {
         let trailers = match self.streams.get(&stream) {
             Some(s) if s.recv_end || s.reset.is_some() => {
@@ -483,8 +519,12 @@ impl Conn {
                     return Err(self.fail(ErrorCode::PROTOCOL_ERROR, "even stream identifier"));
                 }
                 if stream <= self.last_stream {
-                    // §5.1.1: and new; a lower one is closed (§5.1).
-                    return Err(self.fail(ErrorCode::STREAM_CLOSED, "HEADERS on a closed stream"));
+                    // §5.1.1: and greater than every stream opened before
+                    // ("an unexpected stream identifier": PROTOCOL_ERROR).
+                    return Err(self.fail(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "stream identifier not increasing",
+                    ));
                 }
                 self.last_stream = stream;
                 false
@@ -494,11 +534,12 @@ impl Conn {
             return Err(self.fail(ErrorCode::ENHANCE_YOUR_CALM, "header block too large"));
         }
         if end_headers {
-            return self.block_done(stream, fragment, end_stream, trailers);
+            return self.block_done(stream, fragment, end_stream, trailers, self_dependent);
         }
         self.block = Some(Block {
             stream,
             end_stream,
+            self_dependent,
             buf: fragment.to_vec(),
             trailers,
         });
@@ -511,6 +552,7 @@ impl Conn {
         block: &[u8],
         end_stream: bool,
         trailers: bool,
+        self_dependent: bool,
     ) -> Result<(), ConnError> {
         if trailers {
             let mut fields = Vec::new();
@@ -523,7 +565,7 @@ impl Conn {
             if r.is_err() {
                 return Err(self.fail(ErrorCode::COMPRESSION_ERROR, "HPACK"));
             }
-            if !ok {
+            if !ok || self_dependent {
                 return self.reset_stream(stream, ErrorCode::PROTOCOL_ERROR);
             }
             return self.end_of_body(stream, Some(fields));
@@ -543,11 +585,14 @@ impl Conn {
             return Ok(());
         }
         if self.active >= self.cfg.max_concurrent_streams {
+            self.forget(stream);
             frame::write_rst_stream(&mut self.out, stream, ErrorCode::REFUSED_STREAM);
             return self.control_queued();
         }
         let head = b.finish();
-        if let Err(Malformed::Protocol(_)) = head {
+        if self_dependent || matches!(head, Err(Malformed::Protocol(_))) {
+            // What the client still sends on it is ignored (§5.4.2).
+            self.forget(stream);
             frame::write_rst_stream(&mut self.out, stream, ErrorCode::PROTOCOL_ERROR);
             return self.control_queued();
         }
@@ -598,6 +643,11 @@ impl Conn {
                 return Err(self.fail(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
             self.credit_connection(flow_len);
+            let not_processed = self.goaway.is_some_and(|last| stream > last);
+            if not_processed || self.reset_by_us.contains(&stream) {
+                // We reset it; what was in flight is ignored (§6.4).
+                return Ok(());
+            }
             return self.reset_stream_unknown(stream);
         };
         if s.recv_end || s.reset.is_some() {
@@ -622,6 +672,7 @@ impl Conn {
         }
         s.body.extend_from_slice(data);
         s.unacked += credit;
+        self.touched.push(stream);
         self.credit_connection(credit);
         if end_stream {
             return self.end_of_body(stream, None);
@@ -644,6 +695,7 @@ impl Conn {
         };
         s.recv_end = true;
         s.trailers = trailers;
+        self.touched.push(stream);
         if s.expected_len.is_some_and(|n| n != s.received) {
             return self.reset_stream(stream, ErrorCode::PROTOCOL_ERROR);
         }
@@ -832,17 +884,30 @@ impl Conn {
         let Some(s) = self.streams.get(&id) else {
             return;
         };
-        if s.reset.is_none() && !(s.recv_end && s.send_end) {
+        let was_reset = s.reset.is_some();
+        let done = s.recv_end && s.send_end;
+        if !was_reset && !done && self.failed.is_none() {
             let code = if s.send_end {
                 ErrorCode::NO_ERROR
             } else {
                 ErrorCode::CANCEL
             };
             let _ = self.reset_stream(id, code);
+            self.forget(id);
+        } else if was_reset {
+            self.forget(id);
         }
         if let Some(s) = self.streams.remove(&id) {
             self.credit_connection(s.body.len() as u32);
         }
+    }
+
+    /// Remembers a stream we reset and drop (see `reset_by_us`).
+    fn forget(&mut self, id: u32) {
+        if self.reset_by_us.len() == REMEMBERED_RESETS {
+            self.reset_by_us.pop_front();
+        }
+        self.reset_by_us.push_back(id);
     }
 
     /// Starts a graceful close: GOAWAY naming the last stream the client
@@ -857,6 +922,46 @@ impl Conn {
     /// Streams open either way.
     pub fn active(&self) -> u32 {
         self.active
+    }
+
+    /// Hands `wake` every stream touched since the last call (see
+    /// `touched`); true if the connection's window opened, which concerns
+    /// every writer.
+    pub fn drain_touched(&mut self, mut wake: impl FnMut(u32)) -> bool {
+        for id in self.touched.drain(..) {
+            wake(id);
+        }
+        std::mem::take(&mut self.window_opened)
+    }
+
+    /// Whether the stream was reset (by the client, or by us), or is gone.
+    pub fn is_reset(&self, id: u32) -> bool {
+        self.streams.get(&id).is_none_or(|s| s.reset.is_some())
+    }
+
+    /// Whether the stream can still send (not reset, END_STREAM not sent).
+    pub fn can_send(&self, id: u32) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.reset.is_none() && !s.send_end)
+    }
+
+    /// Nothing more to read: END_STREAM came and all the data before it
+    /// was read (and there were no trailers).
+    pub fn recv_done(&self, id: u32) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.recv_end && s.body.is_empty() && s.trailers.is_none())
+    }
+
+    /// Received request data nobody has read (yet).
+    pub fn unread(&self, id: u32) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.body.len())
+    }
+
+    /// The connection failed (GOAWAY queued in `out`).
+    pub fn failed(&self) -> Option<ConnError> {
+        self.failed
     }
 }
 
@@ -1040,7 +1145,7 @@ mod tests {
         let mut c = conn();
         let mut cl = Client::new();
         cl.get(3, "/", true).get(1, "/", true);
-        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::STREAM_CLOSED);
+        assert_eq!(conn_error(&mut c, &cl.bytes), ErrorCode::PROTOCOL_ERROR);
         let mut c = conn();
         let mut cl = Client::new();
         cl.get(2, "/", true);

@@ -287,16 +287,10 @@ pub fn parse(head: Head, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
                     ));
                 };
                 rest = r;
-                let p = priority(p);
-                if p.depends_on == stream {
-                    // §5.3.1: a stream cannot depend on itself.
-                    return Err(FrameError::Stream(
-                        stream,
-                        ErrorCode::PROTOCOL_ERROR,
-                        "HEADERS makes the stream depend on itself",
-                    ));
-                }
-                Some(p)
+                // A stream depending on itself (§5.3.1) is a stream
+                // error the caller raises once the header block is
+                // decoded: HPACK must stay in step (§4.3).
+                Some(priority(p))
             } else {
                 None
             };
@@ -771,10 +765,14 @@ mod tests {
                 })
             })
         );
-        // Depending on itself is a stream error; too short a connection one.
+        // Depending on itself is left to the caller (after decoding the
+        // block); too short is a connection error.
         assert!(matches!(
             parsed(kind::HEADERS, flag::PRIORITY, 3, &[0, 0, 0, 3, 0]),
-            Err(FrameError::Stream(3, ErrorCode::PROTOCOL_ERROR, _))
+            Ok(Frame::Headers {
+                priority: Some(Priority { depends_on: 3, .. }),
+                ..
+            })
         ));
         assert_eq!(
             conn_code(parsed(kind::HEADERS, flag::PRIORITY, 3, &[0, 0, 0])),

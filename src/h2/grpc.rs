@@ -8,8 +8,16 @@ use http::{HeaderMap, HeaderValue};
 
 /// A gRPC request: `content-type: application/grpc` or `application/grpc+...`.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
+    is_grpc_content_type(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The same, from the content-type's value.
+pub fn is_grpc_content_type(v: Option<&[u8]>) -> bool {
+    v.is_some_and(|v| {
         v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+') | Some(b';'))
     })
 }

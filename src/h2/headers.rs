@@ -6,9 +6,11 @@
 //! applies to HTTP/1 bytes.
 
 use bytes::Bytes;
-use http::header::{COOKIE, HOST};
+use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::h2::hpack::Encoder;
+use crate::h2::request::RequestHead;
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
     is_hop_by_hop, named_in_connection, push_forwarded, push_framing, push_header, push_ip,
@@ -140,36 +142,34 @@ pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<Req
 /// ones and `te` dropped), X-Forwarded-*, XFCC, X-Request-Id, the route's
 /// operations and the framing the body goes with (`rw.framing`). Returns the
 /// request id generated, if one was.
-pub fn write_h1_request(
-    method: &http::Method,
-    h: &HeaderMap,
+pub fn write_h1_request<R: RequestParts + ?Sized>(
+    req: &R,
     rw: &RequestRewrite<'_>,
     out: &mut Vec<u8>,
 ) -> Option<RequestId> {
     let ops = rw.ops.filter(|o| !o.is_empty());
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(req.method());
     out.push(b' ');
     out.extend_from_slice(rw.path.unwrap_or(b"/"));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = rw.host.or_else(|| h.get(HOST).map(HeaderValue::as_bytes));
+    let host = rw.host.or_else(|| req.header(b"host"));
     push_header(out, b"host", host.unwrap_or_default());
     if !ops.is_some_and(|o| o.drops(b"cookie")) {
-        let mut cookies = h.get_all(COOKIE).iter();
+        let mut cookies = req.header_values(b"cookie");
         if let Some(first) = cookies.next() {
             out.extend_from_slice(b"cookie: ");
-            out.extend_from_slice(first.as_bytes());
+            out.extend_from_slice(first);
             for c in cookies {
                 out.extend_from_slice(b"; ");
-                out.extend_from_slice(c.as_bytes());
+                out.extend_from_slice(c);
             }
             out.extend_from_slice(b"\r\n");
         }
     }
     let mut had_request_id = false;
-    let replaces_proto = rw.replaces_proto(|| h.contains_key("x-forwarded-proto"));
-    for (n, v) in h {
-        let n = n.as_str().as_bytes();
-        // Names in a map are lowercase already.
+    let replaces_proto = rw.replaces_proto(|| req.header(b"x-forwarded-proto").is_some());
+    for (n, v) in req.header_fields() {
+        // HTTP/2 names are lowercase (a map's, and h2::request checks).
         if matches!(
             n,
             b"host" | b"cookie" | b"content-length" | b"x-forwarded-client-cert"
@@ -181,17 +181,70 @@ pub fn write_h1_request(
             continue;
         }
         had_request_id |= n == b"x-request-id";
-        push_header(out, n, v.as_bytes());
+        push_header(out, n, v);
     }
     // XFCC: what the client sent is dropped unless this hop appends its
     // verified element (Envoy's SANITIZE / APPEND_FORWARD).
-    push_forwarded(out, rw, replaces_proto, |n| {
-        h.get_all(n).iter().map(HeaderValue::as_bytes)
-    });
+    push_forwarded(out, rw, replaces_proto, |n| req.header_values(n.as_bytes()));
     let generated = push_request_id_and_ops(out, rw, ops, had_request_id);
     push_framing(out, rw.framing);
     out.extend_from_slice(b"\r\n");
     generated
+}
+
+/// A request head of the codec of our own as `http`'s parts, for the
+/// HTTP/2 upstream codec (`h2`): method, URI from :scheme, :authority and
+/// :path, and the fields. None if the method, URI or a field does not fit
+/// `http`'s types (h2::request checked them already; this is a backstop).
+pub fn parts_from_head(head: &RequestHead) -> Option<http::request::Parts> {
+    let mut b = http::Request::builder().method(http::Method::from_bytes(head.method()).ok()?);
+    if let (Some(authority), Some(path)) = (head.authority(), head.path()) {
+        let uri = http::Uri::builder()
+            .scheme(head.scheme().unwrap_or(b"http"))
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .ok()?;
+        b = b.uri(uri);
+    }
+    let (mut parts, ()) = b.body(()).ok()?.into_parts();
+    parts.headers.reserve(head.fields().count());
+    for (n, v) in head.fields() {
+        parts
+            .headers
+            .append(name(n)?, HeaderValue::from_bytes(v).ok()?);
+    }
+    Some(parts)
+}
+
+/// A response head from a header map (an HTTP/2 upstream's answer, or a
+/// local reply) as an HTTP/2 header block.
+pub fn encode_map(status: u16, h: &HeaderMap, enc: &mut Encoder, out: &mut Vec<u8>) {
+    enc.status(status, out);
+    encode_fields(h, enc, out);
+}
+
+/// A map's fields (trailers, or after the status) into a header block.
+pub fn encode_fields(h: &HeaderMap, enc: &mut Encoder, out: &mut Vec<u8>) {
+    for (n, v) in h {
+        if v.is_sensitive() {
+            enc.field_sensitive(n.as_str().as_bytes(), v.as_bytes(), out);
+        } else {
+            enc.field(n.as_str().as_bytes(), v.as_bytes(), out);
+        }
+    }
+}
+
+/// Trailers as the codec of our own hands them over, as a map (for
+/// `h2` upstream or an HTTP/1 chunked trailer section).
+pub fn trailers_map(fields: &[(Vec<u8>, Vec<u8>)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in fields {
+        if let (Some(n), Ok(v)) = (name(n), HeaderValue::from_bytes(v)) {
+            h.append(n, v);
+        }
+    }
+    h
 }
 
 /// An HTTP/1 response head as HTTP/2 fields: connection-specific ones and
@@ -239,7 +292,7 @@ pub fn response_from_h1(view: &ResponseView<'_>, ops: Option<&HeaderOps>) -> htt
 pub fn encode_h1_response(
     view: &ResponseView<'_>,
     ops: Option<&HeaderOps>,
-    enc: &mut crate::h2::hpack::Encoder,
+    enc: &mut Encoder,
     out: &mut Vec<u8>,
 ) {
     let headers = view.headers();
@@ -470,7 +523,7 @@ mod tests {
         // HTTP/2 to an HTTP/1 upstream: written as it is rewritten.
         let parts = h2_request(&fields);
         let mut out = Vec::new();
-        let id = write_h1_request(&parts.method, &parts.headers, &rw(&g3), &mut out);
+        let id = write_h1_request(&H2Parts(&parts), &rw(&g3), &mut out);
         assert!(id.is_some());
         let mut h3 = fields_but_host_and_length(&out);
         h1.sort();
@@ -505,7 +558,7 @@ mod tests {
         };
         let mut parts = h2_request(&[("x-forwarded-proto", "https")]);
         let mut out = Vec::new();
-        write_h1_request(&parts.method, &parts.headers, &rw(None), &mut out);
+        write_h1_request(&H2Parts(&parts), &rw(None), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("x-forwarded-proto: https\r\n"), "{text}");
         assert_eq!(text.matches("x-forwarded-proto").count(), 1, "{text}");
@@ -514,7 +567,7 @@ mod tests {
         assert_eq!(v, ["https"]);
         let mut parts = h2_request(&[]);
         let mut out = Vec::new();
-        write_h1_request(&parts.method, &parts.headers, &rw(None), &mut out);
+        write_h1_request(&H2Parts(&parts), &rw(None), &mut out);
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("x-forwarded-proto: http\r\n"));
@@ -546,7 +599,7 @@ mod tests {
             Some(&b"svc.example:8080"[..]),
             BodyFraming::Length(3),
         );
-        assert!(write_h1_request(&parts.method, &parts.headers, &rw, &mut out).is_none());
+        assert!(write_h1_request(&H2Parts(&parts), &rw, &mut out).is_none());
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -554,7 +607,7 @@ mod tests {
         );
         let mut out = Vec::new();
         let rw = plain(None, None, BodyFraming::Chunked);
-        write_h1_request(&parts.method, &HeaderMap::new(), &rw, &mut out);
+        write_h1_request(&H2Parts(&h2_request(&[])), &rw, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("POST / HTTP/1.1\r\nhost: \r\n"), "{text}");
         assert!(text.contains("transfer-encoding: chunked\r\n"));
@@ -568,7 +621,7 @@ mod tests {
             ..plain(None, None, BodyFraming::None)
         };
         let mut out = Vec::new();
-        write_h1_request(&parts.method, &parts.headers, &rw, &mut out);
+        write_h1_request(&H2Parts(&parts), &rw, &mut out);
         assert!(!String::from_utf8(out).unwrap().contains("cookie"));
     }
 

@@ -9,10 +9,12 @@
 //! pooled one, translated both ways (`h2::headers`).
 //!
 //! ```text
-//!  connection task: h2 handshake ─ accept streams ─ each stream a future in
-//!   │  one FuturesUnordered (dropped with the connection: nothing outlives it)
+//!  connection task (h2::server over h2::conn): read ─ accept streams ─
+//!   │  each stream a future in one FuturesUnordered (dropped with the
+//!   │  connection: nothing outlives it) ─ poll them ─ write what they queued
 //!   │  idle_timeout with no stream ─► GOAWAY; core draining ─► GOAWAY
-//!   │  premature resets ≥ max_premature_resets and half the streams
+//!   │  premature resets (also of streams reset before they were accepted)
+//!   │      ≥ max_premature_resets and half the streams
 //!   │      ─► GOAWAY ENHANCE_YOUR_CALM (rapid reset)
 //!   ▼
 //!  stream: authz ─ plan ─ rate limit ─ local reply / fault ─ body buffered
@@ -41,7 +43,6 @@ use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tracing::debug;
@@ -49,8 +50,12 @@ use tracing::debug;
 use crate::config::Snapshot;
 use crate::deadline::until;
 use crate::h2::client::{self, ClientSettings, InFlight};
-use crate::h2::headers::{self, H2Parts};
-use crate::h2::{grpc, Io};
+use crate::h2::conn::{self, Read};
+use crate::h2::frame::ErrorCode;
+use crate::h2::grpc;
+use crate::h2::headers;
+use crate::h2::request::{Malformed, RequestHead};
+use crate::h2::server::{Ended, Server, StreamRef};
 use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
 use crate::http::head::{BodyFraming, Method, ResponseHead};
 use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
@@ -98,9 +103,10 @@ impl Shared {
 }
 
 enum Event {
-    /// The codec accepts no more streams: the client closed, went away, or
-    /// broke the protocol (the error).
-    Ended(Option<h2::Error>),
+    /// The client closed, went away, or broke the protocol.
+    Ended(Ended),
+    /// Closing (GOAWAY sent), no stream left, everything written.
+    Closed,
     Idle,
     Drain,
     /// The overload manager sheds idle connections.
@@ -157,21 +163,14 @@ pub async fn serve(
         }
     }
     let s = &config.http2;
-    let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(s.max_concurrent_streams)
-        .initial_window_size(s.initial_stream_window_size)
-        .initial_connection_window_size(s.initial_connection_window_size)
-        .max_header_list_size(s.max_header_list_size)
-        .handshake::<_, Bytes>(Io::new(down, read));
-    let mut conn = match until(Some(deadline), handshake).await {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            CoreStats::inc(&shard.stats.http2_rx_messaging_error);
-            debug!(peer = ?ctx.peer, error = %e, "HTTP/2 handshake failed");
-            return;
-        }
-        None => return,
+    let settings = conn::Settings {
+        max_concurrent_streams: s.max_concurrent_streams,
+        initial_stream_window: s.initial_stream_window_size,
+        initial_connection_window: s.initial_connection_window_size,
+        max_header_list_size: s.max_header_list_size,
+        ..conn::Settings::default()
     };
+    let mut srv = Server::new(down, read, settings);
     let shared = Rc::new(Shared {
         ctx,
         streams: Cell::new(0),
@@ -191,7 +190,7 @@ pub async fn serve(
     let mut shed: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>> = None;
     let mut closing = false;
     let mut abandon: Option<glommio::timer::Timer> = None;
-    let mut calm = false;
+    let mut resets_seen = 0;
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
@@ -206,31 +205,49 @@ pub async fn serve(
             }));
         }
         let event = poll_fn(|cx| {
-            if shared.calm.get() && !closing {
+            if shared.calm.get() {
                 return Poll::Ready(Event::Calm);
             }
             *shared.waker.borrow_mut() = Some(cx.waker().clone());
+            let ended = match srv.poll_read(cx) {
+                Poll::Ready(e) => Some(e),
+                Poll::Pending => None,
+            };
             // Every stream whose head is in is accepted before any stream
             // runs, so that the requests of one read go upstream together
             // (see `try_h1`'s yield).
-            loop {
-                match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((req, respond)))) => {
-                        idle = None;
-                        shed = None;
-                        shared.streams.set(shared.streams.get() + 1);
-                        CoreStats::inc(&shard.stats.downstream_rq_http2);
-                        // In the set's own task allocation, not boxed
-                        // apart: one allocation per stream.
-                        streams.push(stream(shard.clone(), shared.clone(), req, respond));
-                    }
-                    Poll::Ready(end) => {
-                        return Poll::Ready(Event::Ended(end.and_then(|r| r.err())))
-                    }
-                    Poll::Pending => break,
-                }
+            while let Some((down, head)) = srv.accept() {
+                idle = None;
+                shed = None;
+                shared.streams.set(shared.streams.get() + 1);
+                CoreStats::inc(&shard.stats.downstream_rq_http2);
+                // In the set's own task allocation, not boxed apart: one
+                // allocation per stream.
+                streams.push(stream(shard.clone(), shared.clone(), down, head));
+            }
+            // Streams the client reset before they were accepted count as
+            // premature resets too (rapid reset in one read).
+            let resets = srv.resets_before_accept();
+            while resets_seen < resets {
+                resets_seen += 1;
+                shared.streams.set(shared.streams.get() + 1);
+                shared.premature_reset(shard);
             }
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            let flushed = match srv.poll_write(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::Ended(Ended::Io(e))),
+                Poll::Pending => false,
+            };
+            if let Some(e) = ended {
+                return Poll::Ready(Event::Ended(e));
+            }
+            if shared.calm.get() {
+                return Poll::Ready(Event::Calm);
+            }
+            if closing && streams.is_empty() && flushed {
+                return Poll::Ready(Event::Closed);
+            }
             if streams.is_empty() && idle.is_none() && !closing {
                 // The last stream just ended: start the idle clock.
                 return Poll::Ready(Event::Quiet);
@@ -250,9 +267,9 @@ pub async fn serve(
                     return Poll::Ready(Event::Shed);
                 }
             }
-            // The grace runs while nothing is left to finish: h2 has had
-            // CLOSE_GRACE to write out what the last stream queued.
-            if closing && (streams.is_empty() || calm) {
+            // The grace runs while nothing is left to finish but the
+            // output a client does not read.
+            if closing && streams.is_empty() {
                 let t = abandon.get_or_insert_with(|| glommio::timer::Timer::new(CLOSE_GRACE));
                 if std::pin::Pin::new(t).poll(cx).is_ready() {
                     return Poll::Ready(Event::Abandon);
@@ -264,41 +281,50 @@ pub async fn serve(
         })
         .await;
         match event {
-            Event::Ended(Some(e)) => {
-                if e.is_go_away() && e.reason() == Some(Reason::NO_ERROR) {
-                    break;
+            Event::Ended(e) => {
+                match e {
+                    Ended::Eof => {}
+                    Ended::Io(e) => {
+                        debug!(peer = ?shared.ctx.peer, error = %e, "HTTP/2 connection failed")
+                    }
+                    Ended::Protocol(e) => {
+                        CoreStats::inc(&shard.stats.http2_rx_messaging_error);
+                        debug!(peer = ?shared.ctx.peer, code = ?e.code, reason = e.reason, "HTTP/2 connection error");
+                    }
                 }
-                if !e.is_io() {
-                    CoreStats::inc(&shard.stats.http2_rx_messaging_error);
-                }
-                debug!(peer = ?shared.ctx.peer, error = %e, "HTTP/2 connection closed");
                 break;
             }
-            Event::Ended(None) => break,
             Event::Quiet => {}
             Event::Shed => {
                 CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
                 closing = true;
-                conn.graceful_shutdown();
+                srv.goaway(ErrorCode::NO_ERROR);
             }
             Event::Idle | Event::Drain => {
                 idle = None;
                 closing = true;
-                conn.graceful_shutdown();
+                srv.goaway(ErrorCode::NO_ERROR);
             }
+            Event::Closed => break,
             Event::Abandon => {
                 debug!(peer = ?shared.ctx.peer, "HTTP/2: the client did not let the close finish; dropped");
                 break;
             }
             Event::Calm => {
-                closing = true;
-                calm = true;
                 CoreStats::inc(&shard.stats.http2_premature_reset_closed);
                 debug!(peer = ?shared.ctx.peer, "HTTP/2: too many premature resets; closing");
-                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                srv.goaway(ErrorCode::ENHANCE_YOUR_CALM);
+                break;
             }
         }
     }
+    // Whatever is still queued (a GOAWAY above all) goes out within the
+    // grace, and then the socket closes; the streams go first (their
+    // resets are queued too).
+    drop(streams);
+    let flush = poll_fn(|cx| srv.poll_write(cx));
+    let _ = until(Some(Instant::now() + CLOSE_GRACE), flush).await;
+    srv.close().await;
 }
 
 /// Reads until the preface and the head of the frame after it are in
@@ -330,42 +356,10 @@ fn preface_verdict(bytes: &[u8]) -> Option<bool> {
     bytes.get(p.len() + 3).map(|&t| t == SETTINGS)
 }
 
-/// A client's request body as the codec hands it over, which notes on its
-/// way out the DATA received for it that nobody read (the answer came
-/// first): dropped, h2 resets the stream with NO_ERROR (RFC 9113 §8.1) and
-/// lets those bytes go, but the client sent them, and the access log counts
-/// them in `bytes_received` as the HTTP/1 path counts a discarded upload.
-struct Recv {
-    recv: RecvStream,
-    unread: Rc<Cell<u64>>,
-}
-
-impl Drop for Recv {
-    fn drop(&mut self) {
-        // The stream's received-but-unreleased data: `Body::read` releases
-        // what it takes at once, so this is exactly what was never read.
-        let n = self.recv.flow_control().used_capacity();
-        self.unread.set(n as u64);
-    }
-}
-
-impl std::ops::Deref for Recv {
-    type Target = RecvStream;
-    fn deref(&self) -> &RecvStream {
-        &self.recv
-    }
-}
-
-impl std::ops::DerefMut for Recv {
-    fn deref_mut(&mut self) -> &mut RecvStream {
-        &mut self.recv
-    }
-}
-
 /// A request body from an HTTP/2 client. What is read of it is kept (for a
 /// retry to replay) while it stays within `http.retry_buffer_limit`.
 struct Body {
-    recv: Recv,
+    down: StreamRef,
     /// Data read so far, while `streamed` is false.
     buffered: Vec<Bytes>,
     kept_len: usize,
@@ -413,28 +407,30 @@ impl Body {
         if self.complete {
             return Ok(None);
         }
-        let deadline = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
-        let got = until(deadline, self.recv.data())
-            .await
-            .ok_or(Failure::BodyTimeout)?;
+        let mut buf = Vec::new();
+        let read = poll_fn(|cx| self.down.poll_read(cx, &mut buf));
+        let got = match future::poll_once(read).await {
+            Some(r) => r,
+            None => {
+                let deadline = (!self.idle.is_zero()).then(|| Instant::now() + self.idle);
+                let read = poll_fn(|cx| self.down.poll_read(cx, &mut buf));
+                until(deadline, read).await.ok_or(Failure::BodyTimeout)?
+            }
+        };
         match got {
-            Some(Ok(data)) => {
-                let _ = self.recv.flow_control().release_capacity(data.len());
-                self.received += data.len() as u64;
+            Read::Data(n) => {
+                self.received += n as u64;
                 if self.limit > 0 && self.received > self.limit {
                     return Err(Failure::TooLarge);
                 }
-                Ok(Some(data))
+                Ok(Some(Bytes::from(buf)))
             }
-            Some(Err(_)) => Err(Failure::Downstream),
-            None => {
-                let t = until(deadline, self.recv.trailers())
-                    .await
-                    .ok_or(Failure::BodyTimeout)?;
-                self.trailers = t.map_err(|_| Failure::Downstream)?;
+            Read::End => {
+                self.trailers = self.down.take_trailers().map(|t| headers::trailers_map(&t));
                 self.complete = true;
                 Ok(None)
             }
+            Read::Reset(_) | Read::Pending => Err(Failure::Downstream),
         }
     }
 
@@ -573,29 +569,6 @@ impl Pump {
     }
 }
 
-/// Sends `data` on `tx` as the peer's window allows; a reader that opens
-/// no window for `idle` is given up on.
-pub(super) async fn send_data(
-    tx: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-    idle: Duration,
-) -> Result<(), Unsent> {
-    if data.is_empty() {
-        return tx.send_data(data, end).map_err(|_| Unsent::Closed);
-    }
-    while !data.is_empty() {
-        let cap = window(tx, data.len(), idle).await?;
-        if cap == 0 {
-            continue;
-        }
-        let piece = data.split_to(cap.min(data.len()));
-        tx.send_data(piece, end && data.is_empty())
-            .map_err(|_| Unsent::Closed)?;
-    }
-    Ok(())
-}
-
 /// Room to send up to `want` bytes on `tx` (0: none yet, ask again), waiting
 /// at most `idle` for the peer to open its window. The windows usually have
 /// room, which h2 assigns at once: then no timer is armed.
@@ -623,32 +596,66 @@ pub(super) enum Unsent {
     Stalled,
 }
 
+/// Sends `data` to the client on `down` as the windows and the output
+/// allow; a reader that opens no window for `idle` is given up on.
+async fn send_down(
+    down: &StreamRef,
+    mut data: &[u8],
+    end: bool,
+    idle: Duration,
+) -> Result<(), Unsent> {
+    if data.is_empty() {
+        if down.is_reset() {
+            return Err(Unsent::Closed);
+        }
+        down.send_data(data, end);
+        return Ok(());
+    }
+    while !data.is_empty() {
+        // The windows usually have room: then no timer is armed.
+        let room = poll_fn(|cx| down.poll_capacity(cx));
+        let room = match future::poll_once(room).await {
+            Some(r) => r,
+            None => {
+                let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+                let room = poll_fn(|cx| down.poll_capacity(cx));
+                until(deadline, room).await.ok_or(Unsent::Stalled)?
+            }
+        };
+        let n = room.map_err(|()| Unsent::Closed)?;
+        let piece = &data[..n.min(data.len())];
+        let sent = down.send_data(piece, end && piece.len() == data.len());
+        data = &data[sent..];
+    }
+    Ok(())
+}
+
 /// One stream, from its head to the end of its answer.
 async fn stream(
     shard: Rc<Shard>,
     conn: Rc<Shared>,
-    req: Request<RecvStream>,
-    respond: SendResponse<Bytes>,
+    down: StreamRef,
+    head: Result<RequestHead, Malformed>,
 ) {
     let mut s = H2Stream {
         log: RequestLog::new(&conn.ctx),
         started: Instant::now(),
         shard,
         conn,
-        respond,
+        down,
         rate_headers: None,
         grpc: false,
         finished: false,
+        unsent: None,
     };
     s.log.protocol = "HTTP/2";
-    let (parts, recv) = req.into_parts();
-    let unread = Rc::new(Cell::new(0));
-    let recv = Recv {
-        recv,
-        unread: unread.clone(),
-    };
-    s.handle(parts, recv).await;
-    s.log.bytes_received += unread.get();
+    match head {
+        Ok(head) => s.handle(head).await,
+        // Over the header list limit (decoded whole: HPACK stays in step).
+        Err(_) => s.local(431, "", None),
+    }
+    s.finish_local().await;
+    s.log.bytes_received += s.down.unread() as u64;
     if !s.finished {
         s.conn.premature_reset(&s.shard);
     }
@@ -659,7 +666,7 @@ async fn stream(
 struct H2Stream {
     shard: Rc<Shard>,
     conn: Rc<Shared>,
-    respond: SendResponse<Bytes>,
+    down: StreamRef,
     log: RequestLog,
     started: Instant,
     rate_headers: Option<[(&'static str, String); 3]>,
@@ -668,6 +675,8 @@ struct H2Stream {
     /// The answer went out whole (or the stream failed on our side): not a
     /// premature reset by the client.
     finished: bool,
+    /// A local reply's body the windows did not take at once.
+    unsent: Option<Vec<u8>>,
 }
 
 pin_project_lite::pin_project! {
@@ -675,7 +684,7 @@ pin_project_lite::pin_project! {
     struct OrReset<'r, F> {
         #[pin]
         f: F,
-        respond: &'r mut SendResponse<Bytes>,
+        down: &'r StreamRef,
     }
 }
 
@@ -687,8 +696,8 @@ impl<F: Future> Future for OrReset<'_, F> {
         if let Poll::Ready(v) = this.f.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        match this.respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(Err(())),
+        match this.down.poll_reset(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(())),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -745,55 +754,66 @@ impl Answer for H2Answer {
 
 impl H2Stream {
     /// A reply made here: plain text, or for a gRPC request a trailers-only
-    /// answer carrying the matching grpc-status.
+    /// answer carrying the matching grpc-status. What of the body the
+    /// windows do not take at once goes in `finish_local`.
     fn local(&mut self, status: u16, body: &str, location: Option<&[u8]>) {
-        let mut r = Response::new(());
-        let h = r.headers_mut();
-        if self.grpc {
-            grpc::local_reply_headers(status, body, h);
+        let mut h = HeaderMap::new();
+        let code = if self.grpc {
+            grpc::local_reply_headers(status, body, &mut h);
+            200
         } else {
-            *r.status_mut() =
-                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-            let h = r.headers_mut();
             h.insert("content-type", HeaderValue::from_static("text/plain"));
             h.insert("content-length", HeaderValue::from(body.len()));
             if let Some(v) = location.and_then(|l| HeaderValue::from_bytes(l).ok()) {
                 h.insert("location", v);
             }
-        }
+            status
+        };
         for (n, v) in self.rate_headers.take().iter().flatten() {
             if let Ok(v) = HeaderValue::from_str(v) {
-                r.headers_mut().insert(*n, v);
+                h.insert(*n, v);
             }
         }
         self.log.status = status;
+        if self.down.is_reset() {
+            self.log.flags.insert(ResponseFlags::DC);
+            return;
+        }
         let end = self.grpc || body.is_empty();
-        match self.respond.send_response(r, end) {
-            Ok(mut tx) => {
-                if !end {
-                    let _ = tx.send_data(Bytes::copy_from_slice(body.as_bytes()), true);
-                    self.log.bytes_sent += body.len() as u64;
-                }
-                self.finished = true;
-            }
-            Err(_) => self.log.flags.insert(ResponseFlags::DC),
+        self.down
+            .send_head(end, |enc, out| headers::encode_map(code, &h, enc, out));
+        self.finished = true;
+        if !end {
+            self.log.bytes_sent += body.len() as u64;
+            self.unsent = Some(body.as_bytes().to_vec());
         }
     }
 
-    async fn handle(&mut self, mut parts: http::request::Parts, recv: Recv) {
+    /// Sends a local reply's body (within stream_idle_timeout).
+    async fn finish_local(&mut self) {
+        let Some(body) = self.unsent.take() else {
+            return;
+        };
+        let idle = self.shard.config.current().config.http.stream_idle_timeout;
+        if send_down(&self.down, &body, true, idle).await.is_err() {
+            self.down.reset(ErrorCode::CANCEL);
+        }
+    }
+
+    async fn handle(&mut self, head: RequestHead) {
         let shard = self.shard.clone();
         let snap = shard.config.current();
         let config = &snap.config;
         let http = &config.http;
         let ctx = self.conn.ctx.clone();
-        self.grpc = grpc::is_grpc(&parts.headers);
+        self.grpc = grpc::is_grpc_content_type(head.header(b"content-type"));
         if shard.overload_actions.get().stop_accepting_requests {
             CoreStats::inc(&shard.stats.downstream_rq_overload_close);
             self.log.flags.insert(ResponseFlags::OL);
             return self.local(503, "envoy overloaded", None);
         }
         let details = request_details_wanted(&shard);
-        let view = H2Parts(&parts);
+        let view = &head;
         if details {
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             self.log.method = text(view.method());
@@ -806,7 +826,7 @@ impl H2Stream {
         if let Some(dst) = ctx.inbound_dst {
             let policies = &config.authorization;
             if !policies.is_empty() {
-                if let Some(policy) = authorize(&shard, policies, &ctx, dst, &view) {
+                if let Some(policy) = authorize(&shard, policies, &ctx, dst, view) {
                     self.log.flags.insert(ResponseFlags::RBAC);
                     self.log.authz_policy = Some(policy);
                     CoreStats::inc(&shard.stats.rq_rbac_denied);
@@ -815,7 +835,7 @@ impl H2Stream {
             }
         }
 
-        let planned = plan::plan(config, &view, ctx.fallback, shard.next_u64() as u32, "http");
+        let planned = plan::plan(config, view, ctx.fallback, shard.next_u64() as u32, "http");
         let rate_limit = match &planned {
             Ok(p) => p.rate_limit,
             Err(reply) => reply.rate_limit,
@@ -862,10 +882,9 @@ impl H2Stream {
                 return self.local(status, "fault filter abort", None);
             }
         }
-        let declared = parts
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = head
+            .header(b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
         if plan.max_body > 0 && declared.is_some_and(|n| n > plan.max_body) {
             CoreStats::inc(&shard.stats.downstream_rq_too_large);
             self.log.flags.insert(ResponseFlags::RTL);
@@ -881,7 +900,7 @@ impl H2Stream {
                     merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
                 (
                     m.route
-                        .rewritten_path(&view, &mut path_scratch)
+                        .rewritten_path(view, &mut path_scratch)
                         .map(<[u8]>::to_vec),
                     f.host_rewrite.as_deref(),
                     merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
@@ -893,7 +912,7 @@ impl H2Stream {
             Target::Cluster(i) => config
                 .clusters
                 .get(i)
-                .and_then(|c| plan::request_hash(c, &view, ctx.peer.map(|a| a.ip()))),
+                .and_then(|c| plan::request_hash(c, view, ctx.peer.map(|a| a.ip()))),
             Target::Addr(..) => None,
         };
         let path = path.unwrap_or_else(|| view.path_and_query().to_vec());
@@ -920,8 +939,8 @@ impl H2Stream {
         }
 
         let mut body = Body {
-            complete: recv.is_end_stream(),
-            recv,
+            complete: self.down.recv_done(),
+            down: self.down.clone(),
             buffered: Vec::new(),
             kept_len: 0,
             retry_limit: http.retry_buffer_limit,
@@ -942,16 +961,18 @@ impl H2Stream {
             if let Err(f) = body.fill().await {
                 self.log.bytes_received = body.received;
                 // Never sent: the id is the log's alone.
-                let id = (details && !parts.headers.contains_key("x-request-id"))
+                let id = (details && head.header(b"x-request-id").is_none())
                     .then(|| shard.request_ids.next_id());
-                self.log_request_id(details, id, &parts.headers);
+                self.log_request_id(details, id, &head);
                 return self.body_failure(f);
             }
         }
         // grpc-timeout caps the route timeout (Envoy's grpc_timeout_header_max).
         let timeout = match (
             plan.timeout,
-            grpc::timeout(&parts.headers).filter(|_| self.grpc),
+            head.header(b"grpc-timeout")
+                .and_then(grpc::parse_timeout)
+                .filter(|_| self.grpc),
         ) {
             (Some(t), Some(g)) => Some(t.min(g)),
             (t, g) => t.or(g),
@@ -963,7 +984,7 @@ impl H2Stream {
             retry: plan.retry,
             per_try: plan.retry.and_then(|r| r.per_try_timeout),
             connect_timeout: plan.connect_timeout,
-            idempotent: Method::from_bytes(parts.method.as_str().as_bytes()).is_idempotent(),
+            idempotent: Method::from_bytes(head.method()).is_idempotent(),
             hash,
             inbound: ctx.inbound_dst.is_some(),
             protocol: if use_h2 {
@@ -975,8 +996,13 @@ impl H2Stream {
         let mut tried = attempt::Attempts::default();
         let ops = response_ops.as_deref();
         if use_h2 {
+            // `h2` upstream: its types.
+            let Some(mut parts) = headers::parts_from_head(&head) else {
+                self.log.flags.insert(ResponseFlags::DPE);
+                return self.local(400, "invalid request head", None);
+            };
             let generated = headers::rewrite_request(&mut parts.headers, &rewrite);
-            self.log_request_id(details, generated, &parts.headers);
+            self.log_request_id(details, generated, &headers::H2Parts(&parts));
             parts.headers.remove(http::header::HOST);
             let mut up_req = Request::new(());
             *up_req.method_mut() = parts.method.clone();
@@ -1023,23 +1049,22 @@ impl H2Stream {
             let framing = match (framing, body.trailers.is_some()) {
                 // Trailers need chunked.
                 (_, true) => BodyFraming::Chunked,
-                (BodyFraming::Length(0), false) if !body_expected(&parts.method) => {
+                (BodyFraming::Length(0), false) if !body_expected(head.method()) => {
                     BodyFraming::None
                 }
                 (f, false) => f,
             };
-            let mut head = Vec::with_capacity(512);
+            let mut up_head = Vec::with_capacity(512);
             let rewrite = RequestRewrite { framing, ..rewrite };
-            let generated =
-                headers::write_h1_request(&parts.method, &parts.headers, &rewrite, &mut head);
-            self.log_request_id(details, generated, &parts.headers);
-            let method = Method::from_bytes(parts.method.as_str().as_bytes());
+            let generated = headers::write_h1_request(&head, &rewrite, &mut up_head);
+            self.log_request_id(details, generated, &head);
+            let method = Method::from_bytes(head.method());
             let run = attempt::run(&shard, &req, &mut tried, async |conn, fresh, per_try| {
                 let reused = Cell::new(false);
                 let result = until(
                     per_try,
                     try_h1(
-                        &shard, conn, fresh, &head, framing, &mut body, method, &reused, http,
+                        &shard, conn, fresh, &up_head, framing, &mut body, method, &reused, http,
                     ),
                 )
                 .await
@@ -1072,7 +1097,7 @@ impl H2Stream {
     ) -> impl Future<Output = Option<Result<T, ()>>> + 's {
         let or_reset = OrReset {
             f,
-            respond: &mut self.respond,
+            down: &self.down,
         };
         until(deadline, or_reset).map(|r| match r {
             None => Some(Err(())),
@@ -1083,11 +1108,16 @@ impl H2Stream {
 
     /// The request id for the access log: the one generated here, else the
     /// client's.
-    fn log_request_id(&mut self, details: bool, generated: Option<RequestId>, h: &HeaderMap) {
+    fn log_request_id(
+        &mut self,
+        details: bool,
+        generated: Option<RequestId>,
+        h: &impl RequestParts,
+    ) {
         if details {
             self.log.request_id = generated.map(|id| id.as_str().to_string()).or_else(|| {
-                h.get("x-request-id")
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                h.header(b"x-request-id")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
             });
         }
     }
@@ -1163,12 +1193,9 @@ impl H2Stream {
     }
 
     /// Tells the client the answer is cut short.
-    fn reset(&mut self, tx: Option<&mut SendStream<Bytes>>, reason: Reason) {
+    fn reset(&mut self, code: ErrorCode) {
         CoreStats::inc(&self.shard.stats.http2_tx_reset);
-        match tx {
-            Some(tx) => tx.send_reset(reason),
-            None => self.respond.send_reset(reason),
-        }
+        self.down.reset(code);
         self.finished = true;
     }
 
@@ -1193,44 +1220,49 @@ impl H2Stream {
         }
         self.log.status = head.status.as_u16();
         let end = up_rx.is_end_stream();
-        let mut tx = match self
-            .respond
-            .send_response(Response::from_parts(head, ()), end)
-        {
-            Ok(tx) => tx,
-            Err(_) => {
-                self.log.flags.insert(ResponseFlags::DC);
-                return;
-            }
-        };
+        if self.down.is_reset() {
+            self.log.flags.insert(ResponseFlags::DC);
+            return;
+        }
+        let status = head.status.as_u16();
+        self.down.send_head(end, |enc, out| {
+            headers::encode_map(status, &head.headers, enc, out)
+        });
         if end {
             self.finished = true;
             return;
         }
         let shard = self.shard.clone();
         let log = &mut self.log;
+        let down = &self.down;
         let relay = async {
             loop {
                 match up_rx.data().await {
                     Some(Ok(d)) => {
                         let n = d.len();
-                        if let Err(e) = send_data(&mut tx, d, false, idle).await {
+                        if let Err(e) = send_down(down, &d, false, idle).await {
                             if e == Unsent::Stalled {
                                 CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
                             }
-                            return Err(Reason::CANCEL);
+                            return Err(ErrorCode::CANCEL);
                         }
                         log.bytes_sent += n as u64;
                         let _ = up_rx.flow_control().release_capacity(n);
                     }
-                    Some(Err(_)) => return Err(Reason::INTERNAL_ERROR),
+                    Some(Err(_)) => return Err(ErrorCode::INTERNAL_ERROR),
                     None => break,
                 }
             }
             match up_rx.trailers().await {
-                Ok(Some(t)) => tx.send_trailers(t).map_err(|_| Reason::CANCEL),
-                Ok(None) => tx.send_data(Bytes::new(), true).map_err(|_| Reason::CANCEL),
-                Err(_) => Err(Reason::INTERNAL_ERROR),
+                Ok(Some(t)) if !down.is_reset() => {
+                    down.send_trailers(|enc, out| headers::encode_fields(&t, enc, out));
+                    Ok(())
+                }
+                Ok(None) => send_down(down, &[], true, idle)
+                    .await
+                    .map_err(|_| ErrorCode::CANCEL),
+                Ok(Some(_)) => Err(ErrorCode::CANCEL),
+                Err(_) => Err(ErrorCode::INTERNAL_ERROR),
             }
         };
         let pump = async {
@@ -1238,7 +1270,7 @@ impl H2Stream {
                 if let Err(f) = pump.run(body, idle).await {
                     if f.side() != retry::Side::Upstream {
                         pump.cancel();
-                        return Err(Reason::CANCEL);
+                        return Err(ErrorCode::CANCEL);
                     }
                     // The upstream stopped taking the body; its answer goes on.
                 }
@@ -1248,17 +1280,17 @@ impl H2Stream {
         let r = until(deadline, future::or(relay, pump)).await;
         match r {
             Some(Ok(())) => self.finished = true,
-            Some(Err(reason)) => {
-                self.log.flags.insert(if reason == Reason::CANCEL {
+            Some(Err(code)) => {
+                self.log.flags.insert(if code == ErrorCode::CANCEL {
                     ResponseFlags::DC
                 } else {
                     ResponseFlags::UC
                 });
-                self.reset(Some(&mut tx), reason);
+                self.reset(code);
             }
             None => {
                 self.log.flags.insert(ResponseFlags::UT);
-                self.reset(Some(&mut tx), Reason::CANCEL);
+                self.reset(ErrorCode::CANCEL);
             }
         }
     }
@@ -1283,21 +1315,21 @@ impl H2Stream {
             max_uses,
         } = answer;
         let Some(mut upbuf) = upbuf else { return };
-        let view = head.view(upbuf.bytes());
-        let response = headers::response_from_h1(&view, ops);
-        upbuf.consume(head_len);
         self.log.status = head.status;
+        if self.down.is_reset() {
+            self.log.flags.insert(ResponseFlags::DC);
+            upbuf.release();
+            return;
+        }
         let bodiless = head.framing == BodyFraming::None;
-        let mut tx = match self.respond.send_response(response, bodiless) {
-            Ok(tx) => tx,
-            Err(_) => {
-                self.log.flags.insert(ResponseFlags::DC);
-                upbuf.release();
-                return;
-            }
-        };
+        let view = head.view(upbuf.bytes());
+        self.down.send_head(bodiless, |enc, out| {
+            headers::encode_h1_response(&view, ops, enc, out)
+        });
+        upbuf.consume(head_len);
         let shard = self.shard.clone();
         let log = &mut self.log;
+        let down = &self.down;
         let relay = async {
             if bodiless {
                 return Ok(true);
@@ -1315,7 +1347,7 @@ impl H2Stream {
                             b.consume(d.consumed);
                             done = d.done;
                         }
-                        Err(_) => break Err(Reason::INTERNAL_ERROR),
+                        Err(_) => break Err(ErrorCode::INTERNAL_ERROR),
                     }
                 }
                 // The last piece carries END_STREAM itself unless trailers
@@ -1323,13 +1355,13 @@ impl H2Stream {
                 let last = done && trailers.is_empty();
                 if !out.is_empty() {
                     let n = out.len();
-                    let data = Bytes::copy_from_slice(&out);
+                    let sent = send_down(down, &out, last, idle).await;
                     out.clear();
-                    if let Err(e) = send_data(&mut tx, data, last, idle).await {
+                    if let Err(e) = sent {
                         if e == Unsent::Stalled {
                             CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
                         }
-                        break Err(Reason::CANCEL);
+                        break Err(ErrorCode::CANCEL);
                     }
                     log.bytes_sent += n as u64;
                     ended = last;
@@ -1341,7 +1373,7 @@ impl H2Stream {
                 crate::net::buf::release_if_empty(&mut upbuf);
                 match read_into(&mut up, &mut upbuf, MAX_HEAD_BUF).await {
                     Ok(0) if dec.on_eof().is_ok() => break Ok(()),
-                    Ok(0) | Err(_) => break Err(Reason::INTERNAL_ERROR),
+                    Ok(0) | Err(_) => break Err(ErrorCode::INTERNAL_ERROR),
                     Ok(_) => {}
                 }
             };
@@ -1351,12 +1383,15 @@ impl H2Stream {
             }
             r?;
             if !ended {
-                let end = if trailers.is_empty() {
-                    tx.send_data(Bytes::new(), true)
+                if down.is_reset() {
+                    return Err(ErrorCode::CANCEL);
+                }
+                if trailers.is_empty() {
+                    down.send_data(&[], true);
                 } else {
-                    tx.send_trailers(headers::trailers_from_h1(&trailers))
-                };
-                end.map_err(|_| Reason::CANCEL)?;
+                    let t = headers::trailers_from_h1(&trailers);
+                    down.send_trailers(|enc, out| headers::encode_fields(&t, enc, out));
+                }
             }
             Ok(!leftover && !matches!(dec, BodyDecoder::CloseDelimited))
         };
@@ -1376,17 +1411,17 @@ impl H2Stream {
                     );
                 }
             }
-            Some(Err(reason)) => {
-                self.log.flags.insert(if reason == Reason::CANCEL {
+            Some(Err(code)) => {
+                self.log.flags.insert(if code == ErrorCode::CANCEL {
                     ResponseFlags::DC
                 } else {
                     ResponseFlags::UC
                 });
-                self.reset(Some(&mut tx), reason);
+                self.reset(code);
             }
             None => {
                 self.log.flags.insert(ResponseFlags::UT);
-                self.reset(Some(&mut tx), Reason::CANCEL);
+                self.reset(ErrorCode::CANCEL);
             }
         }
     }
@@ -1394,11 +1429,8 @@ impl H2Stream {
 
 /// Methods whose requests carry a body by convention: an empty one is sent
 /// with `content-length: 0` to an HTTP/1 upstream.
-fn body_expected(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH
-    )
+fn body_expected(m: &[u8]) -> bool {
+    matches!(m, b"POST" | b"PUT" | b"PATCH")
 }
 
 pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings {
@@ -1643,9 +1675,7 @@ mod size_tests {
         fn size4<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        fn handle_size<'a, F: Future>(
-            _: impl FnOnce(&'a mut H2Stream, http::request::Parts, Recv) -> F,
-        ) -> usize {
+        fn handle_size<'a, F: Future>(_: impl FnOnce(&'a mut H2Stream, RequestHead) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         eprintln!("stream future: {} B", size4(stream));
@@ -1653,7 +1683,7 @@ mod size_tests {
         eprintln!("RequestLog: {} B", std::mem::size_of::<RequestLog>());
         eprintln!("handle future: {} B", handle_size(H2Stream::handle));
         eprintln!("Body: {} B", std::mem::size_of::<Body>());
-        eprintln!("Parts: {} B", std::mem::size_of::<http::request::Parts>());
+        eprintln!("RequestHead: {} B", std::mem::size_of::<RequestHead>());
         fn s9<'a, F: Future>(
             _: impl FnOnce(
                 &'a Rc<Shard>,
