@@ -11,7 +11,7 @@
 //! stay in step with the peer's) and answered 431, as h2 and Envoy do.
 
 use crate::http::head::{has_port, valid_authority};
-use crate::http::rewrite::is_valid_header_name;
+use crate::http::rewrite::{is_valid_header_name, is_valid_header_value};
 use crate::http::RequestParts;
 
 /// A field's place in the buffer.
@@ -233,10 +233,13 @@ fn lowercase_token(name: &[u8]) -> bool {
     is_valid_header_name(name) && !name.iter().any(u8::is_ascii_uppercase)
 }
 
-/// RFC 9113 §8.2.1: no NUL, CR or LF, and no whitespace at either end.
+/// RFC 9113 §8.2.1 forbids NUL, CR and LF and whitespace at either end;
+/// the value is also held to RFC 9110's field-value (no other control
+/// character but HTAB), as an HTTP/1 head is (`http::rewrite`) and as
+/// nghttp2 (Envoy's codec) does: what goes upstream is what an HTTP/1
+/// client could have sent.
 fn valid_value(v: &[u8]) -> bool {
-    let edge = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
-    !edge(v.first()) && !edge(v.last()) && !v.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
+    is_valid_header_value(v)
 }
 
 impl RequestHead {
@@ -403,13 +406,14 @@ mod tests {
             refused(&with(&[("", "x")])),
             "field name not a lowercase token"
         );
-        for v in ["a\r\nb", "a\0", " a", "a\t", "a\n"] {
+        // Control characters other than HTAB too (RFC 9110 field-value).
+        for v in ["a\r\nb", "a\0", " a", "a\t", "a\n", "a\x01b", "a\x7fb"] {
             assert!(
                 matches!(head(&with(&[("x", v)])), Err(Malformed::Protocol(_))),
                 "{v:?}"
             );
         }
-        assert!(head(&with(&[("x", "a b"), ("y", "")])).is_ok());
+        assert!(head(&with(&[("x", "a b"), ("y", ""), ("z", "a\tb\u{e9}")])).is_ok());
         for n in [
             "connection",
             "keep-alive",
