@@ -959,6 +959,18 @@ impl Conn {
         self.streams.get(&id).map_or(0, |s| s.body.len())
     }
 
+    /// Gives back what a burst grew (the caller has no stream open and
+    /// nothing queued): an idle connection keeps small buffers.
+    pub fn shrink(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 16 * 1024 {
+            self.out = Vec::with_capacity(1024);
+        }
+        if self.streams.is_empty() && self.streams.capacity() > 16 {
+            self.streams = HashMap::new();
+        }
+        self.touched.shrink_to(16);
+    }
+
     /// The connection failed (GOAWAY queued in `out`).
     pub fn failed(&self) -> Option<ConnError> {
         self.failed

@@ -56,6 +56,8 @@ struct Shared {
     /// The connection is over (EOF, I/O error, connection error): every
     /// stream is as good as reset.
     dead: Cell<bool>,
+    /// Accepted streams that have not sent their response head yet.
+    awaiting_head: Cell<u32>,
 }
 
 impl Shared {
@@ -128,6 +130,7 @@ impl Server {
                 written: Cell::new(0),
                 out_blocked: Cell::new(false),
                 dead: Cell::new(false),
+                awaiting_head: Cell::new(0),
             }),
             io,
             partial: Vec::new(),
@@ -239,19 +242,41 @@ impl Server {
         self.shared.queued(&mut self.shared.conn.borrow_mut())
     }
 
+    /// Gives back what a burst grew, once no stream is left and nothing is
+    /// queued (an idle connection keeps small buffers).
+    pub fn shrink(&mut self) {
+        if self.queued() == 0 {
+            self.shared.conn.borrow_mut().shrink();
+            self.shared.wakers.borrow_mut().shrink_to(8);
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 16 * 1024 {
+            self.partial = Vec::new();
+        }
+    }
+
     /// The next stream whose request head is in, with its head (Err: a
     /// head over the header list limit, to answer 431).
     pub fn accept(&self) -> Option<(StreamRef, Result<RequestHead, Malformed>)> {
         let mut conn = self.shared.conn.borrow_mut();
         let id = conn.accept()?;
         let head = conn.take_head(id)?;
+        let shared = &self.shared;
+        shared.awaiting_head.set(shared.awaiting_head.get() + 1);
         Some((
             StreamRef(Rc::new(Handle {
                 id,
-                shared: self.shared.clone(),
+                shared: shared.clone(),
+                head_sent: Cell::new(false),
             })),
             head,
         ))
+    }
+
+    /// Accepted streams that have not sent their response head yet (the
+    /// connection's task holds a write back while some have not, briefly,
+    /// so that answers that complete together leave together).
+    pub fn awaiting_head(&self) -> u32 {
+        self.shared.awaiting_head.get()
     }
 
     /// Streams the client reset before they were accepted (rapid reset).
@@ -285,10 +310,21 @@ pub struct StreamRef(Rc<Handle>);
 struct Handle {
     id: u32,
     shared: Rc<Shared>,
+    head_sent: Cell<bool>,
+}
+
+impl Handle {
+    fn head_sent(&self) {
+        if !self.head_sent.replace(true) {
+            let n = &self.shared.awaiting_head;
+            n.set(n.get().saturating_sub(1));
+        }
+    }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.head_sent();
         self.shared.wakers.borrow_mut().remove(&self.id);
         self.shared.conn.borrow_mut().close(self.id);
     }
@@ -360,6 +396,7 @@ impl StreamRef {
 
     /// The response head (`fields` encodes the status and fields).
     pub fn send_head(&self, end_stream: bool, fields: impl FnOnce(&mut Encoder, &mut Vec<u8>)) {
+        self.0.head_sent();
         self.with(|c, id| c.send_head(id, end_stream, fields))
     }
 

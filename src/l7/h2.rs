@@ -55,7 +55,7 @@ use crate::h2::frame::ErrorCode;
 use crate::h2::grpc;
 use crate::h2::headers;
 use crate::h2::request::{Malformed, RequestHead};
-use crate::h2::server::{Ended, Server, StreamRef};
+use crate::h2::server::{Ended, Server, StreamRef, HIGH_WATER};
 use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
 use crate::http::head::{BodyFraming, Method, ResponseHead};
 use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
@@ -127,6 +127,10 @@ enum Event {
 /// HTTP connection manager gives its drain sequence 5 s (`drain_timeout`).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the connection's task may hold what its streams queued while
+/// others still wait for their answers (see `serve`).
+const FLUSH_DELAY: Duration = Duration::from_micros(100);
+
 /// Serves an HTTP/2 connection whose preface (or ALPN `h2`) was seen;
 /// `read`: bytes already read from it (by the HTTP/1 reader that found the
 /// preface).
@@ -191,6 +195,7 @@ pub async fn serve(
     let mut closing = false;
     let mut abandon: Option<glommio::timer::Timer> = None;
     let mut resets_seen = 0;
+    let mut flush_timer: Option<glommio::timer::Timer> = None;
     loop {
         if streams.is_empty() && idle.is_none() && !closing {
             idle = Some(glommio::timer::Timer::new(idle_timeout));
@@ -234,10 +239,32 @@ pub async fn serve(
                 shared.premature_reset(shard);
             }
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            let flushed = match srv.poll_write(cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Ended(Ended::Io(e))),
-                Poll::Pending => false,
+            // What this poll queued waits, while streams of the connection
+            // are still waiting for their answers, for at most FLUSH_DELAY:
+            // answers that complete together then leave in one write (the
+            // client reads them at once, as HAProxy's and the h2 crate's
+            // writes let it). Not when a lot is queued, when closing, or
+            // when no stream is left waiting.
+            let queued = srv.queued();
+            let defer = queued > 0
+                && queued < HIGH_WATER / 2
+                && srv.awaiting_head() > 0
+                && ended.is_none()
+                && !closing
+                && std::pin::Pin::new(
+                    flush_timer.get_or_insert_with(|| glommio::timer::Timer::new(FLUSH_DELAY)),
+                )
+                .poll(cx)
+                .is_pending();
+            let flushed = if defer {
+                false
+            } else {
+                flush_timer = None;
+                match srv.poll_write(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Ended(Ended::Io(e))),
+                    Poll::Pending => false,
+                }
             };
             if let Some(e) = ended {
                 return Poll::Ready(Event::Ended(e));
@@ -294,7 +321,7 @@ pub async fn serve(
                 }
                 break;
             }
-            Event::Quiet => {}
+            Event::Quiet => srv.shrink(),
             Event::Shed => {
                 CoreStats::inc(&shard.stats.downstream_cx_overload_shed);
                 closing = true;
