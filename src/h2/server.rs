@@ -23,7 +23,6 @@
 //! stream_idle_timeout) rather than the proxy's memory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures_lite::io::AsyncWrite;
 
-use super::conn::{Conn, ConnError, Read, Settings};
+use super::conn::{Conn, ConnError, Read, Settings, StreamMap};
 use super::frame::ErrorCode;
 use super::hpack::Encoder;
 use super::request::{Malformed, RequestHead};
@@ -48,7 +47,7 @@ const READS_PER_POLL: usize = 16;
 struct Shared {
     conn: RefCell<Conn>,
     /// One waker per stream waiting on the connection.
-    wakers: RefCell<HashMap<u32, Waker>>,
+    wakers: RefCell<StreamMap<Waker>>,
     /// How much of `conn.out` is on the wire already.
     written: Cell<usize>,
     /// A writer waits for room in the output.
@@ -126,7 +125,7 @@ impl Server {
         Server {
             shared: Rc::new(Shared {
                 conn: RefCell::new(Conn::new(settings)),
-                wakers: RefCell::new(HashMap::new()),
+                wakers: RefCell::new(StreamMap::default()),
                 written: Cell::new(0),
                 out_blocked: Cell::new(false),
                 dead: Cell::new(false),
