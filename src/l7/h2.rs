@@ -926,9 +926,7 @@ impl H2Stream {
                 response_ops =
                     merge_ops(&m.virtual_host.response_headers, &m.route.response_headers);
                 (
-                    m.route
-                        .rewritten_path(view, &mut path_scratch)
-                        .map(<[u8]>::to_vec),
+                    m.route.rewritten_path(view, &mut path_scratch),
                     f.host_rewrite.as_deref(),
                     merge_ops(&m.virtual_host.request_headers, &m.route.request_headers),
                 )
@@ -942,16 +940,15 @@ impl H2Stream {
                 .and_then(|c| plan::request_hash(c, view, ctx.peer.map(|a| a.ip()))),
             Target::Addr(..) => None,
         };
-        let path = path.unwrap_or_else(|| view.path_and_query().to_vec());
-        let authority = host
-            .or(view.authority())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        // Borrowed from the head (or the rewrite's scratch): no copy per
+        // request.
+        let path = path.unwrap_or_else(|| view.path_and_query());
+        let authority = host.or(view.authority()).unwrap_or_default();
         // The proxy's rewrite: applied to the map for an HTTP/2 upstream,
         // written with the head for an HTTP/1 one.
         let rewrite = RequestRewrite {
-            path: Some(&path),
-            host: Some(&authority),
+            path: Some(path),
+            host: Some(authority),
             client_addr: ctx.forwarded_for(),
             forwarded_proto: Some("http"),
             forwarded_proto_if_absent: !ctx.use_remote_address,
@@ -1036,8 +1033,8 @@ impl H2Stream {
             *up_req.headers_mut() = std::mem::take(&mut parts.headers);
             let uri = http::Uri::builder()
                 .scheme("http")
-                .authority(authority.as_slice())
-                .path_and_query(path.as_slice())
+                .authority(authority)
+                .path_and_query(path)
                 .build();
             match uri {
                 Ok(u) => *up_req.uri_mut() = u,
