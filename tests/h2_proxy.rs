@@ -832,3 +832,60 @@ print(status)
         "{text}"
     );
 }
+
+/// HPACK's never-indexed mark (RFC 7541 §7.1.3: an intermediary passes a
+/// never-indexed field on as such) from an HTTP/2 client to an HTTP/2
+/// upstream, both the Python `h2` library (tests/l7/h2_never_indexed.py):
+/// `authorization` and `x-secret` arrive never indexed, `x-plain` and the
+/// fields Remora adds do not.
+#[test]
+fn never_indexed_fields_stay_never_indexed_upstream() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_never_indexed.py");
+    let up_port = free_port();
+    let mut up = Command::new("python3")
+        .args([script, "server", &up_port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(up.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let port = free_port();
+    let up_addr: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
+    let r = Remora::start(
+        &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
+        &["--cores", "1"],
+    );
+    let out = Command::new("python3")
+        .args([script, "client", &port.to_string()])
+        .output()
+        .expect("python3");
+    let _ = up.kill();
+    let _ = up.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(got["status"], "200", "{got}");
+    let seen: Vec<(String, String, bool)> =
+        serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
+    let mark = |name: &str| {
+        seen.iter()
+            .find(|f| f.0 == name)
+            .unwrap_or_else(|| panic!("{name} not upstream: {seen:?}"))
+            .clone()
+    };
+    assert_eq!(
+        mark("authorization"),
+        ("authorization".into(), "Bearer s3cret".into(), true)
+    );
+    assert_eq!(mark("x-secret"), ("x-secret".into(), "hidden".into(), true));
+    assert_eq!(mark("x-plain"), ("x-plain".into(), "visible".into(), false));
+    // What Remora adds is an ordinary field.
+    assert!(!mark("x-request-id").2, "{seen:?}");
+    let (code, _) = r.stop();
+    assert_eq!(code, 0);
+}

@@ -600,8 +600,8 @@ impl Conn {
             return self.end_of_body(stream, Some(fields));
         }
         let mut b = HeadBuilder::new(self.cfg.max_header_list_size);
-        let r = self.decoder.decode(block, |n, v| {
-            b.field(n, v);
+        let r = self.decoder.decode_marked(block, |n, v, never| {
+            b.field_marked(n, v, never);
             Ok::<(), ()>(())
         });
         if let Err(e) = r {

@@ -209,10 +209,11 @@ pub fn parts_from_head(head: &RequestHead) -> Option<http::request::Parts> {
     }
     let (mut parts, ()) = b.body(()).ok()?.into_parts();
     parts.headers.reserve(head.fields().count());
-    for (n, v) in head.fields() {
-        parts
-            .headers
-            .append(name(n)?, HeaderValue::from_bytes(v).ok()?);
+    for (n, v, never_indexed) in head.marked_fields() {
+        let mut v = HeaderValue::from_bytes(v).ok()?;
+        // The h2 crate encodes a sensitive value as never indexed.
+        v.set_sensitive(never_indexed);
+        parts.headers.append(name(n)?, v);
     }
     Some(parts)
 }
@@ -623,6 +624,24 @@ mod tests {
         let mut out = Vec::new();
         write_h1_request(&H2Parts(&parts), &rw, &mut out);
         assert!(!String::from_utf8(out).unwrap().contains("cookie"));
+    }
+
+    #[test]
+    fn never_indexed_marks_reach_the_h2_crates_parts() {
+        let mut b = crate::h2::request::HeadBuilder::new(16 * 1024);
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "svc"),
+            (":path", "/"),
+        ] {
+            b.field(n.as_bytes(), v.as_bytes());
+        }
+        b.field_marked(b"authorization", b"Bearer x", true);
+        b.field(b"x-plain", b"v");
+        let parts = parts_from_head(&b.finish().unwrap()).unwrap();
+        assert!(parts.headers["authorization"].is_sensitive());
+        assert!(!parts.headers["x-plain"].is_sensitive());
     }
 
     #[test]

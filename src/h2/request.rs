@@ -32,6 +32,8 @@ impl Span {
 struct Field {
     name: Span,
     value: Span,
+    /// Sent as never indexed (HPACK §6.2.3): passed on as such.
+    never_indexed: bool,
 }
 
 /// A request head from HEADERS (and CONTINUATION) frames.
@@ -88,6 +90,12 @@ impl HeadBuilder {
     /// One decoded field. Never fails: a malformed or oversized head is
     /// reported by `finish`, after the whole block was decoded.
     pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.field_marked(name, value, false)
+    }
+
+    /// [`HeadBuilder::field`] for a field HPACK marked never indexed
+    /// (`never_indexed`), a mark the head keeps for an HTTP/2 upstream.
+    pub fn field_marked(&mut self, name: &[u8], value: &[u8], never_indexed: bool) {
         self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
         if self.list_size > self.max_list_size {
             self.fail(Malformed::TooLarge);
@@ -156,7 +164,11 @@ impl HeadBuilder {
         if keep {
             let name = push(&mut h.buf, name);
             let value = push(&mut h.buf, value);
-            h.fields.push(Field { name, value });
+            h.fields.push(Field {
+                name,
+                value,
+                never_indexed,
+            });
         }
     }
 
@@ -260,6 +272,16 @@ impl RequestHead {
         self.fields
             .iter()
             .map(|f| (f.name.get(&self.buf), f.value.get(&self.buf)))
+    }
+    /// The regular fields with their never-indexed marks.
+    pub fn marked_fields(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> + '_ {
+        self.fields.iter().map(|f| {
+            (
+                f.name.get(&self.buf),
+                f.value.get(&self.buf),
+                f.never_indexed,
+            )
+        })
     }
     /// The values of one field (name lowercase).
     pub fn values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {

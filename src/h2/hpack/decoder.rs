@@ -181,13 +181,25 @@ impl Decoder {
         block: &[u8],
         mut sink: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), DecodeError<E>> {
+        self.decode_marked(block, |n, v, _| sink(n, v))
+    }
+
+    /// [`Decoder::decode`], with each field's never-indexed mark (§6.2.3,
+    /// §7.1.3): `true` for a literal the sender asked every intermediary
+    /// to keep out of its tables (an `authorization`, a cookie), which a
+    /// proxy passes on as such.
+    pub fn decode_marked<E>(
+        &mut self,
+        block: &[u8],
+        mut sink: impl FnMut(&[u8], &[u8], bool) -> Result<(), E>,
+    ) -> Result<(), DecodeError<E>> {
         if self.failed {
             return Err(DecodeError::Failed);
         }
         let mut refused = None;
-        let mut emit = |name: &[u8], value: &[u8]| {
+        let mut emit = |name: &[u8], value: &[u8], never: bool| {
             if refused.is_none() {
-                if let Err(e) = sink(name, value) {
+                if let Err(e) = sink(name, value, never) {
                     refused = Some(e);
                 }
             }
@@ -218,7 +230,7 @@ impl Decoder {
     fn decode_block(
         &mut self,
         block: &[u8],
-        emit: &mut impl FnMut(&[u8], &[u8]),
+        emit: &mut impl FnMut(&[u8], &[u8], bool),
     ) -> Result<(), Malformed> {
         let mut pos = 0;
         let mut fields_seen = false;
@@ -229,7 +241,7 @@ impl Decoder {
                 let (idx, n) = read_integer(rest, 7)?;
                 pos += n;
                 let (name, value) = self.entry(idx)?;
-                emit(name, value);
+                emit(name, value, false);
                 fields_seen = true;
             } else if b & 0x40 != 0 {
                 pos = self.literal(block, pos, 6, Indexing::Incremental, emit)?;
@@ -281,7 +293,7 @@ impl Decoder {
         pos: usize,
         n: u32,
         indexing: Indexing,
-        emit: &mut impl FnMut(&[u8], &[u8]),
+        emit: &mut impl FnMut(&[u8], &[u8], bool),
     ) -> Result<usize, Malformed> {
         self.scratch.clear();
         let (idx, used) = read_integer(&block[pos..], n)?;
@@ -312,7 +324,7 @@ impl Decoder {
         }
         let name_bytes = self.resolve(block, name);
         let value_bytes = self.resolve(block, value);
-        emit(name_bytes, value_bytes);
+        emit(name_bytes, value_bytes, indexing == Indexing::Never);
         if indexing == Indexing::Incremental {
             // `resolve` borrows only `scratch`, `block` and statics here.
             let name_bytes = resolve_untabled(block, &self.scratch, name);

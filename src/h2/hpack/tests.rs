@@ -338,6 +338,28 @@ fn sensitive_fields_are_never_indexed() {
         );
         assert_eq!(table(&d), (vec![], 0));
     }
+    // The decoder reports the mark, and only for those two.
+    {
+        let mut out = Vec::new();
+        e.begin(&mut out);
+        e.field_sensitive(b"authorization", b"Bearer abc", &mut out);
+        e.field_sensitive(b"x-secret", b"s", &mut out);
+        e.field(b"x-plain", b"v", &mut out);
+        let mut marks = Vec::new();
+        d.decode_marked(&out, |n, _, never| {
+            marks.push((n.to_vec(), never));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(
+            marks,
+            [
+                (b"authorization".to_vec(), true),
+                (b"x-secret".to_vec(), true),
+                (b"x-plain".to_vec(), false)
+            ]
+        );
+    }
 }
 
 #[test]
