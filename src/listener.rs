@@ -93,7 +93,7 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, (SocketAddr, io::
         .collect()
 }
 
-/// Starts an accept loop for `l`; it runs until its stop switch is closed.
+/// Starts an accept loop for `l`; it runs until [`close`] shuts it down.
 pub fn start(shard: &Rc<Shard>, l: BoundListener) {
     let stop = Rc::new(Semaphore::new(0));
     shard.listeners.borrow_mut().push(Active {
@@ -101,14 +101,7 @@ pub fn start(shard: &Rc<Shard>, l: BoundListener) {
         stop: stop.clone(),
         fd: l.fd,
     });
-    let s = shard.clone();
-    glommio::spawn_local(async move {
-        future::or(accept_loop(s, l), async move {
-            let _ = stop.acquire(1).await;
-        })
-        .await
-    })
-    .detach();
+    glommio::spawn_local(accept_loop(shard.clone(), l, stop)).detach();
 }
 
 /// Closes this core's listeners that `keep` rejects. Connections already
@@ -227,9 +220,29 @@ pub fn reconcile(shard: &Rc<Shard>) {
 
 /// Accepts forever. Resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) is
 /// counted and backed off from, so the loop neither spins nor dies.
-async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
+///
+/// The loop ends when the listener is shut down ([`close`]): its pending
+/// accept then fails with EINVAL. It is not dropped while an accept is in
+/// flight, because the ring may already have accepted a connection (the
+/// accept runs as task work on the executor's next system call, which can
+/// be one of `close`'s own): dropping the operation then would strand that
+/// connection, unserved, until the process exits and the kernel resets it.
+/// `stop` ends the waits that are not an accept (overload, back-off).
+async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
+    struct Running(Rc<Shard>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.accept_loops.set(self.0.accept_loops.get() - 1);
+        }
+    }
+    shard.accept_loops.set(shard.accept_loops.get() + 1);
+    let _running = Running(shard.clone());
     let mut backoff = Duration::ZERO;
     let mut last_warn: Option<Instant> = None;
+    let stopped = || async {
+        let _ = stop.acquire(1).await;
+        true
+    };
     loop {
         match l.listener.accept().await {
             Ok(stream) => {
@@ -257,16 +270,23 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
                 // in accept(): the one connection that wakes it is served.
                 while shard.overload_actions.get().stop_accepting_connections {
                     let resume = shard.resume.borrow().clone();
-                    let _ = resume.acquire(1).await;
+                    let resumed = async {
+                        let _ = resume.acquire(1).await;
+                        false
+                    };
+                    if future::or(resumed, stopped()).await {
+                        return;
+                    }
                 }
             }
             Err(e) => {
                 let e: io::Error = e.into();
-                if e.raw_os_error() == Some(libc::EINVAL) {
+                // try_acquire fails once the stop switch is closed.
+                if e.raw_os_error() == Some(libc::EINVAL) || stop.try_acquire(1).is_err() {
                     // The listener was shut down (drain, or a reload removed
-                    // it) and its stop switch is closing this loop: not an
-                    // error, and nothing more will be accepted here.
-                    future::pending::<()>().await;
+                    // it): not an error, and nothing more will be accepted
+                    // here.
+                    return;
                 }
                 CoreStats::inc(&shard.stats.accept_errors);
                 let exhausted = matches!(
@@ -282,7 +302,13 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener) {
                     warn!(core = shard.id, error = %e, ?backoff, "accept failed; backing off");
                     last_warn = Some(Instant::now());
                 }
-                glommio::timer::sleep(backoff).await;
+                let slept = async {
+                    glommio::timer::sleep(backoff).await;
+                    false
+                };
+                if future::or(slept, stopped()).await {
+                    return;
+                }
             }
         }
     }

@@ -406,7 +406,11 @@ pub async fn run_shard(
             "listeners closed; draining open connections"
         );
     }
-    while shard.stats.downstream_cx_active.get() > 0 && Instant::now() < deadline {
+    // A closed listener's accept loop ends once its in-flight accept is
+    // back, and may bring a connection the kernel accepted meanwhile.
+    while (shard.stats.downstream_cx_active.get() > 0 || shard.accept_loops.get() > 0)
+        && Instant::now() < deadline
+    {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     let left = shard.stats.downstream_cx_active.get();

@@ -68,6 +68,10 @@ pub struct Shard {
     pub(crate) listeners: RefCell<Vec<Active>>,
     /// Set by a drain: reconcile must not open listeners again.
     pub(crate) draining: Cell<bool>,
+    /// Accept loops still running (a closed listener's loop runs until its
+    /// in-flight accept has come back): the drain waits for them, since
+    /// such an accept may bring one more connection to serve.
+    pub(crate) accept_loops: Cell<usize>,
     /// When the drain began (see [`Shard::drain_close`]).
     drain_started: Cell<Option<Instant>>,
     /// Closed when the core stops: wakes idle HTTP keep-alive connections so
@@ -220,6 +224,7 @@ impl Shard {
             host: spec.host,
             listeners: RefCell::new(Vec::new()),
             draining: Cell::new(false),
+            accept_loops: Cell::new(0),
             drain_started: Cell::new(None),
             stopping: Semaphore::new(0),
             access_log: spec.access_log.take(),

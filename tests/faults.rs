@@ -301,13 +301,25 @@ fn sidecar_restarted_under_load_refuses_only_while_down() {
         l.join().unwrap();
     }
     let seen = seen.lock().unwrap();
+    // When each ended, from the stop (down: the old process exited; start:
+    // the new one was started; up: it answered).
+    let since = |t: &Instant| {
+        t.checked_duration_since(t_stop)
+            .map_or(-(t_stop.duration_since(*t).as_secs_f64() * 1e3), |d| {
+                d.as_secs_f64() * 1e3
+            })
+    };
     let other: Vec<_> = seen
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Other(_)))
+        .map(|(t, o)| format!("{o:?} ended at {:.1} ms", since(t)))
         .collect();
     assert!(
         other.is_empty(),
-        "requests failed other than by a refused connect: {other:?}"
+        "requests failed other than by a refused connect: {other:?} (down at {:.1} ms, start at {:.1} ms, up at {:.1} ms)",
+        since(&t_down),
+        since(&t_start),
+        since(&t_up)
     );
     // Refused (or reset before connect() returned) only between the stop
     // and the new process being ready.
