@@ -599,7 +599,7 @@ impl Conn {
             }
             return self.end_of_body(stream, Some(fields));
         }
-        let mut b = HeadBuilder::new(self.cfg.max_header_list_size);
+        let mut b = HeadBuilder::for_block(self.cfg.max_header_list_size, block.len());
         let r = self.decoder.decode_marked(block, |n, v, never| {
             b.field_marked(n, v, never);
             Ok::<(), ()>(())

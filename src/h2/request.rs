@@ -69,8 +69,22 @@ pub struct HeadBuilder {
 impl HeadBuilder {
     /// `max_list_size`: the SETTINGS_MAX_HEADER_LIST_SIZE advertised.
     pub fn new(max_list_size: u32) -> HeadBuilder {
+        HeadBuilder::for_block(max_list_size, 0)
+    }
+
+    /// [`HeadBuilder::new`] for a header block of `block_len` bytes: room
+    /// for what such a block usually decodes to, so that the head is one
+    /// allocation per buffer instead of a doubling from 8 bytes (five
+    /// reallocations for a typical request; 1 % of the core on
+    /// h2-keepalive).
+    pub fn for_block(max_list_size: u32, block_len: usize) -> HeadBuilder {
+        let room = (block_len * 4).clamp(256, 4096);
         HeadBuilder {
-            head: RequestHead::default(),
+            head: RequestHead {
+                buf: Vec::with_capacity(room),
+                fields: Vec::with_capacity(12),
+                ..RequestHead::default()
+            },
             list_size: 0,
             max_list_size: max_list_size as usize,
             regular_seen: false,

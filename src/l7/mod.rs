@@ -241,7 +241,10 @@ impl fmt::Display for ResponseFlags {
 /// something reads them; otherwise they stay empty (`None`).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
-    pub start_time: SystemTime,
+    /// When the request began (its first bytes, or its HTTP/2 stream); the
+    /// access log's wall-clock start is derived from it when it is written,
+    /// so a request reads the clock once, not twice.
+    pub started: Instant,
     pub method: String,
     /// Path and query as the client sent them (before any rewrite).
     pub path: String,
@@ -290,9 +293,9 @@ fn logged_request_id(written: &Written, view: &RequestView<'_>) -> Option<String
 }
 
 impl RequestLog {
-    fn new(ctx: &Context) -> RequestLog {
+    fn new(ctx: &Context, started: Instant) -> RequestLog {
         RequestLog {
-            start_time: SystemTime::now(),
+            started,
             method: String::new(),
             path: String::new(),
             authority: String::new(),
@@ -602,7 +605,8 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         inbuf.release();
         return None;
     };
-    let log = RequestLog::new(&ctx);
+    let started = Instant::now();
+    let log = RequestLog::new(&ctx, started);
     let mut conn = Conn {
         shard,
         snapshot,
@@ -613,7 +617,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         resp: ResponseHead::default(),
         out: Vec::new(),
         log,
-        started: Instant::now(),
+        started,
         unread_body: false,
         discarded: 0,
         in_body: false,
@@ -972,7 +976,7 @@ impl Conn<'_> {
                 if header_deadline.is_none() {
                     if !std::mem::take(&mut self.started_fresh) {
                         self.started = Instant::now();
-                        self.log = RequestLog::new(&self.ctx);
+                        self.log = RequestLog::new(&self.ctx, self.started);
                     }
                     self.in_body = false;
                     header_deadline = Some(self.started + http.request_headers_timeout);
@@ -1168,7 +1172,7 @@ impl Conn<'_> {
         self.log.duration = self.started.elapsed();
         if self.unread_body && self.in_body && self.shard.access_log.is_some() {
             count_request(self.shard, &self.log);
-            let log = std::mem::replace(&mut self.log, RequestLog::new(&self.ctx));
+            let log = std::mem::replace(&mut self.log, RequestLog::new(&self.ctx, self.started));
             self.lingering_log.1 = Some(log);
         } else {
             log_request(self.shard, &self.log);
@@ -2309,7 +2313,7 @@ fn access_log_request(shard: &Shard, log: &RequestLog) {
     if let Some(al) = &shard.access_log {
         let flags = log.flags.to_string();
         al.record(&access_log::Entry {
-            start_time: Some(log.start_time),
+            start_time: Some(SystemTime::now() - log.started.elapsed()),
             protocol: log.protocol,
             // A request rejected before its head was parsed has none of
             // these: logged as absent ("-", JSON null), as Envoy does.
