@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use common::h2peer::*;
 use common::http::Backend;
 use common::*;
 
@@ -45,35 +46,7 @@ struct Victim {
 fn victim(extra: &str) -> Victim {
     let backend = Backend::start("a");
     let port = free_port();
-    let toml = format!(
-        r#"[runtime]
-drain_timeout = "2s"
-[admin]
-enabled = false
-[capture]
-enabled = false
-[http]
-stream_idle_timeout = "1s"
-idle_timeout = "3s"
-{extra}
-[[listener]]
-name = "h"
-address = "127.0.0.1:{port}"
-cluster = "a"
-protocol = "http"
-[[cluster]]
-name = "a"
-endpoints = ["{}"]
-connect_timeout = "2s"
-[[virtual_host]]
-name = "all"
-domains = ["*"]
-[[virtual_host.route]]
-match = {{ prefix = "/" }}
-cluster = "a"
-"#,
-        backend.addr
-    );
+    let toml = proxy_toml(port, backend.addr, extra, "", "");
     let remora = Remora::start(&toml, &["--cores", "1"]);
     let v = Victim {
         remora,
@@ -88,20 +61,7 @@ impl Victim {
     /// Runs one attacker to its end and returns what it saw.
     fn attack(&self, args: &[&str]) -> Value {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_attack.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("python3");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "attacker {args:?} failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("attacker {args:?}: {e}: {stdout}"))
+        run_peer(script, self.port, args)
     }
 
     /// The proxy is alive and answers one request over each protocol.
@@ -117,11 +77,7 @@ impl Victim {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.remora.pid())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
+        rss_kib(self.remora.pid())
     }
 
     /// Stops the proxy (cleanly: exit 0) and returns its counters.
@@ -207,14 +163,6 @@ fn under_attack<T>(v: &Victim, attacks: impl FnOnce() -> T) -> T {
     b.finish();
     v.assert_serves();
     r
-}
-
-fn goaway(r: &Value) -> Option<u64> {
-    r["goaway"].as_u64()
-}
-
-fn reset(r: &Value, stream: u64) -> Option<u64> {
-    r["resets"][stream.to_string()].as_u64()
 }
 
 #[test]

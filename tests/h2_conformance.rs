@@ -39,6 +39,7 @@ use std::thread;
 
 use serde_json::Value;
 
+use common::h2peer::*;
 use common::http::Backend;
 use common::*;
 
@@ -80,40 +81,14 @@ fn victim() -> Victim {
         }
     });
     let port = free_port();
-    let toml = format!(
-        r#"[runtime]
-drain_timeout = "2s"
-[admin]
-enabled = false
-[capture]
-enabled = false
-[http]
-stream_idle_timeout = "1s"
-idle_timeout = "3s"
-[[listener]]
-name = "h"
-address = "127.0.0.1:{port}"
-cluster = "a"
-protocol = "http"
-[[cluster]]
-name = "a"
-endpoints = ["{}"]
-connect_timeout = "2s"
-[[cluster]]
-name = "hole"
-endpoints = ["{hole_addr}"]
-connect_timeout = "2s"
-[[virtual_host]]
-name = "all"
-domains = ["*"]
-[[virtual_host.route]]
-match = {{ prefix = "/hole" }}
-cluster = "hole"
-[[virtual_host.route]]
-match = {{ prefix = "/" }}
-cluster = "a"
-"#,
-        backend.addr
+    let toml = proxy_toml(
+        port,
+        backend.addr,
+        "",
+        &format!(
+            "[[cluster]]\nname = \"hole\"\nendpoints = [\"{hole_addr}\"]\nconnect_timeout = \"2s\""
+        ),
+        "[[virtual_host.route]]\nmatch = { prefix = \"/hole\" }\ncluster = \"hole\"",
     );
     let remora = Remora::start(&toml, &["--cores", "1"]);
     Victim {
@@ -127,20 +102,7 @@ cluster = "a"
 impl Victim {
     /// Runs one scenario to its end and returns what it saw.
     fn run(&self, args: &[&str]) -> Value {
-        let out = Command::new("python3")
-            .arg(SCRIPT)
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("python3");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "scenario {args:?} failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("scenario {args:?}: {e}: {stdout}"))
+        run_peer(SCRIPT, self.port, args)
     }
 
     /// Runs the named cases (one connection each): {name: result}.
@@ -154,11 +116,7 @@ impl Victim {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.remora.pid())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
+        rss_kib(self.remora.pid())
     }
 
     /// The proxy still answers a plain HTTP/2 request, then stops cleanly.
@@ -186,14 +144,6 @@ fn curl(port: u16) -> String {
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn goaway(r: &Value) -> Option<u64> {
-    r["goaway"].as_u64()
-}
-
-fn reset(r: &Value, stream: u64) -> Option<u64> {
-    r["resets"][stream.to_string()].as_u64()
 }
 
 /// A stream error `code` on stream 1 (RFC 9113 §5.4.2) after which the

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod envoy;
+pub mod h2peer;
 pub mod http;
 pub mod netns;
 
