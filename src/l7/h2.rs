@@ -671,7 +671,6 @@ async fn stream(
 ) {
     let mut s = H2Stream {
         log: RequestLog::new(&conn.ctx, started),
-        started,
         shard,
         conn,
         down,
@@ -691,7 +690,7 @@ async fn stream(
     if !s.finished {
         s.conn.premature_reset(&s.shard);
     }
-    s.log.duration = s.started.elapsed();
+    s.log.duration = s.log.started.elapsed();
     log_request(&s.shard, &s.log);
 }
 
@@ -700,7 +699,6 @@ struct H2Stream {
     conn: Rc<Shared>,
     down: StreamRef,
     log: RequestLog,
-    started: Instant,
     rate_headers: Option<[(&'static str, String); 3]>,
     /// A gRPC request: local replies are trailers-only answers.
     grpc: bool,
