@@ -86,13 +86,7 @@ impl Drop for Script {
 /// `timeout`), plus a route `/ok` to `good`.
 fn config(port: u16, upstream: SocketAddr, good: SocketAddr, timeout: &str) -> String {
     format!(
-        r#"[runtime]
-drain_timeout = "2s"
-[admin]
-enabled = false
-[capture]
-enabled = false
-[[cluster]]
+        r#"{TEST_PREAMBLE}[[cluster]]
 name = "bad"
 endpoints = ["{upstream}"]
 connect_timeout = "2s"

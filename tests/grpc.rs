@@ -82,13 +82,7 @@ fn client(port: u16, args: &[&str]) -> Value {
 /// true`); a cluster nobody listens for; routes as below.
 fn config(port: u16, inbound: u16, server: u16, dead: u16) -> String {
     format!(
-        r#"[runtime]
-drain_timeout = "2s"
-[admin]
-enabled = false
-[capture]
-enabled = false
-[[listener]]
+        r#"{TEST_PREAMBLE}[[listener]]
 name = "out"
 address = "127.0.0.1:{port}"
 cluster = "grpc"

@@ -650,20 +650,11 @@ max_request_body_bytes = 1000
     // its upload (RFC 9113 §8.1). A raw client, since curl 7.88 takes that
     // reset, when it beats the end of its upload, for an empty reply.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_attack.py");
+    let size = (1 << 20).to_string();
     for (path, declared) in [("/up", &["declared"][..]), ("/up2", &[])] {
-        let out = Command::new("python3")
-            .args([script, &port.to_string(), "early_response", path, "svc"])
-            .arg((1 << 20).to_string())
-            .args(declared)
-            .output()
-            .expect("python3");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let early: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let mut args = vec!["early_response", path, "svc", &size];
+        args.extend_from_slice(declared);
+        let early = common::h2peer::run_peer(script, port, &args);
         assert_eq!(early["status"]["1"], 413, "{path}: {early}");
         assert_eq!(
             early["resets"]["1"], 0,

@@ -605,8 +605,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         inbuf.release();
         return None;
     };
-    let started = Instant::now();
-    let log = RequestLog::new(&ctx, started);
+    let log = RequestLog::new(&ctx, Instant::now());
     let mut conn = Conn {
         shard,
         snapshot,
@@ -617,7 +616,6 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         resp: ResponseHead::default(),
         out: Vec::new(),
         log,
-        started,
         unread_body: false,
         discarded: 0,
         in_body: false,
@@ -915,9 +913,9 @@ struct Conn<'s> {
     resp: ResponseHead,
     /// Bytes on their way to the client (reused per request).
     out: Vec<u8>,
+    /// The current request's log entry; its `started` is when the
+    /// request's first byte arrived.
     log: RequestLog,
-    /// When the current request's first byte arrived.
-    started: Instant,
     /// The current request's body has not been read to its end: closing now
     /// would reset a client still sending it, so the close lingers
     /// ([`Conn::linger`]).
@@ -942,9 +940,9 @@ struct Conn<'s> {
     rate_headers: Option<[(&'static str, String); 3]>,
     /// No request has been read yet (the HTTP/2 preface is looked for).
     first: bool,
-    /// `started` and `log` were just set for the request whose first bytes
-    /// `busy` was handed: `read_head` takes them as they are instead of
-    /// reading both clocks again for the same moment.
+    /// `log` was just set for the request whose first bytes `busy` was
+    /// handed: `read_head` takes it as it is instead of reading the clock
+    /// again for the same moment.
     started_fresh: bool,
 }
 
@@ -975,11 +973,10 @@ impl Conn<'_> {
             if let Some(b) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
                 if header_deadline.is_none() {
                     if !std::mem::take(&mut self.started_fresh) {
-                        self.started = Instant::now();
-                        self.log = RequestLog::new(&self.ctx, self.started);
+                        self.log = RequestLog::new(&self.ctx, Instant::now());
                     }
                     self.in_body = false;
-                    header_deadline = Some(self.started + http.request_headers_timeout);
+                    header_deadline = Some(self.log.started + http.request_headers_timeout);
                 }
                 // A connection's first bytes may be HTTP/2's preface (prior
                 // knowledge on an HTTP listener): not parsed as HTTP/1.
@@ -1169,10 +1166,11 @@ impl Conn<'_> {
 
     fn finish(&mut self) {
         self.rate_headers = None;
-        self.log.duration = self.started.elapsed();
+        self.log.duration = self.log.started.elapsed();
         if self.unread_body && self.in_body && self.shard.access_log.is_some() {
             count_request(self.shard, &self.log);
-            let log = std::mem::replace(&mut self.log, RequestLog::new(&self.ctx, self.started));
+            let started = self.log.started;
+            let log = std::mem::replace(&mut self.log, RequestLog::new(&self.ctx, started));
             self.lingering_log.1 = Some(log);
         } else {
             log_request(self.shard, &self.log);

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::TEST_PREAMBLE;
+
 /// One core's proxy config for the raw-frame tests: an HTTP listener on
 /// `port` (HTTP/1 and prior-knowledge HTTP/2) routing everything to cluster
 /// `a` at `backend`, short stream idle and idle timeouts so that stalls end
@@ -21,13 +23,7 @@ pub fn proxy_toml(
     routes: &str,
 ) -> String {
     format!(
-        r#"[runtime]
-drain_timeout = "2s"
-[admin]
-enabled = false
-[capture]
-enabled = false
-[http]
+        r#"{TEST_PREAMBLE}[http]
 stream_idle_timeout = "1s"
 idle_timeout = "3s"
 {http_extra}

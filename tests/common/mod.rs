@@ -388,10 +388,15 @@ impl Counters {
     }
 }
 
+/// The start of a test config: a short drain, no admin listener, no
+/// capture ports (tests bind their own listeners on free ports).
+pub const TEST_PREAMBLE: &str =
+    "[runtime]\ndrain_timeout = \"2s\"\n[admin]\nenabled = false\n[capture]\nenabled = false\n";
+
 /// Config with capture off and one listener per (name, port, mode) to `backend`.
 pub fn l4_config(backend: SocketAddr, listeners: &[(&str, u16, &str)], extra: &str) -> String {
     let mut s = format!(
-        "[runtime]\ndrain_timeout = \"2s\"\n[admin]\nenabled = false\n[capture]\nenabled = false\n[[cluster]]\nname = \"backend\"\nendpoints = [\"{backend}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
+        "{TEST_PREAMBLE}[[cluster]]\nname = \"backend\"\nendpoints = [\"{backend}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
     );
     for (name, port, mode) in listeners {
         s += &format!(
