@@ -26,8 +26,18 @@
 //! preemption timer fired) waits for a timer instead: it is then not runnable,
 //! its queue empties, the executor polls the ring and runs whatever became
 //! ready, and the timer brings the task back within the same pass. The other
-//! connections wait for one budget's work (~0.2 ms at loopback speeds), not a
+//! connections wait for one budget's work (~0.1 ms at loopback speeds), not a
 //! preemption period, and the preemption period stays at glommio's default.
+//!
+//! The timer must already be due when the executor next looks at its timers,
+//! or the give-back costs a sleep. With its queue empty, glommio polls the
+//! ring and processes expired timers once (`spin_poll_io`); if nothing woke,
+//! it parks: a `membarrier()`, an `io_uring_enter` that sleeps on a kernel
+//! timer, a wake-up. That path takes well under a microsecond, so a 1 µs
+//! timer was usually not yet due: three give-backs in four parked
+//! (perf/README.md, "Fairness: the give-back that slept"), which is why a
+//! larger budget had looked cheaper. [`YIELD_TIMER`] is short enough to be
+//! due by then.
 //!
 //! The race above can still happen with the default period if the thread is
 //! kept off its CPU for 100 ms (a cgroup CPU quota throttles for up to its
@@ -39,16 +49,22 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-/// Bytes a task moves without waiting before it gives the core back. 512 KiB
-/// is ~0.2-0.4 ms of copying at loopback speeds: a round trip through a core
+/// Bytes a task moves without waiting before it gives the core back. 128 KiB
+/// is ~0.1 ms of copying at loopback speeds: a round trip through a core
 /// that carries a bulk transfer waits about that per hop, and the bulk
-/// transfer pays one pass of the executor loop per 512 KiB.
-pub const BUDGET: usize = 512 * 1024;
+/// transfer pays one pass of the executor loop per 128 KiB (two 64 KiB
+/// copies; no dearer per byte than 512 KiB, measured, once the give-back
+/// stopped sleeping).
+pub const BUDGET: usize = 128 * 1024;
 
 /// The timer a task waits on to give the core back: long enough to be
 /// pending when first polled (glommio's timer is ready at once when its
-/// deadline has passed), short enough to fire in the executor pass it yields to.
-const YIELD_TIMER: Duration = Duration::from_micros(1);
+/// deadline has passed; the poll follows its creation by tens of
+/// nanoseconds), short enough to be due when the executor next processes
+/// its timers, so that the give-back never parks the thread (module doc).
+/// Should the first poll come late and find it due, the task just keeps
+/// the core for one more budget.
+const YIELD_TIMER: Duration = Duration::from_nanos(250);
 
 /// How long the guard's timer runs: the longest a park with runnable tasks
 /// can last while tasks are giving the core back.

@@ -28,7 +28,7 @@
 //! and a fast receiver on loopback kept one connection's loop running for a
 //! whole multi-GiB transfer; with glommio's `yield_if_needed`, others waited a
 //! preemption period (100 ms) per hop. Now they wait about one budget's work
-//! (~0.2-0.4 ms) per hop.
+//! (~0.1 ms) per hop.
 //!
 //! Memory: an idle connection owns no buffer and no pipe. glommio's read path
 //! tries `recv` and, on EAGAIN, arms a POLL_ADD through the ring and returns
@@ -74,9 +74,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// The pipe holds four steps (1 MiB, the unprivileged limit by default).
 const SPLICE_STEP: usize = 256 * 1024;
 /// Most bytes one readiness event moves; also the most a pump moves without
-/// waiting before it gives the core back ([`crate::turn::BUDGET`]). Budgets
-/// from 64 KiB to unbounded made no difference beyond the noise with 1 MiB
-/// responses (perf/README.md).
+/// waiting before it gives the core back ([`crate::turn::BUDGET`]). 128 KiB
+/// and 512 KiB cost the same with 1 MiB responses and with an endless bulk
+/// transfer (perf/README.md, "Fairness: the give-back that slept").
 pub const BUDGET: usize = crate::turn::BUDGET;
 /// Pipes a core keeps for reuse; more are created on demand and closed after
 /// use. A pipe is borrowed only within one synchronous event, so a core uses
