@@ -161,10 +161,14 @@ pub fn serve(
     down: TcpStream,
     origin: Origin,
     ipv6: bool,
+    peer: Option<SocketAddr>,
 ) -> impl Future<Output = ()> {
     let started = Instant::now();
     async move {
-        if setup(&shard, down, origin, ipv6, started).await.is_none() {
+        if setup(&shard, down, origin, ipv6, peer, started)
+            .await
+            .is_none()
+        {
             shard.count_connection(false);
         }
     }
@@ -223,6 +227,7 @@ async fn setup(
     down: TcpStream,
     origin: Origin,
     ipv6: bool,
+    peer: Option<SocketAddr>,
     started: Instant,
 ) -> Option<PathStarted> {
     let snapshot = shard.config.current();
@@ -245,7 +250,7 @@ async fn setup(
                 protocol: "TCP",
                 response_flags: "RL",
                 duration: started.elapsed(),
-                downstream_remote: down.peer_addr().ok(),
+                downstream_remote: peer.or_else(|| down.peer_addr().ok()),
                 downstream_local: down.local_addr().ok(),
                 listener: origin.name(),
                 ..Default::default()
@@ -254,10 +259,14 @@ async fn setup(
         debug!(?origin, "connection rate limit: closing new connection");
         return None;
     }
-    let Ok(local) = down.local_addr() else {
-        return None;
+    // An explicit listener's own address is every connection's local one,
+    // unless it is a wildcard: no getsockname for it. The accept usually
+    // brought the peer's (no getpeername).
+    let local = match origin {
+        Origin::Listener(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => addr,
+        _ => down.local_addr().ok()?,
     };
-    let peer = down.peer_addr().ok();
+    let peer = peer.or_else(|| down.peer_addr().ok());
     // REDIRECTed connections (always the case for outbound, also in Istio's
     // TPROXY mode) carry their original destination in conntrack. Without a NAT
     // entry (a TPROXYed connection, or one that was not redirected at all) the
@@ -388,7 +397,7 @@ async fn setup(
         warn!(error = %e, "cannot make downstream socket non-blocking");
         return None;
     }
-    let _ = down.set_nodelay(true);
+    // TCP_NODELAY is the listener's, inherited (socket::listen).
     let (down, tls) = match terminate {
         None => (Stream::Plain(down), None),
         Some((contexts, hello)) => {
@@ -1168,12 +1177,14 @@ mod tests {
 mod idle_sizes {
     use super::*;
 
-    fn serve_size<F: Future>(_: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool) -> F) -> usize {
+    fn serve_size<F: Future>(
+        _: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool, Option<SocketAddr>) -> F,
+    ) -> usize {
         std::mem::size_of::<F>()
     }
 
     fn setup_size<'a, F: Future>(
-        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool, Instant) -> F,
+        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool, Option<SocketAddr>, Instant) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }

@@ -134,7 +134,7 @@ pub fn close(shard: &Rc<Shard>, keep: impl Fn(&ListenKey) -> bool) {
         // SAFETY: accept4 returned this fd and nothing else owns it.
         let stream =
             unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        serve_accepted(shard, stream, &key);
+        serve_accepted(shard, stream, None, &key);
     }
 }
 
@@ -169,7 +169,12 @@ fn take_queued(
 }
 
 /// Starts serving one accepted connection on this core.
-fn serve_accepted(shard: &Rc<Shard>, stream: glommio::net::TcpStream, key: &ListenKey) {
+fn serve_accepted(
+    shard: &Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    peer: Option<SocketAddr>,
+    key: &ListenKey,
+) {
     shard.count_connection(true);
     let (origin, ipv6) = (key.origin, key.addr.is_ipv6());
     // The connection's own future, spawned as it is (it, or the path's task
@@ -180,6 +185,7 @@ fn serve_accepted(shard: &Rc<Shard>, stream: glommio::net::TcpStream, key: &List
         stream,
         origin,
         ipv6,
+        peer,
     ))
     .detach();
 }
@@ -244,8 +250,24 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
         true
     };
     loop {
-        match l.listener.accept().await {
-            Ok(stream) => {
+        // What is already queued: one accept4 each, the peer included
+        // (socket::accept_queued). glommio's accept, which waits in the
+        // ring, only once the queue is empty.
+        let accepted = match socket::accept_queued(l.fd) {
+            Ok(Some((stream, peer))) => {
+                // A full backlog is taken without waiting: let the rest of
+                // the core run when its preemption timer says so.
+                glommio::yield_if_needed().await;
+                Ok((stream, Some(peer)))
+            }
+            Ok(None) => match l.listener.accept().await {
+                Ok(stream) => Ok((stream, None)),
+                Err(e) => Err(io::Error::from(e)),
+            },
+            Err(e) => Err(e),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 CoreStats::inc(&shard.stats.downstream_cx_total);
                 let limit = shard
@@ -262,7 +284,7 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                     );
                     continue;
                 }
-                serve_accepted(&shard, stream, &l.key);
+                serve_accepted(&shard, stream, peer, &l.key);
                 // Overloaded (stop_accepting_connections): accept nothing
                 // more until the manager says so; new connections wait in
                 // the listen backlog (Envoy's action of the same name).
@@ -280,7 +302,6 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                 }
             }
             Err(e) => {
-                let e: io::Error = e.into();
                 // try_acquire fails once the stop switch is closed.
                 if e.raw_os_error() == Some(libc::EINVAL) || stop.try_acquire(1).is_err() {
                     // The listener was shut down (drain, or a reload removed

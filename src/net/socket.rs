@@ -38,9 +38,16 @@ pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, R
             s.set_ip_transparent(true)?;
         }
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt
+    // per connection.
     s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
+    // Non-blocking, for [`accept_queued`]. glommio's accept copes: it sets
+    // O_NONBLOCK itself around its first try and then waits with a ring
+    // ACCEPT, which the kernel retries on readiness whatever the file's mode
+    // (`tests::ring_accept_waits_on_a_non_blocking_listener`).
+    s.set_nonblocking(true)?;
     let fd = s.into_raw_fd();
     // SAFETY: we own the fd and give it to glommio exactly once.
     Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
@@ -153,6 +160,35 @@ pub fn can_bind(ip: IpAddr) -> bool {
     Socket::new(domain, Type::STREAM, None)
         .and_then(|s| s.bind(&SocketAddr::new(ip, 0).into()))
         .is_ok()
+}
+
+/// Takes a connection already queued on listening socket `fd` (which
+/// [`listen`] made non-blocking): `None` when the queue is empty. One
+/// `accept4` that also returns the peer's address, where glommio's accept
+/// makes four system calls (it toggles O_NONBLOCK with three `fcntl`s around
+/// a plain `accept`) and the peer address costs a `getpeername` more. The new
+/// socket is blocking and close-on-exec, as glommio's are: the ring's peeks
+/// before protocol detection wait only on a blocking socket.
+pub fn accept_queued(fd: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    // SAFETY: borrowed for the call only; ManuallyDrop keeps it from closing
+    // the listener's fd.
+    let listener = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
+    loop {
+        match listener.accept() {
+            Ok((s, addr)) => {
+                let Some(peer) = addr.as_socket() else {
+                    continue; // not an IP peer: cannot happen on a TCP listener
+                };
+                // SAFETY: accept4 returned this fd and nothing else owns it.
+                let stream = unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) };
+                return Ok(Some((stream, peer)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            // A connection reset while queued, or a signal: the next one.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Puts an fd in O_NONBLOCK mode. The data path needs it: splice(2) follows the
@@ -372,5 +408,94 @@ mod tests {
         let err = (&a).read(&mut [0u8; 1]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert!(set_nonblocking(-1).is_err());
+    }
+
+    fn on_executor<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// The listener is non-blocking (for [`accept_queued`]); glommio's own
+    /// accept must still wait for a connection through the ring rather than
+    /// fail with EAGAIN, or an idle listener would spin or stop.
+    #[test]
+    fn ring_accept_waits_on_a_non_blocking_listener() {
+        on_executor(|| async {
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            // SAFETY: F_GETFL on the listener's live fd.
+            assert_ne!(
+                unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
+                0
+            );
+            let addr = l.local_addr().unwrap();
+            let client = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::net::TcpStream::connect(addr).unwrap()
+            });
+            let s = l.accept().await.expect("the ring ACCEPT waits");
+            let c = client.join().unwrap();
+            assert_eq!(s.peer_addr().unwrap(), c.local_addr().unwrap());
+            // Still non-blocking after glommio's O_NONBLOCK toggling.
+            assert_ne!(
+                unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
+                0
+            );
+        });
+    }
+
+    #[test]
+    fn accept_queued_takes_what_is_queued_with_its_peer() {
+        on_executor(|| async {
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            let addr = l.local_addr().unwrap();
+            assert!(
+                accept_queued(fd).unwrap().is_none(),
+                "empty queue: None, at once"
+            );
+            let clients: Vec<_> = (0..3)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            let mut peers = Vec::new();
+            while let Some((s, peer)) = accept_queued(fd).unwrap() {
+                assert_eq!(s.peer_addr().unwrap(), peer);
+                // Blocking, as glommio's accepted sockets are (the ring's
+                // peeks need it) and close-on-exec.
+                let sfd = s.as_raw_fd();
+                assert_eq!(
+                    unsafe { libc::fcntl(sfd, libc::F_GETFL) } & libc::O_NONBLOCK,
+                    0
+                );
+                assert_ne!(
+                    unsafe { libc::fcntl(sfd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+                    0
+                );
+                // TCP_NODELAY comes from the listener.
+                let mut v: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let rc = unsafe {
+                    libc::getsockopt(
+                        sfd,
+                        libc::IPPROTO_TCP,
+                        libc::TCP_NODELAY,
+                        (&mut v as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                assert_eq!((rc, v), (0, 1));
+                peers.push(peer);
+            }
+            let mut want: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+            peers.sort();
+            want.sort();
+            assert_eq!(peers, want);
+            // A shut-down listener is an error, not "empty".
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            assert!(accept_queued(fd).is_err());
+        });
     }
 }
