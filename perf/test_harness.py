@@ -1621,5 +1621,54 @@ class PacerEndToEnd(unittest.TestCase):
             harness.parse_pacer(r.stdout)
 
 
+def _load_glommio_variant():
+    from importlib.machinery import SourceFileLoader
+    import types
+    loader = SourceFileLoader("glommio_variant", str(Path(__file__).resolve().parent / "glommio-variant"))
+    mod = types.ModuleType(loader.name)
+    mod.__file__ = loader.path
+    loader.exec_module(mod)
+    return mod
+
+
+class GlommioVariant(unittest.TestCase):
+    """perf/glommio-variant: the measured glommio patches still apply to the glommio
+    that Cargo.lock names (cargo has unpacked it: tests/run builds Remora first)."""
+
+    def setUp(self):
+        self.gv = _load_glommio_variant()
+
+    def test_every_variant_applies(self):
+        markers = {
+            "timer": ("src/sys/uring.rs", "re-creating it every pass"),
+            "timers": ("src/sys/uring.rs", "cancel it only to sleep"),
+            "multishot": ("src/net/stream.rs", "fn poll_read_multi"),
+        }
+        for variant, (path, marker) in markers.items():
+            with self.subTest(variant=variant), tempfile.TemporaryDirectory() as d:
+                dest = self.gv.patched_copy(variant, Path(d) / "g")
+                self.assertIn(marker, (dest / path).read_text())
+                # Cumulative: the last patch of the variant before it is there too.
+                if variant != "timer":
+                    self.assertIn("re-creating it every pass",
+                                  (dest / "src/sys/uring.rs").read_text())
+
+    def test_a_patch_that_does_not_apply_is_named(self):
+        with tempfile.TemporaryDirectory() as d:
+            bad = Path(d) / "bad.patch"
+            bad.write_text("--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1,1 +1,1 @@\n"
+                           "-this line is not in glommio\n+nor this one\n")
+            with mock.patch.object(self.gv, "PERF", Path(d)), \
+                    mock.patch.dict(self.gv.PATCHES, {"bad": ["bad.patch"]}):
+                with self.assertRaises(SystemExit) as e:
+                    self.gv.patched_copy("bad", Path(d) / "g")
+            self.assertIn("perf/bad.patch does not apply", str(e.exception))
+
+    def test_unknown_variant_and_version(self):
+        with self.assertRaises(SystemExit):
+            self.gv.patched_copy("nope", Path("/nonexistent"))
+        self.assertRegex(self.gv.locked_glommio_version(), r"^\d+\.\d+\.\d+$")
+
+
 if __name__ == "__main__":
     unittest.main()
