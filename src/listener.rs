@@ -301,6 +301,19 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                     }
                 }
             }
+            // A kernel whose ring ACCEPT does not wait on a non-blocking
+            // listener (this one does: socket::tests) answers EAGAIN at once:
+            // nothing is wrong, so poll the queue every millisecond instead
+            // of counting an error or spinning.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let slept = async {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    false
+                };
+                if future::or(slept, stopped()).await {
+                    return;
+                }
+            }
             Err(e) => {
                 // try_acquire fails once the stop switch is closed.
                 if e.raw_os_error() == Some(libc::EINVAL) || stop.try_acquire(1).is_err() {
