@@ -129,42 +129,22 @@ pub fn close(shard: &Rc<Shard>, keep: impl Fn(&ListenKey) -> bool) {
             false
         }
     });
-    for (fd, key) in queued {
+    for (stream, peer, key) in queued {
         CoreStats::inc(&shard.stats.downstream_cx_total);
-        // SAFETY: accept4 returned this fd and nothing else owns it.
-        let stream =
-            unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        serve_accepted(shard, stream, None, &key);
+        serve_accepted(shard, stream, Some(peer), &key);
     }
 }
 
-/// Accepts whatever is queued on listening socket `fd`, which is made
-/// non-blocking first (it is about to be shut down; the ring's pending
-/// ACCEPT copes with EAGAIN), so an empty queue ends the loop instead of
-/// blocking the core.
+/// Accepts whatever is queued on listening socket `fd` ([`socket::listen`]
+/// made it non-blocking, so an empty queue ends the loop instead of blocking
+/// the core; the ring's pending ACCEPT copes with the empty queue).
 fn take_queued(
     fd: std::os::fd::RawFd,
-    out: &mut Vec<(std::os::fd::RawFd, ListenKey)>,
+    out: &mut Vec<(glommio::net::TcpStream, SocketAddr, ListenKey)>,
     key: &ListenKey,
 ) {
-    if socket::set_nonblocking(fd).is_err() {
-        return;
-    }
-    loop {
-        // SAFETY: plain accept4 on a listening socket this core owns; no
-        // address is asked for.
-        let c = unsafe {
-            libc::accept4(
-                fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if c < 0 {
-            return;
-        }
-        out.push((c, key.clone()));
+    while let Ok(Some((stream, peer))) = socket::accept_queued(fd) {
+        out.push((stream, peer, key.clone()));
     }
 }
 
