@@ -6,9 +6,12 @@
 //! glommio calls liburing's C function `io_uring_queue_init_params`; GNU ld's
 //! `--wrap` makes that call land in `__wrap_io_uring_queue_init_params`
 //! (defined in `src/net/uring.rs`), which adds the flag and calls the real one.
+//! The main ring also defers its task work (DEFER_TASKRUN), which needs
+//! glommio's completion peek (`__io_uring_get_cqe`) wrapped the same way.
 //! `tests/uring_shim.rs` fails if this link step is lost.
 
 fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_init_params");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=__io_uring_get_cqe");
     println!("cargo:rerun-if-changed=build.rs");
 }

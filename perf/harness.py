@@ -1062,7 +1062,7 @@ def make_payload(size: int, seed: bytes) -> bytes:
 
 def remora_ready_notes(logp: Path) -> list[str]:
     """Remora's start-up line says which CPUs its shards use and how many rings got
-    COOP_TASKRUN: worth keeping with the numbers. Waits briefly for the "ready" line
+    DEFER_TASKRUN and COOP_TASKRUN: worth keeping with the numbers. Waits briefly for the "ready" line
     (the port may accept just before it is logged)."""
     text = ""
     deadline = time.monotonic() + 3
@@ -1072,7 +1072,7 @@ def remora_ready_notes(logp: Path) -> list[str]:
             break
         time.sleep(0.02)
     notes = []
-    for key in ("cpus", "coop_taskrun_rings", "plain_rings"):
+    for key in ("cpus", "defer_taskrun_rings", "coop_taskrun_rings", "plain_rings"):
         m = re.search(rf"\b{key}=(\S+)", text)
         if m:
             notes.append(f"{key}={m.group(1)}")

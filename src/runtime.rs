@@ -324,8 +324,15 @@ pub fn start(
     if let Err(e) = proxy.overload.start_monitor(config.clone(), notify) {
         warn!(error = %e, "cannot start the overload monitor thread; [overload] is not enforced");
     }
-    let (coop, plain) = crate::net::uring::ring_counts();
-    info!(cores = n, cpus = ?proxy.cpus, coop_taskrun_rings = coop, plain_rings = plain, "shards listening");
+    let rings = crate::net::uring::ring_counts();
+    info!(
+        cores = n,
+        cpus = ?proxy.cpus,
+        defer_taskrun_rings = rings.deferred,
+        coop_taskrun_rings = rings.coop,
+        plain_rings = rings.plain,
+        "shards listening"
+    );
     listener::log_added(&snapshot.config);
     Ok(proxy)
 }

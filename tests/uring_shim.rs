@@ -1,43 +1,175 @@
-//! The COOP_TASKRUN shim must be linked in: if build.rs loses its `--wrap`
-//! argument, glommio's rings are created without the flag and every completion
-//! costs an inter-processor interrupt (FACTS.md: 36k vs 85k req/s). These tests
-//! fail in that case.
+//! The io_uring shim (`src/net/uring.rs`) must be linked in and must pick the
+//! right ring: if build.rs loses a `--wrap` argument, glommio's rings are
+//! created without COOP_TASKRUN and every completion costs an inter-processor
+//! interrupt (FACTS.md: 36k vs 85k req/s), or a deferred ring's completions
+//! are never collected and the executor stalls. If glommio's order of ring
+//! creation changes, DEFER_TASKRUN lands on the latency ring, whose
+//! completions glommio reads without entering the kernel, and timers and
+//! sleeps stop waking it. These tests fail in each case.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
 use common::*;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use remora::net::uring;
 
-#[test]
-fn glommio_rings_go_through_the_shim_with_coop_taskrun() {
-    let before = uring::ring_counts();
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+/// A kernel with DEFER_TASKRUN (6.1+): the shim must use it there.
+fn kernel_has_defer_taskrun() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 1)
+}
+
+/// Runs `f` on a thread of its own (as Remora's shards run) and returns its
+/// result, failing the test if it does not finish in time: a lost completion
+/// is a hang.
+fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the executor stalled (or panicked): a completion was not delivered")
+}
+
+fn executor() -> glommio::LocalExecutor {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(64 * 1024)
         .make()
-        .expect("executor");
-    ex.run(async {});
-    let (coop, plain) = uring::ring_counts();
-    // glommio makes a main and a latency ring (interrupt-driven) and an IOPOLL
-    // ring; the first two must carry the flag.
-    assert!(
-        coop >= before.0 + 2,
-        "rings were not created through __wrap_io_uring_queue_init_params: coop {coop}, plain {plain}"
-    );
+        .expect("executor")
 }
 
 #[test]
-fn the_binary_reports_coop_rings_at_startup() {
+fn glommio_rings_go_through_the_shim() {
+    let (before, after) = on_own_thread(|| {
+        let before = uring::ring_counts();
+        executor().run(async {});
+        (before, uring::ring_counts())
+    });
+    // glommio makes a main and a latency ring (interrupt-driven) and an IOPOLL
+    // ring. Other tests make executors in parallel, so only lower bounds hold.
+    let task_run = (after.deferred - before.deferred) + (after.coop - before.coop);
+    assert!(
+        task_run >= 2,
+        "rings were not created through __wrap_io_uring_queue_init_params: {after:?}"
+    );
+    if kernel_has_defer_taskrun() {
+        assert!(
+            after.deferred > before.deferred,
+            "no ring got DEFER_TASKRUN on a 6.1+ kernel: {after:?}"
+        );
+    }
+}
+
+/// Everything an executor waits for arrives on a deferred main ring: an
+/// accept, reads and writes that had to wait, timers (on the latency ring,
+/// whose completion wakes the main ring's sleep), and a wake-up from another
+/// thread while the executor sleeps. Each step is bounded: a lost completion
+/// is a hang, which the deadline turns into a failure.
+#[test]
+fn a_deferred_main_ring_delivers_every_kind_of_completion() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        // Let the executor go to sleep in its accept first.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        for round in 0..20u8 {
+            // Pauses make the executor's reads wait on readiness every time.
+            std::thread::sleep(Duration::from_millis(5));
+            s.write_all(&[round; 100]).unwrap();
+            let mut back = [0u8; 100];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, [round; 100]);
+        }
+    });
+    let (before, after, elapsed) = on_own_thread(move || {
+        let before = uring::ring_counts();
+        let ex = executor();
+        let after = uring::ring_counts();
+        let t0 = Instant::now();
+        ex.run(async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut conn = listener.accept().await.unwrap();
+            let mut buf = [0u8; 100];
+            for _ in 0..20 {
+                conn.read_exact(&mut buf).await.unwrap();
+                conn.write_all(&buf).await.unwrap();
+            }
+            // A timer with nothing else to do: the executor sleeps on the main
+            // ring and the latency ring's completion must wake it.
+            let t = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(30)).await;
+            assert!(t.elapsed() >= Duration::from_millis(30));
+            // A wake-up from another thread while the executor sleeps.
+            let (sender, receiver) = glommio::channels::shared_channel::new_bounded::<u32>(1);
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .io_memory(64 * 1024)
+                    .make()
+                    .unwrap()
+                    .run(async move {
+                        let s = sender.connect().await;
+                        s.send(7).await.unwrap();
+                    });
+            });
+            let r = receiver.connect().await;
+            assert_eq!(r.recv().await, Some(7));
+            waker.join().unwrap();
+        });
+        (before, after, t0.elapsed())
+    });
+    peer.join().unwrap();
+    if kernel_has_defer_taskrun() {
+        assert!(
+            after.deferred > before.deferred,
+            "this executor's main ring is not deferred: {after:?}"
+        );
+    }
+    // 20 x 5 ms + 50 + 30 + 30 ms of waiting; a completion collected only
+    // late (at the next unrelated wake-up) shows here.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn the_binary_reports_its_rings_at_startup() {
     let p = free_port();
     let mut r = Remora::start(
-        &l4_config("127.0.0.1:9".parse().unwrap(), &[("c", p, "copy")], ""),
+        &l4_config(echo_server(), &[("c", p, "copy")], ""),
         &["--cores", "1"],
     );
     let line = r.wait_for_log("shards listening");
-    let coop: u64 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("coop_taskrun_rings="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no ring count in {line:?}"));
-    assert!(coop >= 2, "{line}");
+    let count = |key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let deferred = count("defer_taskrun_rings=");
+    let coop = count("coop_taskrun_rings=");
+    // One shard: its main ring deferred (on 6.1+) and its latency ring COOP.
+    if kernel_has_defer_taskrun() {
+        assert!(deferred >= 1 && coop >= 1, "{line}");
+    } else {
+        assert!(coop >= 2, "{line}");
+    }
+    // And it proxies, with pauses that make each read wait on its ring: a
+    // shard whose completions are not collected would not answer.
+    let mut c = connect(p);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for round in 0..5u8 {
+        std::thread::sleep(Duration::from_millis(20));
+        c.write_all(&[round; 64]).unwrap();
+        let mut back = [0u8; 64];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, [round; 64]);
+    }
     r.stop();
 }
