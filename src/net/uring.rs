@@ -139,10 +139,11 @@ thread_local! {
     /// Interrupt-driven rings of more than 2 entries made on this thread:
     /// even counts are glommio main rings (see the module doc).
     static RINGS_MADE: Cell<u32> = const { Cell::new(0) };
-    /// This thread's deferred main ring (liburing's struct, owned by glommio's
-    /// reactor), for the peek wrapper. A ring is used only on the thread that
-    /// made it (SINGLE_ISSUER), so one per thread.
-    static DEFERRED: Cell<*mut LibUring> = const { Cell::new(std::ptr::null_mut()) };
+    /// The fd of this thread's deferred main ring, for the peek wrapper. By fd,
+    /// not by address: glommio moves liburing's struct after set-up (it is
+    /// returned by value). A ring is used only on the thread that made it
+    /// (SINGLE_ISSUER), so one per thread.
+    static DEFERRED_FD: Cell<i32> = const { Cell::new(-1) };
 }
 
 extern "C" {
@@ -196,7 +197,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
             if rc == 0 {
                 // liburing's copy only: makes io_uring_submit enter with GETEVENTS.
                 (*ring).flags |= IORING_SETUP_IOPOLL;
-                DEFERRED.with(|d| d.set(ring));
+                DEFERRED_FD.with(|d| d.set((*ring).ring_fd));
                 RINGS_DEFERRED.fetch_add(1, Ordering::Relaxed);
             }
             return rc;
@@ -240,7 +241,7 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     wait_nr: u32,
     sigmask: *mut libc::c_void,
 ) -> libc::c_int {
-    if submit == 0 && wait_nr == 0 && DEFERRED.with(Cell::get) == ring {
+    if submit == 0 && wait_nr == 0 && DEFERRED_FD.with(Cell::get) == (*ring).ring_fd {
         let r = &*ring;
         // The kernel writes these words; read them as it publishes them.
         let tail = (*(r.cq.ktail as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire);
