@@ -37,6 +37,18 @@ fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T
         .expect("the executor stalled (or panicked): a completion was not delivered")
 }
 
+/// `rounds` echoed messages of N bytes, each after a pause long enough that
+/// the other side's read has to wait on its ring.
+fn round_trips<const N: usize>(s: &mut std::net::TcpStream, rounds: u8, pause: Duration) {
+    for round in 0..rounds {
+        std::thread::sleep(pause);
+        s.write_all(&[round; N]).unwrap();
+        let mut back = [0u8; N];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, [round; N]);
+    }
+}
+
 fn executor() -> glommio::LocalExecutor {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(64 * 1024)
@@ -79,14 +91,7 @@ fn a_deferred_main_ring_delivers_every_kind_of_completion() {
         // Let the executor go to sleep in its accept first.
         std::thread::sleep(Duration::from_millis(50));
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        for round in 0..20u8 {
-            // Pauses make the executor's reads wait on readiness every time.
-            std::thread::sleep(Duration::from_millis(5));
-            s.write_all(&[round; 100]).unwrap();
-            let mut back = [0u8; 100];
-            s.read_exact(&mut back).unwrap();
-            assert_eq!(back, [round; 100]);
-        }
+        round_trips::<100>(&mut s, 20, Duration::from_millis(5));
     });
     let (before, after, elapsed) = on_own_thread(move || {
         let before = uring::ring_counts();
@@ -111,14 +116,10 @@ fn a_deferred_main_ring_delivers_every_kind_of_completion() {
             let (sender, receiver) = glommio::channels::shared_channel::new_bounded::<u32>(1);
             let waker = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
-                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                    .io_memory(64 * 1024)
-                    .make()
-                    .unwrap()
-                    .run(async move {
-                        let s = sender.connect().await;
-                        s.send(7).await.unwrap();
-                    });
+                executor().run(async move {
+                    let s = sender.connect().await;
+                    s.send(7).await.unwrap();
+                });
             });
             let r = receiver.connect().await;
             assert_eq!(r.recv().await, Some(7));
@@ -164,12 +165,6 @@ fn the_binary_reports_its_rings_at_startup() {
     // shard whose completions are not collected would not answer.
     let mut c = connect(p);
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    for round in 0..5u8 {
-        std::thread::sleep(Duration::from_millis(20));
-        c.write_all(&[round; 64]).unwrap();
-        let mut back = [0u8; 64];
-        c.read_exact(&mut back).unwrap();
-        assert_eq!(back, [round; 64]);
-    }
+    round_trips::<64>(&mut c, 5, Duration::from_millis(20));
     r.stop();
 }
