@@ -168,3 +168,60 @@ fn the_binary_reports_its_rings_at_startup() {
     round_trips::<64>(&mut c, 5, Duration::from_millis(20));
     r.stop();
 }
+
+/// A busy executor never sleeps, so on a deferred ring its completions are
+/// collected only by the peek wrapper's GETEVENTS enter (or by a submission
+/// that happens to come by). The wrapper must recognise the ring: keyed on
+/// the wrong thing (session 15 keyed it on an address glommio moves) it is
+/// inert, and a connection waiting beside a busy one waits for the busy one
+/// to give up the core (the copy pump's fairness). Here a task spins while
+/// another echoes round trips; the wrapper has to have entered.
+#[test]
+fn a_busy_deferred_executor_collects_through_the_peek() {
+    if !kernel_has_defer_taskrun() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 20, Duration::from_millis(2));
+    });
+    let enters = on_own_thread(move || {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .preempt_timer(Duration::from_millis(1))
+            .make()
+            .expect("executor");
+        let before = uring::peek_enters_on_this_thread();
+        ex.run(async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut conn = listener.accept().await.unwrap();
+            let done = std::rc::Rc::new(std::cell::Cell::new(false));
+            let spinning = done.clone();
+            let spinner = glommio::spawn_local(async move {
+                while !spinning.get() {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(50) {
+                        std::hint::spin_loop();
+                    }
+                    glommio::yield_if_needed().await;
+                }
+            });
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                conn.read_exact(&mut buf).await.unwrap();
+                conn.write_all(&buf).await.unwrap();
+            }
+            done.set(true);
+            spinner.await;
+        });
+        uring::peek_enters_on_this_thread() - before
+    });
+    peer.join().unwrap();
+    assert!(
+        enters > 0,
+        "the peek wrapper never entered the kernel for a busy deferred ring"
+    );
+}

@@ -144,6 +144,15 @@ thread_local! {
     /// returned by value). A ring is used only on the thread that made it
     /// (SINGLE_ISSUER), so one per thread.
     static DEFERRED_FD: Cell<i32> = const { Cell::new(-1) };
+    /// GETEVENTS enters the peek wrapper made on this thread: proof that it
+    /// recognises the ring (tests/uring_shim.rs). Touched only on that path.
+    static PEEK_ENTERS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times the peek wrapper entered the kernel to collect deferred
+/// work on the calling thread.
+pub fn peek_enters_on_this_thread() -> u64 {
+    PEEK_ENTERS.with(Cell::get)
 }
 
 extern "C" {
@@ -259,6 +268,7 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
                 std::ptr::null::<libc::c_void>(),
                 0usize,
             );
+            PEEK_ENTERS.with(|n| n.set(n.get() + 1));
         }
     }
     __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask)

@@ -9,6 +9,7 @@ pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -153,6 +154,19 @@ impl Remora {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // If the test binary dies without dropping this (killed by a timeout,
+        // a double panic), the proxy dies with it instead of living on with
+        // the test's ports and inherited fds (a `flock` lock, for one).
+        // The signal follows the spawning thread, which is the test's: every
+        // test drops its Remora before its thread ends.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().expect("spawn remora");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
