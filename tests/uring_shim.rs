@@ -225,3 +225,61 @@ fn a_busy_deferred_executor_collects_through_the_peek() {
         "the peek wrapper never entered the kernel for a busy deferred ring"
     );
 }
+
+/// `completions_waiting` is how a bulk transfer learns that another
+/// connection on its core is ready (crate::turn gives the core back early on
+/// it): while a task keeps the executor busy, a socket that becomes readable
+/// must show in it, from the words of the deferred ring's mapping, without
+/// the executor turning its loop.
+#[test]
+fn a_ready_socket_shows_as_waiting_work_to_a_busy_task() {
+    if !kernel_has_defer_taskrun() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        go_rx.recv().unwrap();
+        s.write_all(b"ready").unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).unwrap();
+    });
+    let seen = on_own_thread(move || {
+        executor().run(async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut conn = listener.accept().await.unwrap();
+            // The reader waits in the ring (its poll is armed) ...
+            let reader = glommio::spawn_local(async move {
+                let mut buf = [0u8; 5];
+                conn.read_exact(&mut buf).await.unwrap();
+                (conn, buf)
+            });
+            // (a sleep empties the queue, so the loop submits the reader's
+            // poll to the kernel) ...
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            // ... while this task spins without yielding, then the data comes.
+            go_tx.send(()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut seen = false;
+            while Instant::now() < deadline {
+                if uring::completions_waiting() {
+                    seen = true;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let (mut conn, buf) = reader.await;
+            assert_eq!(&buf, b"ready");
+            conn.write_all(&buf).await.unwrap();
+            seen
+        })
+    });
+    peer.join().unwrap();
+    assert!(
+        seen,
+        "a readable socket never showed as waiting work on the deferred ring"
+    );
+}

@@ -482,7 +482,9 @@ fn copy_ready(first: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
                 // instead of paying for a recv that returns EAGAIN.
                 return Ok(Step::new(moved));
             }
-            if moved >= BUDGET {
+            if moved >= BUDGET
+                || (moved >= crate::turn::EARLY && crate::net::uring::completions_waiting())
+            {
                 let mut step = Step::new(moved);
                 step.more = true;
                 return Ok(step);

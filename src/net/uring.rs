@@ -147,6 +147,40 @@ thread_local! {
     /// GETEVENTS enters the peek wrapper made on this thread: proof that it
     /// recognises the ring (tests/uring_shim.rs). Touched only on that path.
     static PEEK_ENTERS: Cell<u64> = const { Cell::new(0) };
+    /// The words of this thread's main ring that say whether
+    /// completions wait: the kernel's SQ flags (IORING_SQ_TASKRUN) and the
+    /// CQ's head and tail. They live in the ring's mapping, which does not
+    /// move when glommio moves liburing's struct.
+    static WAITING_WORDS: Cell<Option<(*const u32, *const u32, *const u32)>> = const { Cell::new(None) };
+}
+
+fn set_waiting_words(r: &LibUring) {
+    let words = (
+        r.sq.kflags as *const u32,
+        r.cq.khead as *const u32,
+        r.cq.ktail as *const u32,
+    );
+    WAITING_WORDS.with(|w| w.set(Some(words)));
+}
+
+/// Whether this thread's main ring holds work for the executor:
+/// completions in its queue, or task work the kernel flagged and has not run
+/// yet (another socket became ready; deferred rings only). Three loads;
+/// false before glommio made its main ring on this thread. A task that
+/// moves bulk data asks this to give the core back as soon as another
+/// connection is ready rather than at the end of its budget (`crate::turn`).
+/// Call it only from a task on the executor that made the ring (the words
+/// are unmapped with the ring).
+pub fn completions_waiting() -> bool {
+    match WAITING_WORDS.with(Cell::get) {
+        None => false,
+        Some((sq_flags, cq_head, cq_tail)) => unsafe {
+            let flags =
+                (*(sq_flags as *const std::sync::atomic::AtomicU32)).load(Ordering::Relaxed);
+            let tail = (*(cq_tail as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire);
+            flags & IORING_SQ_TASKRUN != 0 || tail != std::ptr::read_volatile(cq_head)
+        },
+    }
 }
 
 /// How many times the peek wrapper entered the kernel to collect deferred
@@ -207,6 +241,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
                 // liburing's copy only: makes io_uring_submit enter with GETEVENTS.
                 (*ring).flags |= IORING_SETUP_IOPOLL;
                 DEFERRED_FD.with(|d| d.set((*ring).ring_fd));
+                set_waiting_words(&*ring);
                 RINGS_DEFERRED.fetch_add(1, Ordering::Relaxed);
             }
             return rc;
@@ -217,6 +252,11 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
     let rc = __real_io_uring_queue_init_params(entries, ring, params);
     if rc != -libc::EINVAL {
         if rc == 0 {
+            if main {
+                // No TASKRUN flag here: completions post on the way out of
+                // any system call, so the queue's head and tail tell.
+                set_waiting_words(&*ring);
+            }
             RINGS_WITH_COOP.fetch_add(1, Ordering::Relaxed);
         }
         return rc;
