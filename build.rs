@@ -7,11 +7,14 @@
 //! `--wrap` makes that call land in `__wrap_io_uring_queue_init_params`
 //! (defined in `src/net/uring.rs`), which adds the flag and calls the real one.
 //! The main ring also defers its task work (DEFER_TASKRUN), which needs
-//! glommio's completion peek (`__io_uring_get_cqe`) wrapped the same way.
+//! glommio's completion peek (`__io_uring_get_cqe`) wrapped the same way,
+//! and the shim forgets a ring's mapping when glommio tears the ring down
+//! (`io_uring_queue_exit`).
 //! `tests/uring_shim.rs` fails if this link step is lost.
 
 fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_init_params");
     println!("cargo:rustc-link-arg=-Wl,--wrap=__io_uring_get_cqe");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_exit");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -246,8 +246,8 @@ fn a_ready_socket_shows_as_waiting_work_to_a_busy_task() {
         let mut back = [0u8; 5];
         s.read_exact(&mut back).unwrap();
     });
-    let seen = on_own_thread(move || {
-        executor().run(async move {
+    let (seen, after_exit) = on_own_thread(move || {
+        let seen = executor().run(async move {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             let mut conn = listener.accept().await.unwrap();
@@ -275,11 +275,15 @@ fn a_ready_socket_shows_as_waiting_work_to_a_busy_task() {
             assert_eq!(&buf, b"ready");
             conn.write_all(&buf).await.unwrap();
             seen
-        })
+        });
+        // The executor is gone, and its rings with it: the shim must have
+        // forgotten the unmapped words (reading them would fault).
+        (seen, uring::completions_waiting())
     });
     peer.join().unwrap();
     assert!(
         seen,
         "a readable socket never showed as waiting work on the deferred ring"
     );
+    assert!(!after_exit, "the shim still reads a torn-down ring");
 }

@@ -34,6 +34,12 @@
 //!   (`queue.c`, `__io_uring_submit`). So a submission also runs the work
 //!   that is waiting, with no extra system call.
 //!
+//! The main ring's shared words also tell a busy task, without a system
+//! call, whether another connection is ready: [`completions_waiting`] reads
+//! the kernel's task-work flag and the completion queue's head and tail
+//! (`crate::turn` gives the core back early on it). `io_uring_queue_exit` is
+//! wrapped so that those words are forgotten before their mapping goes.
+//!
 //! The latency ring stays COOP only: glommio polls its file descriptor from
 //! the main ring when it sleeps, and reads its completion queue directly; both
 //! need its completions posted without a `GETEVENTS` enter.
@@ -46,8 +52,9 @@
 //! Cargo.lock names, and that a deferred ring delivers accepts, reads, timers
 //! and cross-thread wake-ups.
 //!
-//! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`
-//! and `--wrap=__io_uring_get_cqe`, so glommio's calls resolve to the
+//! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`,
+//! `--wrap=__io_uring_get_cqe` and `--wrap=io_uring_queue_exit`, so glommio's
+//! calls resolve to the
 //! `__wrap_` functions below, which call the real liburing ones. Rings
 //! created with IOPOLL or SQPOLL are left alone. A kernel that rejects a flag
 //! (EINVAL) gets the ring with fewer: DEFER falls back to COOP (5.19-6.0),
@@ -55,7 +62,7 @@
 //! keeps the main ring on COOP only (an A/B switch for measurements).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -147,40 +154,73 @@ thread_local! {
     /// GETEVENTS enters the peek wrapper made on this thread: proof that it
     /// recognises the ring (tests/uring_shim.rs). Touched only on that path.
     static PEEK_ENTERS: Cell<u64> = const { Cell::new(0) };
-    /// The words of this thread's main ring that say whether
-    /// completions wait: the kernel's SQ flags (IORING_SQ_TASKRUN) and the
-    /// CQ's head and tail. They live in the ring's mapping, which does not
-    /// move when glommio moves liburing's struct.
-    static WAITING_WORDS: Cell<Option<(*const u32, *const u32, *const u32)>> = const { Cell::new(None) };
+    /// The words of this thread's main ring that say whether completions
+    /// wait, and the ring's fd: the kernel's SQ flags (IORING_SQ_TASKRUN)
+    /// and the CQ's head and tail. They live in the ring's mapping, which
+    /// does not move when glommio moves liburing's struct, and is unmapped
+    /// only by `io_uring_queue_exit`, whose wrapper forgets them first.
+    static WAITING_WORDS: Cell<Option<WaitingWords>> = const { Cell::new(None) };
+}
+
+#[derive(Clone, Copy)]
+struct WaitingWords {
+    fd: i32,
+    sq_flags: *const u32,
+    cq_head: *const u32,
+    cq_tail: *const u32,
 }
 
 fn set_waiting_words(r: &LibUring) {
-    let words = (
-        r.sq.kflags as *const u32,
-        r.cq.khead as *const u32,
-        r.cq.ktail as *const u32,
-    );
+    let words = WaitingWords {
+        fd: r.ring_fd,
+        sq_flags: r.sq.kflags as *const u32,
+        cq_head: r.cq.khead as *const u32,
+        cq_tail: r.cq.ktail as *const u32,
+    };
     WAITING_WORDS.with(|w| w.set(Some(words)));
 }
 
 /// Whether this thread's main ring holds work for the executor:
 /// completions in its queue, or task work the kernel flagged and has not run
 /// yet (another socket became ready; deferred rings only). Three loads;
-/// false before glommio made its main ring on this thread. A task that
-/// moves bulk data asks this to give the core back as soon as another
-/// connection is ready rather than at the end of its budget (`crate::turn`).
-/// Call it only from a task on the executor that made the ring (the words
-/// are unmapped with the ring).
+/// false on a thread whose executor has no main ring (yet, or any more). A
+/// task that moves bulk data asks this to give the core back as soon as
+/// another connection is ready rather than at the end of its budget
+/// (`crate::turn`).
 pub fn completions_waiting() -> bool {
     match WAITING_WORDS.with(Cell::get) {
         None => false,
-        Some((sq_flags, cq_head, cq_tail)) => unsafe {
-            let flags =
-                (*(sq_flags as *const std::sync::atomic::AtomicU32)).load(Ordering::Relaxed);
-            let tail = (*(cq_tail as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire);
-            flags & IORING_SQ_TASKRUN != 0 || tail != std::ptr::read_volatile(cq_head)
+        // SAFETY: the words point into the ring's mapping, which stays mapped
+        // until io_uring_queue_exit, and its wrapper clears them first. The
+        // kernel writes the flags and the tail; read them as it publishes.
+        Some(w) => unsafe {
+            let flags = (*(w.sq_flags as *const AtomicU32)).load(Ordering::Relaxed);
+            let tail = (*(w.cq_tail as *const AtomicU32)).load(Ordering::Acquire);
+            flags & IORING_SQ_TASKRUN != 0 || tail != std::ptr::read_volatile(w.cq_head)
         },
     }
+}
+
+/// Called instead of liburing's `io_uring_queue_exit` (glommio's ring
+/// teardown): forgets what this thread knew of the ring before its mapping
+/// goes.
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
+    let fd = (*ring).ring_fd;
+    WAITING_WORDS.with(|w| {
+        if w.get().is_some_and(|words| words.fd == fd) {
+            w.set(None);
+        }
+    });
+    DEFERRED_FD.with(|d| {
+        if d.get() == fd {
+            d.set(-1);
+        }
+    });
+    __real_io_uring_queue_exit(ring)
 }
 
 /// How many times the peek wrapper entered the kernel to collect deferred
@@ -190,6 +230,7 @@ pub fn peek_enters_on_this_thread() -> u64 {
 }
 
 extern "C" {
+    fn __real_io_uring_queue_exit(ring: *mut LibUring);
     fn __real_io_uring_queue_init_params(
         entries: u32,
         ring: *mut LibUring,
@@ -293,9 +334,9 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     if submit == 0 && wait_nr == 0 && DEFERRED_FD.with(Cell::get) == (*ring).ring_fd {
         let r = &*ring;
         // The kernel writes these words; read them as it publishes them.
-        let tail = (*(r.cq.ktail as *const std::sync::atomic::AtomicU32)).load(Ordering::Acquire);
+        let tail = (*(r.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
         let head = std::ptr::read_volatile(r.cq.khead);
-        let flags = (*(r.sq.kflags as *const std::sync::atomic::AtomicU32)).load(Ordering::Relaxed);
+        let flags = (*(r.sq.kflags as *const AtomicU32)).load(Ordering::Relaxed);
         if tail == head && flags & IORING_SQ_TASKRUN != 0 {
             // An error (EINTR) leaves the work for the next pass; the peek
             // below reports what is there either way.
