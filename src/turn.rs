@@ -72,6 +72,13 @@ pub const BUDGET: usize = 128 * 1024;
 /// copy buffer. Below it (every small request/response) nothing is checked.
 pub const EARLY: usize = 64 * 1024;
 
+/// Whether a task that has moved `moved` bytes without waiting should give
+/// the core back: its budget is spent, or it has moved [`EARLY`] bytes and
+/// another connection is ready.
+pub fn spent(moved: usize) -> bool {
+    moved >= BUDGET || (moved >= EARLY && crate::net::uring::completions_waiting())
+}
+
 /// The timer a task waits on to give the core back: long enough to be
 /// pending when first polled (glommio's timer is ready at once when its
 /// deadline has passed; the poll follows its creation by tens of
@@ -112,10 +119,7 @@ impl Turn {
     /// budget is spent or the preemption timer has fired.
     pub async fn moved(&mut self, bytes: usize) {
         self.moved += bytes;
-        if self.moved >= BUDGET
-            || glommio::executor().need_preempt()
-            || (self.moved >= EARLY && crate::net::uring::completions_waiting())
-        {
+        if spent(self.moved) || glommio::executor().need_preempt() {
             self.moved = 0;
             yield_to_reactor().await;
         }

@@ -482,9 +482,7 @@ fn copy_ready(first: usize, sfd: RawFd, dfd: RawFd) -> Result<Step, PumpError> {
                 // instead of paying for a recv that returns EAGAIN.
                 return Ok(Step::new(moved));
             }
-            if moved >= BUDGET
-                || (moved >= crate::turn::EARLY && crate::net::uring::completions_waiting())
-            {
+            if crate::turn::spent(moved) {
                 let mut step = Step::new(moved);
                 step.more = true;
                 return Ok(step);

@@ -146,38 +146,55 @@ thread_local! {
     /// Interrupt-driven rings of more than 2 entries made on this thread:
     /// even counts are glommio main rings (see the module doc).
     static RINGS_MADE: Cell<u32> = const { Cell::new(0) };
-    /// The fd of this thread's deferred main ring, for the peek wrapper. By fd,
-    /// not by address: glommio moves liburing's struct after set-up (it is
-    /// returned by value). A ring is used only on the thread that made it
-    /// (SINGLE_ISSUER), so one per thread.
-    static DEFERRED_FD: Cell<i32> = const { Cell::new(-1) };
     /// GETEVENTS enters the peek wrapper made on this thread: proof that it
     /// recognises the ring (tests/uring_shim.rs). Touched only on that path.
     static PEEK_ENTERS: Cell<u64> = const { Cell::new(0) };
-    /// The words of this thread's main ring that say whether completions
-    /// wait, and the ring's fd: the kernel's SQ flags (IORING_SQ_TASKRUN)
-    /// and the CQ's head and tail. They live in the ring's mapping, which
-    /// does not move when glommio moves liburing's struct, and is unmapped
-    /// only by `io_uring_queue_exit`, whose wrapper forgets them first.
-    static WAITING_WORDS: Cell<Option<WaitingWords>> = const { Cell::new(None) };
+    /// This thread's main ring as the shim sees it: its fd, whether it defers
+    /// its task work, and the words of its mapping that say whether work
+    /// waits. By fd and mapping, not by liburing's struct: glommio moves that
+    /// struct after set-up (it is returned by value), while the mapping stays
+    /// put until `io_uring_queue_exit`, whose wrapper forgets the ring first.
+    /// A ring is used only on the thread that made it, so one per thread.
+    static MAIN_RING: Cell<Option<MainRing>> = const { Cell::new(None) };
 }
 
 #[derive(Clone, Copy)]
-struct WaitingWords {
+struct MainRing {
     fd: i32,
+    deferred: bool,
     sq_flags: *const u32,
     cq_head: *const u32,
     cq_tail: *const u32,
 }
 
-fn set_waiting_words(r: &LibUring) {
-    let words = WaitingWords {
-        fd: r.ring_fd,
-        sq_flags: r.sq.kflags as *const u32,
-        cq_head: r.cq.khead as *const u32,
-        cq_tail: r.cq.ktail as *const u32,
-    };
-    WAITING_WORDS.with(|w| w.set(Some(words)));
+impl MainRing {
+    fn remember(r: &LibUring, deferred: bool) {
+        let ring = MainRing {
+            fd: r.ring_fd,
+            deferred,
+            sq_flags: r.sq.kflags as *const u32,
+            cq_head: r.cq.khead as *const u32,
+            cq_tail: r.cq.ktail as *const u32,
+        };
+        MAIN_RING.with(|m| m.set(Some(ring)));
+    }
+
+    /// The kernel holds task work for this ring (IORING_SQ_TASKRUN; set only
+    /// with TASKRUN_FLAG, i.e. on a deferred ring).
+    ///
+    /// # Safety
+    /// The ring is still mapped (see `MAIN_RING`).
+    unsafe fn work_flagged(&self) -> bool {
+        // The kernel writes the word; read it as it publishes it.
+        (*(self.sq_flags as *const AtomicU32)).load(Ordering::Relaxed) & IORING_SQ_TASKRUN != 0
+    }
+
+    /// # Safety
+    /// As `work_flagged`.
+    unsafe fn completions_queued(&self) -> bool {
+        let tail = (*(self.cq_tail as *const AtomicU32)).load(Ordering::Acquire);
+        tail != std::ptr::read_volatile(self.cq_head)
+    }
 }
 
 /// Whether this thread's main ring holds work for the executor:
@@ -188,16 +205,11 @@ fn set_waiting_words(r: &LibUring) {
 /// another connection is ready rather than at the end of its budget
 /// (`crate::turn`).
 pub fn completions_waiting() -> bool {
-    match WAITING_WORDS.with(Cell::get) {
+    match MAIN_RING.with(Cell::get) {
         None => false,
-        // SAFETY: the words point into the ring's mapping, which stays mapped
-        // until io_uring_queue_exit, and its wrapper clears them first. The
-        // kernel writes the flags and the tail; read them as it publishes.
-        Some(w) => unsafe {
-            let flags = (*(w.sq_flags as *const AtomicU32)).load(Ordering::Relaxed);
-            let tail = (*(w.cq_tail as *const AtomicU32)).load(Ordering::Acquire);
-            flags & IORING_SQ_TASKRUN != 0 || tail != std::ptr::read_volatile(w.cq_head)
-        },
+        // SAFETY: the ring stays mapped until io_uring_queue_exit, whose
+        // wrapper forgets it first.
+        Some(r) => unsafe { r.work_flagged() || r.completions_queued() },
     }
 }
 
@@ -210,14 +222,9 @@ pub fn completions_waiting() -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
     let fd = (*ring).ring_fd;
-    WAITING_WORDS.with(|w| {
-        if w.get().is_some_and(|words| words.fd == fd) {
-            w.set(None);
-        }
-    });
-    DEFERRED_FD.with(|d| {
-        if d.get() == fd {
-            d.set(-1);
+    MAIN_RING.with(|m| {
+        if m.get().is_some_and(|r| r.fd == fd) {
+            m.set(None);
         }
     });
     __real_io_uring_queue_exit(ring)
@@ -281,8 +288,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
             if rc == 0 {
                 // liburing's copy only: makes io_uring_submit enter with GETEVENTS.
                 (*ring).flags |= IORING_SETUP_IOPOLL;
-                DEFERRED_FD.with(|d| d.set((*ring).ring_fd));
-                set_waiting_words(&*ring);
+                MainRing::remember(&*ring, true);
                 RINGS_DEFERRED.fetch_add(1, Ordering::Relaxed);
             }
             return rc;
@@ -296,7 +302,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
             if main {
                 // No TASKRUN flag here: completions post on the way out of
                 // any system call, so the queue's head and tail tell.
-                set_waiting_words(&*ring);
+                MainRing::remember(&*ring, false);
             }
             RINGS_WITH_COOP.fetch_add(1, Ordering::Relaxed);
         }
@@ -331,25 +337,25 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     wait_nr: u32,
     sigmask: *mut libc::c_void,
 ) -> libc::c_int {
-    if submit == 0 && wait_nr == 0 && DEFERRED_FD.with(Cell::get) == (*ring).ring_fd {
-        let r = &*ring;
-        // The kernel writes these words; read them as it publishes them.
-        let tail = (*(r.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
-        let head = std::ptr::read_volatile(r.cq.khead);
-        let flags = (*(r.sq.kflags as *const AtomicU32)).load(Ordering::Relaxed);
-        if tail == head && flags & IORING_SQ_TASKRUN != 0 {
-            // An error (EINTR) leaves the work for the next pass; the peek
-            // below reports what is there either way.
-            libc::syscall(
-                libc::SYS_io_uring_enter,
-                r.ring_fd,
-                0u32,
-                0u32,
-                IORING_ENTER_GETEVENTS,
-                std::ptr::null::<libc::c_void>(),
-                0usize,
-            );
-            PEEK_ENTERS.with(|n| n.set(n.get() + 1));
+    if submit == 0 && wait_nr == 0 {
+        if let Some(main) = MAIN_RING
+            .with(Cell::get)
+            .filter(|m| m.deferred && m.fd == (*ring).ring_fd)
+        {
+            if !main.completions_queued() && main.work_flagged() {
+                // An error (EINTR) leaves the work for the next pass; the peek
+                // below reports what is there either way.
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    main.fd,
+                    0u32,
+                    0u32,
+                    IORING_ENTER_GETEVENTS,
+                    std::ptr::null::<libc::c_void>(),
+                    0usize,
+                );
+                PEEK_ENTERS.with(|n| n.set(n.get() + 1));
+            }
         }
     }
     __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask)
