@@ -1,0 +1,101 @@
+//! examples/l4floor, the glommio forwarder that perf/l4cost measures Remora's L4
+//! path against (perf/README.md, "Session 17"), really forwards: a floor that
+//! dropped or mangled bytes would read as a cheaper runtime than it is.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `cargo test` builds the examples beside the test binaries:
+/// target/PROFILE/deps/THIS -> target/PROFILE/examples/l4floor.
+fn floor_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/l4floor")
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_floor_forwards_both_ways() {
+    let bin = floor_bin();
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test builds it",
+        bin.display()
+    );
+    // An upstream that answers every byte XORed with 0x5a (however the
+    // stream is cut into reads), so an echo by the floor itself would not
+    // pass.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let mut c = conn.unwrap();
+            thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf[..n].iter_mut().for_each(|b| *b ^= 0x5a);
+                            if c.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let port = common::free_port();
+    let _floor = Kill(
+        Command::new(&bin)
+            .args([format!("127.0.0.1:{port}"), up_addr.to_string(), "0".into()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("l4floor did not listen: {e}"),
+        }
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Small round trips, as perf/l4cost's requests.
+    for i in 0..100u32 {
+        let msg = format!("request {i} from the client");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).unwrap();
+        let want: Vec<u8> = msg.bytes().map(|b| b ^ 0x5a).collect();
+        assert_eq!(got, want, "round trip {i}");
+    }
+    // More than one buffer's worth (16 KiB) in one go.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = c.try_clone().unwrap();
+    let sent = big.clone();
+    let writer = thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut got = vec![0u8; big.len()];
+    c.read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    let want: Vec<u8> = big.iter().map(|b| b ^ 0x5a).collect();
+    assert!(got == want, "200,000 bytes came back in order");
+}
