@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// `cargo test` builds the examples beside the test binaries:
+/// Plain `cargo test` builds the examples beside the test binaries (and
+/// tests/run with `cargo build --examples`):
 /// target/PROFILE/deps/THIS -> target/PROFILE/examples/l4floor.
 fn floor_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -34,7 +35,8 @@ fn the_floor_forwards_both_ways() {
     let bin = floor_bin();
     assert!(
         bin.exists(),
-        "{} missing: cargo test builds it",
+        "{} missing: plain `cargo test` and tests/run build it; \
+         `cargo test --all-targets` alone does not (`cargo build --examples` first)",
         bin.display()
     );
     // An upstream that answers every byte XORed with 0x5a (however the
