@@ -4,11 +4,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
 /// Plain `cargo test` builds the examples beside the test binaries (and
 /// tests/run with `cargo build --examples`):
@@ -72,15 +71,8 @@ fn the_floor_forwards_both_ways() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("l4floor did not listen: {e}"),
-        }
-    };
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Retries while the floor comes up; a 20 s read timeout.
+    let mut c = common::connect(port);
     // Small round trips, as perf/l4cost's requests.
     for i in 0..100u32 {
         let msg = format!("request {i} from the client");
