@@ -378,6 +378,30 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def ctx_switches(pids: list[int]) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of the processes, summed over all
+    their live threads (/proc/PID/task/TID/status; a thread that has exited is no
+    longer counted). A voluntary one is a sleep: for an event loop, a wait that
+    found nothing ready, and the wake-up that ends it."""
+    vol = invol = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            invol += int(line.split()[1])
+            except OSError:
+                continue
+    return vol, invol
+
+
 def rss_kib(pids: list[int]) -> int:
     total = 0
     for pid in pids:

@@ -1346,6 +1346,29 @@ class SidecarBreakdown(unittest.TestCase):
         self.assertAlmostEqual(sum(got.values()), 16.0)
         self.assertEqual(mod.split(16.0, {}, 0), {})
 
+    def test_ctx_switches_counts_a_sleeping_childs_threads(self):
+        # A real child whose second thread sleeps 20 times and stays alive: the
+        # voluntary switches summed over its threads reach 20; a pid that is gone
+        # counts nothing.
+        code = ("import threading, time\n"
+                "done = threading.Event()\n"
+                "def sleeper():\n"
+                "    [time.sleep(0.002) for _ in range(20)]\n"
+                "    done.set(); time.sleep(30)\n"
+                "threading.Thread(target=sleeper, daemon=True).start()\n"
+                "done.wait(); print('done', flush=True); time.sleep(30)\n")
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(child.stdout.readline().strip(), "done")
+            vol, invol = harness.ctx_switches([child.pid])
+            self.assertGreaterEqual(vol, 20)
+            self.assertGreaterEqual(invol, 0)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+        self.assertEqual(harness.ctx_switches([child.pid]), (0, 0))
+
 
 class SidecarPods(unittest.TestCase):
     """Real pods: HAProxy as both sidecars passes the path check (captured on
