@@ -601,6 +601,19 @@ def build_remora(no_build: bool) -> None:
         raise SetupError("cargo build --release failed")
 
 
+# perf/pgo's binary: Remora built with profile-guided optimisation.
+PGO_BIN = REPO / "target/pgo/remora"
+
+
+def build_remora_pgo(no_build: bool) -> None:
+    if not no_build:
+        log("perf/pgo (instrumented build, training, optimised build)")
+        if subprocess.run([str(REPO / "perf/pgo")], cwd=REPO).returncode != 0:
+            raise SetupError("perf/pgo failed")
+    if not PGO_BIN.is_file():
+        raise SetupError(f"{PGO_BIN} is missing: run perf/pgo (or perf/compare --pgo without --no-build)")
+
+
 def cmd_output(argv: list[str]) -> str:
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
@@ -2553,7 +2566,11 @@ def compare_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxies", default=",".join(PROXIES),
                     help=f"comma-separated subset of {','.join(PROXIES)}")
     ap.add_argument("--remora-bin", type=Path, default=REPO / "target/release/remora",
-                    help="Remora binary (default target/release/remora)")
+                    help="Remora binary (default target/release/remora; with --pgo target/pgo/remora)")
+    ap.add_argument("--pgo", action="store_true",
+                    help="measure the profile-guided build, the one to deploy: built by perf/pgo "
+                         "(~10 min) instead of `cargo build --release`, or with --no-build the "
+                         "target/pgo/remora already there")
     ap.add_argument("--remora-alt", action="append", default=[], metavar="LABEL=PATH",
                     help="also measure another Remora binary, as proxies remora-l7@LABEL (plain cluster), remora-sidecar@LABEL and "
                          "remora-copy@LABEL and remora-splice@LABEL, alternated with the others "
@@ -2569,6 +2586,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="only re-render latest.md/latest.svg from a saved JSON into --out")
     args = ap.parse_args(argv)
+    if args.pgo and args.remora_bin == ap.get_default("remora_bin"):
+        args.remora_bin = PGO_BIN
     default_proxies = args.proxies == ap.get_default("proxies")
     for alt in args.remora_alt:
         label, sep, path = alt.partition("=")
@@ -2619,7 +2638,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     seconds = args.duration or (1 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     full = (not args.quick and len(scenarios) == len(SCENARIOS) and set(wanted) == set(PROXIES)
-            and args.remora_bin == REPO / "target/release/remora" and not args.remora_alt)
+            and args.remora_bin in (REPO / "target/release/remora", PGO_BIN)
+            and not args.remora_alt)
     write_results_md = full and not args.no_results_md
 
     rig = None
@@ -2635,7 +2655,10 @@ def compare_main(argv: list[str] | None = None) -> int:
         check_memlock()
         needs_envoy = any(n.startswith("envoy") for sc in scenarios for n in proxies_for(sc, wanted))
         envoy = ensure_envoy() if needs_envoy else None
-        build_remora(args.no_build)
+        if args.pgo:
+            build_remora_pgo(args.no_build)
+        else:
+            build_remora(args.no_build)
         if any(sc.kind == "rate" for sc in scenarios):
             build_pacer(args.no_build)
         if not args.remora_bin.exists():

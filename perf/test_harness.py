@@ -1693,5 +1693,87 @@ class GlommioVariant(unittest.TestCase):
         self.assertRegex(self.gv.locked_glommio_version(), r"^\d+\.\d+\.\d+$")
 
 
+
+def _load_pgo():
+    import importlib.machinery
+    import importlib.util
+    path = str(Path(__file__).resolve().parent / "pgo")
+    loader = importlib.machinery.SourceFileLoader("perf_pgo", path)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(mod)
+    return mod
+
+
+class Pgo(unittest.TestCase):
+    """perf/pgo: its training names scenarios and proxies the harness has, and the
+    toolchain's profile round trip (instrument, run, merge, use) works, on a small
+    crate of its own."""
+
+    def setUp(self):
+        self.pgo = _load_pgo()
+
+    def test_training_covers_every_scenario_it_names(self):
+        names = {s.name for s in harness.SCENARIOS}
+        for sc in self.pgo.TRAIN_SCENARIOS:
+            self.assertIn(sc, names)
+        for proxy in self.pgo.TRAIN_PROXIES:
+            self.assertIn(proxy, harness.PROXIES)
+            self.assertTrue(harness.is_remora(proxy), proxy)
+        for sc in harness.SCENARIOS:
+            if sc.name in self.pgo.TRAIN_SCENARIOS:
+                with self.subTest(scenario=sc.name):
+                    self.assertTrue(harness.proxies_for(sc, list(self.pgo.TRAIN_PROXIES)))
+
+    def test_compare_pgo_without_the_binary_says_how_to_build_it(self):
+        with tempfile.TemporaryDirectory() as d:
+            with mock.patch.object(harness, "PGO_BIN", Path(d) / "remora"):
+                with self.assertRaisesRegex(harness.SetupError, "run perf/pgo"):
+                    harness.build_remora_pgo(no_build=True)
+                (Path(d) / "remora").write_text("")
+                harness.build_remora_pgo(no_build=True)  # there: nothing to do
+
+    def test_rustflags_come_after_the_callers(self):
+        with mock.patch.dict(os.environ, {"RUSTFLAGS": "-Cdebuginfo=1"}):
+            env = self.pgo.cargo_env(Path("/t"), "-Cprofile-use=/p")
+        self.assertEqual(env["RUSTFLAGS"], "-Cdebuginfo=1 -Cprofile-use=/p")
+        self.assertEqual(env["CARGO_TARGET_DIR"], "/t")
+        with mock.patch.dict(os.environ, {}, clear=False):
+            os.environ.pop("RUSTFLAGS", None)
+            self.assertEqual(self.pgo.cargo_env(Path("/t"), "-Cx")["RUSTFLAGS"], "-Cx")
+
+    def test_round_trip_on_a_small_crate(self):
+        tool = self.pgo.llvm_profdata()
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            crate = d / "c"
+            (crate / "src").mkdir(parents=True)
+            (crate / "Cargo.toml").write_text(
+                '[package]\nname = "pgoprobe"\nversion = "0.1.0"\nedition = "2021"\n'
+                "[workspace]\n")
+            (crate / "src/main.rs").write_text(textwrap.dedent("""\
+                fn main() {
+                    let n: u64 = std::env::args().nth(1).unwrap().parse().unwrap();
+                    let odd = (0..n).filter(|i| i % 3 == 1).count();
+                    println!("{odd}");
+                }
+                """))
+            raw = self.pgo.fresh_raw_dir(d / "raw")
+            gen = self.pgo.build(crate, "pgoprobe", d / "gen", f"-Cprofile-generate={raw}")
+            for p in raw.glob("*.profraw"):
+                p.unlink()  # none expected (no build script), but start empty
+            env = dict(os.environ, LLVM_PROFILE_FILE=str(raw / "p-%p.profraw"))
+            out = subprocess.run([str(gen), "3000"], env=env, capture_output=True, text=True,
+                                 check=True).stdout
+            self.assertEqual(out.strip(), "1000")
+            profile = self.pgo.merge(tool, raw, d / "p.profdata")
+            self.assertGreater(profile.stat().st_size, 0)
+            used = self.pgo.build(crate, "pgoprobe", d / "use", f"-Cprofile-use={profile}")
+            out = subprocess.run([str(used), "30"], capture_output=True, text=True, check=True)
+            self.assertEqual(out.stdout.strip(), "10")
+            # An empty directory is an error that says what went wrong.
+            with self.assertRaisesRegex(self.pgo.PgoError, "no raw profile"):
+                self.pgo.merge(tool, self.pgo.fresh_raw_dir(d / "empty"), d / "x.profdata")
+
+
 if __name__ == "__main__":
     unittest.main()
