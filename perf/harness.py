@@ -378,6 +378,21 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def status_values(path: str, *keys: str) -> list[int] | None:
+    """The numbers after `KEY:` in a /proc status file, in the order asked (0 for a
+    key it lacks); None when it cannot be read (the process or thread is gone)."""
+    found = dict.fromkeys(keys, 0)
+    try:
+        with open(path) as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in found:
+                    found[key] = int(line.split()[1])
+    except OSError:
+        return None
+    return [found[k] for k in keys]
+
+
 def ctx_switches(pids: list[int]) -> tuple[int, int]:
     """Voluntary and involuntary context switches of the processes, summed over all
     their live threads (/proc/PID/task/TID/status; a thread that has exited is no
@@ -390,29 +405,15 @@ def ctx_switches(pids: list[int]) -> tuple[int, int]:
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt_switches:"):
-                            vol += int(line.split()[1])
-                        elif line.startswith("nonvoluntary_ctxt_switches:"):
-                            invol += int(line.split()[1])
-            except OSError:
-                continue
+            v = status_values(f"/proc/{pid}/task/{tid}/status",
+                              "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+            if v:
+                vol, invol = vol + v[0], invol + v[1]
     return vol, invol
 
 
 def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
+    return sum((status_values(f"/proc/{pid}/status", "VmRSS") or [0])[0] for pid in pids)
 
 
 class RssSampler:
