@@ -78,6 +78,35 @@ fn glommio_rings_go_through_the_shim() {
     }
 }
 
+/// The shim times the executor's sleeps in its main ring (the core's idle
+/// time, which the HTTP/2 answers' hold reads): a task waiting on a timer
+/// lets the executor sleep about that long; a task that runs without a
+/// break adds nothing.
+#[test]
+fn the_shim_counts_the_time_the_executor_sleeps() {
+    let (idle, busy) = on_own_thread(|| {
+        executor().run(async {
+            // glommio does not park until its eventfd is installed (its
+            // first milliseconds): let it settle first.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let before = uring::slept_nanos();
+            glommio::timer::sleep(Duration::from_millis(30)).await;
+            let idle = uring::slept_nanos() - before;
+            let before = uring::slept_nanos();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(30) {
+                std::hint::spin_loop();
+            }
+            (idle, uring::slept_nanos() - before)
+        })
+    });
+    assert!(
+        (20_000_000..1_000_000_000).contains(&idle),
+        "a 30 ms timer wait counted {idle} ns asleep"
+    );
+    assert_eq!(busy, 0, "a task that never yielded counted sleep");
+}
+
 /// Everything an executor waits for arrives on a deferred main ring: an
 /// accept, reads and writes that had to wait, timers (on the latency ring,
 /// whose completion wakes the main ring's sleep), and a wake-up from another

@@ -156,6 +156,17 @@ thread_local! {
     /// put until `io_uring_queue_exit`, whose wrapper forgets the ring first.
     /// A ring is used only on the thread that made it, so one per thread.
     static MAIN_RING: Cell<Option<MainRing>> = const { Cell::new(None) };
+    /// Nanoseconds this thread has spent asleep in its main ring (glommio's
+    /// park): the core's idle time, for [`slept_nanos`].
+    static SLEPT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long this thread's executor has slept, waiting in its main ring for
+/// work, since it started (nanoseconds; 0 on a thread without one). Idle
+/// time over wall time is how much of the core is free: HTTP/2 answers wait
+/// for company longer on a core that has almost none (`l7::h2`'s `Hold`).
+pub fn slept_nanos() -> u64 {
+    SLEPT.with(Cell::get)
 }
 
 #[derive(Clone, Copy)]
@@ -325,7 +336,9 @@ unsafe fn plain(entries: u32, ring: *mut LibUring, params: *mut IoUringParamsHea
 /// (`io_uring_peek_cqe`, inlined) calls with `submit = wait_nr = 0`. On a
 /// deferred ring whose completion queue is empty while the kernel holds
 /// task work for it, one `GETEVENTS` enter turns that work into completions
-/// first (see module doc). Every other call passes straight through.
+/// first (see module doc). glommio's park on the main ring
+/// (`io_uring_wait_cqes`, which waits for one completion) is timed for
+/// [`slept_nanos`]. Every other call passes straight through.
 ///
 /// # Safety
 /// Same contract as the liburing function.
@@ -357,6 +370,18 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
                 PEEK_ENTERS.with(|n| n.set(n.get() + 1));
             }
         }
+    }
+    if wait_nr > 0
+        && MAIN_RING
+            .with(Cell::get)
+            .is_some_and(|m| m.fd == (*ring).ring_fd)
+    {
+        // glommio's park: the executor sleeps here until a completion.
+        let start = std::time::Instant::now();
+        let rc = __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
+        let slept = start.elapsed().as_nanos() as u64;
+        SLEPT.with(|n| n.set(n.get() + slept));
+        return rc;
     }
     __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask)
 }
