@@ -140,7 +140,7 @@ const FLUSH_DELAY: Duration = Duration::from_micros(100);
 /// answer, and the task runs again before the core sleeps. Otherwise they go
 /// at once, as an event loop flushes at the end of its pass: on a core with
 /// time to spare, waiting would only add latency and leave the client idle.
-/// Except on a saturated core ([`saturated`]): there every write saved is
+/// Except on a saturated core (`net::uring::saturated`): there every write saved is
 /// capacity, so the answers wait for company anyway. [`FLUSH_DELAY`] caps
 /// the wait in every case. Measured against always waiting up to 100 µs
 /// (perf/H2.md, "Session 19"): on `h2-keepalive`, where Remora's core is
@@ -154,26 +154,22 @@ const FLUSH_DELAY: Duration = Duration::from_micros(100);
 /// wait compare the clock with its end instead of polling the timer again (a
 /// glommio timer's poll re-inserts it in two of the reactor's maps).
 #[derive(Default)]
-struct Hold {
-    until: Option<Instant>,
-    timer: Option<glommio::timer::Timer>,
-}
+struct Hold(Option<(Instant, glommio::timer::Timer)>);
 
 impl Hold {
     /// True while the queued answers should wait; the first call of a wait
     /// arms the cap, whose expiry wakes the task.
     fn holds(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         let now = Instant::now();
-        if !crate::net::uring::completions_waiting() && !saturated(now) {
+        if !crate::net::uring::completions_waiting() && !crate::net::uring::saturated(now) {
             return false;
         }
-        match self.until {
-            Some(end) => now < end,
+        match &self.0 {
+            Some((end, _)) => now < *end,
             None => {
-                self.until = Some(now + FLUSH_DELAY);
                 let mut timer = glommio::timer::Timer::new(FLUSH_DELAY);
                 let _ = Pin::new(&mut timer).poll(cx);
-                self.timer = Some(timer);
+                self.0 = Some((now + FLUSH_DELAY, timer));
                 true
             }
         }
@@ -181,40 +177,8 @@ impl Hold {
 
     /// The answers were written (or are being): the next wait starts afresh.
     fn end(&mut self) {
-        self.until = None;
-        self.timer = None;
+        self.0 = None;
     }
-}
-
-/// Under this share of idle time the core counts as saturated.
-const SATURATED_IDLE: f64 = 0.10;
-/// How often the core's idle share is measured (the window it covers).
-const LOAD_WINDOW: Duration = Duration::from_millis(2);
-
-thread_local! {
-    /// The core's last load measurement: when, its slept time then, and
-    /// whether the window before it was saturated.
-    static LOAD: Cell<(Option<Instant>, u64, bool)> = const { Cell::new((None, 0, false)) };
-}
-
-/// Whether this core slept less than [`SATURATED_IDLE`] of the last
-/// [`LOAD_WINDOW`] or so (`net::uring::slept_nanos`); measured again at most
-/// once per window, by whichever connection asks first.
-fn saturated(now: Instant) -> bool {
-    LOAD.with(|load| {
-        let (since, slept_then, saturated) = load.get();
-        let elapsed = since.map(|t| now.saturating_duration_since(t));
-        if elapsed.is_some_and(|e| e < LOAD_WINDOW) {
-            return saturated;
-        }
-        let slept = crate::net::uring::slept_nanos();
-        let saturated = match elapsed {
-            Some(e) => ((slept - slept_then) as f64) < SATURATED_IDLE * e.as_nanos() as f64,
-            None => false,
-        };
-        load.set((Some(now), slept, saturated));
-        saturated
-    })
 }
 
 /// Serves an HTTP/2 connection whose preface (or ALPN `h2`) was seen;
@@ -1752,45 +1716,8 @@ async fn try_h1(
 
 #[cfg(test)]
 mod tests {
-    use super::{preface_verdict, saturated, LOAD_WINDOW};
+    use super::preface_verdict;
     use crate::h2::PREFACE;
-    use std::time::Instant;
-
-    /// A core that slept through the last window is not saturated; one that
-    /// ran without a break through it is (the hold's load estimate, measured
-    /// from the shim's sleep time on a real executor).
-    #[test]
-    fn a_core_is_saturated_only_when_it_did_not_sleep() {
-        let verdicts = std::thread::spawn(|| {
-            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .io_memory(64 * 1024)
-                .make()
-                .expect("executor")
-                .run(async {
-                    // glommio does not park until its eventfd is installed
-                    // (its first milliseconds): let it settle first.
-                    glommio::timer::sleep(LOAD_WINDOW * 5).await;
-                    let first = saturated(Instant::now());
-                    glommio::timer::sleep(LOAD_WINDOW * 3).await;
-                    let after_sleep = saturated(Instant::now());
-                    // Cached within the window, whatever happens in it.
-                    let spin = |d| {
-                        let start = Instant::now();
-                        while start.elapsed() < d {
-                            std::hint::spin_loop();
-                        }
-                    };
-                    spin(LOAD_WINDOW / 4);
-                    let cached = saturated(Instant::now());
-                    spin(LOAD_WINDOW * 3);
-                    let after_spin = saturated(Instant::now());
-                    (first, after_sleep, cached, after_spin)
-                })
-        })
-        .join()
-        .expect("executor thread");
-        assert_eq!(verdicts, (false, false, false, true));
-    }
 
     #[test]
     fn the_preface_must_end_with_settings() {

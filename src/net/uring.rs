@@ -63,6 +63,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -167,6 +168,37 @@ thread_local! {
 /// for company longer on a core that has almost none (`l7::h2`'s `Hold`).
 pub fn slept_nanos() -> u64 {
     SLEPT.with(Cell::get)
+}
+
+/// Under this share of idle time the core counts as saturated.
+const SATURATED_IDLE: f64 = 0.10;
+/// How often the core's idle share is measured (the window it covers).
+pub const LOAD_WINDOW: Duration = Duration::from_millis(2);
+
+thread_local! {
+    /// The core's last load measurement: when, its slept time then, and
+    /// whether the window before it was saturated.
+    static LOAD: Cell<(Option<Instant>, u64, bool)> = const { Cell::new((None, 0, false)) };
+}
+
+/// Whether this core slept less than [`SATURATED_IDLE`] of the last
+/// [`LOAD_WINDOW`] or so ([`slept_nanos`]); measured again at most once per
+/// window, by whichever task asks first.
+pub fn saturated(now: Instant) -> bool {
+    LOAD.with(|load| {
+        let (since, slept_then, saturated) = load.get();
+        let elapsed = since.map(|t| now.saturating_duration_since(t));
+        if elapsed.is_some_and(|e| e < LOAD_WINDOW) {
+            return saturated;
+        }
+        let slept = slept_nanos();
+        let saturated = match elapsed {
+            Some(e) => ((slept - slept_then) as f64) < SATURATED_IDLE * e.as_nanos() as f64,
+            None => false,
+        };
+        load.set((Some(now), slept, saturated));
+        saturated
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -350,38 +382,33 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     wait_nr: u32,
     sigmask: *mut libc::c_void,
 ) -> libc::c_int {
-    if submit == 0 && wait_nr == 0 {
-        if let Some(main) = MAIN_RING
-            .with(Cell::get)
-            .filter(|m| m.deferred && m.fd == (*ring).ring_fd)
-        {
-            if !main.completions_queued() && main.work_flagged() {
-                // An error (EINTR) leaves the work for the next pass; the peek
-                // below reports what is there either way.
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    main.fd,
-                    0u32,
-                    0u32,
-                    IORING_ENTER_GETEVENTS,
-                    std::ptr::null::<libc::c_void>(),
-                    0usize,
-                );
-                PEEK_ENTERS.with(|n| n.set(n.get() + 1));
-            }
-        }
-    }
-    if wait_nr > 0
-        && MAIN_RING
-            .with(Cell::get)
-            .is_some_and(|m| m.fd == (*ring).ring_fd)
-    {
+    let Some(main) = MAIN_RING
+        .with(Cell::get)
+        .filter(|m| m.fd == (*ring).ring_fd)
+    else {
+        return __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
+    };
+    if wait_nr > 0 {
         // glommio's park: the executor sleeps here until a completion.
         let start = std::time::Instant::now();
         let rc = __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
         let slept = start.elapsed().as_nanos() as u64;
         SLEPT.with(|n| n.set(n.get() + slept));
         return rc;
+    }
+    if submit == 0 && main.deferred && !main.completions_queued() && main.work_flagged() {
+        // An error (EINTR) leaves the work for the next pass; the peek
+        // below reports what is there either way.
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            main.fd,
+            0u32,
+            0u32,
+            IORING_ENTER_GETEVENTS,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+        );
+        PEEK_ENTERS.with(|n| n.set(n.get() + 1));
     }
     __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask)
 }
@@ -403,5 +430,47 @@ pub fn ring_counts() -> RingCounts {
         deferred: RINGS_DEFERRED.load(Ordering::Relaxed),
         coop: RINGS_WITH_COOP.load(Ordering::Relaxed),
         plain: RINGS_WITHOUT_COOP.load(Ordering::Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{saturated, LOAD_WINDOW};
+    use std::time::Instant;
+
+    /// A core that slept through the last window is not saturated; one that
+    /// ran without a break through it is (the hold's load estimate, measured
+    /// from the shim's sleep time on a real executor).
+    #[test]
+    fn a_core_is_saturated_only_when_it_did_not_sleep() {
+        let verdicts = std::thread::spawn(|| {
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(64 * 1024)
+                .make()
+                .expect("executor")
+                .run(async {
+                    // glommio does not park until its eventfd is installed
+                    // (its first milliseconds): let it settle first.
+                    glommio::timer::sleep(LOAD_WINDOW * 5).await;
+                    let first = saturated(Instant::now());
+                    glommio::timer::sleep(LOAD_WINDOW * 3).await;
+                    let after_sleep = saturated(Instant::now());
+                    // Cached within the window, whatever happens in it.
+                    let spin = |d| {
+                        let start = Instant::now();
+                        while start.elapsed() < d {
+                            std::hint::spin_loop();
+                        }
+                    };
+                    spin(LOAD_WINDOW / 4);
+                    let cached = saturated(Instant::now());
+                    spin(LOAD_WINDOW * 3);
+                    let after_spin = saturated(Instant::now());
+                    (first, after_sleep, cached, after_spin)
+                })
+        })
+        .join()
+        .expect("executor thread");
+        assert_eq!(verdicts, (false, false, false, true));
     }
 }
