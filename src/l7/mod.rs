@@ -412,7 +412,7 @@ pub fn serve(
 /// (perf/README.md, "Session 20"). Nothing relies on it: if the compiler
 /// copied, this would cost what `Box::pin` does.
 #[inline(always)]
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let mut b = Box::<F>::new_uninit();
     b.write(make());
     // SAFETY: written just above.
