@@ -5,39 +5,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
-
-/// Plain `cargo test` builds the examples beside the test binaries (and
-/// tests/run with `cargo build --examples`):
-/// target/PROFILE/deps/THIS -> target/PROFILE/examples/l4floor.
-fn floor_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/l4floor")
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_floor_forwards_both_ways() {
-    let bin = floor_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: plain `cargo test` and tests/run build it; \
-         `cargo test --all-targets` alone does not (`cargo build --examples` first)",
-        bin.display()
-    );
     // An upstream that answers every byte XORed with 0x5a (however the
     // stream is cut into reads), so an echo by the floor itself would not
     // pass.
@@ -63,13 +34,9 @@ fn the_floor_forwards_both_ways() {
         }
     });
     let port = common::free_port();
-    let _floor = Kill(
-        Command::new(&bin)
-            .args([format!("127.0.0.1:{port}"), up_addr.to_string(), "0".into()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _floor = common::Example::spawn(
+        "l4floor",
+        &[format!("127.0.0.1:{port}"), up_addr.to_string(), "0".into()],
     );
     // Retries while the floor comes up; a 20 s read timeout.
     let mut c = common::connect(port);

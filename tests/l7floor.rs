@@ -8,30 +8,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-
-/// target/PROFILE/deps/THIS -> target/PROFILE/examples/l7floor (built by plain
-/// `cargo test` and by tests/run's `cargo build --examples`).
-fn floor_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/l7floor")
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A keep-alive HTTP/1.1 upstream: answers each request with its target
 /// reversed as the body (so an echo by the floor itself would not pass),
@@ -113,22 +92,11 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
 
 #[test]
 fn the_floor_proxies_http_with_a_pooled_upstream() {
-    let bin = floor_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: plain `cargo test` and tests/run build it; \
-         `cargo test --all-targets` alone does not (`cargo build --examples` first)",
-        bin.display()
-    );
     let (up, conns, heads) = upstream();
     let port = common::free_port();
-    let _floor = Kill(
-        Command::new(&bin)
-            .args([format!("127.0.0.1:{port}"), up.to_string(), "0".into()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _floor = common::Example::spawn(
+        "l7floor",
+        &[format!("127.0.0.1:{port}"), up.to_string(), "0".into()],
     );
     // Retries while the floor comes up; a 20 s read timeout.
     let c = common::connect(port);

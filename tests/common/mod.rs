@@ -18,6 +18,46 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
 
+/// An example binary (examples/NAME) started with `args`, stdio discarded;
+/// killed and reaped on drop. Plain `cargo test` builds the examples beside
+/// the test binaries (target/PROFILE/deps/THIS -> target/PROFILE/examples/NAME),
+/// and so does tests/run (`cargo build --examples`).
+pub struct Example(Child);
+
+impl Example {
+    pub fn spawn(name: &str, args: &[String]) -> Example {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join(name);
+        assert!(
+            bin.exists(),
+            "{} missing: plain `cargo test` and tests/run build it; \
+             `cargo test --all-targets` alone does not (`cargo build --examples` first)",
+            bin.display()
+        );
+        Example(
+            Command::new(&bin)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port that was free a moment ago, for a config file (Remora binds its
 /// listeners itself, one SO_REUSEPORT socket per core, so tests cannot hand
 /// it a bound port 0).
