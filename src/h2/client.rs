@@ -13,7 +13,6 @@
 //! burst of requests opens one connection, not one per request.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -198,8 +197,8 @@ impl Drop for Making<'_> {
 /// Open connections, per endpoint, source and TLS profile.
 #[derive(Default)]
 pub struct Pool {
-    conns: RefCell<HashMap<pool::Key, Vec<Rc<Conn>>>>,
-    connecting: RefCell<HashMap<pool::Key, Rc<Connecting>>>,
+    conns: RefCell<pool::KeyMap<Vec<Rc<Conn>>>>,
+    connecting: RefCell<pool::KeyMap<Rc<Connecting>>>,
 }
 
 impl Pool {

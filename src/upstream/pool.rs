@@ -6,8 +6,13 @@
 //! Cores never share connections.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use foldhash::fast::{FoldHasher, SeedableRandomState};
+use foldhash::SharedSeed;
 
 use crate::net::Stream;
 
@@ -23,8 +28,7 @@ pub struct Key {
     pub tls: u64,
 }
 
-/// Two writes into the map's (SipHash, DoS-resistant: original-destination
-/// endpoints are chosen by the traffic) hasher instead of the derived
+/// Two writes into the map's hasher ([`KeyHasher`]) instead of the derived
 /// impl's one per field and enum tag: a take and a put per request hashed
 /// the key ~10 times. Keys that are equal write the same bytes.
 impl std::hash::Hash for Key {
@@ -58,9 +62,63 @@ pub struct Idle {
     since: Instant,
 }
 
+/// The hasher of the maps keyed by [`Key`] (this pool, and the HTTP/2
+/// client's): foldhash, keyed with random seeds from getrandom(2).
+///
+/// Original-destination endpoints are chosen by the traffic, so the hash must
+/// be keyed: with fixed keys, an app talking to attacker-chosen addresses
+/// could fill one bucket. std's SipHash-1-3 is keyed, and cost 256
+/// instructions per lookup, ~2 % of an HTTP/1 request's user-space work; a
+/// keyed folded multiply costs a tenth of that. foldhash seeds itself from
+/// address-space layout and the clock, which it does not call DoS-resistant;
+/// these seeds are the OS's randomness, drawn once per process (shared) and
+/// once per map.
+#[derive(Clone)]
+pub struct KeyHasher(SeedableRandomState);
+
+impl Default for KeyHasher {
+    fn default() -> KeyHasher {
+        static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random_u64()));
+        KeyHasher(SeedableRandomState::with_seed(random_u64(), shared))
+    }
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = FoldHasher<'static>;
+
+    fn build_hasher(&self) -> FoldHasher<'static> {
+        self.0.build_hasher()
+    }
+}
+
+/// 64 random bits from getrandom(2); should that fail, from std's per-process
+/// SipHash keys (drawn from the same source, or the clock).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(_) => std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
+    }
+}
+
+/// A map keyed by [`Key`].
+pub type KeyMap<V> = HashMap<Key, V, KeyHasher>;
+
+/// Lists emptied by `take` stay in the map, so that the next `put` to the
+/// same key (the next request's) finds its allocation; they are pruned once
+/// the map has grown to this many keys, and then whenever it doubled since:
+/// original destinations come and go (a passthrough sidecar sees every
+/// address its app talks to), and the map of a long-lived core would
+/// otherwise keep one entry for every address ever reused.
+const PRUNE_AT_LEAST: usize = 64;
+
 #[derive(Default)]
 pub struct Pool {
-    idle: HashMap<Key, Vec<Idle>>,
+    idle: KeyMap<Vec<Idle>>,
+    /// Prune empty lists when the map reaches this many keys (0: at
+    /// [`PRUNE_AT_LEAST`]).
+    prune_at: usize,
 }
 
 impl Pool {
@@ -96,6 +154,9 @@ impl Pool {
         max_age: Duration,
         dropped: &mut Vec<Stream>,
     ) {
+        if self.idle.len() >= self.prune_at.max(PRUNE_AT_LEAST) {
+            self.prune();
+        }
         let list = self.idle.entry(key).or_default();
         // One clock read per put: it was one per idle entry (`elapsed()`), 50
         // reads per request with 50 idle connections to the endpoint, 2% of a
@@ -116,6 +177,22 @@ impl Pool {
 
     pub fn idle_count(&self) -> usize {
         self.idle.values().map(Vec::len).sum()
+    }
+
+    /// Keys in the map, emptied ones included (for tests).
+    pub fn keys(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Drops the keys whose lists are empty and the memory they held; the
+    /// next prune comes when the map has doubled (amortized O(1) per put).
+    fn prune(&mut self) {
+        self.idle.retain(|_, list| !list.is_empty());
+        let live = self.idle.len();
+        if self.idle.capacity() > 4 * live.max(PRUNE_AT_LEAST) {
+            self.idle.shrink_to(2 * live);
+        }
+        self.prune_at = 2 * live;
     }
 }
 
@@ -175,6 +252,50 @@ fn quiet(stream: &mut Stream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lists emptied by `take` do not pile up: after a thousand endpoints
+    /// were each used once, the map holds at most [`PRUNE_AT_LEAST`] keys,
+    /// and a connection still idle in it survived every prune. Real sockets
+    /// on loopback.
+    #[test]
+    fn emptied_lists_are_pruned_and_live_ones_kept() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let connect = || async {
+                let s = glommio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("connect");
+                let accepted = listener.accept().expect("accept").0;
+                (Stream::from(s), accepted)
+            };
+            let key = |port: u16| Key {
+                endpoint: SocketAddr::from(([127, 0, 0, 1], port)),
+                source: None,
+                tls: 0,
+            };
+            let age = Duration::from_secs(60);
+            let mut dropped = Vec::new();
+            let mut pool = Pool::default();
+            let (kept, _kept_peer) = connect().await;
+            let kept_fd = kept.as_raw_fd();
+            pool.put(key(1), kept, Lease::default(), 8, age, &mut dropped);
+            let (mut s, _peer) = connect().await;
+            for port in 2..1002 {
+                pool.put(key(port), s, Lease::default(), 8, age, &mut dropped);
+                assert!(pool.keys() <= PRUNE_AT_LEAST + 1, "{} keys", pool.keys());
+                s = pool.take(key(port), age, &mut dropped).expect("pooled").0;
+            }
+            assert!(dropped.is_empty());
+            let (back, _) = pool.take(key(1), age, &mut dropped).expect("kept");
+            assert_eq!(back.as_raw_fd(), kept_fd);
+            assert_eq!(pool.idle_count(), 0);
+        });
+    }
 
     #[test]
     fn expired_entries_are_the_oldest_prefix() {
