@@ -18,6 +18,8 @@ use std::mem::MaybeUninit;
 
 use thiserror::Error;
 
+use super::field::Field;
+
 /// The size of the stack array handed to httparse; [`Limits::max_headers`] above
 /// this is clamped. 128 × 32 bytes = 4 KiB of stack per parse.
 pub const HEADER_CAPACITY: usize = 128;
@@ -201,11 +203,13 @@ impl Span {
     }
 }
 
-/// One header field as two spans (name as sent, value with OWS trimmed).
+/// One header field as two spans (name as sent, value with OWS trimmed),
+/// and what its name is to the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSpan {
     pub name: Span,
     pub value: Span,
+    pub field: Field,
 }
 
 /// HTTP/1.x minor version.
@@ -720,14 +724,15 @@ fn scan_headers(
         let span = HeaderSpan {
             name: Span::of(buf, name),
             value: Span::of(buf, value),
+            field: Field::of(name),
         };
         out.0.push(span);
-        match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => {
+        match span.field {
+            Field::Host => {
                 f.host_count += 1;
                 f.host = Some(span.value);
             }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+            Field::ContentLength => {
                 let n = parse_content_length(value)?;
                 match f.content_length {
                     // RFC 9110 §8.6: identical repeats may be merged; different
@@ -736,7 +741,7 @@ fn scan_headers(
                     _ => f.content_length = Some(n),
                 }
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            Field::TransferEncoding => {
                 let te = f.te.get_or_insert_with(TeFacts::default);
                 let mut any = false;
                 for coding in list_elements(value) {
@@ -759,7 +764,7 @@ fn scan_headers(
                     te.last_is_chunked = false;
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            Field::Connection => {
                 for token in list_elements(value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         f.connection.close = true;
@@ -772,10 +777,8 @@ fn scan_headers(
                     }
                 }
             }
-            7 if name.eq_ignore_ascii_case(b"upgrade") => f.upgrade = Some(span.value),
-            6 if name.eq_ignore_ascii_case(b"expect")
-                && trim_ows(value).eq_ignore_ascii_case(b"100-continue") =>
-            {
+            Field::Upgrade => f.upgrade = Some(span.value),
+            Field::Expect if trim_ows(value).eq_ignore_ascii_case(b"100-continue") => {
                 f.expect_continue = true;
             }
             _ => {}
@@ -928,6 +931,14 @@ impl<'a> Headers<'a> {
         self.spans
             .iter()
             .map(move |h| (h.name.get(buf), h.value.get(buf)))
+    }
+
+    /// As [`iter`](Self::iter), with what each name is ([`Field`]).
+    pub fn fields(&self) -> impl Iterator<Item = (Field, &'a [u8], &'a [u8])> + 'a {
+        let buf = self.buf;
+        self.spans
+            .iter()
+            .map(move |h| (h.field, h.name.get(buf), h.value.get(buf)))
     }
 
     /// The first value of `name` (case-insensitive).

@@ -20,6 +20,7 @@
 //! refused (RFC 9112 §6.3, §7.1, §11.2): see the tables in `head` and `body` tests.
 
 pub mod body;
+pub mod field;
 pub mod head;
 pub mod rewrite;
 pub mod route;

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::net::IpAddr;
 
+use super::field::Field;
 use super::head::{list_elements, BodyFraming, Method, RequestView, ResponseView, Version};
 use crate::policy::shadow_host;
 
@@ -15,15 +16,7 @@ use crate::policy::shadow_host;
 /// Keep-Alive): meaningful for one connection only, never forwarded.
 /// Upgrade is forwarded only when the proxy carries the upgrade through.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    Field::of(name).is_hop_by_hop()
 }
 
 /// token (RFC 9110 §5.6.2): what a field name may be.
@@ -191,19 +184,21 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     let ops = rw.ops.filter(|o| !o.is_empty());
     let mut had_request_id = false;
     let replaces_proto = rw.replaces_proto(|| headers.contains(b"x-forwarded-proto"));
-    for (name, value) in headers.iter() {
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
-            || (rw.client_addr.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-for"))
-            || (replaces_proto && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
-            || name.eq_ignore_ascii_case(b"x-forwarded-client-cert")
+    for (field, name, value) in headers.fields() {
+        let ours = match field {
+            Field::Host | Field::XForwardedClientCert => true,
+            Field::ContentLength => rw.framing != BodyFraming::None,
+            Field::XForwardedFor => rw.client_addr.is_some(),
+            Field::XForwardedProto => replaces_proto,
+            f => f.is_hop_by_hop(),
+        };
+        if ours
             || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
             || ops.is_some_and(|o| o.drops(name))
         {
             continue;
         }
-        had_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
+        had_request_id |= field == Field::XRequestId;
         push_header(out, name, value);
     }
 
@@ -340,9 +335,9 @@ pub fn write_response(resp: &ResponseView<'_>, rw: &ResponseRewrite<'_>, out: &m
 
     let check_connection = head.connection.other;
     let ops = rw.ops.filter(|o| !o.is_empty());
-    for (name, value) in headers.iter() {
-        if is_hop_by_hop(name)
-            || (rw.framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length"))
+    for (field, name, value) in headers.fields() {
+        if field.is_hop_by_hop()
+            || (rw.framing != BodyFraming::None && field == Field::ContentLength)
             || (check_connection && named_in_connection(headers.get_all(b"connection"), name))
             || ops.is_some_and(|o| o.drops(name))
         {
@@ -459,7 +454,24 @@ pub(crate) fn push_framing(out: &mut Vec<u8>, framing: BodyFraming) {
     }
 }
 
+/// `n` in decimal. Up to three digits (a status, an IPv4 octet, most
+/// lengths) go byte by byte: a slice of variable length is a call to memcpy,
+/// six of them per request before.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    if n < 1000 {
+        let d = [(n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8];
+        let skip = if n < 10 {
+            2
+        } else if n < 100 {
+            1
+        } else {
+            0
+        };
+        for &d in &d[skip..] {
+            out.push(b'0' + d);
+        }
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -607,6 +619,17 @@ mod tests {
     use crate::http::head::{
         parse_request, parse_response, Limits, Parsed, RequestHead, ResponseHead,
     };
+
+    #[test]
+    fn push_u64_writes_what_display_writes() {
+        let mut cases: Vec<u64> = (0..=1100).collect();
+        cases.extend([9_999, 10_000, 612, 1 << 32, u64::MAX - 1, u64::MAX]);
+        for n in cases {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out[1..]).unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn push_ip_writes_what_display_writes() {
