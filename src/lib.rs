@@ -54,6 +54,7 @@ pub mod net;
 pub mod overload;
 pub mod pass;
 pub mod policy;
+pub mod recycle;
 pub mod reload;
 pub mod runtime;
 pub mod shard;

@@ -19,6 +19,7 @@ use std::mem::MaybeUninit;
 use thiserror::Error;
 
 use super::field::Field;
+use crate::recycle::Recycled;
 
 /// The size of the stack array handed to httparse; [`Limits::max_headers`] above
 /// this is clamped. 128 × 32 bytes = 4 KiB of stack per parse.
@@ -301,11 +302,14 @@ pub struct ConnectionTokens {
 }
 
 /// Header spans stored once per message. Reused across messages via the
-/// `parse_*_into` functions, so a busy connection allocates only for its first
-/// head (an idle connection drops its heads with the rest of its per-request
-/// state: `l7::serve`).
+/// `parse_*_into` functions, and across connections through the thread's
+/// free list ([`Recycled`]): an idle connection drops its heads with the rest
+/// of its per-request state (`l7::serve`), and the next request anywhere on
+/// the core takes the allocation back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct HeaderList(Vec<HeaderSpan>);
+struct HeaderList(Recycled<HeaderSpan>);
+
+crate::recycle::reuse!(HeaderSpan);
 
 /// A parsed request head. Read it through [`RequestHead::view`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,6 +62,7 @@ use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
 use crate::net::buf::{read_into, Buf};
 use crate::net::Stream;
+use crate::recycle::Recycled;
 use crate::shard::Shard;
 use crate::stats::CoreStats;
 use crate::upstream::pool;
@@ -1131,7 +1132,7 @@ impl H2Stream {
                 }
                 (f, false) => f,
             };
-            let mut up_head = Vec::with_capacity(512);
+            let mut up_head = Recycled::<u8>::new();
             let rewrite = RequestRewrite { framing, ..rewrite };
             let generated = headers::write_h1_request(&head, &rewrite, &mut up_head);
             self.log_request_id(details, generated, &head);

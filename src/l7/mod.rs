@@ -92,6 +92,7 @@ use futures_lite::io::AsyncWriteExt;
 use crate::net::park;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
+use crate::recycle::Recycled;
 use crate::shard::RbacResult;
 use crate::upstream::tls;
 use tracing::debug;
@@ -633,7 +634,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         inbuf: Some(inbuf),
         head: RequestHead::default(),
         resp: ResponseHead::default(),
-        out: Vec::new(),
+        out: Recycled::new(),
         log,
         unread_body: false,
         discarded: 0,
@@ -930,8 +931,9 @@ struct Conn<'s> {
     inbuf: Option<Buf>,
     head: RequestHead,
     resp: ResponseHead,
-    /// Bytes on their way to the client (reused per request).
-    out: Vec<u8>,
+    /// Bytes on their way to the client (reused per request, and per core:
+    /// [`Recycled`]).
+    out: Recycled<u8>,
     /// The current request's log entry; its `started` is when the
     /// request's first byte arrived.
     log: RequestLog,
@@ -1305,7 +1307,7 @@ impl Conn<'_> {
             "http",
         );
         let mut response_ops: Option<Cow<'_, HeaderOps>> = None;
-        let mut up_head = Vec::new();
+        let mut up_head = Recycled::<u8>::new();
         let mut hash = None;
         let mut mirror_job = None;
         if let Ok(p) = &planned {
