@@ -493,12 +493,29 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a stack buffer, then one copy: pushed digit by digit it
+            // was ~320 instructions per X-Forwarded-For.
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                push_u64(out, octet.into());
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet < 10 {
+                    2
+                } else if octet < 100 {
+                    1
+                } else {
+                    0
+                };
+                for &d in &digits[skip..] {
+                    text[n] = b'0' + d;
+                    n += 1;
+                }
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
@@ -595,15 +612,13 @@ fn mix62(mut x: u64) -> u64 {
 }
 
 fn format_uuid(hi: u64, lo: u64) -> RequestId {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // The 32 digits of hi and lo, then the dashes of 8-4-4-4-12 put in by
-    // copying the groups (u64 shifts: the u128 ones cost ~10 instructions
-    // a digit).
+    // copying the groups.
     let mut digits = [0u8; 32];
-    for (i, d) in digits.iter_mut().enumerate() {
-        let (half, at) = if i < 16 { (hi, i) } else { (lo, i - 16) };
-        *d = HEX[((half >> (60 - 4 * at)) & 0xf) as usize];
-    }
+    digits[..8].copy_from_slice(&hex8((hi >> 32) as u32));
+    digits[8..16].copy_from_slice(&hex8(hi as u32));
+    digits[16..24].copy_from_slice(&hex8((lo >> 32) as u32));
+    digits[24..].copy_from_slice(&hex8(lo as u32));
     let mut out = [b'-'; 36];
     out[..8].copy_from_slice(&digits[..8]);
     out[9..13].copy_from_slice(&digits[8..12]);
@@ -613,12 +628,52 @@ fn format_uuid(hi: u64, lo: u64) -> RequestId {
     RequestId(out)
 }
 
+/// The 8 lowercase hex digits of `x`, most significant first, computed in
+/// one u64 (a byte per nibble) instead of a table lookup per digit.
+fn hex8(x: u32) -> [u8; 8] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Spread the nibbles over the bytes: nibble k (from the top) in byte k.
+    let mut v = u64::from(x.swap_bytes());
+    v = (v | (v << 16)) & 0x0000_ffff_0000_ffff;
+    v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff;
+    // Each byte holds one byte of x (in big-endian order): high nibble to
+    // the lower address, low nibble to the next one.
+    v = ((v >> 4) & 0x000f_000f_000f_000f) | ((v & 0x000f_000f_000f_000f) << 8);
+    // 0-9 -> '0'-'9', 10-15 -> 'a'-'f' (39 = 'a' - '0' - 10).
+    let letters = ((v + 6 * ONES) >> 4) & ONES;
+    (v + u64::from(b'0') * ONES + letters * 39).to_le_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::head::{
         parse_request, parse_response, Limits, Parsed, RequestHead, ResponseHead,
     };
+
+    #[test]
+    fn hex8_is_lowercase_hex() {
+        let mut cases: Vec<u32> = vec![
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xdead_beef,
+            0x0123_4567,
+            0x89ab_cdef,
+            u32::MAX,
+        ];
+        let mut x = 0x9e37_79b9u32;
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(0x0101_0101).wrapping_add(0x7f4a_7c15);
+            cases.push(x);
+        }
+        for x in cases {
+            assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
+        }
+    }
 
     #[test]
     fn push_u64_writes_what_display_writes() {
