@@ -1,6 +1,7 @@
-//! Per-thread free lists of the small vectors every HTTP/1 request fills and
-//! empties: the header indexes of its head and of its response's, the
-//! upstream request head, the response head written to the client.
+//! Per-thread free lists of what every HTTP/1 request allocates and frees:
+//! the small vectors it fills and empties (the header indexes of its head and
+//! of its response's, the upstream request head, the response head written
+//! to the client), and the boxes its futures live in ([`FutureBox`]).
 //!
 //! A keep-alive connection keeps none of them while it waits (an idle one
 //! should cost little memory), so each request took four from malloc and
@@ -12,9 +13,15 @@
 //! thread), so a burst leaves at most a few hundred KiB behind, and a
 //! vector a large head grew goes back to malloc instead.
 
+use std::alloc::Layout;
 use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::task::{Context, Poll};
 use std::thread::LocalKey;
 
 /// Vectors kept per element type and thread.
@@ -122,9 +129,227 @@ impl<T: Reuse + fmt::Debug> fmt::Debug for Recycled<T> {
     }
 }
 
+/// A future in a heap block of its own, like `Pin<Box<F>>`, whose block
+/// comes from (and goes back to) its thread's free list of blocks of that
+/// size.
+///
+/// An HTTP/1 request runs in two such boxes: the busy stretch of its
+/// connection (2.2 KB: an idle keep-alive connection must not carry it)
+/// and the request itself (4.8 KB: a connection waiting for a head must not
+/// carry that). Those sizes are past glibc's per-thread cache (1 KiB), so
+/// each malloc and free went through its bins, ~200 instructions apiece, four
+/// calls per request. From a free list a block is a pop and a push.
+///
+/// The future is built in the block (`make()` writes its return value there;
+/// see `l7::boxed_in_place`) and never moves until it is dropped in place.
+pub struct FutureBox<F> {
+    ptr: NonNull<F>,
+    _owns: PhantomData<F>,
+}
+
+/// Blocks kept per size, per thread.
+pub const KEEP_BLOCKS: usize = 64;
+
+/// The largest block kept, and the most sizes a thread keeps blocks of.
+const MAX_BLOCK: usize = 16 * 1024;
+const MAX_CLASSES: usize = 8;
+
+/// A thread's free blocks, by layout.
+struct Blocks(Vec<(Layout, Vec<NonNull<u8>>)>);
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        for (layout, blocks) in self.0.drain(..) {
+            for b in blocks {
+                // SAFETY: each block was allocated with this layout and is
+                // owned by this list alone.
+                unsafe { std::alloc::dealloc(b.as_ptr(), layout) };
+            }
+        }
+    }
+}
+
+thread_local! {
+    static BLOCKS: RefCell<Blocks> = const { RefCell::new(Blocks(Vec::new())) };
+}
+
+fn kept(layout: Layout) -> bool {
+    layout.size() > 0 && layout.size() <= MAX_BLOCK
+}
+
+/// A block of `layout` (not zero-sized) from the free list, else from the
+/// allocator.
+fn take_block(layout: Layout) -> NonNull<u8> {
+    if kept(layout) {
+        let found = BLOCKS.try_with(|b| {
+            let mut b = b.borrow_mut();
+            b.0.iter_mut()
+                .find(|(l, _)| *l == layout)
+                .and_then(|(_, list)| list.pop())
+        });
+        if let Ok(Some(block)) = found {
+            return block;
+        }
+    }
+    // SAFETY: the layout's size is not zero (FutureBox::new_in_place).
+    let p = unsafe { std::alloc::alloc(layout) };
+    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
+/// Gives `block` (of `layout`) back to the free list, or to the allocator.
+fn give_block(block: NonNull<u8>, layout: Layout) {
+    if layout.size() == 0 {
+        return;
+    }
+    let back = kept(layout)
+        && BLOCKS
+            .try_with(|b| {
+                let mut b = b.borrow_mut();
+                let at = match b.0.iter().position(|(l, _)| *l == layout) {
+                    Some(at) => at,
+                    None if b.0.len() < MAX_CLASSES => {
+                        b.0.push((layout, Vec::new()));
+                        b.0.len() - 1
+                    }
+                    None => return false,
+                };
+                let list = &mut b.0[at].1;
+                if list.len() < KEEP_BLOCKS {
+                    list.push(block);
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+    if !back {
+        // SAFETY: the block was allocated with this layout (take_block) and
+        // nothing refers to it any more.
+        unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+    }
+}
+
+impl<F> FutureBox<F> {
+    /// `make()`'s future, written into a block of its size.
+    #[inline(always)]
+    pub fn new_in_place(make: impl FnOnce() -> F) -> FutureBox<F> {
+        let layout = Layout::new::<F>();
+        // A zero-sized future needs no memory, only an aligned address.
+        let ptr = match layout.size() {
+            0 => NonNull::dangling(),
+            _ => take_block(layout).cast::<F>(),
+        };
+        // Should `make` panic, the block is leaked, never used uninitialized.
+        // SAFETY: the block is fresh (ours alone), of F's size and alignment.
+        unsafe { ptr.as_ptr().write(make()) };
+        FutureBox {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<F: Future> Future for FutureBox<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: the future lives in its block from new_in_place to drop
+        // and is never moved out of it: pinned for its whole life.
+        let f = unsafe { Pin::new_unchecked(&mut *self.get_mut().ptr.as_ptr()) };
+        f.poll(cx)
+    }
+}
+
+/// Moving a `FutureBox` moves the pointer, not the future.
+impl<F> Unpin for FutureBox<F> {}
+
+impl<F> Drop for FutureBox<F> {
+    fn drop(&mut self) {
+        // SAFETY: the future was written by new_in_place and not dropped
+        // since; the block is released only after it is.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        give_block(self.ptr.cast(), Layout::new::<F>());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn blocks_kept(size: usize) -> usize {
+        BLOCKS.with(|b| {
+            b.borrow()
+                .0
+                .iter()
+                .filter(|(l, _)| l.size() == size)
+                .map(|(_, list)| list.len())
+                .sum()
+        })
+    }
+
+    /// A future in a FutureBox runs to completion where it lies (polled
+    /// across wake-ups), its destructor runs once, and its block is reused
+    /// by the next future of that size only; at most KEEP_BLOCKS are kept.
+    #[test]
+    fn future_boxes_run_drop_and_reuse_blocks() {
+        use std::rc::Rc;
+        use std::task::Wake;
+
+        struct Noop;
+        impl Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+
+        // A future that is pending twice, holds a large array (so it has a
+        // size class of its own) and an Rc (to see its destructor run).
+        let alive = Rc::new(());
+        let make = |alive: Rc<()>| {
+            let mut polls = 0;
+            let big = [7u8; 3000];
+            std::future::poll_fn(move |_| {
+                let _keep = &alive;
+                polls += 1;
+                if polls < 3 {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(big.iter().map(|&b| usize::from(b)).sum::<usize>() + polls)
+                }
+            })
+        };
+        let size = std::mem::size_of_val(&make(alive.clone()));
+        assert!(size > 3000);
+
+        let mut f = FutureBox::new_in_place(|| make(alive.clone()));
+        let first = f.ptr.as_ptr() as usize;
+        assert_eq!(Rc::strong_count(&alive), 2);
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(7 * 3000 + 3));
+        drop(f);
+        assert_eq!(Rc::strong_count(&alive), 1, "the future was dropped");
+        assert_eq!(blocks_kept(size), 1);
+
+        // The same block again for the same size; another size gets its own.
+        let g = FutureBox::new_in_place(|| make(alive.clone()));
+        assert_eq!(g.ptr.as_ptr() as usize, first);
+        assert_eq!(blocks_kept(size), 0);
+        let other = FutureBox::new_in_place(|| async { [1u64; 100].len() });
+        assert_ne!(other.ptr.as_ptr() as usize, first);
+        drop(g);
+        drop(other);
+        assert_eq!(blocks_kept(size), 1);
+
+        // Bounded: KEEP_BLOCKS kept, the rest freed.
+        let many: Vec<_> = (0..KEEP_BLOCKS + 3)
+            .map(|_| FutureBox::new_in_place(|| make(alive.clone())))
+            .collect();
+        assert_eq!(Rc::strong_count(&alive), KEEP_BLOCKS + 4);
+        drop(many);
+        assert_eq!(Rc::strong_count(&alive), 1);
+        assert_eq!(blocks_kept(size), KEEP_BLOCKS);
+    }
 
     fn kept() -> Vec<usize> {
         u8::free_list().with(|f| f.borrow().iter().map(Vec::capacity).collect())

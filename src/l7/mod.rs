@@ -92,7 +92,7 @@ use futures_lite::io::AsyncWriteExt;
 use crate::net::park;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
-use crate::recycle::Recycled;
+use crate::recycle::{FutureBox, Recycled};
 use crate::shard::RbacResult;
 use crate::upstream::tls;
 use tracing::debug;
@@ -403,7 +403,8 @@ pub fn serve(
     }
 }
 
-/// Boxes the future `make` returns, built in the box's own memory.
+/// Boxes the future `make` returns, built in the box's own memory, in a
+/// block from the core's free list ([`FutureBox`]).
 ///
 /// `Box::pin(fut)` builds the future on the stack and then copies all of it
 /// into the box: the whole state machine, `size_of` bytes, though a future
@@ -415,11 +416,8 @@ pub fn serve(
 /// (perf/README.md, "Session 20"). Nothing relies on it: if the compiler
 /// copied, this would cost what `Box::pin` does.
 #[inline(always)]
-pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    let mut b = Box::<F>::new_uninit();
-    b.write(make());
-    // SAFETY: written just above.
-    Box::into_pin(unsafe { b.assume_init() })
+pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> FutureBox<F> {
+    FutureBox::new_in_place(make)
 }
 
 /// What a keep-alive connection keeps between requests.
