@@ -980,11 +980,19 @@ impl Drop for LingeringLog<'_> {
     }
 }
 
+/// What bounds the wait for a request head (`[http]`): from its first byte
+/// (`request_headers_timeout`), and before it (`idle_timeout`).
+#[derive(Clone, Copy)]
+struct HeadTimeouts {
+    headers: Duration,
+    idle: Duration,
+}
+
 /// How long a keep-alive connection may sit idle once its core is stopping.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 impl Conn<'_> {
-    async fn read_head(&mut self, http: &Http, limits: &Limits) -> HeadRead {
+    async fn read_head(&mut self, timeouts: HeadTimeouts, limits: &Limits) -> HeadRead {
         // Clock reads are a visible share of a keep-alive request (the
         // sidecar profile, perf/SIDECAR.md): the idle deadline is taken only
         // for a wait with nothing read, which `busy` does not make.
@@ -997,7 +1005,7 @@ impl Conn<'_> {
                         self.log = RequestLog::new(&self.ctx, Instant::now());
                     }
                     self.in_body = false;
-                    header_deadline = Some(self.log.started + http.request_headers_timeout);
+                    header_deadline = Some(self.log.started + timeouts.headers);
                 }
                 // A connection's first bytes may be HTTP/2's preface (prior
                 // knowledge on an HTTP listener): not parsed as HTTP/1.
@@ -1028,7 +1036,7 @@ impl Conn<'_> {
             // request_headers_timeout. `idle_timeout` only bounds a call
             // with nothing read, which `busy` does not make.
             let deadline = header_deadline.unwrap_or_else(|| {
-                *idle_deadline.get_or_insert_with(|| Instant::now() + http.idle_timeout)
+                *idle_deadline.get_or_insert_with(|| Instant::now() + timeouts.idle)
             });
             let read = read_into(&mut self.down, &mut self.inbuf, MAX_HEAD_BUF);
             let got = until(Some(deadline), read).await;
@@ -1200,10 +1208,15 @@ impl Conn<'_> {
 
     /// One request, from its head to the end of its response.
     async fn one(&mut self) -> Next {
-        let snap = self.snapshot.clone();
-        let http = &snap.config.http;
+        // The two timeouts, copied: holding the snapshot across the wait
+        // was a clone of its Arc (two atomic read-modify-writes) per request.
+        let http = &self.snapshot.config.http;
+        let timeouts = HeadTimeouts {
+            headers: http.request_headers_timeout,
+            idle: http.idle_timeout,
+        };
         let limits = Limits::default();
-        let len = match self.read_head(http, &limits).await {
+        let len = match self.read_head(timeouts, &limits).await {
             HeadRead::Parsed(len) => len,
             HeadRead::Http2 => return Next::Http2,
             HeadRead::Gone => return Next::Close,
@@ -2318,8 +2331,10 @@ fn count_request(shard: &Shard, log: &RequestLog) {
         .borrow_mut()
         .rq_time_us
         .saturating_record((log.duration.as_micros() as u64).max(1));
-    for flag in log.flags.names() {
-        shard.count_flag(flag);
+    if !log.flags.is_empty() {
+        for flag in log.flags.names() {
+            shard.count_flag(flag);
+        }
     }
     debug!(
         method = %log.method,
@@ -2418,7 +2433,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         fn read_head_size<'a, 's: 'a, F: std::future::Future>(
-            _: impl FnOnce(&'a mut Conn<'s>, &'a Http, &'a Limits) -> F,
+            _: impl FnOnce(&'a mut Conn<'s>, HeadTimeouts, &'a Limits) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }
