@@ -341,9 +341,16 @@ fn openssl_and_curl_clients_against_the_inbound_side() {
         .contains(CLIENT_SA));
 
     let s_client = |cert: Option<(&std::path::Path, &std::path::Path)>| {
-        let mut cmd = Command::new("openssl");
+        // -ign_eof: s_client stays until the server closes (the request
+        // asks it to, or a refused handshake ends it), not until its stdin
+        // ends; a fixed wait for the response failed on a loaded machine.
+        // `timeout` bounds a hang.
+        let mut cmd = Command::new("timeout");
         cmd.args([
+            "20",
+            "openssl",
             "s_client",
+            "-ign_eof",
             "-connect",
             &format!("127.0.0.1:{b_port}"),
             "-alpn",
@@ -369,8 +376,6 @@ fn openssl_and_curl_clients_against_the_inbound_side() {
             let mut stdin = child.stdin.take().unwrap();
             let _ = stdin
                 .write_all(b"GET /s_client HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
-            // Let the response arrive before stdin's EOF makes s_client quit.
-            std::thread::sleep(Duration::from_millis(500));
         }
         let out = child.wait_with_output().unwrap();
         format!(
