@@ -62,3 +62,17 @@ pub mod stats;
 pub mod tls;
 pub mod turn;
 pub mod upstream;
+
+/// 64 random bits from getrandom(2), for seeds that traffic must not guess
+/// (the pools' hash keys, X-Request-Id); should it fail, from std's
+/// per-process SipHash keys (drawn from the same source, or the clock).
+pub(crate) fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(_) => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        }
+    }
+}

@@ -950,14 +950,20 @@ impl<'a> Headers<'a> {
         self.get_all(name).next()
     }
 
-    /// Every value of `name` (case-insensitive), in order.
+    /// Every value of `name` (case-insensitive), in order. A name the
+    /// proxy knows ([`Field`]) is matched by the field each span was given
+    /// at parse, not by comparing every name's bytes again.
     pub fn get_all<'n>(&self, name: &'n [u8]) -> impl Iterator<Item = &'a [u8]> + 'n
     where
         'a: 'n,
     {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        let field = Field::of(name);
+        self.fields()
+            .filter(move |&(f, n, _)| match field {
+                Field::Other => n.eq_ignore_ascii_case(name),
+                known => f == known,
+            })
+            .map(|(_, _, v)| v)
     }
 
     pub fn contains(&self, name: &[u8]) -> bool {

@@ -458,19 +458,13 @@ pub(crate) fn push_framing(out: &mut Vec<u8>, framing: BodyFraming) {
 /// lengths) go byte by byte: a slice of variable length is a call to memcpy,
 /// six of them per request before.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    if n < 1000 {
-        let d = [(n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8];
-        let skip = if n < 10 {
-            2
-        } else if n < 100 {
-            1
-        } else {
-            0
-        };
-        for &d in &d[skip..] {
-            out.push(b'0' + d);
+    if let Ok(small) = u16::try_from(n) {
+        if small < 1000 {
+            for d in decimal3(small) {
+                out.push(d);
+            }
+            return;
         }
-        return;
     }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
@@ -483,6 +477,17 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&buf[i..]);
+}
+
+/// The ASCII digits of `n` (below 1000), no leading zeros.
+fn decimal3(n: u16) -> impl Iterator<Item = u8> {
+    let digits = [(n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8];
+    let skip = match n {
+        0..=9 => 2,
+        10..=99 => 1,
+        _ => 0,
+    };
+    digits.into_iter().skip(skip).map(|d| b'0' + d)
 }
 
 /// Appends `ip` in its text form (IPv4 dotted decimal, IPv6 as RFC 5952,
@@ -502,16 +507,8 @@ pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                     text[n] = b'.';
                     n += 1;
                 }
-                let digits = [octet / 100, octet / 10 % 10, octet % 10];
-                let skip = if octet < 10 {
-                    2
-                } else if octet < 100 {
-                    1
-                } else {
-                    0
-                };
-                for &d in &digits[skip..] {
-                    text[n] = b'0' + d;
+                for d in decimal3(octet.into()) {
+                    text[n] = d;
                     n += 1;
                 }
             }
@@ -564,17 +561,7 @@ impl RequestIdGenerator {
     /// Seeds from the OS (getrandom(2)). If that fails, falls back to std's
     /// per-process random hasher keys, which come from the same source or the clock.
     pub fn new() -> RequestIdGenerator {
-        let mut seed = [0u8; 8];
-        let seed = match getrandom::getrandom(&mut seed) {
-            Ok(()) => u64::from_ne_bytes(seed),
-            Err(_) => {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u64(std::process::id().into());
-                h.finish()
-            }
-        };
-        RequestIdGenerator::with_seed(seed)
+        RequestIdGenerator::with_seed(crate::random_u64())
     }
 
     pub fn with_seed(seed: u64) -> RequestIdGenerator {

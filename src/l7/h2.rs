@@ -285,9 +285,9 @@ pub async fn serve(
                 // 5.8 KB stream future was built on the stack, copied into
                 // `push`'s argument and again into the set's task
                 // allocation; boxed, the task holds a pointer and nothing
-                // of the future is copied. One small allocation more per
-                // stream (the task), 11.7 KB less memcpy
-                // (perf/README.md, "Session 20").
+                // of the future is copied: 11.7 KB less memcpy per stream
+                // (perf/README.md, "Session 20"). The box's block comes from
+                // the core's free list (`recycle::FutureBox`).
                 streams.push(super::boxed_in_place(|| {
                     stream(shard.clone(), shared.clone(), down, head, started)
                 }));

@@ -79,8 +79,8 @@ pub struct KeyHasher(SeedableRandomState);
 impl Default for KeyHasher {
     fn default() -> KeyHasher {
         static SHARED: OnceLock<SharedSeed> = OnceLock::new();
-        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random_u64()));
-        KeyHasher(SeedableRandomState::with_seed(random_u64(), shared))
+        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(crate::random_u64()));
+        KeyHasher(SeedableRandomState::with_seed(crate::random_u64(), shared))
     }
 }
 
@@ -89,16 +89,6 @@ impl BuildHasher for KeyHasher {
 
     fn build_hasher(&self) -> FoldHasher<'static> {
         self.0.build_hasher()
-    }
-}
-
-/// 64 random bits from getrandom(2); should that fail, from std's per-process
-/// SipHash keys (drawn from the same source, or the clock).
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    match getrandom::getrandom(&mut b) {
-        Ok(()) => u64::from_ne_bytes(b),
-        Err(_) => std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
     }
 }
 
