@@ -22,6 +22,7 @@ use crate::l4::{self, Ending};
 use crate::l7::detect::Detected;
 use crate::net::stream::HandshakeError;
 use crate::net::{self, socket, DownstreamTls, Stream};
+use crate::recycle::FutureBox;
 use crate::shard::{HostFacts, Origin, Shard};
 use crate::stats::CoreStats;
 use crate::tls::hello::{self, ClientHello, Inspect};
@@ -165,10 +166,14 @@ pub fn serve(
 ) -> impl Future<Output = ()> {
     let started = Instant::now();
     async move {
-        if setup(&shard, down, origin, ipv6, peer, started)
-            .await
-            .is_none()
-        {
+        // The setup's frame (~1.1 KB) lives in a block of the core's free
+        // list, built in place: the task then holds only the arguments and
+        // the box's pointer (~200 B). Inline, the task was 1.3 KB, past
+        // glibc's per-thread cache (1 KiB), so every connection paid
+        // malloc's and free's slow paths for it, and spawning copied the
+        // whole frame four times (perf/README.md, "Session 22").
+        let setup = FutureBox::new_in_place(|| setup(&shard, down, origin, ipv6, peer, started));
+        if setup.await.is_none() {
             shard.count_connection(false);
         }
     }
@@ -1234,6 +1239,9 @@ mod idle_sizes {
         // the wait's `parks` flag), which saves a glommio poll of ~435 B
         // (fourth pass).
         assert!(l7 <= 248, "the HTTP/1 path's task future grew to {l7} B");
+        // Spawned for every connection: under glibc's per-thread cache
+        // (1,032 B with the task's header), the setup frame boxed apart.
+        assert!(serve <= 512, "the setup task's future grew to {serve} B");
         assert!(
             forward <= 1296,
             "the L4 path's task future grew to {forward} B"
