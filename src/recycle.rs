@@ -1,7 +1,8 @@
 //! Per-thread free lists of what every HTTP/1 request allocates and frees:
 //! the small vectors it fills and empties (the header indexes of its head and
 //! of its response's, the upstream request head, the response head written
-//! to the client), and the boxes its futures live in ([`FutureBox`]).
+//! to the client), the boxes its futures live in ([`FutureBox`]) and the
+//! values it hands through its layers ([`Boxed`]).
 //!
 //! A keep-alive connection keeps none of them while it waits (an idle one
 //! should cost little memory), so each request took four from malloc and
@@ -152,7 +153,7 @@ pub const KEEP_BLOCKS: usize = 64;
 
 /// The largest block kept, and the most sizes a thread keeps blocks of.
 const MAX_BLOCK: usize = 16 * 1024;
-const MAX_CLASSES: usize = 8;
+const MAX_CLASSES: usize = 12;
 
 /// A thread's free blocks, by layout.
 struct Blocks(Vec<(Layout, Vec<NonNull<u8>>)>);
@@ -272,6 +273,76 @@ impl<F> Drop for FutureBox<F> {
     }
 }
 
+/// A value in a block from its thread's free list, like `Box<T>`: for a
+/// value that is handed through several layers per request, where moving it
+/// would copy all of it every time and moving a `Boxed` copies a pointer.
+///
+/// The HTTP/1 exchange (the upstream stream, its buffer, key and lease,
+/// ~310 B) went from the attempt through the per-try deadline, the retry
+/// loop, the route deadline and into the response: about ten `memcpy`s of
+/// it per request, and as many of each future that held it (perf/README.md,
+/// "Session 22"). Blocks are the ones [`FutureBox`] uses, bounded the same.
+pub struct Boxed<T> {
+    ptr: NonNull<T>,
+    _owns: PhantomData<T>,
+}
+
+impl<T> Boxed<T> {
+    /// `make()`'s value, written into a block of its size (in place, when
+    /// the compiler can build it there).
+    #[inline(always)]
+    pub fn new_in_place(make: impl FnOnce() -> T) -> Boxed<T> {
+        let layout = Layout::new::<T>();
+        let ptr = match layout.size() {
+            0 => NonNull::dangling(),
+            _ => take_block(layout).cast::<T>(),
+        };
+        // Should `make` panic, the block is leaked, never used uninitialized.
+        // SAFETY: the block is fresh (ours alone), of T's size and alignment.
+        unsafe { ptr.as_ptr().write(make()) };
+        Boxed {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
+    /// The value, moved out; the block goes back to the free list.
+    pub fn into_inner(self) -> T {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the value was written by new_in_place and is read once:
+        // `this` is never dropped, so neither the value nor the block is
+        // released twice.
+        let value = unsafe { this.ptr.as_ptr().read() };
+        give_block(this.ptr.cast(), Layout::new::<T>());
+        value
+    }
+}
+
+impl<T> Deref for Boxed<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: initialized from new_in_place until drop or into_inner.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> DerefMut for Boxed<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in deref; `&mut self` makes the borrow unique.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T> Drop for Boxed<T> {
+    fn drop(&mut self) {
+        // SAFETY: the value was written by new_in_place and not moved out
+        // (into_inner forgets `self`); the block is released only after.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        give_block(self.ptr.cast(), Layout::new::<T>());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +420,35 @@ mod tests {
         drop(many);
         assert_eq!(Rc::strong_count(&alive), 1);
         assert_eq!(blocks_kept(size), KEEP_BLOCKS);
+    }
+
+    /// A boxed value is reachable through the box, dropped once (in place
+    /// or after `into_inner`), and its block is reused.
+    #[test]
+    fn boxed_values_drop_once_and_reuse_blocks() {
+        use std::rc::Rc;
+        let alive = Rc::new(());
+        let size = std::mem::size_of::<([u32; 700], Rc<()>)>();
+        let mut b = Boxed::new_in_place(|| ([3u32; 700], alive.clone()));
+        b.0[1] = 4;
+        assert_eq!(b.0[..3], [3, 4, 3]);
+        let first = b.ptr.as_ptr() as usize;
+        assert_eq!(Rc::strong_count(&alive), 2);
+        drop(b);
+        assert_eq!(Rc::strong_count(&alive), 1, "dropped in place");
+        assert_eq!(blocks_kept(size), 1);
+
+        let c = Boxed::new_in_place(|| ([5u32; 700], alive.clone()));
+        assert_eq!(c.ptr.as_ptr() as usize, first, "the block again");
+        let (array, rc) = c.into_inner();
+        assert_eq!(array[699], 5);
+        assert_eq!(blocks_kept(size), 1, "into_inner gave the block back");
+        assert_eq!(Rc::strong_count(&alive), 2, "moved out, not dropped");
+        drop(rc);
+        assert_eq!(Rc::strong_count(&alive), 1);
+        let zst = Boxed::new_in_place(|| ());
+        assert_eq!(*zst, ());
+        zst.into_inner();
     }
 
     fn kept() -> Vec<usize> {

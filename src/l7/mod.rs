@@ -92,7 +92,7 @@ use futures_lite::io::AsyncWriteExt;
 use crate::net::park;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
-use crate::recycle::{FutureBox, Recycled};
+use crate::recycle::{Boxed, FutureBox, Recycled};
 use crate::shard::RbacResult;
 use crate::upstream::tls;
 use tracing::debug;
@@ -676,8 +676,9 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
                 conn.log_lingering(0);
                 break;
             }
-            Next::Tunnel(up, upbuf) => {
+            Next::Tunnel(t) => {
                 conn.log_lingering(0);
+                let (up, upbuf) = *t;
                 Box::pin(conn.tunnel(up, upbuf)).await;
                 break;
             }
@@ -714,7 +715,9 @@ enum Next {
     /// The client speaks HTTP/2 (prior knowledge): hand the connection over.
     Http2,
     /// Switch to a byte tunnel with this upstream (101 or CONNECT 2xx sent).
-    Tunnel(Stream, Option<Buf>),
+    /// Boxed: rare, and inline it made every `Next` 152 B, which each
+    /// request's answer moved through five layers.
+    Tunnel(Box<(Stream, Option<Buf>)>),
 }
 
 enum HeadRead {
@@ -763,8 +766,9 @@ impl ReqBody {
 
 /// What the attempts brought back, by the upstream's HTTP version.
 enum Answered {
-    H1(Exchange),
-    H2((h2::H2Answer, Option<ActiveRequest>)),
+    H1(Boxed<Exchange>),
+    /// Boxed, so that the HTTP/1 answer's result is small too.
+    H2(Boxed<(h2::H2Answer, Option<ActiveRequest>)>),
 }
 
 /// An upstream that answered with a final response head.
@@ -784,13 +788,15 @@ struct Exchange {
     status: u16,
 }
 
-impl attempt::Answer for Exchange {
+/// Boxed ([`Boxed`]): it is handed from the attempt through the per-try
+/// deadline, the retry loop and the route deadline to the response.
+impl attempt::Answer for Boxed<Exchange> {
     fn outcome(&self) -> Outcome {
         Outcome::Response(self.status, None)
     }
 
     fn discard(self) {
-        if let Some(b) = self.upbuf {
+        if let Some(b) = self.into_inner().upbuf {
             b.release();
         }
     }
@@ -1550,7 +1556,9 @@ impl Conn<'_> {
                 hash,
                 &snap.config,
             );
-            until(deadline, r).await.map(|r| r.map(Answered::H2))
+            until(deadline, r)
+                .await
+                .map(|r| r.map(|a| Answered::H2(Boxed::new_in_place(|| a))))
         } else {
             let r = self.attempts(
                 &up_head,
@@ -1574,7 +1582,8 @@ impl Conn<'_> {
                     .await;
             }
             Some(Ok(Answered::H1(x))) => x,
-            Some(Ok(Answered::H2((answer, _active)))) => {
+            Some(Ok(Answered::H2(a))) => {
+                let (answer, _active) = a.into_inner();
                 let ops = response_ops.as_deref();
                 let respond = self.respond_h2(
                     answer, &mut body, keep_alive, version, method, ops, deadline,
@@ -1801,7 +1810,7 @@ impl Conn<'_> {
         method: Method,
         hash: Option<u64>,
         config: &Config,
-    ) -> Result<Exchange, Failure> {
+    ) -> Result<Boxed<Exchange>, Failure> {
         let req = attempt::Request {
             config,
             target,
@@ -1816,13 +1825,9 @@ impl Conn<'_> {
         let mut log = attempt::Attempts::default();
         let shard = self.shard;
         let r = attempt::run(shard, &req, &mut log, async |conn, fresh, deadline| {
-            let pooled = if fresh {
-                None
-            } else {
-                self.take_pooled(conn.key)
-            };
-            let reused = pooled.is_some();
-            let result = until(deadline, self.try_once(up_head, body, conn, pooled, method))
+            let mut reused = false;
+            let once = self.try_once(up_head, body, conn, fresh, &mut reused, method);
+            let result = until(deadline, once)
                 .await
                 .unwrap_or(Err(Failure::PerTryTimeout));
             attempt::Tried {
@@ -1861,12 +1866,17 @@ impl Conn<'_> {
         up_head: &[u8],
         body: &mut ReqBody,
         conn: &attempt::UpstreamRef<'_>,
-        pooled: Option<(Stream, pool::Lease)>,
+        fresh: bool,
+        reused: &mut bool,
         method: Method,
-    ) -> Result<Exchange, Failure> {
+    ) -> Result<Boxed<Exchange>, Failure> {
         let key = conn.key;
+        // Taken here, not by the caller: the stream (120 B) would have been
+        // moved through each layer in between.
+        let pooled = if fresh { None } else { self.take_pooled(key) };
         let (mut up, mut lease) = match pooled {
             Some(p) => {
+                *reused = true;
                 CoreStats::inc(&self.shard.stats.upstream_cx_reused);
                 p
             }
@@ -1925,23 +1935,25 @@ impl Conn<'_> {
             }
         };
         let len = read_response_head(&mut up, &mut upbuf, method, &mut self.resp, interim).await?;
-        Ok(Exchange {
+        let max_uses = conn.max_uses();
+        let status = self.resp.status;
+        Ok(Boxed::new_in_place(|| Exchange {
             up,
             upbuf,
             head_len: len,
             key,
             lease,
-            max_uses: conn.max_uses(),
-            status: self.resp.status,
+            max_uses,
+            status,
             active: None,
-        })
+        }))
     }
 
     /// Sends the response head and body to the client; returns the upstream
     /// to the pool when it can carry another request.
     async fn respond(
         &mut self,
-        x: Exchange,
+        x: Boxed<Exchange>,
         body: &ReqBody,
         req_keep_alive: bool,
         version: Version,
@@ -1957,7 +1969,7 @@ impl Conn<'_> {
             max_uses,
             active: _active,
             status: _,
-        } = x;
+        } = x.into_inner();
         let Some(mut upbuf) = upbuf else {
             return Next::Close;
         };
@@ -2001,7 +2013,7 @@ impl Conn<'_> {
                 upbuf.release();
                 return Next::Close;
             }
-            return Next::Tunnel(up, Some(upbuf));
+            return Next::Tunnel(Box::new((up, Some(upbuf))));
         }
         let mut dec = BodyDecoder::new(self.resp.framing, ChunkedLimits::default());
         let rechunk = out_framing == BodyFraming::Chunked;
