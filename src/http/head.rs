@@ -922,6 +922,11 @@ impl<'a> Headers<'a> {
         self.spans
     }
 
+    /// The buffer the spans index.
+    pub fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     pub fn len(&self) -> usize {
         self.spans.len()
     }
