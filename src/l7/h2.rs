@@ -62,7 +62,7 @@ use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
 use crate::net::buf::{read_into, Buf};
 use crate::net::Stream;
-use crate::recycle::Recycled;
+use crate::recycle::{Boxed, Recycled};
 use crate::shard::Shard;
 use crate::stats::CoreStats;
 use crate::upstream::pool;
@@ -795,12 +795,14 @@ struct H1Answer {
     max_uses: u32,
 }
 
-impl Answer for H1Answer {
+/// Boxed ([`Boxed`]), as the HTTP/1 path's exchange: it is handed from
+/// the attempt through the deadlines and the retry loop to the relay.
+impl Answer for Boxed<H1Answer> {
     fn outcome(&self) -> Outcome {
         Outcome::Response(self.head.status, None)
     }
     fn discard(self) {
-        if let Some(b) = self.upbuf {
+        if let Some(b) = self.into_inner().upbuf {
             b.release();
         }
     }
@@ -1377,7 +1379,7 @@ impl H2Stream {
     /// and sent as DATA frames, chunked trailers as HTTP/2 trailers.
     async fn relay_h1(
         &mut self,
-        answer: H1Answer,
+        answer: Boxed<H1Answer>,
         ops: Option<&HeaderOps>,
         deadline: Option<Instant>,
         http: &crate::config::Http,
@@ -1391,7 +1393,7 @@ impl H2Stream {
             key,
             lease,
             max_uses,
-        } = answer;
+        } = answer.into_inner();
         let Some(mut upbuf) = upbuf else { return };
         self.log.status = head.status;
         if self.down.is_reset() {
@@ -1639,7 +1641,7 @@ async fn try_h1(
     method: Method,
     reused: &Cell<bool>,
     http: &crate::config::Http,
-) -> Result<H1Answer, Failure> {
+) -> Result<Boxed<H1Answer>, Failure> {
     let pooled = if fresh {
         None
     } else {
@@ -1711,15 +1713,16 @@ async fn try_h1(
     let mut head = ResponseHead::default();
     // Interim answers are not passed on to an HTTP/2 client.
     let len = read_response_head(&mut up, &mut upbuf, method, &mut head, async |_, _| {}).await?;
-    Ok(H1Answer {
+    let (key, max_uses) = (conn.key, conn.max_uses());
+    Ok(Boxed::new_in_place(|| H1Answer {
         up,
         upbuf,
         head,
         head_len: len,
-        key: conn.key,
+        key,
         lease,
-        max_uses: conn.max_uses(),
-    })
+        max_uses,
+    }))
 }
 
 #[cfg(test)]
@@ -1801,7 +1804,7 @@ mod size_tests {
         fn r1<'a, F: Future>(
             _: impl FnOnce(
                 &'a mut H2Stream,
-                H1Answer,
+                Boxed<H1Answer>,
                 Option<&'a HeaderOps>,
                 Option<Instant>,
                 &'a crate::config::Http,
