@@ -143,10 +143,10 @@ impl<T: Reuse + fmt::Debug> fmt::Debug for Recycled<T> {
 ///
 /// The future is built in the block (`make()` writes its return value there;
 /// see `l7::boxed_in_place`) and never moves until it is dropped in place.
-pub struct FutureBox<F> {
-    ptr: NonNull<F>,
-    _owns: PhantomData<F>,
-}
+///
+/// A [`Boxed`] that never hands out a reference to its future: pinned for
+/// its whole life.
+pub struct FutureBox<F>(Boxed<F>);
 
 /// Blocks kept per size, per thread.
 pub const KEEP_BLOCKS: usize = 64;
@@ -234,19 +234,7 @@ impl<F> FutureBox<F> {
     /// `make()`'s future, written into a block of its size.
     #[inline(always)]
     pub fn new_in_place(make: impl FnOnce() -> F) -> FutureBox<F> {
-        let layout = Layout::new::<F>();
-        // A zero-sized future needs no memory, only an aligned address.
-        let ptr = match layout.size() {
-            0 => NonNull::dangling(),
-            _ => take_block(layout).cast::<F>(),
-        };
-        // Should `make` panic, the block is leaked, never used uninitialized.
-        // SAFETY: the block is fresh (ours alone), of F's size and alignment.
-        unsafe { ptr.as_ptr().write(make()) };
-        FutureBox {
-            ptr,
-            _owns: PhantomData,
-        }
+        FutureBox(Boxed::new_in_place(make))
     }
 }
 
@@ -255,23 +243,15 @@ impl<F: Future> Future for FutureBox<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: the future lives in its block from new_in_place to drop
-        // and is never moved out of it: pinned for its whole life.
-        let f = unsafe { Pin::new_unchecked(&mut *self.get_mut().ptr.as_ptr()) };
+        // and is never moved out of it (a FutureBox never calls
+        // `into_inner` nor hands out a reference): pinned for its whole life.
+        let f = unsafe { Pin::new_unchecked(&mut *self.get_mut().0.ptr.as_ptr()) };
         f.poll(cx)
     }
 }
 
 /// Moving a `FutureBox` moves the pointer, not the future.
 impl<F> Unpin for FutureBox<F> {}
-
-impl<F> Drop for FutureBox<F> {
-    fn drop(&mut self) {
-        // SAFETY: the future was written by new_in_place and not dropped
-        // since; the block is released only after it is.
-        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
-        give_block(self.ptr.cast(), Layout::new::<F>());
-    }
-}
 
 /// A value in a block from its thread's free list, like `Box<T>`: for a
 /// value that is handed through several layers per request, where moving it
@@ -393,7 +373,7 @@ mod tests {
         assert!(size > 3000);
 
         let mut f = FutureBox::new_in_place(|| make(alive.clone()));
-        let first = f.ptr.as_ptr() as usize;
+        let first = f.0.ptr.as_ptr() as usize;
         assert_eq!(Rc::strong_count(&alive), 2);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
@@ -404,10 +384,10 @@ mod tests {
 
         // The same block again for the same size; another size gets its own.
         let g = FutureBox::new_in_place(|| make(alive.clone()));
-        assert_eq!(g.ptr.as_ptr() as usize, first);
+        assert_eq!(g.0.ptr.as_ptr() as usize, first);
         assert_eq!(blocks_kept(size), 0);
         let other = FutureBox::new_in_place(|| async { [1u64; 100].len() });
-        assert_ne!(other.ptr.as_ptr() as usize, first);
+        assert_ne!(other.0.ptr.as_ptr() as usize, first);
         drop(g);
         drop(other);
         assert_eq!(blocks_kept(size), 1);
