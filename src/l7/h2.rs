@@ -62,7 +62,7 @@ use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
 use crate::net::buf::{read_into, Buf};
 use crate::net::Stream;
-use crate::recycle::{Boxed, Recycled};
+use crate::recycle::{Boxed, FutureBox, Recycled};
 use crate::shard::Shard;
 use crate::stats::CoreStats;
 use crate::upstream::pool;
@@ -281,14 +281,14 @@ pub async fn serve(
                 shed = None;
                 shared.streams.set(shared.streams.get() + 1);
                 CoreStats::inc(&shard.stats.downstream_rq_http2);
-                // Boxed in place (`boxed_in_place`): pushed by value, the
+                // Boxed in place (`FutureBox::new_in_place`): pushed by value, the
                 // 5.8 KB stream future was built on the stack, copied into
                 // `push`'s argument and again into the set's task
                 // allocation; boxed, the task holds a pointer and nothing
                 // of the future is copied: 11.7 KB less memcpy per stream
                 // (perf/README.md, "Session 20"). The box's block comes from
-                // the core's free list (`recycle::FutureBox`).
-                streams.push(super::boxed_in_place(|| {
+                // the core's free list.
+                streams.push(FutureBox::new_in_place(|| {
                     stream(shard.clone(), shared.clone(), down, head, started)
                 }));
             }

@@ -394,30 +394,13 @@ pub fn serve(
             let Some(inbuf) = wait_for_request(&shard, &mut idle).await else {
                 return;
             };
-            match boxed_in_place(|| busy(&shard, idle, inbuf, first)).await {
+            match FutureBox::new_in_place(|| busy(&shard, idle, inbuf, first)).await {
                 Some(back) => idle = back,
                 None => return,
             }
             first = false;
         }
     }
-}
-
-/// Boxes the future `make` returns, built in the box's own memory, in a
-/// block from the core's free list ([`FutureBox`]).
-///
-/// `Box::pin(fut)` builds the future on the stack and then copies all of it
-/// into the box: the whole state machine, `size_of` bytes, though a future
-/// that has not started holds only its arguments. For the busy stretch
-/// (2,200 B) and the request (4,776 B) that was 7 KB of `memcpy` per request.
-/// Allocating first and writing `make()` into the allocation lets the
-/// compiler construct the future in place (the return slot is the box): per
-/// keep-alive request, the bytes copied went from 19.0 to 12.4 KB
-/// (perf/README.md, "Session 20"). Nothing relies on it: if the compiler
-/// copied, this would cost what `Box::pin` does.
-#[inline(always)]
-pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> FutureBox<F> {
-    FutureBox::new_in_place(make)
 }
 
 /// What a keep-alive connection keeps between requests.
@@ -1251,7 +1234,7 @@ impl Conn<'_> {
         };
         // Boxed: everything after the head is a large state machine, and an
         // idle keep-alive connection (waiting in read_head) should not carry it.
-        boxed_in_place(|| self.handle(len)).await
+        FutureBox::new_in_place(|| self.handle(len)).await
     }
 
     /// Routes, forwards and answers one request whose head is `len` bytes at
