@@ -1694,14 +1694,19 @@ class GlommioVariant(unittest.TestCase):
 
 
 
-def _load_pgo():
+def load_script(file, name):
+    """One of perf/'s scripts without a .py suffix, as a module."""
     import importlib.machinery
     import importlib.util
-    path = str(Path(__file__).resolve().parent / "pgo")
-    loader = importlib.machinery.SourceFileLoader("perf_pgo", path)
+    path = str(Path(__file__).resolve().parent / file)
+    loader = importlib.machinery.SourceFileLoader(name, path)
     mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(mod)
     return mod
+
+
+def _load_pgo():
+    return load_script("pgo", "perf_pgo")
 
 
 class Pgo(unittest.TestCase):
@@ -1774,6 +1779,46 @@ class Pgo(unittest.TestCase):
             with self.assertRaisesRegex(self.pgo.PgoError, "no raw profile"):
                 self.pgo.merge(tool, self.pgo.fresh_raw_dir(d / "empty"), d / "x.profdata")
 
+
+
+def load_ab():
+    return load_script("ab", "perf_ab")
+
+
+class PairedAB(unittest.TestCase):
+    """perf/ab: what it reads from a stat run and what it makes of the pairs."""
+
+    def test_reads_the_stat_lines_of_l7cost_and_l4cost(self):
+        ab = load_ab()
+        for line in ("ab-A: 31,522 req/s, CPU 29.94 us/req (user 7.69, system 22.25)",
+                     "ab-B: 61,048 req/s, CPU 13.53 us/req (user 2.35, system 11.18)\n"
+                     "  per request: recvfrom 2.00"):
+            m = ab.LINE.search(line)
+            self.assertIsNotNone(m, line)
+        self.assertEqual(ab.LINE.search("x: CPU 29.94 us/req (user 7.69, system 22.25)").groups(),
+                         ("29.94", "7.69", "22.25"))
+
+    def test_runs_alternate_abba(self):
+        ab = load_ab()
+        order = [label for pair in ab.rounds(4, "a", "b") for label, _ in pair]
+        self.assertEqual(order, ["A", "B", "B", "A", "A", "B", "B", "A"])
+
+    def test_the_interval_is_the_paired_t_interval(self):
+        ab = load_ab()
+        a = [10.0, 12.0, 11.0, 13.0]
+        b = [9.0, 11.5, 10.0, 12.5]  # differences -1, -0.5, -1, -0.5
+        ma, mb, mean, lo, hi, lower = ab.paired(a, b)
+        self.assertAlmostEqual(ma, 11.5)
+        self.assertAlmostEqual(mb, 10.75)
+        self.assertAlmostEqual(mean, -0.75)
+        sd = (sum((d + 0.75) ** 2 for d in (-1, -0.5, -1, -0.5)) / 3) ** 0.5
+        self.assertAlmostEqual(hi - mean, 3.182 * sd / 2)
+        self.assertAlmostEqual(mean - lo, hi - mean)
+        self.assertEqual(lower, 4)
+        # A drift common to both binaries does not widen the interval.
+        drifted = ab.paired([x + 5 * i for i, x in enumerate(a)], [y + 5 * i for i, y in enumerate(b)])
+        self.assertAlmostEqual(drifted[3], lo)
+        self.assertAlmostEqual(drifted[4], hi)
 
 if __name__ == "__main__":
     unittest.main()
