@@ -146,8 +146,14 @@ impl<T: Reuse + fmt::Debug> fmt::Debug for Recycled<T> {
 /// and dropped in place.
 pub struct FutureBox<F>(Boxed<F>);
 
-/// Blocks kept per size, per thread.
-pub const KEEP_BLOCKS: usize = 64;
+/// Blocks kept per size, per thread: more than an HTTP/2 connection's
+/// streams at its default SETTINGS_MAX_CONCURRENT_STREAMS (100), each in a
+/// block of its own. With 64, a core serving 100 streams at a time gave a
+/// third of its stream blocks (5.8 KB) back to malloc and took them again,
+/// and each such allocation, over glibc's small sizes, also made it
+/// consolidate its fast bins (`perf probe` on malloc under h2load -c10
+/// -m10: 0.3 block allocations per gRPC call; perf/README.md, "Session 23").
+pub const KEEP_BLOCKS: usize = 128;
 
 /// The largest block kept, and the most sizes a thread keeps blocks of.
 const MAX_BLOCK: usize = 16 * 1024;

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use http::header::HOST;
+use http::uri::Scheme;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::h2::hpack::Encoder;
@@ -196,26 +197,63 @@ pub fn write_h1_request<R: RequestParts + ?Sized>(
 /// HTTP/2 upstream codec (`h2`): method, URI from :scheme, :authority and
 /// :path, and the fields. None if the method, URI or a field does not fit
 /// `http`'s types (h2::request checked them already; this is a backstop).
-pub fn parts_from_head(head: &RequestHead) -> Option<http::request::Parts> {
+///
+/// `raw` is one copy of the head's bytes ([`RequestHead::bytes`]) that every
+/// value and URI part is a slice of: no allocation per value, and the
+/// request cloned for each attempt (`l7::h2::try_h2`) shares them instead of
+/// giving each value an allocation of its own (a `Bytes` made from a vector
+/// allocates when first cloned). Names are `http`'s constants for the
+/// standard fields; only other names are copied.
+pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request::Parts> {
     let mut b = http::Request::builder().method(http::Method::from_bytes(head.method()).ok()?);
-    if let (Some(authority), Some(path)) = (head.authority(), head.path()) {
-        let uri = http::Uri::builder()
-            .scheme(head.scheme().unwrap_or(b"http"))
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .ok()?;
-        b = b.uri(uri);
+    if let (Some(authority), Some(path)) = (head.authority_range(), head.path_range()) {
+        let scheme = match head.scheme().unwrap_or(b"http") {
+            b"http" => Scheme::HTTP,
+            b"https" => Scheme::HTTPS,
+            other => Scheme::try_from(other).ok()?,
+        };
+        b = b.uri(uri_of(scheme, raw.slice(authority), raw.slice(path))?);
     }
     let (mut parts, ()) = b.body(()).ok()?.into_parts();
-    parts.headers.reserve(head.fields().count());
-    for (n, v, never_indexed) in head.marked_fields() {
-        let mut v = HeaderValue::from_bytes(v).ok()?;
+    // Room for the fields (http rounds up: a typical head's map also takes
+    // what `rewrite_request` adds). Not more: a map of 24 entries is over
+    // 1 KiB, and each such malloc makes glibc consolidate its fast bins.
+    parts.headers.reserve(head.field_ranges().len());
+    for (n, v, never_indexed) in head.field_ranges() {
+        let mut v = HeaderValue::from_maybe_shared(raw.slice(v)).ok()?;
         // The h2 crate encodes a sensitive value as never indexed.
         v.set_sensitive(never_indexed);
-        parts.headers.append(name(n)?, v);
+        parts.headers.append(name(raw.get(n)?)?, v);
     }
     Some(parts)
+}
+
+/// The URI an HTTP/2 upstream request goes with: `http`, `authority` and
+/// `path`, each a slice of `raw` when it is one (the head's own, not
+/// rewritten: [`parts_from_head`]'s copy), else copied once for both.
+pub fn upstream_uri(raw: &Bytes, authority: &[u8], path: &[u8]) -> Option<http::Uri> {
+    let (a, p) = match (slice_of(raw, authority), slice_of(raw, path)) {
+        (Some(a), Some(p)) => (a, p),
+        _ => {
+            let both = Bytes::from([authority, path].concat());
+            (both.slice(..authority.len()), both.slice(authority.len()..))
+        }
+    };
+    uri_of(Scheme::HTTP, a, p)
+}
+
+/// `part` as a slice of `raw` if it lies in `raw`'s memory.
+fn slice_of(raw: &Bytes, part: &[u8]) -> Option<Bytes> {
+    let (r, p) = (raw.as_ptr_range(), part.as_ptr_range());
+    (r.start <= p.start && p.end <= r.end).then(|| raw.slice_ref(part))
+}
+
+fn uri_of(scheme: Scheme, authority: Bytes, path: Bytes) -> Option<http::Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// A response head from a header map (an HTTP/2 upstream's answer, or a
@@ -626,22 +664,90 @@ mod tests {
         assert!(!String::from_utf8(out).unwrap().contains("cookie"));
     }
 
+    /// A header block's builder with `fields` decoded into it.
+    fn h2_head(fields: &[(&str, &str)]) -> crate::h2::request::HeadBuilder {
+        let mut b = crate::h2::request::HeadBuilder::new(16 * 1024);
+        for (n, v) in fields {
+            b.field(n.as_bytes(), v.as_bytes());
+        }
+        b
+    }
+
     #[test]
     fn never_indexed_marks_reach_the_h2_crates_parts() {
-        let mut b = crate::h2::request::HeadBuilder::new(16 * 1024);
-        for (n, v) in [
+        let mut b = h2_head(&[
             (":method", "GET"),
             (":scheme", "http"),
             (":authority", "svc"),
             (":path", "/"),
-        ] {
-            b.field(n.as_bytes(), v.as_bytes());
-        }
+        ]);
         b.field_marked(b"authorization", b"Bearer x", true);
         b.field(b"x-plain", b"v");
-        let parts = parts_from_head(&b.finish().unwrap()).unwrap();
+        let head = b.finish().unwrap();
+        let parts = parts_from_head(&head, &Bytes::copy_from_slice(head.bytes())).unwrap();
         assert!(parts.headers["authorization"].is_sensitive());
         assert!(!parts.headers["x-plain"].is_sensitive());
+    }
+
+    /// The HTTP/2 upstream request's values and URI are slices of one copy
+    /// of the head: no allocation per value, and cloning the request for an
+    /// attempt shares them.
+    #[test]
+    fn an_upstream_request_shares_one_copy_of_the_head() {
+        let head = h2_head(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "svc:8080"),
+            (":path", "/pkg.Svc/Call?x=1"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("x-custom", "v"),
+            ("x-custom", "w"),
+        ])
+        .finish()
+        .unwrap();
+        let raw = Bytes::copy_from_slice(head.bytes());
+        let inside = |p: &[u8]| {
+            let (r, p) = (raw.as_ptr_range(), p.as_ptr_range());
+            r.start <= p.start && p.end <= r.end
+        };
+        let parts = parts_from_head(&head, &raw).unwrap();
+        assert_eq!(parts.method, http::Method::POST);
+        assert_eq!(parts.uri, "http://svc:8080/pkg.Svc/Call?x=1");
+        assert_eq!(parts.headers["content-type"], "application/grpc");
+        let custom: Vec<_> = parts.headers.get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["v", "w"]);
+        assert!(parts.headers.values().all(|v| inside(v.as_bytes())));
+        assert!(inside(parts.uri.authority().unwrap().as_str().as_bytes()));
+        assert!(inside(
+            parts.uri.path_and_query().unwrap().as_str().as_bytes()
+        ));
+        // A clone (one per attempt) shares the same bytes.
+        let again = parts.headers.clone();
+        assert_eq!(
+            again["te"].as_bytes().as_ptr(),
+            parts.headers["te"].as_bytes().as_ptr()
+        );
+
+        // The upstream URI: the head's own :authority and :path are shared,
+        // a rewritten one is copied, and both read right.
+        let (a, p) = (head.authority().unwrap(), head.path().unwrap());
+        assert!(
+            upstream_uri(&raw, &raw[..0], &raw[..0]).is_none(),
+            "no authority"
+        );
+        let at = |s: &[u8]| {
+            let off = s.as_ptr() as usize - head.bytes().as_ptr() as usize;
+            raw.slice(off..off + s.len())
+        };
+        let (ra, rp) = (at(a), at(p));
+        let shared = upstream_uri(&raw, &ra, &rp).unwrap();
+        assert!(inside(shared.authority().unwrap().as_str().as_bytes()));
+        assert!(inside(shared.path_and_query().unwrap().as_str().as_bytes()));
+        let rewritten = upstream_uri(&raw, b"other:81", &rp).unwrap();
+        assert_eq!(rewritten, "http://other:81/pkg.Svc/Call?x=1");
+        assert!(!inside(rewritten.authority().unwrap().as_str().as_bytes()));
+        assert!(upstream_uri(&raw, b"bad host", b"/").is_none());
     }
 
     #[test]

@@ -23,8 +23,10 @@ struct Span {
 
 impl Span {
     fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        buf.get(self.start as usize..self.end as usize)
-            .unwrap_or_default()
+        buf.get(self.range()).unwrap_or_default()
+    }
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
     }
 }
 
@@ -296,6 +298,27 @@ impl RequestHead {
                 f.never_indexed,
             )
         })
+    }
+    /// The buffer every field, and :authority and :path, are spans of.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+    /// The regular fields as spans of [`RequestHead::bytes`]: name, value,
+    /// never-indexed mark.
+    pub fn field_ranges(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>, bool)> + '_
+    {
+        self.fields
+            .iter()
+            .map(|f| (f.name.range(), f.value.range(), f.never_indexed))
+    }
+    /// :authority and :path as spans of [`RequestHead::bytes`].
+    pub fn authority_range(&self) -> Option<std::ops::Range<usize>> {
+        self.authority.map(|s| s.range())
+    }
+    pub fn path_range(&self) -> Option<std::ops::Range<usize>> {
+        self.path.map(|s| s.range())
     }
     /// The values of one field (name lowercase).
     pub fn values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {

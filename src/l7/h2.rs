@@ -1077,7 +1077,9 @@ impl H2Stream {
         let ops = response_ops.as_deref();
         if use_h2 {
             // `h2` upstream: its types.
-            let Some(mut parts) = headers::parts_from_head(&head) else {
+            // One copy of the head for every value and URI part to share.
+            let raw = Bytes::copy_from_slice(head.bytes());
+            let Some(mut parts) = headers::parts_from_head(&head, &raw) else {
                 self.log.flags.insert(ResponseFlags::DPE);
                 return self.local(400, "invalid request head", None);
             };
@@ -1087,14 +1089,9 @@ impl H2Stream {
             let mut up_req = Request::new(());
             *up_req.method_mut() = parts.method.clone();
             *up_req.headers_mut() = std::mem::take(&mut parts.headers);
-            let uri = http::Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path)
-                .build();
-            match uri {
-                Ok(u) => *up_req.uri_mut() = u,
-                Err(_) => {
+            match headers::upstream_uri(&raw, authority, path) {
+                Some(u) => *up_req.uri_mut() = u,
+                None => {
                     self.log.flags.insert(ResponseFlags::DPE);
                     return self.local(400, "invalid :authority or :path", None);
                 }
