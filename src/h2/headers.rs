@@ -193,6 +193,11 @@ pub fn write_h1_request<R: RequestParts + ?Sized>(
     generated
 }
 
+/// The entries an upstream request's header map is made with, at least: the
+/// most that stay under 1 KiB (`http` rounds capacity up to a power of two
+/// and keeps it three-quarters full: 12 entries of 52 bytes).
+const MAP_ROOM: usize = 12;
+
 /// A request head of the codec of our own as `http`'s parts, for the
 /// HTTP/2 upstream codec (`h2`): method, URI from :scheme, :authority and
 /// :path, and the fields. None if the method, URI or a field does not fit
@@ -215,10 +220,14 @@ pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request:
         b = b.uri(uri_of(scheme, raw.slice(authority), raw.slice(path))?);
     }
     let (mut parts, ()) = b.body(()).ok()?.into_parts();
-    // Room for the fields (http rounds up: a typical head's map also takes
-    // what `rewrite_request` adds). Not more: a map of 24 entries is over
-    // 1 KiB, and each such malloc makes glibc consolidate its fast bins.
-    parts.headers.reserve(head.field_ranges().len());
+    // Room for the fields and what `rewrite_request` adds (X-Forwarded-For
+    // and -Proto, X-Request-Id), so the map is not grown (reallocated) per
+    // request: at least MAP_ROOM. Not more than a head needs past that: a
+    // map of 13-24 entries is over 1 KiB, and each such malloc makes glibc
+    // consolidate its fast bins.
+    parts
+        .headers
+        .reserve(head.field_ranges().len().max(MAP_ROOM));
     for (n, v, never_indexed) in head.field_ranges() {
         let mut v = HeaderValue::from_maybe_shared(raw.slice(v)).ok()?;
         // The h2 crate encodes a sensitive value as never indexed.
@@ -229,10 +238,11 @@ pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request:
 }
 
 /// The URI an HTTP/2 upstream request goes with: `http`, `authority` and
-/// `path`, each a slice of `raw` when it is one (the head's own, not
-/// rewritten: [`parts_from_head`]'s copy), else copied once for both.
-pub fn upstream_uri(raw: &Bytes, authority: &[u8], path: &[u8]) -> Option<http::Uri> {
-    let (a, p) = match (slice_of(raw, authority), slice_of(raw, path)) {
+/// `path`. Each is a slice of `raw` ([`parts_from_head`]'s copy of `head`,
+/// the head's bytes) when it lies in `head` (the route kept the head's own),
+/// else both are copied once.
+pub fn upstream_uri(head: &[u8], raw: &Bytes, authority: &[u8], path: &[u8]) -> Option<http::Uri> {
+    let (a, p) = match (slice_of(head, raw, authority), slice_of(head, raw, path)) {
         (Some(a), Some(p)) => (a, p),
         _ => {
             let both = Bytes::from([authority, path].concat());
@@ -242,10 +252,15 @@ pub fn upstream_uri(raw: &Bytes, authority: &[u8], path: &[u8]) -> Option<http::
     uri_of(Scheme::HTTP, a, p)
 }
 
-/// `part` as a slice of `raw` if it lies in `raw`'s memory.
-fn slice_of(raw: &Bytes, part: &[u8]) -> Option<Bytes> {
-    let (r, p) = (raw.as_ptr_range(), part.as_ptr_range());
-    (r.start <= p.start && p.end <= r.end).then(|| raw.slice_ref(part))
+/// The slice of `raw` (a copy of `head`) at the place `part` has in `head`,
+/// if it lies there.
+fn slice_of(head: &[u8], raw: &Bytes, part: &[u8]) -> Option<Bytes> {
+    let (h, p) = (head.as_ptr_range(), part.as_ptr_range());
+    if raw.len() != head.len() || p.start < h.start || p.end > h.end {
+        return None;
+    }
+    let at = p.start as usize - h.start as usize;
+    Some(raw.slice(at..at + part.len()))
 }
 
 fn uri_of(scheme: Scheme, authority: Bytes, path: Bytes) -> Option<http::Uri> {
@@ -722,6 +737,12 @@ mod tests {
         assert!(inside(
             parts.uri.path_and_query().unwrap().as_str().as_bytes()
         ));
+        // Room for what the proxy adds, in a map that stays small.
+        let cap = parts.headers.capacity();
+        assert!(
+            cap >= parts.headers.len() + 3 && cap <= MAP_ROOM,
+            "capacity {cap}"
+        );
         // A clone (one per attempt) shares the same bytes.
         let again = parts.headers.clone();
         assert_eq!(
@@ -733,21 +754,17 @@ mod tests {
         // a rewritten one is copied, and both read right.
         let (a, p) = (head.authority().unwrap(), head.path().unwrap());
         assert!(
-            upstream_uri(&raw, &raw[..0], &raw[..0]).is_none(),
+            upstream_uri(head.bytes(), &raw, b"", b"").is_none(),
             "no authority"
         );
-        let at = |s: &[u8]| {
-            let off = s.as_ptr() as usize - head.bytes().as_ptr() as usize;
-            raw.slice(off..off + s.len())
-        };
-        let (ra, rp) = (at(a), at(p));
-        let shared = upstream_uri(&raw, &ra, &rp).unwrap();
+        let shared = upstream_uri(head.bytes(), &raw, a, p).unwrap();
+        assert_eq!(shared, "http://svc:8080/pkg.Svc/Call?x=1");
         assert!(inside(shared.authority().unwrap().as_str().as_bytes()));
         assert!(inside(shared.path_and_query().unwrap().as_str().as_bytes()));
-        let rewritten = upstream_uri(&raw, b"other:81", &rp).unwrap();
+        let rewritten = upstream_uri(head.bytes(), &raw, b"other:81", p).unwrap();
         assert_eq!(rewritten, "http://other:81/pkg.Svc/Call?x=1");
         assert!(!inside(rewritten.authority().unwrap().as_str().as_bytes()));
-        assert!(upstream_uri(&raw, b"bad host", b"/").is_none());
+        assert!(upstream_uri(head.bytes(), &raw, b"bad host", b"/").is_none());
     }
 
     #[test]

@@ -1089,7 +1089,7 @@ impl H2Stream {
             let mut up_req = Request::new(());
             *up_req.method_mut() = parts.method.clone();
             *up_req.headers_mut() = std::mem::take(&mut parts.headers);
-            match headers::upstream_uri(&raw, authority, path) {
+            match headers::upstream_uri(head.bytes(), &raw, authority, path) {
                 Some(u) => *up_req.uri_mut() = u,
                 None => {
                     self.log.flags.insert(ResponseFlags::DPE);
