@@ -217,7 +217,7 @@ pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request:
             b"https" => Scheme::HTTPS,
             other => Scheme::try_from(other).ok()?,
         };
-        b = b.uri(uri_of(scheme, raw.slice(authority), raw.slice(path))?);
+        b = b.uri(uri_of(scheme, sub(raw, authority)?, sub(raw, path)?)?);
     }
     let (mut parts, ()) = b.body(()).ok()?.into_parts();
     // Room for the fields and what `rewrite_request` adds (X-Forwarded-For
@@ -229,12 +229,18 @@ pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request:
         .headers
         .reserve(head.field_ranges().len().max(MAP_ROOM));
     for (n, v, never_indexed) in head.field_ranges() {
-        let mut v = HeaderValue::from_maybe_shared(raw.slice(v)).ok()?;
+        let mut v = HeaderValue::from_maybe_shared(sub(raw, v)?).ok()?;
         // The h2 crate encodes a sensitive value as never indexed.
         v.set_sensitive(never_indexed);
         parts.headers.append(name(raw.get(n)?)?, v);
     }
     Some(parts)
+}
+
+/// `raw[r]` as a slice of `raw`, if `r` lies in it (a span of the head always
+/// does: this is a backstop, as `Bytes::slice` would panic).
+fn sub(raw: &Bytes, r: std::ops::Range<usize>) -> Option<Bytes> {
+    (r.start <= r.end && r.end <= raw.len()).then(|| raw.slice(r))
 }
 
 /// The URI an HTTP/2 upstream request goes with: `http`, `authority` and

@@ -289,16 +289,6 @@ impl RequestHead {
             .iter()
             .map(|f| (f.name.get(&self.buf), f.value.get(&self.buf)))
     }
-    /// The regular fields with their never-indexed marks.
-    pub fn marked_fields(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> + '_ {
-        self.fields.iter().map(|f| {
-            (
-                f.name.get(&self.buf),
-                f.value.get(&self.buf),
-                f.never_indexed,
-            )
-        })
-    }
     /// The buffer every field, and :authority and :path, are spans of.
     pub fn bytes(&self) -> &[u8] {
         &self.buf
