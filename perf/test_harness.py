@@ -27,6 +27,18 @@ import harness  # noqa: E402
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
 
+
+def load_script(file, name):
+    """One of perf/'s scripts without a .py suffix, as a module."""
+    import importlib.machinery
+    import importlib.util
+    path = str(Path(__file__).resolve().parent / file)
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(mod)
+    return mod
+
+
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:41234/small
   1 threads and 50 connections
@@ -1330,13 +1342,7 @@ class SidecarBreakdown(unittest.TestCase):
     its profile's category weights (the rig itself is exercised by SidecarPods)."""
 
     def load(self):
-        import importlib.machinery
-        import importlib.util
-        path = str(Path(__file__).resolve().parent / "sidecar-breakdown")
-        loader = importlib.machinery.SourceFileLoader("sidecar_breakdown", path)
-        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-        loader.exec_module(mod)
-        return mod
+        return load_script("sidecar-breakdown", "sidecar_breakdown")
 
     def test_split(self):
         mod = self.load()
@@ -1645,13 +1651,7 @@ class PacerEndToEnd(unittest.TestCase):
 
 
 def _load_glommio_variant():
-    from importlib.machinery import SourceFileLoader
-    import types
-    loader = SourceFileLoader("glommio_variant", str(Path(__file__).resolve().parent / "glommio-variant"))
-    mod = types.ModuleType(loader.name)
-    mod.__file__ = loader.path
-    loader.exec_module(mod)
-    return mod
+    return load_script("glommio-variant", "glommio_variant")
 
 
 class GlommioVariant(unittest.TestCase):
@@ -1692,17 +1692,6 @@ class GlommioVariant(unittest.TestCase):
             self.gv.patched_copy("nope", Path("/nonexistent"))
         self.assertRegex(self.gv.locked_glommio_version(), r"^\d+\.\d+\.\d+$")
 
-
-
-def load_script(file, name):
-    """One of perf/'s scripts without a .py suffix, as a module."""
-    import importlib.machinery
-    import importlib.util
-    path = str(Path(__file__).resolve().parent / file)
-    loader = importlib.machinery.SourceFileLoader(name, path)
-    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(mod)
-    return mod
 
 
 def _load_pgo():
