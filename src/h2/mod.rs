@@ -30,6 +30,7 @@
 //! smaller (a proxy's own requests, fewer per connection) and `h2` stays.
 
 pub mod client;
+pub mod client_conn;
 pub mod conn;
 pub mod frame;
 pub mod grpc;

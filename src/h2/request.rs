@@ -257,7 +257,7 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
 
 /// A field name as HTTP/2 carries it: a token (RFC 9110 §5.6.2), in
 /// lowercase (RFC 9113 §8.2.1).
-fn lowercase_token(name: &[u8]) -> bool {
+pub(super) fn lowercase_token(name: &[u8]) -> bool {
     is_valid_header_name(name) && !name.iter().any(u8::is_ascii_uppercase)
 }
 
@@ -266,7 +266,7 @@ fn lowercase_token(name: &[u8]) -> bool {
 /// character but HTAB), as an HTTP/1 head is (`http::rewrite`) and as
 /// nghttp2 (Envoy's codec) does: what goes upstream is what an HTTP/1
 /// client could have sent.
-fn valid_value(v: &[u8]) -> bool {
+pub(super) fn valid_value(v: &[u8]) -> bool {
     is_valid_header_value(v)
 }
 
