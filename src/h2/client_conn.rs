@@ -602,8 +602,21 @@ impl ClientConn {
                 Ok(())
             }
             Frame::RstStream { stream, code } => {
-                if !self.streams.contains_key(&stream) {
+                let Some(s) = self.streams.get_mut(&stream) else {
                     return self.closed_stream(stream, "RST_STREAM on an idle stream");
+                };
+                if s.recv_end && s.reset.is_none() {
+                    // The answer is whole: the peer only stops the request
+                    // body it no longer wants (§8.1: NO_ERROR after a
+                    // complete response, which the client must not
+                    // discard). What is left of the answer is still read.
+                    if !s.send_end {
+                        s.send_end = true;
+                        self.active = self.active.saturating_sub(1);
+                        self.window_opened = true;
+                    }
+                    self.touched.push(stream);
+                    return Ok(());
                 }
                 self.mark_reset(
                     stream,

@@ -10,6 +10,7 @@ use http::header::HOST;
 use http::uri::Scheme;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::h2::client_conn::ResponseHead;
 use crate::h2::hpack::Encoder;
 use crate::h2::request::RequestHead;
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
@@ -275,6 +276,65 @@ fn uri_of(scheme: Scheme, authority: Bytes, path: Bytes) -> Option<http::Uri> {
     parts.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
     parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// A request for an HTTP/2 upstream as a header block: the
+/// pseudo-headers from the method and URI (`:scheme` http unless the URI
+/// says otherwise; CONNECT has only `:authority`, §8.5), then the fields,
+/// connection-specific ones and Host left out (§8.2.2; the authority went
+/// as `:authority`), `te` only as `trailers`, never-indexed marks kept.
+pub fn encode_request(req: &http::Request<()>, enc: &mut Encoder, out: &mut Vec<u8>) {
+    let uri = req.uri();
+    enc.field(b":method", req.method().as_str().as_bytes(), out);
+    let connect = req.method() == http::Method::CONNECT;
+    if !connect {
+        enc.field(
+            b":scheme",
+            uri.scheme_str().unwrap_or("http").as_bytes(),
+            out,
+        );
+    }
+    if let Some(a) = uri.authority() {
+        enc.field(b":authority", a.as_str().as_bytes(), out);
+    }
+    if !connect {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        enc.field(b":path", path.as_bytes(), out);
+    }
+    for (n, v) in req.headers() {
+        let n = n.as_str().as_bytes();
+        if n == b"host" || is_hop_by_hop(n) && !(n == b"te" && v.as_bytes() == b"trailers") {
+            continue;
+        }
+        if v.is_sensitive() {
+            enc.field_sensitive(n, v.as_bytes(), out);
+        } else {
+            enc.field(n, v.as_bytes(), out);
+        }
+    }
+}
+
+/// An HTTP/2 upstream's response head as `http`'s parts (fields checked
+/// by the codec already: lowercase tokens, valid values), never-indexed
+/// marks kept as sensitive values.
+pub fn response_parts(head: &ResponseHead) -> http::response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    parts.headers.reserve(head.marked_fields().count());
+    for (n, v, never) in head.marked_fields() {
+        if let (Some(n), Ok(mut v)) = (name(n), HeaderValue::from_bytes(v)) {
+            v.set_sensitive(never);
+            parts.headers.append(n, v);
+        }
+    }
+    parts
+}
+
+/// Trailers as the codec hands them over, into a header block.
+pub fn encode_field_list(fields: &[(Vec<u8>, Vec<u8>)], enc: &mut Encoder, out: &mut Vec<u8>) {
+    for (n, v) in fields {
+        enc.field(n, v, out);
+    }
 }
 
 /// A response head from a header map (an HTTP/2 upstream's answer, or a

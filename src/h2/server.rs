@@ -22,18 +22,19 @@
 //! does not read its socket holds a bounded buffer (and its streams run into
 //! stream_idle_timeout) rather than the proxy's memory.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures_lite::io::AsyncWrite;
 
-use super::conn::{Conn, ConnError, Read, Settings, StreamMap};
+use super::conn::{Conn, ConnError, Read, Settings};
 use super::frame::ErrorCode;
 use super::hpack::Encoder;
 use super::request::{Malformed, RequestHead};
+use super::wire::{self, Core};
 use crate::net::buf::{poll_read_via_scratch, Buf};
 use crate::net::Stream;
 
@@ -43,57 +44,18 @@ pub const HIGH_WATER: usize = 64 * 1024;
 /// Reads per poll of the connection before it lets other tasks run.
 const READS_PER_POLL: usize = 16;
 
-/// What the connection task and its streams share.
+/// What the connection task and its streams share: the codec and the
+/// output's state ([`Core`]), and the streams still to answer.
 struct Shared {
-    conn: RefCell<Conn>,
-    /// One waker per stream waiting on the connection.
-    wakers: RefCell<StreamMap<Waker>>,
-    /// How much of `conn.out` is on the wire already.
-    written: Cell<usize>,
-    /// A writer waits for room in the output.
-    out_blocked: Cell<bool>,
-    /// The connection is over (EOF, I/O error, connection error): every
-    /// stream is as good as reset.
-    dead: Cell<bool>,
+    core: Core<Conn>,
     /// Accepted streams that have not sent their response head yet.
     awaiting_head: Cell<u32>,
 }
 
-impl Shared {
-    fn queued(&self, conn: &mut Conn) -> usize {
-        conn.out().len().saturating_sub(self.written.get())
-    }
-
-    fn register(&self, id: u32, cx: &Context<'_>) {
-        let mut w = self.wakers.borrow_mut();
-        match w.get_mut(&id) {
-            Some(old) if old.will_wake(cx.waker()) => {}
-            Some(old) => old.clone_from(cx.waker()),
-            None => {
-                w.insert(id, cx.waker().clone());
-            }
-        }
-    }
-
-    fn wake_all(&self) {
-        for w in self.wakers.borrow().values() {
-            w.wake_by_ref();
-        }
-    }
-
-    /// Wakes the streams the codec touched.
-    fn wake_touched(&self, conn: &mut Conn) {
-        let wakers = self.wakers.borrow();
-        let all = conn.drain_touched(|id| {
-            if let Some(w) = wakers.get(&id) {
-                w.wake_by_ref();
-            }
-        });
-        if all {
-            for w in wakers.values() {
-                w.wake_by_ref();
-            }
-        }
+impl std::ops::Deref for Shared {
+    type Target = Core<Conn>;
+    fn deref(&self) -> &Core<Conn> {
+        &self.core
     }
 }
 
@@ -124,11 +86,7 @@ impl Server {
     pub fn new(io: Stream, first: Option<Buf>, settings: Settings) -> Server {
         Server {
             shared: Rc::new(Shared {
-                conn: RefCell::new(Conn::new(settings)),
-                wakers: RefCell::new(StreamMap::default()),
-                written: Cell::new(0),
-                out_blocked: Cell::new(false),
-                dead: Cell::new(false),
+                core: Core::new(Conn::new(settings)),
                 awaiting_head: Cell::new(0),
             }),
             io,
@@ -141,16 +99,7 @@ impl Server {
     /// Hands `bytes` to the codec: Err on a connection error.
     fn feed(shared: &Shared, partial: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ConnError> {
         let mut conn = shared.conn.borrow_mut();
-        let r = if partial.is_empty() {
-            conn.recv(bytes).map(|used| {
-                partial.extend_from_slice(&bytes[used..]);
-            })
-        } else {
-            partial.extend_from_slice(bytes);
-            conn.recv(partial).map(|used| {
-                partial.drain(..used);
-            })
-        };
+        let r = wire::feed(&mut *conn, partial, bytes);
         shared.wake_touched(&mut conn);
         r
     }
@@ -204,36 +153,7 @@ impl Server {
     /// Writes what the codec queued. Ready(Ok) once all of it is written.
     pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shared = &*self.shared;
-        let mut conn = shared.conn.borrow_mut();
-        let r = loop {
-            let written = shared.written.get();
-            let out = conn.out();
-            if written >= out.len() {
-                out.clear();
-                shared.written.set(0);
-                conn.written();
-                break Poll::Ready(Ok(()));
-            }
-            match Pin::new(&mut self.io).poll_write(cx, &out[written..]) {
-                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => shared.written.set(written + n),
-                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // Keep the buffer from growing at the front for ever.
-                    if written >= HIGH_WATER {
-                        out.drain(..written);
-                        shared.written.set(0);
-                    }
-                    break Poll::Pending;
-                }
-            }
-        };
-        if shared.out_blocked.get() && shared.queued(&mut conn) < HIGH_WATER {
-            shared.out_blocked.set(false);
-            drop(conn);
-            shared.wake_all();
-        }
-        r
+        shared.poll_write(&mut self.io, HIGH_WATER, cx)
     }
 
     /// Bytes queued and not written yet.
@@ -246,7 +166,7 @@ impl Server {
     pub fn shrink(&mut self) {
         if self.queued() == 0 {
             self.shared.conn.borrow_mut().shrink();
-            self.shared.wakers.borrow_mut().shrink_to(8);
+            self.shared.shrink_wakers();
         }
         if self.partial.is_empty() && self.partial.capacity() > 16 * 1024 {
             self.partial = Vec::new();
@@ -324,7 +244,7 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.head_sent();
-        self.shared.wakers.borrow_mut().remove(&self.id);
+        self.shared.forget(self.id);
         self.shared.conn.borrow_mut().close(self.id);
     }
 }
@@ -371,26 +291,7 @@ impl StreamRef {
     /// Room to send DATA now: the windows, and the output's room. Err when
     /// the stream can send no more (reset, ended, connection gone).
     pub fn poll_capacity(&self, cx: &Context<'_>) -> Poll<Result<usize, ()>> {
-        let shared = &self.0.shared;
-        if shared.dead.get() {
-            return Poll::Ready(Err(()));
-        }
-        let mut conn = shared.conn.borrow_mut();
-        let id = self.0.id;
-        if !conn.can_send(id) {
-            return Poll::Ready(Err(()));
-        }
-        let room = HIGH_WATER.saturating_sub(shared.queued(&mut conn));
-        let n = conn.capacity(id).min(room);
-        if n > 0 {
-            return Poll::Ready(Ok(n));
-        }
-        if room == 0 {
-            shared.out_blocked.set(true);
-        }
-        drop(conn);
-        shared.register(id, cx);
-        Poll::Pending
+        self.0.shared.poll_capacity(self.0.id, HIGH_WATER, cx)
     }
 
     /// The response head (`fields` encodes the status and fields).

@@ -43,13 +43,13 @@ use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request};
 use tracing::debug;
 
 use crate::config::Snapshot;
 use crate::deadline::until;
-use crate::h2::client::{self, ClientSettings, InFlight};
+use crate::h2::client::{self, UpStream};
+use crate::h2::client_conn::{ClientSettings, NotOpened, Reset};
 use crate::h2::conn::{self, Read};
 use crate::h2::frame::ErrorCode;
 use crate::h2::grpc;
@@ -579,14 +579,14 @@ impl BodySource for Body {
 /// raced against the answer's head and resumed after it (bidirectional
 /// streams) without losing a byte.
 pub(super) struct Pump {
-    tx: SendStream<Bytes>,
+    tx: UpStream,
     queue: std::collections::VecDeque<Bytes>,
     /// END_STREAM sent.
     done: bool,
 }
 
 impl Pump {
-    fn new(tx: SendStream<Bytes>, kept: Vec<Bytes>, done: bool) -> Pump {
+    fn new(tx: UpStream, kept: Vec<Bytes>, done: bool) -> Pump {
         Pump {
             tx,
             queue: kept.into(),
@@ -607,11 +607,17 @@ impl Pump {
                 match body.next().await? {
                     Some(d) => self.queue.push_back(d),
                     None => {
-                        match body.trailers() {
-                            Some(t) => self.tx.send_trailers(t),
-                            None => self.tx.send_data(Bytes::new(), true),
+                        if !self.tx.can_send() {
+                            return Err(sent(()));
                         }
-                        .map_err(sent)?;
+                        match body.trailers() {
+                            Some(t) => self
+                                .tx
+                                .send_trailers(|enc, out| headers::encode_fields(&t, enc, out)),
+                            None => {
+                                self.tx.send_data(&[], true);
+                            }
+                        }
                         self.done = true;
                     }
                 }
@@ -621,52 +627,56 @@ impl Pump {
                 self.queue.pop_front();
                 continue;
             }
-            let cap = match window(&mut self.tx, front.len(), idle).await {
+            let cap = match window(&self.tx, front.len(), idle).await {
                 Ok(n) => n,
                 Err(Unsent::Closed) => return Err(Failure::Reset { started: true }),
                 Err(Unsent::Stalled) => return Err(Failure::PerTryTimeout),
             };
+            let queued = self.queue.len();
             let Some(front) = self.queue.front_mut() else {
                 continue;
             };
             if cap == 0 {
                 continue;
             }
-            let piece = front.split_to(cap.min(front.len()));
+            let n = cap.min(front.len());
+            // The body's last piece carries END_STREAM itself unless
+            // trailers follow.
+            let last =
+                n == front.len() && queued == 1 && body.complete() && body.trailers().is_none();
+            let sent_n = self.tx.send_data(&front[..n], last);
+            if sent_n == 0 {
+                return Err(sent(()));
+            }
+            let _ = front.split_to(sent_n);
             if front.is_empty() {
                 self.queue.pop_front();
             }
-            // The body's last piece carries END_STREAM itself unless
-            // trailers follow.
-            let last = self.queue.is_empty() && body.complete() && body.trailers().is_none();
-            self.tx.send_data(piece, last).map_err(sent)?;
-            self.done = last;
+            self.done = last && sent_n == n;
         }
         Ok(())
     }
 
     /// Gives up on the upstream stream (the client went away, or timed out).
     pub(super) fn cancel(&mut self) {
-        self.tx.send_reset(Reason::CANCEL);
+        self.tx.reset(ErrorCode::CANCEL);
     }
 }
 
-/// Room to send up to `want` bytes on `tx` (0: none yet, ask again), waiting
-/// at most `idle` for the peer to open its window. The windows usually have
-/// room, which h2 assigns at once: then no timer is armed.
-async fn window(tx: &mut SendStream<Bytes>, want: usize, idle: Duration) -> Result<usize, Unsent> {
-    tx.reserve_capacity(want);
-    match tx.capacity() {
-        0 => {
+/// Room to send up to `want` bytes on `tx`, waiting at most `idle` for the
+/// peer to open its window. The windows usually have room: then no timer
+/// is armed.
+async fn window(tx: &UpStream, want: usize, idle: Duration) -> Result<usize, Unsent> {
+    let room = match future::poll_once(poll_fn(|cx| tx.poll_capacity(cx))).await {
+        Some(r) => r,
+        None => {
             let deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
-            match until(deadline, poll_fn(|cx| tx.poll_capacity(cx))).await {
-                Some(Some(Ok(n))) => Ok(n),
-                None => Err(Unsent::Stalled),
-                Some(_) => Err(Unsent::Closed),
-            }
+            until(deadline, poll_fn(|cx| tx.poll_capacity(cx)))
+                .await
+                .ok_or(Unsent::Stalled)?
         }
-        n => Ok(n),
-    }
+    };
+    room.map(|n| n.min(want)).map_err(|()| Unsent::Closed)
 }
 
 /// Why data could not be sent to a peer.
@@ -810,27 +820,25 @@ impl Answer for Boxed<H1Answer> {
 
 /// An HTTP/2 upstream's answer.
 pub(super) struct H2Answer {
-    response: Response<RecvStream>,
+    head: http::response::Parts,
+    /// The stream, to read the body from (and the hold on its connection).
+    body: UpStream,
     /// The request body's way to the upstream, while it is still streaming.
     pump: Option<Pump>,
-    _in_flight: InFlight,
 }
 
 impl H2Answer {
-    /// The head, the body, the request body's way if still open, and the
-    /// hold on the connection (to keep while the body is relayed).
-    pub(super) fn into_parts(self) -> (http::response::Parts, RecvStream, Option<Pump>, InFlight) {
-        let (head, body) = self.response.into_parts();
-        (head, body, self.pump, self._in_flight)
+    /// The head, the body, and the request body's way if still open.
+    pub(super) fn into_parts(self) -> (http::response::Parts, UpStream, Option<Pump>) {
+        (self.head, self.body, self.pump)
     }
 }
 
 impl Answer for H2Answer {
     fn outcome(&self) -> Outcome {
-        let h = self.response.headers();
         // A trailers-only answer carries grpc-status in its head.
-        let g = grpc::status(h).filter(|_| self.response.body().is_end_stream());
-        Outcome::Response(self.response.status().as_u16(), g)
+        let g = grpc::status(&self.head.headers).filter(|_| self.body.recv_done());
+        Outcome::Response(self.head.status.as_u16(), g)
     }
     fn discard(self) {}
 }
@@ -1286,17 +1294,12 @@ impl H2Stream {
         deadline: Option<Instant>,
         idle: Duration,
     ) {
-        let H2Answer {
-            response,
-            pump,
-            _in_flight,
-        } = answer;
-        let (mut head, mut up_rx) = response.into_parts();
+        let (mut head, up_rx, pump) = answer.into_parts();
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             headers::apply_ops(&mut head.headers, ops);
         }
         self.log.status = head.status.as_u16();
-        let end = up_rx.is_end_stream();
+        let end = up_rx.recv_done();
         if self.down.is_reset() {
             self.log.flags.insert(ResponseFlags::DC);
             return;
@@ -1313,33 +1316,32 @@ impl H2Stream {
         let log = &mut self.log;
         let down = &self.down;
         let relay = async {
+            let mut buf = Vec::new();
             loop {
-                match up_rx.data().await {
-                    Some(Ok(d)) => {
-                        let n = d.len();
-                        if let Err(e) = send_down(down, &d, false, idle).await {
+                buf.clear();
+                match poll_fn(|cx| up_rx.poll_read(cx, &mut buf)).await {
+                    Read::Data(n) => {
+                        if let Err(e) = send_down(down, &buf, false, idle).await {
                             if e == Unsent::Stalled {
                                 CoreStats::inc(&shard.stats.http2_stream_idle_timeout);
                             }
                             return Err(ErrorCode::CANCEL);
                         }
                         log.bytes_sent += n as u64;
-                        let _ = up_rx.flow_control().release_capacity(n);
                     }
-                    Some(Err(_)) => return Err(ErrorCode::INTERNAL_ERROR),
-                    None => break,
+                    Read::End => break,
+                    Read::Reset(_) | Read::Pending => return Err(ErrorCode::INTERNAL_ERROR),
                 }
             }
-            match up_rx.trailers().await {
-                Ok(Some(t)) if !down.is_reset() => {
-                    down.send_trailers(|enc, out| headers::encode_fields(&t, enc, out));
+            match up_rx.take_trailers() {
+                Some(t) if !down.is_reset() => {
+                    down.send_trailers(|enc, out| headers::encode_field_list(&t, enc, out));
                     Ok(())
                 }
-                Ok(None) => send_down(down, &[], true, idle)
+                None => send_down(down, &[], true, idle)
                     .await
                     .map_err(|_| ErrorCode::CANCEL),
-                Ok(Some(_)) => Err(ErrorCode::CANCEL),
-                Err(_) => Err(ErrorCode::INTERNAL_ERROR),
+                Some(_) => Err(ErrorCode::CANCEL),
             }
         };
         let pump = async {
@@ -1513,9 +1515,10 @@ fn body_expected(m: &[u8]) -> bool {
 pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings {
     let s = &config.http2;
     ClientSettings {
-        initial_stream_window_size: s.initial_stream_window_size,
-        initial_connection_window_size: s.initial_connection_window_size,
+        initial_stream_window: s.initial_stream_window_size,
+        initial_connection_window: s.initial_connection_window_size,
         max_header_list_size: s.max_header_list_size,
+        ..ClientSettings::default()
     }
 }
 
@@ -1552,75 +1555,67 @@ pub(super) async fn try_h2(
         None => {
             let making = pool.making(conn.key);
             let (stream, lease) = attempt::connect(shard, conn).await?;
-            let c = client::handshake(stream, lease, settings)
-                .await
-                .map_err(|_| Failure::Connect)?;
+            let c = client::connect(stream, lease, settings);
             CoreStats::inc(&shard.stats.upstream_cx_http2_total);
             making.done(&c);
             c
         }
     };
-    let in_flight = client::hold(&c);
-    let mut send = c.sender();
-    if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
-        c.retire();
-        return Err(Failure::Refused);
-    }
-    let mut up_req = Request::new(());
-    *up_req.method_mut() = req.method().clone();
-    *up_req.uri_mut() = req.uri().clone();
-    *up_req.headers_mut() = req.headers().clone();
     let kept = body.kept();
     let no_body = body.complete() && kept.iter().all(Bytes::is_empty) && body.trailers().is_none();
-    let (response, up_tx) = match send.send_request(up_req, no_body) {
-        Ok(r) => r,
-        Err(e) => {
-            c.retire();
-            return Err(h2_failure(&e, false));
+    let head_request = req.method() == http::Method::HEAD;
+    let up = match c.open(no_body, head_request, |enc, out| {
+        headers::encode_request(req, enc, out)
+    }) {
+        Ok(s) => s,
+        Err(why) => {
+            if why == NotOpened::Closing {
+                c.retire();
+            }
+            return Err(Failure::Refused);
         }
     };
     // The body goes while the answer is awaited; an answer may come first
     // (an early reply, or a bidirectional stream), and the pump resumes
     // alongside the answer's relay.
-    let mut pump = Pump::new(up_tx, kept, no_body);
+    let mut pump = Pump::new(up.clone(), kept, no_body);
     let idle = http.stream_idle_timeout;
-    let mut response = pin!(response);
+    let response = || poll_fn(|cx| up.poll_head(cx));
     let sending = async { Err(pump.run(body, idle).await) };
-    let head = match future::or(sending, async { Ok(response.as_mut().await) }).await {
+    let head = match future::or(sending, async { Ok(response().await) }).await {
         Ok(r) => r,
-        Err(Ok(())) => response.as_mut().await,
+        Err(Ok(())) => response().await,
         // The upstream stopped taking the body: it may have answered (an
         // early reply, then RST_STREAM NO_ERROR), so look first.
         Err(Err(Failure::Reset { .. } | Failure::PerTryTimeout)) => {
             pump.done = true;
-            response.as_mut().await
+            response().await
         }
         Err(Err(f)) => return Err(f),
     };
-    let r = head.map_err(|e| {
-        if !e.is_reset() || e.reason() == Some(Reason::REFUSED_STREAM) {
-            // The connection failed, or is going away: no new streams on it.
+    let head = head.map_err(|r| {
+        if !r.remote || r.code == ErrorCode::REFUSED_STREAM {
+            // The connection failed, or is going away or full: no new
+            // streams on it.
             c.retire();
         }
-        h2_failure(&e, true)
+        h2_failure(r)
     })?;
     Ok(H2Answer {
-        response: r,
+        head: headers::response_parts(&head),
+        body: up,
         pump: (!pump.done).then_some(pump),
-        _in_flight: in_flight,
     })
 }
 
-/// The failure an HTTP/2 stream error stands for: a refused or unprocessed
-/// stream (REFUSED_STREAM, or above a GOAWAY's last stream id) is safe to
-/// send again anywhere.
-fn h2_failure(e: &h2::Error, sent: bool) -> Failure {
-    if e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
+/// The failure an HTTP/2 stream's early end stands for: a refused or
+/// unprocessed stream (REFUSED_STREAM, or above a GOAWAY's last stream id)
+/// is safe to send again anywhere.
+fn h2_failure(r: Reset) -> Failure {
+    if r.unprocessed {
         Failure::Refused
     } else {
-        Failure::Reset {
-            started: sent && e.is_remote(),
-        }
+        Failure::Reset { started: r.remote }
     }
 }
 

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
-use h2::RecvStream;
 use http::HeaderMap;
 
 use crate::config::Config;
 use crate::deadline::until;
+use crate::h2::client::UpStream;
+use crate::h2::conn::Read;
 use crate::h2::headers;
 use crate::http::body::{encode_chunk, encode_last_chunk};
 use crate::http::head::{BodyFraming, Method, Version};
@@ -173,7 +174,7 @@ impl Conn<'_> {
         ops: Option<&HeaderOps>,
         deadline: Option<Instant>,
     ) -> Next {
-        let (mut head, mut up_rx, pump, _in_flight) = answer.into_parts();
+        let (mut head, up_rx, pump) = answer.into_parts();
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             headers::apply_ops(&mut head.headers, ops);
         }
@@ -212,7 +213,7 @@ impl Conn<'_> {
             if framing == BodyFraming::None {
                 return Ok(());
             }
-            relay_body(&mut w, &mut up_rx, chunked, &mut sent).await
+            relay_body(&mut w, &up_rx, chunked, &mut sent).await
         };
         let mut src = H1Source { conn: self, body };
         let pump = async {
@@ -258,31 +259,34 @@ impl Conn<'_> {
 /// last chunk) or as they are (a known length).
 async fn relay_body(
     w: &mut Stream,
-    up_rx: &mut RecvStream,
+    up_rx: &UpStream,
     chunked: bool,
     sent: &mut u64,
 ) -> Result<(), ResponseFlags> {
+    let mut buf = Vec::new();
     let mut out = Vec::new();
-    while let Some(d) = up_rx.data().await {
-        let d = d.map_err(|_| ResponseFlags::UC)?;
-        let n = d.len();
+    loop {
+        buf.clear();
+        let n = match std::future::poll_fn(|cx| up_rx.poll_read(cx, &mut buf)).await {
+            Read::Data(n) => n,
+            Read::End => break,
+            Read::Reset(_) | Read::Pending => return Err(ResponseFlags::UC),
+        };
         out.clear();
         let piece: &[u8] = if chunked {
-            encode_chunk(&d, &mut out);
+            encode_chunk(&buf, &mut out);
             &out
         } else {
-            &d
+            &buf
         };
         w.write_all(piece).await.map_err(|_| ResponseFlags::DC)?;
         // Body bytes, not chunk framing (Envoy's %BYTES_SENT%).
         *sent += n as u64;
-        let _ = up_rx.flow_control().release_capacity(n);
     }
-    let trailers = up_rx.trailers().await.map_err(|_| ResponseFlags::UC)?;
     if chunked {
         let mut t = Vec::new();
-        if let Some(h) = &trailers {
-            headers::write_h1_trailers(h, &mut t);
+        if let Some(fields) = up_rx.take_trailers() {
+            headers::write_h1_trailers(&headers::trailers_map(&fields), &mut t);
         }
         out.clear();
         encode_last_chunk(&t, &mut out);

@@ -310,6 +310,47 @@ fn refused_stream_is_unprocessed_other_resets_are_not() {
     assert!(c.out().is_empty());
 }
 
+/// A server may answer before the request body is all in and then reset
+/// the stream with NO_ERROR to stop the upload (§8.1): the answer stands.
+#[test]
+fn an_early_answer_survives_the_reset_that_stops_the_upload() {
+    let mut c = fresh(ClientSettings::default());
+    let id = request(&mut c, "POST", "/up", false).unwrap();
+    let mut p = Peer::new(&[]);
+    p.head(id, &[(":status", "405"), ("content-length", "4")], false)
+        .data(id, b"nope", true)
+        .raw(
+            kind::RST_STREAM,
+            0,
+            id,
+            &ErrorCode::NO_ERROR.0.to_be_bytes(),
+        );
+    p.to(&mut c).unwrap();
+    assert_eq!(c.take_head(id).unwrap().status, 405);
+    assert!(!c.can_send(id), "the upload is over");
+    assert_eq!(c.active(), 0);
+    let (body, end) = read_all(&mut c, id);
+    assert_eq!((body.as_slice(), end), (&b"nope"[..], Read::End));
+    c.out().clear();
+    c.close(id);
+    assert!(rst(c.out()).is_empty(), "closed by the peer already");
+    // Before the answer is whole, the same reset ends the stream.
+    let id = request(&mut c, "POST", "/up", false).unwrap();
+    p.head(id, &[(":status", "200")], false)
+        .data(id, b"part", false)
+        .raw(
+            kind::RST_STREAM,
+            0,
+            id,
+            &ErrorCode::NO_ERROR.0.to_be_bytes(),
+        );
+    p.to(&mut c).unwrap();
+    assert_eq!(
+        c.read(id, &mut Vec::new()),
+        Read::Reset(ErrorCode::NO_ERROR)
+    );
+}
+
 #[test]
 fn the_peers_stream_limit_is_honoured() {
     let mut c = ClientConn::new(ClientSettings::default());
