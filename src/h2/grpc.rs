@@ -47,7 +47,12 @@ pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
 
 /// The `grpc-status` in a head (a trailers-only answer) or in trailers.
 pub fn status(headers: &HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
+    status_of(headers.get("grpc-status").map(HeaderValue::as_bytes))
+}
+
+/// The same, from grpc-status's value.
+pub fn status_of(v: Option<&[u8]>) -> Option<u8> {
+    let v = std::str::from_utf8(v?).ok()?;
     v.parse::<u8>().ok().filter(|s| *s <= 16)
 }
 

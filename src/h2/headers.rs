@@ -7,15 +7,13 @@
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::Scheme;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::h2::client_conn::ResponseHead;
 use crate::h2::hpack::Encoder;
-use crate::h2::request::RequestHead;
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
-    is_hop_by_hop, named_in_connection, push_forwarded, push_framing, push_header, push_ip,
+    is_hop_by_hop, named_in_connection, push_forwarded, push_framing, push_header,
     push_request_id_and_ops, HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
@@ -72,73 +70,9 @@ pub fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
     }
 }
 
-/// The proxy's changes to a request's fields (what `write_request` does
-/// for HTTP/1, less the request line and framing). Returns the request id
-/// generated, if one was.
-pub fn rewrite_request(h: &mut HeaderMap, rw: &RequestRewrite<'_>) -> Option<RequestId> {
-    let ops = rw.ops.filter(|o| !o.is_empty());
-    if let Some(addr) = rw.client_addr {
-        // One comma-separated list, the nearest client last.
-        let mut v = Vec::new();
-        for prev in h.get_all("x-forwarded-for") {
-            if !prev.is_empty() {
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-            }
-        }
-        push_ip(&mut v, addr);
-        if let Ok(v) = HeaderValue::from_bytes(&v) {
-            h.insert("x-forwarded-for", v);
-        }
-    }
-    if let Some(proto) = rw.forwarded_proto {
-        let replaces = rw.replaces_proto(|| h.contains_key("x-forwarded-proto"));
-        if let Some(v) = HeaderValue::from_str(proto).ok().filter(|_| replaces) {
-            h.insert("x-forwarded-proto", v);
-        }
-    }
-    // XFCC: what the client sent is dropped unless this hop appends its
-    // verified element (Envoy's SANITIZE / APPEND_FORWARD).
-    let earlier: Vec<u8> = {
-        let mut v = Vec::new();
-        if rw.client_cert.is_some() {
-            for prev in h.get_all("x-forwarded-client-cert") {
-                if !prev.is_empty() {
-                    v.extend_from_slice(prev.as_bytes());
-                    v.push(b',');
-                }
-            }
-        }
-        v
-    };
-    h.remove("x-forwarded-client-cert");
-    if let Some(element) = rw.client_cert {
-        let mut v = earlier;
-        v.extend_from_slice(element.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&v) {
-            h.insert("x-forwarded-client-cert", v);
-        }
-    }
-    let mut generated = None;
-    if let Some(generator) = rw.request_id {
-        let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
-        if !set_by_route && !h.contains_key("x-request-id") {
-            let id = generator.next_id();
-            if let Ok(v) = HeaderValue::from_bytes(id.as_bytes()) {
-                h.insert("x-request-id", v);
-            }
-            generated = Some(id);
-        }
-    }
-    if let Some(ops) = ops {
-        apply_ops(h, ops);
-    }
-    generated
-}
-
 /// An HTTP/1.1 request head for an HTTP/2 request, with the proxy's
-/// rewrite applied as it is written (the same fields `rewrite_request`
-/// would put in the map, without building them there): the request line
+/// rewrite applied as it is written (the same fields `forward::UpRequest`
+/// gives an HTTP/2 upstream): the request line
 /// with `rw.path`, Host from `rw.host` (the `:authority`), the fields
 /// (cookies joined into one with "; ", RFC 9113 §8.2.3; connection-specific
 /// ones and `te` dropped), X-Forwarded-*, XFCC, X-Request-Id, the route's
@@ -192,126 +126,6 @@ pub fn write_h1_request<R: RequestParts + ?Sized>(
     push_framing(out, rw.framing);
     out.extend_from_slice(b"\r\n");
     generated
-}
-
-/// The entries an upstream request's header map is made with, at least: the
-/// most that stay under 1 KiB (`http` rounds capacity up to a power of two
-/// and keeps it three-quarters full: 12 entries of 52 bytes).
-const MAP_ROOM: usize = 12;
-
-/// A request head of the codec of our own as `http`'s parts, for the
-/// HTTP/2 upstream codec (`h2`): method, URI from :scheme, :authority and
-/// :path, and the fields. None if the method, URI or a field does not fit
-/// `http`'s types (h2::request checked them already; this is a backstop).
-///
-/// `raw` is one copy of the head's bytes ([`RequestHead::bytes`]) that every
-/// value and URI part is a slice of: no allocation per value, and the
-/// request cloned for each attempt (`l7::h2::try_h2`) shares them instead of
-/// giving each value an allocation of its own (a `Bytes` made from a vector
-/// allocates when first cloned). Names are `http`'s constants for the
-/// standard fields; only other names are copied.
-pub fn parts_from_head(head: &RequestHead, raw: &Bytes) -> Option<http::request::Parts> {
-    let mut b = http::Request::builder().method(http::Method::from_bytes(head.method()).ok()?);
-    if let (Some(authority), Some(path)) = (head.authority_range(), head.path_range()) {
-        let scheme = match head.scheme().unwrap_or(b"http") {
-            b"http" => Scheme::HTTP,
-            b"https" => Scheme::HTTPS,
-            other => Scheme::try_from(other).ok()?,
-        };
-        b = b.uri(uri_of(scheme, sub(raw, authority)?, sub(raw, path)?)?);
-    }
-    let (mut parts, ()) = b.body(()).ok()?.into_parts();
-    // Room for the fields and what `rewrite_request` adds (X-Forwarded-For
-    // and -Proto, X-Request-Id), so the map is not grown (reallocated) per
-    // request: at least MAP_ROOM. Not more than a head needs past that: a
-    // map of 13-24 entries is over 1 KiB, and each such malloc makes glibc
-    // consolidate its fast bins.
-    parts
-        .headers
-        .reserve(head.field_ranges().len().max(MAP_ROOM));
-    for (n, v, never_indexed) in head.field_ranges() {
-        let mut v = HeaderValue::from_maybe_shared(sub(raw, v)?).ok()?;
-        // The h2 crate encodes a sensitive value as never indexed.
-        v.set_sensitive(never_indexed);
-        parts.headers.append(name(raw.get(n)?)?, v);
-    }
-    Some(parts)
-}
-
-/// `raw[r]` as a slice of `raw`, if `r` lies in it (a span of the head always
-/// does: this is a backstop, as `Bytes::slice` would panic).
-fn sub(raw: &Bytes, r: std::ops::Range<usize>) -> Option<Bytes> {
-    (r.start <= r.end && r.end <= raw.len()).then(|| raw.slice(r))
-}
-
-/// The URI an HTTP/2 upstream request goes with: `http`, `authority` and
-/// `path`. Each is a slice of `raw` ([`parts_from_head`]'s copy of `head`,
-/// the head's bytes) when it lies in `head` (the route kept the head's own),
-/// else both are copied once.
-pub fn upstream_uri(head: &[u8], raw: &Bytes, authority: &[u8], path: &[u8]) -> Option<http::Uri> {
-    let (a, p) = match (slice_of(head, raw, authority), slice_of(head, raw, path)) {
-        (Some(a), Some(p)) => (a, p),
-        _ => {
-            let both = Bytes::from([authority, path].concat());
-            (both.slice(..authority.len()), both.slice(authority.len()..))
-        }
-    };
-    uri_of(Scheme::HTTP, a, p)
-}
-
-/// The slice of `raw` (a copy of `head`) at the place `part` has in `head`,
-/// if it lies there.
-fn slice_of(head: &[u8], raw: &Bytes, part: &[u8]) -> Option<Bytes> {
-    let (h, p) = (head.as_ptr_range(), part.as_ptr_range());
-    if raw.len() != head.len() || p.start < h.start || p.end > h.end {
-        return None;
-    }
-    let at = p.start as usize - h.start as usize;
-    Some(raw.slice(at..at + part.len()))
-}
-
-fn uri_of(scheme: Scheme, authority: Bytes, path: Bytes) -> Option<http::Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(scheme);
-    parts.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
-    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
-    http::Uri::from_parts(parts).ok()
-}
-
-/// A request for an HTTP/2 upstream as a header block: the
-/// pseudo-headers from the method and URI (`:scheme` http unless the URI
-/// says otherwise; CONNECT has only `:authority`, §8.5), then the fields,
-/// connection-specific ones and Host left out (§8.2.2; the authority went
-/// as `:authority`), `te` only as `trailers`, never-indexed marks kept.
-pub fn encode_request(req: &http::Request<()>, enc: &mut Encoder, out: &mut Vec<u8>) {
-    let uri = req.uri();
-    enc.field(b":method", req.method().as_str().as_bytes(), out);
-    let connect = req.method() == http::Method::CONNECT;
-    if !connect {
-        enc.field(
-            b":scheme",
-            uri.scheme_str().unwrap_or("http").as_bytes(),
-            out,
-        );
-    }
-    if let Some(a) = uri.authority() {
-        enc.field(b":authority", a.as_str().as_bytes(), out);
-    }
-    if !connect {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        enc.field(b":path", path.as_bytes(), out);
-    }
-    for (n, v) in req.headers() {
-        let n = n.as_str().as_bytes();
-        if n == b"host" || is_hop_by_hop(n) && !(n == b"te" && v.as_bytes() == b"trailers") {
-            continue;
-        }
-        if v.is_sensitive() {
-            enc.field_sensitive(n, v.as_bytes(), out);
-        } else {
-            enc.field(n, v.as_bytes(), out);
-        }
-    }
 }
 
 /// An HTTP/2 upstream's response head as `http`'s parts (fields checked
@@ -557,6 +371,8 @@ pub fn write_h1_trailers(h: &HeaderMap, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h2::forward::UpRequest;
+    use crate::h2::request::RequestHead;
     use crate::http::head::{parse_response, Method};
     use crate::http::rewrite::{write_request, HeaderField, RequestIdGenerator};
 
@@ -568,6 +384,20 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    /// The same request as the HTTP/2 codec of our own reads it.
+    fn h2_request_head(fields: &[(&str, &str)]) -> RequestHead {
+        let mut b = h2_head(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "svc.example:8080"),
+            (":path", "/a/b?x=1"),
+        ]);
+        for (n, v) in fields {
+            b.field(n.as_bytes(), v.as_bytes());
+        }
+        b.finish().unwrap()
     }
 
     /// An HTTP/1 request head's fields but Host and Content-Length.
@@ -589,7 +419,7 @@ mod tests {
     }
 
     /// The same rewrite of the same request gives the same fields in HTTP/1
-    /// (`write_request`, bytes) and HTTP/2 (`rewrite_request`, a map).
+    /// (`write_request`, bytes) and HTTP/2 (`forward::UpRequest`).
     #[test]
     fn rewrite_agrees_with_the_http1_writer() {
         let fields = [
@@ -633,12 +463,15 @@ mod tests {
         write_request(&head.view(&raw), &rw(&g1), &mut out);
         let mut h1 = fields_but_host_and_length(&out);
         // HTTP/2
-        let mut parts = h2_request(&fields);
-        rewrite_request(&mut parts.headers, &rw(&g2));
-        let mut h2: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        let (up, _) = UpRequest::from_h2(&h2_request_head(&fields), &rw(&g2), b"svc", b"/");
+        let mut h2: Vec<(String, String)> = up
+            .header_fields()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
             .collect();
         // HTTP/2 to an HTTP/1 upstream: written as it is rewritten.
         let parts = h2_request(&fields);
@@ -676,23 +509,24 @@ mod tests {
             framing: BodyFraming::None,
             upgrade: false,
         };
-        let mut parts = h2_request(&[("x-forwarded-proto", "https")]);
+        let parts = h2_request(&[("x-forwarded-proto", "https")]);
         let mut out = Vec::new();
         write_h1_request(&H2Parts(&parts), &rw(None), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("x-forwarded-proto: https\r\n"), "{text}");
         assert_eq!(text.matches("x-forwarded-proto").count(), 1, "{text}");
-        rewrite_request(&mut parts.headers, &rw(None));
-        let v: Vec<_> = parts.headers.get_all("x-forwarded-proto").iter().collect();
-        assert_eq!(v, ["https"]);
-        let mut parts = h2_request(&[]);
+        let head = h2_request_head(&[("x-forwarded-proto", "https")]);
+        let (up, _) = UpRequest::from_h2(&head, &rw(None), b"a", b"/");
+        let v: Vec<_> = up.header_values(b"x-forwarded-proto").collect();
+        assert_eq!(v, [b"https"]);
+        let parts = h2_request(&[]);
         let mut out = Vec::new();
         write_h1_request(&H2Parts(&parts), &rw(None), &mut out);
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("x-forwarded-proto: http\r\n"));
-        rewrite_request(&mut parts.headers, &rw(None));
-        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+        let (up, _) = UpRequest::from_h2(&h2_request_head(&[]), &rw(None), b"a", b"/");
+        assert_eq!(up.header(b"x-forwarded-proto"), Some(&b"http"[..]));
     }
 
     #[test]
@@ -752,85 +586,6 @@ mod tests {
             b.field(n.as_bytes(), v.as_bytes());
         }
         b
-    }
-
-    #[test]
-    fn never_indexed_marks_reach_the_h2_crates_parts() {
-        let mut b = h2_head(&[
-            (":method", "GET"),
-            (":scheme", "http"),
-            (":authority", "svc"),
-            (":path", "/"),
-        ]);
-        b.field_marked(b"authorization", b"Bearer x", true);
-        b.field(b"x-plain", b"v");
-        let head = b.finish().unwrap();
-        let parts = parts_from_head(&head, &Bytes::copy_from_slice(head.bytes())).unwrap();
-        assert!(parts.headers["authorization"].is_sensitive());
-        assert!(!parts.headers["x-plain"].is_sensitive());
-    }
-
-    /// The HTTP/2 upstream request's values and URI are slices of one copy
-    /// of the head: no allocation per value, and cloning the request for an
-    /// attempt shares them.
-    #[test]
-    fn an_upstream_request_shares_one_copy_of_the_head() {
-        let head = h2_head(&[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":authority", "svc:8080"),
-            (":path", "/pkg.Svc/Call?x=1"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            ("x-custom", "v"),
-            ("x-custom", "w"),
-        ])
-        .finish()
-        .unwrap();
-        let raw = Bytes::copy_from_slice(head.bytes());
-        let inside = |p: &[u8]| {
-            let (r, p) = (raw.as_ptr_range(), p.as_ptr_range());
-            r.start <= p.start && p.end <= r.end
-        };
-        let parts = parts_from_head(&head, &raw).unwrap();
-        assert_eq!(parts.method, http::Method::POST);
-        assert_eq!(parts.uri, "http://svc:8080/pkg.Svc/Call?x=1");
-        assert_eq!(parts.headers["content-type"], "application/grpc");
-        let custom: Vec<_> = parts.headers.get_all("x-custom").iter().collect();
-        assert_eq!(custom, ["v", "w"]);
-        assert!(parts.headers.values().all(|v| inside(v.as_bytes())));
-        assert!(inside(parts.uri.authority().unwrap().as_str().as_bytes()));
-        assert!(inside(
-            parts.uri.path_and_query().unwrap().as_str().as_bytes()
-        ));
-        // Room for what the proxy adds, in a map that stays small.
-        let cap = parts.headers.capacity();
-        assert!(
-            cap >= parts.headers.len() + 3 && cap <= MAP_ROOM,
-            "capacity {cap}"
-        );
-        // A clone (one per attempt) shares the same bytes.
-        let again = parts.headers.clone();
-        assert_eq!(
-            again["te"].as_bytes().as_ptr(),
-            parts.headers["te"].as_bytes().as_ptr()
-        );
-
-        // The upstream URI: the head's own :authority and :path are shared,
-        // a rewritten one is copied, and both read right.
-        let (a, p) = (head.authority().unwrap(), head.path().unwrap());
-        assert!(
-            upstream_uri(head.bytes(), &raw, b"", b"").is_none(),
-            "no authority"
-        );
-        let shared = upstream_uri(head.bytes(), &raw, a, p).unwrap();
-        assert_eq!(shared, "http://svc:8080/pkg.Svc/Call?x=1");
-        assert!(inside(shared.authority().unwrap().as_str().as_bytes()));
-        assert!(inside(shared.path_and_query().unwrap().as_str().as_bytes()));
-        let rewritten = upstream_uri(head.bytes(), &raw, b"other:81", p).unwrap();
-        assert_eq!(rewritten, "http://other:81/pkg.Svc/Call?x=1");
-        assert!(!inside(rewritten.authority().unwrap().as_str().as_bytes()));
-        assert!(upstream_uri(head.bytes(), &raw, b"bad host", b"/").is_none());
     }
 
     #[test]

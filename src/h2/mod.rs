@@ -37,6 +37,7 @@
 pub mod client;
 pub mod client_conn;
 pub mod conn;
+pub mod forward;
 pub mod frame;
 pub mod grpc;
 pub mod headers;

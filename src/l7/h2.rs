@@ -43,14 +43,15 @@ use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue};
 use tracing::debug;
 
 use crate::config::Snapshot;
 use crate::deadline::until;
 use crate::h2::client::{self, UpStream};
-use crate::h2::client_conn::{ClientSettings, NotOpened, Reset};
+use crate::h2::client_conn::{self, ClientSettings, NotOpened, Reset};
 use crate::h2::conn::{self, Read};
+use crate::h2::forward::{self, UpRequest};
 use crate::h2::frame::ErrorCode;
 use crate::h2::grpc;
 use crate::h2::headers;
@@ -820,7 +821,7 @@ impl Answer for Boxed<H1Answer> {
 
 /// An HTTP/2 upstream's answer.
 pub(super) struct H2Answer {
-    head: http::response::Parts,
+    head: client_conn::ResponseHead,
     /// The stream, to read the body from (and the hold on its connection).
     body: UpStream,
     /// The request body's way to the upstream, while it is still streaming.
@@ -829,7 +830,7 @@ pub(super) struct H2Answer {
 
 impl H2Answer {
     /// The head, the body, and the request body's way if still open.
-    pub(super) fn into_parts(self) -> (http::response::Parts, UpStream, Option<Pump>) {
+    pub(super) fn into_parts(self) -> (client_conn::ResponseHead, UpStream, Option<Pump>) {
         (self.head, self.body, self.pump)
     }
 }
@@ -837,8 +838,8 @@ impl H2Answer {
 impl Answer for H2Answer {
     fn outcome(&self) -> Outcome {
         // A trailers-only answer carries grpc-status in its head.
-        let g = grpc::status(&self.head.headers).filter(|_| self.body.recv_done());
-        Outcome::Response(self.head.status.as_u16(), g)
+        let g = grpc::status_of(self.head.get(b"grpc-status")).filter(|_| self.body.recv_done());
+        Outcome::Response(self.head.status, g)
     }
     fn discard(self) {}
 }
@@ -1084,26 +1085,9 @@ impl H2Stream {
         let mut tried = attempt::Attempts::default();
         let ops = response_ops.as_deref();
         if use_h2 {
-            // `h2` upstream: its types.
-            // One copy of the head for every value and URI part to share.
-            let raw = Bytes::copy_from_slice(head.bytes());
-            let Some(mut parts) = headers::parts_from_head(&head, &raw) else {
-                self.log.flags.insert(ResponseFlags::DPE);
-                return self.local(400, "invalid request head", None);
-            };
-            let generated = headers::rewrite_request(&mut parts.headers, &rewrite);
-            self.log_request_id(details, generated, &headers::H2Parts(&parts));
-            parts.headers.remove(http::header::HOST);
-            let mut up_req = Request::new(());
-            *up_req.method_mut() = parts.method.clone();
-            *up_req.headers_mut() = std::mem::take(&mut parts.headers);
-            match headers::upstream_uri(head.bytes(), &raw, authority, path) {
-                Some(u) => *up_req.uri_mut() = u,
-                None => {
-                    self.log.flags.insert(ResponseFlags::DPE);
-                    return self.local(400, "invalid :authority or :path", None);
-                }
-            }
+            // The rewrite applied once; each attempt encodes the result.
+            let (up_req, generated) = UpRequest::from_h2(&head, &rewrite, authority, path);
+            self.log_request_id(details, generated, &up_req);
             let settings = client_settings(config);
             let run = attempt::run(&shard, &req, &mut tried, async |conn, _fresh, per_try| {
                 let reused = Cell::new(false);
@@ -1294,19 +1278,15 @@ impl H2Stream {
         deadline: Option<Instant>,
         idle: Duration,
     ) {
-        let (mut head, up_rx, pump) = answer.into_parts();
-        if let Some(ops) = ops.filter(|o| !o.is_empty()) {
-            headers::apply_ops(&mut head.headers, ops);
-        }
-        self.log.status = head.status.as_u16();
+        let (head, up_rx, pump) = answer.into_parts();
+        self.log.status = head.status;
         let end = up_rx.recv_done();
         if self.down.is_reset() {
             self.log.flags.insert(ResponseFlags::DC);
             return;
         }
-        let status = head.status.as_u16();
         self.down.send_head(end, |enc, out| {
-            headers::encode_map(status, &head.headers, enc, out)
+            forward::encode_response(&head, ops, enc, out)
         });
         if end {
             self.finished = true;
@@ -1530,7 +1510,7 @@ pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings 
 pub(super) async fn try_h2(
     shard: &Rc<Shard>,
     conn: &UpstreamRef<'_>,
-    req: &Request<()>,
+    req: &UpRequest,
     body: &mut impl BodySource,
     settings: ClientSettings,
     reused: &Cell<bool>,
@@ -1563,10 +1543,7 @@ pub(super) async fn try_h2(
     };
     let kept = body.kept();
     let no_body = body.complete() && kept.iter().all(Bytes::is_empty) && body.trailers().is_none();
-    let head_request = req.method() == http::Method::HEAD;
-    let up = match c.open(no_body, head_request, |enc, out| {
-        headers::encode_request(req, enc, out)
-    }) {
+    let up = match c.open(no_body, req.is_head(), |enc, out| req.encode(enc, out)) {
         Ok(s) => s,
         Err(why) => {
             if why == NotOpened::Closing {
@@ -1602,7 +1579,7 @@ pub(super) async fn try_h2(
         h2_failure(r)
     })?;
     Ok(H2Answer {
-        head: headers::response_parts(&head),
+        head,
         body: up,
         pump: (!pump.done).then_some(pump),
     })
@@ -1783,7 +1760,7 @@ mod size_tests {
             _: impl FnOnce(
                 &'a Rc<Shard>,
                 &'a UpstreamRef<'a>,
-                &'a Request<()>,
+                &'a UpRequest,
                 &'a mut Body,
                 ClientSettings,
                 &'a Cell<bool>,

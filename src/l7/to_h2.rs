@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::deadline::until;
 use crate::h2::client::UpStream;
 use crate::h2::conn::Read;
+use crate::h2::forward::UpRequest;
 use crate::h2::headers;
 use crate::http::body::{encode_chunk, encode_last_chunk};
 use crate::http::head::{BodyFraming, Method, Version};
@@ -123,6 +124,7 @@ impl Conn<'_> {
         let Some(up_req) = headers::request_from_h1(up_head) else {
             return Err(Failure::BadRequestBody);
         };
+        let up_req = UpRequest::from_http(&up_req);
         let req = attempt::Request {
             config,
             target,
@@ -174,7 +176,8 @@ impl Conn<'_> {
         ops: Option<&HeaderOps>,
         deadline: Option<Instant>,
     ) -> Next {
-        let (mut head, up_rx, pump) = answer.into_parts();
+        let (head, up_rx, pump) = answer.into_parts();
+        let mut head = headers::response_parts(&head);
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             headers::apply_ops(&mut head.headers, ops);
         }

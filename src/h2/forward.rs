@@ -1,0 +1,262 @@
+//! Heads on their way through an HTTP/2 upstream, in the codec's own form:
+//! no `http` types, no map, no allocation per field.
+//!
+//! - [`UpRequest`]: the request as it goes upstream, the proxy's rewrite
+//!   applied once (X-Forwarded-*, XFCC, X-Request-Id, the route's
+//!   operations: the rules `write_h1_request` writes for an HTTP/1
+//!   upstream), pseudo-headers and fields in one buffer, HPACK-encoded anew
+//!   for each attempt (each connection has its own tables).
+//! - [`encode_response`]: an upstream's answer ([`ResponseHead`]) encoded
+//!   for an HTTP/2 client with the route's response operations applied on
+//!   the way.
+
+use crate::h2::client_conn::ResponseHead;
+use crate::h2::hpack::Encoder;
+use crate::h2::request::RequestHead;
+use crate::http::rewrite::{is_hop_by_hop, push_ip, HeaderOps, RequestId, RequestRewrite};
+use crate::http::RequestParts;
+
+/// A span of [`UpRequest`]'s buffer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Span(u32, u32);
+
+impl Span {
+    fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        buf.get(self.0 as usize..self.1 as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// A request head for an HTTP/2 upstream.
+#[derive(Debug, Default)]
+pub struct UpRequest {
+    buf: Vec<u8>,
+    method: Span,
+    scheme: Span,
+    authority: Option<Span>,
+    path: Option<Span>,
+    /// Name, value, never indexed (HPACK §7.1.3, kept from the client).
+    fields: Vec<(Span, Span, bool)>,
+}
+
+impl UpRequest {
+    fn with_capacity(bytes: usize, fields: usize) -> UpRequest {
+        UpRequest {
+            buf: Vec::with_capacity(bytes),
+            fields: Vec::with_capacity(fields),
+            ..UpRequest::default()
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(bytes);
+        Span(start, self.buf.len() as u32)
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8], never_indexed: bool) {
+        let n = self.push(name);
+        let v = self.push(value);
+        self.fields.push((n, v, never_indexed));
+    }
+
+    /// A field whose value is made of pieces (`value` appends them).
+    fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        let n = self.push(name);
+        let start = self.buf.len() as u32;
+        value(&mut self.buf);
+        let v = Span(start, self.buf.len() as u32);
+        self.fields.push((n, v, false));
+    }
+
+    /// An HTTP/2 client's request with the proxy's rewrite: `authority`
+    /// and `path` as routed, the client's fields (connection-specific ones,
+    /// Host and those the rewrite replaces left out; `te: trailers` kept;
+    /// never-indexed marks kept), then X-Forwarded-For, -Proto, XFCC,
+    /// X-Request-Id if the client sent none, and the route's set and add
+    /// fields, as `write_h1_request` writes them for an HTTP/1 upstream.
+    /// Returns the request id generated, if one was.
+    pub fn from_h2(
+        head: &RequestHead,
+        rw: &RequestRewrite<'_>,
+        authority: &[u8],
+        path: &[u8],
+    ) -> (UpRequest, Option<RequestId>) {
+        let raw = head.bytes();
+        let mut r = UpRequest::with_capacity(raw.len() + authority.len() + path.len() + 160, 16);
+        r.method = r.push(head.method());
+        r.scheme = r.push(b"http");
+        r.authority = Some(r.push(authority));
+        r.path = Some(r.push(path));
+        let ops = rw.ops.filter(|o| !o.is_empty());
+        let replaces_proto = rw.replaces_proto(|| head.header(b"x-forwarded-proto").is_some());
+        let mut had_request_id = false;
+        for (n, v, never) in head.field_ranges() {
+            let (Some(n), Some(v)) = (raw.get(n), raw.get(v)) else {
+                continue;
+            };
+            let te_trailers = n == b"te" && v == b"trailers";
+            if matches!(n, b"host" | b"x-forwarded-client-cert")
+                || (is_hop_by_hop(n) && !te_trailers)
+                || (rw.client_addr.is_some() && n == b"x-forwarded-for")
+                || (replaces_proto && n == b"x-forwarded-proto")
+                || ops.is_some_and(|o| o.drops(n))
+            {
+                continue;
+            }
+            had_request_id |= n == b"x-request-id";
+            r.field(n, v, never);
+        }
+        if let Some(addr) = rw.client_addr {
+            r.field_with(b"x-forwarded-for", |out| {
+                for v in head.values(b"x-forwarded-for").filter(|v| !v.is_empty()) {
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b", ");
+                }
+                push_ip(out, addr);
+            });
+        }
+        if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
+            r.field(b"x-forwarded-proto", proto.as_bytes(), false);
+        }
+        if let Some(element) = rw.client_cert {
+            r.field_with(b"x-forwarded-client-cert", |out| {
+                for v in head
+                    .values(b"x-forwarded-client-cert")
+                    .filter(|v| !v.is_empty())
+                {
+                    out.extend_from_slice(v);
+                    out.push(b',');
+                }
+                out.extend_from_slice(element.as_bytes());
+            });
+        }
+        let mut generated = None;
+        if let Some(generator) = rw.request_id {
+            let set_by_route =
+                ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
+            if !had_request_id && !set_by_route {
+                let id = generator.next_id();
+                r.field(b"x-request-id", id.as_bytes(), false);
+                generated = Some(id);
+            }
+        }
+        if let Some(ops) = ops {
+            for f in ops.set.iter().chain(&ops.add) {
+                r.field(&f.name, &f.value, false);
+            }
+        }
+        (r, generated)
+    }
+
+    /// A request in `http`'s types (an HTTP/1 client's, restated for
+    /// HTTP/2 by `headers::request_from_h1`): the pseudo-headers from the
+    /// method and URI (`:scheme` http unless the URI says otherwise;
+    /// CONNECT has only `:authority`, RFC 9113 §8.5), then the fields,
+    /// connection-specific ones and Host left out, `te` only as `trailers`.
+    pub fn from_http(req: &http::Request<()>) -> UpRequest {
+        let mut r = UpRequest::with_capacity(256, req.headers().len());
+        let uri = req.uri();
+        r.method = r.push(req.method().as_str().as_bytes());
+        let connect = req.method() == http::Method::CONNECT;
+        r.scheme = r.push(uri.scheme_str().unwrap_or("http").as_bytes());
+        r.authority = uri.authority().map(|a| r.push(a.as_str().as_bytes()));
+        if !connect {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            r.path = Some(r.push(path.as_bytes()));
+        }
+        for (n, v) in req.headers() {
+            let n = n.as_str().as_bytes();
+            let te_trailers = n == b"te" && v.as_bytes() == b"trailers";
+            if n == b"host" || (is_hop_by_hop(n) && !te_trailers) {
+                continue;
+            }
+            r.field(n, v.as_bytes(), v.is_sensitive());
+        }
+        r
+    }
+
+    /// The method is HEAD (its answer has no body).
+    pub fn is_head(&self) -> bool {
+        self.method.get(&self.buf) == b"HEAD"
+    }
+
+    /// The head as a header block: pseudo-headers first (CONNECT without
+    /// `:scheme` and `:path`), then the fields, never-indexed ones so.
+    pub fn encode(&self, enc: &mut Encoder, out: &mut Vec<u8>) {
+        let b = &self.buf;
+        let method = self.method.get(b);
+        enc.field(b":method", method, out);
+        let connect = method == b"CONNECT";
+        if !connect {
+            enc.field(b":scheme", self.scheme.get(b), out);
+        }
+        if let Some(a) = self.authority {
+            enc.field(b":authority", a.get(b), out);
+        }
+        if let Some(p) = self.path.filter(|_| !connect) {
+            enc.field(b":path", p.get(b), out);
+        }
+        for (n, v, never) in &self.fields {
+            if *never {
+                enc.field_sensitive(n.get(b), v.get(b), out);
+            } else {
+                enc.field(n.get(b), v.get(b), out);
+            }
+        }
+    }
+}
+
+/// What routing, policy and the access log read of the request sent.
+impl RequestParts for UpRequest {
+    fn method(&self) -> &[u8] {
+        self.method.get(&self.buf)
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        self.authority.map(|a| a.get(&self.buf))
+    }
+    fn path_and_query(&self) -> &[u8] {
+        self.path.map_or(&b"/"[..], |p| p.get(&self.buf))
+    }
+    fn header_values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.header_fields()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+    fn header_fields<'s>(&'s self) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
+        self.fields
+            .iter()
+            .map(|(n, v, _)| (n.get(&self.buf), v.get(&self.buf)))
+    }
+}
+
+/// An HTTP/2 upstream's answer as a header block for an HTTP/2 client:
+/// the status, the fields the route's operations do not drop (never-indexed
+/// marks kept), then the operations' set and add fields.
+pub fn encode_response(
+    head: &ResponseHead,
+    ops: Option<&HeaderOps>,
+    enc: &mut Encoder,
+    out: &mut Vec<u8>,
+) {
+    enc.status(head.status, out);
+    let ops = ops.filter(|o| !o.is_empty());
+    for (n, v, never) in head.marked_fields() {
+        if ops.is_some_and(|o| o.drops(n)) {
+            continue;
+        }
+        if never {
+            enc.field_sensitive(n, v, out);
+        } else {
+            enc.field(n, v, out);
+        }
+    }
+    if let Some(ops) = ops {
+        for f in ops.set.iter().chain(&ops.add) {
+            enc.field(&f.name, &f.value, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
