@@ -20,7 +20,7 @@ use super::conn::{ConnError, Read, StreamMap};
 use super::frame::{self, setting, ErrorCode, Frame, FrameError, Head, HEAD_LEN};
 use super::hpack::{Decoder, Encoder};
 use super::request::{lowercase_token, trailers_ok, valid_value};
-use super::PREFACE;
+use super::{Span, PREFACE};
 
 /// This endpoint's settings and limits toward upstreams.
 #[derive(Clone, Copy, Debug)]
@@ -70,23 +70,6 @@ pub enum NotOpened {
     /// The connection is going away (GOAWAY either way, failed, or out of
     /// stream identifiers): no stream will open on it again.
     Closing,
-}
-
-/// A span of [`ResponseHead`]'s buffer.
-#[derive(Clone, Copy, Debug, Default)]
-struct Span(u32, u32);
-
-impl Span {
-    fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        buf.get(self.0 as usize..self.1 as usize)
-            .unwrap_or_default()
-    }
-}
-
-fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
-    let start = buf.len() as u32;
-    buf.extend_from_slice(bytes);
-    Span(start, buf.len() as u32)
 }
 
 /// A response head: the status and the regular fields, as spans of one
@@ -189,8 +172,8 @@ impl HeadBuilder {
             return;
         }
         let h = &mut self.head;
-        let n = push(&mut h.buf, name);
-        let v = push(&mut h.buf, value);
+        let n = Span::push(&mut h.buf, name);
+        let v = Span::push(&mut h.buf, value);
         h.fields.push((n, v, never));
     }
 

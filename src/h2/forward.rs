@@ -10,22 +10,12 @@
 //!   for an HTTP/2 client with the route's response operations applied on
 //!   the way.
 
+use super::Span;
 use crate::h2::client_conn::ResponseHead;
 use crate::h2::hpack::Encoder;
 use crate::h2::request::RequestHead;
 use crate::http::rewrite::{is_hop_by_hop, push_ip, HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
-
-/// A span of [`UpRequest`]'s buffer.
-#[derive(Clone, Copy, Debug, Default)]
-struct Span(u32, u32);
-
-impl Span {
-    fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        buf.get(self.0 as usize..self.1 as usize)
-            .unwrap_or_default()
-    }
-}
 
 /// A request head for an HTTP/2 upstream.
 #[derive(Debug, Default)]
@@ -49,9 +39,7 @@ impl UpRequest {
     }
 
     fn push(&mut self, bytes: &[u8]) -> Span {
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(bytes);
-        Span(start, self.buf.len() as u32)
+        Span::push(&mut self.buf, bytes)
     }
 
     fn field(&mut self, name: &[u8], value: &[u8], never_indexed: bool) {
@@ -63,9 +51,7 @@ impl UpRequest {
     /// A field whose value is made of pieces (`value` appends them).
     fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
         let n = self.push(name);
-        let start = self.buf.len() as u32;
-        value(&mut self.buf);
-        let v = Span(start, self.buf.len() as u32);
+        let v = Span::push_with(&mut self.buf, value);
         self.fields.push((n, v, false));
     }
 

@@ -49,3 +49,43 @@ mod wire;
 /// The HTTP/2 connection preface a prior-knowledge client starts with
 /// (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A field's place in a head's buffer: the heads of the codec
+/// ([`request::RequestHead`], [`client_conn::ResponseHead`],
+/// [`forward::UpRequest`]) keep their fields as spans of one buffer, not
+/// an allocation each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// `bytes` appended to `buf`, and where they went.
+    fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
+        let start = buf.len() as u32;
+        buf.extend_from_slice(bytes);
+        Span {
+            start,
+            end: buf.len() as u32,
+        }
+    }
+
+    /// What `append` adds to `buf`, and where it went.
+    fn push_with(buf: &mut Vec<u8>, append: impl FnOnce(&mut Vec<u8>)) -> Span {
+        let start = buf.len() as u32;
+        append(buf);
+        Span {
+            start,
+            end: buf.len() as u32,
+        }
+    }
+
+    fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        buf.get(self.range()).unwrap_or_default()
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}

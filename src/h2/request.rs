@@ -10,25 +10,10 @@
 //! SETTINGS_MAX_HEADER_LIST_SIZE is decoded to its end (HPACK's table must
 //! stay in step with the peer's) and answered 431, as h2 and Envoy do.
 
+use super::Span;
 use crate::http::head::{has_port, valid_authority};
 use crate::http::rewrite::{is_valid_header_name, is_valid_header_value};
 use crate::http::RequestParts;
-
-/// A field's place in the buffer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-impl Span {
-    fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        buf.get(self.range()).unwrap_or_default()
-    }
-    fn range(&self) -> std::ops::Range<usize> {
-        self.start as usize..self.end as usize
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Field {
@@ -141,7 +126,7 @@ impl HeadBuilder {
                         return self.fail(Malformed::Protocol(":method is not a token"));
                     }
                     h.method = Some(if keep {
-                        push(&mut h.buf, value)
+                        Span::push(&mut h.buf, value)
                     } else {
                         Span::default()
                     });
@@ -156,7 +141,7 @@ impl HeadBuilder {
                 return self.fail(Malformed::Protocol("duplicate pseudo-header"));
             }
             *slot = Some(if keep {
-                push(&mut h.buf, value)
+                Span::push(&mut h.buf, value)
             } else {
                 Span::default()
             });
@@ -178,8 +163,8 @@ impl HeadBuilder {
             return self.fail(Malformed::Protocol("te other than trailers"));
         }
         if keep {
-            let name = push(&mut h.buf, name);
-            let value = push(&mut h.buf, value);
+            let name = Span::push(&mut h.buf, name);
+            let value = Span::push(&mut h.buf, value);
             h.fields.push(Field {
                 name,
                 value,
@@ -244,15 +229,6 @@ impl HeadBuilder {
 /// A trailer block: regular fields only (§8.1).
 pub fn trailers_ok(name: &[u8], value: &[u8]) -> bool {
     !name.starts_with(b":") && lowercase_token(name) && valid_value(value)
-}
-
-fn push(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
-    let start = buf.len() as u32;
-    buf.extend_from_slice(bytes);
-    Span {
-        start,
-        end: buf.len() as u32,
-    }
 }
 
 /// A field name as HTTP/2 carries it: a token (RFC 9110 §5.6.2), in
