@@ -158,14 +158,24 @@ impl Drop for Handle {
         let conn = &self.conn;
         let shared = &conn.shared;
         shared.forget(self.id);
-        shared.conn.borrow_mut().close(self.id);
-        shared.handles.set(shared.handles.get().saturating_sub(1));
+        let reset = {
+            let mut c = shared.conn.borrow_mut();
+            let before = c.out().len();
+            c.close(self.id);
+            c.out().len() > before
+        };
+        let handles = shared.handles.get().saturating_sub(1);
+        shared.handles.set(handles);
         let n = conn.in_flight.get().saturating_sub(1);
         conn.in_flight.set(n);
         if n == 0 {
             conn.idle_since.set(Instant::now());
         }
-        shared.wake_driver();
+        // A RST_STREAM to write, or the last stream gone (the connection
+        // may end now).
+        if reset || handles == 0 {
+            shared.wake_driver();
+        }
     }
 }
 
@@ -185,11 +195,20 @@ impl UpStream {
         f(&mut self.shared().conn.borrow_mut(), self.0.id)
     }
 
-    /// Like [`UpStream::with`], for a call that queued output: the
-    /// connection's task is woken to write it.
+    /// Like [`UpStream::with`], for a call that may queue output: the
+    /// connection's task is woken to write it if it did (only then: each
+    /// needless pass of that task is a read attempt and a loop pass more).
     fn queue<R>(&self, f: impl FnOnce(&mut ClientConn, u32) -> R) -> R {
-        let r = self.with(f);
-        self.shared().wake_driver();
+        let shared = self.shared();
+        let (r, grew) = {
+            let mut c = shared.conn.borrow_mut();
+            let before = c.out().len();
+            let r = f(&mut c, self.0.id);
+            (r, c.out().len() > before)
+        };
+        if grew {
+            shared.wake_driver();
+        }
         r
     }
 
@@ -217,7 +236,7 @@ impl UpStream {
 
     /// Moves received body data into `buf` (its window credited back).
     pub fn poll_read(&self, cx: &Context<'_>, buf: &mut Vec<u8>) -> Poll<Read> {
-        let r = self.with(|c, id| c.read(id, buf));
+        let r = self.queue(|c, id| c.read(id, buf));
         match r {
             Read::Pending if self.shared().dead.get() => {
                 Poll::Ready(Read::Reset(ErrorCode::CANCEL))
@@ -226,11 +245,7 @@ impl UpStream {
                 self.shared().register(self.0.id, cx);
                 Poll::Pending
             }
-            r => {
-                // A window update may be queued.
-                self.shared().wake_driver();
-                Poll::Ready(r)
-            }
+            r => Poll::Ready(r),
         }
     }
 
