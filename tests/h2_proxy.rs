@@ -826,9 +826,10 @@ print(status)
 
 /// HPACK's never-indexed mark (RFC 7541 §7.1.3: an intermediary passes a
 /// never-indexed field on as such) from an HTTP/2 client to an HTTP/2
-/// upstream, both the Python `h2` library (tests/l7/h2_never_indexed.py):
-/// `authorization` and `x-secret` arrive never indexed, `x-plain` and the
-/// fields Remora adds do not.
+/// upstream and back, both the Python `h2` library
+/// (tests/l7/h2_never_indexed.py): `authorization` and `x-secret` arrive
+/// never indexed, `x-plain` and the fields Remora adds do not; the
+/// answer's never-indexed `set-cookie` reaches the client so marked.
 #[test]
 fn never_indexed_fields_stay_never_indexed_upstream() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_never_indexed.py");
@@ -877,6 +878,18 @@ fn never_indexed_fields_stay_never_indexed_upstream() {
     assert_eq!(mark("x-plain"), ("x-plain".into(), "visible".into(), false));
     // What Remora adds is an ordinary field.
     assert!(!mark("x-request-id").2, "{seen:?}");
+    // And the way back: the upstream's never-indexed answer field reaches
+    // the client so marked, an ordinary one does not.
+    let answer: Vec<(String, String, bool)> =
+        serde_json::from_value(got["answer"].clone()).unwrap();
+    assert!(
+        answer.contains(&("set-cookie".into(), "session=1".into(), true)),
+        "{answer:?}"
+    );
+    assert!(
+        answer.contains(&("x-plain-answer".into(), "yes".into(), false)),
+        "{answer:?}"
+    );
     let (code, _) = r.stop();
     assert_eq!(code, 0);
 }

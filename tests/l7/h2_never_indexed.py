@@ -3,10 +3,11 @@ tests/h2_proxy.rs, with the Python `h2` library on both sides.
 
     h2_never_indexed.py server PORT   an HTTP/2 upstream on 127.0.0.1:PORT;
         prints "ready", then answers each request with a JSON body: for each
-        regular field, [name, value, sent never-indexed]
+        regular field, [name, value, sent never-indexed]; the answer's own
+        `set-cookie` goes never indexed, its `x-plain-answer` not
     h2_never_indexed.py client PORT   one request to 127.0.0.1:PORT with
         `authorization` and `x-secret` never indexed and `x-plain` not; prints
-        the upstream's JSON answer
+        the upstream's JSON answer and the answer's fields with their marks
 
 The `h2` library keeps a received field's kind (`NeverIndexedHeaderTuple`)
 and encodes one of that kind as never indexed.
@@ -35,8 +36,12 @@ def serve_conn(sock):
                 seen = [[n.decode(), v.decode(), isinstance(h, NeverIndexedHeaderTuple)]
                         for h in ev.headers for n, v in [h] if not n.startswith(b":")]
                 body = json.dumps(seen).encode()
-                conn.send_headers(ev.stream_id, [(":status", "200"),
-                                                 ("content-length", str(len(body)))])
+                conn.send_headers(ev.stream_id, [
+                    HeaderTuple(":status", "200"),
+                    HeaderTuple("content-length", str(len(body))),
+                    NeverIndexedHeaderTuple("set-cookie", "session=1"),
+                    HeaderTuple("x-plain-answer", "yes"),
+                ])
                 conn.send_data(ev.stream_id, body, end_stream=True)
         sock.sendall(conn.data_to_send())
 
@@ -67,7 +72,7 @@ def client(port):
     ]
     conn.send_headers(1, headers, end_stream=True)
     sock.sendall(conn.data_to_send())
-    body, status = b"", None
+    body, status, answer = b"", None, []
     while True:
         data = sock.recv(65536)
         if not data:
@@ -76,6 +81,8 @@ def client(port):
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.ResponseReceived):
                 status = dict(ev.headers)[b":status"].decode()
+                answer = [[n.decode(), v.decode(), isinstance(h, NeverIndexedHeaderTuple)]
+                          for h in ev.headers for n, v in [h] if not n.startswith(b":")]
             elif isinstance(ev, h2.events.DataReceived):
                 body += ev.data
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -84,7 +91,7 @@ def client(port):
         sock.sendall(conn.data_to_send())
         if done:
             break
-    print(json.dumps({"status": status, "body": body.decode()}))
+    print(json.dumps({"status": status, "body": body.decode(), "answer": answer}))
 
 
 if __name__ == "__main__":
