@@ -893,3 +893,50 @@ fn never_indexed_fields_stay_never_indexed_upstream() {
     let (code, _) = r.stop();
     assert_eq!(code, 0);
 }
+
+/// An HTTP/2 upstream that breaks the protocol (tests/l7/h2_bad_upstream.py):
+/// a malformed answer (no `:status`, an uppercase field name) or DATA before
+/// the head resets that stream only, and the client gets a 502; DATA on
+/// stream 0 is a connection error, whose streams fail the same way, and the
+/// next request opens a new connection. Requests on the same connection in
+/// between are answered.
+#[test]
+fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_bad_upstream.py");
+    let up_port = free_port();
+    let mut up = Command::new("python3")
+        .args([script, &up_port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(up.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let port = free_port();
+    let up_addr: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
+    let r = Remora::start(
+        &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
+        &["--cores", "1"],
+    );
+    let dir = TempDir::new("h2-bad-upstream");
+    let get = |path: &str| curl(&dir, &url(port, path), &[]);
+    let ok = get("/ok");
+    assert_eq!((ok.status, ok.body.as_slice()), (200, &b"ok"[..]));
+    for bad in ["/no-status", "/upper", "/data-first"] {
+        assert_eq!(get(bad).status, 502, "{bad}");
+        // The connection goes on.
+        assert_eq!(get("/ok").status, 200, "after {bad}");
+    }
+    assert_eq!(get("/break").status, 502);
+    assert_eq!(get("/ok").status, 200, "after the connection error");
+    let _ = up.kill();
+    let _ = up.wait();
+    let (code, totals) = r.stop();
+    assert_eq!(code, 0);
+    assert_eq!(totals.get("upstream_cx_http2_total"), 2, "{totals:?}");
+    assert_eq!(totals.get("rq_5xx"), 4, "{totals:?}");
+}

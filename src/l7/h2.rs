@@ -1503,10 +1503,11 @@ pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings 
 }
 
 /// One attempt on an HTTP/2 upstream: a stream on an open connection with
-/// room, or on one being made, or on a new one. A connection that failed a
-/// stream (refused it, went away, broke) is retired at once, so "fresh"
-/// (the attempt loop's once-more-elsewhere) needs nothing more here: the
-/// next attempt cannot land on it, and other open connections are fine.
+/// room, or on one being made, or on a new one. A connection that refused
+/// a stream is retired at once, and one that went away or broke takes no
+/// stream anyway, so "fresh" (the attempt loop's once-more-elsewhere) needs
+/// nothing more here: the next attempt cannot land on it, and other open
+/// connections are fine.
 pub(super) async fn try_h2(
     shard: &Rc<Shard>,
     conn: &UpstreamRef<'_>,
@@ -1571,9 +1572,10 @@ pub(super) async fn try_h2(
         Err(Err(f)) => return Err(f),
     };
     let head = head.map_err(|r| {
-        if !r.remote || r.code == ErrorCode::REFUSED_STREAM {
-            // The connection failed, or is going away or full: no new
-            // streams on it.
+        if r.remote && r.code == ErrorCode::REFUSED_STREAM {
+            // It refused a stream: no new ones on it. (A connection that
+            // failed or is going away takes none anyway; a stream error
+            // leaves the connection as it was, RFC 9113 §5.4.2.)
             c.retire();
         }
         h2_failure(r)
@@ -1587,10 +1589,15 @@ pub(super) async fn try_h2(
 
 /// The failure an HTTP/2 stream's early end stands for: a refused or
 /// unprocessed stream (REFUSED_STREAM, or above a GOAWAY's last stream id)
-/// is safe to send again anywhere.
+/// is safe to send again anywhere; one we reset because the upstream broke
+/// the protocol (a malformed answer, a stream or connection error) is a bad
+/// response (502 UPE, as Envoy answers an upstream protocol error); any
+/// other end is a reset.
 fn h2_failure(r: Reset) -> Failure {
     if r.unprocessed {
         Failure::Refused
+    } else if !r.remote && r.code != ErrorCode::CANCEL {
+        Failure::BadResponse
     } else {
         Failure::Reset { started: r.remote }
     }
