@@ -33,18 +33,24 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_lite::io::AsyncWrite;
+
 use super::client_conn::{ClientConn, ClientSettings, NotOpened, Reset, ResponseHead};
 use super::conn::Read;
 use super::frame::ErrorCode;
 use super::hpack::Encoder;
 use super::wire::{self, Core};
+use crate::deadline::until;
 use crate::net::buf::poll_read_via_scratch;
 use crate::net::Stream;
 use crate::upstream::pool;
-use futures_lite::io::AsyncWrite;
 
 /// Bytes queued for the upstream past which request bodies wait.
 const HIGH_WATER: usize = 64 * 1024;
+
+/// How long closing the socket may take (a TLS close_notify to a peer that
+/// does not read).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Reads per poll of the connection task before it lets other tasks run.
 const READS_PER_POLL: usize = 16;
@@ -341,13 +347,11 @@ async fn drive(shared: Rc<Shared>, mut io: Stream) {
         };
         let mut conn = shared.conn.borrow_mut();
         let idle = shared.handles.get() == 0;
+        // The last words (a connection error's GOAWAY, or ours when the
+        // pool let go) get the write just tried, not a wait: a peer that
+        // does not read must not hold the task and its socket for ever.
         if shared.dead.get() || conn.failed().is_some() {
-            // A connection error's GOAWAY goes out first, if it can.
-            return if flushed {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            };
+            return Poll::Ready(());
         }
         if idle && (shared.released.get() || conn.goaway_received().is_some()) {
             if shared.released.get() && !conn.is_closing() {
@@ -356,9 +360,7 @@ async fn drive(shared: Rc<Shared>, mut io: Stream) {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if flushed {
-                return Poll::Ready(());
-            }
+            return Poll::Ready(());
         }
         if idle && flushed {
             conn.shrink();
@@ -368,7 +370,9 @@ async fn drive(shared: Rc<Shared>, mut io: Stream) {
     .await;
     shared.dead.set(true);
     shared.wake_all();
-    let _ = poll_fn(|cx| Pin::new(&mut io).poll_close(cx)).await;
+    // Bounded too: closing TLS writes a close_notify.
+    let close = poll_fn(|cx| Pin::new(&mut io).poll_close(cx));
+    let _ = until(Some(Instant::now() + CLOSE_GRACE), close).await;
 }
 
 /// Reads what the socket has into the codec, waking the streams it
