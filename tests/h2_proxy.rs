@@ -268,6 +268,27 @@ impl Drop for Nginx {
     }
 }
 
+/// A Python upstream (`script ARGS... PORT`) on a free port, once it printed
+/// "ready".
+fn python_upstream(script: &str, args: &[&str]) -> (std::process::Child, SocketAddr) {
+    let port = free_port();
+    let mut up = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(up.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    (up, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
 fn url(port: u16, path: &str) -> String {
     format!("http://127.0.0.1:{port}{path}")
 }
@@ -833,21 +854,8 @@ print(status)
 #[test]
 fn never_indexed_fields_stay_never_indexed_upstream() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_never_indexed.py");
-    let up_port = free_port();
-    let mut up = Command::new("python3")
-        .args([script, "server", &up_port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(up.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (mut up, up_addr) = python_upstream(script, &["server"]);
     let port = free_port();
-    let up_addr: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
     let r = Remora::start(
         &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
         &["--cores", "1"],
@@ -903,21 +911,8 @@ fn never_indexed_fields_stay_never_indexed_upstream() {
 #[test]
 fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_bad_upstream.py");
-    let up_port = free_port();
-    let mut up = Command::new("python3")
-        .args([script, &up_port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(up.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (mut up, up_addr) = python_upstream(script, &[]);
     let port = free_port();
-    let up_addr: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
     let r = Remora::start(
         &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
         &["--cores", "1"],
