@@ -63,7 +63,8 @@ struct Shared {
     driver: RefCell<Option<Waker>>,
     /// The pool let go of the connection: it ends with its last stream.
     released: Cell<bool>,
-    /// Streams whose handles are alive.
+    /// Streams whose handles are alive (requests whose answers are not
+    /// yet relayed): the connection is idle at 0.
     handles: Cell<usize>,
 }
 
@@ -85,8 +86,6 @@ impl Shared {
 /// One upstream HTTP/2 connection, as the pool holds it.
 pub struct Conn {
     shared: Rc<Shared>,
-    /// Streams open on it (requests whose answers are not yet relayed).
-    in_flight: Cell<usize>,
     /// A stream could not be opened on it (refused, or broken).
     unusable: Cell<bool>,
     /// When the last stream ended (for the idle timeout).
@@ -138,7 +137,6 @@ impl Conn {
             .borrow_mut()
             .open(end_stream, head_request, fields)?;
         shared.handles.set(shared.handles.get() + 1);
-        self.in_flight.set(self.in_flight.get() + 1);
         self.lease.borrow_mut().uses += 1;
         shared.wake_driver();
         Ok(UpStream(Rc::new(Handle {
@@ -172,9 +170,7 @@ impl Drop for Handle {
         };
         let handles = shared.handles.get().saturating_sub(1);
         shared.handles.set(handles);
-        let n = conn.in_flight.get().saturating_sub(1);
-        conn.in_flight.set(n);
-        if n == 0 {
+        if handles == 0 {
             conn.idle_since.set(Instant::now());
         }
         // A RST_STREAM to write, or the last stream gone (the connection
@@ -306,7 +302,6 @@ pub fn connect(stream: Stream, lease: pool::Lease, settings: ClientSettings) -> 
     glommio::spawn_local(drive(shared.clone(), stream)).detach();
     Rc::new(Conn {
         shared,
-        in_flight: Cell::new(0),
         unusable: Cell::new(false),
         idle_since: Cell::new(Instant::now()),
         lease: RefCell::new(lease),
@@ -488,7 +483,7 @@ impl Pool {
         let now = Instant::now();
         list.retain(|c| {
             c.usable()
-                && (c.in_flight.get() > 0
+                && (c.shared.handles.get() > 0
                     || now.saturating_duration_since(c.idle_since.get()) < max_idle)
         });
         let found = list
