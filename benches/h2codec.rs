@@ -19,10 +19,11 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use remora::h2::conn::{Conn, Settings};
+use remora::h2::conn::Conn;
 use remora::h2::frame;
 use remora::h2::headers::{encode_h1_response, response_from_h1, H2Parts};
 use remora::h2::hpack::Encoder;
+use remora::h2::link::Settings;
 use remora::h2::PREFACE;
 use remora::http::head::{parse_response, Limits, Method, Parsed, ResponseHead};
 use remora::http::RequestParts;

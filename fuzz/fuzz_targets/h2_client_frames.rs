@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use remora::config::Http2;
-use remora::h2::client_conn::{ClientConn, ClientSettings};
-use remora::h2::conn::Read;
+use remora::h2::client_conn::ClientConn;
+use remora::h2::link::{Read, Settings};
 use remora::h2::frame::{ErrorCode, Head, HEAD_LEN};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece = usize::from(piece % 64) + 1;
     let s = Http2::default();
-    let mut conn = ClientConn::new(ClientSettings {
+    let mut conn = ClientConn::new(Settings {
         initial_stream_window: s.initial_stream_window_size,
         initial_connection_window: s.initial_connection_window_size,
         max_header_list_size: s.max_header_list_size,
-        ..ClientSettings::default()
+        ..Settings::default()
     });
     let mut open = Vec::new();
     let mut opened = 0u32;

@@ -13,7 +13,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use remora::config::Http2;
-use remora::h2::conn::{Conn, Read, Settings};
+use remora::h2::conn::Conn;
+use remora::h2::link::{Read, Settings};
 use remora::h2::frame::{ErrorCode, Head, HEAD_LEN};
 use remora::h2::headers::write_h1_request;
 use remora::h2::PREFACE;

@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 
 use futures_lite::io::AsyncWrite;
 
-use super::client_conn::{ClientConn, ClientSettings, NotOpened, Reset, ResponseHead};
-use super::conn::Read;
+use super::client_conn::{ClientConn, NotOpened, ResponseHead};
 use super::frame::ErrorCode;
 use super::hpack::Encoder;
+use super::link::{Read, Reset, Settings};
 use super::wire::{self, Core};
 use crate::deadline::until;
 use crate::net::buf::poll_read_via_scratch;
@@ -292,7 +292,7 @@ impl UpStream {
 /// A new upstream connection: the client preface and SETTINGS are queued,
 /// and a task of this core's executor drives the socket. Requests may be
 /// sent at once (§3.4: a client need not wait for the server's SETTINGS).
-pub fn connect(stream: Stream, lease: pool::Lease, settings: ClientSettings) -> Rc<Conn> {
+pub fn connect(stream: Stream, lease: pool::Lease, settings: Settings) -> Rc<Conn> {
     let shared = Rc::new(Shared {
         core: Core::new(ClientConn::new(settings)),
         driver: RefCell::new(None),

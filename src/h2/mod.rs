@@ -4,10 +4,12 @@
 //! [`hpack`] (RFC 7541 with no `h2` or `http` types: fields decoded as
 //! borrowed slices, encoded straight from bytes), [`request`] (a request
 //! head as spans in one buffer, checked as §8.2-8.3 require), the
-//! connection without I/O, [`conn`] for the server side (stream states,
-//! both flow controls, SETTINGS, GOAWAY, the abuse limits) and
-//! [`client_conn`] for the client side (the peer's stream limit, response
-//! heads checked as §8.3.2 requires, GOAWAY's unprocessed streams), and
+//! connection without I/O: [`link`] for what both ends do alike (stream
+//! states, both flow controls, SETTINGS, CONTINUATION, the abuse limits),
+//! [`conn`] for the server side (client streams, request heads,
+//! `max_concurrent_streams`, GOAWAY) and [`client_conn`] for the client
+//! side (the peer's stream limit, response heads checked as §8.3.2
+//! requires, GOAWAY's unprocessed streams), and
 //! their glommio drivers over [`wire`]: [`server`] (one task per
 //! connection, a `StreamRef` per stream) and [`client`] (the per-core pool
 //! of multiplexed upstream connections, a task per connection, an
@@ -29,7 +31,8 @@
 //! have had their CVEs) is met with the RFC's rules checked frame by frame,
 //! the published floods bounded (rapid reset, CONTINUATION, control
 //! frames, empty frames, HPACK, zero windows), fuzz targets (`h2_codec` on
-//! the layers, `h2_frames` on the whole server connection), Python `hpack`
+//! the layers, `h2_frames` and `h2_client_frames` on the whole server and
+//! client connections), Python `hpack`
 //! as a cross-check, and raw-frame tests with real peers (tests/h2_abuse.rs,
 //! tests/h2_conformance.rs) and real upstreams (nginx, grpcio, Python `h2`:
 //! tests/h2_proxy.rs, tests/grpc.rs).
@@ -42,6 +45,7 @@ pub mod frame;
 pub mod grpc;
 pub mod headers;
 pub mod hpack;
+pub mod link;
 pub mod request;
 pub mod server;
 mod wire;

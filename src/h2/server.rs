@@ -30,9 +30,10 @@ use std::task::{Context, Poll};
 
 use futures_lite::io::AsyncWrite;
 
-use super::conn::{Conn, ConnError, Read, Settings};
+use super::conn::Conn;
 use super::frame::ErrorCode;
 use super::hpack::Encoder;
+use super::link::{ConnError, Read, Settings};
 use super::request::{Malformed, RequestHead};
 use super::wire::{self, Core};
 use crate::net::buf::{poll_read_via_scratch, Buf};

@@ -11,66 +11,33 @@ use std::task::{Context, Poll, Waker};
 
 use futures_lite::io::AsyncWrite;
 
-use super::client_conn::ClientConn;
-use super::conn::{Conn, ConnError, StreamMap};
+use std::ops::DerefMut;
+
+use super::client_conn::{self, ClientConn};
+use super::conn::{self, Conn};
+use super::link::{ConnError, Link, StreamMap};
 use crate::net::Stream;
 
-/// A connection's codec without I/O, either side.
-pub(super) trait Codec {
+/// A connection's codec without I/O, either side: its [`Link`] (output,
+/// windows, touched streams) and how it reads frames.
+pub(super) trait Codec: DerefMut<Target = Link<Self::Part>> {
+    /// What the side keeps of a stream beyond the link.
+    type Part;
     /// Reads whole frames from `input`; returns the bytes used.
     fn recv(&mut self, input: &[u8]) -> Result<usize, ConnError>;
-    /// Bytes to write.
-    fn out(&mut self) -> &mut Vec<u8>;
-    /// `out` was drained.
-    fn written(&mut self);
-    /// Hands `wake` the streams touched since the last call; true if
-    /// something concerns every stream.
-    fn drain_touched(&mut self, wake: impl FnMut(u32)) -> bool;
-    /// The stream can still send (not reset, END_STREAM not sent).
-    fn can_send(&self, id: u32) -> bool;
-    /// DATA the windows allow on the stream now.
-    fn capacity(&self, id: u32) -> usize;
 }
 
 impl Codec for Conn {
+    type Part = conn::ServerStream;
     fn recv(&mut self, input: &[u8]) -> Result<usize, ConnError> {
         Conn::recv(self, input)
-    }
-    fn out(&mut self) -> &mut Vec<u8> {
-        Conn::out(self)
-    }
-    fn written(&mut self) {
-        Conn::written(self)
-    }
-    fn drain_touched(&mut self, wake: impl FnMut(u32)) -> bool {
-        Conn::drain_touched(self, wake)
-    }
-    fn can_send(&self, id: u32) -> bool {
-        Conn::can_send(self, id)
-    }
-    fn capacity(&self, id: u32) -> usize {
-        Conn::capacity(self, id)
     }
 }
 
 impl Codec for ClientConn {
+    type Part = client_conn::ClientStream;
     fn recv(&mut self, input: &[u8]) -> Result<usize, ConnError> {
         ClientConn::recv(self, input)
-    }
-    fn out(&mut self) -> &mut Vec<u8> {
-        ClientConn::out(self)
-    }
-    fn written(&mut self) {
-        ClientConn::written(self)
-    }
-    fn drain_touched(&mut self, wake: impl FnMut(u32)) -> bool {
-        ClientConn::drain_touched(self, wake)
-    }
-    fn can_send(&self, id: u32) -> bool {
-        ClientConn::can_send(self, id)
-    }
-    fn capacity(&self, id: u32) -> usize {
-        ClientConn::capacity(self, id)
     }
 }
 

@@ -49,12 +49,12 @@ use tracing::debug;
 use crate::config::Snapshot;
 use crate::deadline::until;
 use crate::h2::client::{self, UpStream};
-use crate::h2::client_conn::{self, ClientSettings, NotOpened, Reset};
-use crate::h2::conn::{self, Read};
+use crate::h2::client_conn::{self, NotOpened};
 use crate::h2::forward::{self, UpRequest};
 use crate::h2::frame::ErrorCode;
 use crate::h2::grpc;
 use crate::h2::headers;
+use crate::h2::link::{Read, Reset, Settings};
 use crate::h2::request::{Malformed, RequestHead};
 use crate::h2::server::{Ended, Server, StreamRef, HIGH_WATER};
 use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
@@ -218,20 +218,13 @@ pub async fn serve(
             return;
         }
     }
-    let s = &config.http2;
-    let settings = conn::Settings {
-        max_concurrent_streams: s.max_concurrent_streams,
-        initial_stream_window: s.initial_stream_window_size,
-        initial_connection_window: s.initial_connection_window_size,
-        max_header_list_size: s.max_header_list_size,
-        ..conn::Settings::default()
-    };
+    let settings = http2_settings(config);
     let mut srv = Server::new(down, read, settings);
     let shared = Rc::new(Shared {
         ctx,
         streams: Cell::new(0),
         premature_resets: Cell::new(0),
-        max_premature_resets: s.max_premature_resets,
+        max_premature_resets: config.http2.max_premature_resets,
         calm: Cell::new(false),
         waker: RefCell::new(None),
     });
@@ -1088,7 +1081,7 @@ impl H2Stream {
             // The rewrite applied once; each attempt encodes the result.
             let (up_req, generated) = UpRequest::from_h2(&head, &rewrite, authority, path);
             self.log_request_id(details, generated, &up_req);
-            let settings = client_settings(config);
+            let settings = http2_settings(config);
             let run = attempt::run(&shard, &req, &mut tried, async |conn, _fresh, per_try| {
                 let reused = Cell::new(false);
                 let attempt = try_h2(&shard, conn, &up_req, &mut body, settings, &reused, http);
@@ -1492,13 +1485,17 @@ fn body_expected(m: &[u8]) -> bool {
     matches!(m, b"POST" | b"PUT" | b"PATCH")
 }
 
-pub(super) fn client_settings(config: &crate::config::Config) -> ClientSettings {
+/// The `[http2]` config as the codec's settings, both sides: what
+/// downstream connections advertise and enforce, and what upstream ones
+/// advertise (`max_concurrent_streams` concerns only the former).
+pub(super) fn http2_settings(config: &crate::config::Config) -> Settings {
     let s = &config.http2;
-    ClientSettings {
+    Settings {
+        max_concurrent_streams: s.max_concurrent_streams,
         initial_stream_window: s.initial_stream_window_size,
         initial_connection_window: s.initial_connection_window_size,
         max_header_list_size: s.max_header_list_size,
-        ..ClientSettings::default()
+        ..Settings::default()
     }
 }
 
@@ -1513,7 +1510,7 @@ pub(super) async fn try_h2(
     conn: &UpstreamRef<'_>,
     req: &UpRequest,
     body: &mut impl BodySource,
-    settings: ClientSettings,
+    settings: Settings,
     reused: &Cell<bool>,
     http: &crate::config::Http,
 ) -> Result<H2Answer, Failure> {
@@ -1769,7 +1766,7 @@ mod size_tests {
                 &'a UpstreamRef<'a>,
                 &'a UpRequest,
                 &'a mut Body,
-                ClientSettings,
+                Settings,
                 &'a Cell<bool>,
                 &'a crate::config::Http,
             ) -> F,

@@ -21,9 +21,9 @@ use http::HeaderMap;
 use crate::config::Config;
 use crate::deadline::until;
 use crate::h2::client::UpStream;
-use crate::h2::conn::Read;
 use crate::h2::forward::UpRequest;
 use crate::h2::headers;
+use crate::h2::link::Read;
 use crate::http::body::{encode_chunk, encode_last_chunk};
 use crate::http::head::{BodyFraming, Method, Version};
 use crate::http::rewrite::HeaderOps;
@@ -33,7 +33,7 @@ use crate::upstream::cluster::ActiveRequest;
 use crate::upstream::tls::AppProtocol;
 
 use super::attempt::{self, Tried};
-use super::h2::{client_settings, try_h2, BodySource, H2Answer};
+use super::h2::{http2_settings, try_h2, BodySource, H2Answer};
 use super::plan::Target;
 use super::retry::{self, Failure};
 use super::{decode_into, BodyWait, Conn, Next, ReqBody, ResponseFlags};
@@ -136,7 +136,7 @@ impl Conn<'_> {
             inbound: self.ctx.inbound_dst.is_some(),
             protocol: AppProtocol::Http2,
         };
-        let settings = client_settings(config);
+        let settings = http2_settings(config);
         let mut log = attempt::Attempts::default();
         let shard = self.shard;
         let mut src = H1Source { conn: self, body };

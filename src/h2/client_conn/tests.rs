@@ -1,43 +1,12 @@
 use super::*;
-use crate::h2::conn::{Conn as ServerConn, Settings as ServerSettings};
-use crate::h2::frame::{flag, kind};
-
-/// The frames in `out` (heads and payloads).
-fn frames(out: &[u8]) -> Vec<(Head, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut rest = out;
-    while let Some(h) = Head::peek(rest) {
-        let end = HEAD_LEN + h.len as usize;
-        let Some(payload) = rest.get(HEAD_LEN..end) else {
-            break;
-        };
-        v.push((h, payload.to_vec()));
-        rest = &rest[end..];
-    }
-    v
-}
-
-fn rst(out: &[u8]) -> Vec<(u32, ErrorCode)> {
-    frames(out)
-        .into_iter()
-        .filter_map(|(h, p)| match frame::parse(h, &p) {
-            Ok(Frame::RstStream { stream, code }) => Some((stream, code)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn goaway_code(out: &[u8]) -> Option<ErrorCode> {
-    frames(out)
-        .into_iter()
-        .find_map(|(h, p)| match frame::parse(h, &p) {
-            Ok(Frame::GoAway { code, .. }) => Some(code),
-            _ => None,
-        })
-}
+use crate::h2::conn::Conn as ServerConn;
+use crate::h2::frame::{self, flag, kind, setting, Head, HEAD_LEN};
+use crate::h2::link::testing::{frames, goaway_code, rst};
+use crate::h2::link::{Read, Settings};
+use crate::h2::PREFACE;
 
 /// A connection whose preface and SETTINGS have been written.
-fn fresh(settings: ClientSettings) -> ClientConn {
+fn fresh(settings: Settings) -> ClientConn {
     let mut c = ClientConn::new(settings);
     c.out().clear();
     c
@@ -121,7 +90,7 @@ fn read_all(c: &mut ClientConn, id: u32) -> (Vec<u8>, Read) {
 
 #[test]
 fn preface_settings_and_window_come_first() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let out = std::mem::take(c.out());
     assert!(out.starts_with(PREFACE));
     let f = frames(&out[PREFACE.len()..]);
@@ -137,8 +106,8 @@ fn preface_settings_and_window_come_first() {
 /// head and body, answer head, body and trailers, through both.
 #[test]
 fn a_request_and_its_answer_through_the_server_codec() {
-    let mut c = ClientConn::new(ClientSettings::default());
-    let mut s = ServerConn::new(ServerSettings::default());
+    let mut c = ClientConn::new(Settings::default());
+    let mut s = ServerConn::new(Settings::default());
     let id = request(&mut c, "POST", "/echo", false).unwrap();
     assert_eq!(id, 1);
     assert_eq!(c.send_data(id, b"hello", false), 5);
@@ -185,7 +154,7 @@ fn a_request_and_its_answer_through_the_server_codec() {
 
 #[test]
 fn interim_heads_are_skipped_and_bad_heads_reset() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let ids: Vec<u32> = (0..7).map(|i| get(&mut c, &format!("/{i}"))).collect();
     c.out().clear();
     let mut p = Peer::new(&[]);
@@ -229,7 +198,7 @@ fn interim_heads_are_skipped_and_bad_heads_reset() {
 
 #[test]
 fn content_length_is_held_to_the_data() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let short = get(&mut c, "/short");
     let long = get(&mut c, "/long");
     let head = request(&mut c, "HEAD", "/h", true).unwrap();
@@ -260,7 +229,7 @@ fn content_length_is_held_to_the_data() {
 
 #[test]
 fn goaway_ends_unprocessed_streams_and_stops_new_ones() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let a = get(&mut c, "/a");
     let b = get(&mut c, "/b");
     let mut p = Peer::new(&[]);
@@ -281,7 +250,7 @@ fn goaway_ends_unprocessed_streams_and_stops_new_ones() {
 
 #[test]
 fn refused_stream_is_unprocessed_other_resets_are_not() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let a = get(&mut c, "/a");
     let b = get(&mut c, "/b");
     let mut p = Peer::new(&[]);
@@ -314,7 +283,7 @@ fn refused_stream_is_unprocessed_other_resets_are_not() {
 /// the stream with NO_ERROR to stop the upload (§8.1): the answer stands.
 #[test]
 fn an_early_answer_survives_the_reset_that_stops_the_upload() {
-    let mut c = fresh(ClientSettings::default());
+    let mut c = fresh(Settings::default());
     let id = request(&mut c, "POST", "/up", false).unwrap();
     let mut p = Peer::new(&[]);
     p.head(id, &[(":status", "405"), ("content-length", "4")], false)
@@ -353,7 +322,7 @@ fn an_early_answer_survives_the_reset_that_stops_the_upload() {
 
 #[test]
 fn the_peers_stream_limit_is_honoured() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     // 100 until the server's SETTINGS say otherwise.
     let mut ids = Vec::new();
     for i in 0..100 {
@@ -382,10 +351,10 @@ fn the_peers_stream_limit_is_honoured() {
 
 #[test]
 fn flow_control_both_ways() {
-    let settings = ClientSettings {
+    let settings = Settings {
         initial_stream_window: 65_535,
         initial_connection_window: 65_535,
-        ..ClientSettings::default()
+        ..Settings::default()
     };
     let mut c = ClientConn::new(settings);
     let id = request(&mut c, "POST", "/up", false).unwrap();
@@ -517,7 +486,7 @@ fn a_peer_that_breaks_the_protocol_loses_the_connection() {
         ),
     ];
     for (what, peer, code) in cases {
-        let mut c = fresh(ClientSettings::default());
+        let mut c = fresh(Settings::default());
         let id = get(&mut c, "/");
         let mut p = Peer::new(&[]);
         peer(&mut p, id);
@@ -532,7 +501,7 @@ fn a_peer_that_breaks_the_protocol_loses_the_connection() {
 
 #[test]
 fn stream_errors_reset_only_their_stream() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let a = get(&mut c, "/a");
     let b = get(&mut c, "/b");
     let d = request(&mut c, "POST", "/d", false).unwrap();
@@ -559,9 +528,9 @@ fn stream_errors_reset_only_their_stream() {
 
 #[test]
 fn frames_for_streams_let_go_are_ignored_and_credited() {
-    let settings = ClientSettings {
+    let settings = Settings {
         initial_connection_window: 65_535,
-        ..ClientSettings::default()
+        ..Settings::default()
     };
     let mut c = fresh(settings);
     let id = get(&mut c, "/");
@@ -596,7 +565,7 @@ fn frames_for_streams_let_go_are_ignored_and_credited() {
 
 #[test]
 fn a_large_request_head_goes_in_continuation_frames() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     c.out().clear();
     let big = "v".repeat(40_000);
     let id = c
@@ -617,7 +586,7 @@ fn a_large_request_head_goes_in_continuation_frames() {
     );
     assert!(f.iter().all(|(h, _)| h.stream == id && h.len <= 16_384));
     // And a server reads it whole.
-    let mut s = ServerConn::new(ServerSettings::default());
+    let mut s = ServerConn::new(Settings::default());
     let mut bytes = PREFACE.to_vec();
     frame::write_settings(&mut bytes, &[]);
     bytes.extend_from_slice(c.out());

@@ -1,7 +1,8 @@
 use super::*;
-use crate::h2::client_conn::{ClientConn, ClientSettings};
-use crate::h2::conn::{Conn as ServerConn, Settings as ServerSettings};
+use crate::h2::client_conn::ClientConn;
+use crate::h2::conn::Conn as ServerConn;
 use crate::h2::hpack::Decoder;
+use crate::h2::link::Settings;
 use crate::h2::request::HeadBuilder;
 use crate::http::head::BodyFraming;
 use crate::http::rewrite::{HeaderField, RequestIdGenerator};
@@ -174,7 +175,7 @@ fn an_http_request_restated() {
 /// client with the route's response operations.
 #[test]
 fn a_response_head_passed_on_with_the_routes_operations() {
-    let mut c = ClientConn::new(ClientSettings::default());
+    let mut c = ClientConn::new(Settings::default());
     let id = c
         .open(true, false, |enc, out| {
             enc.field(b":method", b"GET", out);
@@ -183,7 +184,7 @@ fn a_response_head_passed_on_with_the_routes_operations() {
             enc.field(b":path", b"/", out);
         })
         .unwrap();
-    let mut srv = ServerConn::new(ServerSettings::default());
+    let mut srv = ServerConn::new(Settings::default());
     srv.recv(c.out()).unwrap();
     let sid = srv.accept().unwrap();
     srv.send_head(sid, true, |enc, out| {
