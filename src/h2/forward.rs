@@ -14,7 +14,10 @@ use super::Span;
 use crate::h2::client_conn::ResponseHead;
 use crate::h2::hpack::Encoder;
 use crate::h2::request::RequestHead;
-use crate::http::rewrite::{is_hop_by_hop, push_ip, HeaderOps, RequestId, RequestRewrite};
+use crate::http::rewrite::{
+    is_hop_by_hop, push_forwarded, push_request_id_and_ops, FieldSink, HeaderOps, RequestId,
+    RequestRewrite,
+};
 use crate::http::RequestParts;
 
 /// A request head for an HTTP/2 upstream.
@@ -27,6 +30,15 @@ pub struct UpRequest {
     path: Option<Span>,
     /// Name, value, never indexed (HPACK §7.1.3, kept from the client).
     fields: Vec<(Span, Span, bool)>,
+}
+
+/// The fields the rewrite adds, in order after the client's.
+impl FieldSink for UpRequest {
+    fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        let n = self.push(name);
+        let v = Span::push_with(&mut self.buf, value);
+        self.fields.push((n, v, false));
+    }
 }
 
 impl UpRequest {
@@ -46,13 +58,6 @@ impl UpRequest {
         let n = self.push(name);
         let v = self.push(value);
         self.fields.push((n, v, never_indexed));
-    }
-
-    /// A field whose value is made of pieces (`value` appends them).
-    fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
-        let n = self.push(name);
-        let v = Span::push_with(&mut self.buf, value);
-        self.fields.push((n, v, false));
     }
 
     /// An HTTP/2 client's request with the proxy's rewrite: `authority`
@@ -93,45 +98,8 @@ impl UpRequest {
             had_request_id |= n == b"x-request-id";
             r.field(n, v, never);
         }
-        if let Some(addr) = rw.client_addr {
-            r.field_with(b"x-forwarded-for", |out| {
-                for v in head.values(b"x-forwarded-for").filter(|v| !v.is_empty()) {
-                    out.extend_from_slice(v);
-                    out.extend_from_slice(b", ");
-                }
-                push_ip(out, addr);
-            });
-        }
-        if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
-            r.field(b"x-forwarded-proto", proto.as_bytes(), false);
-        }
-        if let Some(element) = rw.client_cert {
-            r.field_with(b"x-forwarded-client-cert", |out| {
-                for v in head
-                    .values(b"x-forwarded-client-cert")
-                    .filter(|v| !v.is_empty())
-                {
-                    out.extend_from_slice(v);
-                    out.push(b',');
-                }
-                out.extend_from_slice(element.as_bytes());
-            });
-        }
-        let mut generated = None;
-        if let Some(generator) = rw.request_id {
-            let set_by_route =
-                ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
-            if !had_request_id && !set_by_route {
-                let id = generator.next_id();
-                r.field(b"x-request-id", id.as_bytes(), false);
-                generated = Some(id);
-            }
-        }
-        if let Some(ops) = ops {
-            for f in ops.set.iter().chain(&ops.add) {
-                r.field(&f.name, &f.value, false);
-            }
-        }
+        push_forwarded(&mut r, rw, replaces_proto, |n| head.values(n.as_bytes()));
+        let generated = push_request_id_and_ops(&mut r, rw, ops, had_request_id);
         (r, generated)
     }
 

@@ -14,7 +14,7 @@ use crate::h2::hpack::Encoder;
 use crate::http::head::{parse_request, BodyFraming, Limits, Parsed, ResponseView};
 use crate::http::rewrite::{
     is_hop_by_hop, named_in_connection, push_forwarded, push_framing, push_header,
-    push_request_id_and_ops, HeaderOps, RequestId, RequestRewrite,
+    push_request_id_and_ops, H1Fields, HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
 
@@ -121,8 +121,11 @@ pub fn write_h1_request<R: RequestParts + ?Sized>(
     }
     // XFCC: what the client sent is dropped unless this hop appends its
     // verified element (Envoy's SANITIZE / APPEND_FORWARD).
-    push_forwarded(out, rw, replaces_proto, |n| req.header_values(n.as_bytes()));
-    let generated = push_request_id_and_ops(out, rw, ops, had_request_id);
+    let mut added = H1Fields(out);
+    push_forwarded(&mut added, rw, replaces_proto, |n| {
+        req.header_values(n.as_bytes())
+    });
+    let generated = push_request_id_and_ops(&mut added, rw, ops, had_request_id);
     push_framing(out, rw.framing);
     out.extend_from_slice(b"\r\n");
     generated

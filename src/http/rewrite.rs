@@ -208,8 +208,11 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     }
     lines.flush(out);
 
-    push_forwarded(out, rw, replaces_proto, |n| headers.get_all(n.as_bytes()));
-    let generated_request_id = push_request_id_and_ops(out, rw, ops, had_request_id);
+    let mut added = H1Fields(out);
+    push_forwarded(&mut added, rw, replaces_proto, |n| {
+        headers.get_all(n.as_bytes())
+    });
+    let generated_request_id = push_request_id_and_ops(&mut added, rw, ops, had_request_id);
     push_framing(out, rw.framing);
     if rw.upgrade {
         if let Some(upgrade) = req.upgrade() {
@@ -223,47 +226,71 @@ pub fn write_request(req: &RequestView<'_>, rw: &RequestRewrite<'_>, out: &mut V
     }
 }
 
-/// The fields this hop adds after the client's (HTTP/1 bytes; the HTTP/2
-/// writers share it): X-Forwarded-For, one comma-separated list with the
-/// nearest client last (RFC 7239 §5.2's de-facto predecessor);
-/// X-Forwarded-Proto where `replaces_proto`; X-Forwarded-Client-Cert, one
-/// list with earlier hops first (Envoy's XFCC). `prev(name)` gives the
-/// client's values of a field, which the caller did not copy.
+/// Where the fields this hop adds go: an HTTP/1 head being written
+/// ([`H1Fields`]), or an HTTP/2 request's field list
+/// (`h2::forward::UpRequest`). The rules ([`push_forwarded`],
+/// [`push_request_id_and_ops`]) are written once for every writer.
+pub(crate) trait FieldSink {
+    /// A field whose value `value` appends piece by piece.
+    fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>));
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.field_with(name, |out| out.extend_from_slice(value));
+    }
+}
+
+/// An HTTP/1 head being written: fields as `name: value` lines.
+pub(crate) struct H1Fields<'a>(pub &'a mut Vec<u8>);
+
+impl FieldSink for H1Fields<'_> {
+    fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        value(self.0);
+        self.0.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The fields this hop adds after the client's, for every writer:
+/// X-Forwarded-For, one comma-separated list with the nearest client last
+/// (RFC 7239 §5.2's de-facto predecessor); X-Forwarded-Proto where
+/// `replaces_proto`; X-Forwarded-Client-Cert, one list with earlier hops
+/// first (Envoy's XFCC). `prev(name)` gives the client's values of a
+/// field, which the caller did not copy.
 pub(crate) fn push_forwarded<'v, I: Iterator<Item = &'v [u8]>>(
-    out: &mut Vec<u8>,
+    out: &mut impl FieldSink,
     rw: &RequestRewrite<'_>,
     replaces_proto: bool,
     prev: impl Fn(&'static str) -> I,
 ) {
     if let Some(addr) = rw.client_addr {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for v in prev("x-forwarded-for").filter(|v| !v.is_empty()) {
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
-        }
-        push_ip(out, addr);
-        out.extend_from_slice(b"\r\n");
+        out.field_with(b"x-forwarded-for", |out| {
+            for v in prev("x-forwarded-for").filter(|v| !v.is_empty()) {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+            push_ip(out, addr);
+        });
     }
     if let Some(proto) = rw.forwarded_proto.filter(|_| replaces_proto) {
-        push_header(out, b"x-forwarded-proto", proto.as_bytes());
+        out.field(b"x-forwarded-proto", proto.as_bytes());
     }
     if let Some(element) = rw.client_cert {
-        out.extend_from_slice(b"x-forwarded-client-cert: ");
-        for v in prev("x-forwarded-client-cert").filter(|v| !v.is_empty()) {
-            out.extend_from_slice(v);
-            out.push(b',');
-        }
-        out.extend_from_slice(element.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.field_with(b"x-forwarded-client-cert", |out| {
+            for v in prev("x-forwarded-client-cert").filter(|v| !v.is_empty()) {
+                out.extend_from_slice(v);
+                out.push(b',');
+            }
+            out.extend_from_slice(element.as_bytes());
+        });
     }
 }
 
 /// X-Request-Id when the client sent none (`had_request_id`) and the
 /// route does not set one, then the route's set and add fields (`ops`, the
-/// non-empty operations); returns the id generated. Shared with the
-/// HTTP/2-to-HTTP/1 writer.
+/// non-empty operations); returns the id generated. For every writer.
 pub(crate) fn push_request_id_and_ops(
-    out: &mut Vec<u8>,
+    out: &mut impl FieldSink,
     rw: &RequestRewrite<'_>,
     ops: Option<&HeaderOps>,
     had_request_id: bool,
@@ -273,12 +300,14 @@ pub(crate) fn push_request_id_and_ops(
         let set_by_route = ops.is_some_and(|o| o.set.iter().any(|f| &*f.name == b"x-request-id"));
         if !had_request_id && !set_by_route {
             let id = generator.next_id();
-            push_header(out, b"x-request-id", id.as_bytes());
+            out.field(b"x-request-id", id.as_bytes());
             generated = Some(id);
         }
     }
     if let Some(ops) = ops {
-        ops.write_new(out);
+        for f in ops.set.iter().chain(&ops.add) {
+            out.field(&f.name, &f.value);
+        }
     }
     generated
 }
