@@ -1,6 +1,6 @@
 //! The downstream HTTP/2 codec's own cost per request, `h2` (the crate that
-//! serves today, driven as `l7::h2` drives it) against `h2::conn` (the codec
-//! of our own being built), on the same bytes: an h2load-like client's
+//! served until session 11, driven as `l7::h2` drove it, with `http`'s
+//! types) against `h2::conn` (the codec of our own), on the same bytes: an h2load-like client's
 //! batch of 10 GETs on one connection (HPACK's dynamic table warm, as on a
 //! kept-alive connection), each answered from the same HTTP/1 response head
 //! (nginx's for a 612-byte file) with a 612-byte body. Per request: the
@@ -21,11 +21,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use remora::h2::conn::Conn;
 use remora::h2::frame;
-use remora::h2::headers::{encode_h1_response, response_from_h1, H2Parts};
+use remora::h2::headers::encode_h1_response;
 use remora::h2::hpack::Encoder;
 use remora::h2::link::Settings;
 use remora::h2::PREFACE;
 use remora::http::head::{parse_response, Limits, Method, Parsed, ResponseHead};
+use remora::http::rewrite::is_hop_by_hop;
 use remora::http::RequestParts;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
@@ -154,6 +155,23 @@ fn drain(r: &mut DuplexStream, sink: &mut [u8]) -> usize {
     }
 }
 
+/// The answer's head in `http`'s types, as serving with `h2` took it: the
+/// HTTP/1 head's fields but the connection-specific ones.
+fn h2_response(head: &ResponseHead) -> http::Response<()> {
+    let view = head.view(RESPONSE);
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(view.head.status).expect("a status");
+    for (n, v) in view.headers().iter() {
+        if is_hop_by_hop(n) {
+            continue;
+        }
+        let n = http::HeaderName::from_bytes(n).expect("a name");
+        let v = http::HeaderValue::from_bytes(v).expect("a value");
+        r.headers_mut().append(n, v);
+    }
+    r
+}
+
 fn crate_h2(c: &mut Criterion, head: &ResponseHead, body: &[u8]) {
     let (start, batches) = client_bytes(BATCHES);
     let s = remora::config::Http2::default();
@@ -199,9 +217,9 @@ fn crate_h2(c: &mut Criterion, head: &ResponseHead, body: &[u8]) {
                 match conn.poll_accept(&mut cx()) {
                     Poll::Ready(Some(Ok((req, mut respond)))) => {
                         let (parts, _body) = req.into_parts();
-                        let v = H2Parts(&parts);
-                        black_box((v.method(), v.authority(), v.path_and_query()));
-                        let r = response_from_h1(&head.view(RESPONSE), None);
+                        let uri = &parts.uri;
+                        black_box((&parts.method, uri.authority(), uri.path_and_query()));
+                        let r = h2_response(head);
                         let mut tx = respond.send_response(r, false).expect("send_response");
                         tx.send_data(Bytes::copy_from_slice(body), true)
                             .expect("send_data");

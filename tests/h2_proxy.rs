@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -934,4 +935,98 @@ fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
     assert_eq!(code, 0);
     assert_eq!(totals.get("upstream_cx_http2_total"), 2, "{totals:?}");
     assert_eq!(totals.get("rq_5xx"), 4, "{totals:?}");
+}
+
+/// HTTP/1 clients of an HTTP/2 cluster (`l7::to_h2`), against the Python
+/// `h2` upstream of tests/l7/h2_echo.py, which says what it received: the
+/// head restated as RFC 9113 §8.2 asks (`:authority` from Host, names
+/// lowercased, connection-specific fields gone, the proxy's fields added), a chunked body decoded
+/// into DATA with its trailers as HTTP/2 trailers; and the way back: the
+/// answer (no content-length) chunked with its trailers in the last chunk,
+/// the route's response operations and the rate-limit fields on it; for an
+/// HTTP/1.0 client, the body until close.
+#[test]
+fn http1_clients_of_an_http2_upstream() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_echo.py");
+    let (mut up, up_addr) = python_upstream(script, &["server"]);
+    let port = free_port();
+    let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"up\"\nresponse_headers = { set = [{ name = \"x-up\", value = \"replaced\" }], add = [{ name = \"x-route\", value = \"r\" }] }\nrate_limit = { tokens = 100, fill_interval = \"1h\", tokens_per_fill = 100, response_headers = true }\n";
+    let r = Remora::start(
+        &config(port, "http", &[("up", up_addr, "true")], routes),
+        &["--cores", "1"],
+    );
+    let mut c = Client::new(port);
+    c.w.write_all(
+        b"POST /echo?q=1 HTTP/1.1\r\nHost: svc.example:8080\r\nX-Mixed-Case: V\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Req-Trailer: rt\r\n\r\n",
+    )
+    .unwrap();
+    let resp = c.response();
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    let head = resp.head.to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(head.contains("x-up: replaced\r\n"), "{head}");
+    assert!(head.contains("x-route: r\r\n"), "{head}");
+    assert!(head.contains("x-ratelimit-limit: 100\r\n"), "{head}");
+    let seen = resp.json();
+    assert_eq!(seen["pseudo"][":method"], "POST", "{seen}");
+    assert_eq!(seen["pseudo"][":authority"], "svc.example:8080", "{seen}");
+    assert_eq!(seen["pseudo"][":path"], "/echo?q=1", "{seen}");
+    assert_eq!(seen["pseudo"][":scheme"], "http", "{seen}");
+    let fields: Vec<(String, String)> = serde_json::from_value(seen["fields"].clone()).unwrap();
+    let field = |n: &str| fields.iter().find(|f| f.0 == n).map(|f| f.1.as_str());
+    assert_eq!(field("x-mixed-case"), Some("V"), "{fields:?}");
+    // TE is hop-by-hop: the HTTP/1 rewrite drops it before the restating.
+    for gone in [
+        "host",
+        "keep-alive",
+        "transfer-encoding",
+        "connection",
+        "te",
+    ] {
+        assert_eq!(field(gone), None, "{gone}: {fields:?}");
+    }
+    assert!(
+        field("x-request-id").is_some_and(|v| v.len() == 36),
+        "{fields:?}"
+    );
+    assert_eq!(seen["body"], "hello world", "{seen}");
+    assert_eq!(
+        seen["trailers"],
+        serde_json::json!([["x-req-trailer", "rt"]]),
+        "{seen}"
+    );
+
+    // The answer's trailers, in the last chunk (the client reads them raw).
+    let mut c = Client::new(port);
+    c.w.write_all(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let raw = String::from_utf8(c.rest()).unwrap();
+    assert!(
+        raw.ends_with("\r\n0\r\nx-answer-trailer: t1\r\n\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{raw}"
+    );
+
+    // HTTP/1.0: no Host (no :authority), the body until close.
+    let mut c = Client::new(port);
+    c.w.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+    let raw = String::from_utf8(c.rest()).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{raw}"
+    );
+    let seen: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["pseudo"].get(":authority"), None, "{seen}");
+    assert_eq!(seen["pseudo"][":path"], "/old", "{seen}");
+
+    let _ = up.kill();
+    let _ = up.wait();
+    let (code, totals) = r.stop();
+    assert_eq!(code, 0);
+    assert_eq!(totals.get("upstream_cx_http2_total"), 1);
 }

@@ -64,6 +64,19 @@ impl ResponseHead {
     }
 }
 
+#[cfg(test)]
+impl ResponseHead {
+    /// A head as the codec would have decoded it.
+    pub(crate) fn for_test(status: u16, fields: &[(&str, &str)]) -> ResponseHead {
+        let mut b = HeadBuilder::new(64 * 1024, 256);
+        b.field(b":status", status.to_string().as_bytes(), false);
+        for (n, v) in fields {
+            b.field(n.as_bytes(), v.as_bytes(), false);
+        }
+        b.finish().expect("a valid head")
+    }
+}
+
 /// Collects a response head's fields, checking them (§8.3.2, §8.2).
 struct HeadBuilder {
     head: ResponseHead,

@@ -14,6 +14,7 @@ use super::Span;
 use crate::h2::client_conn::ResponseHead;
 use crate::h2::hpack::Encoder;
 use crate::h2::request::RequestHead;
+use crate::http::head::{parse_request, Limits, Method, Parsed};
 use crate::http::rewrite::{
     is_hop_by_hop, push_forwarded, push_request_id_and_ops, FieldSink, HeaderOps, RequestId,
     RequestRewrite,
@@ -103,31 +104,51 @@ impl UpRequest {
         (r, generated)
     }
 
-    /// A request in `http`'s types (an HTTP/1 client's, restated for
-    /// HTTP/2 by `headers::request_from_h1`): the pseudo-headers from the
-    /// method and URI (`:scheme` http unless the URI says otherwise;
-    /// CONNECT has only `:authority`, RFC 9113 §8.5), then the fields,
-    /// connection-specific ones and Host left out, `te` only as `trailers`.
-    pub fn from_http(req: &http::Request<()>) -> UpRequest {
-        let mut r = UpRequest::with_capacity(256, req.headers().len());
-        let uri = req.uri();
-        r.method = r.push(req.method().as_str().as_bytes());
-        let connect = req.method() == http::Method::CONNECT;
-        r.scheme = r.push(uri.scheme_str().unwrap_or("http").as_bytes());
-        r.authority = uri.authority().map(|a| r.push(a.as_str().as_bytes()));
-        if !connect {
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            r.path = Some(r.push(path.as_bytes()));
+    /// An HTTP/1.1 request head as `http::rewrite::write_request` wrote it
+    /// (the proxy's rewrite applied), restated for HTTP/2 (RFC 9113 §8.2):
+    /// `:method`, `:scheme` http, `:authority` from Host, `:path` (neither
+    /// for CONNECT, whose authority is its target); names lowercased, Host,
+    /// Content-Length and connection-specific fields left out, `te:
+    /// trailers` kept. None if it does not parse or its authority is not
+    /// one (RFC 3986 §3.2).
+    pub fn from_h1(head: &[u8]) -> Option<UpRequest> {
+        let Ok(Parsed::Complete { head: parsed, .. }) = parse_request(head, &Limits::default())
+        else {
+            return None;
+        };
+        let view = parsed.view(head);
+        let headers = view.headers();
+        let mut r = UpRequest::with_capacity(head.len(), headers.len());
+        r.method = r.push(view.method());
+        r.scheme = r.push(b"http");
+        let connect = parsed.method == Method::Connect;
+        let authority = if connect {
+            view.target()
+        } else {
+            headers.get(b"host").unwrap_or_default()
+        };
+        if !valid_authority(authority) || (connect && authority.is_empty()) {
+            return None;
         }
-        for (n, v) in req.headers() {
-            let n = n.as_str().as_bytes();
-            let te_trailers = n == b"te" && v.as_bytes() == b"trailers";
-            if n == b"host" || (is_hop_by_hop(n) && !te_trailers) {
+        // No Host (HTTP/1.0): no `:authority` either (§8.3.1).
+        r.authority = (!authority.is_empty()).then(|| r.push(authority));
+        if !connect {
+            r.path = Some(r.push(view.path_and_query()));
+        }
+        for (n, v) in headers.iter() {
+            let te_trailers = n.eq_ignore_ascii_case(b"te") && v == b"trailers";
+            if n.eq_ignore_ascii_case(b"host")
+                || n.eq_ignore_ascii_case(b"content-length")
+                || (is_hop_by_hop(n) && !te_trailers)
+            {
                 continue;
             }
-            r.field(n, v.as_bytes(), v.is_sensitive());
+            let name = r.push(n);
+            r.buf[name.range()].make_ascii_lowercase();
+            let value = r.push(v);
+            r.fields.push((name, value, false));
         }
-        r
+        Some(r)
     }
 
     /// The method is HEAD (its answer has no body).
@@ -159,6 +180,14 @@ impl UpRequest {
             }
         }
     }
+}
+
+/// An authority as `:authority` may carry it (RFC 3986 §3.2: userinfo,
+/// host, port): unreserved and sub-delimiter characters, '%', ':', '@',
+/// '[' and ']'.
+fn valid_authority(a: &[u8]) -> bool {
+    a.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:@[]".contains(&b))
 }
 
 /// What routing, policy and the access log read of the request sent.

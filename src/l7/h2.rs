@@ -43,7 +43,6 @@ use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderMap, HeaderValue};
 use tracing::debug;
 
 use crate::config::Snapshot;
@@ -54,12 +53,12 @@ use crate::h2::forward::{self, UpRequest};
 use crate::h2::frame::ErrorCode;
 use crate::h2::grpc;
 use crate::h2::headers;
-use crate::h2::link::{Read, Reset, Settings};
+use crate::h2::link::{Fields, Read, Reset, Settings};
 use crate::h2::request::{Malformed, RequestHead};
 use crate::h2::server::{Ended, Server, StreamRef, HIGH_WATER};
 use crate::http::body::{encode_chunk, encode_last_chunk, BodyDecoder, ChunkedLimits};
 use crate::http::head::{BodyFraming, Method, ResponseHead};
-use crate::http::rewrite::{HeaderOps, RequestId, RequestRewrite};
+use crate::http::rewrite::{is_valid_header_value, HeaderOps, RequestId, RequestRewrite};
 use crate::http::RequestParts;
 use crate::net::buf::{read_into, Buf};
 use crate::net::Stream;
@@ -440,7 +439,7 @@ struct Body {
     buffered: Vec<Bytes>,
     kept_len: usize,
     retry_limit: usize,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Fields>,
     /// END_STREAM seen.
     complete: bool,
     /// It grew past the retry buffer: what went out is not kept, no replay.
@@ -502,7 +501,7 @@ impl Body {
                 Ok(Some(Bytes::from(buf)))
             }
             Read::End => {
-                self.trailers = self.down.take_trailers().map(|t| headers::trailers_map(&t));
+                self.trailers = self.down.take_trailers();
                 self.complete = true;
                 Ok(None)
             }
@@ -539,7 +538,7 @@ pub(super) trait BodySource {
     /// the body outgrew the retry buffer: it is not sent twice).
     fn kept(&self) -> Vec<Bytes>;
     /// The body's trailers, once complete.
-    fn trailers(&self) -> Option<HeaderMap>;
+    fn trailers(&self) -> Option<Fields>;
     /// The next piece of data; None at the end (trailers read then).
     /// Cancel-safe.
     async fn next(&mut self) -> Result<Option<Bytes>, Failure>;
@@ -559,7 +558,7 @@ impl BodySource for Body {
             self.buffered.clone()
         }
     }
-    fn trailers(&self) -> Option<HeaderMap> {
+    fn trailers(&self) -> Option<Fields> {
         self.trailers.clone()
     }
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
@@ -842,31 +841,42 @@ impl H2Stream {
     /// answer carrying the matching grpc-status. What of the body the
     /// windows do not take at once goes in `finish_local`.
     fn local(&mut self, status: u16, body: &str, location: Option<&[u8]>) {
-        let mut h = HeaderMap::new();
+        let rate = self.rate_headers.take();
+        let extra = rate.as_ref().map_or(&[][..], |r| &r[..]);
+        let len = body.len().to_string();
+        let grpc_status;
+        let grpc_message;
+        let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
         let code = if self.grpc {
-            grpc::local_reply_headers(status, body, &mut h);
+            grpc_status = grpc::status_for_http(status).to_string();
+            grpc_message = grpc::percent_encode(body);
+            fields.push((b"content-type", b"application/grpc"));
+            fields.push((b"grpc-status", grpc_status.as_bytes()));
+            fields.push((b"grpc-message", grpc_message.as_bytes()));
             200
         } else {
-            h.insert("content-type", HeaderValue::from_static("text/plain"));
-            h.insert("content-length", HeaderValue::from(body.len()));
-            if let Some(v) = location.and_then(|l| HeaderValue::from_bytes(l).ok()) {
-                h.insert("location", v);
+            fields.push((b"content-type", b"text/plain"));
+            fields.push((b"content-length", len.as_bytes()));
+            if let Some(l) = location.filter(|l| is_valid_header_value(l)) {
+                fields.push((b"location", l));
             }
             status
         };
-        for (n, v) in self.rate_headers.take().iter().flatten() {
-            if let Ok(v) = HeaderValue::from_str(v) {
-                h.insert(*n, v);
-            }
-        }
+        // Rate-limit fields replace any of the same name.
+        fields.retain(|(n, _)| !extra.iter().any(|(e, _)| e.as_bytes() == *n));
+        fields.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
         self.log.status = status;
         if self.down.is_reset() {
             self.log.flags.insert(ResponseFlags::DC);
             return;
         }
         let end = self.grpc || body.is_empty();
-        self.down
-            .send_head(end, |enc, out| headers::encode_map(code, &h, enc, out));
+        self.down.send_head(end, |enc, out| {
+            enc.status(code, out);
+            for (n, v) in &fields {
+                enc.field(n, v, out);
+            }
+        });
         self.finished = true;
         if !end {
             self.log.bytes_sent += body.len() as u64;
@@ -1308,7 +1318,7 @@ impl H2Stream {
             }
             match up_rx.take_trailers() {
                 Some(t) if !down.is_reset() => {
-                    down.send_trailers(|enc, out| headers::encode_field_list(&t, enc, out));
+                    down.send_trailers(|enc, out| headers::encode_fields(&t, enc, out));
                     Ok(())
                 }
                 None => send_down(down, &[], true, idle)

@@ -1,7 +1,7 @@
 //! HTTP/1 clients to HTTP/2 upstreams (a cluster with `http2 = true`).
 //!
 //! The HTTP/1 path plans and rewrites the request as always; the head it
-//! wrote is restated as HTTP/2 fields (`h2::headers::request_from_h1`: RFC
+//! wrote is restated as HTTP/2 fields (`h2::forward::UpRequest::from_h1`: RFC
 //! 9113 §8.2, Host as `:authority`, connection-specific fields gone), the
 //! body goes as DATA frames (decoded: the client's chunking is not the
 //! upstream's business; its trailers become HTTP/2 trailers), and the answer
@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
-use http::HeaderMap;
 
 use crate::config::Config;
 use crate::deadline::until;
 use crate::h2::client::UpStream;
 use crate::h2::forward::UpRequest;
 use crate::h2::headers;
-use crate::h2::link::Read;
+use crate::h2::link::{Fields, Read};
 use crate::http::body::{encode_chunk, encode_last_chunk};
 use crate::http::head::{BodyFraming, Method, Version};
 use crate::http::rewrite::HeaderOps;
@@ -58,7 +57,7 @@ impl BodySource for H1Source<'_, '_> {
             vec![Bytes::copy_from_slice(&self.body.buffered)]
         }
     }
-    fn trailers(&self) -> Option<HeaderMap> {
+    fn trailers(&self) -> Option<Fields> {
         (self.body.complete && !self.body.trailers.is_empty())
             .then(|| headers::trailers_from_h1(&self.body.trailers))
     }
@@ -121,10 +120,9 @@ impl Conn<'_> {
         hash: Option<u64>,
         config: &Config,
     ) -> Result<(H2Answer, Option<ActiveRequest>), Failure> {
-        let Some(up_req) = headers::request_from_h1(up_head) else {
+        let Some(up_req) = UpRequest::from_h1(up_head) else {
             return Err(Failure::BadRequestBody);
         };
-        let up_req = UpRequest::from_http(&up_req);
         let req = attempt::Request {
             config,
             target,
@@ -177,21 +175,13 @@ impl Conn<'_> {
         deadline: Option<Instant>,
     ) -> Next {
         let (head, up_rx, pump) = answer.into_parts();
-        let mut head = headers::response_parts(&head);
-        if let Some(ops) = ops.filter(|o| !o.is_empty()) {
-            headers::apply_ops(&mut head.headers, ops);
-        }
-        for (n, v) in self.rate_headers.take().iter().flatten() {
-            if let Ok(v) = http::HeaderValue::from_str(v) {
-                head.headers.insert(*n, v);
-            }
-        }
-        let status = head.status.as_u16();
+        let status = head.status;
         self.log.status = status;
+        let dropped = |n: &[u8]| ops.is_some_and(|o| o.drops(n));
         let length = head
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            .get(b"content-length")
+            .filter(|_| !dropped(b"content-length"))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
         let framing = if method == Method::Head || matches!(status, 100..=199 | 204 | 304) {
             BodyFraming::None
         } else if let Some(n) = length {
@@ -203,8 +193,10 @@ impl Conn<'_> {
         };
         let down_keep =
             req_keep_alive && framing != BodyFraming::CloseDelimited && !self.shard.drain_close();
+        let rate = self.rate_headers.take();
+        let extra = rate.as_ref().map_or(&[][..], |r| &r[..]);
         let mut out = Vec::new();
-        headers::write_h1_response(&head, framing, down_keep, &mut out);
+        headers::write_h1_response(&head, ops, extra, framing, down_keep, &mut out);
         let Ok(mut w) = self.down.writer() else {
             return Next::Close;
         };
@@ -289,7 +281,7 @@ async fn relay_body(
     if chunked {
         let mut t = Vec::new();
         if let Some(fields) = up_rx.take_trailers() {
-            headers::write_h1_trailers(&headers::trailers_map(&fields), &mut t);
+            headers::write_h1_trailers(&fields, &mut t);
         }
         out.clear();
         encode_last_chunk(&t, &mut out);

@@ -10,14 +10,14 @@ library would refuse to send them).
         /data-first  DATA before any head (a stream error)
         /break       DATA on stream 0 (a connection error)
 """
-import socket
 import sys
-import threading
 
 import h2.config
 import h2.connection
 import h2.events
 import hpack
+
+from h2_upstream import listen_and_serve
 
 
 def frame(kind, flags, stream, payload):
@@ -60,14 +60,7 @@ def serve_conn(sock):
 
 
 def main(port):
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", port))
-    ls.listen(16)
-    print("ready", flush=True)
-    while True:
-        s, _ = ls.accept()
-        threading.Thread(target=serve_conn, args=(s,), daemon=True).start()
+    listen_and_serve(port, serve_conn)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ and encodes one of that kind as never indexed.
 import json
 import socket
 import sys
-import threading
 
 import h2.config
 import h2.connection
 import h2.events
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
+
+from h2_upstream import listen_and_serve
 
 
 def serve_conn(sock):
@@ -47,14 +48,7 @@ def serve_conn(sock):
 
 
 def server(port):
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", port))
-    ls.listen(16)
-    print("ready", flush=True)
-    while True:
-        s, _ = ls.accept()
-        threading.Thread(target=serve_conn, args=(s,), daemon=True).start()
+    listen_and_serve(port, serve_conn)
 
 
 def client(port):

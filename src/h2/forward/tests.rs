@@ -133,18 +133,13 @@ fn request_ids_kept_or_set_by_the_route() {
     );
 }
 
+/// An HTTP/1 head as the HTTP/1 writer wrote it, restated for HTTP/2.
 #[test]
-fn an_http_request_restated() {
-    let req = http::Request::builder()
-        .method("HEAD")
-        .uri("http://svc:8080/p?x=1")
-        .header("host", "svc:8080")
-        .header("connection", "close")
-        .header("te", "gzip")
-        .header("x-a", "1")
-        .body(())
-        .unwrap();
-    let r = UpRequest::from_http(&req);
+fn an_http1_request_restated() {
+    let r = UpRequest::from_h1(
+        b"HEAD /p?x=1 HTTP/1.1\r\nHost: svc:8080\r\nConnection: close\r\nTE: gzip\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n",
+    )
+    .unwrap();
     assert!(r.is_head());
     let mut block = Vec::new();
     r.encode(&mut Encoder::new(), &mut block);
@@ -158,17 +153,29 @@ fn an_http_request_restated() {
             s("x-a", "1"),
         ]
     );
-    let connect = http::Request::builder()
-        .method("CONNECT")
-        .uri("svc:443")
-        .body(())
-        .unwrap();
-    let mut block = Vec::new();
-    UpRequest::from_http(&connect).encode(&mut Encoder::new(), &mut block);
+    let encoded = |head: &[u8]| {
+        let mut block = Vec::new();
+        UpRequest::from_h1(head)
+            .unwrap()
+            .encode(&mut Encoder::new(), &mut block);
+        decoded(&block)
+    };
     assert_eq!(
-        decoded(&block),
+        encoded(b"CONNECT svc:443 HTTP/1.1\r\nHost: svc:443\r\n\r\n"),
         vec![s(":method", "CONNECT"), s(":authority", "svc:443")]
     );
+    // te: trailers is the one te an HTTP/2 request carries (§8.2.2).
+    assert!(
+        encoded(b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+            .contains(&s("te", "trailers"))
+    );
+    // HTTP/1.0 without Host: no :authority.
+    assert_eq!(
+        encoded(b"GET / HTTP/1.0\r\n\r\n"),
+        vec![s(":method", "GET"), s(":scheme", "http"), s(":path", "/")]
+    );
+    assert!(UpRequest::from_h1(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n").is_none());
+    assert!(UpRequest::from_h1(b"GET / HTTP/1.1\r\nHost: a\r\n").is_none());
 }
 
 /// An answer as our client side decodes it, re-encoded for an HTTP/2
