@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
-use remora::h2::hpack::bench_support::huffman_len;
+use remora::h2::hpack::bench_support::{huffman_decode, huffman_encode, huffman_len};
 use remora::h2::hpack::{Decoder, Encoder};
 
 type Set = &'static [(&'static str, &'static str)];
@@ -224,5 +224,30 @@ fn encoding(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decoding, encoding);
+/// Huffman decoding by itself: every name and value of the browser set,
+/// Huffman-coded, decoded into one reused buffer (what a peer that codes
+/// every literal, as nginx does, costs per head).
+fn huffman_decoding(c: &mut Criterion) {
+    let coded: Vec<Vec<u8>> = BROWSER
+        .iter()
+        .flat_map(|(n, v)| [n.as_bytes(), v.as_bytes()])
+        .map(|s| {
+            let mut out = Vec::with_capacity(huffman_len(s));
+            huffman_encode(s, &mut out);
+            out
+        })
+        .collect();
+    let mut dst = Vec::with_capacity(4096);
+    c.bench_function("hpack_huffman_decode/browser", |b| {
+        b.iter(|| {
+            for s in &coded {
+                dst.clear();
+                huffman_decode(black_box(s), &mut dst).expect("valid");
+            }
+            black_box(dst.len())
+        })
+    });
+}
+
+criterion_group!(benches, decoding, encoding, huffman_decoding);
 criterion_main!(benches);

@@ -269,9 +269,20 @@ impl Drop for Nginx {
     }
 }
 
+/// A Python upstream, killed when dropped: a test that fails must not leave
+/// it running (holding its port, and whatever descriptors it inherited).
+struct PythonUpstream(Child);
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Python upstream (`script ARGS... PORT`) on a free port, once it printed
 /// "ready".
-fn python_upstream(script: &str, args: &[&str]) -> (std::process::Child, SocketAddr) {
+fn python_upstream(script: &str, args: &[&str]) -> (PythonUpstream, SocketAddr) {
     let port = free_port();
     let mut up = Command::new("python3")
         .arg(script)
@@ -286,6 +297,7 @@ fn python_upstream(script: &str, args: &[&str]) -> (std::process::Child, SocketA
         &mut line,
     )
     .unwrap();
+    let up = PythonUpstream(up);
     assert_eq!(line.trim(), "ready");
     (up, format!("127.0.0.1:{port}").parse().unwrap())
 }
@@ -855,7 +867,7 @@ print(status)
 #[test]
 fn never_indexed_fields_stay_never_indexed_upstream() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_never_indexed.py");
-    let (mut up, up_addr) = python_upstream(script, &["server"]);
+    let (up, up_addr) = python_upstream(script, &["server"]);
     let port = free_port();
     let r = Remora::start(
         &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
@@ -865,8 +877,7 @@ fn never_indexed_fields_stay_never_indexed_upstream() {
         .args([script, "client", &port.to_string()])
         .output()
         .expect("python3");
-    let _ = up.kill();
-    let _ = up.wait();
+    drop(up);
     let text = String::from_utf8_lossy(&out.stdout);
     let got: Value = serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
@@ -912,7 +923,7 @@ fn never_indexed_fields_stay_never_indexed_upstream() {
 #[test]
 fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_bad_upstream.py");
-    let (mut up, up_addr) = python_upstream(script, &[]);
+    let (up, up_addr) = python_upstream(script, &[]);
     let port = free_port();
     let r = Remora::start(
         &config(port, "http", &[("up", up_addr, "true")], &catch_all("up")),
@@ -929,8 +940,7 @@ fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
     }
     assert_eq!(get("/break").status, 502);
     assert_eq!(get("/ok").status, 200, "after the connection error");
-    let _ = up.kill();
-    let _ = up.wait();
+    drop(up);
     let (code, totals) = r.stop();
     assert_eq!(code, 0);
     assert_eq!(totals.get("upstream_cx_http2_total"), 2, "{totals:?}");
@@ -948,7 +958,7 @@ fn an_upstream_that_breaks_the_protocol_costs_one_answer() {
 #[test]
 fn http1_clients_of_an_http2_upstream() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/l7/h2_echo.py");
-    let (mut up, up_addr) = python_upstream(script, &["server"]);
+    let (up, up_addr) = python_upstream(script, &["server"]);
     let port = free_port();
     let routes = "[[virtual_host]]\nname = \"all\"\ndomains = [\"*\"]\n[[virtual_host.route]]\nmatch = { prefix = \"/\" }\ncluster = \"up\"\nresponse_headers = { set = [{ name = \"x-up\", value = \"replaced\" }], add = [{ name = \"x-route\", value = \"r\" }] }\nrate_limit = { tokens = 100, fill_interval = \"1h\", tokens_per_fill = 100, response_headers = true }\n";
     let r = Remora::start(
@@ -1024,8 +1034,7 @@ fn http1_clients_of_an_http2_upstream() {
     assert_eq!(seen["pseudo"].get(":authority"), None, "{seen}");
     assert_eq!(seen["pseudo"][":path"], "/old", "{seen}");
 
-    let _ = up.kill();
-    let _ = up.wait();
+    drop(up);
     let (code, totals) = r.stop();
     assert_eq!(code, 0);
     assert_eq!(totals.get("upstream_cx_http2_total"), 1);

@@ -40,7 +40,9 @@ pub use encoder::{Encoder, ENCODER_TABLE_LIMIT};
 /// The Huffman code's length and encoder, for measurements (benches/hpack.rs).
 #[doc(hidden)]
 pub mod bench_support {
-    pub use super::huffman::{encode as huffman_encode, encoded_len as huffman_len};
+    pub use super::huffman::{
+        decode as huffman_decode, encode as huffman_encode, encoded_len as huffman_len,
+    };
 }
 
 #[cfg(test)]
