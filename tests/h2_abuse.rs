@@ -169,17 +169,21 @@ fn under_attack<T>(v: &Victim, attacks: impl FnOnce() -> T) -> T {
 fn rapid_reset_ends_in_enhance_your_calm() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let v = victim("");
+    // The attacker sends until it sees the GOAWAY, so how far it gets is a
+    // race between Python and the proxy: the burst is given room enough
+    // (20,000 streams, where the limit is 500) that only a proxy that does
+    // not cut it off lets it finish.
     let (burst, paced) = under_attack(&v, || {
         (
             // Everything at once: streams reset before the proxy accepts them.
-            v.attack(&["rapid_reset", "5000", "burst"]),
+            v.attack(&["rapid_reset", "20000", "burst"]),
             // In batches: accepted streams cancelled before their answer.
             v.attack(&["rapid_reset", "5000", "paced"]),
         )
     });
-    for r in [&burst, &paced] {
+    for (r, n) in [(&burst, 20_000), (&paced, 5000)] {
         assert_eq!(goaway(r), Some(ENHANCE_YOUR_CALM), "{r}");
-        assert!(r["streams"].as_u64().unwrap() < 5000, "{r}");
+        assert!(r["streams"].as_u64().unwrap() < n, "{r}");
     }
     // Bounded work behind the proxy: a fraction of the streams opened.
     let seen = v.backend.count();
