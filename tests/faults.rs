@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -21,7 +21,8 @@ use common::*;
 
 /// A Python upstream that does one scripted thing per connection.
 struct Script {
-    child: Child,
+    /// Kept for its drop, which kills the script.
+    _child: ReadyChild,
     addr: SocketAddr,
 }
 
@@ -55,30 +56,15 @@ while True:
                 .map(|l| format!("    {l}\n"))
                 .collect::<String>()
         );
-        let mut child = Command::new("python3")
-            .args(["-c", &src])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let child = ReadyChild::spawn(
+            Command::new("python3")
+                .args(["-c", &src])
+                .stderr(Stdio::null()),
+        );
         Script {
-            child,
+            _child: child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
         }
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -259,8 +259,7 @@ impl Conn {
     /// A stream reset before it was kept: RST_STREAM, and remembered.
     fn refuse(&mut self, stream: u32, code: ErrorCode) -> Result<(), ConnError> {
         self.forget(stream);
-        frame::write_rst_stream(self.link.out(), stream, code);
-        self.link.control_queued()
+        self.link.reset_stream(stream, code)
     }
 
     fn data(
@@ -281,8 +280,7 @@ impl Conn {
                     // We reset it; what was in flight is ignored (§6.4).
                     return Ok(());
                 }
-                frame::write_rst_stream(link.out(), stream, ErrorCode::STREAM_CLOSED);
-                link.control_queued()
+                link.reset_stream(stream, ErrorCode::STREAM_CLOSED)
             }
             Some(s) if s.reset.is_some() => {
                 link.credit_connection(flow_len);

@@ -12,8 +12,8 @@ use crate::h2::link::Fields;
 use crate::http::head::{BodyFraming, ResponseView};
 use crate::http::rewrite::{
     is_hop_by_hop, is_valid_header_name, is_valid_header_value, named_in_connection,
-    push_forwarded, push_framing, push_header, push_request_id_and_ops, reason_phrase, H1Fields,
-    HeaderOps, RequestId, RequestRewrite,
+    push_forwarded, push_framing, push_header, push_request_id_and_ops, push_status_line,
+    reason_phrase, H1Fields, HeaderOps, RequestId, RequestRewrite,
 };
 use crate::http::RequestParts;
 
@@ -137,16 +137,14 @@ fn lowercase<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// An HTTP/2 upstream's answer for an HTTP/1 client: the status line, the
-/// fields (connection-specific ones, those the route's operations drop or
-/// `extra` replaces, and Content-Length unless `framing` is `None`, left
-/// out), the operations' set and add fields, `extra`, then the framing the
-/// body goes with (`None` keeps the upstream's Content-Length, which for
+/// fields (connection-specific ones, those the route's operations drop, and
+/// Content-Length unless `framing` is `None`, left out), the operations'
+/// set and add fields, then the framing the body goes with (`None` keeps the upstream's Content-Length, which for
 /// HEAD and 304 describes another body). Cookies stay one line each
 /// (Set-Cookie cannot be joined).
 pub fn write_h1_response(
     head: &ResponseHead,
     ops: Option<&HeaderOps>,
-    extra: &[(&str, String)],
     framing: BodyFraming,
     keep_alive: bool,
     out: &mut Vec<u8>,
@@ -154,21 +152,9 @@ pub fn write_h1_response(
     let ops = ops.filter(|o| !o.is_empty());
     let ours =
         |n: &[u8]| (n == b"content-length" && framing != BodyFraming::None) || is_hop_by_hop(n);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let s = head.status;
-    out.extend_from_slice(&[
-        b'0' + (s / 100 % 10) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]);
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase(s).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, head.status, reason_phrase(head.status).as_bytes());
     for (n, v) in head.fields() {
-        if ours(n)
-            || ops.is_some_and(|o| o.drops(n))
-            || extra.iter().any(|(e, _)| e.as_bytes() == n)
-        {
+        if ours(n) || ops.is_some_and(|o| o.drops(n)) {
             continue;
         }
         push_header(out, n, v);
@@ -176,9 +162,6 @@ pub fn write_h1_response(
     let added = ops.iter().flat_map(|o| o.set.iter().chain(&o.add));
     for f in added.filter(|f| !ours(&f.name)) {
         push_header(out, &f.name, &f.value);
-    }
-    for (n, v) in extra {
-        push_header(out, n.as_bytes(), v.as_bytes());
     }
     push_framing(out, framing);
     if !keep_alive {
@@ -488,8 +471,9 @@ mod tests {
         }
     }
 
-    /// An HTTP/2 answer for an HTTP/1 client: the route's operations, the
-    /// rate-limit fields replacing any of their name, the framing.
+    /// An HTTP/2 answer for an HTTP/1 client: the route's operations (the
+    /// rate-limit fields among their additions, as `with_rate_headers` puts
+    /// them), the framing.
     #[test]
     fn an_h2_response_written_for_h1() {
         let head = ResponseHead::for_test(
@@ -506,24 +490,16 @@ mod tests {
         let ops = HeaderOps {
             remove: vec![b"x-internal".to_vec().into()],
             set: vec![HeaderField::new(b"server", b"remora")],
-            add: vec![],
+            add: vec![HeaderField::new(b"x-ratelimit-limit", b"10")],
         };
-        let extra = [("x-ratelimit-limit", "10".to_string())];
         let mut out = Vec::new();
-        write_h1_response(
-            &head,
-            Some(&ops),
-            &extra,
-            BodyFraming::Chunked,
-            false,
-            &mut out,
-        );
+        write_h1_response(&head, Some(&ops), BodyFraming::Chunked, false, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 404 Not Found\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nserver: remora\r\nx-ratelimit-limit: 10\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 404 Not Found\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nx-ratelimit-limit: 9\r\nserver: remora\r\nx-ratelimit-limit: 10\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_h1_response(&head, None, &[], BodyFraming::None, true, &mut out);
+        write_h1_response(&head, None, BodyFraming::None, true, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("content-length: 12\r\n"), "{text}");
         assert!(!text.contains("connection"), "{text}");

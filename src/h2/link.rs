@@ -647,9 +647,8 @@ impl<P> Link<P> {
     pub(super) fn decode(
         &mut self,
         block: &[u8],
-        field: impl FnMut(&[u8], &[u8], bool),
+        mut field: impl FnMut(&[u8], &[u8], bool),
     ) -> Result<(), ConnError> {
-        let mut field = field;
         let r = self.decoder.decode_marked(block, |n, v, never| {
             field(n, v, never);
             Ok::<(), ()>(())

@@ -79,9 +79,10 @@ impl HeaderOps {
             || self.set.iter().any(|f| f.name.eq_ignore_ascii_case(name))
     }
 
-    pub(crate) fn write_new(&self, out: &mut Vec<u8>) {
+    /// The set and add fields, in order.
+    pub(crate) fn write_new(&self, out: &mut impl FieldSink) {
         for f in self.set.iter().chain(&self.add) {
-            push_header(out, &f.name, &f.value);
+            out.field(&f.name, &f.value);
         }
     }
 }
@@ -305,9 +306,7 @@ pub(crate) fn push_request_id_and_ops(
         }
     }
     if let Some(ops) = ops {
-        for f in ops.set.iter().chain(&ops.add) {
-            out.field(&f.name, &f.value);
-        }
+        ops.write_new(out);
     }
     generated
 }
@@ -357,16 +356,13 @@ pub fn write_response(resp: &ResponseView<'_>, rw: &ResponseRewrite<'_>, out: &m
     let head = resp.head;
     let headers = resp.headers();
     out.reserve(head.head_len + 64);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(head.status));
-    out.push(b' ');
     let reason = resp.reason();
-    out.extend_from_slice(if reason.is_empty() {
+    let reason = if reason.is_empty() {
         reason_phrase(head.status).as_bytes()
     } else {
         reason
-    });
-    out.extend_from_slice(b"\r\n");
+    };
+    push_status_line(out, head.status, reason);
 
     let check_connection = head.connection.other;
     let ops = rw.ops.filter(|o| !o.is_empty());
@@ -385,7 +381,7 @@ pub fn write_response(resp: &ResponseView<'_>, rw: &ResponseRewrite<'_>, out: &m
     }
     lines.flush(out);
     if let Some(ops) = ops {
-        ops.write_new(out);
+        ops.write_new(&mut H1Fields(out));
     }
     push_framing(out, rw.framing);
     if let Some(upgrade) = resp.upgrade() {
@@ -417,11 +413,7 @@ pub fn write_local_response(
     let bodiless = matches!(status, 100..=199 | 204 | 304);
     let body = if bodiless { &[][..] } else { body };
     out.reserve(64 + body.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase(status).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, reason_phrase(status).as_bytes());
     for (n, v) in headers {
         push_header(out, n, v);
     }
@@ -524,6 +516,16 @@ impl<'b> Lines<'b> {
         self.start = 0;
         self.end = 0;
     }
+}
+
+/// `HTTP/1.1 <status> <reason>` and its line end: a proxy sends its own
+/// version (RFC 9110 §6.2).
+pub(crate) fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
 }
 
 pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -862,8 +862,6 @@ impl H2Stream {
             }
             status
         };
-        // Rate-limit fields replace any of the same name.
-        fields.retain(|(n, _)| !extra.iter().any(|(e, _)| e.as_bytes() == *n));
         fields.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
         self.log.status = status;
         if self.down.is_reset() {

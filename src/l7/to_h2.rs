@@ -193,10 +193,9 @@ impl Conn<'_> {
         };
         let down_keep =
             req_keep_alive && framing != BodyFraming::CloseDelimited && !self.shard.drain_close();
-        let rate = self.rate_headers.take();
-        let extra = rate.as_ref().map_or(&[][..], |r| &r[..]);
+        // `ops` carries the x-ratelimit-* fields already (`with_rate_headers`).
         let mut out = Vec::new();
-        headers::write_h1_response(&head, ops, extra, framing, down_keep, &mut out);
+        headers::write_h1_response(&head, ops, framing, down_keep, &mut out);
         let Ok(mut w) = self.down.writer() else {
             return Next::Close;
         };

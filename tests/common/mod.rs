@@ -18,6 +18,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
 
+/// A helper process that prints "ready" on its first line of stdout once it
+/// serves (the Python peers and upstreams of the tests); killed and reaped
+/// on drop, so a test that fails leaves nothing running.
+pub struct ReadyChild(Child);
+
+impl ReadyChild {
+    /// Starts `cmd` (its stdout piped here) and waits for its "ready".
+    pub fn spawn(cmd: &mut Command) -> ReadyChild {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let child = ReadyChild(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the helper did not start");
+        child
+    }
+}
+
+impl Drop for ReadyChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An example binary (examples/NAME) started with `args`, stdio discarded;
 /// killed and reaped on drop. Plain `cargo test` builds the examples beside
 /// the test binaries (target/PROFILE/deps/THIS -> target/PROFILE/examples/NAME),
