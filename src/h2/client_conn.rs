@@ -21,8 +21,9 @@ use super::frame::{ErrorCode, Frame};
 use super::hpack::Encoder;
 use super::link::{BlockOf, Link, Role, Step, MAX_STREAM_ID};
 use super::link::{ConnError, Reset, Settings};
-use super::request::{lowercase_token, trailers_ok, valid_value};
+use super::request::{trailers_ok, valid_value};
 use super::Span;
+use crate::http::rewrite::is_lowercase_token;
 
 /// Why no stream can be opened now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +136,7 @@ impl HeadBuilder {
             self.error = Some("pseudo-header other than :status in a response");
             return;
         }
-        if !lowercase_token(name) {
+        if !is_lowercase_token(name) {
             self.error = Some("field name not a lowercase token");
             return;
         }

@@ -12,7 +12,7 @@
 
 use super::Span;
 use crate::http::head::{has_port, valid_authority};
-use crate::http::rewrite::{is_valid_header_name, is_valid_header_value};
+use crate::http::rewrite::{is_lowercase_token, is_valid_header_name, is_valid_header_value};
 use crate::http::RequestParts;
 
 #[derive(Clone, Copy, Debug)]
@@ -148,7 +148,7 @@ impl HeadBuilder {
             return;
         }
         self.regular_seen = true;
-        if !lowercase_token(name) {
+        if !is_lowercase_token(name) {
             return self.fail(Malformed::Protocol("field name not a lowercase token"));
         }
         // §8.2.2: connection-specific fields make a request malformed; `te`
@@ -228,13 +228,7 @@ impl HeadBuilder {
 
 /// A trailer block: regular fields only (§8.1).
 pub fn trailers_ok(name: &[u8], value: &[u8]) -> bool {
-    !name.starts_with(b":") && lowercase_token(name) && valid_value(value)
-}
-
-/// A field name as HTTP/2 carries it: a token (RFC 9110 §5.6.2), in
-/// lowercase (RFC 9113 §8.2.1).
-pub(super) fn lowercase_token(name: &[u8]) -> bool {
-    is_valid_header_name(name) && !name.iter().any(u8::is_ascii_uppercase)
+    !name.starts_with(b":") && is_lowercase_token(name) && valid_value(value)
 }
 
 /// RFC 9113 §8.2.1 forbids NUL, CR and LF and whitespace at either end;

@@ -21,12 +21,62 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     Field::of(name).is_hop_by_hop()
 }
 
-/// token (RFC 9110 §5.6.2): what a field name may be.
-pub fn is_valid_header_name(name: &[u8]) -> bool {
+/// A byte of a token (RFC 9110 §5.6.2), in [`TOKEN_CLASS`].
+const TOKEN: u8 = 1;
+/// A byte of a token that is not an uppercase letter (HTTP/2's field names,
+/// RFC 9113 §8.2.1).
+const LOWER_TOKEN: u8 = 2;
+
+/// Each byte's token classes: one load per byte of a field name, where a
+/// test of the sixteen punctuation characters in turn cost up to sixteen
+/// compares (every HTTP/2 field name is checked as it is decoded).
+static TOKEN_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if c.is_ascii_alphanumeric() {
+            class = TOKEN | LOWER_TOKEN;
+        } else {
+            let punct = b"!#$%&'*+-.^_`|~";
+            let mut i = 0;
+            while i < punct.len() {
+                if punct[i] == c {
+                    class = TOKEN | LOWER_TOKEN;
+                }
+                i += 1;
+            }
+        }
+        if c.is_ascii_uppercase() {
+            class = TOKEN;
+        }
+        t[b] = class;
+        b += 1;
+    }
+    t
+};
+
+/// True when `name` is not empty and every byte has `class`; no early
+/// exit (names are short, and a branch per byte costs more than a load).
+#[inline]
+fn all_in_class(name: &[u8], class: u8) -> bool {
     !name.is_empty()
         && name
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            .fold(class, |acc, &b| acc & TOKEN_CLASS[b as usize])
+            != 0
+}
+
+/// token (RFC 9110 §5.6.2): what a field name may be.
+pub fn is_valid_header_name(name: &[u8]) -> bool {
+    all_in_class(name, TOKEN)
+}
+
+/// A token without uppercase letters: a field name as HTTP/2 carries it
+/// (RFC 9113 §8.2.1).
+pub fn is_lowercase_token(name: &[u8]) -> bool {
+    all_in_class(name, LOWER_TOKEN)
 }
 
 /// field-value (RFC 9110 §5.5) without leading/trailing whitespace: no CR, LF or NUL
@@ -34,10 +84,31 @@ pub fn is_valid_header_name(name: &[u8]) -> bool {
 pub fn is_valid_header_value(value: &[u8]) -> bool {
     let edges_ok =
         !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'));
-    edges_ok
-        && value
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+    edges_ok && value_bytes_ok(value)
+}
+
+/// Every byte is HTAB, visible ASCII, SP or obs-text (0x80-0xff): no other
+/// control character, no DEL. Eight bytes at a time: a word with no byte
+/// below 0x20 and none equal to 0x7f passes whole; only a word that has one
+/// (a tab, most likely) is looked at byte by byte.
+#[inline]
+fn value_bytes_ok(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let byte_ok = |&b: &u8| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+    let mut words = value.chunks_exact(8);
+    for chunk in &mut words {
+        let w = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // "Has a byte below n" (n <= 0x80) and "has a zero byte" of x ^ 0x7f..:
+        // exact as yes/no answers (Hacker's Delight, Anderson's bit hacks).
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let x = w ^ (ONES * 0x7f);
+        let del = x.wrapping_sub(ONES) & !x & HIGHS;
+        if below_space | del != 0 && !chunk.iter().all(byte_ok) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(byte_ok)
 }
 
 /// A configured header field (lowercase name, valid value).
@@ -1170,6 +1241,39 @@ mod tests {
             RequestIdGenerator::new().next_id(),
             RequestIdGenerator::new().next_id()
         );
+    }
+
+    /// The table and the word-at-a-time check say what the byte-by-byte
+    /// definitions say: every byte value, at every position of values
+    /// long enough to fill two words and a remainder.
+    #[test]
+    fn name_and_value_checks_match_their_definitions() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let value_byte = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+        for b in 0..=255u8 {
+            for len in 1..=19 {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(is_valid_header_name(&v), token(b), "name {v:?}");
+                    assert_eq!(
+                        is_lowercase_token(&v),
+                        token(b) && !b.is_ascii_uppercase(),
+                        "name {v:?}"
+                    );
+                    let edge = (at == 0 || at == len - 1) && (b == b' ' || b == b'\t');
+                    assert_eq!(
+                        is_valid_header_value(&v),
+                        value_byte(b) && !edge,
+                        "value {v:?}"
+                    );
+                }
+            }
+        }
+        // Obs-text and a tab inside a word, next to a forbidden byte in the same word.
+        assert!(is_valid_header_value(b"a\tb\x80\xffcdefgh\tij"));
+        assert!(!is_valid_header_value(b"a\tbcdefg\x7fhij"));
+        assert!(!is_valid_header_value(b"abcdefgh\tbcdefg\x1f"));
     }
 
     #[test]
