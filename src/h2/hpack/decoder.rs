@@ -142,6 +142,8 @@ pub struct Decoder {
     max_table_size: usize,
     /// Huffman-decoded strings of the current field.
     scratch: Vec<u8>,
+    /// Huffman strings of literals without indexing, decoded before.
+    memo: Memo,
     /// Set by a compression error; every later call fails.
     failed: bool,
 }
@@ -155,6 +157,7 @@ impl Decoder {
             table: DynamicTable::new(max_table_size),
             max_table_size,
             scratch: Vec::new(),
+            memo: Memo::default(),
             failed: false,
         }
     }
@@ -298,8 +301,13 @@ impl Decoder {
         self.scratch.clear();
         let (idx, used) = read_integer(&block[pos..], n)?;
         let mut pos = pos + used;
+        // A peer that never refers to its table (nginx) sends the same
+        // names and values as literals, Huffman-coded, on every message:
+        // those are remembered (`Memo`). Never-indexed ones are not: they
+        // are the values the sender wants kept out of every table.
+        let memo = indexing != Indexing::Never;
         let mut name = if idx == 0 {
-            let (s, next) = self.string(block, pos)?;
+            let (s, next) = self.string(block, pos, memo)?;
             pos = next;
             s
         } else if idx < FIRST_DYNAMIC {
@@ -309,7 +317,7 @@ impl Decoder {
         } else {
             return Err(DecodeError::BadIndex);
         };
-        let (value, pos) = self.string(block, pos)?;
+        let (value, pos) = self.string(block, pos, memo)?;
 
         if indexing == Indexing::Incremental {
             if let Str::Table(i) = name {
@@ -335,9 +343,10 @@ impl Decoder {
     }
 
     /// A string literal (§5.2) at `block[pos]`: where its bytes are, and
-    /// where the next representation starts.
+    /// where the next representation starts. `memo`: a Huffman string is
+    /// looked up in, or else added to, the strings decoded before.
     #[inline]
-    fn string(&mut self, block: &[u8], pos: usize) -> Result<(Str, usize), Malformed> {
+    fn string(&mut self, block: &[u8], pos: usize, memo: bool) -> Result<(Str, usize), Malformed> {
         let rest = block.get(pos..).unwrap_or_default();
         let huffman = rest.first().is_some_and(|b| b & 0x80 != 0);
         let (len, used) = read_integer(rest, 7)?;
@@ -350,7 +359,17 @@ impl Decoder {
             return Ok((Str::Block(start, end), end));
         }
         let from = self.scratch.len();
-        huffman::decode(&block[start..end], &mut self.scratch).map_err(DecodeError::from)?;
+        let coded = &block[start..end];
+        if memo && coded.len() <= MEMO_MAX_CODED {
+            if let Some(decoded) = self.memo.get(coded) {
+                self.scratch.extend_from_slice(decoded);
+            } else {
+                huffman::decode(coded, &mut self.scratch).map_err(DecodeError::from)?;
+                self.memo.put(coded, &self.scratch[from..]);
+            }
+        } else {
+            huffman::decode(coded, &mut self.scratch).map_err(DecodeError::from)?;
+        }
         Ok((Str::Scratch(from, self.scratch.len()), end))
     }
 
@@ -358,6 +377,81 @@ impl Decoder {
         match s {
             Str::Table(i) => self.table.get(i).map_or(&[][..], |(n, _)| n),
             s => resolve_untabled(block, &self.scratch, s),
+        }
+    }
+}
+
+/// How many Huffman strings a decoder remembers, and the longest (coded).
+const MEMO_ENTRIES: usize = 16;
+const MEMO_MAX_CODED: usize = 48;
+
+/// Huffman strings of literals (other than never-indexed ones), with what
+/// they decoded to. nginx never refers to its dynamic table: each response
+/// repeats `server`, `date`, `content-type`, `last-modified`, `etag`,
+/// `accept-ranges` and the trailer name `grpc-status` as Huffman literals,
+/// about 100 coded bytes decoded on every gRPC call (a tenth of the call's
+/// instructions). Comparing the coded bytes with what came before costs a
+/// fraction of that. A peer that indexes sends a literal once and then its
+/// index, so it pays one copy per string it adds to its table; a peer
+/// whose strings never repeat (a request id) pays a scan of the lengths
+/// and a copy per string.
+///
+/// Replacement is the clock (second chance): a string found since the
+/// hand last passed it is kept, so a value that changes on every message
+/// (a `date`, once a second) takes one slot in turn instead of pushing out
+/// the ones that repeat. Kept for the connection's life, since a
+/// connection that goes quiet between requests would otherwise decode its
+/// strings anew each time: at most 16 x (48 + 77) bytes of strings, about
+/// 400 for nginx's.
+#[derive(Debug, Default)]
+struct Memo {
+    entries: Vec<MemoEntry>,
+    hand: usize,
+}
+
+#[derive(Debug)]
+struct MemoEntry {
+    /// The coded bytes, then the decoded ones.
+    bytes: Vec<u8>,
+    coded: usize,
+    /// Found since the hand last passed.
+    used: bool,
+}
+
+impl Memo {
+    fn get(&mut self, coded: &[u8]) -> Option<&[u8]> {
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| e.coded == coded.len() && e.bytes[..e.coded] == *coded)?;
+        e.used = true;
+        Some(&e.bytes[e.coded..])
+    }
+
+    fn put(&mut self, coded: &[u8], decoded: &[u8]) {
+        let e = if self.entries.len() < MEMO_ENTRIES {
+            self.entries.push(MemoEntry {
+                bytes: Vec::with_capacity(coded.len() + decoded.len()),
+                coded: 0,
+                used: false,
+            });
+            self.entries.last_mut()
+        } else {
+            loop {
+                let e = &mut self.entries[self.hand];
+                self.hand = (self.hand + 1) % MEMO_ENTRIES;
+                if !std::mem::take(&mut e.used) {
+                    break;
+                }
+            }
+            let at = (self.hand + MEMO_ENTRIES - 1) % MEMO_ENTRIES;
+            self.entries.get_mut(at)
+        };
+        if let Some(e) = e {
+            e.bytes.clear();
+            e.bytes.extend_from_slice(coded);
+            e.bytes.extend_from_slice(decoded);
+            e.coded = coded.len();
         }
     }
 }
@@ -370,5 +464,32 @@ fn resolve_untabled<'a>(block: &'a [u8], scratch: &'a [u8], s: Str) -> &'a [u8] 
         Str::Block(a, b) => &block[a..b],
         Str::Scratch(a, b) => &scratch[a..b],
         Str::Table(_) => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock keeps what is found again: strings that repeat stay
+    /// while one-offs pass through a slot at a time.
+    #[test]
+    fn memo_keeps_repeating_strings_past_one_offs() {
+        let mut m = Memo::default();
+        let repeating: Vec<Vec<u8>> = (0..MEMO_ENTRIES as u8 - 2).map(|i| vec![b'r', i]).collect();
+        for r in &repeating {
+            m.put(r, b"decoded");
+        }
+        for round in 0..100u32 {
+            for r in &repeating {
+                assert_eq!(m.get(r), Some(&b"decoded"[..]), "round {round}");
+            }
+            let once = round.to_be_bytes();
+            assert_eq!(m.get(&once), None);
+            m.put(&once, b"once");
+        }
+        assert_eq!(m.entries.len(), MEMO_ENTRIES);
+        // Equal lengths, other bytes: not a hit.
+        assert_eq!(m.get(b"r\xff"), None);
     }
 }

@@ -592,3 +592,62 @@ fn a_repeated_list_is_all_indexed() {
     assert_eq!(again.len(), 40, "{again:02x?}");
     assert_eq!(decode(&mut d, &again).unwrap(), fields(&list));
 }
+
+/// A literal with a new name, both strings Huffman-coded; `first`: 0x40
+/// with incremental indexing, 0x00 without, 0x10 never indexed.
+fn huffman_literal(first: u8, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(first);
+    for s in [name, value] {
+        encoder::write_integer(huffman::encoded_len(s), 7, 0x80, out);
+        huffman::encode(s, out);
+    }
+}
+
+/// nginx's way (every literal Huffman-coded, the table never referred
+/// to), message after message: the decoder's memo of such strings gives
+/// what decoding gives,
+/// with repeating strings, a value that changes every time, more strings
+/// than the memo holds, strings too long for it, and never-indexed ones.
+#[test]
+fn repeated_literals_without_indexing_decode_the_same() {
+    let mut d = Decoder::new(4096);
+    for round in 0..200u32 {
+        let mut block = Vec::new();
+        let mut want: Fields = Vec::new();
+        let date = format!(
+            "Wed, 02 Dec 2026 17:{:02}:{:02} GMT",
+            round / 60,
+            round % 60
+        );
+        let long = "x".repeat(40 + (round as usize % 3) * 20);
+        let mut list: Vec<(String, String)> = vec![
+            ("server".into(), "nginx/1.22.1".into()),
+            ("date".into(), date),
+            ("content-type".into(), "application/grpc".into()),
+            ("x-long".into(), long),
+        ];
+        // More distinct strings than the memo has slots, some every round,
+        // some once.
+        for i in 0..12 {
+            list.push((format!("x-fixed-{i}"), format!("value {i}")));
+        }
+        list.push(("x-once".into(), format!("unique {round}")));
+        // nginx's first four go with incremental indexing, the rest without.
+        for (i, (n, v)) in list.iter().enumerate() {
+            let first = if i < 4 { 0x40 } else { 0x00 };
+            huffman_literal(first, n.as_bytes(), v.as_bytes(), &mut block);
+            want.push((n.as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
+        // A never-indexed literal: not remembered, decoded the same.
+        huffman_literal(0x10, b"authorization", b"Bearer abc", &mut block);
+        want.push((b"authorization".to_vec(), b"Bearer abc".to_vec()));
+        assert_eq!(decode(&mut d, &block).unwrap(), want, "round {round}");
+        // A fresh decoder agrees: the block holds only literals.
+        assert_eq!(decode(&mut Decoder::new(4096), &block).unwrap(), want);
+        // The indexed four are the table's newest, as decoded.
+        let newest: Fields = table(&d).0.into_iter().take(4).collect();
+        let mut indexed = want[..4].to_vec();
+        indexed.reverse();
+        assert_eq!(newest, indexed, "round {round}");
+    }
+}
