@@ -90,25 +90,37 @@ pub fn is_valid_header_value(value: &[u8]) -> bool {
 /// Every byte is HTAB, visible ASCII, SP or obs-text (0x80-0xff): no other
 /// control character, no DEL. Eight bytes at a time: a word with no byte
 /// below 0x20 and none equal to 0x7f passes whole; only a word that has one
-/// (a tab, most likely) is looked at byte by byte.
+/// (a tab, most likely) is looked at byte by byte. A value's last bytes are
+/// the word that ends it (overlapping the one before), a short value is
+/// padded to a word: no byte-by-byte tail.
 #[inline]
 fn value_bytes_ok(value: &[u8]) -> bool {
+    let n = value.len();
+    if n < 8 {
+        let mut w = [b'a'; 8];
+        w[..n].copy_from_slice(value);
+        return word_ok(w);
+    }
+    let mut words = value.chunks_exact(8);
+    let whole = words.all(|c| word_ok(c.try_into().unwrap_or([0; 8])));
+    whole && (n % 8 == 0 || word_ok(value[n - 8..].try_into().unwrap_or([0; 8])))
+}
+
+/// See [`value_bytes_ok`].
+#[inline]
+fn word_ok(word: [u8; 8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let byte_ok = |&b: &u8| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
-    let mut words = value.chunks_exact(8);
-    for chunk in &mut words {
-        let w = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
-        // "Has a byte below n" (n <= 0x80) and "has a zero byte" of x ^ 0x7f..:
-        // exact as yes/no answers (Hacker's Delight, Anderson's bit hacks).
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-        let x = w ^ (ONES * 0x7f);
-        let del = x.wrapping_sub(ONES) & !x & HIGHS;
-        if below_space | del != 0 && !chunk.iter().all(byte_ok) {
-            return false;
-        }
-    }
-    words.remainder().iter().all(byte_ok)
+    let w = u64::from_ne_bytes(word);
+    // "Has a byte below n" (n <= 0x80) and "has a zero byte" of w ^ 0x7f..:
+    // exact as yes/no answers (Hacker's Delight, Anderson's bit hacks).
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let x = w ^ (ONES * 0x7f);
+    let del = x.wrapping_sub(ONES) & !x & HIGHS;
+    below_space | del == 0
+        || word
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 /// A configured header field (lowercase name, valid value).

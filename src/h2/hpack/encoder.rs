@@ -264,7 +264,21 @@ impl Encoder {
     /// A string literal (§5.2), Huffman-coded when that is shorter.
     #[inline]
     fn string(&self, s: &[u8], out: &mut Vec<u8>) {
-        if self.huffman {
+        if self.huffman && s.len() < 0x7f {
+            // One pass: the code goes after a length byte written last
+            // (both lengths fit the 7-bit prefix), and is taken back when it
+            // is not shorter.
+            let at = out.len();
+            out.reserve(s.len() + 1);
+            out.push(0);
+            huffman::encode(s, out);
+            let len = out.len() - at - 1;
+            if len < s.len() {
+                out[at] = 0x80 | len as u8;
+                return;
+            }
+            out.truncate(at);
+        } else if self.huffman {
             let len = huffman::encoded_len(s);
             if len < s.len() {
                 out.reserve(len + 5);

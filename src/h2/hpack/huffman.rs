@@ -239,7 +239,7 @@ pub fn encoded_len(src: &[u8]) -> usize {
 
 /// Appends `src` Huffman-encoded to `dst` (`encoded_len(src)` bytes),
 /// padded with the most significant bits of EOS. The caller reserves the
-/// room (it has computed the length to write it first).
+/// room it expects (`dst` grows if that was too little).
 pub fn encode(src: &[u8], dst: &mut Vec<u8>) {
     // Bits not yet written are the low `pending` bits of `acc`; flushing
     // whenever 32 or more are pending keeps them below 32 + 30.
