@@ -142,7 +142,7 @@ pub struct Decoder {
     max_table_size: usize,
     /// Huffman-decoded strings of the current field.
     scratch: Vec<u8>,
-    /// Huffman strings of literals without indexing, decoded before.
+    /// Huffman strings decoded before (see [`Memo`]).
     memo: Memo,
     /// Set by a compression error; every later call fails.
     failed: bool,
