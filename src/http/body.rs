@@ -21,6 +21,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use super::head::BodyFraming;
+use super::rewrite::{is_field_byte, is_tchar};
 
 /// Bounds on what a chunked body may spend on framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,37 +139,10 @@ pub struct ChunkedDecoder {
     limits: ChunkedLimits,
 }
 
-/// tchar (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
 /// HTAB / SP / VCHAR / obs-text: what a quoted string may hold, and what may
 /// follow a backslash in it (RFC 9110 §5.6.4; `"` and `\\` are the caller's).
 fn is_quoted_byte(b: u8) -> bool {
     matches!(b, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff)
-}
-
-/// field-vchar / SP / HTAB (RFC 9110 §5.5): what a trailer value may contain.
-fn is_field_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 impl Default for ChunkedDecoder {

@@ -27,31 +27,46 @@ const TOKEN: u8 = 1;
 /// RFC 9113 §8.2.1).
 const LOWER_TOKEN: u8 = 2;
 
-/// Each byte's token classes: one load per byte of a field name, where a
-/// test of the sixteen punctuation characters in turn cost up to sixteen
-/// compares (every HTTP/2 field name is checked as it is decoded).
+/// tchar (RFC 9110 §5.6.2): a byte of a token.
+pub(crate) const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// field-vchar / SP / HTAB (RFC 9110 §5.5): a byte a field value may hold.
+pub(crate) const fn is_field_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b' '..=b'~' | 0x80..=0xff)
+}
+
+/// Each byte's token classes ([`is_tchar`]): one load per byte of a field
+/// name, where a test of the sixteen punctuation characters in turn cost up
+/// to sixteen compares (every HTTP/2 field name is checked as it is decoded).
 static TOKEN_CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        let mut class = 0;
-        if c.is_ascii_alphanumeric() {
-            class = TOKEN | LOWER_TOKEN;
-        } else {
-            let punct = b"!#$%&'*+-.^_`|~";
-            let mut i = 0;
-            while i < punct.len() {
-                if punct[i] == c {
-                    class = TOKEN | LOWER_TOKEN;
-                }
-                i += 1;
-            }
-        }
-        if c.is_ascii_uppercase() {
-            class = TOKEN;
-        }
-        t[b] = class;
+        t[b] = match (is_tchar(c), c.is_ascii_uppercase()) {
+            (false, _) => 0,
+            (true, true) => TOKEN,
+            (true, false) => TOKEN | LOWER_TOKEN,
+        };
         b += 1;
     }
     t
@@ -87,8 +102,8 @@ pub fn is_valid_header_value(value: &[u8]) -> bool {
     edges_ok && value_bytes_ok(value)
 }
 
-/// Every byte is HTAB, visible ASCII, SP or obs-text (0x80-0xff): no other
-/// control character, no DEL. Eight bytes at a time: a word with no byte
+/// Every byte is a [`is_field_byte`] (HTAB, SP, visible ASCII, obs-text): no
+/// other control character, no DEL. Eight bytes at a time: a word with no byte
 /// below 0x20 and none equal to 0x7f passes whole; only a word that has one
 /// (a tab, most likely) is looked at byte by byte. A value's last bytes are
 /// the word that ends it (overlapping the one before), a short value is
@@ -117,10 +132,7 @@ fn word_ok(word: [u8; 8]) -> bool {
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
     let x = w ^ (ONES * 0x7f);
     let del = x.wrapping_sub(ONES) & !x & HIGHS;
-    below_space | del == 0
-        || word
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+    below_space | del == 0 || word.iter().all(|&b| is_field_byte(b))
 }
 
 /// A configured header field (lowercase name, valid value).
