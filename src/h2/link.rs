@@ -128,6 +128,9 @@ pub(super) struct Stream<P> {
     /// END_STREAM sent.
     pub send_end: bool,
     pub reset: Option<Reset>,
+    /// Its writer waits for the connection's send window
+    /// ([`Link::wait_for_window`]).
+    pub window_wait: bool,
 }
 
 impl<P> Stream<P> {
@@ -224,10 +227,14 @@ pub struct Link<P> {
     empty_frames: u32,
     /// Streams something happened to since the caller last asked (data,
     /// the end of the body, a reset, a window opened): their readers and
-    /// writers may go on. Duplicates are possible.
+    /// writers may go on. A stream touched twice in a row is listed once
+    /// (its head and its DATA in one read); other duplicates are possible.
     touched: Vec<u32>,
-    /// Something concerns every stream: the connection's send window
-    /// opened, or (client side) room for another stream was made.
+    /// Streams whose writers wait for the connection's send window: a
+    /// connection WINDOW_UPDATE touches these, not every stream.
+    window_waiters: Vec<u32>,
+    /// Something concerns every stream (GOAWAY, a larger initial window,
+    /// the connection's end).
     all_touched: bool,
 }
 
@@ -237,6 +244,13 @@ const INITIAL: u32 = frame::DEFAULT_WINDOW;
 
 /// The highest stream identifier (§5.1.1).
 pub(super) const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+
+/// Lists stream `id` as touched, once if it was also the last one listed.
+fn touch(touched: &mut Vec<u32>, id: u32) {
+    if touched.last() != Some(&id) {
+        touched.push(id);
+    }
+}
 
 impl<P: Default> Link<P> {
     /// A connection whose first words are queued at once: the client's
@@ -296,6 +310,7 @@ impl<P: Default> Link<P> {
             queued_control: 0,
             empty_frames: 0,
             touched: Vec::new(),
+            window_waiters: Vec::new(),
             all_touched: false,
         }
     }
@@ -395,7 +410,7 @@ impl<P> Link<P> {
                 self.active = self.active.saturating_sub(1);
                 unread += s.body.len() as u32;
                 s.body = Vec::new();
-                self.touched.push(id);
+                touch(&mut self.touched, id);
             }
         }
         self.credit_connection(unread);
@@ -449,7 +464,7 @@ impl<P> Link<P> {
             }
             unread = s.body.len() as u32;
             s.body = Vec::new();
-            self.touched.push(id);
+            touch(&mut self.touched, id);
         }
         self.credit_connection(unread);
     }
@@ -544,7 +559,14 @@ impl<P> Link<P> {
                         "connection window over 2^31-1",
                     ));
                 }
-                self.all_touched = true;
+                if self.send_window > 0 {
+                    for id in std::mem::take(&mut self.window_waiters) {
+                        if let Some(s) = self.streams.get_mut(&id) {
+                            s.window_wait = false;
+                            self.touched.push(id);
+                        }
+                    }
+                }
             }
             Frame::WindowUpdate { stream, increment } => {
                 let Some(s) = self.streams.get_mut(&stream) else {
@@ -555,7 +577,7 @@ impl<P> Link<P> {
                 if s.send_window > i64::from(frame::MAX_WINDOW) {
                     self.reset_stream(stream, ErrorCode::FLOW_CONTROL_ERROR)?;
                 } else {
-                    self.touched.push(stream);
+                    touch(&mut self.touched, stream);
                 }
             }
             Frame::Continuation {
@@ -593,9 +615,9 @@ impl<P> Link<P> {
                     ));
                 }
                 setting::MAX_CONCURRENT_STREAMS => {
+                    // Read by openers when they open (nobody waits on a
+                    // connection for room: a full one is passed over).
                     self.peer_max_streams = value;
-                    // Openers waiting for room may go on (or elsewhere).
-                    self.all_touched |= self.role == Role::Client;
                 }
                 setting::INITIAL_WINDOW_SIZE => {
                     // §6.9.2: every stream's send window moves by the change.
@@ -700,7 +722,7 @@ impl<P> Link<P> {
         let padding = flow_len - data.len() as u32;
         s.body.extend_from_slice(data);
         s.unacked += padding;
-        self.touched.push(stream);
+        touch(&mut self.touched, stream);
         self.credit_connection(padding);
         if end_stream {
             return self.end_of_body(stream, None);
@@ -723,7 +745,7 @@ impl<P> Link<P> {
         }
         s.recv_end = true;
         s.trailers = trailers;
-        self.touched.push(stream);
+        touch(&mut self.touched, stream);
         if s.send_end && s.reset.is_none() {
             self.stream_done();
         }
@@ -732,7 +754,30 @@ impl<P> Link<P> {
 
     /// Stream `id`'s reader or writer may go on.
     pub(super) fn touch(&mut self, id: u32) {
-        self.touched.push(id);
+        touch(&mut self.touched, id);
+    }
+
+    /// Stream `id`'s writer found no send window: it is touched when the
+    /// connection's window opens (its own window's update touches it
+    /// anyway). Without this, every connection WINDOW_UPDATE would wake
+    /// every stream of the connection, most of them waiting for nothing
+    /// a window gives.
+    pub(super) fn wait_for_window(&mut self, id: u32) {
+        if self.send_window > 0 {
+            return;
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            if !s.window_wait {
+                s.window_wait = true;
+                self.window_waiters.push(id);
+            }
+        }
+        // Streams that ended while waiting leave their ids behind until
+        // the window opens; a peer that never opens it does not grow this.
+        if self.window_waiters.len() > 2 * self.streams.len() + 16 {
+            let streams = &self.streams;
+            self.window_waiters.retain(|id| streams.contains_key(id));
+        }
     }
 
     /// Every stream's reader, writer and opener may go on.
@@ -740,10 +785,10 @@ impl<P> Link<P> {
         self.all_touched = true;
     }
 
-    /// A stream closed both ways: on the client side, room for another.
+    /// A stream closed both ways: on the client side, room for another
+    /// (taken by the next opener; none waits on the connection for it).
     pub(super) fn stream_done(&mut self) {
         self.active = self.active.saturating_sub(1);
-        self.all_touched |= self.role == Role::Client;
     }
 
     /// Credits `n` bytes back to the connection window, with a
@@ -908,8 +953,8 @@ impl<P> Link<P> {
     }
 
     /// Hands `wake` every stream touched since the last call (see
-    /// `touched`); true if something concerns every stream (the
-    /// connection's window opened, or room for streams was made).
+    /// `touched`); true if something concerns every stream (see
+    /// `all_touched`).
     pub fn drain_touched(&mut self, mut wake: impl FnMut(u32)) -> bool {
         for id in self.touched.drain(..) {
             wake(id);
@@ -927,6 +972,7 @@ impl<P> Link<P> {
             self.streams = StreamMap::default();
         }
         self.touched.shrink_to(16);
+        self.window_waiters.shrink_to(16);
     }
 }
 

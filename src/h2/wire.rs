@@ -139,6 +139,8 @@ impl<C: Codec> Core<C> {
         }
         if room == 0 {
             self.out_blocked.set(true);
+        } else {
+            conn.wait_for_window(id);
         }
         drop(conn);
         self.register(id, cx);

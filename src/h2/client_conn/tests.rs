@@ -335,6 +335,7 @@ fn the_peers_stream_limit_is_honoured() {
     for &id in &ids[2..] {
         c.close(id);
     }
+    c.drain_touched(|_| {});
     assert_eq!(c.active(), 2);
     assert_eq!(c.can_open(), Err(NotOpened::Full));
     let mut p = Peer::new(&[]);
@@ -343,7 +344,11 @@ fn the_peers_stream_limit_is_honoured() {
         .to(&mut c)
         .unwrap();
     assert_eq!(c.active(), 1);
-    assert!(c.drain_touched(|_| {}), "room for a stream wakes openers");
+    // The room is taken by the next opener; nobody waits on a connection
+    // for it, so only the answered stream is woken.
+    let mut touched = Vec::new();
+    assert!(!c.drain_touched(|id| touched.push(id)));
+    assert_eq!(touched, [ids[0]]);
     assert_eq!(c.can_open(), Ok(()));
     let next = get(&mut c, "/next");
     assert_eq!(next, 201);
@@ -399,6 +404,63 @@ fn flow_control_both_ways() {
         c.read(id, &mut Vec::new()),
         Read::Reset(ErrorCode::FLOW_CONTROL_ERROR)
     );
+}
+
+#[test]
+fn only_the_streams_a_frame_concerns_are_touched() {
+    let settings = Settings {
+        initial_stream_window: 65_535,
+        initial_connection_window: 65_535,
+        ..Settings::default()
+    };
+    let mut c = ClientConn::new(settings);
+    let ids: Vec<u32> = (0..4)
+        .map(|i| request(&mut c, "POST", &format!("/{i}"), false).unwrap())
+        .collect();
+    let touched = |c: &mut ClientConn| {
+        let mut t = Vec::new();
+        let all = c.drain_touched(|id| t.push(id));
+        (t, all)
+    };
+    // A whole answer in one read (head, DATA, end) lists its stream once.
+    let mut p = Peer::new(&[]);
+    p.head(ids[3], &[(":status", "200")], false)
+        .data(ids[3], b"abc", true)
+        .to(&mut c)
+        .unwrap();
+    assert_eq!(touched(&mut c), (vec![ids[3]], false));
+    // ids[0] spends the connection's window and waits for more; ids[1]
+    // and ids[2] wait on their answers only.
+    assert_eq!(c.send_data(ids[0], &vec![0u8; 70_000], false), 65_535);
+    assert_eq!(c.capacity(ids[0]), 0);
+    c.wait_for_window(ids[0]);
+    c.wait_for_window(ids[0]);
+    // Its own window's update wakes it; the connection's stays shut.
+    let mut p = Peer::new(&[]);
+    p.bytes.clear();
+    p.raw(kind::WINDOW_UPDATE, 0, ids[0], &100u32.to_be_bytes())
+        .to(&mut c)
+        .unwrap();
+    assert_eq!(touched(&mut c), (vec![ids[0]], false));
+    assert_eq!(c.capacity(ids[0]), 0);
+    // The connection's update wakes the stream that waited for it, once,
+    // and no other.
+    p.raw(kind::WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes())
+        .to(&mut c)
+        .unwrap();
+    assert_eq!(touched(&mut c), (vec![ids[0]], false));
+    assert_eq!(c.capacity(ids[0]), 100);
+    // With room in the connection's window, nobody waits for it.
+    c.wait_for_window(ids[1]);
+    p.raw(kind::WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes())
+        .to(&mut c)
+        .unwrap();
+    assert_eq!(touched(&mut c), (vec![], false));
+    // A larger initial window concerns every stream.
+    Peer::new(&[(setting::INITIAL_WINDOW_SIZE, 100_000)])
+        .to(&mut c)
+        .unwrap();
+    assert!(touched(&mut c).1);
 }
 
 #[test]
