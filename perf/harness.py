@@ -133,6 +133,9 @@ class Scenario:
     load: str = "wrk"
     streams: int = 1
     grpc: bool = False
+    # h2load --rps: each connection's offered requests per second (0: closed loop,
+    # as fast as the proxy answers).
+    rps_per_connection: int = 0
     # idle scenarios: each held connection first sends one keep-alive request and
     # reads its answer (an idle HTTP keep-alive connection), instead of none (L4).
     idle_http: bool = False
@@ -187,6 +190,17 @@ SCENARIOS = [
              "unary gRPC calls (107-byte request and response messages, grpc-status in "
              "trailers), h2load -c10 -m10, HTTP/2 on both sides of the proxy",
              load="h2load", streams=10, grpc=True),
+    # The same calls at a fixed offered rate. Closed loop (grpc-unary), the load CPU
+    # (h2load and the backend) is the limit and every proxy's core is nearly busy:
+    # a proxy that does a call's work in less time only turns its loop more often,
+    # with fewer calls per pass and per write, so CPU per call there is mostly
+    # 1 / throughput. At a rate the load CPU sustains for each of them, CPU per
+    # call is what a call costs the proxy (perf/README.md, "Session 27").
+    Scenario("grpc-paced", "grpc", "load", GRPC_PATH, 10, False,
+             "as grpc-unary, at a fixed offered rate of 20,000 calls/s (h2load --rps 2000 "
+             "on each of 10 connections, at most 10 streams each): below the closed-loop "
+             "rate of every contender but nginx on this machine kind",
+             load="h2load", streams=10, grpc=True, rps_per_connection=2000),
     # perf/fairness.py: an endless download and small round trips on a second
     # connection, through the same proxy core; the backend is its stream server.
     Scenario("fairness", "l4", "fairness", fairness.SMALL_PATH, 2, False,
@@ -1686,6 +1700,8 @@ def parse_h2load_log(text: str) -> dict:
 def h2load_argv(rig: "Rig", port: int, sc: Scenario, seconds: int, log_file: Path) -> list[str]:
     argv = ["h2load", "-t1", f"-c{sc.connections}", f"-m{sc.streams}", f"-D{seconds}",
             f"--log-file={log_file}"]
+    if sc.rps_per_connection:
+        argv.append(f"--rps={sc.rps_per_connection}")
     if sc.grpc:
         argv += ["-d", str(rig.grpc_request_file), "-H", "content-type: application/grpc",
                  "-H", "te: trailers"]
@@ -2368,7 +2384,8 @@ def render_md(data: dict) -> str:
         scd = next((s for s in SCENARIOS if s.name == sc_name), None)
         lines += [f"## {sc_name}", "", scd.what if scd else "", ""]
         if scd is not None and scd.load == "h2load":
-            lines += [f"Load: h2load -t1 -c{scd.connections} -m{scd.streams}, HTTP/2 prior knowledge "
+            paced = f" --rps={scd.rps_per_connection}" if scd.rps_per_connection else ""
+            lines += [f"Load: h2load -t1 -c{scd.connections} -m{scd.streams}{paced}, HTTP/2 prior knowledge "
                       "(h2c, checked); p50/p99 from its per-request log. `direct` is the backend's "
                       "own HTTP/2 port.", ""]
         idle = any(r.get("idle_conns") is not None for r in rows)

@@ -569,7 +569,7 @@ class ParseH2load(unittest.TestCase):
 
 class H2Pieces(unittest.TestCase):
     def test_scenarios_and_their_proxies(self):
-        self.assertEqual(set(H2_SCENARIOS), {"h2-keepalive", "grpc-unary"})
+        self.assertEqual(set(H2_SCENARIOS), {"h2-keepalive", "grpc-unary", "grpc-paced"})
         everything = list(harness.PROXIES)
         self.assertEqual(harness.proxies_for(H2_SCENARIOS["h2-keepalive"], everything),
                          ["direct", "remora-h2", "envoy-h2", "nginx-h2", "haproxy-h2"])
@@ -577,7 +577,11 @@ class H2Pieces(unittest.TestCase):
                          ["direct", "remora-grpc", "envoy-grpc", "nginx-grpc", "haproxy-grpc"])
         for sc in H2_SCENARIOS.values():
             self.assertEqual((sc.connections, sc.streams), (10, 10))
+        self.assertEqual(harness.proxies_for(H2_SCENARIOS["grpc-paced"], everything),
+                         harness.proxies_for(H2_SCENARIOS["grpc-unary"], everything))
         self.assertTrue(H2_SCENARIOS["grpc-unary"].grpc)
+        self.assertTrue(H2_SCENARIOS["grpc-paced"].grpc)
+        self.assertEqual(H2_SCENARIOS["grpc-unary"].rps_per_connection, 0)
         self.assertEqual(H2_SCENARIOS["h2-keepalive"].path, harness.SMALL_PATH)
 
     def test_h2load_argv(self):
@@ -594,6 +598,10 @@ class H2Pieces(unittest.TestCase):
             self.assertEqual(argv[argv.index("-d") + 1], str(rig.grpc_request_file))
             self.assertEqual(argv[-1], "http://127.0.0.1:4000" + harness.GRPC_PATH)
             self.assertFalse(any(a.startswith(("--h1", "--npn", "--alpn")) for a in argv))
+            self.assertFalse(any(a.startswith("--rps") for a in argv))
+            # grpc-paced: the same call, paced per connection.
+            paced = harness.h2load_argv(rig, 4000, H2_SCENARIOS["grpc-paced"], 1, Path("/tmp/x.log"))
+            self.assertEqual([a for a in paced if a not in argv], ["--rps=2000"])
         finally:
             rig.close()
 
