@@ -601,7 +601,7 @@ class H2Pieces(unittest.TestCase):
             self.assertFalse(any(a.startswith("--rps") for a in argv))
             # grpc-paced: the same call, paced per connection.
             paced = harness.h2load_argv(rig, 4000, H2_SCENARIOS["grpc-paced"], 1, Path("/tmp/x.log"))
-            self.assertEqual([a for a in paced if a not in argv], ["--rps=2000"])
+            self.assertEqual([a for a in paced if a not in argv], ["--rps=1000"])
         finally:
             rig.close()
 
