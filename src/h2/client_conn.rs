@@ -280,9 +280,9 @@ impl ClientConn {
                     remote: true,
                     unprocessed: true,
                 };
+                // It wakes the streams it ends; no opener waits on a
+                // connection (the pool passes over a closing one).
                 link.end_streams(refused, |id| id > last);
-                // Openers waiting for room go elsewhere.
-                link.touch_all();
                 Ok(())
             }
             Frame::RstStream { stream, code } => {

@@ -233,8 +233,8 @@ pub struct Link<P> {
     /// Streams whose writers wait for the connection's send window: a
     /// connection WINDOW_UPDATE touches these, not every stream.
     window_waiters: Vec<u32>,
-    /// Something concerns every stream (GOAWAY, a larger initial window,
-    /// the connection's end).
+    /// Something concerns every stream: the peer's initial stream window
+    /// grew (every send window with it).
     all_touched: bool,
 }
 
@@ -778,11 +778,6 @@ impl<P> Link<P> {
             let streams = &self.streams;
             self.window_waiters.retain(|id| streams.contains_key(id));
         }
-    }
-
-    /// Every stream's reader, writer and opener may go on.
-    pub(super) fn touch_all(&mut self) {
-        self.all_touched = true;
     }
 
     /// A stream closed both ways: on the client side, room for another
