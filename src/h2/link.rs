@@ -560,7 +560,7 @@ impl<P> Link<P> {
                     ));
                 }
                 if self.send_window > 0 {
-                    for id in std::mem::take(&mut self.window_waiters) {
+                    for id in self.window_waiters.drain(..) {
                         if let Some(s) = self.streams.get_mut(&id) {
                             s.window_wait = false;
                             self.touched.push(id);
