@@ -9,12 +9,14 @@
 //! The main ring also defers its task work (DEFER_TASKRUN), which needs
 //! glommio's completion peek (`__io_uring_get_cqe`) wrapped the same way,
 //! and the shim forgets a ring's mapping when glommio tears the ring down
-//! (`io_uring_queue_exit`).
+//! (`io_uring_queue_exit`). A saturated core's loop waits for company after
+//! glommio's submission (`io_uring_submit`; `src/net/batch.rs`).
 //! `tests/uring_shim.rs` fails if this link step is lost.
 
 fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_init_params");
     println!("cargo:rustc-link-arg=-Wl,--wrap=__io_uring_get_cqe");
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_exit");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_submit");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -1,4 +1,4 @@
-//! Durations as the config file writes them ("250ms", "10s", "5m", "1h"):
+//! Durations as the config file writes them ("100us", "250ms", "10s", "5m", "1h"):
 //! parsing, printing, and serde's view for `/config_dump`. A leaf module, so
 //! that everything holding a duration from the config can use it without
 //! depending on `config`.
@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Serializer;
 
-/// The inverse of [`parse_duration`] (whole milliseconds).
+/// The inverse of [`parse_duration`] (whole microseconds).
 pub fn format_duration(d: Duration) -> String {
+    if d.as_micros() % 1_000 != 0 {
+        return format!("{}us", d.as_micros());
+    }
     let ms = d.as_millis();
     if ms % 3_600_000 == 0 {
         format!("{}h", ms / 3_600_000)
@@ -21,13 +24,14 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses "250ms", "10s", "5m", "1h" (one number, one unit).
+/// Parses "100us", "250ms", "10s", "5m", "1h" (one number, one unit).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
     let ms = match unit {
+        "us" => return Some(Duration::from_micros(n)),
         "ms" => n,
         "s" => n.checked_mul(1_000)?,
         "m" => n.checked_mul(60_000)?,

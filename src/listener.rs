@@ -179,6 +179,7 @@ pub fn reconcile(shard: &Rc<Shard>) {
         return;
     }
     let snapshot = shard.config.current();
+    crate::net::batch::set_max_wait(snapshot.config.runtime.batch_wait);
     shard.upstreams.prune(&snapshot.config);
     shard.prune_buckets(&snapshot.config);
     let want = listen_keys(&snapshot.config);

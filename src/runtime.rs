@@ -244,6 +244,7 @@ pub fn start(
             .io_memory(IO_MEMORY)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
+                crate::net::batch::set_max_wait(spec.config.current().config.runtime.batch_wait);
                 let bound = listener::bind_all(&spec.config.current().config);
                 match bound {
                     Ok(listeners) => {

@@ -402,6 +402,10 @@ impl Shard {
         if let Some(log) = &self.access_log {
             self.stats.access_log_dropped.set(log.dropped.get());
         }
+        // Counted by the ring shim on this core's thread (`net::batch`).
+        self.stats
+            .loop_batch_waits
+            .set(crate::net::batch::waits().0);
         CoreReport {
             counters: self.stats.snapshot(),
             histograms: self.histograms.borrow().clone(),

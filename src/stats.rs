@@ -70,6 +70,8 @@ counters! {
     cx_idle_timeout,
     /// Access-log entries dropped because the log sink could not keep up.
     access_log_dropped,
+    /// Waits of the core's loop for company while saturated with HTTP/2 streams ([runtime] batch_wait).
+    loop_batch_waits,
     /// Connections that took the L7 (HTTP/1) path.
     downstream_cx_http,
     /// Times an idle HTTP/1 keep-alive connection parked: still idle after

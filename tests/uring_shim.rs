@@ -316,3 +316,76 @@ fn a_ready_socket_shows_as_waiting_work_to_a_busy_task() {
     );
     assert!(!after_exit, "the shim still reads a torn-down ring");
 }
+
+/// The loop's wait for company (`net::batch`, made by the shim's
+/// `io_uring_submit` wrapper): a core that waits (forced here; when it does
+/// is `batch`'s unit-tested decision) and carries HTTP/2 streams waits in
+/// its ring when a pass finds nothing, each wait bounded by the batch wait,
+/// and every completion still arrives: round trips with a peer that answers
+/// after 300 µs all complete, in order. Without streams or with the wait
+/// off, it never waits.
+#[test]
+fn a_waiting_core_waits_in_its_ring_and_loses_nothing() {
+    if !kernel_has_defer_taskrun() {
+        return;
+    }
+    use remora::net::batch;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                let until = Instant::now() + Duration::from_micros(300);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                s.write_all(&b).unwrap();
+            }
+        }
+    });
+    let (with_streams, no_streams, off) = on_own_thread(move || {
+        executor().run(async move {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            batch::set_max_wait(Duration::from_micros(100));
+            batch::force_waiting(true);
+            let trips = |n: u8| async move {
+                let mut s = glommio::net::TcpStream::connect(addr).await.unwrap();
+                s.set_nodelay(true).unwrap();
+                let before = batch::waits();
+                for i in 0..n {
+                    s.write_all(&[i]).await.unwrap();
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await.unwrap();
+                    assert_eq!(b, [i], "round trip {i}");
+                }
+                let after = batch::waits();
+                (after.0 - before.0, after.1 - before.1)
+            };
+            let streams: Vec<_> = (0..batch::MIN_STREAMS)
+                .map(|_| batch::Multiplexed::open())
+                .collect();
+            let with_streams = trips(50).await;
+            drop(streams);
+            let no_streams = trips(20).await;
+            let _streams: Vec<_> = (0..batch::MIN_STREAMS)
+                .map(|_| batch::Multiplexed::open())
+                .collect();
+            batch::set_max_wait(Duration::ZERO);
+            let off = trips(20).await;
+            batch::force_waiting(false);
+            (with_streams, no_streams.0, off.0)
+        })
+    });
+    peer.join().unwrap();
+    let (waits, took) = with_streams;
+    assert!(waits >= 50, "{waits} waits in 50 round trips of 300 µs");
+    assert!(
+        took <= waits * 1_000_000,
+        "{waits} waits took {took} ns: one took far longer than its 100 µs"
+    );
+    assert_eq!(no_streams, 0, "waited without streams");
+    assert_eq!(off, 0, "waited with the batch wait off");
+}

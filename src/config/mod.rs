@@ -232,6 +232,10 @@ pub struct Runtime {
     /// Where this proxy runs, "region/zone/subzone" (Istio's locality; empty:
     /// unknown, no locality-aware balancing).
     pub locality: String,
+    /// How long a saturated core carrying HTTP/2 streams waits for more
+    /// events before a pass (`net::batch`); zero: never.
+    #[serde(serialize_with = "ser_duration")]
+    pub batch_wait: Duration,
 }
 
 /// How long protocol detection waits for a client's first bytes unless
@@ -646,6 +650,7 @@ impl Validator<'_> {
                 .locality
                 .map(|l| l.into_inner())
                 .unwrap_or_default(),
+            batch_wait: self.batch_wait(raw.runtime.batch_wait),
         };
         let log_level = match raw.log.level {
             None => "info".to_string(),
@@ -1305,6 +1310,25 @@ impl Validator<'_> {
         }
     }
 
+    /// `runtime.batch_wait`: "0s" (off) up to `batch::MAX_WAIT_LIMIT`.
+    fn batch_wait(&mut self, v: Option<Spanned<String>>) -> Duration {
+        use crate::net::batch::{DEFAULT_MAX_WAIT, MAX_WAIT_LIMIT};
+        let span = v.as_ref().map(|v| v.span());
+        let d = self.duration_or_zero(v, DEFAULT_MAX_WAIT);
+        if d > MAX_WAIT_LIMIT {
+            self.error(
+                span,
+                format!(
+                    "runtime.batch_wait = \"{}\" is longer than {}: a longer wait is latency, not batching",
+                    format_duration(d),
+                    format_duration(MAX_WAIT_LIMIT)
+                ),
+            );
+            return DEFAULT_MAX_WAIT;
+        }
+        d
+    }
+
     /// Like `duration_or`, but "0s" is allowed (it turns the feature off).
     fn duration_or_zero(&mut self, v: Option<Spanned<String>>, default: Duration) -> Duration {
         match v {
@@ -1321,7 +1345,7 @@ impl Validator<'_> {
                 self.error(
                     Some(v.span()),
                     format!(
-                        "`{}` is not a positive duration (use a number with ms, s, m or h, e.g. \"250ms\", \"10s\")",
+                        "`{}` is not a positive duration (use a number with us, ms, s, m or h, e.g. \"250ms\", \"10s\")",
                         v.get_ref()
                     ),
                 );
@@ -1470,6 +1494,40 @@ mod tests {
             let e = Config::from_toml(text, None).unwrap_err();
             let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
             assert_eq!(lines, [line], "{e}");
+        }
+    }
+
+    /// `[runtime] batch_wait`: 100 µs by default, "0s" turns it off, a wait
+    /// over 1 ms is refused with its line.
+    #[test]
+    fn batch_wait_defaults_turns_off_and_is_bounded() {
+        assert_eq!(
+            Config::builtin().runtime.batch_wait,
+            Duration::from_micros(100)
+        );
+        for (text, want) in [
+            ("[runtime]\nbatch_wait = \"0s\"\n", Duration::ZERO),
+            (
+                "[runtime]\nbatch_wait = \"50us\"\n",
+                Duration::from_micros(50),
+            ),
+            (
+                "[runtime]\nbatch_wait = \"1ms\"\n",
+                Duration::from_millis(1),
+            ),
+        ] {
+            let c = Config::from_toml(text, None).unwrap();
+            assert_eq!(c.runtime.batch_wait, want, "{text}");
+        }
+        for bad in ["\"2ms\"", "\"soon\"", "\"-1us\""] {
+            let text = format!("[runtime]\nbatch_wait = {bad}\n");
+            let e = Config::from_toml(&text, None).unwrap_err();
+            let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+            assert_eq!(lines, [2], "{e}");
+            assert!(
+                e.to_string().contains("batch_wait") || e.to_string().contains("duration"),
+                "{e}"
+            );
         }
     }
 
@@ -1908,6 +1966,9 @@ mirror = { cluster = "shadow", percent = 100.0 }
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
+        assert_eq!(format_duration(Duration::from_micros(100)), "100us");
+        assert_eq!(format_duration(Duration::from_micros(2_000)), "2ms");
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("ms"), None);

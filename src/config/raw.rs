@@ -99,6 +99,8 @@ pub struct RawRuntime {
     pub drain_timeout: Option<Spanned<String>>,
     /// This proxy's "region/zone/subzone", for locality-aware balancing.
     pub locality: Option<Spanned<String>>,
+    /// A saturated core's wait for company ("100us"; "0s": off).
+    pub batch_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -41,6 +41,7 @@ use super::hpack::Encoder;
 use super::link::{Read, Reset, Settings};
 use super::wire::{self, Core};
 use crate::deadline::until;
+use crate::net::batch::Multiplexed;
 use crate::net::buf::poll_read_via_scratch;
 use crate::net::Stream;
 use crate::upstream::pool;
@@ -142,6 +143,7 @@ impl Conn {
         Ok(UpStream(Rc::new(Handle {
             id,
             conn: self.clone(),
+            _batch: Multiplexed::open(),
         })))
     }
 }
@@ -155,6 +157,8 @@ pub struct UpStream(Rc<Handle>);
 struct Handle {
     id: u32,
     conn: Rc<Conn>,
+    /// Counted for the core's loop batching (`net::batch`).
+    _batch: Multiplexed,
 }
 
 impl Drop for Handle {

@@ -36,6 +36,7 @@ use super::hpack::Encoder;
 use super::link::{ConnError, Read, Settings};
 use super::request::{Malformed, RequestHead};
 use super::wire::{self, Core};
+use crate::net::batch::Multiplexed;
 use crate::net::buf::{poll_read_via_scratch, Buf};
 use crate::net::Stream;
 
@@ -187,6 +188,7 @@ impl Server {
                 id,
                 shared: shared.clone(),
                 head_sent: Cell::new(false),
+                _batch: Multiplexed::open(),
             })),
             head,
         ))
@@ -231,6 +233,8 @@ struct Handle {
     id: u32,
     shared: Rc<Shared>,
     head_sent: Cell<bool>,
+    /// Counted for the core's loop batching (`net::batch`).
+    _batch: Multiplexed,
 }
 
 impl Handle {

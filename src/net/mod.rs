@@ -4,6 +4,7 @@
 //! this module (and `l4`, which moves bytes) knows that glommio hands out blocking
 //! fds, which operations go through the ring and which are direct syscalls.
 
+pub mod batch;
 pub mod buf;
 pub mod orig_dst;
 pub mod park;

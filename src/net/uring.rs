@@ -40,6 +40,11 @@
 //! (`crate::turn` gives the core back early on it). `io_uring_queue_exit` is
 //! wrapped so that those words are forgotten before their mapping goes.
 //!
+//! The same shared words let the loop batch: a wrapper of liburing's
+//! `io_uring_submit` (glommio's submission, once per pass of its loop) makes
+//! a saturated core that carries HTTP/2 streams wait in the ring for more
+//! completions when the pass found none (`net::batch`).
+//!
 //! The latency ring stays COOP only: glommio polls its file descriptor from
 //! the main ring when it sleeps, and reads its completion queue directly; both
 //! need its completions posted without a `GETEVENTS` enter.
@@ -53,7 +58,8 @@
 //! and cross-thread wake-ups.
 //!
 //! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`,
-//! `--wrap=__io_uring_get_cqe` and `--wrap=io_uring_queue_exit`, so glommio's
+//! `--wrap=__io_uring_get_cqe`, `--wrap=io_uring_queue_exit` and
+//! `--wrap=io_uring_submit`, so glommio's
 //! calls resolve to the
 //! `__wrap_` functions below, which call the real liburing ones. Rings
 //! created with IOPOLL or SQPOLL are left alone. A kernel that rejects a flag
@@ -64,6 +70,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use super::batch;
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -82,6 +90,20 @@ pub const IORING_SETUP_DEFER_TASKRUN: u32 = 1 << 13;
 const IORING_SQ_TASKRUN: u32 = 1 << 2;
 /// `IORING_ENTER_GETEVENTS`.
 const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+/// `IORING_ENTER_EXT_ARG` (5.11+): the enter's argument is a
+/// [`GeteventsArg`].
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+
+/// `struct io_uring_getevents_arg` (5.11+; `min_wait_usec` was padding
+/// before 6.12 and stays 0 here).
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    /// A pointer to a `struct __kernel_timespec`, relative.
+    ts: u64,
+}
 
 /// The leading part of liburing's `struct io_uring_params`; only `flags` is
 /// touched, through a pointer the caller owns, so the rest need not be spelled out.
@@ -273,6 +295,56 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
     __real_io_uring_queue_exit(ring)
 }
 
+/// Called instead of liburing's `io_uring_submit`, which glommio calls to
+/// hand a ring its new requests. On this thread's deferred main ring, once
+/// they are in, the pass may wait for company (`net::batch`): while nothing
+/// is in the completion queue and no task work waits, one more enter waits
+/// up to the batch wait for [`batch::EVENTS`] completions. Its result is
+/// not glommio's business: the submission's is returned.
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_int {
+    let rc = __real_io_uring_submit(ring);
+    let Some(main) = MAIN_RING
+        .with(Cell::get)
+        .filter(|m| m.deferred && m.fd == (*ring).ring_fd)
+    else {
+        return rc;
+    };
+    if main.completions_queued() || main.work_flagged() {
+        return rc;
+    }
+    if let Some(max) = batch::wait_now() {
+        let start = Instant::now();
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: max.as_nanos() as libc::c_long,
+        };
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: &ts as *const libc::timespec as u64,
+        };
+        // ETIME (the usual end: fewer completions than asked) and EINTR
+        // leave what came for glommio's next peek; an old kernel's EINVAL
+        // only means no batching.
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            main.fd,
+            0u32,
+            batch::EVENTS,
+            IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+            &arg as *const GeteventsArg,
+            std::mem::size_of::<GeteventsArg>(),
+        );
+        batch::waited(start.elapsed());
+    }
+    rc
+}
+
 /// How many times the peek wrapper entered the kernel to collect deferred
 /// work on the calling thread.
 pub fn peek_enters_on_this_thread() -> u64 {
@@ -280,6 +352,7 @@ pub fn peek_enters_on_this_thread() -> u64 {
 }
 
 extern "C" {
+    fn __real_io_uring_submit(ring: *mut LibUring) -> libc::c_int;
     fn __real_io_uring_queue_exit(ring: *mut LibUring);
     fn __real_io_uring_queue_init_params(
         entries: u32,
