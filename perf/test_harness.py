@@ -1817,5 +1817,22 @@ class PairedAB(unittest.TestCase):
         self.assertAlmostEqual(drifted[3], lo)
         self.assertAlmostEqual(drifted[4], hi)
 
+    def test_nginx_is_measured_on_the_same_rig(self):
+        ab = load_ab()
+        here = str(ab.HERE)
+        self.assertEqual(ab.stat_command("l7", "ab-A", "nginx"), [here + "/l7cost", "stat", "ab-A", "nginx"])
+        self.assertEqual(ab.stat_command("l7-close", "ab-B", "/x/remora"),
+                         [here + "/l7cost", "stat", "ab-B", "remora", "/x/remora", "close"])
+        self.assertEqual(ab.stat_command("l4", "ab-A", "nginx"), [here + "/l4cost", "stat", "ab-A", "nginx"])
+
+    def test_the_ratio_is_the_mean_of_the_pairs_ratios(self):
+        ab = load_ab()
+        mean, lo, hi = ab.ratio([10.0, 20.0, 10.0], [12.0, 22.0, 11.0])  # 1.2, 1.1, 1.1
+        self.assertAlmostEqual(mean, 3.4 / 3)
+        self.assertAlmostEqual(hi - mean, mean - lo)
+        self.assertLess(lo, 1.1)
+        self.assertGreater(hi, 1.2 - 1e-9)
+
+
 if __name__ == "__main__":
     unittest.main()
