@@ -380,9 +380,9 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """utime+stime (clock ticks) of the processes, all their threads included."""
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[int, int]:
+    """(utime, stime) in clock ticks of the processes, all their threads included."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -390,8 +390,14 @@ def cpu_ticks(pids: list[int]) -> int:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user, system
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """utime+stime (clock ticks) of the processes, all their threads included."""
+    return sum(cpu_times(pids))
 
 
 def status_values(path: str, *keys: str) -> list[int] | None:
@@ -2086,11 +2092,12 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
                     validate(res, f"{sc.name}/{name} warm-up")
             pids = inst.pids()
             hs0 = inst.handshakes() if inst.handshakes else None
-            t0 = cpu_ticks(pids)
+            u0, s0 = cpu_times(pids)
             parts0 = {side: cpu_ticks(descendants(pid)) for side, pid in inst.parts.items()}
             with RssSampler(pids) as sampler:
                 res = load(rig, inst.port, sc, seconds)
-            ticks = cpu_ticks(pids) - t0
+            u1, s1 = cpu_times(pids)
+            ticks = u1 - u0 + s1 - s0
             parts = {side: cpu_ticks(descendants(pid)) - parts0[side]
                      for side, pid in inst.parts.items()}
             hs1 = inst.handshakes() if inst.handshakes else None
@@ -2099,6 +2106,8 @@ def measure(rig: Rig, sc: Scenario, name: str, seconds: int, warmup: int, idle_n
                 "rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
                 "requests": res["requests"],
                 "cpu_us_per_req": ticks / CLK_TCK * 1e6 / res["requests"],
+                "user_us_per_req": (u1 - u0) / CLK_TCK * 1e6 / res["requests"],
+                "system_us_per_req": (s1 - s0) / CLK_TCK * 1e6 / res["requests"],
                 "cpu_util": ticks / CLK_TCK / res["seconds"],
                 "rss_kib": sampler.peak,
                 "errors": res["errors"],

@@ -1833,6 +1833,41 @@ class PairedAB(unittest.TestCase):
         self.assertLess(lo, 1.1)
         self.assertGreater(hi, 1.2 - 1e-9)
 
+    def test_sidecar_rigs_take_haproxy_envoy_or_a_binary(self):
+        ab = load_ab()
+        binary = sys.executable  # any file stands for a Remora binary here
+        for peer in ("haproxy", "haproxy-tcp", "envoy"):
+            self.assertIsNone(ab.check_sides("sidecar-inbound", (peer, binary)))
+            self.assertIn("the l7 rig", ab.check_sides("l7", (peer, binary)))
+        self.assertIsNone(ab.check_sides("l4", ("nginx", binary)))
+        self.assertIn("`haproxy`", ab.check_sides("sidecar-both", ("nginx", binary)))
+        self.assertIn("/no/such/remora", ab.check_sides("l7", ("nginx", "/no/such/remora")))
+
+    def test_each_side_is_a_harness_sidecar_contender(self):
+        ab = load_ab()
+        r = object.__new__(ab.SidecarRig)  # no pods: only the naming
+        r.H = harness
+        self.assertEqual(r.name("A", "haproxy"), "haproxy-sidecar-http")
+        self.assertEqual(r.name("B", "envoy"), "envoy-sidecar")
+        name = r.name("B", sys.executable)
+        try:
+            self.assertEqual(harness.SIDECARS[name], "remora")
+            self.assertEqual(harness.PROXIES[name][3]["BIN"], str(Path(sys.executable).resolve()))
+            for peer in ab.SIDECAR_PEERS.values():
+                self.assertIn(peer, harness.SIDECARS)
+        finally:
+            harness.PROXIES.pop(name, None)
+            harness.SIDECARS.pop(name, None)
+
+    def test_cpu_times_split_what_cpu_ticks_counts(self):
+        end = time.process_time() + 0.05
+        while time.process_time() < end:
+            pass
+        user, system = harness.cpu_times([os.getpid()])
+        self.assertGreater(user, 0)
+        self.assertGreaterEqual(system, 0)
+        self.assertLessEqual(user + system, harness.cpu_ticks([os.getpid()]))
+
 
 if __name__ == "__main__":
     unittest.main()
