@@ -1345,6 +1345,20 @@ def require_pods() -> None:
                          "run as root or leave them out with --scenarios")
 
 
+def sidecar_rig(remora_bin: Path, keep: bool = False) -> "Rig":
+    """A Rig for the sidecar scenarios outside perf/compare (perf/ab's sidecar rigs,
+    perf/sidecar-breakdown): root and locked memory checked, the nofile limit raised,
+    this process on the load CPU and the proxies on the other, as compare_main does.
+    `remora_bin` also installs the pods' capture rules (`remora iptables`)."""
+    require_pods()
+    check_memlock()
+    _, hard = raise_nofile()
+    load_cpu, proxy_cpu, _ = pick_cpus(argparse.Namespace(load_cpu=None, proxy_cpu=None))
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})
+    return Rig(remora_bin.resolve(), load_cpu, proxy_cpu, hard, keep=keep)
+
+
 class Pods:
     """Two pods: network namespaces joined by a veth pair, Istio's capture rules
     (`remora iptables --no-ipv6`) in those that get a sidecar, the app (the nginx
