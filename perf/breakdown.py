@@ -151,6 +151,49 @@ def classify(frames: list[tuple[int, str]]) -> tuple[str, str | None]:
     return "other_kernel", syscall
 
 
+# What an event-loop sample was doing. glommio re-arms its preemption timers on every
+# pass of its loop (a TIMEOUT on its latency ring and a count TIMEOUT on its main ring,
+# each replacing one it cancels with an ASYNC_CANCEL) and alternates its submissions
+# between those two rings, and io_uring looks a ring up in the task's context
+# (an xarray keyed by the ring's address) whenever the submitting task's last ring was
+# another (perf/EVENT_LOOP.md). epoll peers have none of these: their loop samples are
+# all "wait_wake".
+LOOP_PARTS = ["timeouts_cancels", "ring_switch", "poll_arm", "membarrier", "wait_wake"]
+TIMEOUT_CANCEL_FRAMES = {"io_timeout", "io_timeout_prep", "__io_timeout_prep",
+                         "io_link_timeout_prep", "io_timeout_remove",
+                         "io_timeout_remove_prep", "io_async_cancel", "io_async_cancel_prep"}
+RING_SWITCH_FRAMES = {"__io_uring_add_tctx_node_from_submit"}
+POLL_ARM_FRAMES = {"io_poll_add", "io_poll_add_prep"}
+
+
+def loop_part(frames: list[tuple[int, str]], syscall: str | None) -> str:
+    """Which part of the event loop a sample classify() called "loop" belongs to:
+    submitting or cancelling timeouts, the ring look-up a switch of rings costs,
+    arming a poll, membarrier(2) (glommio's, before it sleeps), or the rest (waiting,
+    waking, running completions' task work, epoll)."""
+    names = {sym for addr, sym in frames if addr >= KERNEL_MIN}
+    if names & TIMEOUT_CANCEL_FRAMES:
+        return "timeouts_cancels"
+    if names & RING_SWITCH_FRAMES:
+        return "ring_switch"
+    if names & POLL_ARM_FRAMES:
+        return "poll_arm"
+    if syscall == "membarrier":
+        return "membarrier"
+    return "wait_wake"
+
+
+def loop_parts_line(loop_us: dict) -> str:
+    """"timeouts_cancels 1.79, ring_switch 0.76, ...": a loop's parts in µs/req."""
+    return ", ".join(f"{p} {loop_us.get(p, 0.0):.2f}" for p in LOOP_PARTS) or "–"
+
+
+def loop_parts_legend() -> str:
+    return ("timeouts_cancels: TIMEOUT and ASYNC_CANCEL submissions; ring_switch: io_uring's "
+            "look-up when a thread submits to another ring than last; poll_arm: POLL_ADD; "
+            "wait_wake: waiting, waking, completions' task work, epoll")
+
+
 def nesting(frames: list[tuple[int, str]]) -> dict[str, bool]:
     """What classify() has to arbitrate in one sample (counted, reported in the JSON)."""
     names = {sym for addr, sym in frames if addr >= KERNEL_MIN}
@@ -192,6 +235,7 @@ def parse_perf_script(text: str):
 def profile_shares(text: str) -> dict:
     """Sample weights (perf periods, ns of CPU) per category and per syscall."""
     cats = {c: 0 for c in CATEGORIES + ["splice_other"]}
+    loop = {p: 0 for p in LOOP_PARTS}
     per_syscall: dict[str, int] = {}
     by_syscall: dict[str, dict[str, int]] = {}  # syscall -> category -> weight
     checks = {"both_directions": 0, "transfer_in_loop": 0, "two_syscalls": 0}
@@ -206,6 +250,8 @@ def profile_shares(text: str) -> dict:
             d[cat] = d.get(cat, 0) + period
         if cat != "rw_other":
             cats[cat] += period
+        if cat == "loop":
+            loop[loop_part(frames, syscall)] += period
         for k, v in nesting(frames).items():
             checks[k] += v
     # rw_other: in proportion to the same syscall's classified samples (other kernel
@@ -221,8 +267,8 @@ def profile_shares(text: str) -> dict:
         k_total = sum(known.values())
         for c, w in known.items():
             cats[c] += rest * w / k_total
-    return {"weights": cats, "per_syscall": per_syscall, "samples": samples,
-            "total_weight": total, "checks": checks}
+    return {"weights": cats, "loop_weights": loop, "per_syscall": per_syscall,
+            "samples": samples, "total_weight": total, "checks": checks}
 
 
 def parse_perf_stat(text: str) -> dict[str, int | None]:
@@ -261,6 +307,8 @@ def per_request(cpu_us_per_req: float, prof: dict, counts: dict, requests: int) 
     return {
         "us": us,
         "splice_other_us": 2 * half,
+        "loop_us": {p: cpu_us_per_req * v / total
+                    for p, v in prof.get("loop_weights", {}).items()},
         "per_syscall_us": {k: cpu_us_per_req * v / total
                            for k, v in sorted(prof["per_syscall"].items(), key=lambda x: -x[1])},
         "calls_per_req": {event_label(k): v / requests
@@ -531,7 +579,7 @@ def measure(rig: Rig, sc, name: str, seconds: int, warmup: int, events: list[str
 # ───────────────────────────── rendering ─────────────────────────────
 
 ROW_KEYS = ["rps", "cpu_us_per_req", "cpu_util", "cpu_us_per_req_noperf", "samples",
-            "sampled_cpu_us_per_req", "us", "splice_other_us", "per_syscall_us",
+            "sampled_cpu_us_per_req", "us", "loop_us", "splice_other_us", "per_syscall_us",
             "calls_per_req", "floor_us", "net_us", "checks"]
 
 
@@ -624,6 +672,9 @@ def render_md(data: dict) -> str:
                 parts = [f"{k} {v:.2f}" + (f" ({calls[k]:.2f})" if k in calls else "")
                          for k, v in r["per_syscall_us"].items() if v >= 0.05]
                 lines.append(f"- {r['proxy']}: " + (", ".join(parts) or "–"))
+            lines += ["", "Event loop by part, µs/req (" + loop_parts_legend() + "):", ""]
+            for r in ok:
+                lines.append(f"- {r['proxy']}: {loop_parts_line(r.get('loop_us') or {})}")
         lines.append("")
     if data.get("failures"):
         lines += ["## Failures", ""] + [f"- {f}" for f in data["failures"]] + [""]

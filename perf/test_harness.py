@@ -882,6 +882,29 @@ class BreakdownParsers(unittest.TestCase):
                                               "two_syscalls": 0}, name)
             self.assertAlmostEqual(sum(prof["weights"].values()), prof["total_weight"], places=3)
 
+    def test_loop_parts(self):
+        # remora-copy's loop samples: an ASYNC_CANCEL, a ring switch's look-up, and
+        # two samples of completions' task work; nginx's one is epoll_wait.
+        def parts(name):
+            out = []
+            for _, frames in breakdown.parse_perf_script(script_fixture(name)):
+                cat, syscall = breakdown.classify(frames)
+                if cat == "loop":
+                    out.append(breakdown.loop_part(frames, syscall))
+            return out
+        self.assertEqual(parts("remora-copy"),
+                         ["timeouts_cancels", "ring_switch", "wait_wake", "wait_wake"])
+        self.assertEqual(parts("nginx-http"), ["wait_wake"])
+        prof = breakdown.profile_shares(script_fixture("remora-copy"))
+        self.assertEqual(prof["loop_weights"], {"timeouts_cancels": 500250,
+                                                "ring_switch": 500250, "poll_arm": 0,
+                                                "membarrier": 0, "wait_wake": 2 * 500250})
+        self.assertEqual(sum(prof["loop_weights"].values()), prof["weights"]["loop"])
+        line = breakdown.loop_parts_line(
+            breakdown.per_request(10.0, prof, {}, 1)["loop_us"])
+        self.assertTrue(line.startswith("timeouts_cancels 1.00, ring_switch 1.00, poll_arm 0.00"),
+                        line)
+
     def test_rw_other_follows_its_syscall(self):
         # nginx: one writev sample in socket code, one before it -> both are send.
         w = breakdown.profile_shares(script_fixture("nginx-http"))["weights"]
