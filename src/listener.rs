@@ -180,6 +180,7 @@ pub fn reconcile(shard: &Rc<Shard>) {
     }
     let snapshot = shard.config.current();
     crate::net::batch::set_max_wait(snapshot.config.runtime.batch_wait);
+    crate::net::batch::set_sleep_wait(snapshot.config.runtime.sleep_batch_wait);
     shard.upstreams.prune(&snapshot.config);
     shard.prune_buckets(&snapshot.config);
     let want = listen_keys(&snapshot.config);

@@ -244,7 +244,9 @@ pub fn start(
             .io_memory(IO_MEMORY)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
-                crate::net::batch::set_max_wait(spec.config.current().config.runtime.batch_wait);
+                let rt = &spec.config.current().config.runtime;
+                crate::net::batch::set_max_wait(rt.batch_wait);
+                crate::net::batch::set_sleep_wait(rt.sleep_batch_wait);
                 let bound = listener::bind_all(&spec.config.current().config);
                 match bound {
                     Ok(listeners) => {

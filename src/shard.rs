@@ -406,6 +406,9 @@ impl Shard {
         self.stats
             .loop_batch_waits
             .set(crate::net::batch::waits().0);
+        self.stats
+            .loop_sleep_batches
+            .set(crate::net::batch::sleep_batches());
         CoreReport {
             counters: self.stats.snapshot(),
             histograms: self.histograms.borrow().clone(),

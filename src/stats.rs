@@ -72,6 +72,8 @@ counters! {
     access_log_dropped,
     /// Waits of the core's loop for company while saturated with HTTP/2 streams ([runtime] batch_wait).
     loop_batch_waits,
+    /// Sleeps of the core's loop that waited for company ([runtime] sleep_batch_wait).
+    loop_sleep_batches,
     /// Connections that took the L7 (HTTP/1) path.
     downstream_cx_http,
     /// Times an idle HTTP/1 keep-alive connection parked: still idle after

@@ -16,13 +16,18 @@ use common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use remora::net::uring;
 
-/// A kernel with DEFER_TASKRUN (6.1+): the shim must use it there.
-fn kernel_has_defer_taskrun() -> bool {
+/// The running kernel is at least `major.minor`.
+fn kernel_at_least(want: (u32, u32)) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 1)
+    (major, minor) >= want
+}
+
+/// A kernel with DEFER_TASKRUN (6.1+): the shim must use it there.
+fn kernel_has_defer_taskrun() -> bool {
+    kernel_at_least((6, 1))
 }
 
 /// Runs `f` on a thread of its own (as Remora's shards run) and returns its
@@ -388,4 +393,73 @@ fn a_waiting_core_waits_in_its_ring_and_loses_nothing() {
     );
     assert_eq!(no_streams, 0, "waited without streams");
     assert_eq!(off, 0, "waited with the batch wait off");
+}
+
+/// Sleep moderation (`[runtime] sleep_batch_wait`): a core with nothing to
+/// run sleeps until 16 completions or the wait, then until one. Every round
+/// trip below leaves it asleep with one read pending, so each sleep must end
+/// on that lone completion once the wait is over: a lost or held completion
+/// is a hang, which `on_own_thread`'s deadline turns into a failure. Timers
+/// (the latency ring's completion) and a wake-up from another thread reach a
+/// moderated sleep too; with the wait at zero no sleep is moderated.
+#[test]
+fn a_sleep_that_waits_for_company_loses_nothing() {
+    if !kernel_at_least((6, 12)) {
+        return; // no min_wait_usec: the shim leaves the sleep alone
+    }
+    use remora::net::batch;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            std::thread::sleep(Duration::from_millis(2));
+            s.write_all(&b).unwrap();
+        }
+    });
+    let (moderated, timer_done, woken, unmoderated) = on_own_thread(move || {
+        executor().run(async move {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            batch::set_sleep_wait(Duration::from_millis(1));
+            let mut s = glommio::net::TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let before = batch::sleep_batches();
+            for i in 0..30u8 {
+                s.write_all(&[i]).await.unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                assert_eq!(b, [i], "round trip {i}");
+            }
+            let moderated = batch::sleep_batches() - before;
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .make()
+                    .unwrap()
+                    .run(async move { tx.connect().await.send(7u8).await.unwrap() });
+            });
+            let woken = rx.connect().await.recv().await;
+            sender.join().unwrap();
+            batch::set_sleep_wait(Duration::ZERO);
+            let before = batch::sleep_batches();
+            for i in 0..10u8 {
+                s.write_all(&[i]).await.unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+            }
+            (moderated, true, woken, batch::sleep_batches() - before)
+        })
+    });
+    peer.join().unwrap();
+    assert!(
+        moderated >= 30,
+        "{moderated} moderated sleeps in 30 round trips of 2 ms"
+    );
+    assert!(timer_done);
+    assert_eq!(woken, Some(7), "the other thread's message");
+    assert_eq!(unmoderated, 0, "a sleep was moderated with the wait off");
 }

@@ -236,6 +236,10 @@ pub struct Runtime {
     /// events before a pass (`net::batch`); zero: never.
     #[serde(serialize_with = "ser_duration")]
     pub batch_wait: Duration,
+    /// How long a sleeping core waits for more events after the first
+    /// (`net::batch::set_sleep_wait`); zero: never.
+    #[serde(serialize_with = "ser_duration")]
+    pub sleep_batch_wait: Duration,
 }
 
 /// How long protocol detection waits for a client's first bytes unless
@@ -651,6 +655,7 @@ impl Validator<'_> {
                 .map(|l| l.into_inner())
                 .unwrap_or_default(),
             batch_wait: self.batch_wait(raw.runtime.batch_wait),
+            sleep_batch_wait: self.sleep_batch_wait(raw.runtime.sleep_batch_wait),
         };
         let log_level = match raw.log.level {
             None => "info".to_string(),
@@ -1329,6 +1334,26 @@ impl Validator<'_> {
         d
     }
 
+    /// `runtime.sleep_batch_wait`: "0s" (off, the default) up to
+    /// `batch::MAX_WAIT_LIMIT`.
+    fn sleep_batch_wait(&mut self, v: Option<Spanned<String>>) -> Duration {
+        use crate::net::batch::MAX_WAIT_LIMIT;
+        let span = v.as_ref().map(|v| v.span());
+        let d = self.duration_or_zero(v, Duration::ZERO);
+        if d > MAX_WAIT_LIMIT {
+            self.error(
+                span,
+                format!(
+                    "runtime.sleep_batch_wait = \"{}\" is longer than {}: every request could wait that long",
+                    format_duration(d),
+                    format_duration(MAX_WAIT_LIMIT)
+                ),
+            );
+            return Duration::ZERO;
+        }
+        d
+    }
+
     /// Like `duration_or`, but "0s" is allowed (it turns the feature off).
     fn duration_or_zero(&mut self, v: Option<Spanned<String>>, default: Duration) -> Duration {
         match v {
@@ -1529,6 +1554,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// `[runtime] sleep_batch_wait`: off by default, a wait over 1 ms is
+    /// refused with its line.
+    #[test]
+    fn sleep_batch_wait_is_off_by_default_and_bounded() {
+        assert_eq!(Config::builtin().runtime.sleep_batch_wait, Duration::ZERO);
+        let c = Config::from_toml("[runtime]\nsleep_batch_wait = \"100us\"\n", None).unwrap();
+        assert_eq!(c.runtime.sleep_batch_wait, Duration::from_micros(100));
+        for bad in ["\"2ms\"", "\"soon\""] {
+            let text = format!("[runtime]\nsleep_batch_wait = {bad}\n");
+            let e = Config::from_toml(&text, None).unwrap_err();
+            let lines: Vec<usize> = e.errors.iter().map(|d| d.line).collect();
+            assert_eq!(lines, [2], "{e}");
+        }
+        let e = Config::from_toml("[runtime]\nsleep_batch_wait = \"2ms\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("sleep_batch_wait"), "{e}");
     }
 
     #[test]

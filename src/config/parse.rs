@@ -250,7 +250,7 @@ mod tests {
         let got = errors(text);
         let want = [
             (2, "expected an integer, found string \"two\""),
-            (3, "unknown field `bogus`, expected one of `cores`, `max_connections_per_core`, `drain_timeout`, `locality`, `batch_wait`"),
+            (3, "unknown field `bogus`, expected one of `cores`, `max_connections_per_core`, `drain_timeout`, `locality`, `batch_wait`, `sleep_batch_wait`"),
             (8, "expected a string, found integer 5"),
             (9, "expected true or false, found string \"yes\""),
             (10, "expected an integer, found string \"80\""),

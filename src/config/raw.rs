@@ -101,6 +101,8 @@ pub struct RawRuntime {
     pub locality: Option<Spanned<String>>,
     /// A saturated core's wait for company ("100us"; "0s": off).
     pub batch_wait: Option<Spanned<String>>,
+    /// A sleeping core's wait for company ("0s": off, the default).
+    pub sleep_batch_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

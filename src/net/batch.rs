@@ -62,6 +62,10 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_micros(100);
 struct State {
     /// Zero: never wait.
     max_wait: Cell<Duration>,
+    /// `[runtime] sleep_batch_wait` in µs; zero: sleeps end at the first event.
+    sleep_wait_us: Cell<u32>,
+    /// Sleeps made with it since the thread started.
+    sleep_batches: Cell<u64>,
     streams: Cell<u32>,
     waiting: Cell<bool>,
     /// The current window: its start, and the core's sleep and wait totals then.
@@ -79,6 +83,8 @@ thread_local! {
     static STATE: State = const {
         State {
             max_wait: Cell::new(Duration::ZERO),
+            sleep_wait_us: Cell::new(0),
+            sleep_batches: Cell::new(0),
             streams: Cell::new(0),
             waiting: Cell::new(false),
             since: Cell::new(None),
@@ -95,6 +101,40 @@ thread_local! {
 /// off). Each shard sets it at start and on every reload.
 pub fn set_max_wait(d: Duration) {
     STATE.with(|s| s.max_wait.set(d.min(MAX_WAIT_LIMIT)));
+}
+
+/// The completions a sleep waits for before [`set_sleep_wait`]'s time is up.
+pub const SLEEP_EVENTS: u32 = 16;
+
+/// This core's sleep moderation (`[runtime] sleep_batch_wait`; zero turns it
+/// off): when the loop has nothing to run it sleeps until [`SLEEP_EVENTS`]
+/// completions have come or this long has passed, and then until the first.
+/// An event that comes while the core sleeps waits at most this long, and
+/// none waits at all once the core has slept that long: on a lightly loaded
+/// core, where events come further apart, nothing is delayed. At a steady
+/// moderate load (a sidecar's usual one) a pass of the loop then serves
+/// several events instead of one, and each pass costs glommio's preemption
+/// timers (perf/README.md, "Session 32"). Each shard sets it at start and on
+/// every reload.
+pub fn set_sleep_wait(d: Duration) {
+    let us = d.min(MAX_WAIT_LIMIT).as_micros() as u32;
+    STATE.with(|s| s.sleep_wait_us.set(us));
+}
+
+/// The sleep's moderation in µs, if on; counts the sleep.
+pub fn sleep_wait_us() -> Option<u32> {
+    STATE.with(|s| {
+        let us = s.sleep_wait_us.get();
+        (us > 0).then(|| {
+            s.sleep_batches.set(s.sleep_batches.get() + 1);
+            us
+        })
+    })
+}
+
+/// Sleeps made with moderation on this thread so far.
+pub fn sleep_batches() -> u64 {
+    STATE.with(|s| s.sleep_batches.get())
 }
 
 /// An HTTP/2 stream on this core, downstream or upstream, for as long as the

@@ -95,7 +95,7 @@ const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
 const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
 
 /// `struct io_uring_getevents_arg` (5.11+; `min_wait_usec` was padding
-/// before 6.12 and stays 0 here).
+/// before 6.12: the batch wait leaves it 0, the sleep's moderation sets it).
 #[repr(C)]
 struct GeteventsArg {
     sigmask: u64,
@@ -112,7 +112,15 @@ pub struct IoUringParamsHead {
     sq_entries: u32,
     cq_entries: u32,
     flags: u32,
+    sq_thread_cpu: u32,
+    sq_thread_idle: u32,
+    /// `IORING_FEAT_*`, written by the kernel.
+    features: u32,
 }
+
+/// `IORING_FEAT_MIN_TIMEOUT` (6.12+): the getevents argument's
+/// `min_wait_usec` is honoured.
+const IORING_FEAT_MIN_TIMEOUT: u32 = 1 << 15;
 
 /// liburing 2.0's `struct io_uring` (the copy glommio 0.9 builds,
 /// `liburing/src/include/liburing.h`): the shim reads the CQ's head and tail,
@@ -227,16 +235,19 @@ pub fn saturated(now: Instant) -> bool {
 struct MainRing {
     fd: i32,
     deferred: bool,
+    /// The kernel honours `min_wait_usec` (sleep moderation may be used).
+    min_timeout: bool,
     sq_flags: *const u32,
     cq_head: *const u32,
     cq_tail: *const u32,
 }
 
 impl MainRing {
-    fn remember(r: &LibUring, deferred: bool) {
+    fn remember(r: &LibUring, deferred: bool, features: u32) {
         let ring = MainRing {
             fd: r.ring_fd,
             deferred,
+            min_timeout: features & IORING_FEAT_MIN_TIMEOUT != 0,
             sq_flags: r.sq.kflags as *const u32,
             cq_head: r.cq.khead as *const u32,
             cq_tail: r.cq.ktail as *const u32,
@@ -404,7 +415,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
             if rc == 0 {
                 // liburing's copy only: makes io_uring_submit enter with GETEVENTS.
                 (*ring).flags |= IORING_SETUP_IOPOLL;
-                MainRing::remember(&*ring, true);
+                MainRing::remember(&*ring, true, (*params).features);
                 RINGS_DEFERRED.fetch_add(1, Ordering::Relaxed);
             }
             return rc;
@@ -418,7 +429,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
             if main {
                 // No TASKRUN flag here: completions post on the way out of
                 // any system call, so the queue's head and tail tell.
-                MainRing::remember(&*ring, false);
+                MainRing::remember(&*ring, false, (*params).features);
             }
             RINGS_WITH_COOP.fetch_add(1, Ordering::Relaxed);
         }
@@ -464,6 +475,31 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     if wait_nr > 0 {
         // glommio's park: the executor sleeps here until a completion.
         let start = std::time::Instant::now();
+        if main.deferred && main.min_timeout && submit == 0 {
+            if let Some(us) = batch::sleep_wait_us() {
+                // Sleep moderation (`net::batch::set_sleep_wait`): up to `us`
+                // for SLEEP_EVENTS completions, then until one (kernel 6.12's
+                // `min_wait_usec`; before it the field is padding and the
+                // enter would wait for SLEEP_EVENTS with no time limit, hence
+                // `min_timeout`). What came stays in the queue for the wait
+                // below, which then returns at once.
+                let arg = GeteventsArg {
+                    sigmask: 0,
+                    sigmask_sz: 0,
+                    min_wait_usec: us,
+                    ts: 0,
+                };
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    main.fd,
+                    0u32,
+                    batch::SLEEP_EVENTS,
+                    IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                    &arg as *const GeteventsArg,
+                    std::mem::size_of::<GeteventsArg>(),
+                );
+            }
+        }
         let rc = __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
         let slept = start.elapsed().as_nanos() as u64;
         SLEPT.with(|n| n.set(n.get() + slept));
