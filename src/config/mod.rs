@@ -1317,39 +1317,48 @@ impl Validator<'_> {
 
     /// `runtime.batch_wait`: "0s" (off) up to `batch::MAX_WAIT_LIMIT`.
     fn batch_wait(&mut self, v: Option<Spanned<String>>) -> Duration {
-        use crate::net::batch::{DEFAULT_MAX_WAIT, MAX_WAIT_LIMIT};
-        let span = v.as_ref().map(|v| v.span());
-        let d = self.duration_or_zero(v, DEFAULT_MAX_WAIT);
-        if d > MAX_WAIT_LIMIT {
-            self.error(
-                span,
-                format!(
-                    "runtime.batch_wait = \"{}\" is longer than {}: a longer wait is latency, not batching",
-                    format_duration(d),
-                    format_duration(MAX_WAIT_LIMIT)
-                ),
-            );
-            return DEFAULT_MAX_WAIT;
-        }
-        d
+        self.loop_wait(
+            v,
+            "batch_wait",
+            crate::net::batch::DEFAULT_MAX_WAIT,
+            "a longer wait is latency, not batching",
+        )
     }
 
     /// `runtime.sleep_batch_wait`: "0s" (off, the default) up to
     /// `batch::MAX_WAIT_LIMIT`.
     fn sleep_batch_wait(&mut self, v: Option<Spanned<String>>) -> Duration {
+        self.loop_wait(
+            v,
+            "sleep_batch_wait",
+            Duration::ZERO,
+            "every request could wait that long",
+        )
+    }
+
+    /// One of the loop's waits for company (`runtime.KEY`): "0s" turns it
+    /// off; over `batch::MAX_WAIT_LIMIT` it is refused, saying `why`, and
+    /// `default` stands.
+    fn loop_wait(
+        &mut self,
+        v: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        why: &str,
+    ) -> Duration {
         use crate::net::batch::MAX_WAIT_LIMIT;
         let span = v.as_ref().map(|v| v.span());
-        let d = self.duration_or_zero(v, Duration::ZERO);
+        let d = self.duration_or_zero(v, default);
         if d > MAX_WAIT_LIMIT {
             self.error(
                 span,
                 format!(
-                    "runtime.sleep_batch_wait = \"{}\" is longer than {}: every request could wait that long",
+                    "runtime.{key} = \"{}\" is longer than {}: {why}",
                     format_duration(d),
                     format_duration(MAX_WAIT_LIMIT)
                 ),
             );
-            return Duration::ZERO;
+            return default;
         }
         d
     }

@@ -329,31 +329,46 @@ pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_
     }
     if let Some(max) = batch::wait_now() {
         let start = Instant::now();
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: max.as_nanos() as libc::c_long,
-        };
-        let arg = GeteventsArg {
-            sigmask: 0,
-            sigmask_sz: 0,
-            min_wait_usec: 0,
-            ts: &ts as *const libc::timespec as u64,
-        };
         // ETIME (the usual end: fewer completions than asked) and EINTR
         // leave what came for glommio's next peek; an old kernel's EINVAL
         // only means no batching.
+        wait_in_ring(main.fd, batch::EVENTS, 0, Some(max));
+        batch::waited(start.elapsed());
+    }
+    rc
+}
+
+/// One `io_uring_enter` on ring `fd` that submits nothing and waits for
+/// `events` completions: at most `timeout` (None: no limit), and, with
+/// `min_wait_usec` (6.12+), only that long before one completion is enough.
+/// What comes stays in the completion queue; the result is not looked at
+/// (ETIME, EINTR and an old kernel's EINVAL all leave the queue as it is).
+fn wait_in_ring(fd: i32, events: u32, min_wait_usec: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let arg = GeteventsArg {
+        sigmask: 0,
+        sigmask_sz: 0,
+        min_wait_usec,
+        ts: ts
+            .as_ref()
+            .map_or(0, |ts| ts as *const libc::timespec as u64),
+    };
+    // SAFETY: `arg` and the timespec it points to outlive the call; the
+    // kernel only reads them.
+    unsafe {
         libc::syscall(
             libc::SYS_io_uring_enter,
-            main.fd,
+            fd,
             0u32,
-            batch::EVENTS,
+            events,
             IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
             &arg as *const GeteventsArg,
             std::mem::size_of::<GeteventsArg>(),
         );
-        batch::waited(start.elapsed());
     }
-    rc
 }
 
 /// How many times the peek wrapper entered the kernel to collect deferred
@@ -483,21 +498,7 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
                 // enter would wait for SLEEP_EVENTS with no time limit, hence
                 // `min_timeout`). What came stays in the queue for the wait
                 // below, which then returns at once.
-                let arg = GeteventsArg {
-                    sigmask: 0,
-                    sigmask_sz: 0,
-                    min_wait_usec: us,
-                    ts: 0,
-                };
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    main.fd,
-                    0u32,
-                    batch::SLEEP_EVENTS,
-                    IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                    &arg as *const GeteventsArg,
-                    std::mem::size_of::<GeteventsArg>(),
-                );
+                wait_in_ring(main.fd, batch::SLEEP_EVENTS, us, None);
             }
         }
         let rc = __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
