@@ -18,5 +18,6 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=__io_uring_get_cqe");
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_exit");
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_submit");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_submit_and_wait");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -83,6 +83,49 @@ fn glommio_rings_go_through_the_shim() {
     }
 }
 
+/// glommio cancels its preemption timers on every pass of its loop; the
+/// shim must recognise those cancels and submit them as timeout removals
+/// (`uring::cancels_as_removes`), while the executor's timers and reads
+/// keep working. If glommio stops cancelling timers this way, the count
+/// stays at zero and this fails: the rewrite would be dead code.
+#[test]
+fn glommios_timer_cancels_go_in_as_removals() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 20, Duration::from_millis(2));
+    });
+    let (rewritten, slept) = on_own_thread(move || {
+        executor().run(async move {
+            let before = uring::cancels_rewritten_on_this_thread();
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut conn = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                conn.read_exact(&mut buf).await.unwrap();
+                conn.write_all(&buf).await.unwrap();
+            }
+            let start = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            (
+                uring::cancels_rewritten_on_this_thread() - before,
+                start.elapsed(),
+            )
+        })
+    });
+    peer.join().unwrap();
+    assert!(
+        rewritten >= 20,
+        "only {rewritten} of glommio's timer cancels went in as removals"
+    );
+    assert!(
+        slept >= Duration::from_millis(20),
+        "a 20 ms timer fired after {slept:?}"
+    );
+}
+
 /// The shim times the executor's sleeps in its main ring (the core's idle
 /// time, which the HTTP/2 answers' hold reads): a task waiting on a timer
 /// lets the executor sleep about that long; a task that runs without a

@@ -57,9 +57,14 @@
 //! Cargo.lock names, and that a deferred ring delivers accepts, reads, timers
 //! and cross-thread wake-ups.
 //!
+//! One more thing is done to what glommio submits: its loop cancels its two
+//! preemption timers on every pass, and a cancel of a timeout goes in as a
+//! timeout removal, which the kernel finds without searching its other lists
+//! first ([`cancels_as_removes`]).
+//!
 //! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`,
-//! `--wrap=__io_uring_get_cqe`, `--wrap=io_uring_queue_exit` and
-//! `--wrap=io_uring_submit`, so glommio's
+//! `--wrap=__io_uring_get_cqe`, `--wrap=io_uring_queue_exit`,
+//! `--wrap=io_uring_submit` and `--wrap=io_uring_submit_and_wait`, so glommio's
 //! calls resolve to the
 //! `__wrap_` functions below, which call the real liburing ones. Rings
 //! created with IOPOLL or SQPOLL are left alone. A kernel that rejects a flag
@@ -298,6 +303,7 @@ pub fn completions_waiting() -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
     let fd = (*ring).ring_fd;
+    REWRITES.with(|r| r.borrow_mut().forget_ring(fd));
     MAIN_RING.with(|m| {
         if m.get().is_some_and(|r| r.fd == fd) {
             m.set(None);
@@ -307,7 +313,8 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
 }
 
 /// Called instead of liburing's `io_uring_submit`, which glommio calls to
-/// hand a ring its new requests. On this thread's deferred main ring, once
+/// hand a ring its new requests. Before they go, a cancel aimed at a timeout
+/// becomes a timeout removal ([`cancels_as_removes`]). On this thread's deferred main ring, once
 /// they are in, the pass may wait for company (`net::batch`): while nothing
 /// is in the completion queue and no task work waits, one more enter waits
 /// up to the batch wait for [`batch::EVENTS`] completions. Its result is
@@ -317,6 +324,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
 /// Same contract as the liburing function.
 #[no_mangle]
 pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_int {
+    cancels_as_removes(ring);
     let rc = __real_io_uring_submit(ring);
     let Some(main) = MAIN_RING
         .with(Cell::get)
@@ -336,6 +344,175 @@ pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_
         batch::waited(start.elapsed());
     }
     rc
+}
+
+/// Called instead of liburing's `io_uring_submit_and_wait` (glommio 0.9
+/// does not call it; wrapped so that no submission escapes
+/// [`cancels_as_removes`]).
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_io_uring_submit_and_wait(
+    ring: *mut LibUring,
+    wait_nr: u32,
+) -> libc::c_int {
+    cancels_as_removes(ring);
+    __real_io_uring_submit_and_wait(ring, wait_nr)
+}
+
+/// `IORING_OP_TIMEOUT`, `IORING_OP_TIMEOUT_REMOVE`, `IORING_OP_ASYNC_CANCEL`.
+const OP_TIMEOUT: u8 = 11;
+const OP_TIMEOUT_REMOVE: u8 = 12;
+const OP_ASYNC_CANCEL: u8 = 14;
+#[cfg(test)]
+const OP_POLL_ADD: u8 = 6;
+
+/// `struct io_uring_sqe`, the fields the rewrite reads (linux/io_uring.h).
+#[repr(C)]
+struct Sqe {
+    opcode: u8,
+    flags: u8,
+    ioprio: u16,
+    fd: i32,
+    off: u64,
+    /// ASYNC_CANCEL and TIMEOUT_REMOVE: the target's `user_data`.
+    addr: u64,
+    len: u32,
+    /// `cancel_flags` / `timeout_flags`.
+    op_flags: u32,
+    user_data: u64,
+    buf_index: u16,
+    personality: u16,
+    splice_fd_in: i32,
+    tail: [u64; 2],
+}
+const _: () = assert!(std::mem::size_of::<Sqe>() == 64);
+
+/// The largest `user_data` whose last request the rewrite remembers.
+/// glommio's are its slot numbers plus one, as many as it has requests in
+/// flight on the ring; a larger one (liburing's own marker, a foreign
+/// ring's) is never rewritten.
+const REMEMBERED_USER_DATA: u64 = 1 << 20;
+
+/// What the rewrite knows of one ring: the opcode of the latest request
+/// submitted with each `user_data` (index), 0 when none is known.
+struct RingOps {
+    fd: i32,
+    last_op: Vec<u8>,
+}
+
+/// This thread's rings as the rewrite knows them (glommio: three per
+/// executor), and how many cancels it rewrote (tests/uring_shim.rs).
+struct Rewrites {
+    rings: Vec<RingOps>,
+    rewritten: u64,
+}
+
+impl Rewrites {
+    fn forget_ring(&mut self, fd: i32) {
+        self.rings.retain(|r| r.fd != fd);
+    }
+
+    fn ring(&mut self, fd: i32) -> &mut RingOps {
+        match self.rings.iter().position(|r| r.fd == fd) {
+            Some(i) => &mut self.rings[i],
+            None => {
+                self.rings.push(RingOps {
+                    fd,
+                    last_op: Vec::new(),
+                });
+                self.rings.last_mut().expect("just pushed")
+            }
+        }
+    }
+}
+
+thread_local! {
+    static REWRITES: std::cell::RefCell<Rewrites> = const {
+        std::cell::RefCell::new(Rewrites { rings: Vec::new(), rewritten: 0 })
+    };
+}
+
+/// Rewrites, in the requests about to be submitted on `ring`, each
+/// `ASYNC_CANCEL` aimed at a `TIMEOUT` into a `TIMEOUT_REMOVE` of it.
+///
+/// Why: glommio replaces both its preemption timers on every pass of its
+/// loop, cancelling the old ones with `ASYNC_CANCEL`. The kernel looks for a
+/// cancel's target among io-wq's queued and running work, then in the poll
+/// table, the waitid and futex lists, and only then among the timeouts; in a
+/// profile of the inbound sidecar that search was 3 % of Remora's CPU
+/// (perf/EVENT_LOOP.md, "Session 33"). `TIMEOUT_REMOVE` goes straight to the
+/// timeout list. For a timeout the two are the same request: the same
+/// fields (`addr` names the target), the same lookup in the timeout list in
+/// the end (`io_timeout_cancel`), the same results (0; `-ENOENT` once it has
+/// fired; `-EALREADY` while it fires), and the target completes with
+/// `-ECANCELED` either way, its links failing with it. Only the opcode byte
+/// changes.
+///
+/// Which cancels: those whose target's latest request on this ring, as
+/// submitted through here, was a `TIMEOUT`. A `user_data` is taken again
+/// for a new request only once the old one has completed (glommio reuses a
+/// finished source's slot), and every submission glommio makes passes
+/// through here, so a live target is the request last seen with its
+/// `user_data`. A cancel with flags (by fd, all, any) or with a field a
+/// removal would refuse stays as it is. One byte store per request.
+/// `REMORA_URING_CANCEL_AS_REMOVE=0` in the environment turns this off (an
+/// A/B switch for measurements).
+///
+/// # Safety
+/// `ring` is a live liburing ring of this thread.
+unsafe fn cancels_as_removes(ring: *mut LibUring) {
+    let sq = &(*ring).sq;
+    let pending = sq.sqe_tail.wrapping_sub(sq.sqe_head);
+    if pending == 0 || !rewrite_enabled() {
+        return;
+    }
+    let mask = *sq.kring_mask;
+    let sqes = sq.sqes as *mut Sqe;
+    REWRITES.with(|r| {
+        let mut r = r.borrow_mut();
+        let mut rewritten = 0;
+        let ops = r.ring((*ring).ring_fd);
+        for k in 0..pending {
+            let sqe = &mut *sqes.add((sq.sqe_head.wrapping_add(k) & mask) as usize);
+            if sqe.opcode == OP_ASYNC_CANCEL
+                && sqe.op_flags == 0
+                && sqe.flags == 0
+                && sqe.ioprio == 0
+                && sqe.len == 0
+                && sqe.buf_index == 0
+                && sqe.splice_fd_in == 0
+            {
+                if let Some(last) = ops.last_op.get_mut(sqe.addr as usize) {
+                    if *last == OP_TIMEOUT {
+                        sqe.opcode = OP_TIMEOUT_REMOVE;
+                        *last = 0;
+                        rewritten += 1;
+                    }
+                }
+            }
+            if sqe.user_data < REMEMBERED_USER_DATA {
+                let ud = sqe.user_data as usize;
+                if ud >= ops.last_op.len() {
+                    ops.last_op.resize((ud + 1).next_power_of_two().max(64), 0);
+                }
+                ops.last_op[ud] = sqe.opcode;
+            }
+        }
+        r.rewritten += rewritten;
+    });
+}
+
+fn rewrite_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("REMORA_URING_CANCEL_AS_REMOVE").is_none_or(|v| v != "0"))
+}
+
+/// How many cancels of a timeout this thread's submissions turned into
+/// timeout removals.
+pub fn cancels_rewritten_on_this_thread() -> u64 {
+    REWRITES.with(|r| r.borrow().rewritten)
 }
 
 /// One `io_uring_enter` on ring `fd` that submits nothing and waits for
@@ -379,6 +556,7 @@ pub fn peek_enters_on_this_thread() -> u64 {
 
 extern "C" {
     fn __real_io_uring_submit(ring: *mut LibUring) -> libc::c_int;
+    fn __real_io_uring_submit_and_wait(ring: *mut LibUring, wait_nr: u32) -> libc::c_int;
     fn __real_io_uring_queue_exit(ring: *mut LibUring);
     fn __real_io_uring_queue_init_params(
         entries: u32,
@@ -481,6 +659,12 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     wait_nr: u32,
     sigmask: *mut libc::c_void,
 ) -> libc::c_int {
+    if submit > 0 {
+        // liburing submitted requests the rewrite did not see (its wait
+        // with a timeout on a kernel without EXT_ARG): what it remembers of
+        // this ring may be stale.
+        REWRITES.with(|r| r.borrow_mut().forget_ring((*ring).ring_fd));
+    }
     let Some(main) = MAIN_RING
         .with(Cell::get)
         .filter(|m| m.fd == (*ring).ring_fd)
@@ -545,8 +729,178 @@ pub fn ring_counts() -> RingCounts {
 
 #[cfg(test)]
 mod tests {
-    use super::{saturated, LOAD_WINDOW};
+    use super::{
+        cancels_rewritten_on_this_thread, saturated, LibUring, Sqe, LOAD_WINDOW, OP_ASYNC_CANCEL,
+        OP_TIMEOUT, OP_TIMEOUT_REMOVE,
+    };
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
+
+    extern "C" {
+        // liburing 2.0, linked in through glommio; `io_uring_submit` lands in
+        // the shim's wrapper like glommio's own calls.
+        fn io_uring_queue_init(entries: u32, ring: *mut LibUring, flags: u32) -> libc::c_int;
+        fn io_uring_get_sqe(ring: *mut LibUring) -> *mut Sqe;
+        fn io_uring_submit(ring: *mut LibUring) -> libc::c_int;
+        fn io_uring_queue_exit(ring: *mut LibUring);
+        fn __io_uring_get_cqe(
+            ring: *mut LibUring,
+            cqe_ptr: *mut *mut Cqe,
+            submit: u32,
+            wait_nr: u32,
+            sigmask: *mut libc::c_void,
+        ) -> libc::c_int;
+    }
+
+    #[repr(C)]
+    struct Cqe {
+        user_data: u64,
+        res: i32,
+        flags: u32,
+    }
+
+    /// A plain liburing ring, driven by hand.
+    struct Ring(Box<std::mem::MaybeUninit<LibUring>>);
+
+    impl Ring {
+        fn new() -> Ring {
+            let mut r = Box::new(std::mem::MaybeUninit::<LibUring>::zeroed());
+            // SAFETY: liburing initialises the struct it is given.
+            assert_eq!(unsafe { io_uring_queue_init(8, r.as_mut_ptr(), 0) }, 0);
+            Ring(r)
+        }
+
+        fn ptr(&mut self) -> *mut LibUring {
+            self.0.as_mut_ptr()
+        }
+
+        /// Queues one request and returns its opcode as submitted.
+        fn submit(
+            &mut self,
+            opcode: u8,
+            fd: i32,
+            addr: u64,
+            len: u32,
+            op_flags: u32,
+            ud: u64,
+        ) -> u8 {
+            // SAFETY: a fresh SQE of this ring, filled in full before the
+            // submission, which is what reads it.
+            unsafe {
+                let sqe = io_uring_get_sqe(self.ptr());
+                assert!(!sqe.is_null());
+                std::ptr::write_bytes(sqe, 0, 1);
+                (*sqe).opcode = opcode;
+                (*sqe).fd = fd;
+                (*sqe).addr = addr;
+                (*sqe).len = len;
+                (*sqe).op_flags = op_flags;
+                (*sqe).user_data = ud;
+                assert_eq!(io_uring_submit(self.ptr()), 1);
+                (*sqe).opcode
+            }
+        }
+
+        /// The next completion: (user_data, res).
+        fn complete(&mut self) -> (u64, i32) {
+            let mut cqe = std::ptr::null_mut();
+            // SAFETY: the CQE is read before the head moves past it.
+            unsafe {
+                assert_eq!(
+                    __io_uring_get_cqe(self.ptr(), &mut cqe, 0, 1, std::ptr::null_mut()),
+                    0
+                );
+                let seen = ((*cqe).user_data, (*cqe).res);
+                let head = (*self.ptr()).cq.khead as *const AtomicU32;
+                (*head).fetch_add(1, Ordering::Release);
+                seen
+            }
+        }
+
+        /// The next two completions, in user_data order.
+        fn complete_two(&mut self) -> [(u64, i32); 2] {
+            let mut two = [self.complete(), self.complete()];
+            two.sort();
+            two
+        }
+    }
+
+    impl Drop for Ring {
+        fn drop(&mut self) {
+            // SAFETY: the ring was initialised and is not used again.
+            unsafe { io_uring_queue_exit(self.ptr()) }
+        }
+    }
+
+    /// A cancel of a timeout the ring was given goes in as a removal and
+    /// gets what a cancel gets; a cancel whose `user_data` has since been
+    /// reused by another request, or with flags, stays a cancel and still
+    /// cancels. Real rings, on the running kernel.
+    #[test]
+    fn a_cancel_of_a_timeout_is_a_removal_with_the_cancels_results() {
+        std::thread::spawn(|| {
+            let mut ring = Ring::new();
+            let long = libc::timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            };
+            let short = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            let ts = |t: &libc::timespec| t as *const libc::timespec as u64;
+            let rewritten = cancels_rewritten_on_this_thread();
+
+            // Armed, then cancelled.
+            assert_eq!(ring.submit(OP_TIMEOUT, -1, ts(&long), 1, 0, 1), OP_TIMEOUT);
+            assert_eq!(
+                ring.submit(OP_ASYNC_CANCEL, -1, 1, 0, 0, 2),
+                OP_TIMEOUT_REMOVE
+            );
+            assert_eq!(ring.complete_two(), [(1, -libc::ECANCELED), (2, 0)]);
+
+            // Fired before its cancel: the cancel finds nothing.
+            ring.submit(OP_TIMEOUT, -1, ts(&short), 1, 0, 3);
+            assert_eq!(ring.complete(), (3, -libc::ETIME));
+            assert_eq!(
+                ring.submit(OP_ASYNC_CANCEL, -1, 3, 0, 0, 4),
+                OP_TIMEOUT_REMOVE
+            );
+            assert_eq!(ring.complete(), (4, -libc::ENOENT));
+            assert_eq!(cancels_rewritten_on_this_thread() - rewritten, 2);
+
+            // Fired, and its user_data reused by a poll: the cancel must reach
+            // the poll.
+            let (rd, _wr) = nix::unistd::pipe().expect("pipe");
+            use std::os::fd::AsRawFd;
+            ring.submit(OP_TIMEOUT, -1, ts(&short), 1, 0, 5);
+            assert_eq!(ring.complete(), (5, -libc::ETIME));
+            ring.submit(
+                super::OP_POLL_ADD,
+                rd.as_raw_fd(),
+                0,
+                0,
+                libc::POLLIN as u32,
+                5,
+            );
+            assert_eq!(
+                ring.submit(OP_ASYNC_CANCEL, -1, 5, 0, 0, 6),
+                OP_ASYNC_CANCEL
+            );
+            assert_eq!(ring.complete_two(), [(5, -libc::ECANCELED), (6, 0)]);
+
+            // A cancel with flags (IORING_ASYNC_CANCEL_ALL) is left alone.
+            ring.submit(OP_TIMEOUT, -1, ts(&long), 1, 0, 7);
+            assert_eq!(
+                ring.submit(OP_ASYNC_CANCEL, -1, 7, 0, 1, 8),
+                OP_ASYNC_CANCEL
+            );
+            assert_eq!(ring.complete_two(), [(7, -libc::ECANCELED), (8, 1)]);
+            assert_eq!(cancels_rewritten_on_this_thread() - rewritten, 2);
+        })
+        .join()
+        .expect("ring thread");
+    }
 
     /// A core that slept through the last window is not saturated; one that
     /// ran without a break through it is (the hold's load estimate, measured
