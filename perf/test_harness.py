@@ -448,10 +448,13 @@ class EnvoyConfigs(unittest.TestCase):
 def newest_remora() -> Path:
     """The most recently built Remora binary: tests/run has just built the
     debug one (cargo test), while target/release may be left from an older
-    tree, whose `validate` would not know newer config keys."""
-    built = [p for p in (harness.REPO / "target/debug/remora", harness.REPO / "target/release/remora")
-             if p.exists()]
-    return max(built, key=lambda p: p.stat().st_mtime) if built else harness.REPO / "target/debug/remora"
+    tree, whose `validate` would not know newer config keys. Cargo builds into
+    $CARGO_TARGET_DIR when it is set, else the repository's target/."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or harness.REPO / "target")
+    if not target.is_absolute():
+        target = harness.REPO / target
+    built = [p for p in (target / "debug/remora", target / "release/remora") if p.exists()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else target / "debug/remora"
 
 
 REMORA_BIN = newest_remora()
