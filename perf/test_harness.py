@@ -1386,6 +1386,30 @@ class SidecarBreakdown(unittest.TestCase):
         self.assertAlmostEqual(sum(got.values()), 16.0)
         self.assertEqual(mod.split(16.0, {}, 0), {})
 
+    @unittest.skipUnless(shutil.which("perf"), "perf missing")
+    def test_calls_per_request_from_a_real_count(self):
+        # perf stat on the tracepoints, as the counted run does, around a child that
+        # writes 400 times: 100 "requests" are 4 writes each, and an event that never
+        # fired is left out of the line.
+        import breakdown
+        events = ["syscalls:sys_enter_write", "syscalls:sys_enter_splice"]
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "stat"
+            code = "import os\nfor _ in range(400): os.write(1, b'x')\n"
+            r = subprocess.run(["perf", "stat", "-x,", "-e", ",".join(events), "-o", str(out),
+                                "--", sys.executable, "-c", code],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0 and "tracepoint" in r.stderr.lower():
+                self.skipTest(f"no syscall tracepoints: {r.stderr.strip()[:200]}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            counts = breakdown.parse_perf_stat(out.read_text())
+        line = self.load().calls_line(counts, 100)
+        writes = float(line.split("write ")[1].split(",")[0])
+        self.assertGreaterEqual(writes, 4.0, line)
+        self.assertLess(writes, 5.0, line)
+        self.assertNotIn("splice", line)
+        self.assertEqual(self.load().calls_line({}, 100), "none counted")
+
     def test_ctx_switches_counts_a_sleeping_childs_threads(self):
         # A real child whose second thread sleeps 20 times and stays alive: the
         # voluntary switches summed over its threads reach 20; a pid that is gone
