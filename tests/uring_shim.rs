@@ -54,6 +54,23 @@ fn round_trips<const N: usize>(s: &mut std::net::TcpStream, rounds: u8, pause: D
     }
 }
 
+/// Binds a listener on the executor, tells the peer where, and accepts its
+/// one connection.
+async fn accept_peer(tx: std::sync::mpsc::Sender<std::net::SocketAddr>) -> glommio::net::TcpStream {
+    let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tx.send(listener.local_addr().unwrap()).unwrap();
+    listener.accept().await.unwrap()
+}
+
+/// Echoes `rounds` messages of N bytes: the other side of [`round_trips`].
+async fn echo<const N: usize>(conn: &mut glommio::net::TcpStream, rounds: u8) {
+    let mut buf = [0u8; N];
+    for _ in 0..rounds {
+        conn.read_exact(&mut buf).await.unwrap();
+        conn.write_all(&buf).await.unwrap();
+    }
+}
+
 fn executor() -> glommio::LocalExecutor {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(64 * 1024)
@@ -99,14 +116,8 @@ fn glommios_timer_cancels_go_in_as_removals() {
     let (rewritten, slept) = on_own_thread(move || {
         executor().run(async move {
             let before = uring::cancels_rewritten_on_this_thread();
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut conn = listener.accept().await.unwrap();
-            let mut buf = [0u8; 64];
-            for _ in 0..20 {
-                conn.read_exact(&mut buf).await.unwrap();
-                conn.write_all(&buf).await.unwrap();
-            }
+            let mut conn = accept_peer(tx).await;
+            echo::<64>(&mut conn, 20).await;
             let start = Instant::now();
             glommio::timer::sleep(Duration::from_millis(20)).await;
             (
@@ -176,14 +187,8 @@ fn a_deferred_main_ring_delivers_every_kind_of_completion() {
         let after = uring::ring_counts();
         let t0 = Instant::now();
         ex.run(async move {
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut conn = listener.accept().await.unwrap();
-            let mut buf = [0u8; 100];
-            for _ in 0..20 {
-                conn.read_exact(&mut buf).await.unwrap();
-                conn.write_all(&buf).await.unwrap();
-            }
+            let mut conn = accept_peer(tx).await;
+            echo::<100>(&mut conn, 20).await;
             // A timer with nothing else to do: the executor sleeps on the main
             // ring and the latency ring's completion must wake it.
             let t = Instant::now();
@@ -272,9 +277,7 @@ fn a_busy_deferred_executor_collects_through_the_peek() {
             .expect("executor");
         let before = uring::peek_enters_on_this_thread();
         ex.run(async move {
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut conn = listener.accept().await.unwrap();
+            let mut conn = accept_peer(tx).await;
             let done = std::rc::Rc::new(std::cell::Cell::new(false));
             let spinning = done.clone();
             let spinner = glommio::spawn_local(async move {
@@ -286,11 +289,7 @@ fn a_busy_deferred_executor_collects_through_the_peek() {
                     glommio::yield_if_needed().await;
                 }
             });
-            let mut buf = [0u8; 64];
-            for _ in 0..20 {
-                conn.read_exact(&mut buf).await.unwrap();
-                conn.write_all(&buf).await.unwrap();
-            }
+            echo::<64>(&mut conn, 20).await;
             done.set(true);
             spinner.await;
         });
@@ -325,9 +324,7 @@ fn a_ready_socket_shows_as_waiting_work_to_a_busy_task() {
     });
     let (seen, after_exit) = on_own_thread(move || {
         let seen = executor().run(async move {
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut conn = listener.accept().await.unwrap();
+            let mut conn = accept_peer(tx).await;
             // The reader waits in the ring (its poll is armed) ...
             let reader = glommio::spawn_local(async move {
                 let mut buf = [0u8; 5];
