@@ -10,7 +10,11 @@
 //! glommio's completion peek (`__io_uring_get_cqe`) wrapped the same way,
 //! and the shim forgets a ring's mapping when glommio tears the ring down
 //! (`io_uring_queue_exit`). A saturated core's loop waits for company after
-//! glommio's submission (`io_uring_submit`; `src/net/batch.rs`).
+//! glommio's submission (`io_uring_submit`; `src/net/batch.rs`). The shim
+//! keeps glommio's preemption timers armed across passes of its loop, which
+//! needs its completion reads (`rust_io_uring_peek_cqe`, `_cqe_seen`,
+//! `_cq_ready`, glommio's own C copies of liburing's inline functions)
+//! wrapped too (`src/net/uring/keep.rs`).
 //! `tests/uring_shim.rs` fails if this link step is lost.
 
 fn main() {
@@ -19,5 +23,8 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_exit");
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_submit");
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_submit_and_wait");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_peek_cqe");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_cqe_seen");
+    println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_cq_ready");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -114,6 +114,8 @@ fn glommios_timer_cancels_go_in_as_removals() {
         round_trips::<64>(&mut s, 20, Duration::from_millis(2));
     });
     let (rewritten, slept) = on_own_thread(move || {
+        // Kept timers' cancels never reach the kernel (the next test).
+        uring::keep_on_this_thread(false);
         executor().run(async move {
             let before = uring::cancels_rewritten_on_this_thread();
             let mut conn = accept_peer(tx).await;
@@ -135,6 +137,64 @@ fn glommios_timer_cancels_go_in_as_removals() {
         slept >= Duration::from_millis(20),
         "a 20 ms timer fired after {slept:?}"
     );
+}
+
+/// glommio replaces its preemption timers on every pass of its loop; the
+/// shim keeps the armed ones instead (`src/net/uring/keep.rs`): each
+/// replacement adopts the timer it replaces. The executor must not notice:
+/// reads that wait, a sleep's timer, and preemption all still work, and a
+/// count timer kept across passes still fires. If glommio stops replacing
+/// its timers this way the adoption count stays at zero and this fails.
+#[test]
+fn glommios_preemption_timers_are_kept_across_passes() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 20, Duration::from_millis(2));
+        // Back to back: hundreds of completions, past glommio's count
+        // timer (one per ring depth of them), kept across those passes.
+        round_trips::<64>(&mut s, 200, Duration::ZERO);
+    });
+    let (adopted, removed, slept, preempted) = on_own_thread(move || {
+        uring::keep_on_this_thread(true);
+        executor().run(async move {
+            let adopted = uring::timers_adopted_on_this_thread();
+            let removed = uring::orphans_removed_on_this_thread();
+            let mut conn = accept_peer(tx).await;
+            echo::<64>(&mut conn, 20).await;
+            echo::<64>(&mut conn, 200).await;
+            let start = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let slept = start.elapsed();
+            // A task that never yields is asked to: the preemption timer
+            // armed (kept) when it started still fires.
+            let start = Instant::now();
+            while !glommio::executor().need_preempt() && start.elapsed() < Duration::from_secs(5) {
+                std::hint::spin_loop();
+            }
+            (
+                uring::timers_adopted_on_this_thread() - adopted,
+                uring::orphans_removed_on_this_thread() - removed,
+                slept,
+                glommio::executor().need_preempt(),
+            )
+        })
+    });
+    peer.join().unwrap();
+    assert!(
+        adopted >= 20,
+        "only {adopted} of glommio's replaced timers were kept"
+    );
+    assert!(
+        removed >= 1,
+        "the sleep's timer should have had the orphaned preemption timer removed"
+    );
+    assert!(
+        slept >= Duration::from_millis(20) && slept < Duration::from_secs(5),
+        "a 20 ms timer fired after {slept:?}"
+    );
+    assert!(preempted, "a task that never yielded was never asked to");
 }
 
 /// The shim times the executor's sleeps in its main ring (the core's idle

@@ -57,14 +57,18 @@
 //! Cargo.lock names, and that a deferred ring delivers accepts, reads, timers
 //! and cross-thread wake-ups.
 //!
-//! One more thing is done to what glommio submits: its loop cancels its two
-//! preemption timers on every pass, and a cancel of a timeout goes in as a
-//! timeout removal, which the kernel finds without searching its other lists
-//! first ([`cancels_as_removes`]).
+//! Two more things are done to what glommio submits. Its loop replaces its
+//! two preemption timers on every pass; the shim keeps the armed ones
+//! instead, answering the cancels in user space and letting each new timer
+//! adopt the one it replaces ([`keep`]). A cancel of a timeout that does go
+//! to the kernel goes in as a timeout removal, which the kernel finds
+//! without searching its other lists first ([`cancels_as_removes`]).
 //!
 //! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`,
 //! `--wrap=__io_uring_get_cqe`, `--wrap=io_uring_queue_exit`,
-//! `--wrap=io_uring_submit` and `--wrap=io_uring_submit_and_wait`, so glommio's
+//! `--wrap=io_uring_submit`, `--wrap=io_uring_submit_and_wait` and, for
+//! glommio's completion reads, `--wrap=` its `rust_io_uring_peek_cqe`,
+//! `rust_io_uring_cqe_seen` and `rust_io_uring_cq_ready`, so glommio's
 //! calls resolve to the
 //! `__wrap_` functions below, which call the real liburing ones. Rings
 //! created with IOPOLL or SQPOLL are left alone. A kernel that rejects a flag
@@ -77,6 +81,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::batch;
+
+mod keep;
+#[cfg(test)]
+mod test_ring;
+pub use keep::{
+    keep_on_this_thread, orphans_removed_on_this_thread, timers_adopted_on_this_thread, Cqe,
+};
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -304,6 +315,7 @@ pub fn completions_waiting() -> bool {
 pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
     let fd = (*ring).ring_fd;
     REWRITES.with(|r| r.borrow_mut().forget_ring(fd));
+    keep::forget_ring(fd);
     MAIN_RING.with(|m| {
         if m.get().is_some_and(|r| r.fd == fd) {
             m.set(None);
@@ -324,8 +336,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
 /// Same contract as the liburing function.
 #[no_mangle]
 pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_int {
-    cancels_as_removes(ring);
-    let rc = __real_io_uring_submit(ring);
+    let rc = through_rewrites(ring, |ring| __real_io_uring_submit(ring));
     let Some(main) = MAIN_RING
         .with(Cell::get)
         .filter(|m| m.deferred && m.fd == (*ring).ring_fd)
@@ -347,8 +358,8 @@ pub unsafe extern "C" fn __wrap_io_uring_submit(ring: *mut LibUring) -> libc::c_
 }
 
 /// Called instead of liburing's `io_uring_submit_and_wait` (glommio 0.9
-/// does not call it; wrapped so that no submission escapes
-/// [`cancels_as_removes`]).
+/// does not call it; wrapped so that no submission escapes the rewrites).
+/// While completions are queued for glommio in user space it does not wait.
 ///
 /// # Safety
 /// Same contract as the liburing function.
@@ -357,8 +368,44 @@ pub unsafe extern "C" fn __wrap_io_uring_submit_and_wait(
     ring: *mut LibUring,
     wait_nr: u32,
 ) -> libc::c_int {
+    through_rewrites(ring, |ring| {
+        if keep::queued((*ring).ring_fd).is_some() {
+            __real_io_uring_submit(ring)
+        } else {
+            __real_io_uring_submit_and_wait(ring, wait_nr)
+        }
+    })
+}
+
+/// Hands the requests pending on `ring` to `submit` after the shim's
+/// rewrites: the keeping of timers ([`keep::on_submit`]), then cancels of
+/// timeouts as removals ([`cancels_as_removes`]). Returns what glommio
+/// expects: how many of *its* requests went in, those the keeping took
+/// out included, the removals it added not. When nothing is left to
+/// submit, the kernel is not entered.
+///
+/// # Safety
+/// `ring` is a live liburing ring of this thread.
+unsafe fn through_rewrites(
+    ring: *mut LibUring,
+    submit: impl FnOnce(*mut LibUring) -> libc::c_int,
+) -> libc::c_int {
+    let kept = keep::on_submit(ring);
     cancels_as_removes(ring);
-    __real_io_uring_submit_and_wait(ring, wait_nr)
+    if kept == keep::Outcome::default() {
+        return submit(ring);
+    }
+    let sq = &(*ring).sq;
+    let remaining = sq.sqe_tail.wrapping_sub(sq.sqe_head);
+    let rc = if remaining == 0 { 0 } else { submit(ring) };
+    if kept.added > 0 {
+        keep::drop_unowned(ring);
+    }
+    if rc < 0 {
+        return rc;
+    }
+    let glommios = (remaining - kept.added) as libc::c_int;
+    rc.min(glommios) + kept.taken as libc::c_int
 }
 
 /// `IORING_OP_TIMEOUT`, `IORING_OP_TIMEOUT_REMOVE`, `IORING_OP_ASYNC_CANCEL`.
@@ -555,6 +602,12 @@ pub fn peek_enters_on_this_thread() -> u64 {
 }
 
 extern "C" {
+    fn __real_rust_io_uring_peek_cqe(
+        ring: *mut LibUring,
+        cqe_ptr: *mut *mut keep::Cqe,
+    ) -> libc::c_int;
+    fn __real_rust_io_uring_cqe_seen(ring: *mut LibUring, cqe: *mut keep::Cqe);
+    fn __real_rust_io_uring_cq_ready(ring: *mut LibUring) -> libc::c_uint;
     fn __real_io_uring_submit(ring: *mut LibUring) -> libc::c_int;
     fn __real_io_uring_submit_and_wait(ring: *mut LibUring, wait_nr: u32) -> libc::c_int;
     fn __real_io_uring_queue_exit(ring: *mut LibUring);
@@ -659,6 +712,13 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     wait_nr: u32,
     sigmask: *mut libc::c_void,
 ) -> libc::c_int {
+    if wait_nr > 0 {
+        if let Some(cqe) = keep::queued((*ring).ring_fd) {
+            // A completion queued for glommio in user space: no sleep.
+            *cqe_ptr = cqe as *mut libc::c_void;
+            return 0;
+        }
+    }
     if submit > 0 {
         // liburing submitted requests the rewrite did not see (its wait
         // with a timeout on a kernel without EXT_ARG): what it remembers of
@@ -707,6 +767,62 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
     __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask)
 }
 
+/// Called instead of glommio's `io_uring_peek_cqe` (its `rusturing.c`
+/// copy), through which it reads every completion: completions the keeping
+/// of timers queued for it come first; a kernel completion with a private
+/// `user_data` is handed on under its owner's, or dropped when nobody owns
+/// it ([`keep`]).
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_rust_io_uring_peek_cqe(
+    ring: *mut LibUring,
+    cqe_ptr: *mut *mut keep::Cqe,
+) -> libc::c_int {
+    let fd = (*ring).ring_fd;
+    loop {
+        if let Some(cqe) = keep::queued(fd) {
+            *cqe_ptr = cqe;
+            return 0;
+        }
+        let rc = __real_rust_io_uring_peek_cqe(ring, cqe_ptr);
+        let cqe = *cqe_ptr;
+        if rc != 0 || cqe.is_null() || (*cqe).user_data & keep::PRIVATE == 0 {
+            return rc;
+        }
+        match keep::translate(fd, (*cqe).user_data) {
+            Some(user_data) => {
+                (*cqe).user_data = user_data;
+                return rc;
+            }
+            None => __real_rust_io_uring_cqe_seen(ring, cqe),
+        }
+    }
+}
+
+/// Called instead of glommio's `io_uring_cqe_seen`: a queued completion
+/// leaves its queue, a kernel one moves the ring's head.
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_rust_io_uring_cqe_seen(ring: *mut LibUring, cqe: *mut keep::Cqe) {
+    if !keep::seen((*ring).ring_fd, cqe) {
+        __real_rust_io_uring_cqe_seen(ring, cqe)
+    }
+}
+
+/// Called instead of glommio's `io_uring_cq_ready`: the kernel's
+/// completions and those queued in user space.
+///
+/// # Safety
+/// Same contract as the liburing function.
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_rust_io_uring_cq_ready(ring: *mut LibUring) -> libc::c_uint {
+    __real_rust_io_uring_cq_ready(ring) + keep::queued_count((*ring).ring_fd)
+}
+
 /// Rings created in this process so far, by how their completions run.
 /// Logged at start-up and checked by `tests/uring_shim.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -730,107 +846,12 @@ pub fn ring_counts() -> RingCounts {
 #[cfg(test)]
 mod tests {
     use super::{
-        cancels_rewritten_on_this_thread, saturated, LibUring, Sqe, LOAD_WINDOW, OP_ASYNC_CANCEL,
-        OP_TIMEOUT, OP_TIMEOUT_REMOVE,
+        cancels_rewritten_on_this_thread, keep_on_this_thread, saturated, LOAD_WINDOW,
+        OP_ASYNC_CANCEL, OP_TIMEOUT, OP_TIMEOUT_REMOVE,
     };
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
 
-    extern "C" {
-        // liburing 2.0, linked in through glommio; `io_uring_submit` lands in
-        // the shim's wrapper like glommio's own calls.
-        fn io_uring_queue_init(entries: u32, ring: *mut LibUring, flags: u32) -> libc::c_int;
-        fn io_uring_get_sqe(ring: *mut LibUring) -> *mut Sqe;
-        fn io_uring_submit(ring: *mut LibUring) -> libc::c_int;
-        fn io_uring_queue_exit(ring: *mut LibUring);
-        fn __io_uring_get_cqe(
-            ring: *mut LibUring,
-            cqe_ptr: *mut *mut Cqe,
-            submit: u32,
-            wait_nr: u32,
-            sigmask: *mut libc::c_void,
-        ) -> libc::c_int;
-    }
-
-    #[repr(C)]
-    struct Cqe {
-        user_data: u64,
-        res: i32,
-        flags: u32,
-    }
-
-    /// A plain liburing ring, driven by hand.
-    struct Ring(Box<std::mem::MaybeUninit<LibUring>>);
-
-    impl Ring {
-        fn new() -> Ring {
-            let mut r = Box::new(std::mem::MaybeUninit::<LibUring>::zeroed());
-            // SAFETY: liburing initialises the struct it is given.
-            assert_eq!(unsafe { io_uring_queue_init(8, r.as_mut_ptr(), 0) }, 0);
-            Ring(r)
-        }
-
-        fn ptr(&mut self) -> *mut LibUring {
-            self.0.as_mut_ptr()
-        }
-
-        /// Queues one request and returns its opcode as submitted.
-        fn submit(
-            &mut self,
-            opcode: u8,
-            fd: i32,
-            addr: u64,
-            len: u32,
-            op_flags: u32,
-            ud: u64,
-        ) -> u8 {
-            // SAFETY: a fresh SQE of this ring, filled in full before the
-            // submission, which is what reads it.
-            unsafe {
-                let sqe = io_uring_get_sqe(self.ptr());
-                assert!(!sqe.is_null());
-                std::ptr::write_bytes(sqe, 0, 1);
-                (*sqe).opcode = opcode;
-                (*sqe).fd = fd;
-                (*sqe).addr = addr;
-                (*sqe).len = len;
-                (*sqe).op_flags = op_flags;
-                (*sqe).user_data = ud;
-                assert_eq!(io_uring_submit(self.ptr()), 1);
-                (*sqe).opcode
-            }
-        }
-
-        /// The next completion: (user_data, res).
-        fn complete(&mut self) -> (u64, i32) {
-            let mut cqe = std::ptr::null_mut();
-            // SAFETY: the CQE is read before the head moves past it.
-            unsafe {
-                assert_eq!(
-                    __io_uring_get_cqe(self.ptr(), &mut cqe, 0, 1, std::ptr::null_mut()),
-                    0
-                );
-                let seen = ((*cqe).user_data, (*cqe).res);
-                let head = (*self.ptr()).cq.khead as *const AtomicU32;
-                (*head).fetch_add(1, Ordering::Release);
-                seen
-            }
-        }
-
-        /// The next two completions, in user_data order.
-        fn complete_two(&mut self) -> [(u64, i32); 2] {
-            let mut two = [self.complete(), self.complete()];
-            two.sort();
-            two
-        }
-    }
-
-    impl Drop for Ring {
-        fn drop(&mut self) {
-            // SAFETY: the ring was initialised and is not used again.
-            unsafe { io_uring_queue_exit(self.ptr()) }
-        }
-    }
+    use super::test_ring::Ring;
 
     /// A cancel of a timeout the ring was given goes in as a removal and
     /// gets what a cancel gets; a cancel whose `user_data` has since been
@@ -839,6 +860,8 @@ mod tests {
     #[test]
     fn a_cancel_of_a_timeout_is_a_removal_with_the_cancels_results() {
         std::thread::spawn(|| {
+            // The keeping of timers would answer these cancels itself.
+            keep_on_this_thread(false);
             let mut ring = Ring::new();
             let long = libc::timespec {
                 tv_sec: 10,

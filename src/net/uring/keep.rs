@@ -1,0 +1,806 @@
+//! glommio's preemption timers kept armed across the passes of its loop.
+//!
+//! On every pass glommio 0.9 drops both its preemption timers and arms new
+//! ones (`Reactor::wait`): on the main ring a cancel and a new count timer
+//! linked to an eventfd write, on the latency ring a cancel and, in a
+//! second submission, a new timer of the preemption period. Each of those
+//! is a request the kernel arms, removes and completes, and the latency
+//! ring's two submissions are two `io_uring_enter`s of their own: per
+//! request on the inbound sidecar, 5 of Remora's 7 ring submissions and 1.35
+//! of its 4 enters (perf/EVENT_LOOP.md, "Session 33"). A timer that has not
+//! fired yet, replaced by one of the same length, could as well stay.
+//!
+//! So the shim keeps it. What glommio submits goes through
+//! [`on_submit`] first:
+//! - a timeout request (relative, with or without one linked request) is
+//!   given a `user_data` of the shim's ([`PRIVATE`] set), and the shim
+//!   remembers whose it is;
+//! - a cancel of it is taken out of the submission, and the completions a
+//!   cancel gives (the timer's and its link's `-ECANCELED`, the cancel's 0)
+//!   are queued for glommio in user space: the timer stays armed in the
+//!   kernel, *orphaned*;
+//! - a new timeout of the same length and count, with the same linked
+//!   request, *adopts* the orphan: it is taken out of the submission too,
+//!   and the orphan's completions will be given to it;
+//! - an orphan that no submission after its cancel adopted is removed for
+//!   real, by a `TIMEOUT_REMOVE` added to the next submission on its ring.
+//!
+//! glommio reads completions through liburing's `io_uring_peek_cqe` and
+//! `io_uring_cqe_seen` (the copies in its `rusturing.c`), which the shim
+//! wraps: queued completions come first; a kernel completion with a
+//! private `user_data` gets its owner's back, or is dropped when nobody owns
+//! it any more. `io_uring_cq_ready` counts the queued ones too, and a sleep
+//! (`__io_uring_get_cqe` with `wait_nr`) returns at once while any is queued.
+//!
+//! Why it is safe for glommio:
+//! - every request glommio submits gets exactly the completions it would
+//!   have got (a cancelled timer `-ECANCELED` once, its link once, the
+//!   cancel 0), so its sources and its count of requests in flight stay
+//!   right;
+//! - an adopted timer fires no later than the one it stands for: it was
+//!   armed earlier with the same relative length (or the same completion
+//!   count), so it can only fire earlier. For a preemption timer that is a
+//!   task asked to yield sooner (at most once per period), for a sleep's
+//!   timer a wake-up glommio checks against its clock anyway;
+//! - the one linked request kept with a timer is compared byte for byte
+//!   (glommio's is an 8-byte eventfd write from a static buffer), so the
+//!   kernel runs the same request at the same address;
+//! - an orphan left in the kernel fires at most once, and its completion is
+//!   dropped: one wake-up of the core, at most a preemption period (100 ms)
+//!   after the core went to sleep without a timer of its own.
+//!
+//! `REMORA_URING_KEEP_TIMERS=0` in the environment turns the keeping off (an
+//! A/B switch for measurements), and [`keep_on_this_thread`] does for one
+//! thread (tests of the shim's other rewrites).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{LibUring, Sqe, OP_ASYNC_CANCEL, OP_TIMEOUT, OP_TIMEOUT_REMOVE};
+
+/// `IOSQE_IO_LINK` and `IOSQE_IO_HARDLINK` (linux/io_uring.h).
+const IOSQE_IO_LINK: u8 = 1 << 2;
+const IOSQE_IO_HARDLINK: u8 = 1 << 3;
+/// `IORING_OP_LINK_TIMEOUT`: never kept as a timer's link.
+const OP_LINK_TIMEOUT: u8 = 15;
+
+/// The bit that marks a `user_data` as the shim's. glommio's are its slot
+/// numbers plus one (0 for requests whose completion it ignores); liburing's
+/// own marker is `u64::MAX`, which no private `user_data` equals (see
+/// [`private`]).
+pub(super) const PRIVATE: u64 = 1 << 63;
+const KIND_TIMER: u64 = 0;
+const KIND_LINK: u64 = 1;
+const KIND_REMOVAL: u64 = 2;
+
+/// The private `user_data` of the kept timer `serial`'s timer, link or
+/// removal. The low two bits are the kind, never 3, so never `u64::MAX`.
+fn private(serial: u64, kind: u64) -> u64 {
+    PRIVATE | (serial << 2) | kind
+}
+
+/// At most this many timers are kept per ring; a timeout submitted while
+/// that many are goes in as glommio made it. glommio has two per ring at
+/// most (a preemption timer and a sleep's timer), orphans included.
+const MAX_KEPT: usize = 8;
+
+/// `struct io_uring_cqe` without the big-CQE tail (glommio's rings have none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cqe {
+    pub user_data: u64,
+    pub res: i32,
+    pub flags: u32,
+}
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    sec: i64,
+    nsec: i64,
+}
+
+/// What makes two timeout requests interchangeable: the same relative
+/// length, the same completion count, the same linked request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    sec: i64,
+    nsec: i64,
+    count: u64,
+    /// The linked request's 64 bytes, its `user_data` zeroed.
+    link: Option<[u8; 64]>,
+}
+
+/// A timeout the kernel holds under a private `user_data`.
+struct Kept {
+    serial: u64,
+    shape: Shape,
+    /// glommio's `user_data` for it while glommio has it armed: what a
+    /// cancel of it names. None once cancelled (an orphan) or fired.
+    owner: Option<u64>,
+    /// Where its completions go: glommio's `user_data` for the timer and
+    /// for its link. None for an orphan: they are dropped.
+    deliver: Option<(u64, u64)>,
+    /// Its completion has come from the kernel.
+    fired: bool,
+    /// Its link's completion has come (or it has none).
+    link_done: bool,
+    /// The ring's submission in which it was orphaned.
+    orphaned_at: u64,
+    /// A real removal of it is on its way.
+    removing: bool,
+}
+
+impl Kept {
+    fn adoptable(&self, shape: &Shape) -> bool {
+        self.owner.is_none() && !self.fired && !self.removing && self.shape == *shape
+    }
+
+    fn finished(&self) -> bool {
+        self.fired && self.link_done
+    }
+}
+
+/// One ring as the keeping sees it.
+struct RingKeep {
+    fd: i32,
+    kept: Vec<Kept>,
+    /// Completions for glommio that no kernel completion carries.
+    fakes: VecDeque<Cqe>,
+    /// Submissions seen on this ring.
+    submissions: u64,
+    /// Scratch: which of a submission's requests are taken out.
+    taken: Vec<bool>,
+}
+
+/// This thread's rings, and what the keeping did on them.
+struct Keep {
+    rings: Vec<RingKeep>,
+    serial: u64,
+    adopted: u64,
+    removed: u64,
+}
+
+impl Keep {
+    fn ring(&mut self, fd: i32) -> &mut RingKeep {
+        match self.rings.iter().position(|r| r.fd == fd) {
+            Some(i) => &mut self.rings[i],
+            None => {
+                self.rings.push(RingKeep {
+                    fd,
+                    kept: Vec::new(),
+                    fakes: VecDeque::new(),
+                    submissions: 0,
+                    taken: Vec::new(),
+                });
+                self.rings.last_mut().expect("just pushed")
+            }
+        }
+    }
+}
+
+thread_local! {
+    static KEEP: RefCell<Keep> = const {
+        RefCell::new(Keep { rings: Vec::new(), serial: 0, adopted: 0, removed: 0 })
+    };
+    /// Completions queued for glommio on this thread, all rings: the
+    /// wrappers' fast path (no borrow while it is 0).
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+    /// Keeping switched off on this thread ([`keep_on_this_thread`]).
+    static OFF_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !OFF_HERE.with(Cell::get)
+        && *ON.get_or_init(|| std::env::var_os("REMORA_URING_KEEP_TIMERS").is_none_or(|v| v != "0"))
+}
+
+/// Turns the keeping of timers on or off for rings used on this thread from
+/// now on (on by default, unless `REMORA_URING_KEEP_TIMERS=0`). Timers
+/// already kept are still served: their cancels and completions are handled
+/// as before.
+pub fn keep_on_this_thread(on: bool) {
+    OFF_HERE.with(|o| o.set(!on));
+}
+
+/// How many timeouts glommio submitted on this thread that adopted a kept
+/// timer instead of going to the kernel.
+pub fn timers_adopted_on_this_thread() -> u64 {
+    KEEP.with(|k| k.borrow().adopted)
+}
+
+/// How many kept timers this thread removed for real (orphans no timeout
+/// adopted).
+pub fn orphans_removed_on_this_thread() -> u64 {
+    KEEP.with(|k| k.borrow().removed)
+}
+
+/// What [`on_submit`] did to a submission: requests taken out (glommio
+/// counts them as submitted) and removals added (it does not).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(super) struct Outcome {
+    pub taken: u32,
+    pub added: u32,
+}
+
+/// Whether the request at `k` of a submission starts a chain: no request
+/// before it in the submission links to it.
+unsafe fn starts_chain(slot: &impl Fn(u32) -> *mut Sqe, k: u32) -> bool {
+    k == 0 || (*slot(k - 1)).flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK) == 0
+}
+
+/// The target of a cancel glommio makes (`ASYNC_CANCEL` by `user_data`,
+/// without flags, or the `TIMEOUT_REMOVE` it becomes), if it is one.
+fn cancel_target(sqe: &Sqe) -> Option<u64> {
+    let plain = sqe.op_flags == 0
+        && sqe.flags == 0
+        && sqe.ioprio == 0
+        && sqe.len == 0
+        && sqe.buf_index == 0
+        && sqe.splice_fd_in == 0;
+    (plain && (sqe.opcode == OP_ASYNC_CANCEL || sqe.opcode == OP_TIMEOUT_REMOVE))
+        .then_some(sqe.addr)
+}
+
+/// Takes the submission about to go to `ring` through the keeping (see the
+/// module doc): cancels of kept timers and timeouts that adopt an orphan
+/// are taken out (the rest move down to close the gap), new timeouts are
+/// given private `user_data`s, and removals of orphans no submission
+/// adopted are added at the end when the queue has room.
+///
+/// # Safety
+/// `ring` is a live liburing ring used on this thread; its pending
+/// requests (`sqe_head..sqe_tail`) are filled in and not yet submitted.
+pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
+    let sq = &mut (*ring).sq;
+    let pending = sq.sqe_tail.wrapping_sub(sq.sqe_head);
+    if pending == 0 {
+        return Outcome::default();
+    }
+    let fd = (*ring).ring_fd;
+    let keeping = enabled();
+    let mask = *sq.kring_mask;
+    let sqes = sq.sqes as *mut Sqe;
+    let head = sq.sqe_head;
+    let slot = move |k: u32| sqes.add((head.wrapping_add(k) & mask) as usize);
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        let keep = &mut *keep;
+        if !keeping && keep.rings.iter().all(|r| r.fd != fd || r.kept.is_empty()) {
+            return Outcome::default();
+        }
+        let mut serial = keep.serial;
+        let mut adopted = 0;
+        let r = keep.ring(fd);
+        r.submissions += 1;
+        r.taken.clear();
+        r.taken.resize(pending as usize, false);
+        let queued_before = r.fakes.len();
+        let mut out = Outcome::default();
+
+        // Cancels of timers the kernel holds for glommio: answered here.
+        for k in 0..pending {
+            let sqe = &*slot(k);
+            let Some(target) = cancel_target(sqe) else {
+                continue;
+            };
+            if !starts_chain(&slot, k) {
+                continue;
+            }
+            let Some(kept) = r.kept.iter_mut().find(|c| c.owner == Some(target)) else {
+                continue;
+            };
+            let (timer, link) = kept.deliver.take().expect("an owned timer delivers");
+            kept.owner = None;
+            kept.orphaned_at = r.submissions;
+            r.fakes.push_back(Cqe {
+                user_data: timer,
+                res: -libc::ECANCELED,
+                flags: 0,
+            });
+            if kept.shape.link.is_some() {
+                r.fakes.push_back(Cqe {
+                    user_data: link,
+                    res: -libc::ECANCELED,
+                    flags: 0,
+                });
+            }
+            r.fakes.push_back(Cqe {
+                user_data: sqe.user_data,
+                res: 0,
+                flags: 0,
+            });
+            r.taken[k as usize] = true;
+            out.taken += 1;
+        }
+
+        // Timeouts: adopt an orphan of the same shape, or go in under a
+        // private user_data.
+        for k in 0..pending {
+            if r.taken[k as usize] || !keeping {
+                continue;
+            }
+            let sqe = &mut *slot(k);
+            if sqe.opcode != OP_TIMEOUT
+                || sqe.op_flags != 0
+                || sqe.len != 1
+                || sqe.addr == 0
+                || !starts_chain(&slot, k)
+            {
+                continue;
+            }
+            let link = match sqe.flags {
+                0 => None,
+                IOSQE_IO_LINK if k + 1 < pending => {
+                    let l = &*slot(k + 1);
+                    if l.flags != 0
+                        || matches!(
+                            l.opcode,
+                            OP_TIMEOUT | OP_TIMEOUT_REMOVE | OP_ASYNC_CANCEL | OP_LINK_TIMEOUT
+                        )
+                    {
+                        continue;
+                    }
+                    Some(k + 1)
+                }
+                _ => continue,
+            };
+            let ts = &*(sqe.addr as *const KernelTimespec);
+            let link_bytes = link.map(|j| {
+                let mut bytes = [0u8; 64];
+                std::ptr::copy_nonoverlapping(slot(j) as *const u8, bytes.as_mut_ptr(), 64);
+                // user_data: bytes 32..40.
+                bytes[32..40].fill(0);
+                bytes
+            });
+            let shape = Shape {
+                sec: ts.sec,
+                nsec: ts.nsec,
+                count: sqe.off,
+                link: link_bytes,
+            };
+            let link_ud = link.map_or(0, |j| (*slot(j)).user_data);
+            if let Some(kept) = r.kept.iter_mut().find(|c| c.adoptable(&shape)) {
+                kept.owner = Some(sqe.user_data);
+                kept.deliver = Some((sqe.user_data, link_ud));
+                r.taken[k as usize] = true;
+                out.taken += 1;
+                if let Some(j) = link {
+                    r.taken[j as usize] = true;
+                    out.taken += 1;
+                }
+                adopted += 1;
+            } else if r.kept.len() < MAX_KEPT {
+                serial += 1;
+                r.kept.push(Kept {
+                    serial,
+                    shape,
+                    owner: Some(sqe.user_data),
+                    deliver: Some((sqe.user_data, link_ud)),
+                    fired: false,
+                    link_done: link.is_none(),
+                    orphaned_at: 0,
+                    removing: false,
+                });
+                sqe.user_data = private(serial, KIND_TIMER);
+                if let Some(j) = link {
+                    (*slot(j)).user_data = private(serial, KIND_LINK);
+                }
+            }
+        }
+
+        // Close the gaps.
+        if out.taken > 0 {
+            let mut w = 0;
+            for k in 0..pending {
+                if !r.taken[k as usize] {
+                    if w != k {
+                        std::ptr::copy_nonoverlapping(slot(k), slot(w), 1);
+                    }
+                    w += 1;
+                }
+            }
+            sq.sqe_tail = head.wrapping_add(w);
+        }
+
+        // Orphans an earlier submission left and this one did not adopt:
+        // removed for real, in this submission, while the queue has room.
+        let entries = *sq.kring_entries;
+        let khead = (*(sq.khead as *const AtomicU32)).load(Ordering::Acquire);
+        let submissions = r.submissions;
+        for kept in r.kept.iter_mut() {
+            if kept.owner.is_some()
+                || kept.fired
+                || kept.removing
+                || kept.orphaned_at >= submissions
+            {
+                continue;
+            }
+            if sq.sqe_tail.wrapping_sub(khead) >= entries {
+                break;
+            }
+            let sqe = sqes.add((sq.sqe_tail & mask) as usize);
+            std::ptr::write_bytes(sqe, 0, 1);
+            (*sqe).opcode = OP_TIMEOUT_REMOVE;
+            (*sqe).fd = -1;
+            (*sqe).addr = private(kept.serial, KIND_TIMER);
+            (*sqe).user_data = private(kept.serial, KIND_REMOVAL);
+            sq.sqe_tail = sq.sqe_tail.wrapping_add(1);
+            kept.removing = true;
+            out.added += 1;
+        }
+        let queued_now = r.fakes.len() - queued_before;
+        QUEUED.with(|q| q.set(q.get() + queued_now));
+        keep.serial = serial;
+        keep.adopted += adopted;
+        keep.removed += u64::from(out.added);
+        out
+    })
+}
+
+/// What becomes of a kernel completion whose `user_data` is private, on
+/// ring `fd`: the `user_data` glommio gave the request it stands for, or
+/// None when it is to be dropped (an orphan's, a removal's).
+pub(super) fn translate(fd: i32, user_data: u64) -> Option<u64> {
+    let kind = user_data & 3;
+    let serial = (user_data & !PRIVATE) >> 2;
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        let Some(r) = keep.rings.iter_mut().find(|r| r.fd == fd) else {
+            // Not a ring the keeping ever touched: not its user_data.
+            return Some(user_data);
+        };
+        match kind {
+            KIND_REMOVAL => None,
+            KIND_TIMER | KIND_LINK => {
+                // Not one it keeps (any more): dropped, never handed to
+                // glommio under a user_data it did not give.
+                let i = r.kept.iter().position(|c| c.serial == serial)?;
+                let kept = &mut r.kept[i];
+                let to = if kind == KIND_TIMER {
+                    kept.fired = true;
+                    kept.owner = None;
+                    kept.deliver.map(|d| d.0)
+                } else {
+                    kept.link_done = true;
+                    kept.deliver.map(|d| d.1)
+                };
+                if kept.finished() {
+                    r.kept.swap_remove(i);
+                }
+                to
+            }
+            _ => Some(user_data),
+        }
+    })
+}
+
+/// Drops the completions at the head of `ring`'s completion queue that
+/// nobody owns (those of removals [`on_submit`] added, and of the orphans
+/// they removed), up to the first that is someone's. Called right after a
+/// submission that added removals: their completions are posted by then
+/// (inline, or as task work run on the way out of the enter), after
+/// glommio's last look at the queue before it sleeps; left there they
+/// would wake the sleep at once (glommio's main ring polls the latency
+/// ring's fd), and the next pass would remove the next orphan, and so on.
+///
+/// # Safety
+/// `ring` is a live liburing ring used on this thread, and nothing is
+/// reading its completions.
+pub(super) unsafe fn drop_unowned(ring: *mut LibUring) {
+    let cq = &(*ring).cq;
+    let fd = (*ring).ring_fd;
+    let mask = *cq.kring_mask;
+    let cqes = cq.cqes as *mut Cqe;
+    let head = &*(cq.khead as *const AtomicU32);
+    let tail = &*(cq.ktail as *const AtomicU32);
+    loop {
+        let h = head.load(Ordering::Relaxed);
+        if h == tail.load(Ordering::Acquire) {
+            return;
+        }
+        let cqe = &mut *cqes.add((h & mask) as usize);
+        if cqe.user_data & PRIVATE == 0 {
+            return;
+        }
+        match translate(fd, cqe.user_data) {
+            // Someone's: it goes to glommio under its owner's user_data,
+            // as the peek wrapper would have handed it on.
+            Some(user_data) => {
+                cqe.user_data = user_data;
+                return;
+            }
+            None => head.store(h.wrapping_add(1), Ordering::Release),
+        }
+    }
+}
+
+/// The first completion queued for glommio on ring `fd`, if any; it stays
+/// queued until [`seen`].
+pub(super) fn queued(fd: i32) -> Option<*mut Cqe> {
+    if QUEUED.with(Cell::get) == 0 {
+        return None;
+    }
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        let r = keep.rings.iter_mut().find(|r| r.fd == fd)?;
+        r.fakes.front_mut().map(|c| c as *mut Cqe)
+    })
+}
+
+/// How many completions are queued for glommio on ring `fd`.
+pub(super) fn queued_count(fd: i32) -> u32 {
+    if QUEUED.with(Cell::get) == 0 {
+        return 0;
+    }
+    KEEP.with(|keep| {
+        keep.borrow()
+            .rings
+            .iter()
+            .find(|r| r.fd == fd)
+            .map_or(0, |r| r.fakes.len() as u32)
+    })
+}
+
+/// glommio is done with completion `cqe` of ring `fd`: true if it was a
+/// queued one (now gone), false if it is the kernel's.
+pub(super) fn seen(fd: i32, cqe: *const Cqe) -> bool {
+    if QUEUED.with(Cell::get) == 0 {
+        return false;
+    }
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        let Some(r) = keep.rings.iter_mut().find(|r| r.fd == fd) else {
+            return false;
+        };
+        if r.fakes.front().is_some_and(|c| std::ptr::eq(c, cqe)) {
+            r.fakes.pop_front();
+            QUEUED.with(|q| q.set(q.get() - 1));
+            true
+        } else {
+            false
+        }
+    })
+}
+
+/// Forgets ring `fd` (its teardown): what the kernel held goes with it.
+pub(super) fn forget_ring(fd: i32) {
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        if let Some(i) = keep.rings.iter().position(|r| r.fd == fd) {
+            let r = keep.rings.swap_remove(i);
+            QUEUED.with(|q| q.set(q.get() - r.fakes.len()));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_ring::{Req, Ring};
+    use super::super::{OP_ASYNC_CANCEL, OP_TIMEOUT};
+    use super::{orphans_removed_on_this_thread, timers_adopted_on_this_thread, IOSQE_IO_LINK};
+    use std::time::{Duration, Instant};
+
+    const OP_NOP: u8 = 0;
+    const OP_WRITE: u8 = 23;
+
+    fn timeout(ts: &libc::timespec, count: u64, user_data: u64) -> Req {
+        Req {
+            opcode: OP_TIMEOUT,
+            fd: -1,
+            addr: ts as *const libc::timespec as u64,
+            len: 1,
+            off: count,
+            user_data,
+            ..Req::default()
+        }
+    }
+
+    /// glommio's cancel: ASYNC_CANCEL of `target`, user_data 0.
+    fn cancel(target: u64) -> Req {
+        Req {
+            opcode: OP_ASYNC_CANCEL,
+            fd: -1,
+            addr: target,
+            ..Req::default()
+        }
+    }
+
+    fn nop(user_data: u64) -> Req {
+        Req {
+            opcode: OP_NOP,
+            user_data,
+            ..Req::default()
+        }
+    }
+
+    /// Runs `f` on a thread of its own (the keeping is per thread), failing
+    /// if it hangs: a lost completion is a hang.
+    fn on_thread(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a completion was lost (or the test panicked)");
+    }
+
+    fn ms(n: i64) -> libc::timespec {
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: n * 1_000_000,
+        }
+    }
+
+    /// glommio's pass on its latency ring: the preemption timer cancelled,
+    /// a new one of the same length armed. The cancel gets a cancel's
+    /// completions at once, without the kernel; the new timer goes nowhere,
+    /// and the first one, still armed, fires for it.
+    #[test]
+    fn a_replaced_timer_stays_armed_and_fires_for_its_adopter() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let period = ms(50);
+            let adopted = timers_adopted_on_this_thread();
+            let start = Instant::now();
+            ring.queue(&[timeout(&period, 0, 1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            ring.queue(&[cancel(1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(ring.ready(), 2, "the cancel's completions are queued");
+            assert_eq!(ring.try_next(), Some((1, -libc::ECANCELED)));
+            assert_eq!(ring.try_next(), Some((0, 0)));
+            ring.queue(&[timeout(&period, 0, 2)]);
+            assert_eq!(ring.submit_queued(), 1, "glommio counts it as submitted");
+            assert_eq!(timers_adopted_on_this_thread() - adopted, 1);
+            assert_eq!(ring.try_next(), None);
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+            let fired = start.elapsed();
+            assert!(fired >= Duration::from_millis(50), "fired after {fired:?}");
+            assert_eq!(ring.try_next(), None);
+        });
+    }
+
+    /// The same in one submission (glommio's main ring: the count timer
+    /// and its linked eventfd write are replaced together), and the kept
+    /// chain fires by count for the adopter: the timer's completion and the
+    /// write's, which really writes.
+    #[test]
+    fn a_linked_count_timer_is_kept_and_fires_by_count() {
+        on_thread(|| {
+            use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+            static ONE: u64 = 1;
+            // SAFETY: eventfd returns a new fd or -1.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+            assert!(raw >= 0, "eventfd");
+            // SAFETY: nothing else owns it.
+            let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let read = || {
+                let mut n = 0u64;
+                // SAFETY: 8 bytes into a u64.
+                let got = unsafe {
+                    libc::read(efd.as_raw_fd(), &mut n as *mut u64 as *mut libc::c_void, 8)
+                };
+                (got == 8).then_some(n)
+            };
+            let never = libc::timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 999_999_999,
+            };
+            let write = Req {
+                opcode: OP_WRITE,
+                fd: efd.as_raw_fd(),
+                addr: &ONE as *const u64 as u64,
+                len: 8,
+                ..Req::default()
+            };
+            let chain = |user_data| {
+                [
+                    Req {
+                        flags: IOSQE_IO_LINK,
+                        ..timeout(&never, 2, user_data)
+                    },
+                    write,
+                ]
+            };
+            let mut ring = Ring::new();
+            let adopted = timers_adopted_on_this_thread();
+            ring.queue(&chain(1));
+            assert_eq!(ring.submit_queued(), 2);
+            ring.queue(&[cancel(1)]);
+            ring.queue(&chain(2));
+            assert_eq!(ring.submit_queued(), 3);
+            assert_eq!(timers_adopted_on_this_thread() - adopted, 1);
+            let mut answers = [ring.next(), ring.next(), ring.next()];
+            answers.sort();
+            assert_eq!(
+                answers,
+                [(0, -libc::ECANCELED), (0, 0), (1, -libc::ECANCELED)]
+            );
+            assert_eq!(ring.try_next(), None);
+            assert_eq!(read(), None, "nothing written yet");
+            // Two completions: the count is reached.
+            ring.queue(&[nop(5), nop(6)]);
+            assert_eq!(ring.submit_queued(), 2);
+            let mut seen = vec![ring.next(), ring.next(), ring.next(), ring.next()];
+            seen.sort();
+            assert_eq!(seen, [(0, 8), (2, 0), (5, 0), (6, 0)]);
+            assert_eq!(read(), Some(1), "the kept write wrote");
+        });
+    }
+
+    /// A timer that fired in the kernel before glommio, not having looked
+    /// yet, cancelled it: glommio gets one completion for it, the cancel's,
+    /// and the kernel's is dropped.
+    #[test]
+    fn a_timer_that_fired_before_its_cancel_completes_once() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let short = ms(1);
+            ring.queue(&[timeout(&short, 0, 1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            std::thread::sleep(Duration::from_millis(20));
+            ring.queue(&[cancel(1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(ring.try_next(), Some((1, -libc::ECANCELED)));
+            assert_eq!(ring.try_next(), Some((0, 0)));
+            assert_eq!(ring.try_next(), None, "the kernel's -ETIME was dropped");
+            assert_eq!(ring.ready(), 0);
+        });
+    }
+
+    /// A cancelled timer that no timeout of its length adopts is removed
+    /// for real with the ring's next submission, and nothing of it reaches
+    /// glommio: not its -ECANCELED, not the removal's result, and it does
+    /// not fire later.
+    #[test]
+    fn an_orphan_is_removed_with_the_next_submission() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let removed = orphans_removed_on_this_thread();
+            let period = ms(30);
+            ring.queue(&[timeout(&period, 0, 1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            ring.queue(&[cancel(1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(ring.try_next(), Some((1, -libc::ECANCELED)));
+            assert_eq!(ring.try_next(), Some((0, 0)));
+            // A different length: no adoption; the orphan goes.
+            let other = ms(60);
+            ring.queue(&[timeout(&other, 0, 2)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(orphans_removed_on_this_thread() - removed, 1);
+            assert_eq!(ring.ready(), 0, "the removal's completions were dropped");
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+            std::thread::sleep(Duration::from_millis(40));
+            assert_eq!(ring.try_next(), None, "the orphan fired after all");
+        });
+    }
+
+    /// Requests that are not glommio's timers or their cancels go in as
+    /// they are, around what the keeping takes out.
+    #[test]
+    fn other_requests_go_in_untouched_around_the_taken_ones() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let period = ms(40);
+            ring.queue(&[nop(7), timeout(&period, 0, 1)]);
+            assert_eq!(ring.submit_queued(), 2);
+            assert_eq!(ring.next(), (7, 0));
+            let adopted = timers_adopted_on_this_thread();
+            ring.queue(&[nop(8), cancel(1), nop(9), timeout(&period, 0, 2), nop(10)]);
+            assert_eq!(ring.submit_queued(), 5);
+            assert_eq!(timers_adopted_on_this_thread() - adopted, 1);
+            let mut seen: Vec<_> = (0..5).map(|_| ring.next()).collect();
+            seen.sort();
+            assert_eq!(
+                seen,
+                [(0, 0), (1, -libc::ECANCELED), (8, 0), (9, 0), (10, 0)]
+            );
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+        });
+    }
+}
