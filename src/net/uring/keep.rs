@@ -331,6 +331,13 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
             {
                 continue;
             }
+            // Cancelled in the same submission (glommio does not do that:
+            // a source dropped before it went in is never submitted): the
+            // cancel must find it under the user_data it names.
+            let user_data = sqe.user_data;
+            if (k + 1..pending).any(|j| cancel_target(&*slot(j)) == Some(user_data)) {
+                continue;
+            }
             let link = match sqe.flags {
                 0 => None,
                 IOSQE_IO_LINK if k + 1 < pending => {
@@ -801,6 +808,28 @@ mod tests {
                 [(0, 0), (1, -libc::ECANCELED), (8, 0), (9, 0), (10, 0)]
             );
             assert_eq!(ring.next(), (2, -libc::ETIME));
+        });
+    }
+
+    /// A timeout cancelled in the submission that arms it is not kept:
+    /// the kernel gets both, and the cancel finds the timer.
+    #[test]
+    fn a_timer_cancelled_in_its_own_submission_is_left_to_the_kernel() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let long = libc::timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            };
+            ring.queue(&[timeout(&long, 0, 1), cancel(1)]);
+            assert_eq!(ring.submit_queued(), 2);
+            let mut seen = [ring.complete(), ring.complete()];
+            seen.sort();
+            assert_eq!(
+                seen,
+                [(0, 0), (1, -libc::ECANCELED)],
+                "as the kernel posted them"
+            );
         });
     }
 }
