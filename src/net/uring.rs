@@ -378,8 +378,8 @@ pub unsafe extern "C" fn __wrap_io_uring_submit_and_wait(
 }
 
 /// Hands the requests pending on `ring` to `submit` after the shim's
-/// rewrites: the keeping of timers ([`keep::on_submit`]), then cancels of
-/// timeouts as removals ([`cancels_as_removes`]). Returns what glommio
+/// rewrites: the keeping of timers ([`keep::on_submit`]), or, when it is
+/// off, cancels of timeouts as removals ([`cancels_as_removes`]). Returns what glommio
 /// expects: how many of *its* requests went in, those the keeping took
 /// out included, the removals it added not. When nothing is left to
 /// submit, the kernel is not entered.
@@ -391,7 +391,11 @@ unsafe fn through_rewrites(
     submit: impl FnOnce(*mut LibUring) -> libc::c_int,
 ) -> libc::c_int {
     let kept = keep::on_submit(ring);
-    cancels_as_removes(ring);
+    if !keep::enabled() {
+        // With the keeping on, glommio's cancels of timeouts do not reach
+        // the kernel (and the removals it adds are removals already).
+        cancels_as_removes(ring);
+    }
     if kept == keep::Outcome::default() {
         return submit(ring);
     }

@@ -137,6 +137,11 @@ impl Kept {
         self.owner.is_none() && !self.fired && !self.removing && self.shape == *shape
     }
 
+    /// Orphaned, not fired, and no removal sent yet.
+    fn awaits_removal(&self) -> bool {
+        self.owner.is_none() && !self.fired && !self.removing
+    }
+
     fn finished(&self) -> bool {
         self.fired && self.link_done
     }
@@ -187,11 +192,14 @@ thread_local! {
     /// Completions queued for glommio on this thread, all rings: the
     /// wrappers' fast path (no borrow while it is 0).
     static QUEUED: Cell<usize> = const { Cell::new(0) };
+    /// Some ring of this thread may hold an orphan awaiting its removal
+    /// (set after each submission the keeping looked at).
+    static ORPHANS: Cell<bool> = const { Cell::new(false) };
     /// Keeping switched off on this thread ([`keep_on_this_thread`]).
     static OFF_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
-fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     !OFF_HERE.with(Cell::get)
         && *ON.get_or_init(|| std::env::var_os("REMORA_URING_KEEP_TIMERS").is_none_or(|v| v != "0"))
@@ -265,6 +273,17 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
     let sqes = sq.sqes as *mut Sqe;
     let head = sq.sqe_head;
     let slot = move |k: u32| sqes.add((head.wrapping_add(k) & mask) as usize);
+    // Most submissions (a pass's polls, a sleep's) hold no timeout and no
+    // cancel: nothing to do unless an orphan waits for its removal.
+    let timers = (0..pending).any(|k| {
+        matches!(
+            (*slot(k)).opcode,
+            OP_TIMEOUT | OP_ASYNC_CANCEL | OP_TIMEOUT_REMOVE
+        )
+    });
+    if !timers && !ORPHANS.with(Cell::get) {
+        return Outcome::default();
+    }
     KEEP.with(|keep| {
         let mut keep = keep.borrow_mut();
         let keep = &mut *keep;
@@ -418,11 +437,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
         let khead = (*(sq.khead as *const AtomicU32)).load(Ordering::Acquire);
         let submissions = r.submissions;
         for kept in r.kept.iter_mut() {
-            if kept.owner.is_some()
-                || kept.fired
-                || kept.removing
-                || kept.orphaned_at >= submissions
-            {
+            if !kept.awaits_removal() || kept.orphaned_at >= submissions {
                 continue;
             }
             if sq.sqe_tail.wrapping_sub(khead) >= entries {
@@ -443,6 +458,11 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
         keep.serial = serial;
         keep.adopted += adopted;
         keep.removed += u64::from(out.added);
+        let orphans = keep
+            .rings
+            .iter()
+            .any(|r| r.kept.iter().any(Kept::awaits_removal));
+        ORPHANS.with(|o| o.set(orphans));
         out
     })
 }
