@@ -390,8 +390,9 @@ unsafe fn through_rewrites(
     ring: *mut LibUring,
     submit: impl FnOnce(*mut LibUring) -> libc::c_int,
 ) -> libc::c_int {
-    let kept = keep::on_submit(ring);
-    if !keep::enabled() {
+    let keeping = keep::enabled();
+    let kept = keep::on_submit(ring, keeping);
+    if !keeping {
         // With the keeping on, glommio's cancels of timeouts do not reach
         // the kernel (and the removals it adds are removals already).
         cancels_as_removes(ring);

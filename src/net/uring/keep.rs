@@ -197,6 +197,10 @@ thread_local! {
     /// Some ring of this thread may hold an orphan awaiting its removal
     /// (set after each submission the keeping looked at).
     static ORPHANS: Cell<bool> = const { Cell::new(false) };
+    /// This thread has given a timeout to the kernel under a private
+    /// `user_data`: its cancels and completions need the keeping's care
+    /// even once the keeping is switched off.
+    static EVER_KEPT: Cell<bool> = const { Cell::new(false) };
     /// Keeping switched on or off for this thread ([`keep_on_this_thread`]).
     static HERE: Cell<Option<bool>> = const { Cell::new(None) };
 }
@@ -256,7 +260,7 @@ fn cancel_target(sqe: &Sqe) -> Option<u64> {
 }
 
 /// Takes the submission about to go to `ring` through the keeping (see the
-/// module doc): cancels of kept timers and timeouts that adopt an orphan
+/// module doc; `keeping`: [`enabled`], read once by the caller): cancels of kept timers and timeouts that adopt an orphan
 /// are taken out (the rest move down to close the gap), new timeouts are
 /// given private `user_data`s, and removals of orphans no submission
 /// adopted are added at the end when the queue has room.
@@ -264,14 +268,14 @@ fn cancel_target(sqe: &Sqe) -> Option<u64> {
 /// # Safety
 /// `ring` is a live liburing ring used on this thread; its pending
 /// requests (`sqe_head..sqe_tail`) are filled in and not yet submitted.
-pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
+pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
     let sq = &mut (*ring).sq;
     let pending = sq.sqe_tail.wrapping_sub(sq.sqe_head);
-    if pending == 0 {
+    // Off, and never on for this thread: nothing kept to serve (the default).
+    if pending == 0 || (!keeping && !EVER_KEPT.with(Cell::get)) {
         return Outcome::default();
     }
     let fd = (*ring).ring_fd;
-    let keeping = enabled();
     let mask = *sq.kring_mask;
     let sqes = sq.sqes as *mut Sqe;
     let head = sq.sqe_head;
@@ -402,6 +406,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring) -> Outcome {
                 }
                 adopted += 1;
             } else if r.kept.len() < MAX_KEPT {
+                EVER_KEPT.with(|e| e.set(true));
                 serial += 1;
                 r.kept.push(Kept {
                     serial,
