@@ -104,34 +104,69 @@ pub fn start(shard: &Rc<Shard>, l: BoundListener) {
     glommio::spawn_local(accept_loop(shard.clone(), l, stop)).detach();
 }
 
-/// Closes this core's listeners that `keep` rejects. Connections already
-/// in a closing listener's accept queue are taken and served first: the
-/// kernel would reset them when the listener closes, and their clients,
-/// whose handshake had completed, would see a reset instead of the refused
-/// connect that says "not here" (found by tests/faults.rs restarting the
-/// sidecar under load).
+/// How long a closing listener goes on accepting after it stopped taking
+/// new handshakes ([`close`]): time for the handshakes already under way to
+/// complete. Their last step, the client's ACK, comes one round trip after
+/// the listener's SYN-ACK: microseconds in a pod or on a node, a few
+/// milliseconds across a cluster.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
+/// Closes this core's listeners that `keep` rejects, in two steps, so that
+/// no client whose connect succeeded is reset:
+/// 1. now: the listener drops new SYNs ([`socket::drop_new_handshakes`]);
+///    their clients send them again after a second, and by then find
+///    another listener of the port (a new process) or are refused;
+/// 2. after [`CLOSE_GRACE`], in which the accept loop goes on serving the
+///    handshakes already under way: what is still queued is taken and
+///    served, and the listener is shut down.
+///
+/// Shutting a listener down resets every connection in its accept queue,
+/// whose client had seen its connect succeed; without step 1 a handshake
+/// could complete between the last accept and the shutdown (tests/faults.rs,
+/// restarting the sidecar under load, saw it about once in 80 runs).
 pub fn close(shard: &Rc<Shard>, keep: impl Fn(&ListenKey) -> bool) {
+    let closing: Vec<Active> = {
+        let mut listeners = shard.listeners.borrow_mut();
+        let (kept, closing) = std::mem::take(&mut *listeners)
+            .into_iter()
+            .partition(|a| keep(&a.key));
+        *listeners = kept;
+        closing
+    };
+    for a in closing {
+        let grace = match socket::drop_new_handshakes(a.fd) {
+            Ok(()) => CLOSE_GRACE,
+            Err(e) => {
+                warn!(core = shard.id, addr = %a.key.addr, error = %e,
+                    "cannot stop new handshakes before closing the listener; closing it now");
+                Duration::ZERO
+            }
+        };
+        glommio::spawn_local(shut_down(shard.clone(), a, grace)).detach();
+    }
+}
+
+/// Step 2 of [`close`]: after `grace`, takes and serves what is queued on
+/// `a`, and shuts it down. Its accept loop, which ends then, keeps the
+/// core's drain waiting until this is done.
+async fn shut_down(shard: Rc<Shard>, a: Active, grace: Duration) {
+    if !grace.is_zero() {
+        glommio::timer::sleep(grace).await;
+    }
     let mut queued = Vec::new();
-    shard.listeners.borrow_mut().retain(|a| {
-        if keep(&a.key) {
-            true
-        } else {
-            let from = queued.len();
-            take_queued(a.fd, &mut queued, &a.key);
-            // Closing the fd is not enough: the in-flight ring ACCEPT holds a
-            // reference and the kernel would keep completing handshakes.
-            // shutdown() on a listening socket stops listening at once, before
-            // this returns. SAFETY: the accept loop still owns the listener.
-            unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
-            a.stop.close();
-            info!(core = shard.id, addr = %a.key.addr, origin = ?a.key.origin,
-                queued = queued.len() - from, "listener closed");
-            false
-        }
-    });
+    take_queued(a.fd, &mut queued, &a.key);
+    // Closing the fd is not enough: the in-flight ring ACCEPT holds a
+    // reference and the kernel would keep completing handshakes.
+    // shutdown() on a listening socket stops listening at once, before this
+    // returns. SAFETY: the accept loop, which owns the listener, ends only
+    // once `stop` is closed or its accept fails after this shutdown.
+    unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
+    a.stop.close();
+    info!(core = shard.id, addr = %a.key.addr, origin = ?a.key.origin,
+        queued = queued.len(), "listener closed");
     for (stream, peer, key) in queued {
         CoreStats::inc(&shard.stats.downstream_cx_total);
-        serve_accepted(shard, stream, Some(peer), &key);
+        serve_accepted(&shard, stream, Some(peer), &key);
     }
 }
 

@@ -404,9 +404,15 @@ pub async fn run_shard(
     listener::close(&shard, |_| false);
     shard.stopping.close();
     shard.idle.stop();
-    // Listeners are closed now: drain what is open, up to the deadline.
+    // The listeners shut once their handshakes under way are in
+    // (listener::CLOSE_GRACE); their accept loops end then, and may bring a
+    // connection the kernel accepted meanwhile. Then drain what is open, up
+    // to the deadline.
     let drain = shard.config.current().config.runtime.drain_timeout;
     let deadline = Instant::now() + drain;
+    while shard.accept_loops.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
     let open = shard.stats.downstream_cx_active.get();
     if open > 0 {
         info!(
@@ -416,8 +422,6 @@ pub async fn run_shard(
             "listeners closed; draining open connections"
         );
     }
-    // A closed listener's accept loop ends once its in-flight accept is
-    // back, and may bring a connection the kernel accepted meanwhile.
     while (shard.stats.downstream_cx_active.get() > 0 || shard.accept_loops.get() > 0)
         && Instant::now() < deadline
     {

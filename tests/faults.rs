@@ -271,7 +271,11 @@ fn sidecar_restarted_under_load_refuses_only_while_down() {
     let (code, _) = r.stop();
     assert_eq!(code, 0);
     let t_down = Instant::now();
-    thread::sleep(Duration::from_millis(300));
+    // Down for longer than a client's first SYN retransmission (1 s): the
+    // closing listeners drop new SYNs for their last 20 ms
+    // (listener::CLOSE_GRACE), and the clients caught then send theirs again
+    // a second later. Those must be refused too, not reset.
+    thread::sleep(Duration::from_millis(1500));
     let t_start = Instant::now();
     let r = Remora::start(&toml, &[]);
     let t_up = Instant::now();
