@@ -20,8 +20,10 @@
 //!   are queued for glommio in user space: the timer stays armed in the
 //!   kernel, *orphaned*;
 //! - a new timeout of the same length and count, with the same linked
-//!   request, *adopts* the orphan: it is taken out of the submission too,
-//!   and the orphan's completions will be given to it;
+//!   request, *adopts* the orphan while the orphan is fresh (it has run at
+//!   most 1/16 of its length and seen at most 1/4 of the completions it
+//!   counts: [`Kept::fresh`]): it is taken out of the submission too, and
+//!   the orphan's completions will be given to it;
 //! - an orphan that no submission after its cancel adopted is removed for
 //!   real, by a `TIMEOUT_REMOVE` added to the next submission on its ring.
 //!
@@ -42,6 +44,12 @@
 //!   count), so it can only fire earlier. For a preemption timer that is a
 //!   task asked to yield sooner (at most once per period), for a sleep's
 //!   timer a wake-up glommio checks against its clock anyway;
+//! - and not much earlier: at least 15/16 of its length (or 3/4 of its
+//!   count) after the arm it stands for. glommio parks with runnable tasks
+//!   if its preemption timer fires between its arm and the run of the task
+//!   queues ([`Kept::fresh`]); a timer adopted at any age made that likely
+//!   under CPU contention (the stall that kept the keeping off by default
+//!   in session 34);
 //! - the one linked request kept with a timer is compared byte for byte
 //!   (glommio's is an 8-byte eventfd write from a static buffer), so the
 //!   kernel runs the same request at the same address;
@@ -58,6 +66,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 use super::{LibUring, Sqe, OP_ASYNC_CANCEL, OP_TIMEOUT, OP_TIMEOUT_REMOVE};
 
@@ -114,10 +123,27 @@ struct Shape {
     link: Option<[u8; 64]>,
 }
 
+impl Shape {
+    /// The timer's length in nanoseconds; None for a malformed timespec.
+    fn nanos(&self) -> Option<u128> {
+        (self.sec >= 0 && (0..1_000_000_000).contains(&self.nsec))
+            .then(|| self.sec as u128 * 1_000_000_000 + self.nsec as u128)
+    }
+}
+
+/// A kept timer is adopted only while it has run at most this fraction of
+/// its length, or seen at most `count / ADOPT_COUNT_FRACTION` of the
+/// completions it counts (see [`Kept::fresh`]).
+const ADOPT_AGE_FRACTION: u128 = 16;
+const ADOPT_COUNT_FRACTION: u64 = 4;
+
 /// A timeout the kernel holds under a private `user_data`.
 struct Kept {
     serial: u64,
     shape: Shape,
+    /// When it went to the kernel, and the ring's completion tail then.
+    armed_at: Instant,
+    armed_tail: u32,
     /// glommio's `user_data` for it while glommio has it armed: what a
     /// cancel of it names. None once cancelled (an orphan) or fired.
     owner: Option<u64>,
@@ -137,6 +163,32 @@ struct Kept {
 impl Kept {
     fn adoptable(&self, shape: &Shape) -> bool {
         self.owner.is_none() && !self.fired && !self.removing && self.shape == *shape
+    }
+
+    /// Whether it can still stand for a timeout of its shape armed `now`,
+    /// with the ring's completion tail at `tail`: it has run at most a
+    /// sixteenth of its length and seen at most a quarter of the
+    /// completions it counts. It then fires at least 15/16 of its length
+    /// (or after 3/4 of its count) after the arm it stands for, as glommio
+    /// expects of a preemption timer it has just armed.
+    ///
+    /// glommio 0.9 arms the preemption timer and then runs its task
+    /// queues; if the timer has fired by then, it runs nothing, takes the
+    /// pass for an idle one and parks with runnable tasks until some other
+    /// event (turn.rs, "A shorter preemption period is no cure"). A fresh
+    /// 100 ms timer makes that need a 100 ms descheduling; a kept one,
+    /// armed up to 100 ms earlier, only needs it to expire in the
+    /// microseconds between the arm and the check, which CPU contention
+    /// makes likely: without this rule, tests/l4_fairness.rs's copy pump
+    /// stalled in 1 run of 13 beside three busy loops.
+    fn fresh(&self, now: Instant, tail: u32) -> bool {
+        let young = self.shape.nanos().is_some_and(|len| {
+            now.saturating_duration_since(self.armed_at).as_nanos() <= len / ADOPT_AGE_FRACTION
+        });
+        let counted = self.shape.count == 0
+            || u64::from(tail.wrapping_sub(self.armed_tail))
+                <= self.shape.count / ADOPT_COUNT_FRACTION;
+        young && counted
     }
 
     /// Orphaned, not fired, and no removal sent yet.
@@ -395,7 +447,13 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                 link: link_bytes,
             };
             let link_ud = link.map_or(0, |j| (*slot(j)).user_data);
-            if let Some(kept) = r.kept.iter_mut().find(|c| c.adoptable(&shape)) {
+            let now = Instant::now();
+            let tail = (*((*ring).cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+            if let Some(kept) = r
+                .kept
+                .iter_mut()
+                .find(|c| c.adoptable(&shape) && c.fresh(now, tail))
+            {
                 kept.owner = Some(sqe.user_data);
                 kept.deliver = Some((sqe.user_data, link_ud));
                 r.taken[k as usize] = true;
@@ -411,6 +469,8 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                 r.kept.push(Kept {
                     serial,
                     shape,
+                    armed_at: now,
+                    armed_tail: tail,
                     owner: Some(sqe.user_data),
                     deliver: Some((sqe.user_data, link_ud)),
                     fired: false,
@@ -785,6 +845,78 @@ mod tests {
             assert_eq!(ring.try_next(), Some((0, 0)));
             assert_eq!(ring.try_next(), None, "the kernel's -ETIME was dropped");
             assert_eq!(ring.ready(), 0);
+        });
+    }
+
+    /// A kept timer that has run more than a sixteenth of its length is
+    /// not adopted: the new timeout goes to the kernel and fires its whole
+    /// length after its own arm, and the old one is removed.
+    #[test]
+    fn a_timer_that_has_run_too_long_is_not_adopted() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let period = ms(32);
+            let (adopted, removed) = (
+                timers_adopted_on_this_thread(),
+                orphans_removed_on_this_thread(),
+            );
+            ring.queue(&[timeout(&period, 0, 1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            ring.queue(&[cancel(1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(ring.try_next(), Some((1, -libc::ECANCELED)));
+            assert_eq!(ring.try_next(), Some((0, 0)));
+            // 5 ms: more than 32 / 16.
+            std::thread::sleep(Duration::from_millis(5));
+            let armed = Instant::now();
+            ring.queue(&[timeout(&period, 0, 2)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(timers_adopted_on_this_thread(), adopted);
+            assert_eq!(orphans_removed_on_this_thread() - removed, 1);
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+            let fired = armed.elapsed();
+            assert!(fired >= Duration::from_millis(32), "fired after {fired:?}");
+            assert_eq!(ring.try_next(), None);
+        });
+    }
+
+    /// A kept count timer that has seen more than a quarter of the
+    /// completions it counts is not adopted: the new one counts afresh.
+    #[test]
+    fn a_count_timer_that_has_counted_too_much_is_not_adopted() {
+        on_thread(|| {
+            let never = libc::timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 999_999_999,
+            };
+            let mut ring = Ring::new();
+            let adopted = timers_adopted_on_this_thread();
+            ring.queue(&[timeout(&never, 8, 1)]);
+            assert_eq!(ring.submit_queued(), 1);
+            // Three completions: more than 8 / 4.
+            ring.queue(&[nop(5), nop(6), nop(7)]);
+            assert_eq!(ring.submit_queued(), 3);
+            for _ in 0..3 {
+                ring.next();
+            }
+            ring.queue(&[cancel(1), timeout(&never, 8, 2)]);
+            assert_eq!(ring.submit_queued(), 2);
+            assert_eq!(timers_adopted_on_this_thread(), adopted);
+            let mut answers = [ring.next(), ring.next()];
+            answers.sort();
+            assert_eq!(answers, [(0, 0), (1, -libc::ECANCELED)]);
+            // Five more completions would have fired the old one; the new
+            // one needs eight.
+            ring.queue(&[nop(10), nop(11), nop(12), nop(13), nop(14)]);
+            assert_eq!(ring.submit_queued(), 5);
+            let seen: Vec<_> = (0..5).map(|_| ring.next()).collect();
+            assert!(seen.iter().all(|&(u, _)| u >= 10), "{seen:?}");
+            assert_eq!(ring.try_next(), None, "fired early");
+            ring.queue(&[nop(15), nop(16), nop(17)]);
+            assert_eq!(ring.submit_queued(), 3);
+            let mut seen: Vec<_> = (0..4).map(|_| ring.next()).collect();
+            seen.sort();
+            assert_eq!(seen, [(2, 0), (15, 0), (16, 0), (17, 0)]);
         });
     }
 
