@@ -57,11 +57,12 @@
 //!   dropped: one wake-up of the core, at most a preemption period (100 ms)
 //!   after the core went to sleep without a timer of its own.
 //!
-//! **Off by default.** Under CPU contention (two busy loops beside the test
-//! on this 2-vCPU machine kind) `tests/l4_fairness.rs`'s copy pump stalled in
-//! 3 of 80 runs with the keeping on, 0 of 178 with it off: a lost wake-up not
-//! found yet. `REMORA_URING_KEEP_TIMERS=1` in the environment turns it on (for
-//! measurements), and [`keep_on_this_thread`] does for one thread (its tests).
+//! **On by default** (since session 35). Until the freshness rule above,
+//! it was off: under CPU contention `tests/l4_fairness.rs`'s copy pump
+//! stalled with it on (5 runs in 66 beside three busy loops, 0 in 80 with
+//! it off; with the rule, 0 in 100). `REMORA_URING_KEEP_TIMERS=0` in the
+//! environment turns it off (for A/B measurements), and
+//! [`keep_on_this_thread`] switches it for one thread (its tests).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -260,12 +261,12 @@ thread_local! {
 pub(super) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     HERE.with(Cell::get).unwrap_or_else(|| {
-        *ON.get_or_init(|| std::env::var_os("REMORA_URING_KEEP_TIMERS").is_some_and(|v| v == "1"))
+        *ON.get_or_init(|| std::env::var_os("REMORA_URING_KEEP_TIMERS").is_none_or(|v| v != "0"))
     })
 }
 
 /// Turns the keeping of timers on or off for rings used on this thread from
-/// now on, whatever the environment says (off by default: see the module
+/// now on, whatever the environment says (on by default: see the module
 /// doc). Timers already kept are still served: their cancels and
 /// completions are handled as before.
 pub fn keep_on_this_thread(on: bool) {
@@ -323,7 +324,7 @@ fn cancel_target(sqe: &Sqe) -> Option<u64> {
 pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
     let sq = &mut (*ring).sq;
     let pending = sq.sqe_tail.wrapping_sub(sq.sqe_head);
-    // Off, and never on for this thread: nothing kept to serve (the default).
+    // Off, and never on for this thread: nothing kept to serve.
     if pending == 0 || (!keeping && !EVER_KEPT.with(Cell::get)) {
         return Outcome::default();
     }
