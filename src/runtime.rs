@@ -422,9 +422,7 @@ pub async fn run_shard(
             "listeners closed; draining open connections"
         );
     }
-    while (shard.stats.downstream_cx_active.get() > 0 || shard.accept_loops.get() > 0)
-        && Instant::now() < deadline
-    {
+    while shard.stats.downstream_cx_active.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     let left = shard.stats.downstream_cx_active.get();

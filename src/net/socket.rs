@@ -571,12 +571,13 @@ mod tests {
             assert!(accept_queued(fd).is_err());
         });
     }
+
     /// A connect storm against a listener that is then closed the way
-    /// [`crate::listener::close`] closes one: the connections queued are
-    /// taken and answered, then the listener is shut down. Returns how many
-    /// clients connected but were then reset (they had no answer), and how
-    /// many were answered.
-    fn close_during_a_connect_storm(filter_first: bool) -> (usize, usize) {
+    /// [`crate::listener::close`] closes one: new handshakes dropped, those
+    /// under way answered for a grace period, the queue taken and answered,
+    /// the listener shut down. Returns how many clients connected but were
+    /// then reset (they had no answer), and how many were answered.
+    fn close_during_a_connect_storm() -> (usize, usize) {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
         let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
@@ -603,28 +604,23 @@ mod tests {
                 })
             })
             .collect();
-        let answer = |s: TcpStream| {
-            // SAFETY: a one-byte write on the accepted socket's live fd.
-            unsafe { libc::write(s.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-        };
-        let until = Instant::now() + Duration::from_millis(30);
-        while Instant::now() < until {
-            while let Some((s, _)) = accept_queued(fd).unwrap() {
-                answer(s);
-            }
-        }
-        if filter_first {
-            drop_new_handshakes(fd).unwrap();
-            let grace = Instant::now() + Duration::from_millis(20);
-            while Instant::now() < grace {
+        // Answers what is queued, again and again for `d` (once for zero).
+        let answer_for = |d: Duration| {
+            let until = Instant::now() + d;
+            loop {
                 while let Some((s, _)) = accept_queued(fd).unwrap() {
-                    answer(s);
+                    // SAFETY: a one-byte write on the accepted socket's live fd.
+                    unsafe { libc::write(s.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+                }
+                if Instant::now() >= until {
+                    break;
                 }
             }
-        }
-        while let Some((s, _)) = accept_queued(fd).unwrap() {
-            answer(s);
-        }
+        };
+        answer_for(Duration::from_millis(30));
+        drop_new_handshakes(fd).unwrap();
+        answer_for(Duration::from_millis(20));
+        answer_for(Duration::ZERO);
         // SAFETY: the listener is still open; shutdown stops it listening.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         std::thread::sleep(Duration::from_millis(100));
@@ -648,7 +644,7 @@ mod tests {
     fn a_listener_closed_after_dropping_new_handshakes_resets_no_connected_client() {
         let (mut resets, mut answered) = (0, 0);
         for _ in 0..20 {
-            let (r, a) = on_executor(|| async { close_during_a_connect_storm(true) });
+            let (r, a) = on_executor(|| async { close_during_a_connect_storm() });
             resets += r;
             answered += a;
         }
