@@ -1986,3 +1986,77 @@ fn idle_close_408_on_a_reused_connection_is_not_the_answer() {
     assert_eq!(resp.status, 408);
     drop(r);
 }
+
+/// A Content-Length response whose head comes before any of its body goes to
+/// the client as one piece, head and body together (one send, one segment,
+/// not two); a chunked response's head, which a streaming upstream sends
+/// early on purpose, goes at once.
+#[test]
+fn a_length_head_waits_for_its_body_but_a_chunked_head_goes_at_once() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let up = common::listener();
+    let up_addr = up.local_addr().unwrap();
+    // The client's word that it has read the chunked head.
+    let (seen_tx, seen_rx) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = up.accept() else { return };
+        let mut buf = [0u8; 4096];
+        let mut req = Vec::new();
+        for chunked in [false, true] {
+            // One request (no body) at a time on the pooled connection.
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let Ok(n @ 1..) = s.read(&mut buf) else {
+                    return;
+                };
+                req.extend_from_slice(&buf[..n]);
+            }
+            req.clear();
+            if chunked {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                if seen_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                    return; // the head never reached the client: it fails below
+                }
+                let _ = s.write_all(b"5\r\nhello\r\n0\r\n\r\n");
+            } else {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+                thread::sleep(Duration::from_millis(200));
+                let _ = s.write_all(b"hello");
+            }
+        }
+    });
+    let port = free_port();
+    let r = Remora::start(
+        &l7_config(port, "http", &[("a", up_addr)], CATCH_ALL),
+        &["--cores", "1"],
+    );
+    let mut s = connect(port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(get("/len", "x").as_bytes()).unwrap();
+    // The body came 200 ms after the head; the first read has both.
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(
+        first.ends_with("\r\n\r\nhello"),
+        "head sent without its body: {first:?}"
+    );
+    // Chunked: the head arrives while the upstream still holds the body.
+    s.write_all(get("/chunked", "x").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("the chunked head was held back");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("chunked"));
+    seen_tx.send(()).unwrap();
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("5\r\nhello\r\n"));
+    drop(r);
+}

@@ -2033,8 +2033,27 @@ impl Conn<'_> {
                     }
                 }
             }
+            // A head that came without any of its Content-Length body goes
+            // with MSG_MORE: the kernel keeps it until the body's first
+            // bytes are sent (or the client's next ACK comes), and both go
+            // out in one segment instead of two
+            // (the upstream usually sends them a few µs later: nginx writes
+            // a head, then sendfile()s the body). The client can use
+            // neither alone, and the task does not wait for the body before
+            // sending, which on an idle core would cost a sleep and a
+            // wake-up. Not for chunked or close-delimited bodies: a
+            // streaming upstream (server-sent events, long polls) sends its
+            // head early on purpose. A body that never comes ends in a reset
+            // (below), which sends nothing queued.
+            let head_alone =
+                head_waiting > 0 && data == 0 && !done && matches!(dec, BodyDecoder::Length { .. });
             if !self.out.is_empty() {
-                if self.down.write_all(&self.out).await.is_err() {
+                let sent = if head_alone {
+                    buf::write_all_more(&mut self.down, &self.out).await
+                } else {
+                    self.down.write_all(&self.out).await
+                };
+                if sent.is_err() {
                     self.log.flags.insert(ResponseFlags::DC);
                     break false;
                 }

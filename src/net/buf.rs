@@ -337,6 +337,42 @@ pub async fn write_all_pair(stream: &mut Stream, first: &[u8], second: &[u8]) ->
     Ok(())
 }
 
+/// Writes `bytes` to `stream` when more will follow soon: on a plain socket
+/// the first try is one non-blocking `send` with `MSG_MORE`, which leaves a
+/// part-filled segment queued in the kernel until the next send on the socket
+/// (or an ACK from the peer) pushes it, so the two go out as one segment. A
+/// later send must follow: the caller sends what comes next with an ordinary
+/// write, or resets the connection. What the socket did not take goes with an
+/// ordinary write. A TLS stream writes as usual.
+pub async fn write_all_more(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    let Stream::Plain(s) = stream else {
+        return stream.write_all(bytes).await;
+    };
+    // SAFETY: the slice is live for the call and only read; MSG_DONTWAIT keeps
+    // it from blocking whatever mode the socket is in.
+    let rc = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE,
+        )
+    };
+    let sent = if rc >= 0 {
+        rc as usize
+    } else {
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => 0,
+            _ => return Err(e),
+        }
+    };
+    if sent < bytes.len() {
+        s.write_all(&bytes[sent..]).await?;
+    }
+    Ok(())
+}
+
 /// One non-blocking `sendmsg` of `a` and `b`: the bytes the socket took, 0 if
 /// it had no room (or the call was interrupted).
 fn send_pair_now(fd: std::os::fd::RawFd, a: &[u8], b: &[u8]) -> io::Result<usize> {
