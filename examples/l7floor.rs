@@ -221,7 +221,13 @@ fn main() {
         .io_memory(64 * 1024)
         .ring_depth(256)
         .spawn(move || async move {
-            let (listener, fd) = socket::listen(listen, false).expect("bind");
+            // As Remora's `http` listeners: the accept deferred until the
+            // request's first bytes.
+            let opts = socket::ListenOptions {
+                transparent: false,
+                defer_accept: true,
+            };
+            let (listener, fd) = socket::listen(listen, opts).expect("bind");
             eprintln!("l7floor: {:?}", remora::net::uring::ring_counts());
             loop {
                 let accepted = match socket::accept_queued(fd) {

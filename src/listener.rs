@@ -11,7 +11,7 @@ use glommio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::net::socket;
+use crate::net::socket::{self, ListenOptions};
 use crate::shard::{Active, BoundListener, ListenKey, Origin, Shard};
 use crate::stats::CoreStats;
 
@@ -27,14 +27,14 @@ pub fn listen_keys(config: &Config) -> Vec<ListenKey> {
                 v.push(ListenKey {
                     origin,
                     addr: SocketAddr::from(([0, 0, 0, 0], port)),
-                    transparent: c.transparent,
+                    options: capture_options(c),
                 });
             }
             if c.ipv6 {
                 v.push(ListenKey {
                     origin,
                     addr: SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-                    transparent: c.transparent,
+                    options: capture_options(c),
                 });
             }
         }
@@ -43,10 +43,22 @@ pub fn listen_keys(config: &Config) -> Vec<ListenKey> {
         v.push(ListenKey {
             origin: Origin::Listener(l.address),
             addr: l.address,
-            transparent: false,
+            options: ListenOptions {
+                transparent: false,
+                defer_accept: l.defer_accept,
+            },
         });
     }
     v
+}
+
+/// The capture ports take any TCP, server-first protocols included, so they
+/// never defer the accept (Envoy's and Istio's listeners do not either).
+fn capture_options(c: &crate::config::Capture) -> ListenOptions {
+    ListenOptions {
+        transparent: c.transparent,
+        defer_accept: false,
+    }
 }
 
 /// Logs each address the config listens on, once at start (Envoy logs every
@@ -63,12 +75,13 @@ pub fn log_added(config: &Config) {
                 addr = %key.addr,
                 protocol = l.protocol.as_str(),
                 direction = l.direction.as_str(),
+                defer_accept = l.defer_accept,
                 "listener added"
             ),
             None => info!(
                 name = key.origin.name(),
                 addr = %key.addr,
-                transparent = key.transparent,
+                transparent = key.options.transparent,
                 "listener added"
             ),
         }
@@ -77,7 +90,7 @@ pub fn log_added(config: &Config) {
 
 /// Binds one listener. Called on the executor thread that will accept on it.
 pub fn bind(key: &ListenKey) -> io::Result<BoundListener> {
-    let (listener, fd) = socket::listen(key.addr, key.transparent)?;
+    let (listener, fd) = socket::listen(key.addr, key.options)?;
     Ok(BoundListener {
         key: key.clone(),
         listener,

@@ -20,6 +20,7 @@ use glommio::sync::Semaphore;
 use crate::access_log::CoreLog;
 use crate::config::{Config, ConfigHandle};
 use crate::http::rewrite::RequestIdGenerator;
+use crate::net::socket::ListenOptions;
 use crate::overload::{Actions, OverloadHandle};
 use crate::policy::ratelimit::CoreBuckets;
 use crate::stats::{CoreReport, CoreStats, Histograms, StatsHub};
@@ -132,7 +133,8 @@ pub(crate) struct Active {
 pub struct ListenKey {
     pub origin: Origin,
     pub addr: SocketAddr,
-    pub transparent: bool,
+    /// How the socket is made; a reload that changes them makes a new one.
+    pub options: ListenOptions,
 }
 
 /// One bound listener of this core.

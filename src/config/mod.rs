@@ -333,6 +333,13 @@ pub struct Listener {
     /// the key existed: an explicit listener is often a front door); the
     /// capture ports default to Istio's false.
     pub use_remote_address: bool,
+    /// TCP_DEFER_ACCEPT: a connection is accepted once its first bytes have
+    /// come (or after about a second without any), so the core wakes once
+    /// for a new connection and its request instead of twice. Default: on
+    /// for `http`, whose clients speak first; off for `tcp` and `auto`,
+    /// which may carry a server-first protocol (nginx's `listen ...
+    /// deferred`, HAProxy's `defer-accept`).
+    pub defer_accept: bool,
 }
 
 /// Which side of the workload a listener serves.
@@ -1259,6 +1266,7 @@ impl Validator<'_> {
             connection_rate_limit,
             direction,
             use_remote_address: raw.use_remote_address.unwrap_or(true),
+            defer_accept: raw.defer_accept.unwrap_or(protocol == Protocol::Http),
         })
     }
 
@@ -1894,6 +1902,37 @@ bogus = 1
             "{e}"
         );
         assert_eq!((e.errors[0].line, e.errors[0].column), (11, 18), "{e}");
+    }
+
+    /// TCP_DEFER_ACCEPT: on for `http` (the client speaks first), off for
+    /// `tcp` and `auto` (a server-first protocol would wait a second); the
+    /// key overrides either way, and the capture ports never defer.
+    #[test]
+    fn listener_defer_accept_defaults_by_protocol() {
+        let text = |protocol: &str, key: &str| {
+            format!(
+                "[capture]\nenabled = true\n[[cluster]]\nname = \"b\"\nendpoints = [\"127.0.0.1:80\"]\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:10000\"\ncluster = \"b\"\nprotocol = \"{protocol}\"\n{key}"
+            )
+        };
+        let defer = |t: String| Config::from_toml(&t, None).unwrap().listeners[0].defer_accept;
+        assert!(defer(text("http", "")));
+        assert!(!defer(text("tcp", "")));
+        assert!(!defer(text("auto", "")));
+        assert!(!defer(text("http", "defer_accept = false\n")));
+        assert!(defer(text("tcp", "defer_accept = true\n")));
+        let c = Config::from_toml(&text("http", ""), None).unwrap();
+        let keys = crate::listener::listen_keys(&c);
+        assert!(keys.len() > 1, "capture ports and the listener");
+        for k in keys {
+            let explicit = matches!(k.origin, crate::shard::Origin::Listener(_));
+            assert_eq!(k.options.defer_accept, explicit, "{k:?}");
+        }
+        let e = Config::from_toml(&text("http", "defer_accept = \"yes\"\n"), None).unwrap_err();
+        assert_eq!((e.errors[0].line, e.errors[0].column), (11, 16), "{e}");
+        assert!(
+            e.errors[0].message.contains("expected true or false"),
+            "{e}"
+        );
     }
 
     #[test]

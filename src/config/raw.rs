@@ -154,6 +154,8 @@ pub struct RawListener {
     pub direction: Option<Spanned<String>>,
     /// Envoy's `use_remote_address`: append the peer to X-Forwarded-For.
     pub use_remote_address: Option<bool>,
+    /// TCP_DEFER_ACCEPT (nginx's `deferred`); default: on for "http".
+    pub defer_accept: Option<bool>,
 }
 
 /// Envoy's `TokenBucket` (`max_tokens` named `tokens`), validated by

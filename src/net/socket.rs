@@ -15,10 +15,26 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Listen backlog; the kernel caps it at net.core.somaxconn.
 pub const BACKLOG: i32 = 4096;
 
+/// How a listener is made beyond its address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// IP_TRANSPARENT (IPV6_TRANSPARENT): accept connections to addresses
+    /// that are not local (TPROXY capture).
+    pub transparent: bool,
+    /// TCP_DEFER_ACCEPT: a connection reaches the accept queue only once its
+    /// first data has arrived (or, if none comes, after about a second). So
+    /// one wake-up of the core brings both the connection and its request:
+    /// -33 % CPU per request when every request comes on a new connection
+    /// (perf/README.md, "Session 36"). Only where the client speaks first
+    /// (HTTP, TLS); a server-first protocol would wait that second
+    /// (nginx's `listen ... deferred`, HAProxy's `defer-accept`).
+    pub defer_accept: bool,
+}
+
 /// Builds a SO_REUSEPORT listener (one per core per address) and hands it to glommio.
 /// Must be called on the executor thread that will accept on it. The raw fd is
 /// returned too (glommio's listener does not expose it) for shutdown on drain.
-pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, RawFd)> {
+pub fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<(TcpListener, RawFd)> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -31,7 +47,7 @@ pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, R
         // A separate v4 listener owns the v4 side of the port.
         s.set_only_v6(true)?;
     }
-    if transparent {
+    if opts.transparent {
         if addr.is_ipv6() {
             set_int(s.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
         } else {
@@ -41,6 +57,11 @@ pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, R
     // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt
     // per connection.
     s.set_nodelay(true)?;
+    if opts.defer_accept {
+        // Seconds; the kernel makes it a count of SYN-ACK retransmissions
+        // (1: one, after the initial RTO of 1 s).
+        set_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 1)?;
+    }
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
     // Non-blocking, for [`accept_queued`]. glommio's accept copes: it sets
@@ -493,13 +514,64 @@ mod tests {
             .unwrap()
     }
 
+    /// `defer_accept`: a connection stays out of the accept queue until its
+    /// first bytes come, then arrives with them; a silent one is accepted
+    /// after about a second (the kernel's first SYN-ACK retransmission), not
+    /// never.
+    #[test]
+    fn a_deferred_listener_queues_a_connection_with_its_first_bytes() {
+        use std::io::Write;
+        fn accept_within(fd: RawFd, limit: Duration) -> (TcpStream, SocketAddr) {
+            let start = Instant::now();
+            loop {
+                if let Some(c) = accept_queued(fd).unwrap() {
+                    return c;
+                }
+                assert!(start.elapsed() < limit, "nothing accepted in {limit:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        on_executor(|| async {
+            let opts = ListenOptions {
+                transparent: false,
+                defer_accept: true,
+            };
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+            let addr = l.local_addr().unwrap();
+            // Both handshakes complete on the clients' side.
+            let mut talker = std::net::TcpStream::connect(addr).unwrap();
+            let silent = std::net::TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                accept_queued(fd).unwrap().is_none(),
+                "queued before any byte"
+            );
+            talker.write_all(b"GET").unwrap();
+            let (s, peer) = accept_within(fd, Duration::from_secs(5));
+            assert_eq!(peer, talker.local_addr().unwrap());
+            let mut buf = [0u8; 8];
+            // SAFETY: a live socket and a buffer of the length given.
+            let n = unsafe {
+                libc::recv(
+                    s.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            assert_eq!(&buf[..n.max(0) as usize], b"GET", "the bytes came with it");
+            let (_, peer) = accept_within(fd, Duration::from_secs(10));
+            assert_eq!(peer, silent.local_addr().unwrap());
+        });
+    }
+
     /// The listener is non-blocking (for [`accept_queued`]); glommio's own
     /// accept must still wait for a connection through the ring rather than
     /// fail with EAGAIN, or an idle listener would spin or stop.
     #[test]
     fn ring_accept_waits_on_a_non_blocking_listener() {
         on_executor(|| async {
-            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
             // SAFETY: F_GETFL on the listener's live fd.
             assert_ne!(
                 unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
@@ -524,7 +596,7 @@ mod tests {
     #[test]
     fn accept_queued_takes_what_is_queued_with_its_peer() {
         on_executor(|| async {
-            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
             let addr = l.local_addr().unwrap();
             assert!(
                 accept_queued(fd).unwrap().is_none(),
@@ -580,7 +652,7 @@ mod tests {
     fn close_during_a_connect_storm() -> (usize, usize) {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
-        let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
         let addr = l.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (reset, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -655,7 +727,7 @@ mod tests {
     #[test]
     fn drop_new_handshakes_stops_new_connects_but_not_those_queued() {
         on_executor(|| async {
-            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
             let addr = l.local_addr().unwrap();
             let mut queued = std::net::TcpStream::connect(addr).unwrap();
             drop_new_handshakes(fd).unwrap();
