@@ -358,15 +358,7 @@ pub async fn write_all_more(stream: &mut Stream, bytes: &[u8]) -> io::Result<()>
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE,
         )
     };
-    let sent = if rc >= 0 {
-        rc as usize
-    } else {
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => 0,
-            _ => return Err(e),
-        }
-    };
+    let sent = sent_now(rc)?;
     if sent < bytes.len() {
         s.write_all(&bytes[sent..]).await?;
     }
@@ -393,6 +385,12 @@ fn send_pair_now(fd: std::os::fd::RawFd, a: &[u8], b: &[u8]) -> io::Result<usize
     // SAFETY: the iovecs point into live slices that the kernel only reads;
     // MSG_DONTWAIT keeps it from blocking whatever mode the socket is in.
     let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    sent_now(rc)
+}
+
+/// What a non-blocking send's return value means: the bytes the socket took,
+/// 0 if it had no room or the call was interrupted, else the error.
+fn sent_now(rc: isize) -> io::Result<usize> {
     if rc >= 0 {
         return Ok(rc as usize);
     }
