@@ -197,6 +197,58 @@ fn glommios_preemption_timers_are_kept_across_passes() {
     assert!(preempted, "a task that never yielded was never asked to");
 }
 
+/// This thread's voluntary context switches: each sleep of an executor in
+/// its ring is one.
+fn voluntary_switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// The keeping leaves glommio's preemption timer armed through the short
+/// sleeps of a busy core, to be adopted after each. A core that then goes
+/// idle must not be woken by it once per preemption period (100 ms): after
+/// the one long sleep it removes what it kept. Here the executor serves
+/// round trips with 1 ms pauses (kept timers through its sleeps), then
+/// waits 600 ms on a timer: that timer's wake-up and at most one for the
+/// kept preemption timer, not six.
+#[test]
+fn an_idle_executor_is_not_woken_by_the_timers_it_kept() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 30, Duration::from_millis(1));
+        s
+    });
+    let (adopted, wakes, waited) = on_own_thread(move || {
+        uring::keep_on_this_thread(true);
+        executor().run(async move {
+            let adopted = uring::timers_adopted_on_this_thread();
+            let mut conn = accept_peer(tx).await;
+            echo::<64>(&mut conn, 30).await;
+            let adopted = uring::timers_adopted_on_this_thread() - adopted;
+            let before = voluntary_switches();
+            let start = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(600)).await;
+            (adopted, voluntary_switches() - before, start.elapsed())
+        })
+    });
+    drop(peer.join().unwrap());
+    assert!(adopted >= 30, "only {adopted} timers were kept while busy");
+    assert!(
+        waited >= Duration::from_millis(600),
+        "woke after {waited:?}"
+    );
+    assert!(
+        wakes <= 3,
+        "an idle executor slept {wakes} times in {waited:?}: kept timers kept waking it"
+    );
+}
+
 /// The shim times the executor's sleeps in its main ring (the core's idle
 /// time, which the HTTP/2 answers' hold reads): a task waiting on a timer
 /// lets the executor sleep about that long; a task that runs without a

@@ -206,6 +206,15 @@ thread_local! {
     /// Nanoseconds this thread has spent asleep in its main ring (glommio's
     /// park): the core's idle time, for [`slept_nanos`].
     static SLEPT: Cell<u64> = const { Cell::new(0) };
+    /// How long the latest of those sleeps lasted (nanoseconds): whether
+    /// the keeping may leave an orphan armed through the next
+    /// (`keep::Kept::stale`).
+    static LAST_SLEPT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long this thread's executor's latest sleep in its main ring lasted.
+fn last_slept() -> Duration {
+    Duration::from_nanos(LAST_SLEPT.with(Cell::get))
 }
 
 /// How long this thread's executor has slept, waiting in its main ring for
@@ -753,6 +762,7 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
         let rc = __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
         let slept = start.elapsed().as_nanos() as u64;
         SLEPT.with(|n| n.set(n.get() + slept));
+        LAST_SLEPT.with(|n| n.set(slept));
         return rc;
     }
     if submit == 0 && main.deferred && !main.completions_queued() && main.work_flagged() {

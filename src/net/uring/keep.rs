@@ -19,12 +19,18 @@
 //!   cancel gives (the timer's and its link's `-ECANCELED`, the cancel's 0)
 //!   are queued for glommio in user space: the timer stays armed in the
 //!   kernel, *orphaned*;
-//! - a new timeout of the same length and count, with the same linked
-//!   request, *adopts* the orphan while the orphan is fresh (it has run at
-//!   most 1/16 of its length and seen at most 1/4 of the completions it
-//!   counts: [`Kept::fresh`]): it is taken out of the submission too, and
-//!   the orphan's completions will be given to it;
-//! - an orphan that no submission after its cancel adopted is removed for
+//! - a new timeout with the same count and linked request *adopts* an
+//!   orphan that fires when the new one would, give or take 1/16 of its
+//!   length ([`Kept::adoptable_for`]): a preemption timer of the same
+//!   length that has run at most 1/16 of it, a sleep's timer armed for the
+//!   same deadline, a count timer that has seen at most 1/4 of the
+//!   completions it counts ([`Kept::fresh`]). It is taken out of the
+//!   submission too, and the orphan's completions will be given to it;
+//! - an orphan stays armed while a timeout like the one it last stood for
+//!   could still adopt it: glommio cancels the preemption timer before each
+//!   sleep and arms it again after, and arms a timer for its earliest
+//!   deadline before each sleep, so on a busy core both are adopted from
+//!   sleep to sleep. Once it is *stale* ([`Kept::stale`]) it is removed for
 //!   real, by a `TIMEOUT_REMOVE` added to the next submission on its ring.
 //!
 //! glommio reads completions through liburing's `io_uring_peek_cqe` and
@@ -39,11 +45,13 @@
 //!   have got (a cancelled timer `-ECANCELED` once, its link once, the
 //!   cancel 0), so its sources and its count of requests in flight stay
 //!   right;
-//! - an adopted timer fires no later than the one it stands for: it was
-//!   armed earlier with the same relative length (or the same completion
-//!   count), so it can only fire earlier. For a preemption timer that is a
-//!   task asked to yield sooner (at most once per period), for a sleep's
-//!   timer a wake-up glommio checks against its clock anyway;
+//! - an adopted timer fires no later than the one it stands for, or for a
+//!   sleep's timer at most 50 µs later ([`LATE`], the kernel's default
+//!   timer slack): a preemption or count timer was armed earlier with the
+//!   same relative length (or the same completion count), so it can only
+//!   fire earlier. For a preemption timer that is a task asked to yield
+//!   sooner (at most once per period), for a sleep's timer a wake-up
+//!   glommio checks against its clock anyway;
 //! - and not much earlier: at least 15/16 of its length (or 3/4 of its
 //!   count) after the arm it stands for. glommio parks with runnable tasks
 //!   if its preemption timer fires between its arm and the run of the task
@@ -54,8 +62,9 @@
 //!   (glommio's is an 8-byte eventfd write from a static buffer), so the
 //!   kernel runs the same request at the same address;
 //! - an orphan left in the kernel fires at most once, and its completion is
-//!   dropped: one wake-up of the core, at most a preemption period (100 ms)
-//!   after the core went to sleep without a timer of its own.
+//!   dropped: one spurious preemption of a busy core, or one wake-up of a
+//!   sleeping one (a core that goes idle keeps its last preemption timer
+//!   and wakes once when it fires, at most a preemption period later).
 //!
 //! **On by default** (since session 35). Until the freshness rule above,
 //! it was off: under CPU contention `tests/l4_fairness.rs`'s copy pump
@@ -67,7 +76,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{LibUring, Sqe, OP_ASYNC_CANCEL, OP_TIMEOUT, OP_TIMEOUT_REMOVE};
 
@@ -130,7 +139,40 @@ impl Shape {
         (self.sec >= 0 && (0..1_000_000_000).contains(&self.nsec))
             .then(|| self.sec as u128 * 1_000_000_000 + self.nsec as u128)
     }
+
+    /// The length of a timer that fires by time, and when it fires if armed
+    /// `now` (by this thread's clock): None for a count timer (glommio's
+    /// never fires by time), a malformed timespec or a length an `Instant`
+    /// cannot hold. Such timers are adopted only by their exact shape.
+    fn timed(&self, now: Instant) -> Option<(Duration, Instant)> {
+        if self.count != 0 {
+            return None;
+        }
+        let len = Duration::from_nanos(u64::try_from(self.nanos()?).ok()?);
+        Some((len, now.checked_add(len)?))
+    }
 }
+
+/// Whether a timer that fires at `expiry` can stand for a timeout of `len`
+/// armed `now` (that would fire at `now + len`): not earlier than 15/16 of
+/// `len` after `now`, and not later than [`LATE`] (at most 1/16 of `len`)
+/// after `now + len`.
+fn in_window(expiry: Instant, now: Instant, len: Duration) -> bool {
+    let early = len / ADOPT_AGE_FRACTION as u32;
+    let Some(wanted) = now.checked_add(len) else {
+        return false;
+    };
+    expiry + early >= wanted && expiry <= wanted + early.min(LATE)
+}
+
+/// How much later than the timeout it stands for an adopted timer may fire:
+/// the kernel's default timer slack for a normal thread (a sleep of any
+/// thread already wakes up to this late). glommio's sleeps arm a timer for
+/// its earliest deadline measured from its own clock read, a few
+/// microseconds before the shim's, so two sleeps for the same deadline
+/// differ by that much either way. A preemption timer is replaced by one of
+/// its own length, which an older timer never outlasts.
+const LATE: Duration = Duration::from_micros(50);
 
 /// A kept timer is adopted only while it has run at most this fraction of
 /// its length, or seen at most `count / ADOPT_COUNT_FRACTION` of the
@@ -145,6 +187,12 @@ struct Kept {
     /// When it went to the kernel, and the ring's completion tail then.
     armed_at: Instant,
     armed_tail: u32,
+    /// When it fires by time (by this thread's clock), for a timer that
+    /// does ([`Shape::timed`]).
+    expiry: Option<Instant>,
+    /// The length of the timeout it last stood for: its own, or its latest
+    /// adopter's ([`Kept::stale`]).
+    stands_for: Duration,
     /// glommio's `user_data` for it while glommio has it armed: what a
     /// cancel of it names. None once cancelled (an orphan) or fired.
     owner: Option<u64>,
@@ -162,8 +210,52 @@ struct Kept {
 }
 
 impl Kept {
-    fn adoptable(&self, shape: &Shape) -> bool {
-        self.owner.is_none() && !self.fired && !self.removing && self.shape == *shape
+    /// Whether this orphan can stand for a timeout of `shape` armed `now`,
+    /// with the ring's completion tail at `tail`. The same count and linked
+    /// request, and then: a timer that fires by time must fire within the
+    /// window of the new one ([`in_window`]: a preemption timer of the same
+    /// length has run at most 1/16 of it; a sleep's timer for the same
+    /// deadline qualifies whatever its length); a count timer must be
+    /// [`fresh`](Kept::fresh) and of the same length.
+    fn adoptable_for(&self, shape: &Shape, now: Instant, tail: u32) -> bool {
+        if self.owner.is_some()
+            || self.fired
+            || self.removing
+            || self.shape.count != shape.count
+            || self.shape.link != shape.link
+        {
+            return false;
+        }
+        match (self.expiry, shape.timed(now)) {
+            (Some(expiry), Some((len, _))) => in_window(expiry, now, len),
+            _ => self.shape == *shape && self.fresh(now, tail),
+        }
+    }
+
+    /// An orphan no timeout like the one it last stood for could adopt any
+    /// more, were it armed `now`: removed for real ([`on_submit`]). Until
+    /// then it stays armed for the next one. glommio cancels its latency
+    /// ring's preemption timer before each sleep and arms it again after,
+    /// and arms the sleep's own timer, for the deadline of its earliest
+    /// timer, again before each sleep: kept, both are adopted across the
+    /// sleeps of a busy core instead of going to the kernel and being
+    /// removed twice per sleep. An orphan that does fire is one spurious
+    /// preemption or wake-up, and its completion is dropped.
+    ///
+    /// A core that goes idle would keep its last preemption timer through
+    /// the sleep and be woken when it fires, then again by the next one,
+    /// once per preemption period. So an orphan counts as stale too once a
+    /// sleep of the core (`slept`, its latest) has outlasted the time it
+    /// could wait for adoption (1/16 of what it stood for): an idle core
+    /// wakes once for its kept timer and then sleeps without one.
+    fn stale(&self, now: Instant, tail: u32, slept: Duration) -> bool {
+        match self.expiry {
+            Some(expiry) => {
+                !in_window(expiry, now, self.stands_for)
+                    || slept > self.stands_for / ADOPT_AGE_FRACTION as u32
+            }
+            None => !self.fresh(now, tail),
+        }
     }
 
     /// Whether it can still stand for a timeout of its shape armed `now`,
@@ -247,8 +339,10 @@ thread_local! {
     /// Completions queued for glommio on this thread, all rings: the
     /// wrappers' fast path (no borrow while it is 0).
     static QUEUED: Cell<usize> = const { Cell::new(0) };
-    /// Some ring of this thread may hold an orphan awaiting its removal
-    /// (set after each submission the keeping looked at).
+    /// Some ring of this thread may hold a stale orphan awaiting its
+    /// removal (set after each submission the keeping looked at). One not
+    /// stale yet is looked at again with the next submission that carries
+    /// a timer or a cancel: every pass of glommio's loop makes one.
     static ORPHANS: Cell<bool> = const { Cell::new(false) };
     /// This thread has given a timeout to the kernel under a private
     /// `user_data`: its cancels and completions need the keeping's care
@@ -335,7 +429,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
     let head = sq.sqe_head;
     let slot = move |k: u32| sqes.add((head.wrapping_add(k) & mask) as usize);
     // Most submissions (a pass's polls, a sleep's) hold no timeout and no
-    // cancel: nothing to do unless an orphan waits for its removal.
+    // cancel: nothing to do unless a stale orphan waits for its removal.
     let timers = (0..pending).any(|k| {
         matches!(
             (*slot(k)).opcode,
@@ -359,6 +453,9 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         r.taken.resize(pending as usize, false);
         let queued_before = r.fakes.len();
         let mut out = Outcome::default();
+        let now = Instant::now();
+        let tail = (*((*ring).cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+        let slept = super::last_slept();
 
         // Cancels of timers the kernel holds for glommio: answered here.
         for k in 0..pending {
@@ -449,15 +546,17 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                 link: link_bytes,
             };
             let link_ud = link.map_or(0, |j| (*slot(j)).user_data);
-            let now = Instant::now();
-            let tail = (*((*ring).cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+            let timed = shape.timed(now);
             if let Some(kept) = r
                 .kept
                 .iter_mut()
-                .find(|c| c.adoptable(&shape) && c.fresh(now, tail))
+                .find(|c| c.adoptable_for(&shape, now, tail))
             {
                 kept.owner = Some(sqe.user_data);
                 kept.deliver = Some((sqe.user_data, link_ud));
+                if let Some((len, _)) = timed {
+                    kept.stands_for = len;
+                }
                 r.taken[k as usize] = true;
                 out.taken += 1;
                 if let Some(j) = link {
@@ -473,6 +572,8 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                     shape,
                     armed_at: now,
                     armed_tail: tail,
+                    expiry: timed.map(|(_, at)| at),
+                    stands_for: timed.map_or(Duration::ZERO, |(len, _)| len),
                     owner: Some(sqe.user_data),
                     deliver: Some((sqe.user_data, link_ud)),
                     fired: false,
@@ -501,13 +602,17 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
             sq.sqe_tail = head.wrapping_add(w);
         }
 
-        // Orphans an earlier submission left and this one did not adopt:
-        // removed for real, in this submission, while the queue has room.
+        // Orphans an earlier submission left, this one did not adopt and
+        // none like it could any more (stale): removed for real, in this
+        // submission, while the queue has room.
         let entries = *sq.kring_entries;
         let khead = (*(sq.khead as *const AtomicU32)).load(Ordering::Acquire);
         let submissions = r.submissions;
         for kept in r.kept.iter_mut() {
-            if !kept.awaits_removal() || kept.orphaned_at >= submissions {
+            if !kept.awaits_removal()
+                || kept.orphaned_at >= submissions
+                || !kept.stale(now, tail, slept)
+            {
                 continue;
             }
             if sq.sqe_tail.wrapping_sub(khead) >= entries {
@@ -528,10 +633,12 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         keep.serial = serial;
         keep.adopted += adopted;
         keep.removed += u64::from(out.added);
-        let orphans = keep
-            .rings
-            .iter()
-            .any(|r| r.kept.iter().any(Kept::awaits_removal));
+        // A count timer's orphan counts as due whatever its ring's count.
+        let orphans = keep.rings.iter().any(|r| {
+            r.kept
+                .iter()
+                .any(|c| c.awaits_removal() && (c.expiry.is_none() || c.stale(now, tail, slept)))
+        });
         ORPHANS.with(|o| o.set(orphans));
         out
     })
@@ -927,26 +1034,93 @@ mod tests {
         });
     }
 
-    /// A cancelled timer that no timeout of its length adopts is removed
-    /// for real with the ring's next submission, and nothing of it reaches
-    /// glommio: not its -ECANCELED, not the removal's result, and it does
-    /// not fire later.
+    /// A cancelled timer stays armed while a timeout like it could still
+    /// adopt it; once stale (here: run more than 1/16 of its length) it is
+    /// removed for real with the ring's next submission, and nothing of it
+    /// reaches glommio: not its -ECANCELED, not the removal's result, and
+    /// it does not fire later.
     #[test]
-    fn an_orphan_is_removed_with_the_next_submission() {
+    fn a_stale_orphan_is_removed_with_the_next_submission() {
         on_thread(|| {
             let mut ring = Ring::new();
             let removed = orphans_removed_on_this_thread();
-            let period = ms(30);
+            let period = ms(32);
             orphan(&mut ring, &period, 1);
-            // A different length: no adoption; the orphan goes.
-            let other = ms(60);
+            // A different length, at once: no adoption, and the orphan is
+            // not stale yet, so it stays.
+            let other = ms(64);
             ring.queue(&[timeout(&other, 0, 2)]);
             assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(orphans_removed_on_this_thread(), removed);
+            // 5 ms: more than 32 / 16. The next submission with a timer
+            // (glommio's next pass) removes it.
+            std::thread::sleep(Duration::from_millis(5));
+            ring.queue(&[nop(3), timeout(&ms(10), 0, 4)]);
+            assert_eq!(ring.submit_queued(), 2);
             assert_eq!(orphans_removed_on_this_thread() - removed, 1);
-            assert_eq!(ring.ready(), 0, "the removal's completions were dropped");
+            assert_eq!(ring.next(), (3, 0));
+            assert_eq!(ring.next(), (4, -libc::ETIME));
             assert_eq!(ring.next(), (2, -libc::ETIME));
-            std::thread::sleep(Duration::from_millis(40));
+            std::thread::sleep(Duration::from_millis(10));
             assert_eq!(ring.try_next(), None, "the orphan fired after all");
+        });
+    }
+
+    /// glommio's sleeps: before each, a timer for its earliest deadline,
+    /// cancelled after the wake-up. The next sleep's timer, shorter by the
+    /// time gone but for the same deadline, adopts the orphan, which fires
+    /// at that deadline for it.
+    #[test]
+    fn a_timer_for_the_same_deadline_adopts_the_orphan() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let (adopted, removed) = (
+                timers_adopted_on_this_thread(),
+                orphans_removed_on_this_thread(),
+            );
+            let start = Instant::now();
+            let deadline = start + Duration::from_millis(60);
+            orphan(&mut ring, &ms(60), 1);
+            std::thread::sleep(Duration::from_millis(10));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: left.as_nanos() as i64,
+            };
+            ring.queue(&[timeout(&left, 0, 2)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(timers_adopted_on_this_thread() - adopted, 1);
+            assert_eq!(orphans_removed_on_this_thread(), removed);
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+            let fired = start.elapsed();
+            assert!(fired >= Duration::from_millis(60), "fired after {fired:?}");
+            assert_eq!(ring.try_next(), None);
+        });
+    }
+
+    /// A kept timer that would fire well after a new timeout is not adopted
+    /// by it (the new one would wake late), nor one that would fire well
+    /// before it: each goes to the kernel and fires for itself, and the
+    /// orphan, never adopted, fires in the kernel and is dropped.
+    #[test]
+    fn a_timer_for_another_deadline_is_not_adopted() {
+        on_thread(|| {
+            let mut ring = Ring::new();
+            let adopted = timers_adopted_on_this_thread();
+            let start = Instant::now();
+            orphan(&mut ring, &ms(40), 1);
+            ring.queue(&[timeout(&ms(20), 0, 2)]);
+            assert_eq!(ring.submit_queued(), 1);
+            ring.queue(&[timeout(&ms(80), 0, 3)]);
+            assert_eq!(ring.submit_queued(), 1);
+            assert_eq!(timers_adopted_on_this_thread(), adopted);
+            assert_eq!(ring.next(), (2, -libc::ETIME));
+            let fired = start.elapsed();
+            assert!(fired >= Duration::from_millis(20), "fired after {fired:?}");
+            assert_eq!(ring.next(), (3, -libc::ETIME));
+            let fired = start.elapsed();
+            assert!(fired >= Duration::from_millis(80), "fired after {fired:?}");
+            assert_eq!(ring.try_next(), None, "the orphan reached glommio");
         });
     }
 
