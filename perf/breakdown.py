@@ -287,6 +287,62 @@ def parse_perf_stat(text: str) -> dict[str, int | None]:
     return out
 
 
+# The tracepoints of a ring-operations run (`perf record` of a proxy's threads, then
+# `perf script`): each ring submission with its opcode, each system call with its
+# arguments, each context switch.
+RING_OPS_EVENTS = ("io_uring:io_uring_submit_req", "raw_syscalls:sys_enter", "sched:sched_switch")
+NR_IO_URING_ENTER = 426
+
+
+def ring_ops(text: str, syscall_names: dict[int, str]) -> dict:
+    """`perf script` of RING_OPS_EVENTS → counts: ring submissions by opcode and ring
+    (`ops`, keyed "OPCODE ring N", N the ring's order of appearance), system calls by
+    name (`calls`; `io_uring_enter` split by the ring's fd, how many requests it
+    submits (0, 1, 2+) and whether it waits (min_complete > 0)), and context switches
+    (`switches`). How many passes of an io_uring loop a request costs, and which ring's
+    timers they carry, shows here where a CPU profile shows only their sum."""
+    ops: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    rings: dict[str, int] = {}
+    switches = 0
+    for line in text.splitlines():
+        if "io_uring_submit_req" in line:
+            m_ring = re.search(r"ring (0x[0-9a-f]+)", line)
+            m_op = re.search(r"opcode (\w+)", line)
+            if m_ring and m_op:
+                n = rings.setdefault(m_ring.group(1), len(rings))
+                key = f"{m_op.group(1)} ring {n}"
+                ops[key] = ops.get(key, 0) + 1
+            continue
+        if "sched_switch" in line:
+            switches += 1
+            continue
+        m = re.search(r"NR (\d+) \(([^)]*)\)", line)
+        if not m:
+            continue
+        nr = int(m.group(1))
+        if nr == NR_IO_URING_ENTER:
+            a = [int(x, 16) for x in m.group(2).split(", ")[:3]]
+            sub = "2+" if a[1] >= 2 else str(a[1])
+            name = f"io_uring_enter fd {a[0]} submit {sub}" + (" wait" if a[2] else "")
+        else:
+            name = syscall_names.get(nr, str(nr))
+        calls[name] = calls.get(name, 0) + 1
+    return {"ops": ops, "calls": calls, "switches": switches}
+
+
+def syscall_names() -> dict[int, str]:
+    """x86-64 system call numbers → names, from the kernel headers."""
+    names: dict[int, str] = {}
+    try:
+        text = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h").read_text()
+    except OSError:
+        return names
+    for m in re.finditer(r"#define __NR_(\w+) (\d+)", text):
+        names[int(m.group(2))] = m.group(1)
+    return names
+
+
 def event_label(event: str) -> str:
     return event.split(":", 1)[1].removeprefix("sys_enter_")
 

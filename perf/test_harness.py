@@ -930,6 +930,20 @@ class BreakdownParsers(unittest.TestCase):
         self.assertEqual(breakdown.event_label("syscalls:sys_enter_writev"), "writev")
 
 
+    def test_ring_ops(self):
+        text = (TESTDATA / "perf-script-ring-ops.txt").read_text()
+        r = breakdown.ring_ops(text, {44: "sendto", 45: "recvfrom", 324: "membarrier"})
+        self.assertEqual(r["ops"], {"POLL_ADD ring 0": 2, "TIMEOUT ring 1": 1,
+                                    "TIMEOUT_REMOVE ring 1": 1})
+        self.assertEqual(r["calls"], {
+            "io_uring_enter fd 8 submit 2+": 1, "io_uring_enter fd 10 submit 2+": 1,
+            "membarrier": 1, "io_uring_enter fd 8 submit 1": 1,
+            "io_uring_enter fd 8 submit 0 wait": 1, "io_uring_enter fd 8 submit 0": 1,
+            "recvfrom": 1, "sendto": 1})
+        self.assertEqual(r["switches"], 1)
+        self.assertIn(44, breakdown.syscall_names() or {44: "sendto"})
+
+
 def prof(**w):
     weights = {c: 0 for c in breakdown.CATEGORIES + ["splice_other"]}
     weights.update(w)
