@@ -13,8 +13,13 @@
 //! all three), so all three are here too.
 //!
 //! Resumption does not survive a rotation: each generation of contexts has
-//! its own ticket key and server session cache, and a rotation empties the
-//! outbound session cache ([`RotatingSessions`]). A resumed session carries
+//! its own ticket key and server session cache and its own outbound configs
+//! (rustls resumes only with the config objects that made a session), and a
+//! rotation empties the outbound session cache ([`RotatingSessions`]).
+//! Emptying alone was not enough: a handshake under way at the rotation
+//! could still file its ticket, for the old certificate, in the emptied
+//! cache, and every resumption renewed it (tests/tls_interop.rs, rotation
+//! under load, failed so in CI once). A resumed session carries
 //! the certificates of the full handshake that made it, and rustls copies
 //! them into every ticket it issues on a resumed connection, with a fresh
 //! lifetime: with resumption across rotations, a client that keeps
@@ -91,6 +96,12 @@ pub struct Contexts {
     server: Arc<ServerConfig>,
     /// The same, negotiating an HTTP codec by ALPN (the HTTP chain).
     server_http: Arc<ServerConfig>,
+    /// Counts rotations: 0 for the first generation. The cores key what
+    /// they keep of [`client_config`](Contexts::client_config)'s answers by
+    /// it.
+    generation: u64,
+    /// This generation's outbound configs (see [`client_config`](Contexts::client_config)).
+    clients: Mutex<ClientMemo>,
     shared: Arc<Shared>,
 }
 
@@ -104,7 +115,6 @@ struct Shared {
     client_base: ClientConfig,
     /// That cache, emptied by a rotation (see the module doc).
     client_sessions: Arc<RotatingSessions>,
-    clients: Mutex<ClientMemo>,
 }
 
 /// Outbound configs by (expected SANs, ALPN). rustls resumes only with the
@@ -142,9 +152,8 @@ impl Contexts {
             client_base,
             client_sessions,
             live,
-            clients: Mutex::new(ClientMemo::default()),
         });
-        Self::build(identity, shared)
+        Self::build(identity, shared, 0)
     }
 
     /// The next generation for a rotated identity: new ticket keys and
@@ -155,7 +164,7 @@ impl Contexts {
     /// current generation, with an identity about to be published.
     pub fn rotate(&self, identity: Identity) -> Result<Contexts, CertError> {
         let identity = Arc::new(identity);
-        let next = Self::build(identity.clone(), self.shared.clone())?;
+        let next = Self::build(identity.clone(), self.shared.clone(), self.generation + 1)?;
         self.shared.live.store(identity);
         // After the new certificate is live: a handshake that starts now
         // either presents it or finds no session from before. (One already
@@ -164,7 +173,11 @@ impl Contexts {
         Ok(next)
     }
 
-    fn build(identity: Arc<Identity>, shared: Arc<Shared>) -> Result<Contexts, CertError> {
+    fn build(
+        identity: Arc<Identity>,
+        shared: Arc<Shared>,
+        generation: u64,
+    ) -> Result<Contexts, CertError> {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(identity.roots().clone(), provider())
                 .build()
@@ -205,12 +218,19 @@ impl Contexts {
             identity,
             server: Arc::new(server),
             server_http: Arc::new(server_http),
+            generation,
+            clients: Mutex::new(ClientMemo::default()),
             shared,
         })
     }
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// How many rotations made this generation (0: the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The inbound mTLS config: presents the workload certificate, requires
@@ -229,17 +249,14 @@ impl Contexts {
     /// workload certificate, verifies the server chain against the roots and
     /// then that its URI SAN is one of `expected_sans` (exact; empty: any
     /// SPIFFE ID of the trust domain). The same inputs return the same
-    /// `Arc` (needed for resumption), and it stays right across rotations.
+    /// `Arc` within a generation (needed for resumption); a rotation's
+    /// generation makes new ones, which resume nothing from before it.
     /// The call allocates its key and takes a lock shared by all cores:
-    /// keep the result per cluster (per core) rather than call it per
-    /// connection.
+    /// keep the result per cluster (per core) with this generation's
+    /// number, rather than call it per connection.
     pub fn client_config(&self, expected_sans: &[String], alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
         let key = (expected_sans.to_vec(), alpn);
-        let mut memo = self
-            .shared
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut memo = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = memo.configs.get(&key) {
             return c.clone();
         }
@@ -250,6 +267,13 @@ impl Contexts {
         config
             .dangerous()
             .set_certificate_verifier(spiffe_verifier(&self.shared.live, key.0.clone()));
+        // A resolver of this generation's own: rustls resumes a session
+        // only with the very resolver (and verifier) that made it, so a
+        // ticket from before a rotation (one that reached the emptied
+        // cache from a handshake still under way when it was emptied, and
+        // would be renewed on every resumption) is never resumed by this
+        // generation's configs.
+        config.client_auth_cert_resolver = Arc::new(LiveClientCert(self.shared.live.clone()));
         config.alpn_protocols = key.1.clone();
         let config = Arc::new(config);
         memo.configs.insert(key, config.clone());
@@ -456,7 +480,147 @@ fn system_roots() -> Result<RootCertStore, CertError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::identity::IdentityFiles;
     use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    use rustls::{ClientConnection, ServerConnection};
+
+    /// A CA, and workload identities of the trust domain `cluster.local`
+    /// signed by it.
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Ca {
+        fn new() -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, "root");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(30);
+            Ca {
+                cert: p.self_signed(&key).unwrap(),
+                key,
+            }
+        }
+
+        /// A fresh leaf for service account `sa`: (its identity, its leaf DER).
+        fn workload(&self, sa: &str) -> (Identity, Vec<u8>) {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let uri = format!("spiffe://cluster.local/ns/default/sa/{sa}");
+            p.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().unwrap())];
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::hours(1);
+            p.not_after = now + time::Duration::days(1);
+            let leaf = p.signed_by(&key, &self.cert, &self.key).unwrap();
+            let files = IdentityFiles {
+                dir: PathBuf::from("/test"),
+                chain: leaf.pem().into_bytes(),
+                key: key.serialize_pem().into_bytes(),
+                roots: self.cert.pem().into_bytes(),
+            };
+            let id = Identity::from_files(&files, "cluster.local").expect("identity");
+            (id, leaf.der().to_vec())
+        }
+    }
+
+    /// Runs a handshake between the two in memory, and the client's reads
+    /// after it until nothing more comes (the server's session tickets).
+    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) {
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            if !buf.is_empty() {
+                server.read_tls(&mut &buf[..]).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let mut back = Vec::new();
+            server.write_tls(&mut back).unwrap();
+            if !back.is_empty() {
+                client.read_tls(&mut &back[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if buf.is_empty() && back.is_empty() && !client.is_handshaking() {
+                return;
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    fn name() -> ServerName<'static> {
+        ServerName::try_from("outbound").unwrap()
+    }
+
+    /// A handshake under way when the client's certificate rotates gets its
+    /// session ticket after the rotation emptied the session cache, so the
+    /// ticket lands in the emptied cache. Resumed, it would present the
+    /// old certificate again, and every resumption would renew it. The next
+    /// generation's config must not resume it: the server sees the new
+    /// certificate.
+    #[test]
+    fn a_ticket_from_before_a_rotation_is_not_resumed_after_it() {
+        let ca = Ca::new();
+        let (server_id, _) = ca.workload("server");
+        let server = Contexts::new(server_id).unwrap();
+        let (old_id, old_leaf) = ca.workload("client");
+        let gen0 = Contexts::new(old_id).unwrap();
+        let config0 = gen0.client_config(&[], Vec::new());
+
+        // A first handshake makes a ticket: resumption works within a
+        // generation.
+        let mut c = ClientConnection::new(config0.clone(), name()).unwrap();
+        let mut s = ServerConnection::new(server.server_config()).unwrap();
+        handshake(&mut c, &mut s);
+        let mut c = ClientConnection::new(config0.clone(), name()).unwrap();
+        let mut s = ServerConnection::new(server.server_config()).unwrap();
+        handshake(&mut c, &mut s);
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+
+        // A handshake under way (its ClientHello sent and answered) when
+        // the rotation comes; it finishes, and files its ticket, after.
+        let mut c = ClientConnection::new(config0, name()).unwrap();
+        let mut s = ServerConnection::new(server.server_config()).unwrap();
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        s.read_tls(&mut &hello[..]).unwrap();
+        s.process_new_packets().unwrap();
+        let (new_id, new_leaf) = ca.workload("client");
+        let gen1 = gen0.rotate(new_id).unwrap();
+        handshake(&mut c, &mut s);
+        assert_eq!(
+            s.peer_certificates().unwrap()[0].as_ref(),
+            &old_leaf[..],
+            "the handshake under way presented the old certificate"
+        );
+
+        let config1 = gen1.client_config(&[], Vec::new());
+        let mut c = ClientConnection::new(config1, name()).unwrap();
+        let mut s = ServerConnection::new(server.server_config()).unwrap();
+        handshake(&mut c, &mut s);
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(
+            s.peer_certificates().unwrap()[0].as_ref(),
+            &new_leaf[..],
+            "after the rotation the server saw the old certificate"
+        );
+    }
 
     #[test]
     fn suites_are_tls13_plus_istios_ecdhe_list() {

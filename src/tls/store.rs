@@ -63,6 +63,12 @@ impl TlsHandle {
     pub fn load(&self) -> Option<Arc<Contexts>> {
         self.0.load_full()
     }
+
+    /// The current contexts' generation (see `Contexts::generation`),
+    /// without taking a reference to them.
+    pub fn generation(&self) -> Option<u64> {
+        self.0.load().as_ref().map(|c| c.generation())
+    }
 }
 
 /// Rotation counters and the identity in use, for `/stats` and `/certs`.

@@ -102,7 +102,13 @@ impl OriginateError {
     }
 }
 
-type ClusterMap = HashMap<String, (ClusterTls, Result<Rc<Origination>, String>)>;
+/// By cluster name: the settings an origination was built from, the
+/// generation of workload contexts it was built with (ISTIO_MUTUAL), and it.
+type ClusterMap = HashMap<String, (ClusterTls, Option<u64>, Result<Rc<Origination>, String>)>;
+
+/// By a mesh destination's expected identities (and protocol): the
+/// generation of workload contexts an origination was built with, and it.
+type MeshMap = HashMap<Vec<String>, (u64, Rc<Origination>)>;
 
 /// Per-core cache of originations.
 #[derive(Default)]
@@ -111,8 +117,9 @@ pub struct Originations {
     /// changes them builds a new one).
     /// By cluster name, one map per [`AppProtocol`] (the ALPN differs).
     clusters: [RefCell<ClusterMap>; 3],
-    /// By the mesh destination's expected identities.
-    mesh: RefCell<HashMap<Vec<String>, Rc<Origination>>>,
+    /// By the mesh destination's expected identities, with the generation
+    /// of workload contexts it was built with.
+    mesh: RefCell<MeshMap>,
 }
 
 fn profile_of(parts: &[&[u8]]) -> u64 {
@@ -135,8 +142,15 @@ impl Originations {
         protocol: AppProtocol,
     ) -> Result<Rc<Origination>, OriginateError> {
         let map = &self.clusters[protocol.index()];
-        if let Some((cfg, built)) = map.borrow().get(name) {
-            if cfg == tls {
+        // An ISTIO_MUTUAL origination is rebuilt after a rotation: the old
+        // generation's config would keep resuming sessions made with the
+        // old certificate (tls::config's module doc).
+        let generation = match tls.mode {
+            ClusterTlsMode::IstioMutual => identity.generation(),
+            ClusterTlsMode::Simple | ClusterTlsMode::Mutual => None,
+        };
+        if let Some((cfg, built_in, built)) = map.borrow().get(name) {
+            if cfg == tls && *built_in == generation {
                 return built.clone().map_err(OriginateError::Files);
             }
         }
@@ -147,7 +161,7 @@ impl Originations {
         }
         let cached = built.map_err(|e| e.to_string());
         map.borrow_mut()
-            .insert(name.to_string(), (tls.clone(), cached.clone()));
+            .insert(name.to_string(), (tls.clone(), generation, cached.clone()));
         cached.map_err(OriginateError::Files)
     }
 
@@ -160,8 +174,11 @@ impl Originations {
     ) -> Result<Rc<Origination>, OriginateError> {
         let mut key = dest.subject_alt_names.clone();
         key.push(protocol.name().into());
-        if let Some(o) = self.mesh.borrow().get(&key) {
-            return Ok(o.clone());
+        let generation = identity.generation().ok_or(OriginateError::NoIdentity)?;
+        if let Some((built_in, o)) = self.mesh.borrow().get(&key) {
+            if *built_in == generation {
+                return Ok(o.clone());
+            }
         }
         let contexts = identity.load().ok_or(OriginateError::NoIdentity)?;
         let alpn = mesh_alpn(protocol);
@@ -174,7 +191,9 @@ impl Originations {
             sni: None,
             profile: profile_of(&parts),
         });
-        self.mesh.borrow_mut().insert(key, o.clone());
+        self.mesh
+            .borrow_mut()
+            .insert(key, (contexts.generation(), o.clone()));
         Ok(o)
     }
 }
