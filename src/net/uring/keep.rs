@@ -76,7 +76,27 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+/// A moment as nanoseconds since this process's first look at the clock
+/// here ([`nanos_now`]): plain integers, so the keeping's comparisons cost
+/// what an integer compare costs (`Instant` arithmetic normalises seconds
+/// and nanoseconds on every add).
+type Nanos = u64;
+
+fn nanos_now() -> Nanos {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as Nanos
+}
+
+/// The clock, read at most once per submission and only when needed.
+struct Clock(Option<Nanos>);
+
+impl Clock {
+    fn now(&mut self) -> Nanos {
+        *self.0.get_or_insert_with(nanos_now)
+    }
+}
 
 use super::{LibUring, Sqe, OP_ASYNC_CANCEL, OP_TIMEOUT, OP_TIMEOUT_REMOVE};
 
@@ -141,14 +161,14 @@ impl Shape {
     }
 
     /// The length of a timer that fires by time, and when it fires if armed
-    /// `now` (by this thread's clock): None for a count timer (glommio's
-    /// never fires by time), a malformed timespec or a length an `Instant`
-    /// cannot hold. Such timers are adopted only by their exact shape.
-    fn timed(&self, now: Instant) -> Option<(Duration, Instant)> {
+    /// `now`: None for a count timer (glommio's never fires by time), a
+    /// malformed timespec or a length beyond `Nanos`. Such timers are
+    /// adopted only by their exact shape.
+    fn timed(&self, now: Nanos) -> Option<(Nanos, Nanos)> {
         if self.count != 0 {
             return None;
         }
-        let len = Duration::from_nanos(u64::try_from(self.nanos()?).ok()?);
+        let len = Nanos::try_from(self.nanos()?).ok()?;
         Some((len, now.checked_add(len)?))
     }
 }
@@ -157,12 +177,12 @@ impl Shape {
 /// armed `now` (that would fire at `now + len`): not earlier than 15/16 of
 /// `len` after `now`, and not later than [`LATE`] (at most 1/16 of `len`)
 /// after `now + len`.
-fn in_window(expiry: Instant, now: Instant, len: Duration) -> bool {
-    let early = len / ADOPT_AGE_FRACTION as u32;
+fn in_window(expiry: Nanos, now: Nanos, len: Nanos) -> bool {
+    let early = len / ADOPT_AGE_FRACTION as Nanos;
     let Some(wanted) = now.checked_add(len) else {
         return false;
     };
-    expiry + early >= wanted && expiry <= wanted + early.min(LATE)
+    expiry.saturating_add(early) >= wanted && expiry <= wanted.saturating_add(early.min(LATE))
 }
 
 /// How much later than the timeout it stands for an adopted timer may fire:
@@ -172,7 +192,7 @@ fn in_window(expiry: Instant, now: Instant, len: Duration) -> bool {
 /// microseconds before the shim's, so two sleeps for the same deadline
 /// differ by that much either way. A preemption timer is replaced by one of
 /// its own length, which an older timer never outlasts.
-const LATE: Duration = Duration::from_micros(50);
+const LATE: Nanos = 50_000;
 
 /// A kept timer is adopted only while it has run at most this fraction of
 /// its length, or seen at most `count / ADOPT_COUNT_FRACTION` of the
@@ -185,14 +205,13 @@ struct Kept {
     serial: u64,
     shape: Shape,
     /// When it went to the kernel, and the ring's completion tail then.
-    armed_at: Instant,
+    armed_at: Nanos,
     armed_tail: u32,
-    /// When it fires by time (by this thread's clock), for a timer that
-    /// does ([`Shape::timed`]).
-    expiry: Option<Instant>,
+    /// When it fires by time, for a timer that does ([`Shape::timed`]).
+    expiry: Option<Nanos>,
     /// The length of the timeout it last stood for: its own, or its latest
     /// adopter's ([`Kept::stale`]).
-    stands_for: Duration,
+    stands_for: Nanos,
     /// glommio's `user_data` for it while glommio has it armed: what a
     /// cancel of it names. None once cancelled (an orphan) or fired.
     owner: Option<u64>,
@@ -217,7 +236,7 @@ impl Kept {
     /// length has run at most 1/16 of it; a sleep's timer for the same
     /// deadline qualifies whatever its length); a count timer must be
     /// [`fresh`](Kept::fresh) and of the same length.
-    fn adoptable_for(&self, shape: &Shape, now: Instant, tail: u32) -> bool {
+    fn adoptable_for(&self, shape: &Shape, now: Nanos, tail: u32) -> bool {
         if self.owner.is_some()
             || self.fired
             || self.removing
@@ -248,11 +267,11 @@ impl Kept {
     /// sleep of the core (`slept`, its latest) has outlasted the time it
     /// could wait for adoption (1/16 of what it stood for): an idle core
     /// wakes once for its kept timer and then sleeps without one.
-    fn stale(&self, now: Instant, tail: u32, slept: Duration) -> bool {
+    fn stale(&self, now: Nanos, tail: u32, slept: Nanos) -> bool {
         match self.expiry {
             Some(expiry) => {
                 !in_window(expiry, now, self.stands_for)
-                    || slept > self.stands_for / ADOPT_AGE_FRACTION as u32
+                    || slept > self.stands_for / ADOPT_AGE_FRACTION as Nanos
             }
             None => !self.fresh(now, tail),
         }
@@ -274,9 +293,9 @@ impl Kept {
     /// microseconds between the arm and the check, which CPU contention
     /// makes likely: without this rule, tests/l4_fairness.rs's copy pump
     /// stalled in 5 runs of 66 beside three busy loops (0 of 100 with it).
-    fn fresh(&self, now: Instant, tail: u32) -> bool {
+    fn fresh(&self, now: Nanos, tail: u32) -> bool {
         let young = self.shape.nanos().is_some_and(|len| {
-            now.saturating_duration_since(self.armed_at).as_nanos() <= len / ADOPT_AGE_FRACTION
+            u128::from(now.saturating_sub(self.armed_at)) <= len / ADOPT_AGE_FRACTION
         });
         let counted = self.shape.count == 0
             || u64::from(tail.wrapping_sub(self.armed_tail))
@@ -453,9 +472,9 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         r.taken.resize(pending as usize, false);
         let queued_before = r.fakes.len();
         let mut out = Outcome::default();
-        let now = Instant::now();
+        let mut clock = Clock(None);
         let tail = (*((*ring).cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
-        let slept = super::last_slept();
+        let slept = super::last_slept().as_nanos() as Nanos;
 
         // Cancels of timers the kernel holds for glommio: answered here.
         for k in 0..pending {
@@ -546,6 +565,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                 link: link_bytes,
             };
             let link_ud = link.map_or(0, |j| (*slot(j)).user_data);
+            let now = clock.now();
             let timed = shape.timed(now);
             if let Some(kept) = r
                 .kept
@@ -573,7 +593,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                     armed_at: now,
                     armed_tail: tail,
                     expiry: timed.map(|(_, at)| at),
-                    stands_for: timed.map_or(Duration::ZERO, |(len, _)| len),
+                    stands_for: timed.map_or(0, |(len, _)| len),
                     owner: Some(sqe.user_data),
                     deliver: Some((sqe.user_data, link_ud)),
                     fired: false,
@@ -611,7 +631,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         for kept in r.kept.iter_mut() {
             if !kept.awaits_removal()
                 || kept.orphaned_at >= submissions
-                || !kept.stale(now, tail, slept)
+                || !kept.stale(clock.now(), tail, slept)
             {
                 continue;
             }
@@ -635,9 +655,9 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         keep.removed += u64::from(out.added);
         // A count timer's orphan counts as due whatever its ring's count.
         let orphans = keep.rings.iter().any(|r| {
-            r.kept
-                .iter()
-                .any(|c| c.awaits_removal() && (c.expiry.is_none() || c.stale(now, tail, slept)))
+            r.kept.iter().any(|c| {
+                c.awaits_removal() && (c.expiry.is_none() || c.stale(clock.now(), tail, slept))
+            })
         });
         ORPHANS.with(|o| o.set(orphans));
         out
