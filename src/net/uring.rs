@@ -212,9 +212,10 @@ thread_local! {
     static LAST_SLEPT: Cell<u64> = const { Cell::new(0) };
 }
 
-/// How long this thread's executor's latest sleep in its main ring lasted.
-fn last_slept() -> Duration {
-    Duration::from_nanos(LAST_SLEPT.with(Cell::get))
+/// How long this thread's executor's latest sleep in its main ring lasted
+/// (nanoseconds).
+fn last_slept_nanos() -> u64 {
+    LAST_SLEPT.with(Cell::get)
 }
 
 /// How long this thread's executor has slept, waiting in its main ring for

@@ -474,7 +474,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         let mut out = Outcome::default();
         let mut clock = Clock(None);
         let tail = (*((*ring).cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
-        let slept = super::last_slept().as_nanos() as Nanos;
+        let slept: Nanos = super::last_slept_nanos();
 
         // Cancels of timers the kernel holds for glommio: answered here.
         for k in 0..pending {
