@@ -137,6 +137,12 @@ pub struct IoUringParamsHead {
 /// `IORING_FEAT_MIN_TIMEOUT` (6.12+): the getevents argument's
 /// `min_wait_usec` is honoured.
 const IORING_FEAT_MIN_TIMEOUT: u32 = 1 << 15;
+/// `IORING_FEAT_EXT_ARG` (5.11+): liburing waits with a timeout through
+/// the enter's argument, not with a timeout request of its own.
+const IORING_FEAT_EXT_ARG: u32 = 1 << 8;
+/// `IORING_SQ_CQ_OVERFLOW`: completions wait in the kernel for room in
+/// the queue; a peek must enter to have them flushed.
+const IORING_SQ_CQ_OVERFLOW: u32 = 1 << 1;
 
 /// liburing 2.0's `struct io_uring` (the copy glommio 0.9 builds,
 /// `liburing/src/include/liburing.h`): the shim reads the CQ's head and tail,
@@ -802,7 +808,10 @@ pub unsafe extern "C" fn __wrap_rust_io_uring_peek_cqe(
             *cqe_ptr = cqe;
             return 0;
         }
-        let rc = __real_rust_io_uring_peek_cqe(ring, cqe_ptr);
+        let rc = match peek_direct(ring, cqe_ptr) {
+            Some(rc) => rc,
+            None => __real_rust_io_uring_peek_cqe(ring, cqe_ptr),
+        };
         let cqe = *cqe_ptr;
         if rc != 0 || cqe.is_null() || (*cqe).user_data & keep::PRIVATE == 0 {
             return rc;
@@ -815,6 +824,40 @@ pub unsafe extern "C" fn __wrap_rust_io_uring_peek_cqe(
             None => __real_rust_io_uring_cqe_seen(ring, cqe),
         }
     }
+}
+
+/// liburing 2.0's peek where its answer needs no system call and no
+/// wrapper: the completion at the head of the queue, or `-EAGAIN` when the
+/// queue is empty and neither an overflow nor deferred task work is flagged.
+/// None otherwise: then the real peek (and [`__wrap___io_uring_get_cqe`]
+/// behind it) decides. glommio peeks each of its three rings a few times
+/// per pass, about six times per L4 request, and its liburing copy always
+/// goes through `__io_uring_get_cqe` (`io_uring_peek_cqe` is
+/// `io_uring_wait_cqe_nr(ring, cqe, 0)` there): three calls and two
+/// thread-local lookups for what is two loads, most often of an empty queue.
+/// A kernel without `IORING_FEAT_EXT_ARG` may post liburing's own timeout
+/// completions, which only liburing's peek skips: the slow path there.
+///
+/// # Safety
+/// `ring` is a live liburing ring used on this thread.
+#[inline]
+unsafe fn peek_direct(ring: *mut LibUring, cqe_ptr: *mut *mut keep::Cqe) -> Option<libc::c_int> {
+    let r = &*ring;
+    if r.features & IORING_FEAT_EXT_ARG == 0 {
+        return None;
+    }
+    let tail = (*(r.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+    let head = (*(r.cq.khead as *const AtomicU32)).load(Ordering::Relaxed);
+    if tail != head {
+        *cqe_ptr = (r.cq.cqes as *mut keep::Cqe).add((head & *r.cq.kring_mask) as usize);
+        return Some(0);
+    }
+    let flags = (*(r.sq.kflags as *const AtomicU32)).load(Ordering::Relaxed);
+    if flags & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN) != 0 {
+        return None;
+    }
+    *cqe_ptr = std::ptr::null_mut();
+    Some(-libc::EAGAIN)
 }
 
 /// Called instead of glommio's `io_uring_cqe_seen`: a queued completion
@@ -936,6 +979,62 @@ mod tests {
             );
             assert_eq!(ring.complete_two(), [(7, -libc::ECANCELED), (8, 1)]);
             assert_eq!(cancels_rewritten_on_this_thread() - rewritten, 2);
+        })
+        .join()
+        .expect("ring thread");
+    }
+
+    /// The wrapped peek answers as liburing's own: the head of the queue,
+    /// in order, then `-EAGAIN` with no completion; completions the kernel
+    /// held back on an overflowing queue are flushed, not lost (the direct
+    /// path leaves that case to liburing). Real ring, running kernel.
+    #[test]
+    fn the_peek_reads_the_queue_directly_and_loses_no_overflow() {
+        use super::test_ring::Req;
+        std::thread::spawn(|| {
+            let mut ring = Ring::new();
+            let mut cqe = std::ptr::null_mut();
+            // SAFETY: a live ring of this thread.
+            let direct = |ring: &mut Ring, cqe: &mut *mut super::Cqe| unsafe {
+                super::peek_direct(ring.ptr(), cqe)
+            };
+            assert_eq!(direct(&mut ring, &mut cqe), Some(-libc::EAGAIN));
+            assert!(cqe.is_null());
+            assert_eq!(ring.try_next(), None);
+
+            let nops = |first: u64| -> Vec<Req> {
+                (first..first + 8)
+                    .map(|user_data| Req {
+                        user_data,
+                        ..Req::default()
+                    })
+                    .collect()
+            };
+            ring.queue(&nops(1));
+            assert_eq!(ring.submit_queued(), 8);
+            // The head, where liburing's peek finds it.
+            assert_eq!(direct(&mut ring, &mut cqe), Some(0));
+            // SAFETY: the completion at the head, not yet seen.
+            assert_eq!(unsafe { (*cqe).user_data }, 1);
+            for want in 1..=8 {
+                assert_eq!(ring.try_next(), Some((want, 0)));
+            }
+            assert_eq!(ring.try_next(), None);
+
+            // A ring of 8 entries has 16 completion slots: 24 NOPs overflow
+            // it by 8, which the kernel holds until a peek enters.
+            for first in [11, 21, 31] {
+                ring.queue(&nops(first));
+                assert_eq!(ring.submit_queued(), 8);
+            }
+            let mut seen = Vec::new();
+            while let Some((user_data, res)) = ring.try_next() {
+                assert_eq!(res, 0);
+                seen.push(user_data);
+            }
+            let want: Vec<u64> = [11..19, 21..29, 31..39].into_iter().flatten().collect();
+            assert_eq!(seen, want, "every completion, in order");
+            assert_eq!(direct(&mut ring, &mut cqe), Some(-libc::EAGAIN));
         })
         .join()
         .expect("ring thread");
