@@ -46,6 +46,14 @@ pub fn until<F: Future>(deadline: Option<Instant>, f: F) -> Until<F> {
     }
 }
 
+/// Sleeps for `d` on the core's sweeper (at most [`MIN_SWEEP`] late), for
+/// long-lived periodic tasks: a glommio timer would sit in glommio's timer
+/// map for the whole wait, which costs every pass of its loop (see
+/// `Alarm`). Short, precise waits stay on glommio's timers.
+pub async fn sleep(d: Duration) {
+    until(Some(Instant::now() + d), std::future::pending::<()>()).await;
+}
+
 pin_project_lite::pin_project! {
     /// See [`until`].
     pub struct Until<F> {

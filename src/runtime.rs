@@ -363,11 +363,12 @@ pub async fn run_shard(
     let shard = Rc::new(Shard::new(&mut spec));
     if shard.access_log.is_some() {
         // Envoy flushes access logs on a timer too; this wakes the core once a
-        // second only when the access log is on.
+        // second only when the access log is on (on the deadline sweeper:
+        // no glommio timer stays armed between flushes).
         let s = shard.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(Duration::from_secs(1)).await;
+                crate::deadline::sleep(Duration::from_secs(1)).await;
                 if let Some(log) = &s.access_log {
                     log.flush();
                 }

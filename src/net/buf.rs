@@ -153,7 +153,7 @@ impl Buf {
 /// went unused for the whole tick; ends when the pool is back at its floor.
 async fn decay() {
     loop {
-        glommio::timer::sleep(DECAY_TICK).await;
+        crate::deadline::sleep(DECAY_TICK).await;
         let (freed, done) = POOL.with(|p| {
             let mut p = p.borrow_mut();
             let unused = p.low.min(p.bufs.len().saturating_sub(POOL_FLOOR));
