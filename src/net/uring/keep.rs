@@ -76,17 +76,25 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
 
-/// A moment as nanoseconds since this process's first look at the clock
-/// here ([`nanos_now`]): plain integers, so the keeping's comparisons cost
-/// what an integer compare costs (`Instant` arithmetic normalises seconds
-/// and nanoseconds on every add).
+/// A moment as nanoseconds of `CLOCK_MONOTONIC` ([`nanos_now`]), the
+/// clock of `Instant` and of the ring's relative timeouts: plain integers,
+/// so the keeping's comparisons cost what an integer compare costs
+/// (`Instant` arithmetic normalises seconds and nanoseconds on every add).
 type Nanos = u64;
 
 fn nanos_now() -> Nanos {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as Nanos
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC cannot fail here
+    // (the vDSO answers it), and if it did the zeroes only make every kept
+    // timer look young, which the stale clause for sleeps still bounds.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// The clock, read at most once per submission and only when needed.
@@ -235,8 +243,15 @@ impl Kept {
     /// window of the new one ([`in_window`]: a preemption timer of the same
     /// length has run at most 1/16 of it; a sleep's timer for the same
     /// deadline qualifies whatever its length); a count timer must be
-    /// [`fresh`](Kept::fresh) and of the same length.
-    fn adoptable_for(&self, shape: &Shape, now: Nanos, tail: u32) -> bool {
+    /// [`fresh`](Kept::fresh) and of the same length. `timed` is
+    /// `shape.timed(now)`, worked out once for all the candidates.
+    fn adoptable_for(
+        &self,
+        shape: &Shape,
+        timed: Option<(Nanos, Nanos)>,
+        now: Nanos,
+        tail: u32,
+    ) -> bool {
         if self.owner.is_some()
             || self.fired
             || self.removing
@@ -245,7 +260,7 @@ impl Kept {
         {
             return false;
         }
-        match (self.expiry, shape.timed(now)) {
+        match (self.expiry, timed) {
             (Some(expiry), Some((len, _))) => in_window(expiry, now, len),
             _ => self.shape == *shape && self.fresh(now, tail),
         }
@@ -570,7 +585,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
             if let Some(kept) = r
                 .kept
                 .iter_mut()
-                .find(|c| c.adoptable_for(&shape, now, tail))
+                .find(|c| c.adoptable_for(&shape, timed, now, tail))
             {
                 kept.owner = Some(sqe.user_data);
                 kept.deliver = Some((sqe.user_data, link_ud));
@@ -739,6 +754,12 @@ pub(super) unsafe fn drop_unowned(ring: *mut LibUring) {
             None => head.store(h.wrapping_add(1), Ordering::Release),
         }
     }
+}
+
+/// Nothing is queued for glommio on any ring of this thread: one load.
+#[inline]
+pub(super) fn none_queued() -> bool {
+    QUEUED.with(Cell::get) == 0
 }
 
 /// The first completion queued for glommio on ring `fd`, if any; it stays
