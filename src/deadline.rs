@@ -176,7 +176,7 @@ impl Slot {
         });
         drop(stale);
         if spawn {
-            glommio::spawn_local(sweeper(id)).detach();
+            spawn_sweeper(id);
         }
         if let Some(w) = wake {
             w.wake();
@@ -249,7 +249,38 @@ pub fn wake_idle() {
 
 /// The core's one timer for every deadline: sleeps until the earliest,
 /// expires what is due (waking its task), finds the next and sleeps again.
-async fn sweeper(executor: usize) {
+fn spawn_sweeper(executor: usize) {
+    // The alarm (its timerfd) is made here, not when the task first runs.
+    let alarm = Alarm::new();
+    glommio::spawn_local(sweeper(executor, alarm)).detach();
+}
+
+/// Starts this core's sweeper now, with its timerfd, so that the process
+/// holds all its descriptors once the core serves (a shard calls it at
+/// start; otherwise the first deadline would).
+pub fn start() {
+    let id = glommio::executor().id();
+    let mut stale = None;
+    let spawn = REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.executor != Some(id) {
+            stale = Some(std::mem::replace(
+                &mut *r,
+                Registry {
+                    executor: Some(id),
+                    ..Registry::default()
+                },
+            ));
+        }
+        !std::mem::replace(&mut r.sweeping, true)
+    });
+    drop(stale);
+    if spawn {
+        spawn_sweeper(id);
+    }
+}
+
+async fn sweeper(executor: usize, mut alarm: Alarm) {
     struct Running(usize);
     impl Drop for Running {
         fn drop(&mut self) {
@@ -268,7 +299,6 @@ async fn sweeper(executor: usize) {
         }
     }
     let _running = Running(executor);
-    let mut alarm = Alarm::new();
     let mut due: Vec<Waker> = Vec::new();
     let mut swept: Option<Instant> = None;
     poll_fn::<(), _>(|cx| loop {

@@ -361,6 +361,7 @@ pub async fn run_shard(
 ) -> CoreReport {
     let mut spec = spec;
     let shard = Rc::new(Shard::new(&mut spec));
+    crate::deadline::start();
     if shard.access_log.is_some() {
         // Envoy flushes access logs on a timer too; this wakes the core once a
         // second only when the access log is on (on the deadline sweeper:
