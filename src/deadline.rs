@@ -7,7 +7,8 @@
 //! costs an allocation and an insert and a remove in two of the reactor's
 //! maps each time (3.6 % of the HTTP/2 path's CPU, perf/H2.md). Instead each
 //! core keeps a slab of pending deadlines and one sweeper task with one
-//! timer, armed for the earliest deadline registered. Registering a
+//! timer, armed for the earliest deadline registered: a timerfd read through
+//! the ring, so that glommio's timer map stays empty (see `Alarm`). Registering a
 //! deadline is a slab insert (and a wake of the sweeper only when it is the
 //! new earliest); cancelling one is a slab remove. A cancelled deadline
 //! leaves the sweeper's timer where it was: when it fires, the sweeper
