@@ -118,6 +118,24 @@ struct Registry {
     sweeping: bool,
 }
 
+impl Registry {
+    /// Makes the registry executor `id`'s: one left by an executor that has
+    /// ended (nothing of it runs) is replaced by an empty one and returned,
+    /// to be dropped once the borrow ends (dropping its wakers may drop
+    /// futures that hold slots).
+    fn claim(&mut self, id: usize) -> Option<Registry> {
+        (self.executor != Some(id)).then(|| {
+            std::mem::replace(
+                self,
+                Registry {
+                    executor: Some(id),
+                    ..Registry::default()
+                },
+            )
+        })
+    }
+}
+
 thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
 }
@@ -142,16 +160,7 @@ impl Slot {
         let mut stale = None;
         let (index, wake, spawn) = REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
-            if r.executor != Some(id) {
-                // Left by an executor that has ended: nothing of it runs.
-                stale = Some(std::mem::replace(
-                    &mut *r,
-                    Registry {
-                        executor: Some(id),
-                        ..Registry::default()
-                    },
-                ));
-            }
+            stale = r.claim(id);
             let entry = Entry::Pending {
                 at,
                 waker: waker.clone(),
@@ -264,15 +273,7 @@ pub fn start() {
     let mut stale = None;
     let spawn = REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
-        if r.executor != Some(id) {
-            stale = Some(std::mem::replace(
-                &mut *r,
-                Registry {
-                    executor: Some(id),
-                    ..Registry::default()
-                },
-            ));
-        }
+        stale = r.claim(id);
         !std::mem::replace(&mut r.sweeping, true)
     });
     drop(stale);
@@ -367,7 +368,6 @@ type Read = Pin<Box<dyn Future<Output = glommio::Result<(), ()>>>>;
 
 enum Alarm {
     Fd {
-        fd: std::os::fd::RawFd,
         file: std::rc::Rc<glommio::io::BufferedFile>,
         /// The read in flight: it completes when the timerfd expires.
         read: Option<Read>,
@@ -401,7 +401,6 @@ impl Alarm {
         // SAFETY: a fresh fd that nothing else owns; the file closes it.
         let file = unsafe { glommio::io::BufferedFile::from_raw_fd(fd) };
         Alarm::Fd {
-            fd,
             file: std::rc::Rc::new(file),
             read: None,
             at: None,
@@ -411,7 +410,7 @@ impl Alarm {
     /// Fires at `at` (read `now`), unless it already is set for then.
     fn set(&mut self, at: Instant, now: Instant) {
         match self {
-            Alarm::Fd { fd, at: set, .. } => {
+            Alarm::Fd { file, at: set, .. } => {
                 if *set == Some(at) {
                     return;
                 }
@@ -419,21 +418,11 @@ impl Alarm {
                 let d = at
                     .saturating_duration_since(now)
                     .max(Duration::from_nanos(1));
-                let spec = libc::itimerspec {
-                    it_interval: libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 0,
-                    },
-                    it_value: libc::timespec {
-                        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-                        tv_nsec: d.subsec_nanos() as libc::c_long,
-                    },
-                };
-                // SAFETY: our timerfd and a valid itimerspec.
-                if unsafe { libc::timerfd_settime(*fd, 0, &spec, std::ptr::null_mut()) } == 0 {
+                if settime(file, d) {
                     *set = Some(at);
                 } else {
-                    self.fall_back(at, now);
+                    *self = Alarm::Timer(None);
+                    self.set(at, now);
                 }
             }
             Alarm::Timer(armed) => {
@@ -449,20 +438,9 @@ impl Alarm {
     /// flight for the next), a glommio timer dropped.
     fn disarm(&mut self) {
         match self {
-            Alarm::Fd { fd, at, .. } => {
+            Alarm::Fd { file, at, .. } => {
                 if at.take().is_some() {
-                    let zero = libc::itimerspec {
-                        it_interval: libc::timespec {
-                            tv_sec: 0,
-                            tv_nsec: 0,
-                        },
-                        it_value: libc::timespec {
-                            tv_sec: 0,
-                            tv_nsec: 0,
-                        },
-                    };
-                    // SAFETY: our timerfd and a valid itimerspec.
-                    unsafe { libc::timerfd_settime(*fd, 0, &zero, std::ptr::null_mut()) };
+                    settime(file, Duration::ZERO);
                 }
             }
             Alarm::Timer(armed) => *armed = None,
@@ -481,11 +459,11 @@ impl Alarm {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(result) => {
                         *read = None;
-                        let was = at.take();
+                        *at = None;
                         if let Err(e) = result {
                             tracing::warn!(error = %e, "deadline sweeper: timerfd read failed; using a glommio timer");
-                            let now = Instant::now();
-                            self.fall_back(was.unwrap_or(now), now);
+                            // The sweeper sets it again on its next turn.
+                            *self = Alarm::Timer(None);
                         }
                         Poll::Ready(())
                     }
@@ -503,11 +481,24 @@ impl Alarm {
             },
         }
     }
+}
 
-    fn fall_back(&mut self, at: Instant, now: Instant) {
-        *self = Alarm::Timer(None);
-        self.set(at, now);
-    }
+/// Sets timerfd `file` to expire once, `d` from now (zero: disarmed);
+/// false if the system call failed.
+fn settime(file: &glommio::io::BufferedFile, d: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: a timerfd the file owns, and a valid itimerspec.
+    unsafe { libc::timerfd_settime(file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) == 0 }
 }
 
 #[cfg(test)]
