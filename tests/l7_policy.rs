@@ -383,11 +383,19 @@ fn listener_connection_rate_limit_resets_the_connection_over_it() {
         open.push(s);
     }
     let mut third = connect(port);
-    let _ = third.write_all(b"zzz");
+    // The reset may come before the write: the write then reports it (a
+    // socket reports a reset once), and the read finds the end.
+    let wrote = third.write_all(b"zzz");
+    let reset_on_write = wrote
+        .as_ref()
+        .is_err_and(|e| matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe));
     let mut buf = [0u8; 16];
     match third.read(&mut buf) {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-        Ok(n) => panic!("the third connection was served ({n} bytes), not reset"),
+        Ok(0) if reset_on_write => {}
+        Ok(n) => {
+            panic!("the third connection was served ({n} bytes), not reset (write: {wrote:?})")
+        }
     }
     drop(open);
     let (code, totals) = r.stop();
