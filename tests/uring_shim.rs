@@ -615,3 +615,197 @@ fn a_sleep_that_waits_for_company_loses_nothing() {
     assert_eq!(woken, Some(7), "the other thread's message");
     assert_eq!(unmoderated, 0, "a sleep was moderated with the wait off");
 }
+
+/// Remora's own readiness waits (`uring::Readiness`, read through
+/// `net::tcp::Tcp`) go on glommio's main ring and must wake a sleeping
+/// executor: here every round trip comes after a pause long enough for the
+/// executor to sleep in its ring, and only the wait's completion can wake
+/// it. A lost wake-up is a hang (`on_own_thread` fails it); a wait that
+/// fell back to glommio's read leaves no slot in use.
+#[test]
+fn a_readiness_wait_wakes_a_sleeping_executor() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 20, Duration::from_millis(3));
+        s
+    });
+    let (available, armed, sleeps) = on_own_thread(move || {
+        executor().run(async move {
+            let mut conn = remora::net::tcp::Tcp::from(accept_peer(tx).await);
+            let available = uring::readiness_available();
+            let before = voluntary_switches();
+            let mut armed = 0;
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                let mut got = 0;
+                while got < 64 {
+                    let n = std::future::poll_fn(|cx| {
+                        let r = conn.poll_read(cx, &mut buf[got..]);
+                        if r.is_pending() {
+                            armed = armed.max(uring::readiness_slots_in_use());
+                        }
+                        r
+                    })
+                    .await
+                    .unwrap();
+                    assert!(n > 0, "EOF in the middle of a round trip");
+                    got += n;
+                }
+                conn.write_all(&buf).await.unwrap();
+            }
+            (available, armed, voluntary_switches() - before)
+        })
+    });
+    drop(peer.join().unwrap());
+    assert!(available, "no main ring known to arm waits on");
+    assert!(
+        armed >= 1,
+        "no wait was armed on the ring (all fell back to glommio's read)"
+    );
+    assert!(
+        sleeps >= 10,
+        "the executor slept only {sleeps} times in 20 paused round trips"
+    );
+}
+
+/// A wait still armed when its connection is dropped is cancelled: its
+/// slot comes free even while the socket stays open (here through a `dup`,
+/// as a parked connection keeps it), and the socket closes once the last
+/// descriptor goes (the peer sees EOF).
+#[test]
+fn a_dropped_readiness_wait_lets_its_socket_close() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        s.read(&mut b).map_err(|e| e.kind())
+    });
+    let slots = on_own_thread(move || {
+        executor().run(async move {
+            let mut conn = remora::net::tcp::Tcp::from(accept_peer(tx).await);
+            let mut buf = [0u8; 16];
+            // Nothing has come: the read arms a wait and is pending.
+            let first = futures_lite::future::poll_once(std::future::poll_fn(|cx| {
+                conn.poll_read(cx, &mut buf)
+            }))
+            .await;
+            assert!(first.is_none(), "a read with nothing sent did not wait");
+            // Let glommio submit it.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let armed = uring::readiness_slots_in_use();
+            // SAFETY: dup of a live descriptor, closed below.
+            let dup = unsafe { libc::dup(conn.as_raw_fd()) };
+            assert!(dup >= 0);
+            drop(conn);
+            // glommio's next passes submit the cancel; the socket stays
+            // open, so only the cancel can complete the wait.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let after = uring::readiness_slots_in_use();
+            // SAFETY: closes the dup made above.
+            unsafe { libc::close(dup) };
+            (armed, after)
+        })
+    });
+    assert_eq!(
+        peer.join().unwrap(),
+        Ok(0),
+        "the dropped connection's socket did not close"
+    );
+    assert!(slots.0 >= 1, "the wait was not armed on the ring");
+    assert!(
+        slots.1 < slots.0,
+        "the cancelled wait's slot was not freed: {slots:?}"
+    );
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A wait's completion wakes a task the executor does not know was woken,
+/// so the shim keeps the executor from sleeping until the task has looked
+/// at it. A task that is woken and never looks (a waker that does nothing
+/// here) must not keep the core awake: it may cost one pass, then the
+/// executor sleeps through its idle time.
+#[test]
+fn a_wait_woken_and_never_looked_at_does_not_keep_the_core_awake() {
+    let (spent, waited) = on_own_thread(|| {
+        executor().run(async {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut wait = uring::Readiness::new();
+            let noop = std::task::Context::from_waker(std::task::Waker::noop());
+            use std::os::fd::AsRawFd;
+            assert!(
+                wait.arm(a.as_raw_fd(), Some(&noop)),
+                "no main ring to arm on"
+            );
+            (&b).write_all(b"x").unwrap();
+            // Let the wait go in and fire.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let start = Instant::now();
+            let cpu = thread_cpu();
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let spent = thread_cpu() - cpu;
+            drop(wait);
+            (spent, start.elapsed())
+        })
+    });
+    assert!(waited >= Duration::from_millis(300));
+    assert!(
+        spent < Duration::from_millis(60),
+        "the executor spent {spent:?} of CPU in {waited:?} idle: it did not sleep"
+    );
+}
+
+/// A wait armed on a socket that is already readable fires as soon as
+/// glommio submits it, and its completion may be reaped in the same pass
+/// in which glommio, having woken none of its own tasks, decides to sleep.
+/// The woken task must run before any sleep: here 100 such waits in a row
+/// leave the executor no reason to sleep at all. Were the task left to the
+/// next unrelated wake-up, each would be a sleep (or a hang).
+#[test]
+fn a_wait_that_fires_at_once_runs_its_task_before_any_sleep() {
+    let sleeps = on_own_thread(|| {
+        executor().run(async {
+            use std::os::fd::AsRawFd;
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            a.set_nonblocking(true).unwrap();
+            let before = voluntary_switches();
+            for _ in 0..100 {
+                (&b).write_all(b"x").unwrap();
+                let mut wait = uring::Readiness::new();
+                let mut armed = false;
+                std::future::poll_fn(|cx| {
+                    if !armed {
+                        armed = true;
+                        assert!(wait.arm(a.as_raw_fd(), Some(cx)), "no main ring to arm on");
+                        return std::task::Poll::Pending;
+                    }
+                    match wait.check(Some(cx)) {
+                        uring::Check::Go => std::task::Poll::Ready(()),
+                        uring::Check::Waiting => std::task::Poll::Pending,
+                    }
+                })
+                .await;
+                let mut byte = [0u8; 1];
+                (&a).read_exact(&mut byte).unwrap();
+            }
+            voluntary_switches() - before
+        })
+    });
+    assert!(
+        sleeps < 50,
+        "the executor slept {sleeps} times in 100 waits that fired at once"
+    );
+}

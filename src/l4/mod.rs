@@ -56,12 +56,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::io::{AsyncRead, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::deadline::Slot;
 use crate::net::socket::{self, Pipe, Xfer};
+use crate::net::tcp;
+use crate::net::uring::Readiness;
 use crate::net::Stream;
 use crate::turn::Turn;
 
@@ -355,19 +357,21 @@ async fn pump(
     let sfd = src.as_raw_fd();
     let mut next = Start::Read;
     let mut turn = Turn::new();
+    let mut ready = Readiness::new();
     loop {
         let step = match next {
             Start::Read => {
-                // glommio's read tries recv() and, on EAGAIN, arms a POLL_ADD
-                // through the ring and returns Pending *without keeping the
+                // The read tries recv() and, on EAGAIN, arms a readiness
+                // wait on the ring and returns Pending *without keeping the
                 // buffer*: so an idle connection holds no buffer, and a ready
                 // one reads straight into the core's scratch buffer. The code
                 // below runs in the same poll as the read completes, before
                 // any other task can touch the scratch buffer.
                 let mut waited = false;
                 let n = future::poll_fn(|cx| {
-                    let r = SCRATCH
-                        .with(|b| Pin::new(&mut *src).poll_read(cx, &mut b.borrow_mut()[..]));
+                    let r = SCRATCH.with(|b| {
+                        tcp::poll_read(&mut *src, &mut ready, cx, &mut b.borrow_mut()[..])
+                    });
                     waited |= r.is_pending();
                     r
                 })

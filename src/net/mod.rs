@@ -10,6 +10,7 @@ pub mod orig_dst;
 pub mod park;
 pub mod socket;
 pub mod stream;
+pub mod tcp;
 pub mod uring;
 
 pub use orig_dst::original_dst;

@@ -83,11 +83,14 @@ use std::time::{Duration, Instant};
 use super::batch;
 
 mod keep;
+mod ready;
 #[cfg(test)]
 mod test_ring;
 pub use keep::{
     keep_on_this_thread, orphans_removed_on_this_thread, timers_adopted_on_this_thread, Cqe,
 };
+pub use ready::{available as readiness_available, slots_in_use as readiness_slots_in_use};
+pub use ready::{Check, Readiness};
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -332,6 +335,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_exit(ring: *mut LibUring) {
     let fd = (*ring).ring_fd;
     REWRITES.with(|r| r.borrow_mut().forget_ring(fd));
     keep::forget_ring(fd);
+    ready::forget_ring(fd);
     MAIN_RING.with(|m| {
         if m.get().is_some_and(|r| r.fd == fd) {
             m.set(None);
@@ -406,6 +410,15 @@ unsafe fn through_rewrites(
     ring: *mut LibUring,
     submit: impl FnOnce(*mut LibUring) -> libc::c_int,
 ) -> libc::c_int {
+    // On the main ring: readiness waits armed since the last submission
+    // are pending with glommio's; they are not glommio's to count.
+    let ours = if is_main((*ring).ring_fd) {
+        ready::remember_ring(ring);
+        ready::flush_deferred(ring);
+        ready::take_unsubmitted()
+    } else {
+        0
+    };
     let keeping = keep::enabled();
     let kept = keep::on_submit(ring, keeping);
     if !keeping {
@@ -413,7 +426,7 @@ unsafe fn through_rewrites(
         // the kernel (and the removals it adds are removals already).
         cancels_as_removes(ring);
     }
-    if kept == keep::Outcome::default() {
+    if kept == keep::Outcome::default() && ours == 0 {
         return submit(ring);
     }
     let sq = &(*ring).sq;
@@ -425,8 +438,26 @@ unsafe fn through_rewrites(
     if rc < 0 {
         return rc;
     }
-    let glommios = (remaining - kept.added) as libc::c_int;
+    let glommios = (remaining - kept.added - ours) as libc::c_int;
     rc.min(glommios) + kept.taken as libc::c_int
+}
+
+/// Whether ring `fd` is this thread's main ring.
+#[inline]
+fn is_main(fd: i32) -> bool {
+    MAIN_RING.with(Cell::get).is_some_and(|m| m.fd == fd)
+}
+
+/// What becomes of a kernel completion of ring `fd` whose `user_data` is
+/// private: handed to glommio under the `user_data` given (its owner's),
+/// or, None, consumed here (a readiness wait's, [`ready`]; an orphan's or
+/// a removal's, [`keep`]).
+fn private_completion(fd: i32, cqe: &keep::Cqe) -> Option<u64> {
+    if cqe.user_data & ready::TAG != 0 {
+        ready::complete(cqe.user_data);
+        return None;
+    }
+    keep::translate(fd, cqe.user_data)
 }
 
 /// `IORING_OP_TIMEOUT`, `IORING_OP_TIMEOUT_REMOVE`, `IORING_OP_ASYNC_CANCEL`.
@@ -741,6 +772,10 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
         }
     }
     if submit > 0 {
+        if is_main((*ring).ring_fd) {
+            // Readiness waits pending go in with this enter.
+            ready::take_unsubmitted();
+        }
         // liburing submitted requests the rewrite did not see (its wait
         // with a timeout on a kernel without EXT_ARG): what it remembers of
         // this ring may be stale.
@@ -753,7 +788,14 @@ pub unsafe extern "C" fn __wrap___io_uring_get_cqe(
         return __real___io_uring_get_cqe(ring, cqe_ptr, submit, wait_nr, sigmask);
     };
     if wait_nr > 0 {
-        // glommio's park: the executor sleeps here until a completion.
+        // glommio's park: the executor sleeps here until a completion,
+        // unless a readiness wait woke a task since it decided to sleep
+        // (in its submission's reaping of orphans' completions).
+        if ready::hold_awake() {
+            *cqe_ptr = std::ptr::null_mut();
+            return -libc::EAGAIN;
+        }
+        ready::slept();
         let start = std::time::Instant::now();
         if main.deferred && main.min_timeout && submit == 0 {
             if let Some(us) = batch::sleep_wait_us() {
@@ -833,7 +875,7 @@ unsafe fn peek_through_keeping(ring: *mut LibUring, cqe_ptr: *mut *mut keep::Cqe
         if rc != 0 || cqe.is_null() || (*cqe).user_data & keep::PRIVATE == 0 {
             return rc;
         }
-        match keep::translate(fd, (*cqe).user_data) {
+        match private_completion(fd, &*cqe) {
             Some(user_data) => {
                 (*cqe).user_data = user_data;
                 return rc;
@@ -896,7 +938,9 @@ pub unsafe extern "C" fn __wrap_rust_io_uring_cqe_seen(ring: *mut LibUring, cqe:
 /// Same contract as the liburing function.
 #[no_mangle]
 pub unsafe extern "C" fn __wrap_rust_io_uring_cq_ready(ring: *mut LibUring) -> libc::c_uint {
-    __real_rust_io_uring_cq_ready(ring) + keep::queued_count((*ring).ring_fd)
+    let fd = (*ring).ring_fd;
+    let held = u32::from(is_main(fd) && ready::hold_awake());
+    __real_rust_io_uring_cq_ready(ring) + keep::queued_count(fd) + held
 }
 
 /// Rings created in this process so far, by how their completions run.

@@ -744,7 +744,7 @@ pub(super) unsafe fn drop_unowned(ring: *mut LibUring) {
         if cqe.user_data & PRIVATE == 0 {
             return;
         }
-        match translate(fd, cqe.user_data) {
+        match super::private_completion(fd, cqe) {
             // Someone's: it goes to glommio under its owner's user_data,
             // as the peek wrapper would have handed it on.
             Some(user_data) => {
