@@ -698,7 +698,7 @@ fn a_dropped_readiness_wait_lets_its_socket_close() {
             glommio::timer::sleep(Duration::from_millis(20)).await;
             let armed = uring::readiness_slots_in_use();
             // SAFETY: dup of a live descriptor, closed below.
-            let dup = unsafe { libc::dup(conn.as_raw_fd()) };
+            let dup = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&conn)) };
             assert!(dup >= 0);
             drop(conn);
             // glommio's next passes submit the cancel; the socket stays

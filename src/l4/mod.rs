@@ -62,8 +62,7 @@ use glommio::net::TcpStream;
 use crate::config::Forwarding;
 use crate::deadline::Slot;
 use crate::net::socket::{self, Pipe, Xfer};
-use crate::net::tcp;
-use crate::net::uring::Readiness;
+use crate::net::tcp::Tcp;
 use crate::net::Stream;
 use crate::turn::Turn;
 
@@ -123,8 +122,8 @@ pub struct Report {
 /// Forwards until both directions are closed, one side resets, or the
 /// connection idles out. Both sockets must be non-blocking.
 pub async fn forward(
-    down: &mut TcpStream,
-    up: &mut TcpStream,
+    down: &mut Tcp,
+    up: &mut Tcp,
     mode: Forwarding,
     idle_timeout: Duration,
 ) -> Report {
@@ -349,7 +348,7 @@ enum PumpError {
 /// destination is written through its raw fd, so the two directions of one
 /// connection never borrow the same stream.
 async fn pump(
-    src: &mut TcpStream,
+    src: &mut Tcp,
     dfd: RawFd,
     mode: Forwarding,
     total: &Cell<u64>,
@@ -357,7 +356,6 @@ async fn pump(
     let sfd = src.as_raw_fd();
     let mut next = Start::Read;
     let mut turn = Turn::new();
-    let mut ready = Readiness::new();
     loop {
         let step = match next {
             Start::Read => {
@@ -369,9 +367,7 @@ async fn pump(
                 // any other task can touch the scratch buffer.
                 let mut waited = false;
                 let n = future::poll_fn(|cx| {
-                    let r = SCRATCH.with(|b| {
-                        tcp::poll_read(&mut *src, &mut ready, cx, &mut b.borrow_mut()[..])
-                    });
+                    let r = SCRATCH.with(|b| src.poll_read(cx, &mut b.borrow_mut()[..]));
                     waited |= r.is_pending();
                     r
                 })
@@ -631,12 +627,12 @@ mod tests {
     #[test]
     fn idle_pump_sizes() {
         fn pump_size<'a, F: Future>(
-            _: impl FnOnce(&'a mut TcpStream, RawFd, Forwarding, &'a Cell<u64>) -> F,
+            _: impl FnOnce(&'a mut Tcp, RawFd, Forwarding, &'a Cell<u64>) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }
         fn forward_size<'a, F: Future>(
-            _: impl FnOnce(&'a mut TcpStream, &'a mut TcpStream, Forwarding, Duration) -> F,
+            _: impl FnOnce(&'a mut Tcp, &'a mut Tcp, Forwarding, Duration) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }

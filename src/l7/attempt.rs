@@ -98,7 +98,7 @@ pub(super) async fn connect(
         .await
         .map_err(|_| Failure::Connect)?;
     let stream = match conn.tls {
-        None => Stream::Plain(stream),
+        None => Stream::from(stream),
         Some(sec) => {
             let r = Box::pin(tls::originate(
                 stream,

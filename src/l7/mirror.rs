@@ -131,7 +131,7 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
         )
         .await
     {
-        Ok(s) => Stream::Plain(s),
+        Ok(s) => Stream::from(s),
         Err(_) => {
             state.record(cluster, &picked, OutlierResult::LocalOrigin);
             return Err(Failure::Connect);
@@ -151,7 +151,15 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
                 };
                 let timeout = snapshot.config.tls.handshake_timeout;
                 let host = Some(cluster.name.as_str());
-                let r = tls::originate(tcp, &o, tls::is_mesh(t), host, picked.addr, timeout).await;
+                let r = tls::originate(
+                    tcp.into_inner(),
+                    &o,
+                    tls::is_mesh(t),
+                    host,
+                    picked.addr,
+                    timeout,
+                )
+                .await;
                 shard.upstream_handshake(r)
             }
             Err(e) => {

@@ -499,7 +499,7 @@ mod tests {
                 socket2::SockRef::from(&fd)
                     .set_send_buffer_size(4096)
                     .unwrap();
-                let mut s = Stream::Plain(s);
+                let mut s = Stream::from(s);
                 write_all_pair(&mut s, &a, &b).await.unwrap();
                 let Stream::Plain(mut s) = s else {
                     unreachable!()

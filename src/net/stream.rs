@@ -41,15 +41,17 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
+use crate::net::tcp::Tcp;
+
 /// Plain TCP or TLS over TCP.
 pub enum Stream {
-    Plain(TcpStream),
+    Plain(Tcp),
     Tls(TlsStream),
 }
 
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Stream {
-        Stream::Plain(s)
+        Stream::Plain(Tcp::from(s))
     }
 }
 
@@ -59,7 +61,7 @@ impl From<TcpStream> for Stream {
 pub struct TlsStream(Rc<RefCell<TlsInner>>);
 
 struct TlsInner {
-    tcp: TcpStream,
+    tcp: Tcp,
     conn: rustls::Connection,
     /// Plaintext taken into rustls by a write whose records are not all on
     /// the wire yet; reported when they are.
@@ -107,13 +109,13 @@ pub enum HandshakeError {
 /// `io::Read` + `io::Write` over the socket within one poll: glommio's
 /// `Pending` becomes `WouldBlock` (the waker is already registered).
 struct Io<'a, 'b> {
-    tcp: &'a mut TcpStream,
+    tcp: &'a mut Tcp,
     cx: &'a mut Context<'b>,
 }
 
 impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.tcp).poll_read(self.cx, buf) {
+        match self.tcp.poll_read(self.cx, buf) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -387,8 +389,8 @@ async fn with_timeout(
     .await;
     match done {
         Some(Ok(())) => Ok(TlsStream(Rc::new(RefCell::new(inner)))),
-        Some(Err(e)) => Err((e, inner.tcp)),
-        None => Err((HandshakeError::Timeout(timeout), inner.tcp)),
+        Some(Err(e)) => Err((e, inner.tcp.into_inner())),
+        None => Err((HandshakeError::Timeout(timeout), inner.tcp.into_inner())),
     }
 }
 
@@ -405,7 +407,7 @@ impl Stream {
             Err(e) => return Err((e.into(), tcp)),
         };
         let inner = TlsInner {
-            tcp,
+            tcp: Tcp::from(tcp),
             conn: conn.into(),
             unacked: 0,
         };
@@ -424,7 +426,7 @@ impl Stream {
             Err(e) => return Err((e.into(), tcp)),
         };
         let inner = TlsInner {
-            tcp,
+            tcp: Tcp::from(tcp),
             conn: conn.into(),
             unacked: 0,
         };
@@ -449,15 +451,15 @@ impl Stream {
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Stream::Plain(s) => s.peer_addr().map_err(Into::into),
-            Stream::Tls(t) => t.0.borrow().tcp.peer_addr().map_err(Into::into),
+            Stream::Plain(s) => s.peer_addr(),
+            Stream::Tls(t) => t.0.borrow().tcp.peer_addr(),
         }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Stream::Plain(s) => s.local_addr().map_err(Into::into),
-            Stream::Tls(t) => t.0.borrow().tcp.local_addr().map_err(Into::into),
+            Stream::Plain(s) => s.local_addr(),
+            Stream::Tls(t) => t.0.borrow().tcp.local_addr(),
         }
     }
 
@@ -470,7 +472,7 @@ impl Stream {
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(Stream::Plain(unsafe { TcpStream::from_raw_fd(fd) }))
+                Ok(Stream::from(unsafe { TcpStream::from_raw_fd(fd) }))
             }
             Stream::Tls(t) => Ok(Stream::Tls(t.clone())),
         }
@@ -495,11 +497,7 @@ impl Stream {
     /// replaced had its own (bytes arriving just after it).
     pub fn quiet(&mut self) -> bool {
         match self {
-            Stream::Plain(s) => {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                let mut b = [0u8; 1];
-                matches!(Pin::new(s).poll_read(&mut cx, &mut b), Poll::Pending)
-            }
+            Stream::Plain(s) => s.quiet(),
             Stream::Tls(t) => t.quiet(),
         }
     }
@@ -525,7 +523,7 @@ impl AsyncRead for Stream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Plain(s) => s.poll_read(cx, buf),
             Stream::Tls(t) => t.with(|i| i.poll_read(cx, buf)),
         }
     }
@@ -720,7 +718,7 @@ mod tests {
             });
             let settle = || glommio::timer::sleep(Duration::from_millis(50));
             // A response read whole, then the server sends bytes nobody asked for.
-            let mut c = Stream::Plain(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let mut c = Stream::from(glommio::net::TcpStream::connect(addr).await.unwrap());
             let mut buf = [0u8; 64];
             let n = c.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"response");
@@ -731,7 +729,7 @@ mod tests {
             assert!(!c.quiet(), "stray bytes after a checked-quiet state");
             to_server.send(b'-').await.unwrap();
             // Second connection: bytes that were there before any check, then a close.
-            let mut c = Stream::Plain(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let mut c = Stream::from(glommio::net::TcpStream::connect(addr).await.unwrap());
             settle().await;
             let n = c.read(&mut buf[..5]).await.unwrap();
             assert_eq!(&buf[..n], b"stray");

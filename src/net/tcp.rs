@@ -48,10 +48,6 @@ impl Tcp {
         self.io
     }
 
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
-    }
-
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.io.peer_addr().map_err(Into::into)
     }
@@ -79,7 +75,7 @@ impl Tcp {
 
 /// One read of `stream` into `buf`, waiting through `ready` (see the module
 /// doc). `ready` must be used with this stream only.
-pub fn poll_read(
+fn poll_read(
     stream: &mut TcpStream,
     ready: &mut Readiness,
     cx: &mut Context<'_>,
@@ -110,6 +106,12 @@ pub fn poll_read(
             }
         }
         Err(e) => Poll::Ready(Err(e)),
+    }
+}
+
+impl AsRawFd for Tcp {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
     }
 }
 
