@@ -202,6 +202,9 @@ thread_local! {
     /// Interrupt-driven rings of more than 2 entries made on this thread:
     /// even counts are glommio main rings (see the module doc).
     static RINGS_MADE: Cell<u32> = const { Cell::new(0) };
+    /// This thread's latency ring's fd (-1: none): glommio's reactor peeks
+    /// it first on each of its passes (`ready::new_pass`).
+    static LATENCY_RING: Cell<i32> = const { Cell::new(-1) };
     /// GETEVENTS enters the peek wrapper made on this thread: proof that it
     /// recognises the ring (tests/uring_shim.rs). Touched only on that path.
     static PEEK_ENTERS: Cell<u64> = const { Cell::new(0) };
@@ -724,6 +727,9 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
     let rc = __real_io_uring_queue_init_params(entries, ring, params);
     if rc != -libc::EINVAL {
         if rc == 0 {
+            if !main && entries > 2 {
+                LATENCY_RING.with(|l| l.set((*ring).ring_fd));
+            }
             if main {
                 // No TASKRUN flag here: completions post on the way out of
                 // any system call, so the queue's head and tail tell.
@@ -844,6 +850,9 @@ pub unsafe extern "C" fn __wrap_rust_io_uring_peek_cqe(
     ring: *mut LibUring,
     cqe_ptr: *mut *mut keep::Cqe,
 ) -> libc::c_int {
+    if (*ring).ring_fd == LATENCY_RING.with(Cell::get) {
+        ready::new_pass();
+    }
     // The common case, kept small (glommio peeks its rings dozens of times
     // per request on a core that is not saturated): nothing queued by the
     // keeping, and the kernel's answer is glommio's.
