@@ -9,6 +9,13 @@
 //! glommio has no public readiness wait for a raw fd and no way to drop the
 //! pending poll of a live stream.
 //!
+//! Since session 39 a plain connection's read waits on readiness of
+//! Remora's own (`net::tcp`), a slab slot instead of glommio's `Source`, so
+//! what parking saves now is mostly the glommio stream itself. Whether it
+//! still pays for its ~40 µs per park and resume (below) has not been
+//! measured again: perf/EVENT_LOOP.md, "Session 39", found idle memory level
+//! with and without the new waits, parking on in both.
+//!
 //! How, per core, with no thread and nothing shared between cores:
 //! - A parked connection is a `dup` of its socket, registered in the core's
 //!   epoll fd (`EPOLLIN | EPOLLRDHUP | EPOLLONESHOT`, the data is its waiter's
