@@ -608,8 +608,12 @@ fn a_sleep_that_waits_for_company_loses_nothing() {
         })
     });
     peer.join().unwrap();
+    // Each round trip normally leaves the executor asleep, but one whose
+    // thread was descheduled for longer than the 2 ms pause finds the reply
+    // already there and never sleeps (CI ran 29 of 30 beside the suite's
+    // builds). Moderation lost would make it 0; a lost completion, a hang.
     assert!(
-        moderated >= 30,
+        moderated >= 15,
         "{moderated} moderated sleeps in 30 round trips of 2 ms"
     );
     assert_eq!(woken, Some(7), "the other thread's message");
