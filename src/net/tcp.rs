@@ -65,11 +65,30 @@ impl Tcp {
     /// armed wait that has not fired says so without a system call;
     /// otherwise a one-byte `recv` that would block does (and arms the
     /// wait). A byte, EOF or an error is not quiet (the byte is consumed:
-    /// the caller drops the connection).
+    /// the caller drops the connection). No task waits on an idle pooled
+    /// connection, so the wait is armed and checked without a waker: one
+    /// would count as a task woken and not yet run when the wait fires.
     pub fn quiet(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.ready.check(None) == Check::Waiting {
+            return true;
+        }
         let mut b = [0u8; 1];
-        matches!(self.poll_read(&mut cx, &mut b), Poll::Pending)
+        if !crate::net::uring::readiness_available() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            return matches!(
+                Pin::new(&mut self.io).poll_read(&mut cx, &mut b),
+                Poll::Pending
+            );
+        }
+        let fd = self.io.as_raw_fd();
+        match socket::recv(fd, &mut b) {
+            Ok(Xfer::WouldBlock) => {
+                // If it cannot be armed, the next check recvs.
+                self.ready.arm(fd, None);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

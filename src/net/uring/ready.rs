@@ -104,6 +104,15 @@ thread_local! {
     /// Cancels that found the submission queue full: written with the next
     /// submission that has room.
     static DEFERRED_CANCELS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// A task polled a wait since glommio last looked at its latency ring
+    /// (the first thing each pass of its reactor does; [`new_pass`]).
+    static TASKS_RAN: Cell<bool> = const { Cell::new(false) };
+    /// The doorbell: one glommio timer per core, charged to fire at once
+    /// when a task is woken here between glommio's run of its task queues
+    /// and its next pass ([`ring_doorbell`]).
+    static DOORBELL: RefCell<Option<glommio::timer::Timer>> = const { RefCell::new(None) };
+    /// The doorbell is charged and has not fired yet.
+    static DOORBELL_CHARGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// glommio is about to submit on `ring`, this thread's main ring: from now
@@ -218,18 +227,6 @@ pub(super) fn complete(user_data: u64) {
     }
 }
 
-thread_local! {
-    /// A task polled a wait since glommio last looked at its latency ring
-    /// (the first thing each pass of its reactor does; [`new_pass`]).
-    static TASKS_RAN: Cell<bool> = const { Cell::new(false) };
-    /// The doorbell: one glommio timer per core, charged to fire at once
-    /// when a task is woken here between glommio's run of its task queues
-    /// and its next pass ([`ring_doorbell`]).
-    static DOORBELL: RefCell<Option<glommio::timer::Timer>> = const { RefCell::new(None) };
-    /// The doorbell is charged and has not fired yet.
-    static DOORBELL_CHARGED: Cell<bool> = const { Cell::new(false) };
-}
-
 /// glommio's reactor starts a pass (it peeks its latency ring first).
 pub(super) fn new_pass() {
     TASKS_RAN.with(|t| t.set(false));
@@ -320,11 +317,6 @@ impl Default for Readiness {
 impl Readiness {
     pub const fn new() -> Readiness {
         Readiness { slot: NONE }
-    }
-
-    /// Whether a wait is armed (or fired and not looked at).
-    pub fn is_armed(&self) -> bool {
-        self.slot != NONE
     }
 
     /// Looks at the wait: a fired one is consumed (`Go`); an armed one
