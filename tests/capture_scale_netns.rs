@@ -130,11 +130,78 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
-/// Waits (at most 20 s) until `done`.
-fn wait(what: &str, mut done: impl FnMut() -> bool) {
+/// What process `pid` holds open, for a failure's message: its descriptors
+/// by kind, the state of each io_uring (requests submitted and not
+/// completed hold their sockets open; `SQEs` is what waits for
+/// submission, `PollList` the polls in the kernel, `CqOverflowList` the
+/// completions the queue had no room for) and its sockets' TCP states in
+/// the network namespace.
+fn fd_report(ns: &Ns, pid: u32) -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    let mut rings = String::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let kind = target.split('[').next().unwrap_or("").to_string();
+        *kinds.entry(kind).or_default() += 1;
+        if target == "anon_inode:[io_uring]" {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map_or("?", str::trim)
+                    .to_string()
+            };
+            let section = |name: &str| {
+                info.split(name).nth(1).map_or(0, |rest| {
+                    rest.lines()
+                        .skip(1)
+                        .take_while(|l| l.starts_with(' '))
+                        .count()
+                })
+            };
+            rings += &format!(
+                "\n  ring fd {}: sq head {} tail {}, SQEs {}, cq head {} tail {}, CQEs {}, polls {}, overflowed {}",
+                e.file_name().to_string_lossy(),
+                field("SqHead"),
+                field("SqTail"),
+                field("SQEs"),
+                field("CqHead"),
+                field("CqTail"),
+                field("CQEs"),
+                section("PollList:"),
+                section("CqOverflowList:"),
+            );
+        }
+    }
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    for line in ns.exec(&["ss", "-tanpH"]).lines() {
+        if line.contains(&format!("pid={pid},")) {
+            let state = line.split_whitespace().next().unwrap_or("?").to_string();
+            *states.entry(state).or_default() += 1;
+        }
+    }
+    format!("descriptors {kinds:?}, TCP states {states:?}{rings}")
+}
+
+/// Waits (at most 20 s) until `done`; `report` says what is wrong if not.
+fn wait(what: &str, mut done: impl FnMut() -> bool, report: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 20 s: {}",
+            report()
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -271,12 +338,16 @@ fn ten_thousand_concurrent_connections_through_redirect_and_a_full_conntrack_tab
     // Everything closed: no connection and no descriptor left behind.
     drop(conns);
     for (pod, ns, pid, before) in [("A", &a, pid_a, fds_a), ("B", &b, pid_b, fds_b)] {
-        wait(&format!("pod {pod}'s connections closed"), || {
-            stat_in(&ns.admin("/stats"), "downstream_cx_active") == 0
-        });
-        wait(&format!("pod {pod}'s fds back to {before}"), || {
-            fds(pid) <= before
-        });
+        wait(
+            &format!("pod {pod}'s connections closed"),
+            || stat_in(&ns.admin("/stats"), "downstream_cx_active") == 0,
+            || fd_report(ns, pid),
+        );
+        wait(
+            &format!("pod {pod}'s fds back to {before}"),
+            || fds(pid) <= before,
+            || format!("{}\n{}", fd_report(ns, pid), ns.admin("/stats")),
+        );
     }
     let (code_a, totals_a) = sidecar_a.stop();
     let (code_b, _) = sidecar_b.stop();

@@ -813,3 +813,50 @@ fn a_wait_that_fires_at_once_runs_its_task_before_any_sleep() {
         "the executor slept {sleeps} times in 100 waits that fired at once"
     );
 }
+
+/// Many armed waits dropped at once (a sidecar's connections closing
+/// together): their cancels outnumber the submission queue's entries, and
+/// those that did not fit must still go in while the core is otherwise idle,
+/// or their sockets stay open (the kernel's poll holds them) until
+/// something else happens to submit.
+#[test]
+fn more_dropped_waits_than_the_queue_holds_all_let_their_sockets_close() {
+    const WAITS: usize = 1000;
+    let open = on_own_thread(|| {
+        executor().run(async {
+            use std::os::fd::AsRawFd;
+            let mut held = Vec::with_capacity(WAITS);
+            let mut peers = Vec::with_capacity(WAITS);
+            while held.len() < WAITS {
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let mut wait = uring::Readiness::new();
+                if !wait.arm(a.as_raw_fd(), None) {
+                    // The queue is full: let glommio submit it.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                // The wait first: it is dropped (cancelled) before the
+                // socket is closed.
+                held.push((wait, a));
+                peers.push(b);
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert!(
+                uring::readiness_slots_in_use() >= WAITS,
+                "the waits were not armed"
+            );
+            drop(held);
+            // Nothing else to do on this core: it sleeps until the timer.
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            peers
+                .iter()
+                .filter(|b| {
+                    b.set_nonblocking(true).unwrap();
+                    let mut x = [0u8; 1];
+                    !matches!((&**b).read(&mut x), Ok(0))
+                })
+                .count()
+        })
+    });
+    assert_eq!(open, 0, "sockets of dropped waits still open");
+}
