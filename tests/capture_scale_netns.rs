@@ -130,6 +130,27 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
+/// A sidecar's descriptors once it has settled: the same count for 300 ms
+/// (at most 5 s). Right after it reports ready, its background threads may
+/// still be opening theirs (the config watcher's inotify and the like) and
+/// the readiness probe's connection may not be closed yet: a baseline taken
+/// then is off by a few either way (CI once counted 20 against the 23 it
+/// settles at, and waited in vain for the count to come back to 20).
+fn settled_fds(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut last, mut same_since) = (fds(pid), Instant::now());
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let now = fds(pid);
+        if now != last {
+            (last, same_since) = (now, Instant::now());
+        } else if same_since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    last
+}
+
 /// What process `pid` holds open, for a failure's message: its descriptors
 /// by kind, the state of each io_uring (requests submitted and not
 /// completed hold their sockets open; `SQEs` is what waits for
@@ -248,7 +269,7 @@ fn ten_thousand_concurrent_connections_through_redirect_and_a_full_conntrack_tab
     let sidecar_b = sidecar(&b, config);
     let sidecar_a = sidecar(&a, config);
     let (pid_a, pid_b) = (sidecar_a.pid(), sidecar_b.pid());
-    let (fds_a, fds_b) = (fds(pid_a), fds(pid_b));
+    let (fds_a, fds_b) = (settled_fds(pid_a), settled_fds(pid_b));
 
     // `n` connections from pod A's client (uid 0: captured), all open
     // before any is used.
