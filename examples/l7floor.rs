@@ -227,12 +227,22 @@ fn main() {
                 transparent: false,
                 defer_accept: true,
             };
-            let (listener, fd) = socket::listen(listen, opts).expect("bind");
+            let (_listener, fd) = socket::listen(listen, opts).expect("bind");
             eprintln!("l7floor: {:?}", remora::net::uring::ring_counts());
+            let mut wait = remora::net::uring::Readiness::new();
             loop {
                 let accepted = match socket::accept_queued(fd) {
-                    Ok(Some((stream, _peer))) => Ok(stream),
-                    Ok(None) => listener.accept().await.map_err(io::Error::from),
+                    // The floor is glommio's: its stream, from the descriptor.
+                    // SAFETY: the accepted descriptor passes to the stream.
+                    Ok(Some((stream, _peer))) => Ok(unsafe {
+                        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(
+                            std::os::fd::IntoRawFd::into_raw_fd(stream),
+                        )
+                    }),
+                    Ok(None) => {
+                        remora::net::tcp::ready(fd, libc::POLLIN, &mut wait).await;
+                        continue;
+                    }
                     Err(e) => Err(e),
                 };
                 match accepted {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
+use crate::net::tcp::Tcp;
 use tracing::{debug, warn};
 
 use crate::access_log;
@@ -159,7 +159,7 @@ pub fn decide(
 /// does (perf/README.md, "Memory per idle connection").
 pub fn serve(
     shard: Rc<Shard>,
-    down: TcpStream,
+    down: Tcp,
     origin: Origin,
     ipv6: bool,
     peer: Option<SocketAddr>,
@@ -229,7 +229,7 @@ impl<F: Future<Output = ()>> Future for Counted<F> {
 /// and counted).
 async fn setup(
     shard: &Rc<Shard>,
-    down: TcpStream,
+    mut down: Tcp,
     origin: Origin,
     ipv6: bool,
     peer: Option<SocketAddr>,
@@ -339,7 +339,7 @@ async fn setup(
                 shard,
                 config,
                 dst.port(),
-                &down,
+                &mut down,
                 detect_timeout,
                 protocol,
             ))
@@ -354,7 +354,7 @@ async fn setup(
                 // starts with the HTTP/2 preface over to HTTP/2 (no peek).
                 Protocol::Http => L7::Http1,
                 Protocol::Tcp => L7::No,
-                Protocol::Auto => match crate::l7::detect(&down, detect_timeout).await {
+                Protocol::Auto => match crate::l7::detect(&mut down, detect_timeout).await {
                     Detected::Http1 => L7::Http1,
                     Detected::Http2 => L7::Http2,
                     Detected::Other => L7::No,
@@ -398,11 +398,8 @@ async fn setup(
             )
         }
     };
-    if let Err(e) = socket::set_nonblocking(fd) {
-        warn!(error = %e, "cannot make downstream socket non-blocking");
-        return None;
-    }
-    // TCP_NODELAY is the listener's, inherited (socket::listen).
+    // Non-blocking from its accept (socket::accept_queued); TCP_NODELAY is
+    // the listener's, inherited (socket::listen).
     let (down, tls) = match terminate {
         None => (Stream::from(down), None),
         Some((contexts, hello)) => {
@@ -787,7 +784,7 @@ async fn inbound_chain(
     shard: &Shard,
     config: &Config,
     port: u16,
-    down: &TcpStream,
+    down: &mut Tcp,
     detect_timeout: Duration,
     protocol: Protocol,
 ) -> Chain {
@@ -849,7 +846,7 @@ async fn inbound_chain(
 /// Peeks (without consuming) until the bytes are a whole ClientHello, not
 /// TLS, or malformed. `None` when `window` passes first; `NeedMore` when the
 /// client closed (or the socket failed) before a whole hello.
-async fn peek_hello(down: &TcpStream, window: Duration) -> Option<Inspect> {
+async fn peek_hello(down: &mut Tcp, window: Duration) -> Option<Inspect> {
     let deadline = Instant::now() + window;
     // Most connections decide on the first bytes; the 16 KiB buffer is
     // allocated only for one that starts like TLS.
@@ -971,7 +968,7 @@ async fn connect(
     config: &Config,
     plan: &Forward,
     peer: Option<SocketAddr>,
-) -> Result<(TcpStream, Option<SocketAddr>, Option<Permit>), NoUpstream> {
+) -> Result<(Tcp, Option<SocketAddr>, Option<Permit>), NoUpstream> {
     let failed = |e: ConnectError| {
         debug!(error = %e, "no upstream connection");
         let flag = match e {
@@ -1183,13 +1180,13 @@ mod idle_sizes {
     use super::*;
 
     fn serve_size<F: Future>(
-        _: impl FnOnce(Rc<Shard>, TcpStream, Origin, bool, Option<SocketAddr>) -> F,
+        _: impl FnOnce(Rc<Shard>, Tcp, Origin, bool, Option<SocketAddr>) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
 
     fn setup_size<'a, F: Future>(
-        _: impl FnOnce(&'a Rc<Shard>, TcpStream, Origin, bool, Option<SocketAddr>, Instant) -> F,
+        _: impl FnOnce(&'a Rc<Shard>, Tcp, Origin, bool, Option<SocketAddr>, Instant) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
@@ -1226,7 +1223,7 @@ mod idle_sizes {
         eprintln!("l7::serve path task future (counted): {l7} B");
         eprintln!("connection::forward_l4 path task future (counted): {forward} B");
         eprintln!("l4::forward_streams future (inline): {l4} B");
-        eprintln!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
+        eprintln!("Tcp: {} B", std::mem::size_of::<Tcp>());
         eprintln!("Stream: {} B", std::mem::size_of::<Stream>());
         eprintln!(
             "glommio Timer: {} B",
@@ -1239,13 +1236,15 @@ mod idle_sizes {
         // the wait's `parks` flag), which saves a glommio poll of ~435 B
         // (fourth pass). Both paths grew by 8 B for the read side's readiness
         // slot (`net::tcp`, session 39), which replaces the glommio poll of
-        // ~435 B that a waiting read allocated.
-        assert!(l7 <= 256, "the HTTP/1 path's task future grew to {l7} B");
+        // ~435 B that a waiting read allocated. Session 40: the HTTP/1 one
+        // 256 -> 136 B and the L4 one 1,312 -> 1,088 B, the sockets a
+        // descriptor and two slots each instead of glommio's stream.
+        assert!(l7 <= 136, "the HTTP/1 path's task future grew to {l7} B");
         // Spawned for every connection: under glibc's per-thread cache
         // (1,032 B with the task's header), the setup frame boxed apart.
         assert!(serve <= 512, "the setup task's future grew to {serve} B");
         assert!(
-            forward <= 1312,
+            forward <= 1088,
             "the L4 path's task future grew to {forward} B"
         );
         assert!(l4 <= 552, "l4::forward_streams grew to {l4} B");

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::net::socket::{self, ListenOptions};
+use crate::net::tcp::Tcp;
 use crate::shard::{Active, BoundListener, ListenKey, Origin, Shard};
 use crate::stats::CoreStats;
 
@@ -168,8 +169,9 @@ async fn shut_down(shard: Rc<Shard>, a: Active, grace: Duration) {
     }
     let mut queued = Vec::new();
     take_queued(a.fd, &mut queued, &a.key);
-    // Closing the fd is not enough: the in-flight ring ACCEPT holds a
-    // reference and the kernel would keep completing handshakes.
+    // Closing the fd is not enough: the accept loop's readiness wait (a
+    // ring POLL_ADD) holds a reference and the kernel would keep completing
+    // handshakes.
     // shutdown() on a listening socket stops listening at once, before this
     // returns. SAFETY: the accept loop, which owns the listener, ends only
     // once `stop` is closed or its accept fails after this shutdown.
@@ -185,10 +187,10 @@ async fn shut_down(shard: Rc<Shard>, a: Active, grace: Duration) {
 
 /// Accepts whatever is queued on listening socket `fd` ([`socket::listen`]
 /// made it non-blocking, so an empty queue ends the loop instead of blocking
-/// the core; the ring's pending ACCEPT copes with the empty queue).
+/// the core).
 fn take_queued(
     fd: std::os::fd::RawFd,
-    out: &mut Vec<(glommio::net::TcpStream, SocketAddr, ListenKey)>,
+    out: &mut Vec<(Tcp, SocketAddr, ListenKey)>,
     key: &ListenKey,
 ) {
     while let Ok(Some((stream, peer))) = socket::accept_queued(fd) {
@@ -197,12 +199,7 @@ fn take_queued(
 }
 
 /// Starts serving one accepted connection on this core.
-fn serve_accepted(
-    shard: &Rc<Shard>,
-    stream: glommio::net::TcpStream,
-    peer: Option<SocketAddr>,
-    key: &ListenKey,
-) {
+fn serve_accepted(shard: &Rc<Shard>, stream: Tcp, peer: Option<SocketAddr>, key: &ListenKey) {
     shard.count_connection(true);
     let (origin, ipv6) = (key.origin, key.addr.is_ipv6());
     // The connection's own future, spawned as it is (it, or the path's task
@@ -275,14 +272,16 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
     let _running = Running(shard.clone());
     let mut backoff = Duration::ZERO;
     let mut last_warn: Option<Instant> = None;
+    let mut wait = crate::net::uring::Readiness::new();
     let stopped = || async {
         let _ = stop.acquire(1).await;
         true
     };
     loop {
         // What is already queued: one accept4 each, the peer included
-        // (socket::accept_queued). glommio's accept, which waits in the
-        // ring, only once the queue is empty.
+        // (socket::accept_queued); once the queue is empty, a readiness
+        // wait on the listener (a shutdown by `close` fires it too, and the
+        // accept4 after it fails with EINVAL).
         let accepted = match socket::accept_queued(l.fd) {
             Ok(Some((stream, peer))) => {
                 // A full backlog is taken without waiting: let the rest of
@@ -290,10 +289,10 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                 glommio::yield_if_needed().await;
                 Ok((stream, Some(peer)))
             }
-            Ok(None) => match l.listener.accept().await {
-                Ok(stream) => Ok((stream, None)),
-                Err(e) => Err(io::Error::from(e)),
-            },
+            Ok(None) => {
+                crate::net::tcp::ready(l.fd, libc::POLLIN, &mut wait).await;
+                continue;
+            }
             Err(e) => Err(e),
         };
         match accepted {
@@ -319,7 +318,7 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                 // more until the manager says so; new connections wait in
                 // the listen backlog (Envoy's action of the same name).
                 // The check comes after an accept because the loop sleeps
-                // in accept(): the one connection that wakes it is served.
+                // in its wait: the one connection that wakes it is served.
                 while shard.overload_actions.get().stop_accepting_connections {
                     let resume = shard.resume.borrow().clone();
                     let resumed = async {
@@ -329,19 +328,6 @@ async fn accept_loop(shard: Rc<Shard>, l: BoundListener, stop: Rc<Semaphore>) {
                     if future::or(resumed, stopped()).await {
                         return;
                     }
-                }
-            }
-            // A kernel whose ring ACCEPT does not wait on a non-blocking
-            // listener (this one does: socket::tests) answers EAGAIN at once:
-            // nothing is wrong, so poll the queue every millisecond instead
-            // of counting an error or spinning.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let slept = async {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                    false
-                };
-                if future::or(slept, stopped()).await {
-                    return;
                 }
             }
             Err(e) => {

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
 use crate::access_log::CoreLog;
@@ -140,8 +139,9 @@ pub struct ListenKey {
 /// One bound listener of this core.
 pub struct BoundListener {
     pub key: ListenKey,
-    pub listener: TcpListener,
-    /// glommio's listener exposes no fd; kept to shut it down on drain.
+    /// Owns the socket.
+    pub listener: socket2::Socket,
+    /// Its fd, for the accept loop and the shutdown on drain.
     pub fd: RawFd,
 }
 

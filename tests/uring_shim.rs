@@ -62,6 +62,14 @@ async fn accept_peer(tx: std::sync::mpsc::Sender<std::net::SocketAddr>) -> glomm
     listener.accept().await.unwrap()
 }
 
+/// A glommio stream's socket as a [`remora::net::tcp::Tcp`] (a dup; the
+/// glommio stream is closed).
+fn tcp_of(s: glommio::net::TcpStream) -> remora::net::tcp::Tcp {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a dup of a live descriptor, owned by the Tcp from here.
+    unsafe { remora::net::tcp::Tcp::from_raw_fd(libc::dup(s.as_raw_fd())) }
+}
+
 /// Echoes `rounds` messages of N bytes: the other side of [`round_trips`].
 async fn echo<const N: usize>(conn: &mut glommio::net::TcpStream, rounds: u8) {
     let mut buf = [0u8; N];
@@ -637,7 +645,7 @@ fn a_readiness_wait_wakes_a_sleeping_executor() {
     });
     let (available, armed, sleeps) = on_own_thread(move || {
         executor().run(async move {
-            let mut conn = remora::net::tcp::Tcp::from(accept_peer(tx).await);
+            let mut conn = tcp_of(accept_peer(tx).await);
             let available = uring::readiness_available();
             let before = voluntary_switches();
             let mut armed = 0;
@@ -690,7 +698,7 @@ fn a_dropped_readiness_wait_lets_its_socket_close() {
     });
     let slots = on_own_thread(move || {
         executor().run(async move {
-            let mut conn = remora::net::tcp::Tcp::from(accept_peer(tx).await);
+            let mut conn = tcp_of(accept_peer(tx).await);
             let mut buf = [0u8; 16];
             // Nothing has come: the read arms a wait and is pending.
             let first = futures_lite::future::poll_once(std::future::poll_fn(|cx| {
@@ -859,4 +867,48 @@ fn more_dropped_waits_than_the_queue_holds_all_let_their_sockets_close() {
         })
     });
     assert_eq!(open, 0, "sockets of dropped waits still open");
+}
+
+/// A read whose wait cannot be armed (the submission queue is full of other
+/// waits not yet submitted) is not lost: its task is woken after glommio's
+/// next submission and arms it then. Without that it would never be woken
+/// (nothing is armed for it), and this test would time out.
+#[test]
+fn a_read_that_finds_the_queue_full_waits_its_turn() {
+    let got = on_own_thread(|| {
+        executor().run(async {
+            use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let writer = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                s.write_all(b"late").unwrap();
+                s
+            });
+            let (server, _) = listener.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            // SAFETY: the descriptor passes from the std socket to the Tcp.
+            let mut conn = unsafe { remora::net::tcp::Tcp::from_raw_fd(server.into_raw_fd()) };
+            // Let glommio learn its ring, then fill its queue in one go.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let mut others = Vec::new();
+            loop {
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let mut wait = uring::Readiness::new();
+                if !wait.arm(a.as_raw_fd(), None) {
+                    break;
+                }
+                others.push((wait, a, b));
+            }
+            assert!(others.len() >= 16, "the queue took only {}", others.len());
+            let mut buf = [0u8; 16];
+            let n = futures_lite::AsyncReadExt::read(&mut conn, &mut buf)
+                .await
+                .unwrap();
+            drop(writer.join().unwrap());
+            buf[..n].to_vec()
+        })
+    });
+    assert_eq!(got, b"late");
 }

@@ -30,9 +30,9 @@
 //! preemption period (100 ms) per hop. Now they wait about one budget's work
 //! (~0.1 ms) per hop.
 //!
-//! Memory: an idle connection owns no buffer and no pipe. glommio's read path
-//! tries `recv` and, on EAGAIN, arms a POLL_ADD through the ring and returns
-//! Pending without keeping the caller's buffer; so the read goes straight into
+//! Memory: an idle connection owns no buffer and no pipe. The read
+//! ([`crate::net::tcp`]) tries `recv` and, on EAGAIN, arms a POLL_ADD on the
+//! ring and returns Pending without keeping the caller's buffer; so the read goes straight into
 //! the core's scratch buffer when data is there, and an idle direction costs
 //! only the pending poll (no kernel worker thread: FACTS.md). A pipe is borrowed
 //! only within one readiness event and goes back to the pool empty. If the
@@ -50,14 +50,12 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::deadline::Slot;
@@ -344,7 +342,7 @@ enum PumpError {
 
 /// One direction: `src` → `dst` until EOF (then half-close `dst`) or error.
 ///
-/// Only the source is borrowed mutably (glommio's read path needs it); the
+/// Only the source is borrowed mutably (its read wait is its own); the
 /// destination is written through its raw fd, so the two directions of one
 /// connection never borrow the same stream.
 async fn pump(
@@ -600,21 +598,19 @@ fn splice_through(pipe: &Pipe, sfd: RawFd, dfd: RawFd, budget: usize) -> Result<
     }
 }
 
-/// Writes `data` to `fd`, waiting for writability through glommio.
-///
-/// glommio has no public "wait until writable" for a raw fd, but its own
-/// `TcpStream` write path does exactly that (send, and on EAGAIN a POLLOUT
-/// through the ring). So we wrap a `dup` of the fd for the duration of the
-/// write; closing the dup leaves the connection open. This only runs under
-/// back-pressure, never on the fast path.
+/// Writes `data` to `fd`, waiting for writability on a readiness wait of
+/// its own. This only runs under back-pressure, never on the fast path.
 async fn write_all_when_writable(fd: RawFd, data: Vec<u8>) -> io::Result<()> {
-    // SAFETY: dup of a valid fd; the new fd is owned by the TcpStream below.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
+    let mut wait = crate::net::uring::Readiness::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        match socket::send(fd, rest)? {
+            Xfer::Done(n) => rest = &rest[n..],
+            Xfer::Eof => return Err(io::ErrorKind::WriteZero.into()),
+            Xfer::WouldBlock => crate::net::tcp::ready(fd, libc::POLLOUT, &mut wait).await,
+        }
     }
-    let mut stream = unsafe { TcpStream::from_raw_fd(dup) };
-    stream.write_all(&data).await
+    Ok(())
 }
 
 #[cfg(test)]

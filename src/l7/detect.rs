@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
+use crate::net::tcp::Tcp;
 
 use crate::deadline::until;
 
@@ -64,9 +64,7 @@ pub enum Detected {
 }
 
 /// Peeks (without consuming) for up to `window`.
-/// Must run before the socket is made non-blocking (a ring recv on an
-/// O_NONBLOCK socket would fail with EAGAIN instead of waiting).
-pub async fn detect(stream: &TcpStream, window: Duration) -> Detected {
+pub async fn detect(stream: &mut Tcp, window: Duration) -> Detected {
     let deadline = Instant::now() + window;
     let mut first = [0u8; 24];
     loop {

@@ -151,15 +151,7 @@ async fn send(shard: &Shard, snapshot: &Snapshot, job: &Job, body: &[u8]) -> Res
                 };
                 let timeout = snapshot.config.tls.handshake_timeout;
                 let host = Some(cluster.name.as_str());
-                let r = tls::originate(
-                    tcp.into_inner(),
-                    &o,
-                    tls::is_mesh(t),
-                    host,
-                    picked.addr,
-                    timeout,
-                )
-                .await;
+                let r = tls::originate(tcp, &o, tls::is_mesh(t), host, picked.addr, timeout).await;
                 shard.upstream_handshake(r)
             }
             Err(e) => {

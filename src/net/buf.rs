@@ -193,8 +193,8 @@ pub fn release_if_empty(slot: &mut Option<Buf>) {
 }
 
 /// Polls one read on a connection that holds no buffer (it was idle):
-/// `Ok(None)` is EOF. glommio's read returns Pending without keeping the
-/// caller's buffer, so waiting costs no buffer; the bytes land in the
+/// `Ok(None)` is EOF. A read ([`crate::net::tcp`]) returns Pending without
+/// keeping the caller's buffer, so waiting costs no buffer; the bytes land in the
 /// per-core scratch, borrowed only inside one poll, and are copied into a
 /// pooled buffer in the same poll.
 pub fn poll_read_fresh(
@@ -302,8 +302,8 @@ pub async fn read_into(
 ///
 /// Two sends instead of one cost more than a syscall: on loopback the sender
 /// also delivers into the receiver's socket and wakes it, once per send.
-/// glommio's stream has no vectored write, so the first try goes straight to
-/// the socket, non-blocking, as glommio's own first try at a write does.
+/// The stream's write takes one slice, so the first try goes straight to the
+/// socket, non-blocking, as the stream's own write does.
 pub async fn write_all_pair(stream: &mut Stream, first: &[u8], second: &[u8]) -> io::Result<()> {
     let stream = match stream {
         Stream::Plain(s) => s,
@@ -404,7 +404,7 @@ fn sent_now(rc: isize) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glommio::net::TcpStream;
+    use crate::net::tcp::Tcp;
 
     #[test]
     fn consume_spare_and_grow() {
@@ -493,7 +493,9 @@ mod tests {
                         }
                     }
                 });
-                let s = TcpStream::connect(addr).await.unwrap();
+                let s = Tcp::connect(addr, None, Duration::from_secs(5))
+                    .await
+                    .unwrap();
                 // SAFETY: `s` owns the descriptor and outlives the borrow.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
                 socket2::SockRef::from(&fd)

@@ -10,18 +10,18 @@
 //! pending poll of a live stream.
 //!
 //! Since session 39 a plain connection's read waits on readiness of
-//! Remora's own (`net::tcp`), a slab slot instead of glommio's `Source`, so
-//! what parking saves now is mostly the glommio stream itself. Whether it
-//! still pays for its ~40 µs per park and resume (below) has not been
-//! measured again: perf/EVENT_LOOP.md, "Session 39", found idle memory level
-//! with and without the new waits, parking on in both.
+//! Remora's own, and since session 40 its socket is Remora's own too
+//! ([`crate::net::tcp`]: a descriptor and two slab slots, no glommio stream
+//! and no glommio poll). Parking no longer saves memory: with 10,000 idle
+//! HTTP connections, 720 B per connection parked against 678 B never parked
+//! (perf/README.md, "Session 40"), and CPU was level with 1,000 clients
+//! each sending every 250 ms. It is a candidate for removal.
 //!
 //! How, per core, with no thread and nothing shared between cores:
-//! - A parked connection is a `dup` of its socket, registered in the core's
-//!   epoll fd (`EPOLLIN | EPOLLRDHUP | EPOLLONESHOT`, the data is its waiter's
-//!   index and generation); its glommio `TcpStream` is dropped, which closes
-//!   the original fd and cancels glommio's pending poll (the dup keeps the
-//!   socket open, and the cancel is by request, not by fd number).
+//! - A parked connection is its socket's descriptor, registered in the
+//!   core's epoll fd (`EPOLLIN | EPOLLRDHUP | EPOLLONESHOT`, the data is its
+//!   waiter's index and generation); its readiness wait, if armed, is
+//!   cancelled (by request, not by fd number).
 //! - glommio cannot wait on an epoll fd (its socket read `recv`s first), so a
 //!   small io_uring of our own (4 entries) holds one `POLL_ADD` on the epoll
 //!   fd linked to a `SEND` of one byte on a socketpair. One pump task per core
@@ -31,9 +31,9 @@
 //!   is level-checked when armed, so readiness that came in between is not
 //!   lost. One chain per core however many connections are parked.
 //! - Woken, the connection reads once with a raw non-blocking `recv` into a
-//!   pooled buffer ([`crate::net::buf::recv_fresh`]; a glommio read would
-//!   leave an early poll behind), then [`Parked::resume`] deletes the epoll
-//!   registration and makes a glommio stream of the fd again.
+//!   pooled buffer ([`crate::net::buf::recv_fresh`]), then
+//!   [`Parked::resume`] deletes the epoll registration and makes a [`Tcp`]
+//!   of the fd again.
 //! - Cancellation is synchronous: dropping a [`Parked`] (the connection
 //!   closed, idled out, was shed or drained) deletes its registration with
 //!   `EPOLL_CTL_DEL` before closing its fd, so no readiness of a reused fd
@@ -42,8 +42,9 @@
 //!
 //! What it costs: nothing on the hot path (a keep-alive connection whose
 //! next request comes within [`PARK_AFTER`] never parks). A park and its
-//! resume (dup, close and glommio's cancel, two `epoll_ctl`s, the chain and
-//! the pump's pass, a `recv`, a new glommio stream) measured ~40 µs of CPU
+//! resume (before session 40: dup, close and glommio's cancel, two
+//! `epoll_ctl`s, the chain and the pump's pass, a `recv`, a new glommio
+//! stream) measured ~40 µs of CPU
 //! per request with 1,000 clients each sending every 250 ms (perf/README.md,
 //! fourth pass): the L7 path backs a connection's delay off when it is
 //! woken soon after parking (`l7::park_backoff`). The kernel keeps an epoll
@@ -58,14 +59,15 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use glommio::net::{TcpStream, UnixStream};
+use glommio::net::UnixStream;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::net::buf::{recv_fresh, Buf};
+use crate::net::tcp::Tcp;
 
 /// How long a keep-alive connection waits the ordinary way (a glommio read,
 /// whose pending poll it already holds from its last request) before it
@@ -301,12 +303,9 @@ fn with_existing<R>(f: impl FnOnce(&mut Parker) -> R) -> Option<R> {
 /// Parks `stream` until it is readable, waking `waker` then. Gives the
 /// stream back when parking is not possible here (the connection then
 /// waits the ordinary way).
-pub fn park(stream: TcpStream, waker: &Waker) -> Result<Parked, TcpStream> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd we hold; the new fd is owned below.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(stream);
-    }
+pub fn park(stream: Tcp, waker: &Waker) -> Result<Parked, Tcp> {
+    // Its readiness waits are cancelled (by request, not by descriptor).
+    let fd = stream.into_raw_fd();
     let registered = with_parker(|p| {
         let index = match p.free.pop() {
             Some(i) => i,
@@ -325,8 +324,8 @@ pub fn park(stream: TcpStream, waker: &Waker) -> Result<Parked, TcpStream> {
         match ok {
             Ok(()) => Ok(Parked { fd, index, gen }),
             Err(e) => {
-                // Nothing refers to the waiter: free it (the dup is closed
-                // below, which also drops its registration if the ADD took).
+                // Nothing refers to the waiter: free it (a registration
+                // that took is deleted below).
                 let w = &mut p.waiters[index as usize];
                 w.gen = w.gen.wrapping_add(1);
                 let old = w.waker.take();
@@ -336,18 +335,14 @@ pub fn park(stream: TcpStream, waker: &Waker) -> Result<Parked, TcpStream> {
         }
     });
     match registered {
-        Some(Ok(parked)) => {
-            // Closes the original fd; glommio cancels its pending poll.
-            drop(stream);
-            Ok(parked)
-        }
+        Some(Ok(parked)) => Ok(parked),
         failed => {
             if let Some(Err((e, _old))) = failed {
                 tracing::debug!(error = %e, "parking an idle connection failed");
+                with_existing(|p| p.ctl(libc::EPOLL_CTL_DEL, fd, 0));
             }
-            // SAFETY: `fd` is our dup and nothing else refers to it.
-            unsafe { libc::close(fd) };
-            Err(stream)
+            // SAFETY: `fd` came from the stream above and nothing else owns it.
+            Err(unsafe { Tcp::from_raw_fd(fd) })
         }
     }
 }
@@ -399,13 +394,13 @@ impl Parked {
         }
     }
 
-    /// The connection as a glommio stream again (after its first bytes were
+    /// The connection as a live stream again (after its first bytes were
     /// read): the registration is deleted first.
-    pub fn resume(self) -> TcpStream {
+    pub fn resume(self) -> Tcp {
         let me = std::mem::ManuallyDrop::new(self);
         me.unregister();
         // SAFETY: the fd is ours and, with `me` not dropped, passes to the stream.
-        unsafe { TcpStream::from_raw_fd(me.fd) }
+        unsafe { Tcp::from_raw_fd(me.fd) }
     }
 
     fn unregister(&self) {
@@ -483,15 +478,13 @@ mod tests {
     use std::os::fd::IntoRawFd;
 
     /// A connected pair: the client's std socket and the server side as a
-    /// non-blocking glommio stream.
-    fn pair(listener: &std::net::TcpListener) -> (std::net::TcpStream, TcpStream) {
+    /// non-blocking [`Tcp`].
+    fn pair(listener: &std::net::TcpListener) -> (std::net::TcpStream, Tcp) {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        // SAFETY: the fd passes from the std socket to the glommio one.
-        (client, unsafe {
-            TcpStream::from_raw_fd(server.into_raw_fd())
-        })
+        // SAFETY: the fd passes from the std socket to the Tcp.
+        (client, unsafe { Tcp::from_raw_fd(server.into_raw_fd()) })
     }
 
     async fn settle() {

@@ -1,16 +1,17 @@
 //! Socket construction and the few raw syscalls the data path makes itself.
 //!
 //! glommio's `TcpListener::bind` fixes the backlog and cannot set IPV6_V6ONLY or
-//! IP_TRANSPARENT, and its `connect` cannot bind a source address first; so we
-//! build those sockets with socket2 and hand the fd to glommio (FACTS.md).
+//! IP_TRANSPARENT, so listeners are built with socket2 (FACTS.md); accepted
+//! and connected sockets are Remora's own ([`Tcp`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::time::Duration;
 
-use glommio::net::{TcpListener, TcpStream};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::net::tcp::Tcp;
 
 /// Listen backlog; the kernel caps it at net.core.somaxconn.
 pub const BACKLOG: i32 = 4096;
@@ -31,10 +32,10 @@ pub struct ListenOptions {
     pub defer_accept: bool,
 }
 
-/// Builds a SO_REUSEPORT listener (one per core per address) and hands it to glommio.
-/// Must be called on the executor thread that will accept on it. The raw fd is
-/// returned too (glommio's listener does not expose it) for shutdown on drain.
-pub fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<(TcpListener, RawFd)> {
+/// Builds a SO_REUSEPORT listener (one per core per address), non-blocking,
+/// with its raw fd (for [`accept_queued`], its readiness wait and shutdown on
+/// drain).
+pub fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<(Socket, RawFd)> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -64,96 +65,23 @@ pub fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<(TcpListener,
     }
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
-    // Non-blocking, for [`accept_queued`]. glommio's accept copes: it sets
-    // O_NONBLOCK itself around its first try and then waits with a ring
-    // ACCEPT, which the kernel retries on readiness whatever the file's mode
-    // (`tests::ring_accept_waits_on_a_non_blocking_listener`).
+    // Non-blocking: [`accept_queued`] takes what is queued and returns.
     s.set_nonblocking(true)?;
-    let fd = s.into_raw_fd();
-    // SAFETY: we own the fd and give it to glommio exactly once.
-    Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
+    let fd = s.as_raw_fd();
+    Ok((s, fd))
 }
 
-/// Connects to `dst`, optionally from a fixed source address, within `timeout`.
-///
-/// Without a source, glommio's ring CONNECT with a linked timeout does it all.
-/// With one (the inbound path binds 127.0.0.6 so Istio's rules skip it), glommio
-/// offers no way to connect a socket we built, so we connect non-blocking and
-/// check for completion. The destination is always local here (the pod's own
-/// app), where the handshake normally completes inside the connect() call; a
-/// short timer-paced check covers the rare SYN that had to be retransmitted.
+/// Connects to `dst`, optionally from a fixed source address (the inbound
+/// path binds 127.0.0.6 so Istio's rules skip it), within `timeout`: a
+/// non-blocking socket with Nagle off.
 pub async fn connect(
     dst: SocketAddr,
     source: Option<IpAddr>,
     timeout: Duration,
-) -> io::Result<TcpStream> {
-    let stream = match source {
-        None => TcpStream::connect_timeout(dst, timeout).await?,
-        Some(src) => connect_bound(dst, src, timeout).await?,
-    };
+) -> io::Result<Tcp> {
+    let stream = Tcp::connect(dst, source, timeout).await?;
     stream.set_nodelay(true)?;
-    set_nonblocking(stream.as_raw_fd())?;
     Ok(stream)
-}
-
-async fn connect_bound(dst: SocketAddr, src: IpAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let domain = if dst.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(
-        domain,
-        Type::STREAM.cloexec().nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    // Let connect() pick the port, so 4-tuples from 127.0.0.6 are not limited
-    // to the ephemeral range once per source.
-    set_int(
-        s.as_raw_fd(),
-        libc::SOL_IP,
-        libc::IP_BIND_ADDRESS_NO_PORT,
-        1,
-    )?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
-    match s.connect(&SockAddr::from(dst)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            let deadline = Instant::now() + timeout;
-            let mut pause = Duration::from_micros(200);
-            loop {
-                if poll_out(s.as_raw_fd())? {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-                }
-                glommio::timer::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            if let Some(e) = s.take_error()? {
-                return Err(e);
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    // SAFETY: we own the fd and give it to glommio exactly once.
-    Ok(unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) })
-}
-
-/// Non-blocking check whether a connecting socket finished (either way).
-fn poll_out(fd: RawFd) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let rc = unsafe { libc::poll(&mut p, 1, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc > 0)
 }
 
 /// Whether the peer has shut down its sending side (its FIN has arrived),
@@ -258,23 +186,36 @@ pub fn drop_new_handshakes(fd: RawFd) -> io::Result<()> {
 
 /// Takes a connection already queued on listening socket `fd` (which
 /// [`listen`] made non-blocking): `None` when the queue is empty. One
-/// `accept4` that also returns the peer's address, where glommio's accept
-/// makes four system calls (it toggles O_NONBLOCK with three `fcntl`s around
-/// a plain `accept`) and the peer address costs a `getpeername` more. The new
-/// socket is blocking and close-on-exec, as glommio's are: the ring's peeks
-/// before protocol detection wait only on a blocking socket.
-pub fn accept_queued(fd: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-    // SAFETY: borrowed for the call only; ManuallyDrop keeps it from closing
-    // the listener's fd.
-    let listener = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
+/// `accept4` that also returns the peer's address and makes the socket
+/// non-blocking and close-on-exec (glommio's accept made four system calls,
+/// toggling O_NONBLOCK with three `fcntl`s around a plain `accept`, and the
+/// peer address cost a `getpeername` more).
+pub fn accept_queued(fd: RawFd) -> io::Result<Option<(Tcp, SocketAddr)>> {
     loop {
-        match listener.accept() {
-            Ok((s, addr)) => {
+        // SAFETY: accept4 writes at most `len` bytes of address into the
+        // storage socket2 provides, and sets `len`.
+        let accepted = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let rc = libc::accept4(
+                    fd,
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(rc)
+                }
+            })
+        };
+        match accepted {
+            Ok((conn, addr)) => {
+                // SAFETY: accept4 returned this fd and nothing else owns it.
+                let stream = unsafe { Tcp::from_raw_fd(conn) };
                 let Some(peer) = addr.as_socket() else {
                     continue; // not an IP peer: cannot happen on a TCP listener
                 };
-                // SAFETY: accept4 returned this fd and nothing else owns it.
-                let stream = unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) };
                 return Ok(Some((stream, peer)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -327,7 +268,12 @@ pub fn shutdown_write(fd: RawFd) {
     }
 }
 
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: valid pointer and length.
     let rc = unsafe {
         libc::setsockopt(
@@ -521,8 +467,8 @@ mod tests {
     #[test]
     fn a_deferred_listener_queues_a_connection_with_its_first_bytes() {
         use std::io::Write;
-        fn accept_within(fd: RawFd, limit: Duration) -> (TcpStream, SocketAddr) {
-            let start = Instant::now();
+        fn accept_within(fd: RawFd, limit: Duration) -> (Tcp, SocketAddr) {
+            let start = std::time::Instant::now();
             loop {
                 if let Some(c) = accept_queued(fd).unwrap() {
                     return c;
@@ -537,7 +483,7 @@ mod tests {
                 defer_accept: true,
             };
             let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), opts).unwrap();
-            let addr = l.local_addr().unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
             // Both handshakes complete on the clients' side.
             let mut talker = std::net::TcpStream::connect(addr).unwrap();
             let silent = std::net::TcpStream::connect(addr).unwrap();
@@ -565,11 +511,11 @@ mod tests {
         });
     }
 
-    /// The listener is non-blocking (for [`accept_queued`]); glommio's own
-    /// accept must still wait for a connection through the ring rather than
-    /// fail with EAGAIN, or an idle listener would spin or stop.
+    /// The listener is non-blocking (for [`accept_queued`]); the accept
+    /// loop's readiness wait on it sleeps until a connection comes, which
+    /// is then there to take, peer and all.
     #[test]
-    fn ring_accept_waits_on_a_non_blocking_listener() {
+    fn a_listeners_wait_wakes_on_a_connection() {
         on_executor(|| async {
             let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
             // SAFETY: F_GETFL on the listener's live fd.
@@ -577,17 +523,24 @@ mod tests {
                 unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
                 0
             );
-            let addr = l.local_addr().unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
             let client = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(100));
                 std::net::TcpStream::connect(addr).unwrap()
             });
-            let s = l.accept().await.expect("the ring ACCEPT waits");
+            assert!(accept_queued(fd).unwrap().is_none());
+            let mut wait = crate::net::uring::Readiness::new();
+            crate::net::tcp::ready(fd, libc::POLLIN, &mut wait).await;
+            let (s, peer) = accept_queued(fd)
+                .unwrap()
+                .expect("woken with a connection queued");
             let c = client.join().unwrap();
-            assert_eq!(s.peer_addr().unwrap(), c.local_addr().unwrap());
-            // Still non-blocking after glommio's O_NONBLOCK toggling.
+            assert_eq!(peer, c.local_addr().unwrap());
+            assert_eq!(s.peer_addr().unwrap(), peer);
+            // Accepted non-blocking.
+            // SAFETY: F_GETFL on the accepted socket's live fd.
             assert_ne!(
-                unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
+                unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) } & libc::O_NONBLOCK,
                 0
             );
         });
@@ -597,7 +550,7 @@ mod tests {
     fn accept_queued_takes_what_is_queued_with_its_peer() {
         on_executor(|| async {
             let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
-            let addr = l.local_addr().unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
             assert!(
                 accept_queued(fd).unwrap().is_none(),
                 "empty queue: None, at once"
@@ -608,10 +561,10 @@ mod tests {
             let mut peers = Vec::new();
             while let Some((s, peer)) = accept_queued(fd).unwrap() {
                 assert_eq!(s.peer_addr().unwrap(), peer);
-                // Blocking, as glommio's accepted sockets are (the ring's
-                // peeks need it) and close-on-exec.
+                // Non-blocking (splice follows the file's flag) and
+                // close-on-exec, from the accept itself.
                 let sfd = s.as_raw_fd();
-                assert_eq!(
+                assert_ne!(
                     unsafe { libc::fcntl(sfd, libc::F_GETFL) } & libc::O_NONBLOCK,
                     0
                 );
@@ -653,7 +606,7 @@ mod tests {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
         let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
-        let addr = l.local_addr().unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (reset, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let clients: Vec<_> = (0..4)
@@ -678,13 +631,13 @@ mod tests {
             .collect();
         // Answers what is queued, again and again for `d` (once for zero).
         let answer_for = |d: Duration| {
-            let until = Instant::now() + d;
+            let until = std::time::Instant::now() + d;
             loop {
                 while let Some((s, _)) = accept_queued(fd).unwrap() {
                     // SAFETY: a one-byte write on the accepted socket's live fd.
                     unsafe { libc::write(s.as_raw_fd(), b"x".as_ptr().cast(), 1) };
                 }
-                if Instant::now() >= until {
+                if std::time::Instant::now() >= until {
                     break;
                 }
             }
@@ -728,7 +681,7 @@ mod tests {
     fn drop_new_handshakes_stops_new_connects_but_not_those_queued() {
         on_executor(|| async {
             let (l, fd) = listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
-            let addr = l.local_addr().unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
             let mut queued = std::net::TcpStream::connect(addr).unwrap();
             drop_new_handshakes(fd).unwrap();
             // The SYN is dropped: no refusal, no connection, a timeout.

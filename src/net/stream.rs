@@ -3,21 +3,21 @@
 //!
 //! Why one enum and not a trait object or a generic: every poll is one match
 //! on a tag the branch predictor learns per connection, the plain variant is
-//! glommio's stream itself (no extra allocation or indirection), and the
+//! the socket itself ([`Tcp`]: no extra allocation or indirection), and the
 //! code above stays monomorphic (no second copy of the L7 state machine).
 //!
-//! TLS is rustls' buffered API driven from glommio's non-blocking socket:
+//! TLS is rustls' buffered API driven from the non-blocking socket:
 //! records are read straight into rustls' deframer through [`Io`], an
-//! `io::Read`/`io::Write` view of the socket that turns glommio's `Pending`
+//! `io::Read`/`io::Write` view of the socket that turns its `Pending`
 //! into `WouldBlock` (the waker is registered by that very poll). No kTLS on
 //! this kernel (FACTS.md), so records are sealed and opened in user space.
 //!
 //! Two halves: the L7 path writes a request body while it watches the
-//! upstream for an early answer. A plain stream gets a second glommio stream
-//! on a `dup` of its socket; a TLS stream shares its session between the two
+//! upstream for an early answer. A plain stream gets a second [`Tcp`] on a
+//! `dup` of its socket; a TLS stream shares its session between the two
 //! handles (`Rc<RefCell>`, borrowed only inside one synchronous poll, never
-//! across an await). glommio keeps separate read and write wakers per
-//! socket, so one task may wait to read while another waits to write.
+//! across an await). A [`Tcp`] keeps separate read and write waits, so one
+//! task may wait to read while another waits to write.
 //!
 //! Write semantics are those of a plain socket: a write returns once its
 //! bytes are on the wire (handed to the kernel), so callers never flush.
@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
 use crate::net::tcp::Tcp;
@@ -49,9 +48,9 @@ pub enum Stream {
     Tls(TlsStream),
 }
 
-impl From<TcpStream> for Stream {
-    fn from(s: TcpStream) -> Stream {
-        Stream::Plain(Tcp::from(s))
+impl From<Tcp> for Stream {
+    fn from(s: Tcp) -> Stream {
+        Stream::Plain(s)
     }
 }
 
@@ -381,7 +380,7 @@ async fn handshake(inner: &mut TlsInner) -> Result<(), HandshakeError> {
 async fn with_timeout(
     mut inner: TlsInner,
     timeout: Duration,
-) -> Result<TlsStream, (HandshakeError, TcpStream)> {
+) -> Result<TlsStream, (HandshakeError, Tcp)> {
     let done = crate::deadline::until(
         Some(std::time::Instant::now() + timeout),
         handshake(&mut inner),
@@ -389,8 +388,8 @@ async fn with_timeout(
     .await;
     match done {
         Some(Ok(())) => Ok(TlsStream(Rc::new(RefCell::new(inner)))),
-        Some(Err(e)) => Err((e, inner.tcp.into_inner())),
-        None => Err((HandshakeError::Timeout(timeout), inner.tcp.into_inner())),
+        Some(Err(e)) => Err((e, inner.tcp)),
+        None => Err((HandshakeError::Timeout(timeout), inner.tcp)),
     }
 }
 
@@ -398,16 +397,16 @@ impl Stream {
     /// Terminates TLS on an accepted connection. On failure the socket comes
     /// back (to be reset or counted by the caller).
     pub async fn accept_tls(
-        tcp: TcpStream,
+        tcp: Tcp,
         config: Arc<rustls::ServerConfig>,
         timeout: Duration,
-    ) -> Result<Stream, (HandshakeError, TcpStream)> {
+    ) -> Result<Stream, (HandshakeError, Tcp)> {
         let conn = match rustls::ServerConnection::new(config) {
             Ok(c) => c,
             Err(e) => return Err((e.into(), tcp)),
         };
         let inner = TlsInner {
-            tcp: Tcp::from(tcp),
+            tcp,
             conn: conn.into(),
             unacked: 0,
         };
@@ -416,17 +415,17 @@ impl Stream {
 
     /// Originates TLS on a connected socket, naming `server_name` (SNI).
     pub async fn connect_tls(
-        tcp: TcpStream,
+        tcp: Tcp,
         config: Arc<rustls::ClientConfig>,
         server_name: ServerName<'static>,
         timeout: Duration,
-    ) -> Result<Stream, (HandshakeError, TcpStream)> {
+    ) -> Result<Stream, (HandshakeError, Tcp)> {
         let conn = match rustls::ClientConnection::new(config, server_name) {
             Ok(c) => c,
             Err(e) => return Err((e.into(), tcp)),
         };
         let inner = TlsInner {
-            tcp: Tcp::from(tcp),
+            tcp,
             conn: conn.into(),
             unacked: 0,
         };
@@ -472,7 +471,7 @@ impl Stream {
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(Stream::from(unsafe { TcpStream::from_raw_fd(fd) }))
+                Ok(Stream::from(unsafe { Tcp::from_raw_fd(fd) }))
             }
             Stream::Tls(t) => Ok(Stream::Tls(t.clone())),
         }
@@ -483,11 +482,11 @@ impl Stream {
     /// decrypts to application bytes or a close).
     ///
     /// Plain: one read attempt, which costs no syscall on a healthy pooled
-    /// connection. glommio arms a readiness poll (`POLL_ADD` on the ring)
-    /// whenever a read returns less than it asked for, which the last read
-    /// of a response does: the socket was drained then. While that poll is
+    /// connection. The read arms a readiness wait (`POLL_ADD` on the ring)
+    /// whenever it returns less than it asked for, which the last read of a
+    /// response does: the socket was drained then. While that wait is
     /// pending, nothing (no byte, FIN or reset) has reached the socket since,
-    /// and glommio's read answers `Pending` without a syscall. If the poll
+    /// and the check answers without a syscall ([`Tcp::quiet`]). If the poll
     /// completed, or none is armed (the last read filled its buffer), the
     /// read is a real non-blocking `recv`: EAGAIN (it arms the poll) means
     /// quiet; a byte, EOF or an error means not (the byte is consumed: the
@@ -562,6 +561,14 @@ mod tests {
     use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
     use glommio::net::TcpListener;
 
+    /// The next connection on `listener` as a [`Tcp`] (a dup of glommio's
+    /// accepted socket, which is then closed).
+    async fn accept(listener: &TcpListener) -> Tcp {
+        let s = listener.accept().await.unwrap();
+        // SAFETY: a dup of a live descriptor, owned by the Tcp from here.
+        unsafe { Tcp::from_raw_fd(libc::dup(s.as_raw_fd())) }
+    }
+
     fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -604,7 +611,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let server = glommio::spawn_local(async move {
-                let tcp = listener.accept().await.unwrap();
+                let tcp = accept(&listener).await;
                 let mut s = Stream::accept_tls(tcp, server_cfg, Duration::from_secs(5))
                     .await
                     .map_err(|(e, _)| e)
@@ -625,7 +632,9 @@ mod tests {
                 glommio::timer::sleep(Duration::from_millis(200)).await;
                 echoed
             });
-            let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
+            let tcp = crate::net::tcp::Tcp::connect(addr, None, Duration::from_secs(5))
+                .await
+                .unwrap();
             let name = ServerName::try_from("localhost").unwrap();
             let mut c = Stream::connect_tls(tcp, client_cfg, name, Duration::from_secs(5))
                 .await
@@ -676,14 +685,14 @@ mod tests {
                 let mut sink = Vec::new();
                 let _ = s.read_to_end(&mut sink);
             });
-            let tcp = listener.accept().await.unwrap();
+            let tcp = accept(&listener).await;
             let r = Stream::accept_tls(tcp, server_cfg.clone(), Duration::from_secs(5)).await;
             assert!(matches!(r, Err((HandshakeError::Tls(_), _))));
             drop(r);
             client.join().unwrap();
             // A client that says nothing: bounded by the timeout.
             let silent = std::net::TcpStream::connect(addr).unwrap();
-            let tcp = listener.accept().await.unwrap();
+            let tcp = accept(&listener).await;
             let r = Stream::accept_tls(tcp, server_cfg, Duration::from_millis(100)).await;
             assert!(matches!(r, Err((HandshakeError::Timeout(_), _))));
             drop(silent);
@@ -718,7 +727,11 @@ mod tests {
             });
             let settle = || glommio::timer::sleep(Duration::from_millis(50));
             // A response read whole, then the server sends bytes nobody asked for.
-            let mut c = Stream::from(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let mut c = Stream::from(
+                crate::net::tcp::Tcp::connect(addr, None, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            );
             let mut buf = [0u8; 64];
             let n = c.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"response");
@@ -729,7 +742,11 @@ mod tests {
             assert!(!c.quiet(), "stray bytes after a checked-quiet state");
             to_server.send(b'-').await.unwrap();
             // Second connection: bytes that were there before any check, then a close.
-            let mut c = Stream::from(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let mut c = Stream::from(
+                crate::net::tcp::Tcp::connect(addr, None, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            );
             settle().await;
             let n = c.read(&mut buf[..5]).await.unwrap();
             assert_eq!(&buf[..n], b"stray");

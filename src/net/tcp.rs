@@ -1,64 +1,234 @@
-//! A glommio TCP stream read through Remora's own readiness waits
-//! ([`crate::net::uring::Readiness`]): glommio's read path costs a `Source`
-//! per wait; this one a slot in a per-core slab. Writes, connects and the
-//! socket's life stay glommio's.
+//! A TCP socket of Remora's own: the descriptor and its two readiness waits
+//! ([`crate::net::uring::Readiness`]), one per direction.
 //!
-//! The read is glommio's, step for step: a non-blocking `recv`; on
-//! `EAGAIN`, a readiness wait armed to wake the task; after a read that
-//! did not fill the buffer (the socket was drained), an early wait armed
-//! with no waker, so that the next read knows without a `recv` whether
-//! anything came. While a wait is armed and has not fired, nothing (no
-//! byte, no FIN, no reset) has reached the socket since it was drained:
-//! [`Tcp::quiet`] answers from that, with no system call, as the
-//! upstream pool's check of an idle connection needs.
+//! Why not glommio's `TcpStream`: since session 39 every read waits on
+//! readiness of Remora's own, and what glommio's stream still added was
+//! cost. Its constructor arms a `POLL_ADD` through its request machinery
+//! (a `Source` of ~435 B, kept after it fires until a glommio read takes
+//! it), on every accepted and every connected socket: about 380 B of every
+//! live idle connection and a request and a completion per connection. Its
+//! write path reads the clock and touches two timer slots per write; its
+//! peek is a ring `RECV`. Here a socket is its descriptor (4 B) and two
+//! slab-slot numbers.
 //!
-//! Where no wait can be armed here (no main ring known on this thread yet,
-//! or its submission queue full), the read falls back to glommio's.
+//! The I/O is the kernel's non-blocking calls (`MSG_DONTWAIT`, so the file's
+//! O_NONBLOCK flag does not matter to them):
+//! - **Read**: `recv`; on `EAGAIN`, a readiness wait armed to wake the
+//!   task; after a read that did not fill the buffer (the socket was
+//!   drained), an early wait armed with no waker, so that the next read
+//!   knows without a `recv` whether anything came. While a wait is armed
+//!   and has not fired, nothing (no byte, no FIN, no reset) has reached the
+//!   socket since it was drained: [`Tcp::quiet`] answers from that, with no
+//!   system call, as the upstream pool's check of an idle connection needs.
+//! - **Peek**: `recv(MSG_PEEK)`, waiting the same way.
+//! - **Write**: `send`; on `EAGAIN`, a wait for `POLLOUT`.
+//! - **Connect**: a non-blocking `connect`, then a wait for `POLLOUT`
+//!   within the timeout, then `SO_ERROR`.
+//!
+//! Where no wait can be armed (no main ring known on this thread yet, or
+//! its submission queue full), the task is woken after glommio's next
+//! submission on the ring ([`crate::net::uring::wait_for_room`]) and
+//! tries again.
 
+use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::net::socket::{self, Xfer};
-use crate::net::uring::{Check, Readiness};
+use crate::net::uring::{self, Check, Readiness};
 
-/// A glommio stream and the readiness wait of its read side.
+/// A connected TCP socket and the readiness waits of its two directions.
+#[derive(Debug)]
 pub struct Tcp {
-    io: TcpStream,
-    ready: Readiness,
+    fd: OwnedFd,
+    read: Readiness,
+    write: Readiness,
 }
 
-impl From<TcpStream> for Tcp {
-    fn from(io: TcpStream) -> Tcp {
+impl From<OwnedFd> for Tcp {
+    fn from(fd: OwnedFd) -> Tcp {
         Tcp {
-            io,
-            ready: Readiness::new(),
+            fd,
+            read: Readiness::new(),
+            write: Readiness::new(),
         }
     }
 }
 
+impl FromRawFd for Tcp {
+    /// # Safety
+    /// `fd` is an open TCP socket that nothing else owns.
+    unsafe fn from_raw_fd(fd: RawFd) -> Tcp {
+        Tcp::from(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 impl Tcp {
-    /// The glommio stream (its wait, if armed, is cancelled).
-    pub fn into_inner(self) -> TcpStream {
-        self.io
+    /// Connects to `dst` within `timeout`, from `source` (port chosen by the
+    /// kernel at connect time) when given. The socket is non-blocking.
+    pub async fn connect(
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+        timeout: Duration,
+    ) -> io::Result<Tcp> {
+        let domain = if dst.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let s = Socket::new(
+            domain,
+            Type::STREAM.cloexec().nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        if let Some(src) = source {
+            // Let connect() pick the port, so 4-tuples from 127.0.0.6 are not
+            // limited to the ephemeral range once per source.
+            socket::set_int(
+                s.as_raw_fd(),
+                libc::SOL_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                1,
+            )?;
+            s.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        let mut tcp = Tcp::from(OwnedFd::from(s));
+        match SockRef::from(&tcp.fd).connect(&SockAddr::from(dst)) {
+            Ok(()) => return Ok(tcp),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = Instant::now() + timeout;
+        let writable = crate::deadline::until(Some(deadline), tcp.writable()).await;
+        if writable.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ));
+        }
+        match SockRef::from(&tcp.fd).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(tcp),
+        }
+    }
+
+    /// Waits until the socket is writable (or has failed).
+    async fn writable(&mut self) {
+        poll_fn(|cx| {
+            if self.write.check(Some(cx)) == Check::Waiting {
+                return Poll::Pending;
+            }
+            if poll_out(self.fd.as_raw_fd()) {
+                return Poll::Ready(());
+            }
+            arm(&mut self.write, self.fd.as_raw_fd(), libc::POLLOUT, cx);
+            Poll::Pending
+        })
+        .await
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.peer_addr().map_err(Into::into)
+        socket_addr(SockRef::from(&self.fd).peer_addr()?)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr().map_err(Into::into)
+        socket_addr(SockRef::from(&self.fd).local_addr()?)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        SockRef::from(&self.fd).set_nodelay(on)
+    }
+
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        SockRef::from(&self.fd).shutdown(how)
+    }
+
+    /// The descriptor (its waits, if armed, are cancelled).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// One read into `buf` (see the module doc).
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        poll_read(&mut self.io, &mut self.ready, cx, buf)
+        if self.read.check(Some(cx)) == Check::Waiting {
+            return Poll::Pending;
+        }
+        let fd = self.fd.as_raw_fd();
+        match socket::recv(fd, buf) {
+            Ok(Xfer::Done(n)) => {
+                if n < buf.len() {
+                    // Drained: the next read learns from the wait whether
+                    // anything came (if it cannot be armed, it will recv).
+                    self.read.arm(fd, None);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Ok(Xfer::Eof) => Poll::Ready(Ok(0)),
+            Ok(Xfer::WouldBlock) => {
+                arm(&mut self.read, fd, libc::POLLIN, cx);
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Reads into `buf` without consuming: what has arrived, once anything
+    /// has (0: the peer closed).
+    pub fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.read.check(Some(cx)) == Check::Waiting {
+            return Poll::Pending;
+        }
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let rc = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        };
+        if rc >= 0 {
+            return Poll::Ready(Ok(rc as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => {
+                arm(&mut self.read, fd, libc::POLLIN, cx);
+                Poll::Pending
+            }
+            _ => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// [`poll_peek`](Tcp::poll_peek) as a future.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_peek(cx, buf)).await
+    }
+
+    /// One write of `buf` (see the module doc).
+    pub fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.write.check(Some(cx)) == Check::Waiting {
+            return Poll::Pending;
+        }
+        let fd = self.fd.as_raw_fd();
+        match socket::send(fd, buf) {
+            Ok(Xfer::Done(n)) => Poll::Ready(Ok(n)),
+            Ok(Xfer::Eof) => Poll::Ready(Ok(0)),
+            Ok(Xfer::WouldBlock) => {
+                arm(&mut self.write, fd, libc::POLLOUT, cx);
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     /// Whether nothing has arrived since the socket was last drained: an
@@ -69,22 +239,15 @@ impl Tcp {
     /// connection, so the wait is armed and checked without a waker: one
     /// would count as a task woken and not yet run when the wait fires.
     pub fn quiet(&mut self) -> bool {
-        if self.ready.check(None) == Check::Waiting {
+        if self.read.check(None) == Check::Waiting {
             return true;
         }
+        let fd = self.fd.as_raw_fd();
         let mut b = [0u8; 1];
-        if !crate::net::uring::readiness_available() {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            return matches!(
-                Pin::new(&mut self.io).poll_read(&mut cx, &mut b),
-                Poll::Pending
-            );
-        }
-        let fd = self.io.as_raw_fd();
         match socket::recv(fd, &mut b) {
             Ok(Xfer::WouldBlock) => {
                 // If it cannot be armed, the next check recvs.
-                self.ready.arm(fd, None);
+                self.read.arm(fd, None);
                 true
             }
             _ => false,
@@ -92,45 +255,58 @@ impl Tcp {
     }
 }
 
-/// One read of `stream` into `buf`, waiting through `ready` (see the module
-/// doc). `ready` must be used with this stream only.
-fn poll_read(
-    stream: &mut TcpStream,
-    ready: &mut Readiness,
-    cx: &mut Context<'_>,
-    buf: &mut [u8],
-) -> Poll<io::Result<usize>> {
-    if ready.check(Some(cx)) == Check::Waiting {
-        return Poll::Pending;
+/// Arms `wait` for `events` on `fd` to wake `cx`'s task; where it cannot be
+/// armed, the task is woken after the ring's next submission to try again.
+fn arm(wait: &mut Readiness, fd: RawFd, events: i16, cx: &Context<'_>) {
+    if !wait.arm_for(fd, events as u32, Some(cx)) {
+        uring::wait_for_room(cx);
     }
-    if !crate::net::uring::readiness_available() {
-        return Pin::new(stream).poll_read(cx, buf);
-    }
-    let fd = stream.as_raw_fd();
-    match socket::recv(fd, buf) {
-        Ok(Xfer::Done(n)) => {
-            if n < buf.len() {
-                // Drained: the next read learns from the wait whether
-                // anything came (if it cannot be armed, it will recv).
-                ready.arm(fd, None);
-            }
-            Poll::Ready(Ok(n))
+}
+
+/// Waits until `fd` has one of `events` (or an error or hang-up), through
+/// `wait`: for descriptors that are not a [`Tcp`] (a listener; the
+/// destination a pump writes through its raw descriptor).
+pub async fn ready(fd: RawFd, events: i16, wait: &mut Readiness) {
+    let mut armed = false;
+    poll_fn(|cx| {
+        if armed {
+            return match wait.check(Some(cx)) {
+                Check::Waiting => Poll::Pending,
+                Check::Go => Poll::Ready(()),
+            };
         }
-        Ok(Xfer::Eof) => Poll::Ready(Ok(0)),
-        Ok(Xfer::WouldBlock) => {
-            if ready.arm(fd, Some(cx)) {
-                Poll::Pending
-            } else {
-                Pin::new(stream).poll_read(cx, buf)
-            }
-        }
-        Err(e) => Poll::Ready(Err(e)),
-    }
+        armed = true;
+        arm(wait, fd, events, cx);
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether `fd` is writable or has failed, now.
+fn poll_out(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+fn socket_addr(a: SockAddr) -> io::Result<SocketAddr> {
+    a.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
 }
 
 impl AsRawFd for Tcp {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
+        self.fd.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for Tcp {
+    fn into_raw_fd(self) -> RawFd {
+        self.fd.into_raw_fd()
     }
 }
 
@@ -150,14 +326,15 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        Tcp::poll_write(self.get_mut(), cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_close(cx)
+    /// Shuts the sending side down (a FIN), as glommio's stream did.
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown(std::net::Shutdown::Write))
     }
 }

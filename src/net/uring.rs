@@ -90,7 +90,7 @@ pub use keep::{
     keep_on_this_thread, orphans_removed_on_this_thread, timers_adopted_on_this_thread, Cqe,
 };
 pub use ready::{available as readiness_available, slots_in_use as readiness_slots_in_use};
-pub use ready::{Check, Readiness};
+pub use ready::{wait_for_room, Check, Readiness};
 
 /// `IORING_SETUP_IOPOLL` (linux/io_uring.h).
 const IORING_SETUP_IOPOLL: u32 = 1 << 0;
@@ -430,11 +430,18 @@ unsafe fn through_rewrites(
         cancels_as_removes(ring);
     }
     if kept == keep::Outcome::default() && ours == 0 {
-        return submit(ring);
+        let rc = submit(ring);
+        if is_main((*ring).ring_fd) {
+            ready::submitted();
+        }
+        return rc;
     }
     let sq = &(*ring).sq;
     let remaining = sq.sqe_tail.wrapping_sub(sq.sqe_head);
     let rc = if remaining == 0 { 0 } else { submit(ring) };
+    if is_main((*ring).ring_fd) {
+        ready::submitted();
+    }
     if kept.added > 0 {
         keep::drop_unowned(ring);
     }

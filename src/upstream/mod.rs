@@ -12,7 +12,7 @@
 //!                      endpoint ─► breakers (breaker.rs) ─► pool::Pool::take
 //!                         │          or Upstreams::connect (counted per endpoint)
 //!                         ▼
-//!                      TcpStream ─ result ─► outlier detection
+//!                      Tcp ─ result ─► outlier detection
 //! ```
 //!
 //! Layered like linkerd2-proxy's logical → concrete → endpoint stacks: the
@@ -44,7 +44,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
+use crate::net::tcp::Tcp;
 use tracing::debug;
 
 use crate::config::{Cluster, Config};
@@ -206,7 +206,7 @@ impl Upstreams {
         source: Option<IpAddr>,
         timeout: Duration,
         tracked: bool,
-    ) -> Result<TcpStream, ConnectError> {
+    ) -> Result<Tcp, ConnectError> {
         let result = socket::connect(addr, source, timeout).await;
         if tracked {
             let mut eps = self.endpoints.borrow_mut();
@@ -252,7 +252,7 @@ impl Upstreams {
         cluster: &Cluster,
         hash: Option<u64>,
         rand: u64,
-    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    ) -> Result<(Tcp, SocketAddr), ConnectError> {
         let mut tried = Vec::new();
         let mut last = ConnectError::NoEndpoint(cluster.name.as_str().into());
         while let Some((state, p)) = self.pick(cluster, hash, &tried, rand ^ tried.len() as u64) {

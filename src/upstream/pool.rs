@@ -268,7 +268,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let addr = listener.local_addr().expect("addr");
             let connect = || async {
-                let s = glommio::net::TcpStream::connect(addr)
+                let s = crate::net::tcp::Tcp::connect(addr, None, Duration::from_secs(5))
                     .await
                     .expect("connect");
                 let accepted = listener.accept().expect("accept").0;

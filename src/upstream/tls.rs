@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
+use crate::net::tcp::Tcp;
 use rustls::pki_types::ServerName;
 
 use crate::config::{istio_outbound_sni, ClusterTls, ClusterTlsMode, MeshDestination};
@@ -286,7 +286,7 @@ fn server_name(
 /// Secures a connected socket. `mesh`: the peer is a mesh sidecar (Istio's
 /// SNI then); `host` names the destination for it (None: its address).
 pub async fn originate(
-    tcp: TcpStream,
+    tcp: Tcp,
     o: &Origination,
     mesh: bool,
     host: Option<&str>,

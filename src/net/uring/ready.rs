@@ -43,10 +43,12 @@
 //!   when the poll's completion comes. Until then the kernel holds a
 //!   reference to the socket, so it is not closed before the cancel goes
 //!   in, with the next flush.
-//! - **Fallback.** With no main ring known on this thread (no shim, or
-//!   before glommio's first pass), or a full submission queue, a wait is
-//!   not armed here ([`Readiness::arm`] returns false) and the caller uses
-//!   glommio's read, as before.
+//! - **Fallback.** With no main ring known on this thread (before glommio's
+//!   first submission on it), or a full submission queue, a wait is not
+//!   armed ([`Readiness::arm`] returns false); the caller's task is woken
+//!   after glommio's next submission on the ring ([`wait_for_room`]), which
+//!   glommio makes in every pass of its reactor (its preemption timer), and
+//!   tries again.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -113,6 +115,38 @@ thread_local! {
     static DOORBELL: RefCell<Option<glommio::timer::Timer>> = const { RefCell::new(None) };
     /// The doorbell is charged and has not fired yet.
     static DOORBELL_CHARGED: Cell<bool> = const { Cell::new(false) };
+    /// Tasks that found no wait could be armed (no main ring known yet, or
+    /// its submission queue full): woken after the next submission on it.
+    static ROOM_WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A wait could not be armed ([`Readiness::arm`] returned false): wakes
+/// `cx`'s task after glommio's next submission on the main ring, which
+/// learns the ring or empties its queue. glommio submits on it in every
+/// pass of its reactor (its preemption timer), so the wait is one pass,
+/// with no spinning.
+pub fn wait_for_room(cx: &Context<'_>) {
+    ROOM_WAITERS.with(|w| w.borrow_mut().push(cx.waker().clone()));
+}
+
+/// After a submission on the main ring: the tasks waiting for room run.
+pub(super) fn submitted() {
+    let waiters = ROOM_WAITERS.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut *w))
+        }
+    });
+    if let Some(waiters) = waiters {
+        for w in waiters {
+            w.wake();
+        }
+        // Woken inside glommio's reactor, which counts none of them: the
+        // doorbell keeps it from sleeping before they run.
+        charge_doorbell();
+    }
 }
 
 /// glommio is about to submit on `ring`, this thread's main ring: from now
@@ -258,7 +292,14 @@ fn doorbell_waker() -> Waker {
 /// in the reactor's own passes are followed by a run of the task queues
 /// anyway), and once until it fires.
 fn ring_doorbell() {
-    if !TASKS_RAN.with(Cell::get) || DOORBELL_CHARGED.with(Cell::get) {
+    if TASKS_RAN.with(Cell::get) {
+        charge_doorbell();
+    }
+}
+
+/// Charges the doorbell (see [`ring_doorbell`]) unless it is charged.
+fn charge_doorbell() {
+    if DOORBELL_CHARGED.with(Cell::get) {
         return;
     }
     DOORBELL.with(|d| {
@@ -369,6 +410,12 @@ impl Readiness {
     /// here (no main ring known, or its queue full): the caller waits the
     /// glommio way. Must not be armed already.
     pub fn arm(&mut self, fd: i32, cx: Option<&Context<'_>>) -> bool {
+        self.arm_for(fd, libc::POLLIN as u32, cx)
+    }
+
+    /// [`arm`](Readiness::arm) for `events` (`POLLIN`, `POLLOUT`; an error
+    /// or hang-up always fires it).
+    pub fn arm_for(&mut self, fd: i32, events: u32, cx: Option<&Context<'_>>) -> bool {
         debug_assert_eq!(self.slot, NONE, "armed twice");
         let ring = RING.with(Cell::get);
         if ring.is_null() {
@@ -386,16 +433,7 @@ impl Readiness {
         });
         // SAFETY: a remembered ring is this thread's live main ring; tasks
         // run outside glommio's reactor.
-        let pushed = unsafe {
-            push(
-                ring,
-                OP_POLL_ADD,
-                fd,
-                libc::POLLIN as u32,
-                0,
-                user_data(slot),
-            )
-        };
+        let pushed = unsafe { push(ring, OP_POLL_ADD, fd, events, 0, user_data(slot)) };
         SLAB.with(|s| {
             let mut s = s.borrow_mut();
             if pushed {
