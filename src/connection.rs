@@ -454,7 +454,6 @@ async fn setup(
             tls,
             inbound_dst,
             use_remote_address: plan.use_remote_address,
-            park_shift: std::cell::Cell::new(0),
         };
         // The L7 state machine in its own task, owning the socket, so that
         // this setup's frame is freed while it runs.
@@ -1237,9 +1236,10 @@ mod idle_sizes {
         // (fourth pass). Both paths grew by 8 B for the read side's readiness
         // slot (`net::tcp`, session 39), which replaces the glommio poll of
         // ~435 B that a waiting read allocated. Session 40: the HTTP/1 one
-        // 256 -> 136 B and the L4 one 1,312 -> 1,088 B, the sockets a
-        // descriptor and two slots each instead of glommio's stream.
-        assert!(l7 <= 136, "the HTTP/1 path's task future grew to {l7} B");
+        // 256 -> 128 B and the L4 one 1,312 -> 1,088 B, the sockets a
+        // descriptor and two slots each instead of glommio's stream, and
+        // parking gone.
+        assert!(l7 <= 128, "the HTTP/1 path's task future grew to {l7} B");
         // Spawned for every connection: under glibc's per-thread cache
         // (1,032 B with the task's header), the setup frame boxed apart.
         assert!(serve <= 512, "the setup task's future grew to {serve} B");

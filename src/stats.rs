@@ -76,10 +76,6 @@ counters! {
     loop_sleep_batches,
     /// Connections that took the L7 (HTTP/1) path.
     downstream_cx_http,
-    /// Times an idle HTTP/1 keep-alive connection parked: still idle after
-    /// 100 ms, it waits in the core's epoll fd instead of a glommio read
-    /// (less memory per idle connection; net/park.rs).
-    downstream_cx_idle_parked,
     /// Connections that took the L7 path over HTTP/2.
     downstream_cx_http2,
     /// Streams (requests) on downstream HTTP/2 connections.

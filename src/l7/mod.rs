@@ -89,7 +89,6 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
 
-use crate::net::park;
 use crate::net::Stream;
 use crate::policy::authz::{self, AuthzInput, AuthzPolicies, HttpInput};
 use crate::recycle::{Boxed, FutureBox, Recycled};
@@ -342,11 +341,6 @@ pub struct Context {
     pub inbound_dst: Option<SocketAddr>,
     /// Append the peer to X-Forwarded-For (Envoy's `use_remote_address`).
     pub use_remote_address: bool,
-    /// How much longer than [`park::PARK_AFTER`] this connection waits
-    /// before it parks (a power of two): raised when a parked connection
-    /// is woken soon after parking, so that a client with a steady request
-    /// interval stops paying a park per request ([`park_backoff`]).
-    pub park_shift: std::cell::Cell<u8>,
 }
 
 impl Context {
@@ -384,7 +378,7 @@ pub fn serve(
 ) -> impl Future<Output = ()> {
     CoreStats::inc(&shard.stats.downstream_cx_http);
     let mut idle = Idle {
-        down: Down::Live(down),
+        down,
         snapshot,
         ctx: Rc::new(ctx),
     };
@@ -405,78 +399,12 @@ pub fn serve(
 
 /// What a keep-alive connection keeps between requests.
 struct Idle {
-    down: Down,
+    down: Stream,
     /// The config of its last request (the next one refreshes it).
     snapshot: Arc<Snapshot>,
     /// Shared, not copied, with each request's `Conn`: 8 bytes here
     /// instead of the whole context.
     ctx: Rc<Context>,
-}
-
-/// The most [`Context::park_shift`] grows to: a connection waits at most
-/// `PARK_AFTER << 7` (12.8 s) before it parks.
-const PARK_SHIFT_MAX: u8 = 7;
-
-/// How long this connection waits the ordinary way before it parks.
-fn park_after(ctx: &Context) -> Duration {
-    park::PARK_AFTER * (1u32 << ctx.park_shift.get().min(PARK_SHIFT_MAX))
-}
-
-/// A parked connection got bytes after waiting `idle` in all: woken within
-/// eight times its park delay, it waits twice as long before parking next
-/// time (a client with a steady interval I stops parking once the delay
-/// passes I); parked for over sixteen times its delay, half as long.
-/// A park and its resume cost about 40 µs of CPU (perf/README.md, fourth
-/// pass), so a client with a steady interval just above the delay would
-/// otherwise pay it on every request.
-fn park_backoff(ctx: &Context, idle: Option<Duration>) {
-    ctx.park_shift
-        .set(next_park_shift(ctx.park_shift.get(), idle));
-}
-
-/// [`park_backoff`]'s rule, on the shift alone.
-fn next_park_shift(shift: u8, idle: Option<Duration>) -> u8 {
-    let after = park::PARK_AFTER * (1u32 << shift.min(PARK_SHIFT_MAX));
-    match idle {
-        Some(t) if t < after * 8 => (shift + 1).min(PARK_SHIFT_MAX),
-        Some(t) if t > after * 16 => shift.saturating_sub(1),
-        _ => shift,
-    }
-}
-
-/// The downstream socket of an idle connection.
-enum Down {
-    Live(Stream),
-    /// Idle for longer than [`park::PARK_AFTER`]: no readiness wait of its
-    /// own until bytes come ([`crate::net::park`]).
-    Parked(park::Parked),
-    /// Only while one becomes the other.
-    Moving,
-}
-
-impl Down {
-    /// Parks a plain stream (TLS ones stay live: their session is more
-    /// than the socket). Stays live when parking is not possible.
-    fn park(&mut self, waker: &std::task::Waker) {
-        if let Down::Live(Stream::Plain(_)) = self {
-            let Down::Live(Stream::Plain(tcp)) = std::mem::replace(self, Down::Moving) else {
-                return;
-            };
-            *self = match park::park(tcp, waker) {
-                Ok(parked) => Down::Parked(parked),
-                Err(tcp) => Down::Live(Stream::from(tcp)),
-            };
-        }
-    }
-
-    /// The live stream again, for the busy stretch.
-    fn into_live(self) -> Option<Stream> {
-        match self {
-            Down::Live(s) => Some(s),
-            Down::Parked(p) => Some(Stream::from(p.resume())),
-            Down::Moving => None,
-        }
-    }
 }
 
 /// Waits, holding no buffer, for the first bytes of the connection's next
@@ -493,17 +421,11 @@ impl Down {
 /// keeps its idle deadline as a slot in the core's deadline registry
 /// ([`crate::deadline::Slot::idle`]), whose sweeper wakes it at the
 /// deadline and which the overload manager's shedding and the stop wake
-/// ([`crate::idle::IdleSet`]); a timer only for the stopping grace.
-///
-/// A plain connection still idle after [`park::PARK_AFTER`] parks: its
-/// first deadline is the park, its second the idle timeout.
+/// ([`crate::idle::IdleSet`]); a timer only for the stopping grace. The
+/// socket's own wait is a readiness slot ([`crate::net::tcp`]).
 fn wait_for_request<'a>(shard: &'a Shard, idle: &'a mut Idle) -> WaitForRequest<'a> {
-    let now = Instant::now();
-    let deadline = now + idle.snapshot.config.http.idle_timeout;
-    let parks = matches!(idle.down, Down::Live(Stream::Plain(_)));
     WaitForRequest {
-        deadline,
-        parks: parks && now + park_after(&idle.ctx) < deadline,
+        deadline: Instant::now() + idle.snapshot.config.http.idle_timeout,
         shed_epoch: shard.idle.shed_epoch(),
         shard,
         idle,
@@ -518,9 +440,6 @@ struct WaitForRequest<'a> {
     idle: &'a mut Idle,
     /// The idle timeout.
     deadline: Instant,
-    /// Its registered deadline is the park ([`park::PARK_AFTER`] after the
-    /// wait began), not yet the idle timeout.
-    parks: bool,
     /// The shedding epoch this wait began in.
     shed_epoch: u64,
     /// The stopping grace, once the core's stop is seen.
@@ -535,20 +454,7 @@ impl Future for WaitForRequest<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Buf>> {
         let this = &mut *self;
-        let read = match &mut this.idle.down {
-            Down::Live(s) => crate::net::buf::poll_read_fresh(s, cx),
-            Down::Parked(p) => {
-                let read = p.poll_read(cx);
-                if let Poll::Ready(Ok(Some(_))) = read {
-                    let http = &this.idle.snapshot.config.http;
-                    let began = this.deadline.checked_sub(http.idle_timeout);
-                    park_backoff(&this.idle.ctx, began.map(|b| b.elapsed()));
-                }
-                read
-            }
-            Down::Moving => Poll::Ready(Ok(None)),
-        };
-        match read {
+        match crate::net::buf::poll_read_fresh(&mut this.idle.down, cx) {
             Poll::Ready(Ok(got)) => return Poll::Ready(got),
             Poll::Ready(Err(_)) => return Poll::Ready(None),
             Poll::Pending => {}
@@ -559,15 +465,6 @@ impl Future for WaitForRequest<'_> {
             return Poll::Ready(None);
         }
         match &this.slot {
-            // Idle for a while: park, and wait for the idle timeout.
-            Some(slot) if this.parks && slot.expired(cx.waker()) => {
-                this.parks = false;
-                this.slot = Some(crate::deadline::Slot::idle(this.deadline, cx.waker()));
-                this.idle.down.park(cx.waker());
-                if matches!(this.idle.down, Down::Parked(_)) {
-                    CoreStats::inc(&this.shard.stats.downstream_cx_idle_parked);
-                }
-            }
             // Idle too long: counted as the L4 path counts its idle timeouts.
             Some(slot) if slot.expired(cx.waker()) => {
                 CoreStats::inc(&this.shard.stats.cx_idle_timeout);
@@ -575,12 +472,7 @@ impl Future for WaitForRequest<'_> {
             }
             Some(_) => {}
             None => {
-                let at = if this.parks {
-                    Instant::now() + park_after(&this.idle.ctx)
-                } else {
-                    this.deadline
-                };
-                this.slot = Some(crate::deadline::Slot::idle(at, cx.waker()));
+                this.slot = Some(crate::deadline::Slot::idle(this.deadline, cx.waker()));
             }
         }
         if set.stopping() {
@@ -604,10 +496,6 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
         snapshot,
         ctx,
     } = idle;
-    let Some(down) = down.into_live() else {
-        inbuf.release();
-        return None;
-    };
     let log = RequestLog::new(&ctx, Instant::now());
     let mut conn = Conn {
         shard,
@@ -646,7 +534,7 @@ async fn busy(shard: &Rc<Shard>, idle: Idle, inbuf: Buf, first: bool) -> Option<
                         ..
                     } = conn;
                     return Some(Idle {
-                        down: Down::Live(down),
+                        down,
                         snapshot,
                         ctx,
                     });
@@ -2407,36 +2295,6 @@ mod tests {
     use super::*;
     use crate::http::head::BodyFraming;
 
-    /// A steady client stops parking once its delay passes its interval; a
-    /// connection that stays parked long comes back down; the delay is capped.
-    #[test]
-    fn park_backoff_table() {
-        let ms = |n| Some(Duration::from_millis(n));
-        // (shift, idle in all when woken from a park, next shift)
-        for (shift, idle, next) in [
-            (0, ms(250), 1),     // woken 150 ms after parking at 100 ms
-            (1, ms(250), 2),     // delay 200 ms: still parked, doubled again
-            (0, ms(900), 0),     // 0.9 s: neither soon nor long
-            (0, ms(5_000), 0),   // long idle at the floor stays there
-            (3, ms(20_000), 2),  // delay 800 ms, parked 20 s: halved
-            (7, ms(1_000), 7),   // capped at 12.8 s
-            (7, ms(300_000), 6), // a long wait after the cap
-            (2, None, 2),
-        ] {
-            assert_eq!(next_park_shift(shift, idle), next, "{shift} {idle:?}");
-        }
-        // Steady 250 ms: parks twice, then its 400 ms delay is never reached.
-        let mut shift = 0;
-        let mut parks = 0;
-        for _ in 0..10 {
-            if park::PARK_AFTER * (1 << shift) < Duration::from_millis(250) {
-                parks += 1;
-                shift = next_park_shift(shift, ms(250));
-            }
-        }
-        assert_eq!((parks, shift), (2, 2));
-    }
-
     /// Sizes on an idle keep-alive connection's path (printed with
     /// `cargo test --lib idle_conn_sizes -- --nocapture`; perf/README.md).
     #[test]
@@ -2475,9 +2333,9 @@ mod tests {
         // session 39: +8 B for the read side's readiness slot, `net::tcp`,
         // which replaces the ~435 B glommio poll a waiting read allocated;
         // session 40: 152 -> 32 B, the socket a descriptor and two slots
-        // instead of glommio's stream).
+        // instead of glommio's stream, and parking gone).
         assert!(idle <= 32, "Idle grew to {idle} B");
-        assert!(wait <= 64, "the idle wait grew to {wait} B");
+        assert!(wait <= 56, "the idle wait grew to {wait} B");
         assert!(std::mem::size_of::<Context>() <= 216, "Context grew");
         eprintln!(
             "busy future (boxed per busy stretch): {} B",

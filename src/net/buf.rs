@@ -212,35 +212,6 @@ pub fn poll_read_fresh(
     .map_ok(|_| got)
 }
 
-/// One non-blocking `recv(2)` straight from `fd` into a pooled buffer (by way
-/// of the scratch): the first read of a connection that waited parked
-/// ([`crate::net::park`]). Not a glommio read, which would leave a pending
-/// poll (its "early poll") behind after a short read. `Ok(None)` is EOF; an
-/// error of kind `WouldBlock` when nothing has come.
-pub fn recv_fresh(fd: std::os::fd::RawFd) -> io::Result<Option<Buf>> {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        loop {
-            // SAFETY: the scratch is valid for `s.len()` bytes and borrowed
-            // mutably for the call.
-            let n = unsafe { libc::recv(fd, s.as_mut_ptr().cast(), s.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Ok(None);
-            }
-            let mut b = Buf::take();
-            b.extend(&s[..n as usize]);
-            return Ok(Some(b));
-        }
-    })
-}
-
 /// Polls one read of at most `max` bytes into the per-core scratch and hands
 /// what came to `sink` in the same poll. For a caller whose destination is
 /// not initialised memory (tokio's `ReadBuf`, which `h2` reads through):

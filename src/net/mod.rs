@@ -7,7 +7,6 @@
 pub mod batch;
 pub mod buf;
 pub mod orig_dst;
-pub mod park;
 pub mod socket;
 pub mod stream;
 pub mod tcp;
