@@ -318,8 +318,21 @@ fn xfer(rc: isize) -> io::Result<Xfer> {
 
 /// recv(MSG_DONTWAIT).
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Xfer> {
+    recv_flags(fd, buf, 0)
+}
+
+/// recv(MSG_DONTWAIT | `flags`), e.g. MSG_PEEK.
+#[inline]
+pub fn recv_flags(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<Xfer> {
     // SAFETY: buf is valid for writes of buf.len() bytes.
-    xfer(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+    xfer(unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | flags,
+        )
+    })
 }
 
 /// send(MSG_DONTWAIT | MSG_NOSIGNAL); `Eof` never happens for a non-empty buf.

@@ -158,13 +158,29 @@ impl Tcp {
 
     /// One read into `buf` (see the module doc).
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_recv(cx, buf, 0)
+    }
+
+    /// Reads into `buf` without consuming: what has arrived, once anything
+    /// has (0: the peer closed).
+    pub fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_recv(cx, buf, libc::MSG_PEEK)
+    }
+
+    /// A read or a peek (`flags`), waiting on the read side's wait.
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        flags: libc::c_int,
+    ) -> Poll<io::Result<usize>> {
         if self.read.check(Some(cx)) == Check::Waiting {
             return Poll::Pending;
         }
         let fd = self.fd.as_raw_fd();
-        match socket::recv(fd, buf) {
+        match socket::recv_flags(fd, buf, flags) {
             Ok(Xfer::Done(n)) => {
-                if n < buf.len() {
+                if n < buf.len() && flags & libc::MSG_PEEK == 0 {
                     // Drained: the next read learns from the wait whether
                     // anything came (if it cannot be armed, it will recv).
                     self.read.arm(fd, None);
@@ -177,35 +193,6 @@ impl Tcp {
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    /// Reads into `buf` without consuming: what has arrived, once anything
-    /// has (0: the peer closed).
-    pub fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        if self.read.check(Some(cx)) == Check::Waiting {
-            return Poll::Pending;
-        }
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let rc = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_PEEK,
-            )
-        };
-        if rc >= 0 {
-            return Poll::Ready(Ok(rc as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EINTR) => {
-                arm(&mut self.read, fd, libc::POLLIN, cx);
-                Poll::Pending
-            }
-            _ => Poll::Ready(Err(e)),
         }
     }
 

@@ -415,7 +415,8 @@ unsafe fn through_rewrites(
 ) -> libc::c_int {
     // On the main ring: readiness waits armed since the last submission
     // are pending with glommio's; they are not glommio's to count.
-    let ours = if is_main((*ring).ring_fd) {
+    let main = is_main((*ring).ring_fd);
+    let ours = if main {
         ready::remember_ring(ring);
         ready::flush_deferred(ring);
         ready::take_unsubmitted()
@@ -431,7 +432,7 @@ unsafe fn through_rewrites(
     }
     if kept == keep::Outcome::default() && ours == 0 {
         let rc = submit(ring);
-        if is_main((*ring).ring_fd) {
+        if main {
             ready::submitted();
         }
         return rc;
@@ -439,7 +440,7 @@ unsafe fn through_rewrites(
     let sq = &(*ring).sq;
     let remaining = sq.sqe_tail.wrapping_sub(sq.sqe_head);
     let rc = if remaining == 0 { 0 } else { submit(ring) };
-    if is_main((*ring).ring_fd) {
+    if main {
         ready::submitted();
     }
     if kept.added > 0 {
