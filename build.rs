@@ -15,6 +15,9 @@
 //! needs its completion reads (`rust_io_uring_peek_cqe`, `_cqe_seen`,
 //! `_cq_ready`, glommio's own C copies of liburing's inline functions)
 //! wrapped too (`src/net/uring/keep.rs`).
+//! On x86-64, libc's `syscall` is wrapped as well: glommio's barrier before
+//! each sleep (`membarrier`) is answered with a fence
+//! (`src/net/uring/barrier.rs` says why that is sound there).
 //! `tests/uring_shim.rs` fails if this link step is lost.
 
 fn main() {
@@ -26,5 +29,19 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_peek_cqe");
     println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_cqe_seen");
     println!("cargo:rustc-link-arg=-Wl,--wrap=rust_io_uring_cq_ready");
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        // Every binary links the wrapper's object (not only those that use
+        // the library: std calls `syscall` in all of them).
+        let objects = cc::Build::new()
+            .file("src/net/uring/barrier.c")
+            .opt_level(2)
+            .cargo_metadata(false)
+            .compile_intermediates();
+        for o in objects {
+            println!("cargo:rustc-link-arg={}", o.display());
+        }
+        println!("cargo:rustc-link-arg=-Wl,--wrap=syscall");
+        println!("cargo:rerun-if-changed=src/net/uring/barrier.c");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -82,10 +82,12 @@ use std::time::{Duration, Instant};
 
 use super::batch;
 
+mod barrier;
 mod keep;
 mod ready;
 #[cfg(test)]
 mod test_ring;
+pub use barrier::barriers_answered_on_this_thread;
 pub use keep::{
     keep_on_this_thread, orphans_removed_on_this_thread, timers_adopted_on_this_thread, Cqe,
 };
