@@ -967,3 +967,36 @@ fn wake_ups_from_another_executor_race_its_sleeps_and_none_is_lost() {
     producer.join().unwrap();
     assert_eq!(got, N);
 }
+
+/// A peek that finds bytes leaves them for the read that follows, which
+/// reads them at once: the wait's news is not used up by the peek. Nothing
+/// else arrives, so a read that waited instead would wait for ever (the
+/// test's deadline fails it).
+#[test]
+fn a_peek_that_finds_bytes_leaves_them_to_the_next_read() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        // Let the peek wait first.
+        std::thread::sleep(Duration::from_millis(30));
+        s.write_all(b"hello").unwrap();
+        // Open until the executor is done: no EOF to end a read early.
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+    });
+    let (peeked, read) = on_own_thread(move || {
+        executor().run(async move {
+            let mut conn = tcp_of(accept_peer(tx).await);
+            let mut buf = [0u8; 16];
+            let n = conn.peek(&mut buf).await.unwrap();
+            let peeked = buf[..n].to_vec();
+            let n = conn.read(&mut buf).await.unwrap();
+            (peeked, buf[..n].to_vec())
+        })
+    });
+    done_tx.send(()).unwrap();
+    peer.join().unwrap();
+    assert_eq!(peeked, b"hello");
+    assert_eq!(read, b"hello");
+}
