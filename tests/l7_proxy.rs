@@ -2020,7 +2020,11 @@ fn a_length_head_waits_for_its_body_but_a_chunked_head_goes_at_once() {
                 let _ = s.write_all(b"5\r\nhello\r\n0\r\n\r\n");
             } else {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
-                thread::sleep(Duration::from_millis(200));
+                // Long enough that the proxy reads the head alone; well inside
+                // the ~200 ms the kernel holds a MSG_MORE send before it sends
+                // it anyway (at 200 ms the two raced, and a loaded machine
+                // lost: the head went alone).
+                thread::sleep(Duration::from_millis(50));
                 let _ = s.write_all(b"hello");
             }
         }
@@ -2033,7 +2037,7 @@ fn a_length_head_waits_for_its_body_but_a_chunked_head_goes_at_once() {
     let mut s = connect(port);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(get("/len", "x").as_bytes()).unwrap();
-    // The body came 200 ms after the head; the first read has both.
+    // The body came 50 ms after the head; the first read has both.
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).unwrap();
     let first = String::from_utf8_lossy(&buf[..n]).into_owned();
