@@ -205,6 +205,44 @@ fn glommios_preemption_timers_are_kept_across_passes() {
     assert!(preempted, "a task that never yielded was never asked to");
 }
 
+/// Before each sleep glommio polls its latency ring's descriptor from the
+/// main ring, so that a timer wakes the sleep; a sleep woken by a socket
+/// leaves that poll armed, and the shim lets the next sleep's poll adopt
+/// it (`src/net/uring/keep.rs`). Here the executor sleeps between round
+/// trips (woken by its socket), so the polls pile up on one armed poll;
+/// then a timer must still wake it, through that poll. If glommio stops
+/// polling this way the count stays at zero and this fails.
+#[test]
+fn glommios_polls_of_its_latency_ring_share_the_armed_one() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 30, Duration::from_millis(2));
+        s
+    });
+    let (adopted, slept) = on_own_thread(move || {
+        executor().run(async move {
+            let mut conn = accept_peer(tx).await;
+            let adopted = uring::link_polls_adopted_on_this_thread();
+            echo::<64>(&mut conn, 30).await;
+            let adopted = uring::link_polls_adopted_on_this_thread() - adopted;
+            let start = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            (adopted, start.elapsed())
+        })
+    });
+    drop(peer.join().unwrap());
+    assert!(
+        adopted >= 20,
+        "only {adopted} of the sleeps' polls adopted the armed one"
+    );
+    assert!(
+        slept >= Duration::from_millis(20) && slept < Duration::from_secs(5),
+        "a 20 ms timer fired after {slept:?}"
+    );
+}
+
 /// This thread's voluntary context switches: each sleep of an executor in
 /// its ring is one.
 fn voluntary_switches() -> u64 {

@@ -60,7 +60,8 @@
 //! Two more things are done to what glommio submits. Its loop replaces its
 //! two preemption timers on every pass; the shim keeps the armed ones
 //! instead, answering the cancels in user space and letting each new timer
-//! adopt the one it replaces ([`keep`]). A cancel of a timeout that does go
+//! adopt the one it replaces ([`keep`]); likewise each sleep's poll of the
+//! latency ring adopts the one an earlier sleep left armed. A cancel of a timeout that does go
 //! to the kernel goes in as a timeout removal, which the kernel finds
 //! without searching its other lists first ([`cancels_as_removes`]).
 //!
@@ -89,7 +90,8 @@ mod ready;
 mod test_ring;
 pub use barrier::barriers_answered_on_this_thread;
 pub use keep::{
-    keep_on_this_thread, orphans_removed_on_this_thread, timers_adopted_on_this_thread, Cqe,
+    keep_on_this_thread, link_polls_adopted_on_this_thread, orphans_removed_on_this_thread,
+    timers_adopted_on_this_thread, Cqe,
 };
 pub use ready::{available as readiness_available, slots_in_use as readiness_slots_in_use};
 pub use ready::{wait_for_room, Check, Readiness};
@@ -228,6 +230,12 @@ thread_local! {
 
 /// How long this thread's executor's latest sleep in its main ring lasted
 /// (nanoseconds).
+/// This thread's latency ring (glommio's timers), whose descriptor glommio
+/// polls from the main ring before each sleep; -1 before it is made.
+fn latency_ring_fd() -> i32 {
+    LATENCY_RING.with(Cell::get)
+}
+
 fn last_slept_nanos() -> u64 {
     LAST_SLEPT.with(Cell::get)
 }
@@ -470,14 +478,14 @@ fn private_completion(fd: i32, cqe: &keep::Cqe) -> Option<u64> {
         ready::complete(cqe.user_data);
         return None;
     }
-    keep::translate(fd, cqe.user_data)
+    keep::translate(fd, cqe)
 }
 
 /// `IORING_OP_TIMEOUT`, `IORING_OP_TIMEOUT_REMOVE`, `IORING_OP_ASYNC_CANCEL`.
 const OP_TIMEOUT: u8 = 11;
 const OP_TIMEOUT_REMOVE: u8 = 12;
 const OP_ASYNC_CANCEL: u8 = 14;
-#[cfg(test)]
+/// `IORING_OP_POLL_ADD`.
 const OP_POLL_ADD: u8 = 6;
 
 /// `struct io_uring_sqe`, the fields the rewrite reads (linux/io_uring.h).

@@ -54,10 +54,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Waker};
 
-use super::{LibUring, Sqe, OP_ASYNC_CANCEL};
-
-/// `IORING_OP_POLL_ADD`.
-const OP_POLL_ADD: u8 = 6;
+use super::{LibUring, Sqe, OP_ASYNC_CANCEL, OP_POLL_ADD};
 
 /// The bit (with `keep::PRIVATE`) that marks a completion as one of this
 /// module's. The keeping's own private `user_data`s are `PRIVATE | serial

@@ -52,6 +52,12 @@ impl Ring {
         self.0.as_mut_ptr()
     }
 
+    /// The ring's file descriptor.
+    pub fn fd(&mut self) -> i32 {
+        // SAFETY: an initialised ring.
+        unsafe { (*self.ptr()).ring_fd }
+    }
+
     /// Queues requests without submitting them.
     pub fn queue(&mut self, reqs: &[Req]) {
         for r in reqs {
