@@ -497,6 +497,23 @@ fn cancel_target(sqe: &Sqe) -> Option<u64> {
         .then_some(sqe.addr)
 }
 
+/// A cancel answered in user space: `-ECANCELED` for each request it ends
+/// (`ended`, glommio's `user_data`s), then the cancel's own 0.
+fn answer_cancel(fakes: &mut VecDeque<Cqe>, ended: &[u64], cancel: u64) {
+    for &user_data in ended {
+        fakes.push_back(Cqe {
+            user_data,
+            res: -libc::ECANCELED,
+            flags: 0,
+        });
+    }
+    fakes.push_back(Cqe {
+        user_data: cancel,
+        res: 0,
+        flags: 0,
+    });
+}
+
 /// Takes the submission about to go to `ring` through the keeping (see the
 /// module doc; `keeping` is [`enabled`], read once by the caller): cancels
 /// of kept timers and timeouts that adopt an orphan are taken out (the
@@ -575,16 +592,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                 // it stays armed for the others.
                 if let Some(i) = r.poll.waiters.iter().position(|&w| w == target) {
                     r.poll.waiters.remove(i);
-                    r.fakes.push_back(Cqe {
-                        user_data: target,
-                        res: -libc::ECANCELED,
-                        flags: 0,
-                    });
-                    r.fakes.push_back(Cqe {
-                        user_data: sqe.user_data,
-                        res: 0,
-                        flags: 0,
-                    });
+                    answer_cancel(&mut r.fakes, &[target], sqe.user_data);
                     r.taken[k as usize] = true;
                     out.taken += 1;
                 }
@@ -593,23 +601,8 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
             let (timer, link) = kept.deliver.take().expect("an owned timer delivers");
             kept.owner = None;
             kept.orphaned_at = r.submissions;
-            r.fakes.push_back(Cqe {
-                user_data: timer,
-                res: -libc::ECANCELED,
-                flags: 0,
-            });
-            if kept.shape.link.is_some() {
-                r.fakes.push_back(Cqe {
-                    user_data: link,
-                    res: -libc::ECANCELED,
-                    flags: 0,
-                });
-            }
-            r.fakes.push_back(Cqe {
-                user_data: sqe.user_data,
-                res: 0,
-                flags: 0,
-            });
+            let ended = if kept.shape.link.is_some() { 2 } else { 1 };
+            answer_cancel(&mut r.fakes, &[timer, link][..ended], sqe.user_data);
             r.taken[k as usize] = true;
             out.taken += 1;
         }
