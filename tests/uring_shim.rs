@@ -212,6 +212,13 @@ fn glommios_preemption_timers_are_kept_across_passes() {
 /// trips (woken by its socket), so the polls pile up on one armed poll;
 /// then a timer must still wake it, through that poll. If glommio stops
 /// polling this way the count stays at zero and this fails.
+///
+/// Any completion on the latency ring fires the armed poll, and the next
+/// sleep arms a fresh one: a preemption timer that fires, or the removal
+/// of a kept one after a sleep longer than 1/16 of its period (which a
+/// loaded machine makes likely with glommio's 100 ms). A 10 s period keeps
+/// the latency ring quiet through the round trips; a round whose data came
+/// before the executor got to sleep has no sleep, hence the margin.
 #[test]
 fn glommios_polls_of_its_latency_ring_share_the_armed_one() {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -222,7 +229,12 @@ fn glommios_polls_of_its_latency_ring_share_the_armed_one() {
         s
     });
     let (adopted, slept) = on_own_thread(move || {
-        executor().run(async move {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .preempt_timer(Duration::from_secs(10))
+            .make()
+            .expect("executor");
+        ex.run(async move {
             let mut conn = accept_peer(tx).await;
             let adopted = uring::link_polls_adopted_on_this_thread();
             echo::<64>(&mut conn, 30).await;
@@ -234,7 +246,7 @@ fn glommios_polls_of_its_latency_ring_share_the_armed_one() {
     });
     drop(peer.join().unwrap());
     assert!(
-        adopted >= 20,
+        adopted >= 15,
         "only {adopted} of the sleeps' polls adopted the armed one"
     );
     assert!(
