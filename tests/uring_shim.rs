@@ -80,10 +80,16 @@ async fn echo<const N: usize>(conn: &mut glommio::net::TcpStream, rounds: u8) {
 }
 
 fn executor() -> glommio::LocalExecutor {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .make()
-        .expect("executor")
+    builder().make().expect("executor")
+}
+
+/// An executor like [`executor`]'s whose preemption timer fires every `period`.
+fn executor_preempting_every(period: Duration) -> glommio::LocalExecutor {
+    builder().preempt_timer(period).make().expect("executor")
+}
+
+fn builder() -> glommio::LocalExecutorBuilder {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(64 * 1024)
 }
 
 #[test]
@@ -229,11 +235,7 @@ fn glommios_polls_of_its_latency_ring_share_the_armed_one() {
         s
     });
     let (adopted, slept) = on_own_thread(move || {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .preempt_timer(Duration::from_secs(10))
-            .make()
-            .expect("executor");
+        let ex = executor_preempting_every(Duration::from_secs(10));
         ex.run(async move {
             let mut conn = accept_peer(tx).await;
             let adopted = uring::link_polls_adopted_on_this_thread();
@@ -440,11 +442,7 @@ fn a_busy_deferred_executor_collects_through_the_peek() {
         round_trips::<64>(&mut s, 20, Duration::from_millis(2));
     });
     let enters = on_own_thread(move || {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .preempt_timer(Duration::from_millis(1))
-            .make()
-            .expect("executor");
+        let ex = executor_preempting_every(Duration::from_millis(1));
         let before = uring::peek_enters_on_this_thread();
         ex.run(async move {
             let mut conn = accept_peer(tx).await;

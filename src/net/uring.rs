@@ -61,9 +61,10 @@
 //! two preemption timers on every pass; the shim keeps the armed ones
 //! instead, answering the cancels in user space and letting each new timer
 //! adopt the one it replaces ([`keep`]); likewise each sleep's poll of the
-//! latency ring adopts the one an earlier sleep left armed. A cancel of a timeout that does go
-//! to the kernel goes in as a timeout removal, which the kernel finds
-//! without searching its other lists first ([`cancels_as_removes`]).
+//! latency ring adopts the one an earlier sleep left armed. A cancel of a
+//! timeout that does go to the kernel goes in as a timeout removal, which
+//! the kernel finds without searching its other lists first
+//! ([`cancels_as_removes`]).
 //!
 //! How the calls land here: build.rs links with `--wrap=io_uring_queue_init_params`,
 //! `--wrap=__io_uring_get_cqe`, `--wrap=io_uring_queue_exit`,
@@ -228,14 +229,14 @@ thread_local! {
     static LAST_SLEPT: Cell<u64> = const { Cell::new(0) };
 }
 
-/// How long this thread's executor's latest sleep in its main ring lasted
-/// (nanoseconds).
 /// This thread's latency ring (glommio's timers), whose descriptor glommio
 /// polls from the main ring before each sleep; -1 before it is made.
 fn latency_ring_fd() -> i32 {
     LATENCY_RING.with(Cell::get)
 }
 
+/// How long this thread's executor's latest sleep in its main ring lasted
+/// (nanoseconds).
 fn last_slept_nanos() -> u64 {
     LAST_SLEPT.with(Cell::get)
 }

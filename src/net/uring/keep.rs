@@ -86,9 +86,10 @@
 //! **The keeping of timers is on by default** (since session 35). Until the
 //! freshness rule above, it was off: under CPU contention
 //! `tests/l4_fairness.rs`'s copy pump stalled with it on (5 runs in 66
-//! beside three busy loops, 0 in 80 with it off; with the rule, 0 in 100). `REMORA_URING_KEEP_TIMERS=0` in the
-//! environment turns it off (for A/B measurements), and
-//! [`keep_on_this_thread`] switches it for one thread (its tests).
+//! beside three busy loops, 0 in 80 with it off; with the rule, 0 in 100).
+//! `REMORA_URING_KEEP_TIMERS=0` in the environment turns it off (for A/B
+//! measurements), and [`keep_on_this_thread`] switches it for one thread
+//! (its tests).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -548,9 +549,11 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
             _ => {}
         }
     }
-    // Off and never on for this thread (or nothing it keeps on the way),
-    // or nothing to look at: nothing kept to serve.
-    if !polls && (!timers || (!keeping && !EVER_KEPT.with(Cell::get))) && !ORPHANS.with(Cell::get) {
+    // No poll of the latency ring, no orphan due, and no timer or cancel
+    // the keeping could serve (none here, or keeping off and never on for
+    // this thread): nothing to do.
+    let timers_served = timers && (keeping || EVER_KEPT.with(Cell::get));
+    if !polls && !timers_served && !ORPHANS.with(Cell::get) {
         return Outcome::default();
     }
     KEEP.with(|keep| {
@@ -705,8 +708,8 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
 
         // Polls of the latency ring (the one before each sleep): adopt the
         // one still armed, or go in under a private user_data.
-        for k in 0..pending {
-            if !polls || r.taken[k as usize] {
+        for k in (0..pending).filter(|_| polls) {
+            if r.taken[k as usize] {
                 continue;
             }
             let sqe = &mut *slot(k);
