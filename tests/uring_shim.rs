@@ -961,6 +961,46 @@ fn a_read_that_finds_the_queue_full_waits_its_turn() {
     assert_eq!(got, b"late");
 }
 
+/// The same for the generic wait (`net::tcp::ready`, the accept loop's and
+/// the back-pressure write's): a wait that could not be armed is not taken
+/// for one that fired. Here the listener's wait finds the queue full, and
+/// the connection comes 100 ms later; `ready` must return only then, with
+/// the connection queued. Were the wake-up after room came taken for
+/// readiness, the accept would find nothing.
+#[test]
+fn the_generic_wait_that_finds_the_queue_full_waits_for_readiness() {
+    let accepted = on_own_thread(|| {
+        executor().run(async {
+            use std::os::fd::AsRawFd;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::net::TcpStream::connect(addr).unwrap()
+            });
+            // Let glommio learn its ring, then fill its queue in one go.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let mut others = Vec::new();
+            loop {
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let mut wait = uring::Readiness::new();
+                if !wait.arm(a.as_raw_fd(), None) {
+                    break;
+                }
+                others.push((wait, a, b));
+            }
+            assert!(others.len() >= 16, "the queue took only {}", others.len());
+            let mut wait = uring::Readiness::new();
+            remora::net::tcp::ready(listener.as_raw_fd(), libc::POLLIN, &mut wait).await;
+            let accepted = listener.accept().map(|_| ());
+            drop(client.join().unwrap());
+            accepted.map_err(|e| e.kind())
+        })
+    });
+    assert_eq!(accepted, Ok(()), "ready returned before a connection came");
+}
+
 /// glommio's barrier before each sleep is answered with a fence, not the
 /// `membarrier` system call (src/net/uring/barrier.rs): the count rises
 /// with the executor's sleeps. Fails if build.rs loses `--wrap=syscall`.

@@ -252,7 +252,10 @@ fn arm(wait: &mut Readiness, fd: RawFd, events: i16, cx: &Context<'_>) {
 
 /// Waits until `fd` has one of `events` (or an error or hang-up), through
 /// `wait`: for descriptors that are not a [`Tcp`] (a listener; the
-/// destination a pump writes through its raw descriptor).
+/// destination a pump writes through its raw descriptor). A wait that could
+/// not be armed (the ring's queue full) is armed again once there is room,
+/// never taken for one that fired: a caller may rely on the readiness (a
+/// connect's `POLLOUT` does).
 pub async fn ready(fd: RawFd, events: i16, wait: &mut Readiness) {
     let mut armed = false;
     poll_fn(|cx| {
@@ -262,8 +265,10 @@ pub async fn ready(fd: RawFd, events: i16, wait: &mut Readiness) {
                 Check::Go => Poll::Ready(()),
             };
         }
-        armed = true;
-        arm(wait, fd, events, cx);
+        armed = wait.arm_for(fd, events as u32, Some(cx));
+        if !armed {
+            uring::wait_for_room(cx);
+        }
         Poll::Pending
     })
     .await
