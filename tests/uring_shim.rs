@@ -309,6 +309,50 @@ fn an_idle_executor_is_not_woken_by_the_timers_it_kept() {
     );
 }
 
+/// The same with no timer pending while idle, as a sidecar between requests
+/// is (its connections wait on their sockets): the kept preemption timer may
+/// wake the idle core once, and must not be replaced by one that wakes it a
+/// period later, and so on (an idle `remora run` worker woke ten times a
+/// second). Here the executor serves round trips with 1 ms pauses, then
+/// waits 600 ms on a read: the read's wake-up and at most one for the kept
+/// timer, not six.
+#[test]
+fn an_idle_executor_with_no_timer_pending_is_not_woken_every_period() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 30, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(600));
+        s.write_all(&[7; 64]).unwrap();
+        s
+    });
+    let (adopted, wakes, waited) = on_own_thread(move || {
+        uring::keep_on_this_thread(true);
+        executor().run(async move {
+            let adopted = uring::timers_adopted_on_this_thread();
+            let mut conn = accept_peer(tx).await;
+            echo::<64>(&mut conn, 30).await;
+            let adopted = uring::timers_adopted_on_this_thread() - adopted;
+            let before = voluntary_switches();
+            let start = Instant::now();
+            let mut last = [0u8; 64];
+            conn.read_exact(&mut last).await.unwrap();
+            (adopted, voluntary_switches() - before, start.elapsed())
+        })
+    });
+    drop(peer.join().unwrap());
+    assert!(adopted >= 30, "only {adopted} timers were kept while busy");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the read returned after {waited:?}"
+    );
+    assert!(
+        wakes <= 3,
+        "an idle executor slept {wakes} times in {waited:?}: kept timers kept waking it"
+    );
+}
+
 /// The shim times the executor's sleeps in its main ring (the core's idle
 /// time, which the HTTP/2 answers' hold reads): a task waiting on a timer
 /// lets the executor sleep about that long; a task that runs without a

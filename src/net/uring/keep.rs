@@ -64,7 +64,11 @@
 //! - an orphan left in the kernel fires at most once, and its completion is
 //!   dropped: one spurious preemption of a busy core, or one wake-up of a
 //!   sleeping one (a core that goes idle keeps its last preemption timer
-//!   and wakes once when it fires, at most a preemption period later).
+//!   and wakes once when it fires, at most a preemption period later). The
+//!   timer glommio arms after that wake-up and cancels before the next
+//!   sleep is not kept but removed at once ([`Kept::at_once`]): kept, it
+//!   would wake the idle core a period later, and the next one a period
+//!   after that, ten times a second for as long as the core stays idle.
 //!
 //! **The poll that links the rings is kept too.** Before each sleep in its
 //! main ring glommio submits a `POLL_ADD` on its latency ring's descriptor,
@@ -255,6 +259,9 @@ struct Kept {
     orphaned_at: u64,
     /// A real removal of it is on its way.
     removing: bool,
+    /// Removed in the submission that orphans it, not left for the next:
+    /// cancelled after an orphan of its ring fired ([`RingKeep::orphan_fired`]).
+    at_once: bool,
 }
 
 impl Kept {
@@ -301,8 +308,12 @@ impl Kept {
     /// the sleep and be woken when it fires, then again by the next one,
     /// once per preemption period. So an orphan counts as stale too once a
     /// sleep of the core (`slept`, its latest) has outlasted the time it
-    /// could wait for adoption (1/16 of what it stood for): an idle core
-    /// wakes once for its kept timer and then sleeps without one.
+    /// could wait for adoption (1/16 of what it stood for). That removes it
+    /// at the ring's next submission, which a sleep with a timer pending
+    /// makes (the sleep's own timer); a sleep with none makes no other, so
+    /// after an orphan has fired the next cancelled timer is removed in the
+    /// cancel's own submission ([`Kept::at_once`]): an idle core wakes once
+    /// for its kept timer and then sleeps without one.
     fn stale(&self, now: Nanos, tail: u32, slept: Nanos) -> bool {
         match self.expiry {
             Some(expiry) => {
@@ -382,6 +393,10 @@ struct RingKeep {
     submissions: u64,
     /// Scratch: which of a submission's requests are taken out.
     taken: Vec<bool>,
+    /// An orphan of this ring fired by time: nothing adopted it for a
+    /// whole period, so the core sleeps long. The next timer cancelled here
+    /// is removed at once ([`Kept::at_once`]).
+    orphan_fired: bool,
 }
 
 /// This thread's rings, and what the keeping did on them.
@@ -405,6 +420,7 @@ impl Keep {
                     fakes: VecDeque::new(),
                     submissions: 0,
                     taken: Vec::new(),
+                    orphan_fired: false,
                 });
                 self.rings.last_mut().expect("just pushed")
             }
@@ -604,6 +620,10 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
             let (timer, link) = kept.deliver.take().expect("an owned timer delivers");
             kept.owner = None;
             kept.orphaned_at = r.submissions;
+            if r.orphan_fired && kept.expiry.is_some() {
+                r.orphan_fired = false;
+                kept.at_once = true;
+            }
             let ended = if kept.shape.link.is_some() { 2 } else { 1 };
             answer_cancel(&mut r.fakes, &[timer, link][..ended], sqe.user_data);
             r.taken[k as usize] = true;
@@ -697,6 +717,7 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
                     fired: false,
                     link_done: link.is_none(),
                     orphaned_at: 0,
+                    at_once: false,
                     removing: false,
                 });
                 sqe.user_data = private(serial, KIND_TIMER);
@@ -767,8 +788,8 @@ pub(super) unsafe fn on_submit(ring: *mut LibUring, keeping: bool) -> Outcome {
         let submissions = r.submissions;
         for kept in r.kept.iter_mut() {
             if !kept.awaits_removal()
-                || kept.orphaned_at >= submissions
-                || !kept.stale(clock.now(), tail, slept)
+                || !(kept.at_once
+                    || kept.orphaned_at < submissions && kept.stale(clock.now(), tail, slept))
             {
                 continue;
             }
@@ -846,6 +867,9 @@ pub(super) fn translate(fd: i32, cqe: &Cqe) -> Option<u64> {
                 let to = if kind == KIND_TIMER {
                     kept.fired = true;
                     kept.owner = None;
+                    if kept.deliver.is_none() && cqe.res == -libc::ETIME {
+                        r.orphan_fired = true;
+                    }
                     kept.deliver.map(|d| d.0)
                 } else {
                     kept.link_done = true;
