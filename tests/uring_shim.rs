@@ -961,6 +961,28 @@ fn more_dropped_waits_than_the_queue_holds_all_let_their_sockets_close() {
     assert_eq!(open, 0, "sockets of dropped waits still open");
 }
 
+/// Lets glommio learn its main ring, then fills its submission queue with
+/// readiness waits on socket pairs nobody writes to (kept until dropped).
+async fn fill_the_queue() -> Vec<(
+    uring::Readiness,
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
+    use std::os::fd::AsRawFd;
+    glommio::timer::sleep(Duration::from_millis(10)).await;
+    let mut others = Vec::new();
+    loop {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut wait = uring::Readiness::new();
+        if !wait.arm(a.as_raw_fd(), None) {
+            break;
+        }
+        others.push((wait, a, b));
+    }
+    assert!(others.len() >= 16, "the queue took only {}", others.len());
+    others
+}
+
 /// A read whose wait cannot be armed (the submission queue is full of other
 /// waits not yet submitted) is not lost: its task is woken after glommio's
 /// next submission and arms it then. Without that it would never be woken
@@ -969,7 +991,7 @@ fn more_dropped_waits_than_the_queue_holds_all_let_their_sockets_close() {
 fn a_read_that_finds_the_queue_full_waits_its_turn() {
     let got = on_own_thread(|| {
         executor().run(async {
-            use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+            use std::os::fd::{FromRawFd, IntoRawFd};
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let writer = std::thread::spawn(move || {
@@ -982,18 +1004,7 @@ fn a_read_that_finds_the_queue_full_waits_its_turn() {
             server.set_nonblocking(true).unwrap();
             // SAFETY: the descriptor passes from the std socket to the Tcp.
             let mut conn = unsafe { remora::net::tcp::Tcp::from_raw_fd(server.into_raw_fd()) };
-            // Let glommio learn its ring, then fill its queue in one go.
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-            let mut others = Vec::new();
-            loop {
-                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-                let mut wait = uring::Readiness::new();
-                if !wait.arm(a.as_raw_fd(), None) {
-                    break;
-                }
-                others.push((wait, a, b));
-            }
-            assert!(others.len() >= 16, "the queue took only {}", others.len());
+            let _others = fill_the_queue().await;
             let mut buf = [0u8; 16];
             let n = futures_lite::AsyncReadExt::read(&mut conn, &mut buf)
                 .await
@@ -1023,18 +1034,7 @@ fn the_generic_wait_that_finds_the_queue_full_waits_for_readiness() {
                 std::thread::sleep(Duration::from_millis(100));
                 std::net::TcpStream::connect(addr).unwrap()
             });
-            // Let glommio learn its ring, then fill its queue in one go.
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-            let mut others = Vec::new();
-            loop {
-                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-                let mut wait = uring::Readiness::new();
-                if !wait.arm(a.as_raw_fd(), None) {
-                    break;
-                }
-                others.push((wait, a, b));
-            }
-            assert!(others.len() >= 16, "the queue took only {}", others.len());
+            let _others = fill_the_queue().await;
             let mut wait = uring::Readiness::new();
             remora::net::tcp::ready(listener.as_raw_fd(), libc::POLLIN, &mut wait).await;
             let accepted = listener.accept().map(|_| ());

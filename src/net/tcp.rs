@@ -254,8 +254,7 @@ fn arm(wait: &mut Readiness, fd: RawFd, events: i16, cx: &Context<'_>) {
 /// `wait`: for descriptors that are not a [`Tcp`] (a listener; the
 /// destination a pump writes through its raw descriptor). A wait that could
 /// not be armed (the ring's queue full) is armed again once there is room,
-/// never taken for one that fired: a caller may rely on the readiness (a
-/// connect's `POLLOUT` does).
+/// never taken for one that fired, so a caller may rely on the readiness.
 pub async fn ready(fd: RawFd, events: i16, wait: &mut Readiness) {
     let mut armed = false;
     poll_fn(|cx| {
