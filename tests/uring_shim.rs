@@ -268,6 +268,44 @@ fn voluntary_switches() -> u64 {
         .expect("voluntary_ctxt_switches")
 }
 
+/// The executor, with the keeping on, echoes 30 round trips paced 1 ms apart
+/// (its preemption timers are kept through those short sleeps), then runs
+/// `idle` with the connection while the peer runs `peer_after`. Returns the
+/// timers adopted while busy, the executor thread's wake-ups during `idle`,
+/// and how long `idle` took.
+fn busy_then_idle<Idle, Fut>(
+    peer_after: fn(&mut std::net::TcpStream),
+    idle: Idle,
+) -> (u64, u64, Duration)
+where
+    Idle: FnOnce(glommio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        round_trips::<64>(&mut s, 30, Duration::from_millis(1));
+        peer_after(&mut s);
+        s
+    });
+    let measured = on_own_thread(move || {
+        uring::keep_on_this_thread(true);
+        executor().run(async move {
+            let adopted = uring::timers_adopted_on_this_thread();
+            let mut conn = accept_peer(tx).await;
+            echo::<64>(&mut conn, 30).await;
+            let adopted = uring::timers_adopted_on_this_thread() - adopted;
+            let before = voluntary_switches();
+            let start = Instant::now();
+            idle(conn).await;
+            (adopted, voluntary_switches() - before, start.elapsed())
+        })
+    });
+    drop(peer.join().unwrap());
+    measured
+}
+
 /// The keeping leaves glommio's preemption timer armed through the short
 /// sleeps of a busy core, to be adopted after each. A core that then goes
 /// idle must not be woken by it once per preemption period (100 ms): after
@@ -277,27 +315,10 @@ fn voluntary_switches() -> u64 {
 /// kept preemption timer, not six.
 #[test]
 fn an_idle_executor_is_not_woken_by_the_timers_it_kept() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let peer = std::thread::spawn(move || {
-        let addr: std::net::SocketAddr = rx.recv().unwrap();
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        round_trips::<64>(&mut s, 30, Duration::from_millis(1));
-        s
-    });
-    let (adopted, wakes, waited) = on_own_thread(move || {
-        uring::keep_on_this_thread(true);
-        executor().run(async move {
-            let adopted = uring::timers_adopted_on_this_thread();
-            let mut conn = accept_peer(tx).await;
-            echo::<64>(&mut conn, 30).await;
-            let adopted = uring::timers_adopted_on_this_thread() - adopted;
-            let before = voluntary_switches();
-            let start = Instant::now();
-            glommio::timer::sleep(Duration::from_millis(600)).await;
-            (adopted, voluntary_switches() - before, start.elapsed())
-        })
-    });
-    drop(peer.join().unwrap());
+    let (adopted, wakes, waited) = busy_then_idle(
+        |_| {},
+        |_conn| glommio::timer::sleep(Duration::from_millis(600)),
+    );
     assert!(adopted >= 30, "only {adopted} timers were kept while busy");
     assert!(
         waited >= Duration::from_millis(600),
@@ -318,30 +339,16 @@ fn an_idle_executor_is_not_woken_by_the_timers_it_kept() {
 /// timer, not six.
 #[test]
 fn an_idle_executor_with_no_timer_pending_is_not_woken_every_period() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let peer = std::thread::spawn(move || {
-        let addr: std::net::SocketAddr = rx.recv().unwrap();
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        round_trips::<64>(&mut s, 30, Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(600));
-        s.write_all(&[7; 64]).unwrap();
-        s
-    });
-    let (adopted, wakes, waited) = on_own_thread(move || {
-        uring::keep_on_this_thread(true);
-        executor().run(async move {
-            let adopted = uring::timers_adopted_on_this_thread();
-            let mut conn = accept_peer(tx).await;
-            echo::<64>(&mut conn, 30).await;
-            let adopted = uring::timers_adopted_on_this_thread() - adopted;
-            let before = voluntary_switches();
-            let start = Instant::now();
+    let (adopted, wakes, waited) = busy_then_idle(
+        |s| {
+            std::thread::sleep(Duration::from_millis(600));
+            s.write_all(&[7; 64]).unwrap();
+        },
+        |mut conn| async move {
             let mut last = [0u8; 64];
             conn.read_exact(&mut last).await.unwrap();
-            (adopted, voluntary_switches() - before, start.elapsed())
-        })
-    });
-    drop(peer.join().unwrap());
+        },
+    );
     assert!(adopted >= 30, "only {adopted} timers were kept while busy");
     assert!(
         waited >= Duration::from_millis(500),

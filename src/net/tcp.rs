@@ -243,11 +243,14 @@ impl Tcp {
 }
 
 /// Arms `wait` for `events` on `fd` to wake `cx`'s task; where it cannot be
-/// armed, the task is woken after the ring's next submission to try again.
-fn arm(wait: &mut Readiness, fd: RawFd, events: i16, cx: &Context<'_>) {
-    if !wait.arm_for(fd, events as u32, Some(cx)) {
+/// armed (false), the task is woken after the ring's next submission to try
+/// again.
+fn arm(wait: &mut Readiness, fd: RawFd, events: i16, cx: &Context<'_>) -> bool {
+    let armed = wait.arm_for(fd, events as u32, Some(cx));
+    if !armed {
         uring::wait_for_room(cx);
     }
+    armed
 }
 
 /// Waits until `fd` has one of `events` (or an error or hang-up), through
@@ -264,10 +267,7 @@ pub async fn ready(fd: RawFd, events: i16, wait: &mut Readiness) {
                 Check::Go => Poll::Ready(()),
             };
         }
-        armed = wait.arm_for(fd, events as u32, Some(cx));
-        if !armed {
-            uring::wait_for_room(cx);
-        }
+        armed = arm(wait, fd, events, cx);
         Poll::Pending
     })
     .await
