@@ -29,7 +29,8 @@
 //! published immutable state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::Thread;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -157,6 +158,19 @@ struct Slot(AtomicU64);
 struct Shared {
     state: ArcSwap<OverloadState>,
     connections: Vec<Slot>,
+    /// Measurements made ([`OverloadHandle::refresh`] calls).
+    refreshes: AtomicU64,
+    /// The monitor thread, once started: unparked when the last handle goes,
+    /// so that a monitor asleep for want of work ends.
+    monitor: OnceLock<Thread>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(t) = self.monitor.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// The cores' and the admin's access to the overload state.
@@ -171,6 +185,8 @@ impl OverloadHandle {
             shared: Arc::new(Shared {
                 state: ArcSwap::from_pointee(OverloadState::default()),
                 connections: (0..cores).map(|_| Slot::default()).collect(),
+                refreshes: AtomicU64::new(0),
+                monitor: OnceLock::new(),
             }),
         }
     }
@@ -196,8 +212,15 @@ impl OverloadHandle {
             .sum()
     }
 
+    /// How many times the resources were measured (or, with `[overload]`
+    /// off, found unmonitored).
+    pub fn refreshes(&self) -> u64 {
+        self.shared.refreshes.load(Ordering::Relaxed)
+    }
+
     /// Measures, evaluates and publishes once; true when the actions changed.
     pub fn refresh(&self, config: &OverloadConfig) -> bool {
+        self.shared.refreshes.fetch_add(1, Ordering::Relaxed);
         let usage = if config.enabled() {
             measure(config, self.connections())
         } else {
@@ -215,25 +238,24 @@ impl OverloadHandle {
     }
 
     /// Starts the "remora-overload" thread: it refreshes every
-    /// `refresh_interval` of the current config (every second while no
-    /// resource is monitored) and calls `notify` when the actions change.
-    /// It ends when every other handle is gone, or `notify` returns false.
+    /// `refresh_interval` of the current config and calls `notify` when the
+    /// actions change. While no resource is monitored it sleeps until a new
+    /// config is published (an idle proxy is not woken to find nothing to
+    /// measure). It ends when every other handle is gone, or `notify`
+    /// returns false.
     pub fn start_monitor(
         &self,
         config: Arc<crate::config::ConfigHandle>,
         notify: impl Fn() -> bool + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        std::thread::Builder::new()
+        let watched = config.clone();
+        let thread = std::thread::Builder::new()
             .name("remora-overload".into())
             .spawn(move || loop {
                 let snapshot = config.current();
                 let c = &snapshot.config.overload;
-                let pause = if c.enabled() {
-                    c.refresh_interval
-                } else {
-                    Duration::from_secs(1)
-                };
+                let pause = c.enabled().then_some(c.refresh_interval);
                 let Some(shared) = weak.upgrade() else { return };
                 let handle = OverloadHandle { shared };
                 if handle.refresh(c) && !notify() {
@@ -241,9 +263,17 @@ impl OverloadHandle {
                 }
                 drop(handle);
                 drop(snapshot);
-                std::thread::sleep(pause);
-            })
-            .map(|_| ())
+                // Woken early by a publication or the last handle's drop;
+                // a spurious wake-up only measures once more.
+                match pause {
+                    Some(pause) => std::thread::park_timeout(pause),
+                    None => std::thread::park(),
+                }
+            })?;
+        watched.watch(thread.thread().clone());
+        // Set once: a second monitor (none is started) would only poll.
+        let _ = self.shared.monitor.set(thread.thread().clone());
+        Ok(thread)
     }
 }
 
@@ -360,5 +390,56 @@ mod tests {
     fn measures_this_process() {
         assert!(rss_bytes() > 0);
         assert!(open_fds() >= 3);
+    }
+
+    /// Polls `done` for up to `secs` seconds (a generous bound: the test
+    /// asserts what happens, not how fast).
+    fn within(secs: u64, done: impl Fn() -> bool) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done()
+    }
+
+    #[test]
+    fn the_monitor_sleeps_while_off_wakes_for_a_reload_and_ends_with_its_handles() {
+        use crate::config::{Config, ConfigHandle};
+        let config = Arc::new(ConfigHandle::new(Config::builtin()));
+        let handle = OverloadHandle::new(1);
+        let (told, news) = std::sync::mpsc::channel();
+        let monitor = handle
+            .start_monitor(config.clone(), move || told.send(()).is_ok())
+            .unwrap();
+        // Off: it looks once, then sleeps (it used to look every second).
+        assert!(within(30, || handle.refreshes() == 1));
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(handle.refreshes(), 1);
+
+        // A reload that turns it on is measured at once: one connection
+        // open of at most one.
+        handle.set_connections(0, 1);
+        let mut on = Config::builtin();
+        on.overload.max_active_downstream_connections = 1;
+        config.publish(on);
+        news.recv_timeout(Duration::from_secs(30))
+            .expect("the actions changed and the cores were told");
+        assert!(handle.current().actions.stop_accepting_connections);
+
+        // Off again: the actions clear, and the monitor sleeps once more.
+        config.publish(Config::builtin());
+        news.recv_timeout(Duration::from_secs(30))
+            .expect("the actions cleared");
+        assert_eq!(handle.current().actions, Actions::default());
+        let settled = handle.refreshes();
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(handle.refreshes(), settled);
+
+        // The last handle gone, the sleeping monitor ends.
+        drop(handle);
+        assert!(within(30, || monitor.is_finished()));
     }
 }

@@ -23,7 +23,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -577,6 +578,8 @@ pub struct ConfigHandle {
     /// The version of `current`, stored after it: a reader that already holds
     /// a snapshot compares one integer instead of loading (see `refresh`).
     version: AtomicU64,
+    /// Threads that sleep until the config changes ([`ConfigHandle::watch`]).
+    watchers: Mutex<Vec<Thread>>,
 }
 
 impl ConfigHandle {
@@ -584,6 +587,7 @@ impl ConfigHandle {
         ConfigHandle {
             current: ArcSwap::from_pointee(Snapshot { version: 1, config }),
             version: AtomicU64::new(1),
+            watchers: Mutex::new(Vec::new()),
         }
     }
 
@@ -614,7 +618,27 @@ impl ConfigHandle {
         });
         // After the swap: a reader that sees this version finds it in `current`.
         self.version.fetch_max(version, Ordering::Release);
+        for t in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            t.unpark();
+        }
         version
+    }
+
+    /// Unparks `thread` after every publication from now on, so a thread
+    /// that only has work under some config can `park()` until it changes
+    /// instead of polling (the overload monitor while `[overload]` is off).
+    /// A publication between its reading of [`ConfigHandle::current`] and
+    /// its `park()` leaves the park token set: the park returns at once.
+    pub fn watch(&self, thread: Thread) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
     }
 }
 
