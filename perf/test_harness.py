@@ -1858,6 +1858,13 @@ class PairedAB(unittest.TestCase):
             self.assertIsNotNone(m, line)
         self.assertEqual(ab.LINE.search("x: CPU 29.94 us/req (user 7.69, system 22.25)").groups(),
                          ("29.94", "7.69", "22.25"))
+        # Since session 45 the line also says how often the proxy slept per request.
+        self.assertEqual(ab.read_stat("ab-A: 1,000 req/s, CPU 72.35 us/req (user 18.75, "
+                                      "system 53.60), 1.994 sleeps/req\n  per request: x 1"),
+                         (72.35, 18.75, 53.6, 1.994))
+        self.assertEqual(ab.read_stat("ab-A: CPU 1.00 us/req (user 0.50, system 0.50)"),
+                         (1.0, 0.5, 0.5, None))
+        self.assertIsNone(ab.read_stat("ab-A: not proxying"))
 
     def test_runs_alternate_abba(self):
         ab = load_ab()
