@@ -249,29 +249,32 @@ impl OverloadHandle {
         notify: impl Fn() -> bool + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        let watched = config.clone();
         let thread = std::thread::Builder::new()
             .name("remora-overload".into())
-            .spawn(move || loop {
-                let snapshot = config.current();
-                let c = &snapshot.config.overload;
-                let pause = c.enabled().then_some(c.refresh_interval);
-                let Some(shared) = weak.upgrade() else { return };
-                let handle = OverloadHandle { shared };
-                if handle.refresh(c) && !notify() {
-                    return;
-                }
-                drop(handle);
-                drop(snapshot);
-                // Woken early by a publication or the last handle's drop;
-                // a spurious wake-up only measures once more.
-                match pause {
-                    Some(pause) => std::thread::park_timeout(pause),
-                    None => std::thread::park(),
+            .spawn(move || {
+                // Before its first look: a publication after it unparks.
+                config.watch(std::thread::current());
+                loop {
+                    let snapshot = config.current();
+                    let c = &snapshot.config.overload;
+                    let pause = c.enabled().then_some(c.refresh_interval);
+                    let Some(shared) = weak.upgrade() else { return };
+                    let handle = OverloadHandle { shared };
+                    if handle.refresh(c) && !notify() {
+                        return;
+                    }
+                    drop(handle);
+                    drop(snapshot);
+                    // Woken early by a publication or the last handle's drop;
+                    // a spurious wake-up only measures once more.
+                    match pause {
+                        Some(pause) => std::thread::park_timeout(pause),
+                        None => std::thread::park(),
+                    }
                 }
             })?;
-        watched.watch(thread.thread().clone());
-        // Set once: a second monitor (none is started) would only poll.
+        // One monitor per proxy: only the first started is woken by the last
+        // handle's drop.
         let _ = self.shared.monitor.set(thread.thread().clone());
         Ok(thread)
     }
